@@ -1,0 +1,36 @@
+"""care-jax: CARE (Class Attention to REgions of lesion, MIDL 2019) in JAX/Flax.
+
+The pure-JAX math is importable without TensorFlow::
+
+    import care_jax
+    loss = care_jax.care_loss(attention_maps, masks, tau=0.5, lam=0.7)
+
+Models live in :mod:`care_jax.models`, input pipelines in :mod:`care_jax.data`
+and the trainer in :mod:`care_jax.train`.
+"""
+
+from care_jax.attention import cam
+from care_jax.attention import grad_cam
+from care_jax.attention import minmax_normalize
+from care_jax.losses import care_loss
+from care_jax.losses import care_loss_per_example
+from care_jax.losses import cross_entropy
+from care_jax.losses import inverse_frequency_weights
+from care_jax.losses import weighted_cross_entropy_loss
+from care_jax.metrics import classification_metrics
+from care_jax.metrics import confusion_matrix
+
+__version__ = '0.1.0'
+
+__all__ = [
+    'cam',
+    'care_loss',
+    'care_loss_per_example',
+    'classification_metrics',
+    'confusion_matrix',
+    'cross_entropy',
+    'grad_cam',
+    'inverse_frequency_weights',
+    'minmax_normalize',
+    'weighted_cross_entropy_loss',
+]

@@ -1,0 +1,43 @@
+"""Datasets and tf.data input pipelines (TensorFlow is imported on first use).
+
+``from care_jax.data import train_batches`` loads TensorFlow; ``import
+care_jax.data`` alone does not. The batch contract is in
+:mod:`care_jax.data.pipeline`; the embedded dataset in
+:mod:`care_jax.data.synthetic_lesions`.
+
+Example::
+
+  from care_jax import data
+  config = data.default_data_config()
+  info = data.get_dataset_info(config)
+  batch = next(data.train_batches(config, batch_size=32, seed=0))
+"""
+
+import importlib
+from typing import Any
+
+# Public name -> module that defines it, imported lazily (PEP 562).
+_EXPORTS = {
+    'DatasetInfo': 'pipeline',
+    'default_data_config': 'pipeline',
+    'eval_batches': 'pipeline',
+    'get_dataset_info': 'pipeline',
+    'rasterize_boxes': 'pipeline',
+    'train_batches': 'pipeline',
+    'SyntheticLesions': 'synthetic_lesions',
+    'SyntheticLesionsConfig': 'synthetic_lesions',
+    'synthetic_config': 'synthetic_lesions',
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+  if name not in _EXPORTS:
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  module = importlib.import_module(f'{__name__}.{_EXPORTS[name]}')
+  return getattr(module, name)
+
+
+def __dir__() -> list[str]:
+  return sorted(list(globals()) + __all__)

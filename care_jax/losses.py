@@ -1,0 +1,394 @@
+"""CARE attention loss and class-weighted cross-entropy.
+
+The attention loss of CARE (Zhuang et al., "CARE: Class Attention to Regions
+of Lesion for Classification on Imbalanced Data", MIDL 2019, PMLR
+102:588-597), Eq. 2-4, for a batch of attention maps ``F`` and lesion masks::
+
+    L_in  = -min( sum_ij M_in F / sum_ij M_in, tau )
+    L_out =       sum_ij M_out F / sum_ij M_out
+    L_a   = mean over images with a box of [ L_in + lam * L_out ]
+
+When the masks are larger than the maps, ``F`` is bilinearly upsampled (half
+pixel centres, as ``jax.image.resize(..., 'bilinear')``) to the mask
+resolution. Upsampling is linear, ``up(F) = Ry @ F @ Rx^T``, so the loss is
+evaluated exactly on the small grid: ``sum(M * up(F)) = sum(F * Ry^T M Rx)``;
+the full-resolution map is never built.
+
+All functions are pure and work under ``jit``, ``vmap``, ``grad`` and inside
+``pmap``/sharded steps. Computation happens in at least float32 (bfloat16
+inputs are upcast) and results are float32 for float32/bfloat16 inputs.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+__all__ = [
+    'care_loss',
+    'care_loss_per_example',
+    'cross_entropy',
+    'inverse_frequency_weights',
+    'weighted_cross_entropy_loss',
+]
+
+_REDUCTIONS = ('mean', 'sum')
+# float32 matmuls on GPU/TPU default to reduced (bf16/tf32) precision; the
+# adjoint resize and the map contractions must be exact to float32.
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+@functools.lru_cache(maxsize=64)
+def _bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """[out_size, in_size] half-pixel bilinear upsampling matrix (float64).
+
+  Row ``i`` holds the triangle-kernel weights of output pixel ``i``, whose
+  centre lies at ``(i + 0.5) * in_size / out_size - 0.5`` in input
+  coordinates; weights are renormalised over the valid input pixels, which
+  clamps at the borders. For ``out_size >= in_size`` this equals
+  ``jax.image.resize(x, ..., 'bilinear')`` (no antialiasing is involved when
+  upsampling).
+  """
+  centres = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
+  weights = np.maximum(
+      0.0, 1.0 - np.abs(centres[:, None] - np.arange(in_size)[None, :]))
+  weights /= weights.sum(axis=1, keepdims=True)
+  weights.setflags(write=False)  # Cached and shared: keep it immutable.
+  return weights
+
+
+def _compute_dtype(x: jax.Array) -> jnp.dtype:
+  # bfloat16/float16/ints/bools -> float32; float64 (x64 mode) stays float64.
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def _resize_adjoint(masks: jax.Array, h: int, w: int) -> jax.Array:
+  """Ry^T M Rx: pulls [B, H, W] masks back onto the [h, w] map grid."""
+  big_h, big_w = masks.shape[1:]
+  if big_h != h:
+    ry = jnp.asarray(_bilinear_matrix(h, big_h), masks.dtype)
+    masks = jnp.einsum('bHW,Hh->bhW', masks, ry, precision=_HIGHEST)
+  if big_w != w:
+    rx = jnp.asarray(_bilinear_matrix(w, big_w), masks.dtype)
+    masks = jnp.einsum('bhW,Ww->bhw', masks, rx, precision=_HIGHEST)
+  return masks
+
+
+def _safe_mean(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+  """numerator / denominator, and 0 where denominator == 0.
+
+  The "double where": dividing by a safe denominator keeps the untaken
+  branch finite, so the backward pass never forms 0 * inf = NaN.
+  """
+  positive = denominator > 0
+  safe = jnp.where(positive, denominator, jnp.ones_like(denominator))
+  return jnp.where(positive, numerator / safe, jnp.zeros_like(numerator))
+
+
+def _validate_care_inputs(feature_map, mask, outer_mask, has_mask):
+  if feature_map.ndim != 3:
+    raise ValueError(
+        'feature_map must have shape [B, h, w], got shape '
+        f'{feature_map.shape}.')
+  if mask.ndim != 3:
+    raise ValueError(
+        f'mask must have shape [B, H, W], got shape {mask.shape}.')
+  if mask.shape[0] != feature_map.shape[0]:
+    raise ValueError(
+        f'mask batch size {mask.shape[0]} (shape {mask.shape}) does not match '
+        f'feature_map batch size {feature_map.shape[0]} (shape '
+        f'{feature_map.shape}).')
+  if any(big < small for big, small in zip(mask.shape[1:],
+                                           feature_map.shape[1:])):
+    raise ValueError(
+        f'mask spatial shape {mask.shape[1:]} must be at least the '
+        f'feature_map spatial shape {feature_map.shape[1:]} (maps are only '
+        'upsampled to the mask resolution).')
+  if outer_mask is not None and outer_mask.shape != mask.shape:
+    raise ValueError(
+        f'outer_mask shape {outer_mask.shape} must equal mask shape '
+        f'{mask.shape}.')
+  if has_mask is not None and has_mask.shape != (feature_map.shape[0],):
+    raise ValueError(
+        f'has_mask must have shape [B] = ({feature_map.shape[0]},), got '
+        f'shape {has_mask.shape}.')
+
+
+def care_loss_per_example(
+    feature_map: ArrayLike,
+    mask: ArrayLike,
+    *,
+    tau: float = 0.5,
+    lam: float = 0.7,
+    outer_mask: ArrayLike | None = None,
+    has_mask: ArrayLike | None = None,
+) -> jax.Array:
+  """Per-image CARE attention loss ``L_in + lam * L_out``.
+
+  For each image ``b``, with ``F`` upsampled to the mask resolution::
+
+    L_in  = -min( sum_ij M_in F / sum_ij M_in, tau )   (0 if M_in sums to 0)
+    L_out =       sum_ij M_out F / sum_ij M_out        (0 if M_out sums to 0)
+
+  Above ``tau`` the inner term is constant, so it stops pushing attention into
+  the box. Images without a mask (``has_mask`` False) get exactly 0 and no
+  gradient. Value and gradient are finite for empty masks, full masks and
+  constant maps.
+
+  Reference: Zhuang et al., "CARE: Class Attention to Regions of Lesion for
+  Classification on Imbalanced Data", MIDL 2019, PMLR 102:588-597, Eq. 2-3.
+
+  Args:
+    feature_map: [B, h, w] attention map ``F`` (float32 or bfloat16), already
+      min-max normalised to [0, 1] by the caller.
+    mask: [B, H, W] inner mask ``M_in``, binary or soft in [0, 1], with
+      ``H >= h`` and ``W >= w``. Bool/int masks are cast to float.
+    tau: cap on the mean attention inside the box.
+    lam: weight of the outer term.
+    outer_mask: optional [B, H, W] outer mask ``M_out`` (e.g. the paper's
+      distance-weighted variant); defaults to ``1 - mask``.
+    has_mask: optional [B] bool, which images carry a box; defaults to
+      ``sum(mask) > 0`` per image.
+
+  Returns:
+    [B] float32 losses (float64 for float64 inputs under x64).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> f = jnp.array([[[1.0, 0.0], [0.0, 0.0]], [[0.5, 0.5], [0.5, 0.5]]])
+    >>> m = jnp.array([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    >>> care_loss_per_example(f, m, tau=0.5, lam=0.7)
+    Array([-0.5,  0. ], dtype=float32)
+  """
+  return _care_per_example(feature_map, mask, tau=tau, lam=lam,
+                           outer_mask=outer_mask, has_mask=has_mask)[0]
+
+
+def _care_per_example(feature_map, mask, *, tau, lam, outer_mask, has_mask):
+  """Per-image losses and the [B] bool of images that carry a box."""
+  feature_map = jnp.asarray(feature_map)
+  mask = jnp.asarray(mask)
+  outer_mask = None if outer_mask is None else jnp.asarray(outer_mask)
+  has_mask = None if has_mask is None else jnp.asarray(has_mask)
+  _validate_care_inputs(feature_map, mask, outer_mask, has_mask)
+
+  dtype = _compute_dtype(feature_map)
+  feature_map = feature_map.astype(dtype)
+  mask = mask.astype(dtype)
+  outer_mask = 1.0 - mask if outer_mask is None else outer_mask.astype(dtype)
+  h, w = feature_map.shape[1:]
+
+  # Mask sums (denominators) at full mask resolution, as in the formula.
+  inner_area = jnp.sum(mask, axis=(1, 2))
+  outer_area = jnp.sum(outer_mask, axis=(1, 2))
+  inner_sum = jnp.sum(feature_map * _resize_adjoint(mask, h, w), axis=(1, 2))
+  outer_sum = jnp.sum(
+      feature_map * _resize_adjoint(outer_mask, h, w), axis=(1, 2))
+
+  inner_mean = _safe_mean(inner_sum, inner_area)
+  loss_in = jnp.where(
+      inner_area > 0, -jnp.minimum(inner_mean, tau), jnp.zeros_like(inner_mean))
+  loss_out = _safe_mean(outer_sum, outer_area)
+  loss = loss_in + lam * loss_out
+
+  has_mask = inner_area > 0 if has_mask is None else has_mask.astype(bool)
+  return jnp.where(has_mask, loss, jnp.zeros_like(loss)), has_mask
+
+
+def care_loss(
+    feature_map: ArrayLike,
+    mask: ArrayLike,
+    *,
+    tau: float = 0.5,
+    lam: float = 0.7,
+    outer_mask: ArrayLike | None = None,
+    has_mask: ArrayLike | None = None,
+    reduction: str = 'mean',
+) -> jax.Array:
+  """CARE attention loss ``L_a`` of a batch (paper Eq. 4).
+
+  ``L_a = mean over images with a box of [L_in + lam * L_out]``; see
+  :func:`care_loss_per_example` for the per-image terms and the arguments.
+  When no image of the batch has a box the loss is exactly 0.0 with zero
+  gradient.
+
+  Reference: Zhuang et al., "CARE: Class Attention to Regions of Lesion for
+  Classification on Imbalanced Data", MIDL 2019, PMLR 102:588-597.
+
+  Args:
+    feature_map: [B, h, w] min-max normalised attention maps.
+    mask: [B, H, W] inner masks, ``H >= h``, ``W >= w``.
+    tau: cap on the mean attention inside the box.
+    lam: weight of the outer term.
+    outer_mask: optional [B, H, W] outer masks; default ``1 - mask``.
+    has_mask: optional [B] bool; default ``sum(mask) > 0`` per image.
+    reduction: ``'mean'`` (the paper: average over images with a box) or
+      ``'sum'`` (sum over images with a box, as the official PyTorch code
+      did; use it, with ``lam=1``, only for code-faithful reproduction).
+
+  Returns:
+    Scalar float32 loss.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> f = jnp.zeros((2, 7, 7)).at[:, 2:4, 2:4].set(1.0)
+    >>> m = jnp.zeros((2, 224, 224)).at[0, 64:128, 64:128].set(1.0)
+    >>> print(f'{float(care_loss(f, m, tau=0.5, lam=0.7)):.4f}')
+    -0.4854
+  """
+  if reduction not in _REDUCTIONS:
+    raise ValueError(
+        f'reduction must be one of {_REDUCTIONS}, got {reduction!r}.')
+  per_example, has_mask = _care_per_example(
+      feature_map, mask, tau=tau, lam=lam, outer_mask=outer_mask,
+      has_mask=has_mask)
+  total = jnp.sum(per_example)
+  if reduction == 'sum':
+    return total
+  return _safe_mean(total, jnp.sum(has_mask.astype(per_example.dtype)))
+
+
+def cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    class_weights: ArrayLike | None = None,
+) -> jax.Array:
+  """Per-example softmax cross-entropy with integer labels.
+
+  ``CE_i = logsumexp(z_i) - z_i[y_i]``, multiplied by ``w[y_i]`` when
+  ``class_weights`` is given. Computed in float32.
+
+  Args:
+    logits: [B, K] unnormalised scores.
+    labels: [B] integer labels in ``[0, K)``.
+    class_weights: optional [K] per-class weights ``w``.
+
+  Returns:
+    [B] float32 losses.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> ce = cross_entropy(jnp.zeros((2, 4)), jnp.array([0, 3]),
+    ...                    class_weights=jnp.array([1.0, 1.0, 1.0, 2.0]))
+    >>> print(ce.round(4))
+    [1.3863 2.7726]
+  """
+  logits, labels, class_weights = _validate_ce_inputs(
+      logits, labels, class_weights)
+  logits = logits.astype(_compute_dtype(logits))
+  label_logits = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+  losses = jax.nn.logsumexp(logits, axis=1) - label_logits
+  if class_weights is not None:
+    losses = losses * class_weights.astype(losses.dtype)[labels]
+  return losses
+
+
+def weighted_cross_entropy_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    class_weights: ArrayLike,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  """Class-weighted cross-entropy, normalised by the total weight.
+
+  ``L = sum_i w[y_i] CE_i / sum_i w[y_i]`` over the valid examples: the
+  ``'mean'`` reduction of PyTorch's ``CrossEntropyLoss(weight=w)``, which the
+  official CARE code used for cost-sensitive learning (CSL). Returns 0.0 with
+  zero gradient when no example is valid.
+
+  Args:
+    logits: [B, K] unnormalised scores.
+    labels: [B] integer labels in ``[0, K)``.
+    class_weights: [K] per-class weights ``w``, e.g. from
+      :func:`inverse_frequency_weights`.
+    where: optional [B] bool, False for padded examples, which are left out
+      of both sums.
+
+  Returns:
+    Scalar float32 loss.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> logits = jnp.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+    >>> loss = weighted_cross_entropy_loss(
+    ...     logits, jnp.array([0, 1, 1]), class_weights=jnp.array([0.2, 0.8]))
+    >>> print(f'{float(loss):.4f}')
+    1.0158
+  """
+  if class_weights is None:
+    raise ValueError('class_weights is required; use cross_entropy for an '
+                     'unweighted loss.')
+  weighted = cross_entropy(logits, labels, class_weights=class_weights)
+  weights = jnp.asarray(class_weights).astype(weighted.dtype)[
+      jnp.asarray(labels)]
+  if where is not None:
+    where = jnp.asarray(where)
+    if where.shape != weighted.shape:
+      raise ValueError(
+          f'where must have shape [B] = {weighted.shape}, got shape '
+          f'{where.shape}.')
+    where = where.astype(bool)
+    weighted = jnp.where(where, weighted, jnp.zeros_like(weighted))
+    weights = jnp.where(where, weights, jnp.zeros_like(weights))
+  return _safe_mean(jnp.sum(weighted), jnp.sum(weights))
+
+
+def _validate_ce_inputs(logits, labels, class_weights):
+  logits = jnp.asarray(logits)
+  labels = jnp.asarray(labels)
+  if logits.ndim != 2:
+    raise ValueError(
+        f'logits must have shape [B, K], got shape {logits.shape}.')
+  if labels.shape != logits.shape[:1]:
+    raise ValueError(
+        f'labels must have shape [B] = ({logits.shape[0]},), got shape '
+        f'{labels.shape} (logits shape {logits.shape}).')
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(
+        f'labels must be integer class indices, got dtype {labels.dtype}.')
+  if class_weights is not None:
+    class_weights = jnp.asarray(class_weights)
+    if class_weights.shape != logits.shape[1:]:
+      raise ValueError(
+          f'class_weights must have shape [K] = ({logits.shape[1]},), got '
+          f'shape {class_weights.shape} (logits shape {logits.shape}).')
+  return logits, labels, class_weights
+
+
+def inverse_frequency_weights(class_counts: ArrayLike) -> np.ndarray:
+  """Inverse class frequencies normalised to sum 1 (the official CARE CSL).
+
+  ``w_k = (1 / n_k) / sum_j (1 / n_j)`` for training counts ``n_k``. This is a
+  host-side helper for concrete counts (call it once at setup, not under
+  ``jit``).
+
+  Args:
+    class_counts: [K] positive number of training examples per class.
+
+  Returns:
+    [K] float32 numpy array of weights summing to 1.
+
+  Raises:
+    ValueError: if the counts are not a non-empty 1-D array, or a class has a
+      count <= 0 (its weight would be infinite); the class index is named.
+
+  Example:
+    >>> print(inverse_frequency_weights([100, 300, 600]))
+    [0.6666667  0.22222222 0.11111111]
+  """
+  counts = np.asarray(class_counts, dtype=np.float64)
+  if counts.ndim != 1 or counts.size == 0:
+    raise ValueError(
+        f'class_counts must be a non-empty 1-D array [K], got shape '
+        f'{counts.shape}.')
+  bad = np.flatnonzero(~(counts > 0))
+  if bad.size:
+    raise ValueError(
+        f'class_counts must be positive; class index {int(bad[0])} has count '
+        f'{counts[bad[0]]} (all non-positive classes: {bad.tolist()}).')
+  inverse = 1.0 / counts
+  return (inverse / inverse.sum()).astype(np.float32)

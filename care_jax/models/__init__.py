@@ -1,0 +1,34 @@
+"""Flax Linen classifiers split into backbone -> feature map -> head, returning (logits, intermediates).
+
+Models know no optimizer and no files. See ``get_model`` for the entry point.
+"""
+
+from care_jax.models.classifier import Classifier
+from care_jax.models.classifier import get_model
+from care_jax.models.classifier import HEAD_NAMES
+from care_jax.models.classifier import MODEL_NAMES
+from care_jax.models.heads import adaptive_avg_pool
+from care_jax.models.heads import BatchNormLinearHead
+from care_jax.models.heads import LinearHead
+from care_jax.models.heads import VGGHead
+from care_jax.models.resnet import BasicBlock
+from care_jax.models.resnet import Bottleneck
+from care_jax.models.resnet import ResNet
+from care_jax.models.tiny import TinyCNN
+from care_jax.models.vgg import VGG
+
+__all__ = (
+    'adaptive_avg_pool',
+    'BasicBlock',
+    'BatchNormLinearHead',
+    'Bottleneck',
+    'Classifier',
+    'get_model',
+    'HEAD_NAMES',
+    'LinearHead',
+    'MODEL_NAMES',
+    'ResNet',
+    'TinyCNN',
+    'VGG',
+    'VGGHead',
+)

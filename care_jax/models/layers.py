@@ -1,0 +1,72 @@
+"""Pieces shared by the backbones and heads: torch-compatible init, padding and BatchNorm, input checks.
+
+The models reproduce torchvision's layouts so that torchvision weights can be loaded later; these
+helpers hold the few places where Flax's defaults differ from PyTorch's.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+# torchvision ResNet/VGG: nn.init.kaiming_normal_(w, mode='fan_out', nonlinearity='relu'), i.e.
+# N(0, 2 / (out_channels * kh * kw)), not truncated (Flax's kaiming_normal is fan_in + truncated).
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+# torch.nn.Linear's default kaiming_uniform_(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+# torchvision VGG classifier: nn.init.normal_(w, 0, 0.01), bias 0.
+vgg_linear_kernel_init = nn.initializers.normal(stddev=0.01)
+
+# torch BatchNorm momentum 0.1 updates running = 0.9 * running + 0.1 * batch; Flax's momentum is the 0.9.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def torch_padding(kernel_size: int) -> Padding:
+  """Symmetric padding of torch's ``Conv2d(padding=kernel_size // 2)``.
+
+  'SAME' pads (0, 1) instead of (1, 1) for a stride-2 3x3 conv on an even input, which shifts every
+  feature by one pixel relative to torch and breaks loaded weights; explicit padding does not.
+
+  Example: ``torch_padding(7) == ((3, 3), (3, 3))``.
+  """
+  pad = kernel_size // 2
+  return ((pad, pad), (pad, pad))
+
+
+def batch_norm(
+    *,
+    train: bool,
+    dtype: Dtype,
+    param_dtype: Dtype,
+    axis_name: str | None,
+    name: str,
+) -> nn.BatchNorm:
+  """A BatchNorm with torch's epsilon/momentum: batch statistics when ``train``, running ones otherwise.
+
+  ``axis_name`` (the pmap/vmap axis) makes the batch statistics the mean over all devices' examples.
+  """
+  return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=BN_MOMENTUM,
+      epsilon=BN_EPSILON,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      axis_name=axis_name,
+      name=name,
+  )
+
+
+def check_nhwc(x: jax.typing.ArrayLike, *, name: str) -> None:
+  """Raises ValueError unless ``x`` is rank 4 (NHWC: batch, height, width, channels)."""
+  shape = jnp.shape(x)
+  if len(shape) != 4:
+    raise ValueError(
+        f'{name} must be rank 4 [batch, height, width, channels] (NHWC); got shape {shape}.'
+    )

@@ -1,0 +1,12 @@
+"""Default configuration: CARE with a tiny CNN on the generated `synthetic_lesions`.
+
+Every field a config can set is here (see care_jax/config.py). Run:
+
+    python -m care_jax.main --config=configs/default.py --workdir=runs/default
+"""
+
+from care_jax.config import default_config
+
+
+def get_config():
+  return default_config()

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Installs care-jax with its test extras into ./.venv and runs the whole test suite
+# (slow end-to-end tests included; add  -m "not slow"  to skip them).
+set -euo pipefail
+CARE_JAX_EXTRAS='[test]' source "$(dirname "$0")/venv.sh"
+exec .venv/bin/python -m pytest -n 2 --durations=15 tests \
+  --doctest-modules care_jax/losses.py care_jax/attention.py care_jax/metrics.py "$@"

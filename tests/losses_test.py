@@ -1,0 +1,465 @@
+"""Tests of care_jax.losses against independent numpy references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import test_util
+
+from care_jax import losses
+
+TAU = 0.5
+LAM = 0.7
+
+
+# ---------------------------------------------------------------------------
+# Independent numpy references.
+# ---------------------------------------------------------------------------
+
+
+def np_resize_1d_indices(in_size, out_size):
+  """Gather form of half-pixel bilinear upsampling: (lo, hi, frac)."""
+  src = (np.arange(out_size) + 0.5) * in_size / out_size - 0.5
+  src = np.clip(src, 0.0, in_size - 1)
+  lo = np.floor(src).astype(int)
+  hi = np.minimum(lo + 1, in_size - 1)
+  return lo, hi, src - lo
+
+
+def np_resize_bilinear(x, out_h, out_w):
+  """[B, h, w] -> [B, out_h, out_w], float64, clamp-at-border bilinear."""
+  x = np.asarray(x, np.float64)
+  lo, hi, t = np_resize_1d_indices(x.shape[1], out_h)
+  x = x[:, lo, :] * (1 - t)[None, :, None] + x[:, hi, :] * t[None, :, None]
+  lo, hi, t = np_resize_1d_indices(x.shape[2], out_w)
+  return x[:, :, lo] * (1 - t)[None, None, :] + x[:, :, hi] * t[None, None, :]
+
+
+def np_care_per_example(f, m_in, m_out=None, has_mask=None, tau=TAU,
+                        lam=LAM):
+  f = np.asarray(f, np.float64)
+  m_in = np.asarray(m_in, np.float64)
+  m_out = 1.0 - m_in if m_out is None else np.asarray(m_out, np.float64)
+  up = np_resize_bilinear(f, *m_in.shape[1:])
+  out = []
+  for b in range(f.shape[0]):
+    area_in, area_out = m_in[b].sum(), m_out[b].sum()
+    l_in = -min((m_in[b] * up[b]).sum() / area_in, tau) if area_in > 0 else 0.0
+    l_out = (m_out[b] * up[b]).sum() / area_out if area_out > 0 else 0.0
+    boxed = area_in > 0 if has_mask is None else has_mask[b]
+    out.append(l_in + lam * l_out if boxed else 0.0)
+  return np.array(out)
+
+
+def np_care_loss(f, m_in, m_out=None, has_mask=None, tau=TAU, lam=LAM,
+                 reduction='mean'):
+  per = np_care_per_example(f, m_in, m_out, has_mask, tau, lam)
+  if has_mask is None:
+    has_mask = np.asarray(m_in).reshape(len(per), -1).sum(1) > 0
+  if reduction == 'sum':
+    return per.sum()
+  return per.sum() / max(np.sum(has_mask), 1)
+
+
+def random_maps(rng, b, h, w):
+  f = rng.uniform(size=(b, h, w))
+  lo = f.min(axis=(1, 2), keepdims=True)
+  hi = f.max(axis=(1, 2), keepdims=True)
+  return ((f - lo) / (hi - lo)).astype(np.float32)
+
+
+def random_box_masks(rng, b, big_h, big_w):
+  """Rectangular boxes; the last image has no box."""
+  m = np.zeros((b, big_h, big_w), np.float32)
+  for i in range(b - 1):
+    y0, x0 = rng.integers(0, big_h // 2), rng.integers(0, big_w // 2)
+    y1 = rng.integers(y0 + 1, big_h + 1)
+    x1 = rng.integers(x0 + 1, big_w + 1)
+    m[i, y0:y1, x0:x1] = 1.0
+  return m
+
+
+MASK_SIZES = [(7, 7), (14, 14), (28, 28), (32, 32), (10, 13)]
+
+
+# ---------------------------------------------------------------------------
+# The resize matrices.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('in_size,out_size',
+                         [(7, 7), (7, 14), (7, 10), (7, 13), (7, 32), (3, 224),
+                          (1, 5)])
+def test_resize_matrix_equals_jax_image_resize_of_one_hots(in_size, out_size):
+  # Resizing the identity along its first axis resizes every one-hot column.
+  expected = jax.image.resize(
+      jnp.eye(in_size), (out_size, in_size), 'bilinear')
+  np.testing.assert_allclose(
+      losses._bilinear_matrix(in_size, out_size), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize('out_shape', [(14, 14), (10, 13), (32, 32)])
+def test_numpy_reference_resize_equals_jax_image_resize(out_shape):
+  # Validates the reference used below, independently of losses.py.
+  x = np.random.default_rng(0).normal(size=(2, 7, 7)).astype(np.float32)
+  np.testing.assert_allclose(
+      np_resize_bilinear(x, *out_shape),
+      jax.image.resize(x, (2, *out_shape), 'bilinear'), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# care_loss values against the numpy reference.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('mask_shape', MASK_SIZES)
+def test_care_loss_matches_numpy_reference(mask_shape):
+  rng = np.random.default_rng(1)
+  f = random_maps(rng, 4, 7, 7)
+  m = random_box_masks(rng, 4, *mask_shape)
+  np.testing.assert_allclose(
+      losses.care_loss_per_example(f, m, tau=TAU, lam=LAM),
+      np_care_per_example(f, m), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      losses.care_loss(f, m, tau=TAU, lam=LAM), np_care_loss(f, m),
+      rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('mask_shape', MASK_SIZES)
+def test_care_loss_soft_masks_and_custom_outer_mask(mask_shape):
+  rng = np.random.default_rng(2)
+  f = random_maps(rng, 3, 7, 7)
+  m_in = rng.uniform(size=(3, *mask_shape)).astype(np.float32)
+  m_out = rng.uniform(0.0, 3.0, size=(3, *mask_shape)).astype(np.float32)
+  np.testing.assert_allclose(
+      losses.care_loss(f, m_in, tau=0.9, lam=0.3),
+      np_care_loss(f, m_in, tau=0.9, lam=0.3), rtol=1e-5)
+  np.testing.assert_allclose(
+      losses.care_loss(f, m_in, outer_mask=m_out, tau=0.9, lam=0.3),
+      np_care_loss(f, m_in, m_out, tau=0.9, lam=0.3), rtol=1e-5)
+
+
+def test_care_loss_sum_reduction_sums_over_boxed_images():
+  rng = np.random.default_rng(3)
+  f = random_maps(rng, 5, 7, 7)
+  m = random_box_masks(rng, 5, 14, 14)
+  got = losses.care_loss(f, m, tau=TAU, lam=1.0, reduction='sum')
+  np.testing.assert_allclose(
+      got, np_care_loss(f, m, lam=1.0, reduction='sum'), rtol=1e-5)
+  # Four boxed images: the sum is four times the mean.
+  np.testing.assert_allclose(
+      got, 4 * losses.care_loss(f, m, tau=TAU, lam=1.0), rtol=1e-5)
+
+
+def test_care_loss_explicit_has_mask_selects_images():
+  rng = np.random.default_rng(4)
+  f = random_maps(rng, 4, 7, 7)
+  m = random_box_masks(rng, 4, 28, 28)
+  has_mask = np.array([True, False, True, True])  # Last one: box but empty.
+  np.testing.assert_allclose(
+      losses.care_loss_per_example(f, m, has_mask=has_mask),
+      np_care_per_example(f, m, has_mask=has_mask), rtol=1e-5)
+  np.testing.assert_allclose(
+      losses.care_loss(f, m, has_mask=has_mask),
+      np_care_loss(f, m, has_mask=has_mask), rtol=1e-5)
+
+
+def test_care_loss_accepts_bool_and_int_masks():
+  rng = np.random.default_rng(5)
+  f = random_maps(rng, 3, 7, 7)
+  m = random_box_masks(rng, 3, 14, 14)
+  expected = np_care_loss(f, m)
+  for dtype in (bool, np.int32, np.uint8):
+    np.testing.assert_allclose(
+        losses.care_loss(f, m.astype(dtype)), expected, rtol=1e-5)
+
+
+def test_care_loss_example_with_hand_computed_value():
+  # 2x2 map, box on the top-left pixel: mean inside 1 -> L_in = -tau;
+  # outside mean (0.2 + 0.4 + 0.6) / 3 = 0.4.
+  f = jnp.array([[[1.0, 0.2], [0.4, 0.6]]])
+  m = jnp.array([[[1.0, 0.0], [0.0, 0.0]]])
+  np.testing.assert_allclose(
+      losses.care_loss(f, m, tau=0.5, lam=0.7), -0.5 + 0.7 * 0.4, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Edge cases: finite values and gradients.
+# ---------------------------------------------------------------------------
+
+
+def _value_and_grad(f, m, **kwargs):
+  return jax.value_and_grad(lambda x: losses.care_loss(x, m, **kwargs))(f)
+
+
+@pytest.mark.parametrize('mask_shape', [(7, 7), (28, 28)])
+def test_care_loss_edge_cases_are_finite(mask_shape):
+  f = random_maps(np.random.default_rng(6), 4, 7, 7)
+  f[2] = 0.5  # Constant map.
+  m = np.zeros((4, *mask_shape), np.float32)
+  m[0] = 1.0  # Full mask: no outside.
+  m[2, 3:9, 2:5] = 1.0  # Box on the constant map.
+  # m[1] and m[3] are empty.
+  value, grad = _value_and_grad(f, m)
+  assert np.isfinite(value)
+  assert np.all(np.isfinite(grad))
+  np.testing.assert_allclose(value, np_care_loss(f, m), rtol=1e-5)
+  # Images without a box get no gradient.
+  np.testing.assert_array_equal(grad[1], 0.0)
+  np.testing.assert_array_equal(grad[3], 0.0)
+
+
+def test_care_loss_without_any_mask_is_exactly_zero_with_zero_gradient():
+  f = random_maps(np.random.default_rng(7), 3, 7, 7)
+  m = np.zeros((3, 14, 14), np.float32)
+  for kwargs in ({}, {'reduction': 'sum'},
+                 {'has_mask': np.zeros(3, bool), 'outer_mask': 1.0 - m}):
+    value, grad = _value_and_grad(f, m, **kwargs)
+    assert float(value) == 0.0
+    np.testing.assert_array_equal(grad, 0.0)
+
+
+def test_care_loss_has_mask_with_empty_mask_uses_outer_term_only():
+  f = random_maps(np.random.default_rng(8), 2, 7, 7)
+  m = np.zeros((2, 7, 7), np.float32)
+  value, grad = _value_and_grad(f, m, has_mask=np.array([True, False]))
+  np.testing.assert_allclose(value, LAM * f[0].mean(), rtol=1e-5)
+  np.testing.assert_allclose(grad[0], np.full((7, 7), LAM / 49), rtol=1e-5)
+  np.testing.assert_array_equal(grad[1], 0.0)
+
+
+def test_care_loss_full_mask_has_no_outer_term():
+  f = random_maps(np.random.default_rng(9), 1, 7, 7)
+  m = np.ones((1, 14, 14), np.float32)
+  value, grad = _value_and_grad(f, m, tau=2.0)
+  mean_up = np_resize_bilinear(f, 14, 14).mean()
+  np.testing.assert_allclose(value, -mean_up, rtol=1e-5)
+  assert np.all(np.isfinite(grad))
+
+
+# ---------------------------------------------------------------------------
+# Gradients.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('mask_shape', [(7, 7), (10, 13)])
+def test_care_loss_gradient_matches_finite_differences(mask_shape):
+  rng = np.random.default_rng(10)
+  with jax.enable_x64(True):
+    f = jnp.asarray(random_maps(rng, 3, 7, 7), jnp.float64)
+    m_in = jnp.asarray(rng.uniform(size=(3, *mask_shape)))
+    # tau above any possible mean: away from the min(., tau) kink.
+    fn = lambda x: losses.care_loss(x, m_in, tau=2.0, lam=LAM)
+    assert fn(f).dtype == jnp.float64
+    test_util.check_grads(fn, (f,), order=1, modes=['rev'], atol=1e-6,
+                          rtol=1e-6)
+
+
+def test_care_loss_gradient_matches_analytic_gradient():
+  # d/dF of mean_in and mean_out over equal-resolution binary masks.
+  rng = np.random.default_rng(11)
+  f = random_maps(rng, 1, 7, 7)
+  m = np.zeros((1, 7, 7), np.float32)
+  m[0, 1:3, 2:6] = 1.0
+  f[0] *= 0.4  # Inside mean < tau: the inner term is active.
+  _, grad = _value_and_grad(f, m)
+  expected = -m[0] / m.sum() + LAM * (1 - m[0]) / (1 - m).sum()
+  np.testing.assert_allclose(grad[0], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_care_loss_inner_term_is_constant_above_tau():
+  f = np.full((1, 7, 7), 0.1, np.float32)
+  f[0, 2:5, 2:5] = np.linspace(0.8, 1.0, 9).reshape(3, 3)  # mean 0.9 > tau.
+  m = np.zeros((1, 28, 28), np.float32)
+  m[0, 8:20, 8:20] = 1.0  # Exactly the up-sampled 2:5 cells.
+  value, grad = _value_and_grad(f, m, tau=0.5, lam=0.0)
+  assert float(value) == -0.5
+  np.testing.assert_array_equal(grad, 0.0)
+  # Below tau the same term pulls attention into the box.
+  _, grad = _value_and_grad(f, m, tau=0.95, lam=0.0)
+  assert np.all(grad[0, 2:5, 2:5] < 0)
+
+
+# ---------------------------------------------------------------------------
+# Transformations and dtypes.
+# ---------------------------------------------------------------------------
+
+
+def test_care_loss_under_jit_vmap_and_grad():
+  rng = np.random.default_rng(12)
+  f = random_maps(rng, 6, 7, 7).reshape(2, 3, 7, 7)
+  m = random_box_masks(rng, 6, 14, 14).reshape(2, 3, 14, 14)
+  expected = np.stack([np_care_per_example(f[i], m[i]) for i in range(2)])
+
+  per_example = jax.jit(jax.vmap(
+      lambda x, y: losses.care_loss_per_example(x, y, tau=TAU, lam=LAM)))
+  np.testing.assert_allclose(per_example(f, m), expected, rtol=1e-5)
+
+  loss = jax.jit(losses.care_loss, static_argnames='reduction')
+  np.testing.assert_allclose(
+      loss(f[0], m[0]), np_care_loss(f[0], m[0]), rtol=1e-5)
+
+  jit_grad = jax.jit(jax.grad(losses.care_loss))(f[0], m[0])
+  np.testing.assert_allclose(
+      jit_grad, jax.grad(losses.care_loss)(f[0], m[0]), rtol=1e-6)
+
+
+def test_care_loss_under_pmap():
+  rng = np.random.default_rng(13)
+  n = jax.local_device_count()
+  f = random_maps(rng, 2 * n, 7, 7).reshape(n, 2, 7, 7)
+  m = random_box_masks(rng, 2 * n, 14, 14).reshape(n, 2, 14, 14)
+  got = jax.pmap(lambda x, y: losses.care_loss(x, y))(f, m)
+  expected = [np_care_loss(f[i], m[i]) for i in range(n)]
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_care_loss_bfloat16_maps_are_computed_in_float32():
+  rng = np.random.default_rng(14)
+  f = random_maps(rng, 3, 7, 7)
+  m = random_box_masks(rng, 3, 32, 32)
+  f_bf16 = jnp.asarray(f, jnp.bfloat16)
+  got = losses.care_loss(f_bf16, m.astype(jnp.bfloat16))
+  assert got.dtype == jnp.float32
+  # Exactly the float32 computation on the bfloat16-rounded inputs...
+  np.testing.assert_allclose(
+      got, np_care_loss(np.asarray(f_bf16, np.float32), m), rtol=1e-5)
+  # ...and close to the float32 result.
+  np.testing.assert_allclose(got, losses.care_loss(f, m), rtol=1e-2)
+  assert jax.grad(losses.care_loss)(f_bf16, m).dtype == jnp.bfloat16
+
+
+# ---------------------------------------------------------------------------
+# Validation.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    'f_shape,m_shape,kwargs,match',
+    [
+        ((7, 7), (2, 7, 7), {}, r'feature_map .*\(7, 7\)'),
+        ((2, 7, 7), (2, 7, 7, 1), {}, r'mask .*\(2, 7, 7, 1\)'),
+        ((2, 7, 7), (3, 7, 7), {}, r'mask batch size 3.*feature_map'),
+        ((2, 7, 7), (2, 14, 6), {}, r'mask spatial shape \(14, 6\)'),
+        ((2, 7, 7), (2, 14, 14), {'outer_mask': np.ones((2, 7, 7))},
+         r'outer_mask shape \(2, 7, 7\).*\(2, 14, 14\)'),
+        ((2, 7, 7), (2, 7, 7), {'has_mask': np.ones((2, 1), bool)},
+         r'has_mask .*\(2, 1\)'),
+    ],
+)
+def test_care_loss_shape_errors_name_the_argument(f_shape, m_shape, kwargs,
+                                                  match):
+  with pytest.raises(ValueError, match=match):
+    losses.care_loss(np.zeros(f_shape), np.zeros(m_shape), **kwargs)
+
+
+def test_care_loss_rejects_unknown_reduction():
+  with pytest.raises(ValueError, match='reduction'):
+    losses.care_loss(np.zeros((1, 7, 7)), np.zeros((1, 7, 7)),
+                     reduction='none')
+
+
+# ---------------------------------------------------------------------------
+# Class weights and cross-entropy.
+# ---------------------------------------------------------------------------
+
+
+def np_log_softmax(z):
+  z = np.asarray(z, np.float64)
+  z = z - z.max(axis=1, keepdims=True)
+  return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def np_torch_weighted_ce_mean(logits, labels, weights):
+  """torch.nn.CrossEntropyLoss(weight=w, reduction='mean'), from its docs:
+  sum_n w[y_n] * -log p_n[y_n] / sum_n w[y_n]."""
+  nll = -np_log_softmax(logits)[np.arange(len(labels)), labels]
+  w = np.asarray(weights, np.float64)[labels]
+  return np.sum(w * nll) / np.sum(w)
+
+
+def test_inverse_frequency_weights_match_numpy():
+  counts = np.array([327, 4693, 115, 514, 1113, 6705, 142])  # ISIC-like.
+  got = losses.inverse_frequency_weights(counts)
+  expected = (1 / counts) / np.sum(1 / counts)
+  assert got.dtype == np.float32 and got.shape == (7,)
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  np.testing.assert_allclose(got.sum(), 1.0, rtol=1e-6)
+  # The rarest class gets the largest weight.
+  assert np.argmax(got) == np.argmin(counts)
+
+
+def test_inverse_frequency_weights_reject_empty_classes():
+  with pytest.raises(ValueError, match='class index 2'):
+    losses.inverse_frequency_weights([10, 5, 0, 3])
+  with pytest.raises(ValueError, match='class index 0'):
+    losses.inverse_frequency_weights([-1, 5])
+  with pytest.raises(ValueError, match='class_counts'):
+    losses.inverse_frequency_weights(np.ones((2, 2)))
+
+
+def test_cross_entropy_matches_numpy():
+  rng = np.random.default_rng(15)
+  logits = rng.normal(size=(6, 4)).astype(np.float32) * 3
+  labels = rng.integers(0, 4, size=6)
+  weights = rng.uniform(0.1, 2.0, size=4).astype(np.float32)
+  nll = -np_log_softmax(logits)[np.arange(6), labels]
+  np.testing.assert_allclose(
+      losses.cross_entropy(logits, labels), nll, rtol=1e-5)
+  np.testing.assert_allclose(
+      losses.cross_entropy(logits, labels, class_weights=weights),
+      weights[labels] * nll, rtol=1e-5)
+  bf16 = losses.cross_entropy(jnp.asarray(logits, jnp.bfloat16), labels)
+  assert bf16.dtype == jnp.float32
+
+
+def test_weighted_cross_entropy_matches_torch_weighted_mean():
+  rng = np.random.default_rng(16)
+  logits = rng.normal(size=(8, 3)).astype(np.float32)
+  labels = rng.integers(0, 3, size=8)
+  weights = losses.inverse_frequency_weights([50, 10, 3])
+  got = jax.jit(losses.weighted_cross_entropy_loss)(
+      logits, labels, class_weights=weights)
+  np.testing.assert_allclose(
+      got, np_torch_weighted_ce_mean(logits, labels, weights), rtol=1e-5)
+
+
+def test_weighted_cross_entropy_where_drops_padded_examples():
+  rng = np.random.default_rng(17)
+  logits = rng.normal(size=(8, 3)).astype(np.float32)
+  labels = rng.integers(0, 3, size=8)
+  weights = np.array([0.2, 0.3, 0.5], np.float32)
+  valid = np.array([True] * 5 + [False] * 3)
+  loss_fn = lambda z: losses.weighted_cross_entropy_loss(
+      z, labels, class_weights=weights, where=valid)
+  value, grad = jax.value_and_grad(loss_fn)(logits)
+  np.testing.assert_allclose(
+      value, np_torch_weighted_ce_mean(logits[:5], labels[:5], weights),
+      rtol=1e-5)
+  np.testing.assert_array_equal(grad[5:], 0.0)
+  # No valid example: exactly zero with a zero gradient.
+  value, grad = jax.value_and_grad(
+      lambda z: losses.weighted_cross_entropy_loss(
+          z, labels, class_weights=weights, where=np.zeros(8, bool)))(logits)
+  assert float(value) == 0.0
+  np.testing.assert_array_equal(grad, 0.0)
+
+
+@pytest.mark.parametrize(
+    'logits_shape,labels,weights,where,match',
+    [
+        ((4,), np.zeros(4, int), np.ones(3), None, r'logits .*\(4,\)'),
+        ((4, 3), np.zeros(5, int), np.ones(3), None, r'labels .*\(5,\)'),
+        ((4, 3), np.zeros(4), np.ones(3), None, r'labels .*integer'),
+        ((4, 3), np.zeros(4, int), np.ones(2), None,
+         r'class_weights .*\(2,\)'),
+        ((4, 3), np.zeros(4, int), np.ones(3), np.ones(3, bool),
+         r'where .*\(3,\)'),
+    ],
+)
+def test_cross_entropy_shape_errors_name_the_argument(logits_shape, labels,
+                                                      weights, where, match):
+  with pytest.raises(ValueError, match=match):
+    losses.weighted_cross_entropy_loss(
+        np.zeros(logits_shape), labels, class_weights=weights, where=where)
+

@@ -1,0 +1,141 @@
+"""End to end: train_and_evaluate, the CLI, config validation and `compare`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from care_jax import compare
+from care_jax import config as config_lib
+from care_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A small dataset: 5 classes, 32x32, a few dozen images per split.
+TINY_DATA = [
+    'data.image_size=32',
+    'data.synthetic.image_size=32',
+    'data.synthetic.train_counts=(24, 24, 8, 24, 8)',
+    'data.synthetic.validation_counts=(4, 4, 4, 4, 4)',
+    'data.synthetic.test_counts=(6, 6, 5, 6, 5)',
+    'train.batch_size=16',
+    'train.eval_batch_size=16',
+    'train.num_steps=6',
+    'train.log_every_steps=2',
+    'train.progress=False',
+]
+
+
+def _tiny_config(tmp_path, *extra):
+  config = config_lib.default_config()
+  return config_lib.apply_overrides(
+      config, TINY_DATA + [f'data.dir={tmp_path / "tfds"}', *extra])
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_writes_the_metrics_contract(tmp_path):
+  workdir = tmp_path / 'run'
+  result = train.train_and_evaluate(_tiny_config(tmp_path), str(workdir))
+  with open(workdir / 'metrics.json') as f:
+    metrics = json.load(f)
+  assert metrics == json.loads(json.dumps(result))
+  assert metrics['step'] == 6
+  assert metrics['classes'] == ['brown', 'dark', 'dotted', 'pink', 'striped']
+  assert metrics['rare_classes'] == ['dotted', 'striped']
+  for split, size in (('validation', 20), ('test', 28)):
+    block = metrics[split]
+    for key in ('accuracy', 'mca', 'rare_recall'):
+      assert 0.0 <= block[key] <= 1.0
+    assert set(block['recall']) == set(block['precision']) == set(metrics['classes'])
+    confusion = np.array(block['confusion'])
+    assert confusion.shape == (5, 5) and confusion.sum() == size
+  log = [json.loads(line) for line in open(workdir / 'train_log.jsonl')]
+  assert [r['step'] for r in log] == [2, 4, 6]
+  assert all(np.isfinite(r['loss']) and r['boxed'] >= 0 for r in log)
+  assert json.load(open(workdir / 'config.json'))['care']['alpha'] == 0.5
+
+
+def _run_cli(*args, cwd=REPO):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  return subprocess.run([sys.executable, '-m', 'care_jax.main', *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_cli_trains_from_a_config_file_with_overrides(tmp_path):
+  flags = [f'--config.{o}' for o in TINY_DATA + [f'data.dir={tmp_path / "tfds"}']]
+  proc = _run_cli('--config=configs/synthetic_baseline.py', f'--workdir={tmp_path / "w"}',
+                  *flags, '--config.train.num_steps=3')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  metrics = json.load(open(tmp_path / 'w' / 'metrics.json'))
+  assert metrics['step'] == 3
+
+
+def test_cli_rejects_an_unknown_config_key(tmp_path):
+  proc = _run_cli('--config=configs/default.py', f'--workdir={tmp_path}',
+                  '--config.care.alphaa=0.1')
+  assert proc.returncode != 0
+  assert 'alphaa' in proc.stderr
+
+
+def test_cli_rejects_a_wrongly_typed_value(tmp_path):
+  proc = _run_cli('--config=configs/default.py', f'--workdir={tmp_path}',
+                  '--config.care.alpha=lots')
+  assert proc.returncode != 0
+  assert 'care.alpha' in proc.stderr
+
+
+@pytest.mark.parametrize('override, key', [
+    ('care.alpha=1.5', 'care.alpha'),
+    ('care.tau=0.0', 'care.tau'),
+    ("loss.name='focal_typo'", 'loss.name'),
+    ("model.name='resnet9'", 'model.name'),
+    ("parallel='xmap'", 'parallel'),
+    ('train.num_steps=0', 'train.num_steps'),
+    ("dtype='float16'", 'dtype'),
+])
+def test_validate_names_the_offending_key(override, key):
+  config = config_lib.apply_overrides(config_lib.default_config(), [override])
+  with pytest.raises(ValueError, match=key.replace('.', r'\.')):
+    config_lib.validate(config)
+
+
+def test_apply_overrides_rejects_unknown_keys_and_keeps_types():
+  config = config_lib.apply_overrides(config_lib.default_config(), ['care.alpha=1'])
+  assert config.care.alpha == 1.0 and isinstance(config.care.alpha, float)
+  with pytest.raises(KeyError, match='care.alphaa'):
+    config_lib.apply_overrides(config_lib.default_config(), ['care.alphaa=1'])
+  with pytest.raises(ValueError, match='key=value'):
+    config_lib.apply_overrides(config_lib.default_config(), ['care.alpha'])
+
+
+def test_batch_size_must_split_over_the_devices(tmp_path):
+  config = _tiny_config(tmp_path, 'train.batch_size=12')  # 8 simulated devices
+  with pytest.raises(ValueError, match='train.batch_size = 12 must be divisible'):
+    train.train_and_evaluate(config, str(tmp_path / 'w'))
+
+
+@pytest.mark.slow
+def test_compare_tabulates_every_config_and_resumes(tmp_path):
+  configs = [os.path.join(REPO, 'configs', f'synthetic_{n}.py') for n in ('baseline', 'care')]
+  overrides = TINY_DATA + [f'data.dir={tmp_path / "tfds"}']
+  workdir = str(tmp_path / 'cmp')
+  summary = compare.compare(configs, [0], workdir, overrides=overrides)
+  assert list(summary) == ['synthetic_baseline', 'synthetic_care']
+  table = open(os.path.join(workdir, 'summary.md')).read()
+  assert '| synthetic_baseline |' in table and '| synthetic_care |' in table
+  for name in summary:
+    run = json.load(open(os.path.join(workdir, name, 'seed_0', 'metrics.json')))
+    assert summary[name]['runs'][0]['rare_recall'] == run['test']['rare_recall']
+  # A second call finds the metrics and does not train again.
+  mtime = os.path.getmtime(os.path.join(workdir, 'synthetic_care', 'seed_0', 'metrics.json'))
+  compare.compare(configs, [0], workdir, overrides=overrides)
+  assert os.path.getmtime(
+      os.path.join(workdir, 'synthetic_care', 'seed_0', 'metrics.json')) == mtime
+
+
+def test_compare_fails_fast_on_a_missing_config(tmp_path):
+  with pytest.raises(FileNotFoundError, match='nope.py'):
+    compare.compare(['configs/nope.py'], [0], str(tmp_path))

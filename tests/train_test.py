@@ -1,0 +1,225 @@
+"""Train and eval steps: loss composition, two stages, and data parallelism.
+
+conftest.py gives this process 8 simulated CPU devices; the single-device
+reference runs with plain `jax.jit` on device 0.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from care_jax import attention
+from care_jax import config as config_lib
+from care_jax import losses
+from care_jax import train
+
+NUM_CLASSES = 3
+IMAGE = 32
+
+
+def _config(**care):
+  config = config_lib.default_config()
+  config.model.name = 'tiny_cnn'
+  # SGD: Adam's first update is ~lr * sign(g), which would magnify rounding
+  # noise of near-zero gradients into parameter differences.
+  config.train.optimizer = 'sgd'
+  config.train.learning_rate = 1e-2
+  config.loss.name = 'weighted_ce'
+  for key, value in care.items():
+    config.care[key] = value
+  return config
+
+
+def _batch(batch_size=16, seed=0):
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32)
+  mask = np.zeros((batch_size, IMAGE, IMAGE), np.float32)
+  # Boxes only on a few images, unevenly spread over the 8 shards, so a
+  # per-shard mean would differ from the global one.
+  boxed = np.array([0, 1, 2, 5, 13])
+  for i in boxed:
+    y0, x0 = rng.integers(0, IMAGE // 2, 2)
+    mask[i, y0:y0 + rng.integers(4, IMAGE // 2), x0:x0 + rng.integers(4, IMAGE // 2)] = 1.0
+  return {
+      'image': rng.normal(size=(batch_size, IMAGE, IMAGE, 3)).astype(np.float32),
+      'label': labels,
+      'mask': mask,
+      'has_mask': mask.sum((1, 2)) > 0,
+  }
+
+
+def _setup(config, *, parallel=None, class_weights=(0.2, 0.3, 0.5)):
+  config.parallel = parallel or 'mesh'
+  model = train.create_model(config, NUM_CLASSES)
+  state = train.create_train_state(config, model, (IMAGE, IMAGE, 3), 10, jax.random.key(0))
+  step = train.make_train_step(
+      model, train.StepConfig.from_config(config), class_weights=np.asarray(class_weights),
+      axis_name=train.PMAP_AXIS if parallel == 'pmap' else None)
+  return model, state, step
+
+
+def _reference_loss(model, state, batch, config, class_weights):
+  """The global loss written out directly from the formulas."""
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  (logits, inter), _ = model.apply(variables, batch['image'], train=True,
+                                   mutable=['batch_stats'])
+  labels = jnp.asarray(batch['label'])
+  log_p = jax.nn.log_softmax(logits)
+  w = jnp.asarray(class_weights)[labels]
+  ce = -jnp.sum(w * log_p[jnp.arange(len(labels)), labels]) / jnp.sum(w)
+  maps = attention.cam(inter['features'], state.params['head']['fc']['kernel'], labels)
+  care = losses.care_loss(maps, batch['mask'], tau=config.care.tau, lam=config.care.lam)
+  alpha = config.care.alpha
+  return (1 - alpha) * ce + alpha * care, ce, care
+
+
+def test_loss_is_the_weighted_sum_of_ce_and_the_attention_loss():
+  config = _config(alpha=0.5)
+  model, state, step = _setup(config)
+  batch = _batch()
+  _, metrics = jax.jit(step)(state, batch)
+  loss, ce, care = _reference_loss(model, state, batch, config, (0.2, 0.3, 0.5))
+  np.testing.assert_allclose(metrics['loss'], loss, rtol=1e-5)
+  np.testing.assert_allclose(metrics['ce'], ce, rtol=1e-5)
+  np.testing.assert_allclose(metrics['care'], care, rtol=1e-5)
+  assert metrics['boxed'] == 5
+
+
+def test_alpha_zero_trains_with_cross_entropy_only():
+  config = _config(alpha=0.0)
+  _, state, step = _setup(config)
+  _, metrics = jax.jit(step)(state, _batch())
+  assert 'care' not in metrics
+  np.testing.assert_allclose(metrics['loss'], metrics['ce'])
+
+
+def test_two_stages_share_one_compilation_and_switch_at_start_step():
+  config = _config(alpha=0.5, start_step=2)
+  _, state, step = _setup(config)
+  traces = []
+
+  def counted(state, batch):
+    traces.append(1)
+    return step(state, batch)
+
+  jitted = jax.jit(counted)
+  alphas = []
+  for i in range(4):
+    batch = _batch(seed=i)
+    state, metrics = jitted(state, batch)
+    alphas.append(float(metrics['alpha']))
+    if i < 2:
+      np.testing.assert_allclose(metrics['loss'], metrics['ce'], rtol=1e-6)
+  assert alphas == [0.0, 0.0, 0.5, 0.5]
+  assert len(traces) == 1
+
+
+def test_attention_loss_gradient_reaches_the_backbone():
+  config = _config(alpha=1.0)
+  model, state, _ = _setup(config)
+  batch = _batch()
+
+  def care_only(params):
+    variables = {'params': params, 'batch_stats': state.batch_stats}
+    (_, inter), _ = model.apply(variables, batch['image'], train=True, mutable=['batch_stats'])
+    maps = train.attention_maps(model, variables, inter['features'], jnp.asarray(batch['label']))
+    return losses.care_loss(maps, batch['mask'])
+
+  grads = jax.grad(care_only)(state.params)
+  backbone_norm = optax_global_norm(grads['backbone'])
+  assert backbone_norm > 0
+  # The classifier column is a constant of the attention map (stop_gradient).
+  np.testing.assert_array_equal(grads['head']['fc']['kernel'], 0.0)
+
+
+def optax_global_norm(tree):
+  return float(jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree))))
+
+
+def test_cam_and_grad_cam_paths_give_the_same_step():
+  batch = _batch()
+  results = {}
+  for method in ('cam', 'grad_cam'):
+    config = _config(alpha=0.5, attention=method)
+    _, state, step = _setup(config)
+    results[method] = jax.jit(step)(state, batch)
+  chex.assert_trees_all_close(results['cam'][1], results['grad_cam'][1], rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(results['cam'][0].params, results['grad_cam'][0].params,
+                              rtol=1e-5, atol=1e-6)
+
+
+def test_non_linear_head_uses_grad_cam():
+  config = _config(alpha=0.5)
+  config.model.head = 'bn_linear'
+  _, state, step = _setup(config)
+  _, metrics = jax.jit(step)(state, _batch())
+  assert np.isfinite(metrics['care'])
+  config.care.attention = 'cam'
+  _, state, step = _setup(config)
+  with pytest.raises(ValueError, match='GAP \\+ linear head'):
+    jax.jit(step)(state, _batch())
+
+
+def _single_device_step(config):
+  _, state, step = _setup(config)
+  new_state, metrics = jax.jit(step)(state, _batch())
+  return jax.device_get(new_state), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize('parallel', ['mesh', 'pmap'])
+def test_data_parallel_step_matches_one_device(parallel):
+  assert jax.device_count() == 8, 'conftest sets 8 simulated devices'
+  config = _config(alpha=0.5)
+  expected_state, expected_metrics = _single_device_step(config)
+
+  config = _config(alpha=0.5)
+  model, state, step = _setup(config, parallel=parallel)
+  eval_step = train.make_eval_step(model, num_classes=NUM_CLASSES,
+                                   axis_name=train.PMAP_AXIS if parallel == 'pmap' else None)
+  runner = train.make_parallel(config, step, eval_step)
+  state = runner.put_state(state)
+  with runner.scope():
+    state, metrics = runner.train_step(state, runner.put_batch(_batch()))
+  state = runner.get_state(state)
+  metrics = runner.fetch(metrics)
+  for key in ('loss', 'ce', 'care', 'accuracy'):
+    np.testing.assert_allclose(metrics[key], expected_metrics[key], rtol=1e-5, err_msg=key)
+  chex.assert_trees_all_close(state.params, expected_state.params, rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(state.batch_stats, expected_state.batch_stats,
+                              rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('parallel', ['mesh', 'pmap'])
+def test_data_parallel_eval_counts_every_valid_example_once(parallel):
+  config = _config(alpha=0.5)
+  model, state, step = _setup(config, parallel=parallel)
+  batch = _batch()
+  batch['valid'] = np.arange(16) < 11
+  single = jax.jit(train.make_eval_step(model, num_classes=NUM_CLASSES))(state, batch)
+  runner = train.make_parallel(
+      config, step, train.make_eval_step(
+          model, num_classes=NUM_CLASSES,
+          axis_name=train.PMAP_AXIS if parallel == 'pmap' else None))
+  with runner.scope():
+    confusion = runner.fetch(runner.eval_step(runner.put_state(state), runner.put_batch(batch)))
+  np.testing.assert_array_equal(confusion, single)
+  assert confusion.sum() == 11
+
+
+def test_learning_rate_schedules():
+  config = config_lib.default_config().train
+  config.learning_rate = 1.0
+  config.warmup_steps = 10
+  config.schedule = 'step'
+  lr = train.create_learning_rate(config, 110)
+  assert float(lr(0)) == 0.0
+  np.testing.assert_allclose(float(lr(5)), 0.5)
+  np.testing.assert_allclose(float(lr(10 + 49)), 1.0)
+  np.testing.assert_allclose(float(lr(10 + 51)), 0.1)
+  np.testing.assert_allclose(float(lr(10 + 80)), 0.01)
+  config.schedule = 'cosine'
+  lr = train.create_learning_rate(config, 110)
+  np.testing.assert_allclose(float(lr(60)), 0.5, atol=1e-6)
+  np.testing.assert_allclose(float(lr(110)), 0.0, atol=1e-6)
