@@ -11,3 +11,7 @@ if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '
 # TensorFlow only feeds data: keep it off accelerators and quiet.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+
+# A script run under a separate torch venv by pretrained_test.py, not a test
+# module (and not importable here: no torch in the JAX environment).
+collect_ignore = ['torch_reference.py']

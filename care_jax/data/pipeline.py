@@ -311,11 +311,11 @@ def get_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
   class_names = tuple(builder.info.features['label'].names)
   num_channels = builder.info.features['image'].shape[-1]
   _normalisation(data_config, num_channels)
-  has_box = np.diff(table.box_splits) > 0
+  boxed_classes = np.unique(table.labels[np.diff(table.box_splits) > 0])
   return DatasetInfo(
       class_names=class_names,
       rare_classes=_rare_classes(
-          data_config.rare_classes, class_names, np.unique(table.labels[has_box])
+          data_config.rare_classes, class_names, boxed_classes
       ),
       train_class_counts=np.bincount(
           table.labels, minlength=len(class_names)

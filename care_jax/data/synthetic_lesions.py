@@ -1,4 +1,4 @@
-"""`synthetic_lesions`: a seeded, locally generated stand-in for dermoscopy data.
+"""`synthetic_lesions`: seeded, locally generated stand-in for dermoscopy data.
 
 Every image shows skin-like background (noise texture, uneven illumination) and
 one lesion, an irregular ellipse whose class is coded by its look:
@@ -43,7 +43,7 @@ Example::
 
   from care_jax.data import synthetic_lesions
   config = synthetic_lesions.synthetic_config(image_size=32, seed=1)
-  builder = synthetic_lesions.SyntheticLesions(config=config, data_dir='/tmp/tfds')
+  builder = synthetic_lesions.SyntheticLesions(config=config, data_dir='/tmp/d')
   builder.download_and_prepare()
   ds = builder.as_dataset(split='train')
 """
@@ -81,7 +81,20 @@ class SyntheticLesionsConfig(tfds.core.BuilderConfig):
 
   The config ``name`` is derived from all parameters (``s<size>_<hash>``), so
   differently parameterised datasets never share a directory of a data_dir.
-  Counts are per class, in the order of `CLASS_NAMES`.
+
+  Args:
+    image_size: side S of the stored images (>= 24).
+    train_counts: examples per class, in the order of `CLASS_NAMES`.
+    validation_counts: the same for validation (all 0: no validation split).
+    test_counts: the same for test.
+    pattern_contrast: mean amplitude of the rare classes' dots and stripes,
+      relative to the lesion colour; lower makes them harder to learn, and the
+      ruler shortcut more tempting.
+    artefact: draw the ruler at all.
+    artefact_rate_rare_train: ruler probability for rare training images.
+    artefact_rate_common_train: ruler probability for common training images.
+    artefact_rate_eval: ruler probability for every validation/test image.
+    seed: generation seed.
   """
 
   def __init__(
@@ -241,7 +254,8 @@ def generate_example(
   counts = config.counts(split)
   if not 0 <= index < sum(counts):
     raise ValueError(
-        f'index must lie in [0, {sum(counts)}) for split {split!r}, got {index}.'
+        f'index must lie in [0, {sum(counts)}) for split {split!r}, got'
+        f' {index}.'
     )
   label = _label_of(counts, index)
   name = CLASS_NAMES[label]
@@ -278,7 +292,8 @@ def generate_example(
   room = size / 2.0 - band
   semi_axes *= min(1.0, (room - fringe) / (spread * semi_axes.max()))
   reach = spread * semi_axes.max() + fringe
-  cy, cx = rng.uniform(band + reach, size - band - reach, 2)
+  free = max(0.0, size - 2.0 * (band + reach))  # Rounding may undershoot 0.
+  cy, cx = band + reach + free * rng.uniform(size=2)
   dy, dx = y - cy, x - cx
   along = np.cos(theta) * dx + np.sin(theta) * dy
   across = -np.sin(theta) * dx + np.cos(theta) * dy
@@ -345,7 +360,8 @@ def generate_example(
   has_artefact = config.artefact and draw < rate
   artefact_box = np.zeros(4, np.float32)
   if has_artefact:
-    # (along the border, across it) coordinates; sides: top, bottom, left, right.
+    # Coordinates along the border and across it (depth from the border);
+    # sides 0-3: top, bottom, left, right.
     run, depth = (x, y) if side < 2 else (y, x)
     if side % 2:
       depth = size - depth
@@ -387,8 +403,12 @@ class SyntheticLesions(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [SyntheticLesionsConfig()]
   DEFAULT_CONFIG_NAME = BUILDER_CONFIGS[0].name
 
-  def __init__(self, *, config: SyntheticLesionsConfig | str | None = None,
-               **kwargs):
+  def __init__(
+      self,
+      *,
+      config: SyntheticLesionsConfig | str | None = None,
+      **kwargs: Any,
+  ):
     # tfds refuses a config *object* that shares the name of a predefined one
     # (here: an equal copy of the default); pass the name instead.
     if isinstance(config, SyntheticLesionsConfig) and (

@@ -1,0 +1,359 @@
+"""Tests of the tf.data input pipeline and its batch contract."""
+
+import itertools
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from care_jax.data import pipeline
+from care_jax.data import synthetic_lesions as sl
+
+SYNTHETIC = dict(
+    image_size=32,
+    train_counts=(8, 8, 4, 8, 4),
+    validation_counts=(2, 2, 2, 2, 2),
+    test_counts=(3, 3, 3, 3, 3),
+)
+MEAN = (0.2, 0.4, 0.6)
+STD = (0.5, 0.25, 1.0)
+
+
+def _config(data_dir, image_size=32, **synthetic):
+  config = pipeline.default_data_config()
+  config.dir = str(data_dir)
+  config.image_size = image_size
+  config.mean = MEAN
+  config.std = STD
+  config.synthetic.update({**SYNTHETIC, **synthetic})
+  return config
+
+
+@pytest.fixture(scope='module')
+def config(tmp_path_factory):
+  return _config(tmp_path_factory.mktemp('tfds'))
+
+
+def _raw(config, split):
+  """The stored examples, in the builder's fixed order."""
+  builder = sl.SyntheticLesions(
+      config=sl.synthetic_config(**config.synthetic.to_dict()),
+      data_dir=config.dir,
+  )
+  builder.download_and_prepare()
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  return list(tfds.as_numpy(ds))
+
+
+def _normalise(image):
+  return (image / 255.0 - np.array(MEAN)) / np.array(STD)
+
+
+def _denormalise(image):
+  pixels = (image * np.array(STD) + np.array(MEAN)) * 255.0
+  return np.round(pixels).astype(np.uint8)
+
+
+def _raster(boxes, size):
+  """Numpy reference of the box union, pixel by pixel."""
+  mask = np.zeros((size, size), np.float32)
+  for ymin, xmin, ymax, xmax in boxes:
+    for i, j in itertools.product(range(size), repeat=2):
+      if ymin * size <= i + 0.5 <= ymax * size and (
+          xmin * size <= j + 0.5 <= xmax * size
+      ):
+        mask[i, j] = 1.0
+  return mask
+
+
+def _take(iterator, n):
+  return list(itertools.islice(iterator, n))
+
+
+def _assert_batches_equal(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+
+
+# rasterize_boxes ------------------------------------------------------------
+
+
+def test_rasterize_box_covers_pixels_whose_centres_are_inside():
+  # Rows 2-5 (centres 2.5..5.5 in [2, 6]) and columns 1-3 (centres 1.5..3.5
+  # in [1, 4]) of an 8 x 8 grid.
+  mask = pipeline.rasterize_boxes([[0.25, 0.125, 0.75, 0.5]], 8).numpy()
+  expected = np.zeros((8, 8), np.float32)
+  expected[2:6, 1:4] = 1.0
+  np.testing.assert_array_equal(mask, expected)
+  assert mask.dtype == np.float32
+
+
+def test_rasterize_box_edges_through_pixel_centres_are_inclusive():
+  # ymin * 8 = 0.5 and ymax * 8 = 2.5 are the centres of rows 0 and 2.
+  mask = pipeline.rasterize_boxes([[0.0625, 0.0, 0.3125, 1.0]], 8).numpy()
+  np.testing.assert_array_equal(mask.any(1), np.arange(8) <= 2)
+
+
+def test_rasterize_matches_numpy_reference_on_random_boxes():
+  rng = np.random.default_rng(0)
+  for n in range(4):
+    ys = np.sort(rng.uniform(0, 1, (n, 2)), axis=1)
+    xs = np.sort(rng.uniform(0, 1, (n, 2)), axis=1)
+    boxes = np.stack([ys[:, 0], xs[:, 0], ys[:, 1], xs[:, 1]], axis=-1)
+    boxes = boxes.reshape(n, 4).astype(np.float32)
+    np.testing.assert_array_equal(
+        pipeline.rasterize_boxes(boxes, 13).numpy(),
+        _raster(boxes, 13),
+    )
+
+
+def test_rasterize_empty_box_list_gives_zero_mask():
+  mask = pipeline.rasterize_boxes(np.zeros((0, 4), np.float32), 6).numpy()
+  np.testing.assert_array_equal(mask, np.zeros((6, 6)))
+
+
+def test_rasterize_union_of_two_boxes():
+  a, b = [0.0, 0.0, 0.5, 0.5], [0.25, 0.25, 1.0, 0.75]
+  union = pipeline.rasterize_boxes([a, b], 8).numpy()
+  expected = np.maximum(_raster([a], 8), _raster([b], 8))
+  np.testing.assert_array_equal(union, expected)
+  assert union.sum() < _raster([a], 8).sum() + _raster([b], 8).sum()
+
+
+def test_rasterize_non_square_and_bad_shape():
+  mask = pipeline.rasterize_boxes([[0.0, 0.0, 0.5, 0.5]], (4, 6)).numpy()
+  assert mask.shape == (4, 6) and mask.sum() == 2 * 3
+  with pytest.raises(ValueError, match=r'\[N, 4\]'):
+    pipeline.rasterize_boxes(np.zeros((2, 3), np.float32), 4)
+
+
+# train_batches ---------------------------------------------------------------
+
+
+def test_train_batch_contract(config):
+  batch = next(pipeline.train_batches(config, batch_size=5, seed=0))
+  assert set(batch) == {'image', 'label', 'mask', 'has_mask'}
+  assert batch['image'].shape == (5, 32, 32, 3)
+  assert batch['image'].dtype == np.float32
+  assert batch['label'].shape == (5,) and batch['label'].dtype == np.int32
+  assert batch['mask'].shape == (5, 32, 32)
+  assert batch['mask'].dtype == np.float32
+  assert batch['has_mask'].shape == (5,) and batch['has_mask'].dtype == bool
+
+
+def test_train_epoch_is_a_permutation_with_matching_labels_and_masks(config):
+  raw = _raw(config, 'train')
+  by_image = {ex['image'].tobytes(): ex for ex in raw}
+  # 32 examples: the first 4 batches of 8 are exactly one epoch.
+  batches = _take(pipeline.train_batches(config, batch_size=8, seed=3), 4)
+  seen = []
+  for batch in batches:
+    for row in range(8):
+      key = _denormalise(batch['image'][row]).tobytes()
+      assert key in by_image
+      ex = by_image[key]
+      seen.append(key)
+      np.testing.assert_allclose(
+          batch['image'][row], _normalise(ex['image']), atol=1e-6
+      )
+      assert batch['label'][row] == ex['label']
+      np.testing.assert_array_equal(
+          batch['mask'][row], _raster(ex['boxes'], 32)
+      )
+      assert batch['has_mask'][row] == (len(ex['boxes']) > 0)
+      assert batch['has_mask'][row] == (batch['mask'][row].sum() > 0)
+  assert sorted(seen) == sorted(by_image)
+  # Shuffled: not the stored order.
+  labels = np.concatenate([b['label'] for b in batches])
+  assert not np.array_equal(labels, [ex['label'] for ex in raw])
+
+
+def test_same_seed_same_batches_other_seed_differs(config):
+  a = _take(pipeline.train_batches(config, batch_size=6, seed=1), 7)
+  b = _take(pipeline.train_batches(config, batch_size=6, seed=1), 7)
+  c = _take(pipeline.train_batches(config, batch_size=6, seed=2), 7)
+  _assert_batches_equal(a, b)
+  assert not all(np.array_equal(x['image'], y['image']) for x, y in zip(a, c))
+
+
+def test_start_step_resumes_the_fresh_sequence(config):
+  # 32 / 6: batches 5 and 6 straddle the first epoch end.
+  fresh = _take(pipeline.train_batches(config, batch_size=6, seed=4), 9)
+  resumed = _take(
+      pipeline.train_batches(config, batch_size=6, seed=4, start_step=4), 5
+  )
+  _assert_batches_equal(resumed, fresh[4:])
+
+
+def test_process_slices_make_up_the_global_batch(config):
+  kwargs = dict(seed=5, start_step=2)
+  single = _take(pipeline.train_batches(config, batch_size=6, **kwargs), 6)
+  parts = [
+      _take(
+          pipeline.train_batches(
+              config, batch_size=3, process_index=i, process_count=2, **kwargs
+          ),
+          6,
+      )
+      for i in range(2)
+  ]
+  for step, global_batch in enumerate(single):
+    for key, value in global_batch.items():
+      np.testing.assert_array_equal(
+          np.concatenate([parts[0][step][key], parts[1][step][key]]), value
+      )
+
+
+@pytest.mark.parametrize(
+    'kwargs, message',
+    [
+        (dict(batch_size=0), 'batch_size'),
+        (dict(batch_size=2, start_step=-1), 'start_step'),
+        (dict(batch_size=2, process_index=2, process_count=2), 'process_index'),
+    ],
+)
+def test_train_bad_arguments_raise(config, kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    pipeline.train_batches(config, seed=0, **kwargs)
+
+
+# eval_batches ----------------------------------------------------------------
+
+
+def test_eval_covers_each_example_once_normalised_with_padding(config):
+  raw = _raw(config, 'test')  # 15 examples -> 4 batches of 4, 1 padding row.
+  batches = list(pipeline.eval_batches(config, 'test', batch_size=4))
+  assert len(batches) == 4
+  assert set(batches[0]) == {'image', 'label', 'mask', 'has_mask', 'valid'}
+  assert batches[0]['valid'].dtype == bool
+  stacked = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+  np.testing.assert_array_equal(stacked['valid'], np.arange(16) < 15)
+  for row, ex in enumerate(raw):
+    np.testing.assert_allclose(
+        stacked['image'][row], _normalise(ex['image']), rtol=1e-6, atol=1e-6
+    )
+    assert stacked['label'][row] == ex['label']
+  # Test images carry no boxes; the padding row is all zeros.
+  assert not stacked['has_mask'].any() and not stacked['mask'].any()
+  assert stacked['label'][15] == 0 and not stacked['image'][15].any()
+
+
+def test_eval_process_shards_cover_the_split_once_in_equal_batch_counts(config):
+  raw = _raw(config, 'test')  # 15 examples; 3 processes x 2 rows -> 18 rows.
+  shards = [list(pipeline.eval_batches(config, 'test', batch_size=2,
+                                       process_index=i, process_count=3))
+            for i in range(3)]
+  assert [len(s) for s in shards] == [3, 3, 3]
+  labels = np.concatenate([b['label'][b['valid']] for s in shards for b in s])
+  assert sorted(labels.tolist()) == sorted(int(ex['label']) for ex in raw)
+  valid = sum(int(b['valid'].sum()) for s in shards for b in s)
+  assert valid == len(raw)
+  with pytest.raises(ValueError, match='process_index'):
+    pipeline.eval_batches(config, 'test', batch_size=2, process_index=3,
+                          process_count=3)
+
+
+def test_eval_resizes_bilinear_antialiased_and_masks_at_output_size(tmp_path):
+  config = _config(tmp_path, image_size=12)
+  raw = _raw(config, 'train')
+  batch = next(pipeline.eval_batches(config, 'train', batch_size=len(raw)))
+
+  # Reference: separable triangle filter scaled by the downsizing factor.
+  scale = 32 / 12
+  centres = (np.arange(12) + 0.5) * scale
+  distance = np.abs(np.arange(32) + 0.5 - centres[:, None])
+  weights = np.maximum(0.0, 1.0 - distance / scale)
+  weights /= weights.sum(1, keepdims=True)
+  for row, ex in enumerate(raw):
+    resized = np.einsum('ik,jl,klc->ijc', weights, weights, ex['image'] / 1.0)
+    np.testing.assert_allclose(
+        batch['image'][row], _normalise(resized), atol=1e-4
+    )
+    np.testing.assert_array_equal(batch['mask'][row], _raster(ex['boxes'], 12))
+  assert batch['has_mask'].any()
+
+
+def test_eval_unknown_split_raises(config):
+  with pytest.raises(ValueError, match='train'):
+    pipeline.eval_batches(config, 'dev', batch_size=4)
+
+
+# get_dataset_info and config checks -------------------------------------------
+
+
+def test_dataset_info(config):
+  info = pipeline.get_dataset_info(config)
+  assert info.class_names == sl.CLASS_NAMES
+  # Default rare classes: those with boxes in train.
+  assert info.rare_classes == (2, 4)
+  np.testing.assert_array_equal(
+      info.train_class_counts, SYNTHETIC['train_counts']
+  )
+  assert info.train_class_counts.dtype == np.int64
+  assert info.split_sizes == {'train': 32, 'validation': 10, 'test': 15}
+  assert (info.image_size, info.num_channels) == (32, 3)
+
+
+def test_rare_classes_override_and_unknown_name(config):
+  override = config.copy_and_resolve_references()
+  override.rare_classes = ('striped', 'brown')
+  assert pipeline.get_dataset_info(override).rare_classes == (0, 4)
+  override.rare_classes = ('striped', 'spotted')
+  with pytest.raises(ValueError, match=r"spotted.*'brown', 'dark'"):
+    pipeline.get_dataset_info(override)
+
+
+def test_missing_validation_split_is_left_out(tmp_path):
+  config = _config(tmp_path, validation_counts=(0,) * 5)
+  assert 'validation' not in pipeline.get_dataset_info(config).split_sizes
+  with pytest.raises(ValueError, match='validation'):
+    pipeline.eval_batches(config, 'validation', batch_size=4)
+
+
+def test_unknown_dataset_name_lists_the_supported_ones(config):
+  bad = config.copy_and_resolve_references()
+  bad.name = 'imagenet'
+  for call in (
+      lambda: pipeline.get_dataset_info(bad),
+      lambda: pipeline.train_batches(bad, batch_size=2, seed=0),
+      lambda: pipeline.eval_batches(bad, 'test', batch_size=2),
+  ):
+    with pytest.raises(ValueError, match=r"imagenet.*'synthetic_lesions'"):
+      call()
+
+
+def test_mean_std_must_match_channels(config):
+  bad = config.copy_and_resolve_references()
+  bad.mean = (0.5, 0.5)
+  with pytest.raises(ValueError, match='data.mean'):
+    pipeline.get_dataset_info(bad)
+
+
+def test_rare_training_masks_cover_the_lesion(tmp_path):
+  config = _config(tmp_path, artefact=False)
+  batch = next(pipeline.train_batches(config, batch_size=32, seed=0))
+  pixels = batch['image'] * np.array(STD) + np.array(MEAN)  # back to [0, 1]
+  green = pixels[..., 1]
+  covered, total = 0.0, 0
+  for row in np.flatnonzero(batch['has_mask']):
+    # Far darker than the skin median: lesion pixels.
+    lesion = green[row] < 0.6 * np.median(green[row])
+    covered += batch['mask'][row][lesion].sum()
+    total += lesion.sum()
+    assert batch['mask'][row].mean() < 0.5  # a box, not the whole image
+  assert total > 0 and covered / total == 1.0
+
+
+def test_importing_care_jax_does_not_load_data_or_tensorflow():
+  code = (
+      'import sys, care_jax; assert "care_jax.data" not in sys.modules;'
+      'import care_jax.data; assert "tensorflow" not in sys.modules;'
+      'from care_jax.data import synthetic_config;'
+      'assert "tensorflow" not in sys.modules'
+  )
+  subprocess.run([sys.executable, '-c', code], check=True)
