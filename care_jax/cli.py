@@ -1,5 +1,6 @@
 """The `care-jax` command: `care-jax train ...` and `care-jax compare ...`."""
 
+import runpy
 import sys
 
 COMMANDS = {
@@ -13,7 +14,11 @@ def main() -> None:
     names = ', '.join(COMMANDS)
     sys.exit(f'usage: care-jax {{{names}}} [flags]   (care-jax COMMAND --help for its flags)')
   module_name = COMMANDS[sys.argv[1]]
-  # absl parses sys.argv: present the subcommand as the program name.
+  # absl parses sys.argv: present the subcommand as the program name. Running
+  # the module as __main__ makes its flags and docstring those of --help.
   sys.argv = [f'care-jax {sys.argv[1]}'] + sys.argv[2:]
-  module = __import__(module_name, fromlist=['run'])
-  module.run()
+  runpy.run_module(module_name, run_name='__main__', alter_sys=True)
+
+
+if __name__ == '__main__':
+  main()

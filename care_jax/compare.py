@@ -78,6 +78,29 @@ def format_table(summary: dict[str, dict], split: str) -> str:
   return '\n'.join(lines)
 
 
+def _check_same_config(config: ml_collections.ConfigDict, run_dir: str) -> None:
+  """Refuses to reuse a finished run that was trained with another config."""
+  with open(os.path.join(run_dir, 'config.json')) as f:
+    previous = json.load(f)
+  current = json.loads(config.to_json_best_effort())
+  if previous != current:
+    flat_prev, flat_cur = _flatten(previous), _flatten(current)
+    differ = sorted(k for k in flat_prev.keys() | flat_cur.keys()
+                    if flat_prev.get(k) != flat_cur.get(k))
+    raise ValueError(f'{run_dir} holds a run of another config (keys that differ: '
+                     f'{differ}); use another --workdir or delete it.')
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
 def compare(config_paths: Sequence[str], seeds: Sequence[int], workdir: str, *,
             overrides: Sequence[str] = (), split: str = 'test') -> dict[str, dict]:
   """Runs every (config, seed) not yet run and returns the summary."""
@@ -93,12 +116,13 @@ def compare(config_paths: Sequence[str], seeds: Sequence[int], workdir: str, *,
     for seed in seeds:
       run_dir = os.path.join(workdir, name, f'seed_{seed}')
       metrics_path = os.path.join(run_dir, 'metrics.json')
+      seeded = config.copy_and_resolve_references()
+      seeded.seed = seed
       if os.path.exists(metrics_path):
+        _check_same_config(seeded, run_dir)
         with open(metrics_path) as f:
           metrics = json.load(f)
       else:
-        seeded = config.copy_and_resolve_references()
-        seeded.seed = seed
         metrics = train.train_and_evaluate(seeded, run_dir)
       results[name].append({'seed': seed, **metrics})
   summary = summarize(results, split)

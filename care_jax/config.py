@@ -32,6 +32,9 @@ def default_config() -> ml_collections.ConfigDict:
   # 'linear' (GAP + Dense) keeps Grad-CAM in closed form; 'bn_linear' is the
   # official code's head; 'default' picks the architecture's own head.
   config.model.head = 'default'
+  # A local torchvision/timm checkpoint (.safetensors, or .pth with torch
+  # installed) to start from; set data.mean/std to models.IMAGENET_MEAN/STD.
+  config.model.pretrained = config_dict.placeholder(str)
 
   config.care = ml_collections.ConfigDict()
   config.care.alpha = 0.5  # 0 disables the attention loss (CE baseline).
@@ -81,6 +84,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   check(config.model.name in models.MODEL_NAMES, 'model.name',
         f'must be one of {models.MODEL_NAMES}')
+  check(not config.model.pretrained or config.model.name in models.PRETRAINED_MODEL_NAMES,
+        'model.pretrained', f'needs model.name in {models.PRETRAINED_MODEL_NAMES}')
   check(config.model.head in ('default', 'linear', 'bn_linear', 'vgg'), 'model.head',
         "must be one of 'default', 'linear', 'bn_linear', 'vgg'")
   check(0.0 <= config.care.alpha <= 1.0, 'care.alpha', 'must lie in [0, 1]')

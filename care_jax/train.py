@@ -74,12 +74,15 @@ class StepConfig:
                attention=care.attention, reduction=care.reduction)
 
 
+def _model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return {'dtype': jnp.dtype(config.dtype),
+          'head': None if config.model.head == 'default' else config.model.head,
+          'axis_name': PMAP_AXIS if config.parallel == 'pmap' else None}
+
+
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.Classifier:
   """The classifier of `config.model`, set up for `config.parallel` and `config.dtype`."""
-  head_kwargs = {} if config.model.head == 'default' else {'head': config.model.head}
-  return models.get_model(
-      config.model.name, num_classes=num_classes, dtype=jnp.dtype(config.dtype),
-      axis_name=PMAP_AXIS if config.parallel == 'pmap' else None, **head_kwargs)
+  return models.get_model(config.model.name, num_classes=num_classes, **_model_kwargs(config))
 
 
 def create_learning_rate(train_config: ml_collections.ConfigDict,
@@ -122,11 +125,21 @@ def create_optimizer(train_config: ml_collections.ConfigDict,
 def create_train_state(config: ml_collections.ConfigDict, model: models.Classifier,
                        image_shape: tuple[int, ...], num_steps: int,
                        rng: jax.Array) -> TrainState:
-  """Initialises parameters, BatchNorm statistics and the optimizer."""
+  """Initialises parameters, BatchNorm statistics and the optimizer.
+
+  With `config.model.pretrained` the backbone (and the head, when the class
+  counts agree) comes from that checkpoint; the rest is initialised.
+  """
   params_key, dropout_key, init_dropout_key = jax.random.split(rng, 3)
-  variables = jax.jit(functools.partial(model.init, train=False))(
-      {'params': params_key, 'dropout': init_dropout_key},
-      jnp.zeros((1, *image_shape), jnp.float32))
+  if config.model.pretrained:
+    _, variables, report = models.load_pretrained(
+        config.model.name, config.model.pretrained, num_classes=model.head.num_classes,
+        rng=params_key, return_report=True, **_model_kwargs(config))
+    logging.info('pretrained weights: %s', report)
+  else:
+    variables = jax.jit(functools.partial(model.init, train=False))(
+        {'params': params_key, 'dropout': init_dropout_key},
+        jnp.zeros((1, *image_shape), jnp.float32))
   return TrainState.create(
       apply_fn=model.apply, params=variables['params'],
       batch_stats=variables.get('batch_stats', {}),

@@ -134,8 +134,35 @@ def test_compare_tabulates_every_config_and_resumes(tmp_path):
   compare.compare(configs, [0], workdir, overrides=overrides)
   assert os.path.getmtime(
       os.path.join(workdir, 'synthetic_care', 'seed_0', 'metrics.json')) == mtime
+  # Different settings in the same workdir are refused, naming the key.
+  with pytest.raises(ValueError, match=r'care\.lam'):
+    compare.compare(configs, [0], workdir, overrides=overrides + ['care.lam=0.1'])
 
 
 def test_compare_fails_fast_on_a_missing_config(tmp_path):
   with pytest.raises(FileNotFoundError, match='nope.py'):
     compare.compare(['configs/nope.py'], [0], str(tmp_path))
+
+
+@pytest.mark.parametrize('command', ['train', 'compare'])
+def test_care_jax_command_dispatches_to_its_subcommand(command):
+  proc = subprocess.run([sys.executable, '-m', 'care_jax.cli', command, '--helpshort'],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  # absl exits with 1 after printing help; what matters is whose flags it shows.
+  assert '--workdir' in proc.stdout, proc.stderr[-2000:]
+  assert f'care_jax/{"main" if command == "train" else "compare"}.py' in proc.stdout
+
+
+def test_care_jax_command_without_a_subcommand_prints_usage():
+  proc = subprocess.run([sys.executable, '-m', 'care_jax.cli', 'fly'], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert 'usage: care-jax {train, compare}' in proc.stderr
+
+
+@pytest.mark.parametrize('name', sorted(f for f in os.listdir(os.path.join(REPO, 'configs'))
+                                        if f.endswith('.py')))
+def test_every_config_file_loads_and_validates(name):
+  config = compare.load_config(os.path.join(REPO, 'configs', name))
+  config_lib.validate(config)
+  assert set(config.keys()) == set(config_lib.default_config().keys())

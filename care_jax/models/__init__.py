@@ -11,6 +11,11 @@ from care_jax.models.heads import adaptive_avg_pool
 from care_jax.models.heads import BatchNormLinearHead
 from care_jax.models.heads import LinearHead
 from care_jax.models.heads import VGGHead
+from care_jax.models.pretrained import IMAGENET_MEAN
+from care_jax.models.pretrained import IMAGENET_STD
+from care_jax.models.pretrained import load_pretrained
+from care_jax.models.pretrained import LoadReport
+from care_jax.models.pretrained import PRETRAINED_MODEL_NAMES
 from care_jax.models.resnet import BasicBlock
 from care_jax.models.resnet import Bottleneck
 from care_jax.models.resnet import ResNet
@@ -25,8 +30,13 @@ __all__ = (
     'Classifier',
     'get_model',
     'HEAD_NAMES',
+    'IMAGENET_MEAN',
+    'IMAGENET_STD',
     'LinearHead',
+    'load_pretrained',
+    'LoadReport',
     'MODEL_NAMES',
+    'PRETRAINED_MODEL_NAMES',
     'ResNet',
     'TinyCNN',
     'VGG',
