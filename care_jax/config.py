@@ -10,7 +10,6 @@ import ml_collections
 from ml_collections import config_dict
 
 from care_jax import models
-from care_jax.data import pipeline
 
 OPTIMIZERS = ('adam', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'step')
@@ -25,6 +24,7 @@ def default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
+  from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   config.data = pipeline.default_data_config()
 
   config.model = ml_collections.ConfigDict()

@@ -46,7 +46,6 @@ from care_jax import config as config_lib
 from care_jax import losses
 from care_jax import metrics as metrics_lib
 from care_jax import models
-from care_jax.data import pipeline
 
 PMAP_AXIS = 'batch'
 MESH_AXIS = 'data'
@@ -54,7 +53,7 @@ MESH_AXIS = 'data'
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
-  dropout_key: jax.Array
+  dropout_key: jax.Array  # Raw uint32 key data: a plain array to shard and save.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +142,8 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.Classifi
   return TrainState.create(
       apply_fn=model.apply, params=variables['params'],
       batch_stats=variables.get('batch_stats', {}),
-      tx=create_optimizer(config.train, num_steps), dropout_key=dropout_key)
+      tx=create_optimizer(config.train, num_steps),
+      dropout_key=jax.random.key_data(dropout_key))
 
 
 def attention_maps(model: models.Classifier, variables: dict[str, Any], features: jax.Array,
@@ -216,7 +216,7 @@ def make_train_step(model: models.Classifier, step_config: StepConfig, *,
     return loss, (terms, updates['batch_stats'])
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
-    dropout_key = jax.random.fold_in(state.dropout_key, state.step)
+    dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
     if axis_name:
       dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -263,10 +263,13 @@ class MeshParallel:
                              out_shardings=replicated)
 
   def put_state(self, state: TrainState) -> TrainState:
-    return jax.device_put(state, self._replicated)
+    # Every process holds the whole (replicated) state.
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self._replicated, np.asarray(x)),
+        state)
 
   def get_state(self, state: TrainState) -> TrainState:
-    return jax.device_get(state)
+    return self.fetch(state)
 
   def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     # Each process holds its slice of the global batch (multi-host safe).
@@ -277,7 +280,9 @@ class MeshParallel:
     return jax.set_mesh(self.mesh)
 
   def fetch(self, tree):
-    return jax.device_get(tree)
+    # Replicated outputs: the local copy is the value, also when the array
+    # spans devices of other processes (which device_get refuses).
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
 class PmapParallel:
@@ -329,8 +334,9 @@ def num_train_steps(config: ml_collections.ConfigDict, num_train_examples: int) 
 
 
 def evaluate(parallel, state: TrainState, config: ml_collections.ConfigDict, split: str,
-             info: pipeline.DatasetInfo) -> dict[str, Any]:
+             info) -> dict[str, Any]:
   """Metrics of `state` on one split (every example exactly once)."""
+  from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   batch_size = config.train.eval_batch_size
   _check_divisible(batch_size, parallel, 'train.eval_batch_size')
   per_process = batch_size // jax.process_count()
@@ -349,6 +355,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Returns the dict written to metrics.json.
   """
+  # The input pipeline (TensorFlow) is imported only here, so the steps above
+  # run where TensorFlow is not installed (e.g. GPU images with in-memory data).
+  from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0

@@ -166,3 +166,39 @@ def test_every_config_file_loads_and_validates(name):
   config = compare.load_config(os.path.join(REPO, 'configs', name))
   config_lib.validate(config)
   assert set(config.keys()) == set(config_lib.default_config().keys())
+
+
+@pytest.mark.slow
+def test_training_compiles_each_step_once(tmp_path, monkeypatch):
+  traces = {'train': 0, 'eval': 0}
+  make_train, make_eval = train.make_train_step, train.make_eval_step
+
+  def counting(kind, make):
+    def wrapped(*args, **kwargs):
+      step = make(*args, **kwargs)
+
+      def traced(*a):
+        traces[kind] += 1  # Python runs only while jax traces the step.
+        return step(*a)
+      return traced
+    return wrapped
+
+  monkeypatch.setattr(train, 'make_train_step', counting('train', make_train))
+  monkeypatch.setattr(train, 'make_eval_step', counting('eval', make_eval))
+  # Stage switch at step 3 and evaluations in between: still one compilation each.
+  config = _tiny_config(tmp_path, 'care.start_step=3', 'train.eval_every_steps=2')
+  train.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert traces == {'train': 1, 'eval': 1}
+
+
+@pytest.mark.slow
+def test_bfloat16_training_converges_like_float32(tmp_path):
+  curves = {}
+  for dtype in ('float32', 'bfloat16'):
+    config = _tiny_config(tmp_path, f"dtype='{dtype}'", 'train.num_steps=40',
+                          'train.log_every_steps=5')
+    train.train_and_evaluate(config, str(tmp_path / dtype))
+    curves[dtype] = [json.loads(line)['ce'] for line in open(tmp_path / dtype / 'train_log.jsonl')]
+  bf16, f32 = np.array(curves['bfloat16']), np.array(curves['float32'])
+  assert bf16[-2:].mean() < 0.6 * bf16[:2].mean(), bf16  # it learns
+  np.testing.assert_allclose(bf16, f32, atol=0.15)  # and tracks the float32 run
