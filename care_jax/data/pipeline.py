@@ -330,6 +330,14 @@ def get_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
   )
 
 
+def _check_process(process_index: int, process_count: int) -> None:
+  if not 0 <= process_index < process_count:
+    raise ValueError(
+        f'process_index must lie in [0, process_count={process_count}), got'
+        f' {process_index}.'
+    )
+
+
 def train_batches(
     data_config: ml_collections.ConfigDict,
     *,
@@ -360,11 +368,7 @@ def train_batches(
     raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
   if start_step < 0:
     raise ValueError(f'start_step must be >= 0, got {start_step}.')
-  if not 0 <= process_index < process_count:
-    raise ValueError(
-        f'process_index must lie in [0, process_count={process_count}), got'
-        f' {process_index}.'
-    )
+  _check_process(process_index, process_count)
   builder = _prepared_builder(data_config)
   table = _read_split(builder, 'train')
   image_feature = builder.info.features['image']
@@ -420,11 +424,7 @@ def eval_batches(
   """
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
-  if not 0 <= process_index < process_count:
-    raise ValueError(
-        f'process_index must lie in [0, process_count={process_count}), got'
-        f' {process_index}.'
-    )
+  _check_process(process_index, process_count)
   builder = _prepared_builder(data_config)
   if split not in builder.info.splits:
     raise ValueError(
