@@ -1,0 +1,151 @@
+"""The benchmark scripts: their shared helpers, and smoke runs of each script.
+
+Wall-clock ratios are never asserted (the machine is shared); the smoke runs
+only check that each script finishes and ends with a well-formed ratio line.
+"""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from care_jax import models
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / 'benchmarks'
+sys.path.insert(0, str(BENCHMARKS))
+import _common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_random_batch_boxes_one_rectangle_per_boxed_image():
+  batch = _common.random_batch(batch_size=12, image_size=64, num_classes=7,
+                               boxed_fraction=0.33, seed=3)
+  assert batch['image'].shape == (12, 64, 64, 3) and batch['image'].dtype == np.float32
+  assert batch['label'].dtype == np.int32 and set(batch['label']) <= set(range(7))
+  np.testing.assert_array_equal(batch['has_mask'], np.arange(12) < 4)  # round(0.33 * 12)
+  for mask, boxed in zip(batch['mask'], batch['has_mask']):
+    if not boxed:
+      assert not mask.any()
+      continue
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    # A filled axis-aligned rectangle with sides in [S/8, S/2].
+    assert mask.sum() == len(rows) * len(cols)
+    assert rows[-1] - rows[0] + 1 == len(rows) and cols[-1] - cols[0] + 1 == len(cols)
+    assert 8 <= len(rows) <= 32 and 8 <= len(cols) <= 32
+
+
+def test_random_batch_rejects_a_boxed_fraction_outside_0_1():
+  with pytest.raises(ValueError, match='boxed_fraction'):
+    _common.random_batch(batch_size=4, image_size=32, num_classes=2, boxed_fraction=1.5)
+
+
+def test_compiled_stats_of_a_donated_matmul():
+  n = 64
+  compiled = jax.jit(lambda a, b: a @ b + a, donate_argnums=0).lower(
+      jnp.ones((n, n)), jnp.ones((n, n))).compile()
+  stats = _common.compiled_stats(compiled)
+  assert stats['flops'] >= 2 * n**3  # the matmul's multiply-adds (plus the add)
+  assert stats['argument_bytes'] == 2 * n * n * 4
+  assert stats['output_bytes'] == n * n * 4
+  assert stats['alias_bytes'] == n * n * 4  # the output reuses the donated `a`
+
+
+def test_time_alternating_runs_the_steps_in_turn_on_fresh_arguments():
+  calls, made = [], []
+
+  def make_args(name):
+    made.append(name)
+    return (jnp.float32(len(made)),)
+
+  steps = {name: (lambda x, name=name: calls.append((name, float(x))) or x,
+                  lambda name=name: make_args(name)) for name in ('a', 'b')}
+  timings = _common.time_alternating(steps, repeats=3, warmup=1)
+  assert [name for name, _ in calls] == ['a', 'b'] * 4
+  # Every run got the arguments made just before it.
+  assert [x for _, x in calls] == list(range(1, 9))
+  assert all(len(t.wall) == len(t.cpu) == 3 for t in timings.values())
+  assert all(s >= 0 for t in timings.values() for s in t.wall + t.cpu)
+
+
+def test_format_table_aligns_columns():
+  table = _common.format_table(['', 'x', 'yy'], [['row', '1.0', '22.5'], ['r', '10.25', '3']])
+  assert table.splitlines() == [
+      '         x    yy',
+      '---  -----  ----',
+      'row    1.0  22.5',
+      'r    10.25     3',
+  ]
+
+
+def _tiny_steps(nan_image=False):
+  model = models.get_model('tiny_cnn', num_classes=3)
+  batch = _common.random_batch(batch_size=8, image_size=32, num_classes=3,
+                               boxed_fraction=0.5, seed=1)
+  if nan_image:
+    batch['image'][0, 0, 0, 0] = np.nan
+  state = _common.create_state(model, (32, 32, 3), seed=0)
+  return state, _common.compile_steps(model, state, jax.device_put(batch), alpha=0.5)
+
+
+def test_compile_steps_donates_copies_and_keeps_the_initial_state():
+  state, steps = _tiny_steps()
+  state_bytes = sum(jnp.asarray(x).nbytes for x in jax.tree.leaves(state))
+  for name in _common.STEPS:
+    # The whole state is donated: the new state reuses its buffers.
+    assert steps.stats[name]['alias_bytes'] == state_bytes
+    for _ in range(2):
+      jax.block_until_ready(steps.compiled[name](*steps.fresh_args()))
+  # Runs donate copies, never the initial state itself.
+  assert not any(x.is_deleted() for x in jax.tree.leaves(steps.state)
+                 if isinstance(x, jax.Array))
+  assert steps.step_configs['ce'].alpha == 0.0 and steps.step_configs['care'].alpha == 0.5
+
+
+def test_compile_steps_rejects_a_step_with_non_finite_metrics():
+  with pytest.raises(FloatingPointError, match='non-finite'):
+    _tiny_steps(nan_image=True)
+
+
+def _run(script, *args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  env.pop('XLA_FLAGS', None)  # One CPU device, as a user would run it.
+  proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], env=env,
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  return proc.stdout.strip().splitlines()
+
+
+def _ratio(last_line, prefix):
+  match = re.fullmatch(re.escape(prefix) + r': (\d+\.\d{3})', last_line)
+  assert match, last_line
+  value = float(match.group(1))
+  assert value > 0
+  return value
+
+
+def test_step_overhead_runs_and_prints_the_ratio_last():
+  lines = _run('step_overhead.py', '--model', 'tiny_cnn', '--image-size', '32', '--batch', '8',
+               '--repeats', '2')
+  _ratio(lines[-1], 'care/ce step time ratio')
+  assert any(line.startswith('temp memory (MiB)') for line in lines)
+
+
+def test_gpu_benchmark_runs_on_cpu_and_prints_the_ratio_last():
+  lines = _run('gpu.py', '--model', 'tiny_cnn', '--image-size', '32', '--batch', '8',
+               '--repeats', '2', '--matmul-size', '256')
+  _ratio(lines[-1], 'care/ce images/s ratio')
+  assert any(line.startswith('achieved TFLOP/s') for line in lines)
+
+
+def test_benchmarks_import_no_tensorflow():
+  # gpu.py must run on accelerator images that have no TensorFlow.
+  code = ('import sys; sys.path.insert(0, sys.argv[1]); import gpu, step_overhead; '
+          "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+          "('tensorflow', 'tensorflow_datasets', 'torch')); "
+          'assert not bad, bad')
+  subprocess.run([sys.executable, '-c', code, str(BENCHMARKS)], check=True, timeout=120)
