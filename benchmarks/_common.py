@@ -113,10 +113,19 @@ def create_state(model: models.Classifier, image_shape: tuple[int, int, int], *,
     variables = jax.jit(lambda keys, x: model.init(keys, x, train=False))(
         {'params': params_key, 'dropout': init_dropout_key},
         jnp.zeros((1, *image_shape), jnp.float32))
+  return state_from_variables(model, variables, tx=optax.adam(learning_rate),
+                              dropout_key=dropout_key)
+
+
+def state_from_variables(model: models.Classifier, variables: dict[str, Any], *,
+                         tx: optax.GradientTransformation,
+                         dropout_key: jax.Array) -> train.TrainState:
+  """A fresh `care_jax.train.TrainState` (step 0, empty non-finite guard) of `variables`."""
   return train.TrainState.create(
       apply_fn=model.apply, params=variables['params'],
-      batch_stats=variables.get('batch_stats', {}), tx=optax.adam(learning_rate),
-      dropout_key=jax.random.key_data(dropout_key))
+      batch_stats=variables.get('batch_stats', {}), tx=tx,
+      dropout_key=jax.random.key_data(dropout_key),
+      skipped_steps=np.zeros((), np.int32), consecutive_nonfinite=np.zeros((), np.int32))
 
 
 @dataclasses.dataclass
@@ -161,7 +170,8 @@ def compile_steps(model: models.Classifier, state: train.TrainState,
                         compiled=compiled, compile_seconds=compile_seconds, stats=stats)
   for name in STEPS:
     _, metrics = jax.device_get(compiled[name](*steps.fresh_args()))
-    bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
+    bad = {jax.tree_util.keystr(path): float(v)
+           for path, v in jax.tree_util.tree_leaves_with_path(metrics) if not np.isfinite(v)}
     if bad:
       raise FloatingPointError(f'the {name} step gave non-finite metrics: {bad}')
     if name == 'care' and np.any(batch['has_mask']) and metrics['boxed'] < 1:

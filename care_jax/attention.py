@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from care_jax import _checks
+
 __all__ = ['cam', 'grad_cam', 'minmax_normalize']
 
 # float32 matmuls on GPU/TPU default to reduced precision; maps feed a loss
@@ -41,7 +43,9 @@ def minmax_normalize(maps: ArrayLike, *, eps: float = 0.0) -> jax.Array:
   ``(F - min F) / (max F - min F)`` per image. Maps whose range is ``<= eps``
   (constant maps) become all zeros, with a finite (zero) gradient: the
   division uses a safe denominator ("double where"). The gradient flows
-  through the min and the max as well as through ``F``.
+  through the min and the max as well as through ``F``. A map holding NaN
+  has a NaN range and also becomes zeros: the NaN shows in the logits and
+  the cross-entropy instead (the trainer's non-finite guard).
 
   Args:
     maps: [B, h, w] maps (any float dtype; computed in float32).
@@ -126,7 +130,9 @@ def grad_cam(
       a flax ``model.apply(variables, features, method=...)``.
     features: [B, h, w, C] activations of the last conv stage (NHWC; may be
       bfloat16).
-    labels: [B] integer class whose map is wanted (the ground truth in CARE).
+    labels: [B] integer class whose map is wanted (the ground truth in CARE),
+      in ``[0, K)``; checked when concrete, not under ``jit`` (where an
+      out-of-range label gives an all-zero map).
     stop_gradient_weights: treat the channel weights as constants for
       differentiation (standard Grad-CAM, what CARE uses). False keeps the
       second-order path through the weights (and lets the attention loss
@@ -155,6 +161,7 @@ def grad_cam(
     raise ValueError(
         f'head_fn must return logits of shape [B, K] with B = '
         f'{features.shape[0]}, got shape {logits.shape}.')
+  _checks.check_class_indices('labels', labels, logits.shape[1])
   cotangent = jax.nn.one_hot(labels, logits.shape[1], dtype=logits.dtype)
   (feature_grads,) = head_vjp(cotangent)
   weights = jnp.mean(
@@ -183,7 +190,8 @@ def cam(
   Args:
     features: [B, h, w, C] activations of the last conv stage (NHWC).
     kernel: [C, K] kernel of the Dense layer that follows the pooling.
-    labels: [B] integer class whose map is wanted.
+    labels: [B] integer class whose map is wanted, in ``[0, K)``; checked
+      when concrete, not under ``jit`` (where JAX clamps the index).
     relu: apply a ReLU to the weighted sum.
     normalize: min-max normalise each map to [0, 1].
 
@@ -206,5 +214,6 @@ def cam(
     raise ValueError(
         f'kernel must have shape [C, K] with C = {features.shape[-1]} '
         f'(features shape {features.shape}), got shape {kernel.shape}.')
+  _checks.check_class_indices('labels', labels, kernel.shape[1])
   weights = jax.lax.stop_gradient(kernel).T[labels]  # [B, C]
   return _weighted_sum(features, weights, relu=relu, normalize=normalize)

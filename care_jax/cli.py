@@ -1,4 +1,4 @@
-"""The `care-jax` command: `care-jax train ...` and `care-jax compare ...`."""
+"""The `care-jax` command: `care-jax train|compare|experiments|visualize|boxes ...`."""
 
 import runpy
 import sys
@@ -6,6 +6,9 @@ import sys
 COMMANDS = {
     'train': 'care_jax.main',
     'compare': 'care_jax.compare',
+    'experiments': 'care_jax.experiments',
+    'visualize': 'care_jax.visualize',
+    'boxes': 'care_jax.boxes',
 }
 
 

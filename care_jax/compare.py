@@ -8,6 +8,9 @@
 runs whose `metrics.json` exists are not repeated, so an interrupted comparison
 resumes. Prints a table of test rare-class recall and MCA (mean ± std over
 seeds) and writes it to `WORKDIR/summary.md` and `WORKDIR/summary.json`.
+
+The pieces that run and tabulate seeds (:func:`run_seeds`, :func:`summarize`,
+:func:`load_config`) are shared with the suites of `care_jax.experiments`.
 """
 
 import importlib.util
@@ -23,14 +26,19 @@ import numpy as np
 from care_jax import config as config_lib
 from care_jax import train
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.', required=True)
-_CONFIGS = flags.DEFINE_list(
-    'configs', ['configs/synthetic_baseline.py', 'configs/synthetic_care.py'],
-    'Config files to compare (each defines get_config()).')
-_SEEDS = flags.DEFINE_list('seeds', ['0'], 'Seeds (config.seed) to run each config with.')
-_SET = flags.DEFINE_multi_string(
-    'set', [], 'key=value override applied to every config, e.g. train.num_steps=200.')
-_SPLIT = flags.DEFINE_string('split', 'test', 'Split whose metrics are tabulated.')
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  # Defined only when this module runs as the program, so that importing it
+  # (as care_jax.experiments does) adds no flags that could clash.
+  flags.DEFINE_string('workdir', None, 'Output directory.', required=True)
+  flags.DEFINE_list('configs', ['configs/synthetic_baseline.py', 'configs/synthetic_care.py'],
+                    'Config files to compare (each defines get_config()).')
+  flags.DEFINE_list('seeds', ['0'], 'Seeds (config.seed) to run each config with.')
+  flags.DEFINE_multi_string(
+      'set', [], 'key=value override applied to every config, e.g. train.num_steps=200.')
+  flags.DEFINE_string('split', 'test', 'Split whose metrics are tabulated.')
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
@@ -44,11 +52,16 @@ def load_config(path: str) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
-def _mean_std(values: Sequence[float | None]) -> dict[str, float | None]:
+def mean_std(values: Sequence[float | None]) -> dict[str, float | None]:
+  """Mean and sample standard deviation (ddof=1) of the values that are not None.
+
+  The std is None for fewer than two values (one seed says nothing of the spread).
+  """
   values = [v for v in values if v is not None]
   if not values:
     return {'mean': None, 'std': None}
-  return {'mean': float(np.mean(values)), 'std': float(np.std(values))}
+  std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+  return {'mean': float(np.mean(values)), 'std': std}
 
 
 def summarize(results: dict[str, list[dict]], split: str) -> dict[str, dict]:
@@ -56,25 +69,29 @@ def summarize(results: dict[str, list[dict]], split: str) -> dict[str, dict]:
   summary = {}
   for name, runs in results.items():
     summary[name] = {
-        'rare_recall': _mean_std([r[split]['rare_recall'] for r in runs]),
-        'mca': _mean_std([r[split]['mca'] for r in runs]),
+        'rare_recall': mean_std([r[split]['rare_recall'] for r in runs]),
+        'mca': mean_std([r[split]['mca'] for r in runs]),
         'runs': [{'seed': r['seed'], 'rare_recall': r[split]['rare_recall'],
                   'mca': r[split]['mca']} for r in runs],
     }
   return summary
 
 
-def format_table(summary: dict[str, dict], split: str) -> str:
-  def cell(stat):
-    if stat['mean'] is None:
-      return 'n/a'
-    return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
+def format_stat(stat: dict[str, float | None]) -> str:
+  """'mean ± std' in % with two decimals ('mean' alone for one seed, 'n/a' for none)."""
+  if stat['mean'] is None:
+    return 'n/a'
+  if stat['std'] is None:
+    return f"{100 * stat['mean']:.2f}"
+  return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
 
+
+def format_table(summary: dict[str, dict], split: str) -> str:
   lines = [f'| method | rare recall ({split}, %) | MCA ({split}, %) | seeds |',
            '|---|---|---|---|']
   for name, s in summary.items():
     seeds = ','.join(str(r['seed']) for r in s['runs'])
-    lines.append(f"| {name} | {cell(s['rare_recall'])} | {cell(s['mca'])} | {seeds} |")
+    lines.append(f"| {name} | {format_stat(s['rare_recall'])} | {format_stat(s['mca'])} | {seeds} |")
   return '\n'.join(lines)
 
 
@@ -101,6 +118,33 @@ def _flatten(tree: dict, prefix: str = '') -> dict:
   return flat
 
 
+def run_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
+              directory: str) -> list[dict]:
+  """Runs `config` once per seed in `directory/seed_<s>` unless already finished.
+
+  A run is finished when its `metrics.json` exists; it is then loaded, not
+  repeated, after checking that its `config.json` equals the seeded config
+  (ValueError naming the keys that differ otherwise).
+
+  Returns:
+    One `{'seed': s, **metrics}` per seed, in the order of `seeds`.
+  """
+  runs = []
+  for seed in seeds:
+    run_dir = os.path.join(directory, f'seed_{seed}')
+    metrics_path = os.path.join(run_dir, 'metrics.json')
+    seeded = config.copy_and_resolve_references()
+    seeded.seed = seed
+    if os.path.exists(metrics_path):
+      _check_same_config(seeded, run_dir)
+      with open(metrics_path) as f:
+        metrics = json.load(f)
+    else:
+      metrics = train.train_and_evaluate(seeded, run_dir)
+    runs.append({'seed': seed, **metrics})
+  return runs
+
+
 def compare(config_paths: Sequence[str], seeds: Sequence[int], workdir: str, *,
             overrides: Sequence[str] = (), split: str = 'test') -> dict[str, dict]:
   """Runs every (config, seed) not yet run and returns the summary."""
@@ -110,21 +154,8 @@ def compare(config_paths: Sequence[str], seeds: Sequence[int], workdir: str, *,
     config = config_lib.apply_overrides(load_config(path), list(overrides))
     config_lib.validate(config)  # Fail before any training, not in the 5th run.
     configs[name] = config
-  results = {}
-  for name, config in configs.items():
-    results[name] = []
-    for seed in seeds:
-      run_dir = os.path.join(workdir, name, f'seed_{seed}')
-      metrics_path = os.path.join(run_dir, 'metrics.json')
-      seeded = config.copy_and_resolve_references()
-      seeded.seed = seed
-      if os.path.exists(metrics_path):
-        _check_same_config(seeded, run_dir)
-        with open(metrics_path) as f:
-          metrics = json.load(f)
-      else:
-        metrics = train.train_and_evaluate(seeded, run_dir)
-      results[name].append({'seed': seed, **metrics})
+  results = {name: run_seeds(config, seeds, os.path.join(workdir, name))
+             for name, config in configs.items()}
   summary = summarize(results, split)
   table = format_table(summary, split)
   os.makedirs(workdir, exist_ok=True)
@@ -138,13 +169,14 @@ def compare(config_paths: Sequence[str], seeds: Sequence[int], workdir: str, *,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  seeds = [int(s) for s in _SEEDS.value]
-  summary = compare(_CONFIGS.value, seeds, _WORKDIR.value, overrides=_SET.value,
-                    split=_SPLIT.value)
-  print(format_table(summary, _SPLIT.value))
+  seeds = [int(s) for s in FLAGS.seeds]
+  summary = compare(FLAGS.configs, seeds, FLAGS.workdir, overrides=FLAGS.set,
+                    split=FLAGS.split)
+  print(format_table(summary, FLAGS.split))
 
 
 def run():
+  _define_flags()
   app.run(main)
 
 

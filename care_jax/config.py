@@ -6,14 +6,19 @@ keys and wrongly-typed overrides on the command line, and :func:`validate`
 rejects values that are well-typed but meaningless (naming the key).
 """
 
+import re
+import sys
+
+from absl import app
 import ml_collections
 from ml_collections import config_dict
 
+from care_jax import boxes
+from care_jax import imbalance
 from care_jax import models
 
 OPTIMIZERS = ('adam', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'step')
-LOSSES = ('ce', 'weighted_ce')
 PARALLEL = ('mesh', 'pmap')
 DTYPES = ('float32', 'bfloat16')
 ATTENTION = ('auto', 'cam', 'grad_cam')
@@ -26,6 +31,8 @@ def default_config() -> ml_collections.ConfigDict:
 
   from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   config.data = pipeline.default_data_config()
+  # The generators' settings for data.box_source (care_jax.boxes).
+  config.data.boxes = boxes.default_box_config()
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'tiny_cnn'
@@ -46,8 +53,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.care.attention = 'auto'
   config.care.reduction = 'mean'
 
-  config.loss = ml_collections.ConfigDict()
-  config.loss.name = 'ce'
+  # The classification term: 'ce', 'weighted_ce' (CSL), 'focal', ... (see
+  # care_jax.imbalance); combinable with CARE (care.alpha > 0).
+  config.loss = imbalance.default_loss_config()
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 32  # Global batch, split over all devices.
@@ -69,6 +77,20 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.eval_every_steps = 0  # 0: evaluate only at the end.
   config.train.eval_batch_size = 128
   config.train.progress = True
+  # A step whose loss or gradient is NaN/Inf is skipped (parameters, optimizer
+  # and BatchNorm statistics kept); this many in a row stop the run.
+  config.train.max_consecutive_nonfinite = 5
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 200  # 0: only at the end.
+  config.checkpoint.keep = 2  # The latest K checkpoints.
+  # The best N by validation MCA (evaluated every train.eval_every_steps,
+  # and at the end), besides the latest ones. 0: latest only.
+  config.checkpoint.keep_best = 1
+  config.checkpoint.async_save = True  # Write while training goes on.
+  # A previous run's workdir (e.g. stage 1) whose best checkpoint gives the
+  # initial params and BatchNorm statistics; optimizer and step start fresh.
+  config.init_from = config_dict.placeholder(str)
 
   config.parallel = 'mesh'
   config.dtype = 'float32'
@@ -94,7 +116,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(config.care.start_step >= 0, 'care.start_step', 'must be >= 0')
   check(config.care.attention in ATTENTION, 'care.attention', f'must be one of {ATTENTION}')
   check(config.care.reduction in ('mean', 'sum'), 'care.reduction', "must be 'mean' or 'sum'")
-  check(config.loss.name in LOSSES, 'loss.name', f'must be one of {LOSSES}')
+  imbalance.validate_loss_config(config.loss)
+  check(config.data.box_source in boxes.BOX_SOURCES, 'data.box_source',
+        f'must be one of {boxes.BOX_SOURCES}')
   check(config.train.batch_size > 0, 'train.batch_size', 'must be > 0')
   check(config.train.num_steps > 0 or config.train.num_epochs > 0, 'train.num_steps',
         'set train.num_steps or train.num_epochs to a positive number')
@@ -107,6 +131,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(config.train.log_every_steps > 0, 'train.log_every_steps', 'must be > 0')
   check(config.train.eval_every_steps >= 0, 'train.eval_every_steps', 'must be >= 0')
   check(config.train.eval_batch_size > 0, 'train.eval_batch_size', 'must be > 0')
+  check(config.train.max_consecutive_nonfinite >= 1, 'train.max_consecutive_nonfinite',
+        'must be >= 1')
+  check(config.checkpoint.every_steps >= 0, 'checkpoint.every_steps',
+        'must be >= 0 (0: only at the end)')
+  check(config.checkpoint.keep >= 1, 'checkpoint.keep', 'must be >= 1 (resuming needs one)')
+  check(config.checkpoint.keep_best >= 0, 'checkpoint.keep_best', 'must be >= 0')
   check(config.parallel in PARALLEL, 'parallel', f'must be one of {PARALLEL}')
   check(config.dtype in DTYPES, 'dtype', f'must be one of {DTYPES}')
 
@@ -139,11 +169,70 @@ def apply_overrides(config: ml_collections.ConfigDict,
     except (ValueError, SyntaxError):
       value = raw
     *parents, leaf = key.split('.')
-    node = config_dict_get(config, '.'.join(parents)) if parents else config
+    try:
+      node = config_dict_get(config, '.'.join(parents)) if parents else config
+    except (KeyError, TypeError):  # A missing or non-dict parent.
+      node = None
     if not isinstance(node, config_dict.ConfigDict) or leaf not in node:
       raise KeyError(f'unknown config key {key!r}')
     # Integers are fine where floats are expected (alpha=1).
     if isinstance(node[leaf], float) and isinstance(value, int):
       value = float(value)
-    node[leaf] = value
+    try:
+      node[leaf] = value
+    except TypeError as e:  # ml_collections names only the leaf.
+      raise TypeError(f'config override {override!r}: {e}') from None
+  return config
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """`app.run`'s flag parser, with unknown `--config.KEY=...` reported as usage errors.
+
+  ml_collections raises a bare AttributeError (a traceback ending in
+  `AttributeError: "'alphaa'"`) for an override of a key the config lacks;
+  absl only reports its own flag errors cleanly. Use as
+  `app.run(main, flags_parser=config.parse_flags)`.
+  """
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    message = e
+    while isinstance(message, BaseException) and message.args:  # Unwrap nested errors.
+      message = message.args[0]
+    name, _, hint = str(message).partition('\n')
+    name = name.strip('\'"')
+    given = [arg.split('=', 1)[0] for arg in argv[1:]
+             if re.match(rf'--?(no)?\w+\.([\w.]*\.)?{re.escape(name)}(=|\.|$)', arg)]
+    if not given:  # Not an override of ours (e.g. a bug in a config file).
+      raise
+    sys.stderr.write(f'FATAL Flags parsing error: unknown config key {name!r} in '
+                     f'{", ".join(given)}. {hint}\n'
+                     'Pass --helpshort or --helpfull to see help on flags.\n')
+    sys.exit(1)
+
+
+def paper_config(dataset: str, *, care: bool, lam: float = 0.7,
+                 num_epochs: float = 30.0) -> ml_collections.ConfigDict:
+  """The paper's recipe on `dataset`: the base of the real-data configs.
+
+  An ImageNet-pretrained ResNet-50 (pass `model.pretrained`) at 224x224 with
+  ImageNet mean/std, Adam 1e-4, batch 32, `num_epochs` epochs, validation every
+  1000 steps; CARE with alpha 0.5, tau 0.5 and `lam` (0.7 skin, 0.5 X-ray)
+  when `care`, else the CE baseline (alpha 0).
+  """
+  config = default_config()
+  config.data.name = dataset
+  config.data.image_size = 224
+  config.data.mean = models.IMAGENET_MEAN
+  config.data.std = models.IMAGENET_STD
+  config.model.name = 'resnet50'
+  config.train.optimizer = 'adam'
+  config.train.learning_rate = 1e-4
+  config.train.batch_size = 32
+  config.train.num_steps = 0
+  config.train.num_epochs = num_epochs
+  config.train.eval_every_steps = 1000
+  config.care.alpha = 0.5 if care else 0.0
+  config.care.tau = 0.5
+  config.care.lam = lam
   return config

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from care_jax import _checks
+
 __all__ = [
     'care_loss',
     'care_loss_per_example',
@@ -150,10 +152,19 @@ def care_loss_per_example(
     outer_mask: optional [B, H, W] outer mask ``M_out`` (e.g. the paper's
       distance-weighted variant); defaults to ``1 - mask``.
     has_mask: optional [B] bool, which images carry a box; defaults to
-      ``sum(mask) > 0`` per image.
+      ``sum(mask) > 0`` per image. Other dtypes are cast to bool.
 
   Returns:
     [B] float32 losses (float64 for float64 inputs under x64).
+
+  Raises:
+    ValueError: for a wrong rank or shape (the argument and shapes named),
+      or, when ``mask``/``outer_mask`` are concrete (not traced), for a mask
+      value outside [0, 1] (e.g. a 0/255 mask) or a negative outer weight,
+      NaN or inf, with its index. Under ``jit`` values cannot be checked:
+      out-of-range masks then give a meaningless loss. NaN in
+      ``feature_map`` gives a NaN loss (the trainer's non-finite guard skips
+      such steps).
 
   Example:
     >>> import jax.numpy as jnp
@@ -173,6 +184,11 @@ def _care_per_example(feature_map, mask, *, tau, lam, outer_mask, has_mask):
   outer_mask = None if outer_mask is None else jnp.asarray(outer_mask)
   has_mask = None if has_mask is None else jnp.asarray(has_mask)
   _validate_care_inputs(feature_map, mask, outer_mask, has_mask)
+  _checks.check_range('mask', mask, low=0, high=1,
+                      what='binary or soft masks; divide 0/255 masks by 255')
+  if outer_mask is not None:
+    _checks.check_range('outer_mask', outer_mask, low=0, high=np.inf,
+                        what='non-negative weights')
 
   dtype = _compute_dtype(feature_map)
   feature_map = feature_map.astype(dtype)
@@ -263,7 +279,9 @@ def cross_entropy(
 
   Args:
     logits: [B, K] unnormalised scores.
-    labels: [B] integer labels in ``[0, K)``.
+    labels: [B] integer labels in ``[0, K)``; checked when concrete (a
+      ValueError names the first bad one). Under ``jit`` they cannot be
+      checked: an out-of-range label gives a NaN or wrong loss.
     class_weights: optional [K] per-class weights ``w``.
 
   Returns:
@@ -350,6 +368,7 @@ def _validate_ce_inputs(logits, labels, class_weights):
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(
         f'labels must be integer class indices, got dtype {labels.dtype}.')
+  _checks.check_class_indices('labels', labels, logits.shape[1])
   if class_weights is not None:
     class_weights = jnp.asarray(class_weights)
     if class_weights.shape != logits.shape[1:]:

@@ -3,8 +3,10 @@
     python -m care_jax.main --config=configs/synthetic_care.py --workdir=runs/care \\
         [--config.care.alpha=0.3 ...]
 
-(also `care-jax train ...`). Writes `metrics.json`, `train_log.jsonl` and
-`config.json` under the workdir.
+(also `care-jax train ...`). Writes `metrics.json`, `train_log.jsonl`,
+`config.json` and `checkpoints/` under the workdir. Running the same command
+again resumes from the latest checkpoint (after a crash, SIGKILL or a
+preemption: SIGTERM saves a checkpoint and exits with status 143).
 
 Several processes (hosts) train one model together after
 `jax.distributed.initialize`: pass `--multihost` on TPU pod slices, SLURM or
@@ -19,6 +21,7 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
+from care_jax import config as config_lib
 from care_jax import train
 
 FLAGS = flags.FLAGS
@@ -59,7 +62,7 @@ def main(argv):
 
 def run():
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)
 
 
 if __name__ == '__main__':

@@ -13,14 +13,23 @@ Conventions follow scikit-learn so numbers can be cross-checked:
   classes present in the labels (``sklearn.metrics.balanced_accuracy_score``).
 * ``rare_recall`` is the paper's "recall" of the rare class; with several
   rare classes, the mean of their recalls (over those present in the labels).
+
+Attention quality on images with a lesion box (:func:`attention_quality`,
+pure JAX, per image; :class:`AttentionMetrics` sums it over batches): the
+fraction of the attention mass inside the box, the pointing game and the IoU
+of the thresholded map with the box.
 """
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from care_jax import _checks
+from care_jax import attention
+from care_jax import losses
 
 
 def confusion_matrix(
@@ -33,14 +42,21 @@ def confusion_matrix(
   """Confusion matrix ``C[true, predicted]`` of one batch, as int32 ``[K, K]``.
 
   Args:
-    labels: int ``[B]`` true classes.
-    predictions: int ``[B]`` predicted classes.
+    labels: int ``[B]`` true classes in ``[0, K)``.
+    predictions: int ``[B]`` predicted classes in ``[0, K)``.
     num_classes: K.
     valid: optional bool ``[B]``; rows with ``False`` (batch padding) are not
       counted.
 
   Returns:
     ``[K, K]`` int32 counts; sums of these over batches give the split's matrix.
+
+  Raises:
+    ValueError: for non-integer or wrongly shaped labels/predictions/valid,
+      and, when they are concrete, for a class index outside ``[0, K)`` (it
+      would silently not be counted). Under ``jit`` indices cannot be
+      checked: an out-of-range row is left out of the matrix (the trainer's
+      labels come from the dataset's class list, always in range).
 
   Example:
     >>> confusion_matrix(jnp.array([0, 1, 1]), jnp.array([0, 0, 1]), num_classes=2)
@@ -53,6 +69,15 @@ def confusion_matrix(
     raise ValueError(
         f'labels and predictions must both be [B]; got labels {labels.shape} '
         f'and predictions {predictions.shape}.')
+  for name, value in (('labels', labels), ('predictions', predictions)):
+    if not jnp.issubdtype(value.dtype, jnp.integer):
+      raise ValueError(
+          f'{name} must be integer class indices, got dtype {value.dtype}.')
+    _checks.check_class_indices(name, value, num_classes)
+  if valid is not None and jnp.shape(valid) != labels.shape:
+    raise ValueError(
+        f'valid must have shape [B] = {labels.shape}, got shape '
+        f'{jnp.shape(valid)}.')
   weight = (jnp.ones(labels.shape, jnp.int32) if valid is None
             else jnp.asarray(valid).astype(jnp.int32))
   true_one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32)
@@ -86,7 +111,12 @@ def classification_metrics(
     >>> m['accuracy'], m['mca'], m['rare_recall']
     (0.6666666666666666, 0.625, 0.5)
   """
-  confusion = np.asarray(confusion, dtype=np.int64)
+  counts = np.asarray(confusion)
+  # Negative, fractional or NaN counts are not a confusion matrix: say so
+  # instead of truncating them to integers.
+  if counts.dtype == object or not np.all((counts >= 0) & (counts == np.round(counts))):
+    raise ValueError(f'confusion must hold non-negative integer counts, got {counts.tolist()}.')
+  confusion = counts.astype(np.int64)
   num_classes = len(class_names)
   if confusion.shape != (num_classes, num_classes):
     raise ValueError(
@@ -113,3 +143,212 @@ def classification_metrics(
       'confusion': confusion.tolist(),
       'num_examples': int(total),
   }
+
+
+def _attention_inputs(maps: jax.typing.ArrayLike, masks: jax.typing.ArrayLike
+                      ) -> tuple[jax.Array, jax.Array]:
+  """Min-max normalised float32 maps [B, h, w] and bool boxes [B, H, W]."""
+  maps = attention.minmax_normalize(maps)
+  masks = jnp.asarray(masks)
+  if masks.ndim != 3 or masks.shape[0] != maps.shape[0]:
+    raise ValueError(
+        f'masks must have shape [B, H, W] with B = {maps.shape[0]} (maps shape '
+        f'{maps.shape}), got shape {masks.shape}.')
+  if masks.shape[1] < maps.shape[1] or masks.shape[2] < maps.shape[2]:
+    raise ValueError(
+        f'masks spatial shape {masks.shape[1:]} must be at least the maps '
+        f'spatial shape {maps.shape[1:]} (maps are only upsampled).')
+  return maps, masks > 0.5
+
+
+def _upsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
+  # Half-pixel centres, as the CARE loss sees the map.
+  return jax.image.resize(maps, (maps.shape[0], *size), 'bilinear')
+
+
+def attention_mass_inside(maps: jax.typing.ArrayLike,
+                          masks: jax.typing.ArrayLike) -> jax.Array:
+  """Fraction of the attention mass inside the box, per image.
+
+  ``sum(M * up(F)) / sum(up(F))`` with ``F`` the min-max normalised map and
+  ``up`` the half-pixel bilinear upsampling to the mask resolution. As in the
+  CARE loss, the sums are taken on the small grid with the adjoint-resized
+  mask (``sum(M * up(F)) = sum(F * up^T(M))``), so no full-size map is built.
+  A constant map (zero after normalisation) counts as uniform attention: its
+  mass inside is the box's area fraction.
+
+  Args:
+    maps: [B, h, w] attention maps (any scale: min-max normalised here).
+    masks: [B, H, W] boxes, ``H >= h``, ``W >= w``; values > 0.5 are inside.
+
+  Returns:
+    [B] float32 fractions in [0, 1] (0 for an empty mask).
+
+  Example:
+    >>> f = jnp.array([[[1.0, 0.0], [0.0, 0.0]]])
+    >>> m = jnp.zeros((1, 4, 4)).at[0, :2, :2].set(1.0)
+    >>> print(attention_mass_inside(f, m))  # up(F) = outer([1, .75, .25, 0])
+    [0.765625]
+  """
+  maps, inside = _attention_inputs(maps, masks)
+  h, w = maps.shape[1:]
+  box = inside.astype(maps.dtype)
+  mass_in = jnp.sum(maps * losses._resize_adjoint(box, h, w), axis=(1, 2))  # pylint: disable=protected-access
+  ones = jnp.ones((1, *box.shape[1:]), maps.dtype)
+  mass = jnp.sum(maps * losses._resize_adjoint(ones, h, w), axis=(1, 2))  # pylint: disable=protected-access
+  area_fraction = jnp.mean(box, axis=(1, 2))
+  varies = mass > 0
+  return jnp.where(varies, mass_in / jnp.where(varies, mass, 1.0), area_fraction)
+
+
+def pointing_game(maps: jax.typing.ArrayLike,
+                  masks: jax.typing.ArrayLike) -> jax.Array:
+  """1.0 where the maximum of the upsampled map lies in the box, per image.
+
+  The pointing game of Zhang et al. ("Top-down Neural Attention by
+  Excitation Backprop", ECCV 2016), without tolerance, on the map bilinearly
+  upsampled (half-pixel centres) to the mask resolution. Ties: a hit needs
+  ``max(up(F) inside) > max(up(F) outside)``, i.e. every maximal pixel in the
+  box, so a constant map (no localisation) misses unless the box fills the
+  image. The full-resolution map is built here (a max is not linear).
+
+  Args:
+    maps: [B, h, w] attention maps.
+    masks: [B, H, W] boxes, ``H >= h``, ``W >= w``; values > 0.5 are inside.
+
+  Returns:
+    [B] float32 of 0.0 / 1.0 (0.0 for an empty mask).
+
+  Example:
+    >>> f = jnp.array([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 1.0]]])
+    >>> m = jnp.zeros((2, 4, 4)).at[:, :2, :2].set(1.0)
+    >>> print(pointing_game(f, m))
+    [1. 0.]
+  """
+  maps, inside = _attention_inputs(maps, masks)
+  up = _upsample(maps, inside.shape[1:])
+  max_in = jnp.max(jnp.where(inside, up, -jnp.inf), axis=(1, 2))
+  max_out = jnp.max(jnp.where(inside, -jnp.inf, up), axis=(1, 2))
+  return (max_in > max_out).astype(jnp.float32)
+
+
+def attention_iou(maps: jax.typing.ArrayLike, masks: jax.typing.ArrayLike, *,
+                  threshold: float = 0.5) -> jax.Array:
+  """IoU of the thresholded attention map with the box, per image.
+
+  ``R = up(F) >= threshold * max(up(F))`` (``up``: half-pixel bilinear
+  upsampling of the normalised map to the mask resolution), then
+  ``|R & M| / |R | M|``. A constant map selects the whole image.
+
+  Args:
+    maps: [B, h, w] attention maps.
+    masks: [B, H, W] boxes, ``H >= h``, ``W >= w``; values > 0.5 are inside.
+    threshold: a Python float in [0, 1], the fraction of each map's maximum
+      that a pixel must reach to be selected.
+
+  Returns:
+    [B] float32 IoUs in [0, 1] (0 for an empty mask).
+
+  Example:
+    >>> f = jnp.array([[[1.0, 0.0], [0.0, 0.0]]])
+    >>> m = jnp.zeros((1, 4, 4)).at[0, :2, :2].set(1.0)
+    >>> print(attention_iou(f, m, threshold=0.2))  # 6 pixels >= 0.2, 4 in the box
+    [0.6666667]
+  """
+  if not 0.0 <= threshold <= 1.0:
+    raise ValueError(f'threshold must lie in [0, 1], got {threshold}.')
+  maps, inside = _attention_inputs(maps, masks)
+  up = _upsample(maps, inside.shape[1:])
+  region = up >= threshold * jnp.max(up, axis=(1, 2), keepdims=True)
+  intersection = jnp.sum(region & inside, axis=(1, 2))
+  union = jnp.sum(region | inside, axis=(1, 2))  # >= 1: the peak is selected.
+  return (intersection / union).astype(jnp.float32)
+
+
+def attention_quality(
+    maps: jax.typing.ArrayLike,
+    masks: jax.typing.ArrayLike,
+    *,
+    threshold: float = 0.5,
+    valid: jax.typing.ArrayLike | None = None,
+) -> dict[str, jax.Array]:
+  """Per-image attention quality against lesion boxes, and which images count.
+
+  Args:
+    maps: [B, h, w] attention maps (e.g. of the true class).
+    masks: [B, H, W] lesion boxes, ``H >= h``, ``W >= w``.
+    threshold: IoU threshold, a fraction of each map's maximum.
+    valid: optional [B] bool (e.g. ``valid & has_lesion_mask`` of an eval
+      batch); images with an empty mask are left out in any case.
+
+  Returns:
+    ``{'mass_inside', 'pointing_game', 'iou'}``: [B] float32 from
+    :func:`attention_mass_inside`, :func:`pointing_game`,
+    :func:`attention_iou`; ``'valid'``: [B] bool, the images to average over.
+
+  Example:
+    >>> f = jnp.array([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 1.0], [0.0, 0.0]]])
+    >>> m = jnp.zeros((2, 4, 4)).at[0, :2, :2].set(1.0)
+    >>> attention_quality(f, m)['valid']
+    Array([ True, False], dtype=bool)
+  """
+  _, inside = _attention_inputs(maps, masks)
+  has_box = jnp.any(inside, axis=(1, 2))
+  if valid is not None:
+    valid = jnp.asarray(valid)
+    if valid.shape != has_box.shape:
+      raise ValueError(
+          f'valid must have shape [B] = {has_box.shape}, got shape {valid.shape}.')
+    has_box = has_box & valid.astype(bool)
+  return {
+      'mass_inside': attention_mass_inside(maps, masks),
+      'pointing_game': pointing_game(maps, masks),
+      'iou': attention_iou(maps, masks, threshold=threshold),
+      'valid': has_box,
+  }
+
+
+class AttentionMetrics(NamedTuple):
+  """Sums of the attention quality over images with a box; means on demand.
+
+  A pytree of scalars: build one per batch inside a jitted eval step
+  (:meth:`from_batch`), ``psum`` it under ``pmap``, add the batches with
+  :meth:`merge` (on device or host) and read the means with :meth:`compute`.
+
+  Example:
+    >>> f = jnp.array([[[1.0, 0.0], [0.0, 0.0]]])
+    >>> m = jnp.zeros((1, 4, 4)).at[0, :2, :2].set(1.0)
+    >>> total = AttentionMetrics.empty().merge(AttentionMetrics.from_batch(f, m))
+    >>> total.compute()['pointing_game'], total.compute()['num_images']
+    (1.0, 1)
+  """
+
+  mass_inside: jax.typing.ArrayLike
+  pointing_game: jax.typing.ArrayLike
+  iou: jax.typing.ArrayLike
+  num_images: jax.typing.ArrayLike
+
+  @classmethod
+  def empty(cls) -> 'AttentionMetrics':
+    return cls(np.float64(0.0), np.float64(0.0), np.float64(0.0), np.int64(0))
+
+  @classmethod
+  def from_batch(cls, maps: jax.typing.ArrayLike, masks: jax.typing.ArrayLike, *,
+                 threshold: float = 0.5,
+                 valid: jax.typing.ArrayLike | None = None) -> 'AttentionMetrics':
+    """Sums of :func:`attention_quality` over the batch's counted images."""
+    quality = attention_quality(maps, masks, threshold=threshold, valid=valid)
+    counted = quality.pop('valid')
+    sums = {k: jnp.sum(jnp.where(counted, v, 0.0)) for k, v in quality.items()}
+    return cls(**sums, num_images=jnp.sum(counted.astype(jnp.int32)))
+
+  def merge(self, other: 'AttentionMetrics') -> 'AttentionMetrics':
+    return type(self)(*(a + b for a, b in zip(self, other)))
+
+  def compute(self) -> dict[str, float | int | None]:
+    """``{'mass_inside', 'pointing_game', 'iou'}`` means (None without
+    images) and ``'num_images'``."""
+    count = int(self.num_images)
+    means = {k: (float(getattr(self, k)) / count if count else None)
+             for k in ('mass_inside', 'pointing_game', 'iou')}
+    return {**means, 'num_images': count}

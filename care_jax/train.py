@@ -42,10 +42,13 @@ import optax
 import tqdm
 
 from care_jax import attention
+from care_jax import checkpoint as checkpoint_lib
 from care_jax import config as config_lib
+from care_jax import imbalance
 from care_jax import losses
 from care_jax import metrics as metrics_lib
 from care_jax import models
+from care_jax import summary
 
 PMAP_AXIS = 'batch'
 MESH_AXIS = 'data'
@@ -54,6 +57,10 @@ MESH_AXIS = 'data'
 class TrainState(train_state.TrainState):
   batch_stats: Any
   dropout_key: jax.Array  # Raw uint32 key data: a plain array to shard and save.
+  # Non-finite guard (int32 scalars): steps skipped so far, and the current
+  # run of consecutive skipped steps.
+  skipped_steps: jax.Array
+  consecutive_nonfinite: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +72,14 @@ class StepConfig:
   start_step: int = 0
   attention: str = 'auto'
   reduction: str = 'mean'
+  max_consecutive_nonfinite: int = 5
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'StepConfig':
     care = config.care
     return cls(alpha=care.alpha, tau=care.tau, lam=care.lam, start_step=care.start_step,
-               attention=care.attention, reduction=care.reduction)
+               attention=care.attention, reduction=care.reduction,
+               max_consecutive_nonfinite=config.train.max_consecutive_nonfinite)
 
 
 def _model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -143,7 +152,8 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.Classifi
       apply_fn=model.apply, params=variables['params'],
       batch_stats=variables.get('batch_stats', {}),
       tx=create_optimizer(config.train, num_steps),
-      dropout_key=jax.random.key_data(dropout_key))
+      dropout_key=jax.random.key_data(dropout_key),
+      skipped_steps=np.zeros((), np.int32), consecutive_nonfinite=np.zeros((), np.int32))
 
 
 def attention_maps(model: models.Classifier, variables: dict[str, Any], features: jax.Array,
@@ -167,21 +177,71 @@ def _global_sum(x: jax.Array, axis_name: str | None) -> jax.Array:
   return jax.lax.psum(x, axis_name) if axis_name else x
 
 
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)] or [True]))
+
+
+def _skip_nonfinite(old: TrainState, new: TrainState, finite: jax.Array, *,
+                    limit: int) -> TrainState:
+  """`new`, or `old`'s params/opt_state/batch_stats when the update is not finite.
+
+  The step counter advances either way, so the data position (and the
+  dropout key) move past a bad batch instead of retrying it. The optimizer
+  state is kept too, so its own count (and a schedule driven by it) lags the
+  step by the number of skipped steps. Once `limit` steps in a row were
+  skipped the state is frozen (sticky), so the host, which reads the counter
+  only at log/eval/save steps, sees the run of bad steps and stops.
+  """
+  halted = old.consecutive_nonfinite >= limit
+  apply = finite & ~halted
+  keep = functools.partial(jax.tree.map, lambda n, o: jnp.where(apply, n, o))
+  consecutive = jnp.where(halted, old.consecutive_nonfinite,
+                          jnp.where(finite, 0, old.consecutive_nonfinite + 1))
+  return new.replace(
+      params=keep(new.params, old.params), opt_state=keep(new.opt_state, old.opt_state),
+      batch_stats=keep(new.batch_stats, old.batch_stats),
+      skipped_steps=old.skipped_steps + (~apply).astype(jnp.int32),
+      consecutive_nonfinite=consecutive.astype(jnp.int32))
+
+
+def _batch_statistics(batch: dict[str, jax.Array], axis_name: str | None) -> dict[str, jax.Array]:
+  """Global image range (finite pixels), non-finite pixel count and label range."""
+  image = batch['image'].astype(jnp.float32)
+  finite = jnp.isfinite(image)
+  stats = {'image_min': jnp.min(jnp.where(finite, image, jnp.inf)),
+           'image_max': jnp.max(jnp.where(finite, image, -jnp.inf)),
+           'image_nonfinite': jnp.sum(~finite),
+           'label_min': jnp.min(batch['label']), 'label_max': jnp.max(batch['label'])}
+  if axis_name:
+    reduce = {'image_min': jax.lax.pmin, 'label_min': jax.lax.pmin, 'image_max': jax.lax.pmax,
+              'label_max': jax.lax.pmax, 'image_nonfinite': jax.lax.psum}
+    stats = {k: reduce[k](v, axis_name) for k, v in stats.items()}
+  return stats
+
+
 def make_train_step(model: models.Classifier, step_config: StepConfig, *,
-                    class_weights: np.ndarray | None = None,
+                    classification_loss: imbalance.ClassificationLoss | None = None,
                     axis_name: str | None = None) -> Callable[[TrainState, dict], tuple]:
   """Returns a pure `train_step(state, batch) -> (state, metrics)`.
 
+  A step whose loss, gradient or BatchNorm statistics are not finite leaves
+  params, optimizer state and statistics unchanged (`_skip_nonfinite`);
+  `metrics['guard']` then holds the counters and the batch statistics for a
+  diagnostic. Finite steps compute exactly the unguarded update.
+
   Args:
     model: the classifier (with `axis_name` BatchNorm for the pmap path).
-    step_config: alpha, tau, lam, start step, attention method, reduction.
-    class_weights: optional [K] weights of a class-weighted CE (weighted
-      mean over the batch, as PyTorch's `CrossEntropyLoss(weight=...)`).
+    step_config: alpha, tau, lam, start step, attention method, reduction,
+      and the guard's limit of consecutive non-finite steps.
+    classification_loss: the classification term (`config.loss`, built by
+      `imbalance.make_classification_loss`): per-example values and weights,
+      averaged as ``sum(w * l) / sum(w)`` over the global batch; None: CE.
     axis_name: the pmap axis; None under jit (mesh or single device).
 
   The returned function is not jitted: wrap it with `jax.jit` or `jax.pmap`.
   """
-  weights = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+  if classification_loss is None:
+    classification_loss = imbalance.ClassificationLoss('ce', losses.cross_entropy)
   use_care = step_config.alpha > 0
 
   def loss_fn(params, state, batch, dropout_key):
@@ -190,9 +250,8 @@ def make_train_step(model: models.Classifier, step_config: StepConfig, *,
         variables, batch['image'], train=True, mutable=['batch_stats'],
         rngs={'dropout': dropout_key})
     labels = batch['label']
-    ce = losses.cross_entropy(logits, labels)
-    example_weight = jnp.ones_like(ce) if weights is None else weights[labels]
-    ce_loss = jnp.sum(example_weight * ce) / _global_sum(jnp.sum(example_weight), axis_name)
+    values, example_weight = classification_loss(logits, labels, state.step)
+    ce_loss = jnp.sum(example_weight * values) / _global_sum(jnp.sum(example_weight), axis_name)
     terms = {'ce': ce_loss}
     loss = ce_loss
     if use_care:
@@ -228,22 +287,47 @@ def make_train_step(model: models.Classifier, step_config: StepConfig, *,
     terms = {k: (v if k in ('alpha', 'boxed') else _global_sum(v, axis_name))
              for k, v in terms.items()}
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    return new_state, {'loss': loss, **terms}
+    # A NaN/Inf gradient makes the updated params non-finite (SGD and Adam
+    # alike). Testing the params rather than the gradients keeps the sharded
+    # program, and so its rounding, exactly that of the unguarded step.
+    finite_update = _all_finite(new_state.params)
+    finite = jnp.isfinite(loss) & finite_update & _all_finite(batch_stats)
+    new_state = _skip_nonfinite(state, new_state, finite,
+                                limit=step_config.max_consecutive_nonfinite)
+    guard = {'finite_update': finite_update, 'skipped_steps': new_state.skipped_steps,
+             'consecutive_nonfinite': new_state.consecutive_nonfinite,
+             **_batch_statistics(batch, axis_name)}
+    return new_state, {'loss': loss, **terms, 'guard': guard}
 
   return train_step
 
 
-def make_eval_step(model: models.Classifier, *, num_classes: int,
-                   axis_name: str | None = None) -> Callable[[TrainState, dict], jax.Array]:
-  """Returns `eval_step(state, batch) -> confusion [K, K]` (padding rows skipped)."""
+def make_eval_step(model: models.Classifier, *, num_classes: int, attention: str = 'auto',
+                   predict_logits: Callable[[jax.Array], jax.Array] | None = None,
+                   axis_name: str | None = None) -> Callable[[TrainState, dict], tuple]:
+  """Returns `eval_step(state, batch) -> (confusion [K, K], AttentionMetrics)`.
 
-  def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
+  Padding rows (``valid=False``) count nowhere. The attention quality of the
+  true class's map is measured on the rows with a lesion mask (batches from
+  `pipeline.eval_batches` carry ``lesion_mask``/``has_lesion_mask``; batches
+  without them give empty attention sums). `predict_logits` maps the logits
+  to the scores whose argmax is the prediction (post-hoc logit adjustment).
+  """
+
+  def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple:
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    logits, _ = model.apply(variables, batch['image'], train=False)
+    logits, intermediates = model.apply(variables, batch['image'], train=False)
+    scores = logits if predict_logits is None else predict_logits(logits)
     confusion = metrics_lib.confusion_matrix(
-        batch['label'], jnp.argmax(logits, -1), num_classes=num_classes,
+        batch['label'], jnp.argmax(scores, -1), num_classes=num_classes,
         valid=batch['valid'])
-    return _global_sum(confusion, axis_name)
+    quality = metrics_lib.AttentionMetrics.empty()
+    if 'lesion_mask' in batch:
+      maps = attention_maps(model, variables, intermediates['features'], batch['label'],
+                            method=attention)
+      quality = metrics_lib.AttentionMetrics.from_batch(
+          maps, batch['lesion_mask'], valid=batch['valid'] & batch['has_lesion_mask'])
+    return jax.tree.map(lambda x: _global_sum(x, axis_name), (confusion, quality))
 
   return eval_step
 
@@ -263,10 +347,16 @@ class MeshParallel:
                              out_shardings=replicated)
 
   def put_state(self, state: TrainState) -> TrainState:
-    # Every process holds the whole (replicated) state.
+    # Every process holds the whole (replicated) state. Arrays restored onto
+    # the replicated sharding (`abstract_state`) are already in place.
     return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(self._replicated, np.asarray(x)),
+        lambda x: x if isinstance(x, jax.Array) and x.sharding == self._replicated
+        else jax.make_array_from_process_local_data(self._replicated, np.asarray(x)),
         state)
+
+  def abstract_state(self, state: TrainState) -> TrainState:
+    """The restore target of a host `state`: replicated over the mesh."""
+    return checkpoint_lib.abstract_tree(state, self._replicated)
 
   def get_state(self, state: TrainState) -> TrainState:
     return self.fetch(state)
@@ -299,6 +389,10 @@ class PmapParallel:
 
   def get_state(self, state: TrainState) -> TrainState:
     return jax.device_get(jax.tree.map(lambda x: x[0], state))
+
+  def abstract_state(self, state: TrainState) -> TrainState:
+    """The restore target of a host `state`: numpy arrays, for `put_state`."""
+    return checkpoint_lib.abstract_tree(state)
 
   def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return jax.tree.map(lambda x: x.reshape(self.num_shards, -1, *x.shape[1:]), batch)
@@ -341,91 +435,242 @@ def evaluate(parallel, state: TrainState, config: ml_collections.ConfigDict, spl
   _check_divisible(batch_size, parallel, 'train.eval_batch_size')
   per_process = batch_size // jax.process_count()
   confusion = np.zeros((len(info.class_names),) * 2, np.int64)
-  for batch in pipeline.eval_batches(config.data, split, batch_size=per_process,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count()):
+  quality = metrics_lib.AttentionMetrics.empty()
+  batches = pipeline.eval_batches(config.data, split, batch_size=per_process,
+                                  process_index=jax.process_index(),
+                                  process_count=jax.process_count())
+  progress = tqdm.tqdm(batches, total=math.ceil(info.split_sizes[split] / batch_size),
+                       desc=f'eval {split}', unit='batch', leave=False, dynamic_ncols=True,
+                       disable=not (jax.process_index() == 0 and config.train.progress))
+  for batch in progress:
     with parallel.scope():
-      confusion += np.asarray(parallel.fetch(parallel.eval_step(state, parallel.put_batch(batch))))
-  return metrics_lib.classification_metrics(
+      batch_confusion, batch_quality = parallel.fetch(
+          parallel.eval_step(state, parallel.put_batch(batch)))
+    confusion += np.asarray(batch_confusion)
+    quality = quality.merge(batch_quality)
+  result = metrics_lib.classification_metrics(
       confusion, class_names=info.class_names, rare_classes=info.rare_classes)
+  result['attention'] = quality.compute()
+  return result
+
+
+def check_nonfinite(recent: list[tuple[int, dict]], parallel, *, limit: int) -> None:
+  """Raises FloatingPointError if the guard stopped the steps of `recent`.
+
+  `recent` holds `(step, metrics)` of the steps since the last check, still
+  on the devices: only the last step's counter is fetched, the others only
+  to write the diagnostic. Clears `recent`.
+  """
+  if not recent:
+    return
+  last = int(parallel.fetch(recent[-1][1]['guard']['consecutive_nonfinite']))
+  if last < limit:
+    recent.clear()
+    return
+  for step, metrics in recent:
+    metrics = parallel.fetch(metrics)
+    if int(metrics['guard']['consecutive_nonfinite']) >= limit:
+      break
+  raise FloatingPointError(_nonfinite_message(step, metrics, limit))
+
+
+def _nonfinite_message(step: int, metrics: dict[str, Any], limit: int) -> str:
+  guard = metrics['guard']
+  terms = [k for k in ('ce', 'care', 'loss') if k in metrics and not np.isfinite(metrics[k])]
+  if not bool(guard['finite_update']):
+    terms.append('gradients')
+  return (
+      f'{limit} consecutive training steps had a non-finite loss or gradient '
+      f'(train.max_consecutive_nonfinite = {limit}); the last at step {step}: non-finite '
+      f'{", ".join(terms) or "BatchNorm statistics"} (ce = {float(metrics["ce"])}, care = '
+      f'{float(metrics.get("care", 0.0))}). Batch: images in [{float(guard["image_min"]):.4g}, '
+      f'{float(guard["image_max"]):.4g}] with {int(guard["image_nonfinite"])} non-finite '
+      f'pixels, labels in [{int(guard["label_min"])}, {int(guard["label_max"])}], '
+      f'{float(metrics.get("boxed", 0.0)):g} boxed images. {int(guard["skipped_steps"])} '
+      f'steps skipped in all; parameters are those before the first of these steps. Lower '
+      'train.learning_rate or check the data.')
+
+
+def _log_record(step_metrics: dict[str, Any], parallel, step: int, seconds: float) -> dict:
+  metrics = parallel.fetch(step_metrics)
+  record = {k: float(v) for k, v in metrics.items() if k != 'guard'}
+  record.update(skipped_steps=int(metrics['guard']['skipped_steps']), step=step,
+                seconds=round(seconds, 3))
+  return record
+
+
+class _EvalSummaries:
+  """TensorBoard records of an evaluation: metrics and attention overlays.
+
+  The overlays show the same few images (rare-class images with a lesion box
+  first) at every evaluation, so their change over training is visible.
+  """
+
+  def __init__(self, writer: summary.SummaryWriter, model: models.Classifier,
+               config: ml_collections.ConfigDict, info, *, num_images: int = 8):
+    # visualize imports train: import it here, not at module level.
+    from care_jax import visualize  # pylint: disable=g-import-not-at-top
+    self._visualize, self._writer, self._model, self._config = visualize, writer, model, config
+    split = 'validation' if 'validation' in info.split_sizes else 'test'
+    self._examples = visualize.select_examples(config.data, split, num_images=num_images,
+                                               rare_classes=info.rare_classes)
+    self._pixels = visualize.denormalize(self._examples['image'], mean=config.data.mean,
+                                         std=config.data.std)
+
+  def __call__(self, split: str, result: dict[str, Any], host_state: TrainState,
+               step: int) -> None:
+    scalars = {f'{split}/{k}': result[k] for k in ('mca', 'accuracy', 'rare_recall')
+               if result.get(k) is not None}
+    scalars.update({f'{split}/attention/{k}': v for k, v in result['attention'].items()
+                    if k != 'num_images' and v is not None})
+    self._writer.scalars(scalars, step)
+    variables = {'params': host_state.params, 'batch_stats': host_state.batch_stats}
+    maps, _ = self._visualize.compute_attention(
+        self._model, variables, self._examples['image'], self._examples['label'],
+        method=self._config.care.attention)
+    self._writer.image('attention', self._visualize.overlay_strip(
+        self._pixels, maps, self._examples['lesion_mask']), step)
+    self._writer.flush()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains, evaluates on validation and test, writes `workdir/metrics.json`.
 
+  Resumes from the latest checkpoint in `workdir/checkpoints` when there is
+  one (same batches, same result as an uninterrupted run); otherwise starts
+  from `config.init_from`'s weights or from scratch. A SIGTERM saves a
+  checkpoint at the next step boundary and raises `checkpoint.Preempted`.
+
+  TensorBoard event files go to `workdir` (training metrics at every log
+  step; evaluation metrics and attention overlays at every evaluation).
+
   Returns the dict written to metrics.json.
   """
+  from care_jax import boxes as boxes_lib  # pylint: disable=g-import-not-at-top
   # The input pipeline (TensorFlow) is imported only here, so the steps above
   # run where TensorFlow is not installed (e.g. GPU images with in-memory data).
   from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   config_lib.validate(config)
-  os.makedirs(workdir, exist_ok=True)
+  checkpoint_lib.check_writable(workdir)
   is_chief = jax.process_index() == 0
   info = pipeline.get_dataset_info(config.data)
   num_classes = len(info.class_names)
   num_steps = num_train_steps(config, info.split_sizes['train'])
 
-  class_weights = None
-  if config.loss.name == 'weighted_ce':
-    class_weights = losses.inverse_frequency_weights(info.train_class_counts)
+  classification_loss = imbalance.make_classification_loss(
+      config.loss, class_counts=np.asarray(info.train_class_counts), num_steps=num_steps)
 
   model = create_model(config, num_classes)
   step_config = StepConfig.from_config(config)
   axis_name = PMAP_AXIS if config.parallel == 'pmap' else None
   parallel = make_parallel(
       config,
-      make_train_step(model, step_config, class_weights=class_weights, axis_name=axis_name),
-      make_eval_step(model, num_classes=num_classes, axis_name=axis_name))
+      make_train_step(model, step_config, classification_loss=classification_loss,
+                      axis_name=axis_name),
+      make_eval_step(model, num_classes=num_classes, attention=config.care.attention,
+                     predict_logits=classification_loss.predict_logits, axis_name=axis_name))
   _check_divisible(config.train.batch_size, parallel, 'train.batch_size')
+  # Checked here too, not only when the first evaluation starts (after training).
+  _check_divisible(config.train.eval_batch_size, parallel, 'train.eval_batch_size')
 
   image_shape = (info.image_size, info.image_size, info.num_channels)
   state = create_train_state(config, model, image_shape, num_steps,
                              jax.random.key(config.seed))
-  state = parallel.put_state(state)
+  meta = {'class_names': list(info.class_names), 'rare_classes': list(info.rare_classes),
+          'image_shape': list(image_shape)}
+  with (checkpoint_lib.RunCheckpoints(workdir, config, meta=meta) as checkpoints,
+        checkpoint_lib.PreemptionWatch(checkpoints) as preemption):
+    start_step, elapsed = checkpoints.latest_step() or 0, 0.0
+    if start_step > num_steps:
+      raise ValueError(f'config.train.num_steps = {num_steps} is below the step of the '
+                       f'latest checkpoint in {checkpoints.directory} ({start_step})')
+    if start_step:
+      state, saved_meta = checkpoints.restore(start_step, parallel.abstract_state(state))
+      elapsed = saved_meta['train_seconds']
+      logging.info('resuming from step %d of %s', start_step, checkpoints.directory)
+    elif config.init_from:
+      state = checkpoint_lib.init_from(config.init_from, state)
+    state = parallel.put_state(state)
 
-  if is_chief:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-  batches = pipeline.train_batches(
-      config.data, batch_size=config.train.batch_size // jax.process_count(),
-      seed=config.seed, process_index=jax.process_index(),
-      process_count=jax.process_count())
+    if is_chief:
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config.to_json_best_effort(indent=2))
+    batches = pipeline.train_batches(
+        config.data, batch_size=config.train.batch_size // jax.process_count(),
+        seed=config.seed, start_step=start_step, process_index=jax.process_index(),
+        process_count=jax.process_count(), boxes_fn=boxes_lib.replace_boxes)
+    writer = summary.SummaryWriter(workdir) if is_chief else None
+    eval_summaries = _EvalSummaries(writer, model, config, info) if is_chief else None
 
-  log_path = os.path.join(workdir, 'train_log.jsonl')
-  history = []
-  progress = tqdm.tqdm(total=num_steps, desc=f'train {os.path.basename(workdir)}',
-                       disable=not (is_chief and config.train.progress), dynamic_ncols=True)
-  start = time.time()
-  with open(log_path, 'w') if is_chief else contextlib.nullcontext() as log_file:
-    for step in range(1, num_steps + 1):
-      batch = parallel.put_batch(next(batches))
-      with parallel.scope():
-        state, step_metrics = parallel.train_step(state, batch)
-      progress.update(1)
-      if step % config.train.log_every_steps == 0 or step == num_steps:
-        # Fetching syncs the device: only every log_every_steps.
-        record = {k: float(v) for k, v in parallel.fetch(step_metrics).items()}
-        if not all(math.isfinite(v) for v in record.values()):
-          raise FloatingPointError(f'non-finite training metrics at step {step}: {record}')
-        record.update(step=step, seconds=round(time.time() - start, 3))
-        history.append(record)
-        progress.set_postfix(loss=f"{record['loss']:.4f}",
-                             care=f"{record.get('care', 0.0):.3f}")
-        if is_chief:
-          log_file.write(json.dumps(record) + '\n')
-          log_file.flush()
-      if (config.train.eval_every_steps and step % config.train.eval_every_steps == 0
-          and step < num_steps and 'validation' in info.split_sizes):
-        val = evaluate(parallel, state, config, 'validation', info)
-        logging.info('step %d validation mca %.4f rare recall %s', step, val['mca'],
-                     val['rare_recall'])
-  progress.close()
+    def evaluate_and_log(split: str, step: int) -> dict[str, Any]:
+      result = evaluate(parallel, state, config, split, info)
+      if is_chief:
+        eval_summaries(split, result, parallel.get_state(state), step)
+      return result
 
-  result = {'step': num_steps, 'classes': list(info.class_names),
-            'rare_classes': [info.class_names[k] for k in info.rare_classes]}
-  for split in ('validation', 'test'):
-    if split in info.split_sizes:
-      result[split] = evaluate(parallel, state, config, split, info)
+    log_path = os.path.join(workdir, 'train_log.jsonl')
+    if is_chief:
+      checkpoint_lib.truncate_log(log_path, start_step)
+    recent = []  # (step, metrics on device) since the last non-finite check.
+    progress = tqdm.tqdm(total=num_steps, initial=start_step,
+                         desc=f'train {os.path.basename(workdir)}',
+                         disable=not (is_chief and config.train.progress), dynamic_ncols=True)
+    start = time.time() - elapsed
+    with open(log_path, 'a') if is_chief else contextlib.nullcontext() as log_file:
+      for step in range(start_step + 1, num_steps + 1):
+        batch = parallel.put_batch(next(batches))
+        with parallel.scope():
+          state, step_metrics = parallel.train_step(state, batch)
+        recent.append((step, step_metrics))
+        progress.update(1)
+        log_now = step % config.train.log_every_steps == 0 or step == num_steps
+        validate_now = bool(config.train.eval_every_steps and step < num_steps
+                            and step % config.train.eval_every_steps == 0
+                            and 'validation' in info.split_sizes)
+        preempted = step < num_steps and preemption.requested(step)
+        save_now = step < num_steps and (
+            preempted or checkpoints.is_due(step, validated=validate_now))
+        if log_now or validate_now or save_now:
+          # Fetching syncs the device: only at these steps.
+          check_nonfinite(recent, parallel, limit=config.train.max_consecutive_nonfinite)
+        if log_now:
+          record = _log_record(step_metrics, parallel, step, time.time() - start)
+          progress.set_postfix(loss=f"{record['loss']:.4f}",
+                               care=f"{record.get('care', 0.0):.3f}")
+          if is_chief:
+            log_file.write(json.dumps(record) + '\n')
+            log_file.flush()
+            writer.scalars({f'train/{k}': v for k, v in record.items()
+                            if k not in ('step', 'seconds')}, step)
+        val_mca = None
+        if validate_now:
+          val = evaluate_and_log('validation', step)
+          val_mca = val['mca']
+          logging.info('step %d validation mca %.4f rare recall %s', step, val['mca'],
+                       val['rare_recall'])
+        if save_now:
+          checkpoints.save(step, parallel.get_state(state), validation_mca=val_mca,
+                           train_seconds=time.time() - start)
+        if preempted:
+          checkpoints.wait()
+          message = (f'SIGTERM: saved the checkpoint of step {step} in '
+                     f'{checkpoints.directory}; run the same command to resume.')
+          logging.warning(message)
+          raise checkpoint_lib.Preempted(message)
+    progress.close()
+
+    result = {'step': num_steps, 'classes': list(info.class_names),
+              'rare_classes': [info.class_names[k] for k in info.rare_classes]}
+    if 'validation' in info.split_sizes:
+      result['validation'] = evaluate_and_log('validation', num_steps)
+    if checkpoints.latest_step() != num_steps:
+      checkpoints.save(num_steps, parallel.get_state(state),
+                       validation_mca=result.get('validation', {}).get('mca'),
+                       train_seconds=time.time() - start)
+    if 'test' in info.split_sizes:
+      result['test'] = evaluate_and_log('test', num_steps)
+    if writer:
+      writer.close()
   result['train_seconds'] = round(time.time() - start, 3)
   if is_chief:
     with open(os.path.join(workdir, 'metrics.json'), 'w') as f:

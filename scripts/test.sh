@@ -4,4 +4,5 @@
 set -euo pipefail
 CARE_JAX_EXTRAS='[test]' source "$(dirname "$0")/venv.sh"
 exec .venv/bin/python -m pytest -n 2 --durations=15 tests \
-  --doctest-modules care_jax/losses.py care_jax/attention.py care_jax/metrics.py "$@"
+  --doctest-modules care_jax/losses.py care_jax/attention.py care_jax/metrics.py \
+  care_jax/imbalance.py "$@"

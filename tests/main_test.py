@@ -157,7 +157,7 @@ def test_care_jax_command_without_a_subcommand_prints_usage():
   proc = subprocess.run([sys.executable, '-m', 'care_jax.cli', 'fly'], cwd=REPO,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0
-  assert 'usage: care-jax {train, compare}' in proc.stderr
+  assert 'usage: care-jax {train, compare, experiments, visualize, boxes}' in proc.stderr
 
 
 @pytest.mark.parametrize('name', sorted(f for f in os.listdir(os.path.join(REPO, 'configs'))

@@ -229,7 +229,8 @@ def test_eval_covers_each_example_once_normalised_with_padding(config):
   raw = _raw(config, 'test')  # 15 examples -> 4 batches of 4, 1 padding row.
   batches = list(pipeline.eval_batches(config, 'test', batch_size=4))
   assert len(batches) == 4
-  assert set(batches[0]) == {'image', 'label', 'mask', 'has_mask', 'valid'}
+  assert set(batches[0]) == {'image', 'label', 'mask', 'has_mask', 'valid',
+                             'lesion_mask', 'has_lesion_mask'}
   assert batches[0]['valid'].dtype == bool
   stacked = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
   np.testing.assert_array_equal(stacked['valid'], np.arange(16) < 15)
@@ -357,3 +358,223 @@ def test_importing_care_jax_does_not_load_data_or_tensorflow():
       'assert "tensorflow" not in sys.modules'
   )
   subprocess.run([sys.executable, '-c', code], check=True)
+
+
+# lesion_mask of eval batches ---------------------------------------------------
+
+
+def test_eval_lesion_mask_is_the_lesion_box_of_every_image(config):
+  raw = _raw(config, 'test')  # 15 examples -> 2 batches of 8, 1 padding row.
+  batches = list(pipeline.eval_batches(config, 'test', batch_size=8))
+  stacked = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+  assert stacked['lesion_mask'].dtype == np.float32
+  assert stacked['lesion_mask'].shape == (16, 32, 32)
+  assert stacked['has_lesion_mask'].dtype == bool
+  for row, ex in enumerate(raw):
+    np.testing.assert_array_equal(
+        stacked['lesion_mask'][row], _raster([ex['lesion_box']], 32)
+    )
+  # Every test image has one (no annotation box); the padding row has none.
+  np.testing.assert_array_equal(stacked['has_lesion_mask'], np.arange(16) < 15)
+  assert not stacked['lesion_mask'][15].any()
+  assert not stacked['has_mask'].any()
+
+
+def test_eval_lesion_mask_is_rasterised_at_the_output_size(tmp_path):
+  config = _config(tmp_path, image_size=12)
+  raw = _raw(config, 'validation')
+  batch = next(pipeline.eval_batches(config, 'validation', batch_size=len(raw)))
+  for row, ex in enumerate(raw):
+    np.testing.assert_array_equal(
+        batch['lesion_mask'][row], _raster([ex['lesion_box']], 12)
+    )
+
+
+class _NoLesionBox(sl.SyntheticLesions):
+  """synthetic_lesions without the `lesion_box` feature (like real datasets)."""
+
+  def _info(self):
+    info = super()._info()
+    features = {k: v for k, v in info.features.items() if k != 'lesion_box'}
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict(features),
+        supervised_keys=('image', 'label'),
+    )
+
+  def _generate_examples(self, split):
+    for key, example in super()._generate_examples(split):
+      example.pop('lesion_box')
+      yield key, example
+
+
+_CORNER = np.array([0.0, 0.0, 0.25, 0.25], np.float32)
+
+
+class _LesionBoxes(_NoLesionBox):
+  """Every box of every image in `lesion_boxes`, as the file datasets store them."""
+
+  def _info(self):
+    info = super()._info()
+    features = dict(info.features.items())
+    features['lesion_boxes'] = tfds.features.Sequence(tfds.features.BBoxFeature())
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict(features),
+        supervised_keys=('image', 'label'),
+    )
+
+  def _generate_examples(self, split):
+    for key, example in sl.SyntheticLesions._generate_examples(self, split):
+      example['lesion_boxes'] = np.stack([example.pop('lesion_box'), _CORNER])
+      yield key, example
+
+
+def _use_builder(monkeypatch, config, cls):
+  config.name = cls.__name__
+  monkeypatch.setitem(
+      pipeline._BUILDERS,
+      cls.__name__,
+      lambda c: cls(
+          config=sl.synthetic_config(**c.synthetic.to_dict()), data_dir=c.dir
+      ),
+  )
+
+
+def test_eval_lesion_mask_is_the_union_of_the_lesion_boxes(
+    tmp_path, monkeypatch
+):
+  config = _config(tmp_path)
+  raw = _raw(config, 'test')
+  _use_builder(monkeypatch, config, _LesionBoxes)
+  batch = next(pipeline.eval_batches(config, 'test', batch_size=15))
+  for row, ex in enumerate(raw):  # Same data, same order as synthetic_lesions.
+    np.testing.assert_array_equal(
+        batch['lesion_mask'][row], _raster([ex['lesion_box'], _CORNER], 32)
+    )
+  assert batch['has_lesion_mask'].all()
+
+
+def test_eval_lesion_mask_falls_back_to_the_annotation_boxes(
+    tmp_path, monkeypatch
+):
+  config = _config(tmp_path)
+  _use_builder(monkeypatch, config, _NoLesionBox)
+  batch = next(pipeline.eval_batches(config, 'train', batch_size=32))
+  # Only the rare training images carry (annotation) boxes.
+  np.testing.assert_array_equal(batch['lesion_mask'], batch['mask'])
+  np.testing.assert_array_equal(batch['has_lesion_mask'], batch['has_mask'])
+  assert batch['has_lesion_mask'].sum() == 8
+
+
+# Sampling and augmentation in train_batches ------------------------------------
+
+
+def _training_config(config, sampling='instance', augment=True):
+  trained = config.copy_and_resolve_references()
+  trained.sampling = sampling
+  trained.augment.enabled = augment
+  return trained
+
+
+def test_resampled_augmented_batches_resume_and_split_over_processes(config):
+  config = _training_config(config, 'sqrt')
+  fresh = _take(pipeline.train_batches(config, batch_size=6, seed=4), 6)
+  resumed = _take(
+      pipeline.train_batches(config, batch_size=6, seed=4, start_step=4), 2)
+  _assert_batches_equal(resumed, fresh[4:])
+  parts = [
+      _take(pipeline.train_batches(config, batch_size=3, seed=4,
+                                   process_index=i, process_count=2), 6)
+      for i in range(2)
+  ]
+  for step, global_batch in enumerate(fresh):
+    for key, value in global_batch.items():
+      np.testing.assert_array_equal(
+          np.concatenate([parts[0][step][key], parts[1][step][key]]), value)
+
+
+def test_augmentation_changes_images_and_masks_but_not_labels(config):
+  plain = _take(pipeline.train_batches(
+      _training_config(config, augment=False), batch_size=8, seed=2), 4)
+  augmented = _take(pipeline.train_batches(
+      _training_config(config), batch_size=8, seed=2), 4)
+  for a, b in zip(plain, augmented):
+    np.testing.assert_array_equal(a['label'], b['label'])  # same order
+    assert not np.allclose(a['image'], b['image'])
+    assert b['mask'].dtype == np.float32
+    assert set(np.unique(b['mask'])) <= {0.0, 1.0}
+    np.testing.assert_array_equal(b['has_mask'], b['mask'].any((1, 2)))
+    # Only examples with boxes get a mask.
+    assert not np.any(b['has_mask'] & ~a['has_mask'])
+  masks = np.concatenate([b['mask'] for b in augmented])
+  assert not np.array_equal(masks, np.concatenate([b['mask'] for b in plain]))
+
+
+def test_class_balanced_training_labels_have_equal_frequencies(config):
+  num_batches, batch_size = 40, 16
+  batches = _take(pipeline.train_batches(
+      _training_config(config, 'class_balanced', augment=False),
+      batch_size=batch_size, seed=1), num_batches)
+  labels = np.concatenate([b['label'] for b in batches])
+  frequencies = np.bincount(labels, minlength=5) / labels.size
+  # 5 classes with examples: 1/5 each, within 4 binomial standard errors.
+  standard_error = np.sqrt(0.2 * 0.8 / labels.size)
+  np.testing.assert_allclose(frequencies, 0.2, atol=4 * standard_error)
+
+
+def test_eval_never_augments(config):
+  augmented = _training_config(config, 'class_balanced')
+  a = list(pipeline.eval_batches(config, 'test', batch_size=8))
+  b = list(pipeline.eval_batches(augmented, 'test', batch_size=8))
+  _assert_batches_equal(a, b)
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('sampling', 'balanced', r'data\.sampling must be one of'),
+    ('augment.rotation', 360.0, r'data\.augment\.rotation'),
+    ('augment.crop_scale', (0.5, 2.0), r'data\.augment\.crop_scale'),
+])
+def test_bad_sampling_or_augment_config_raises_naming_the_key(
+    config, key, value, message):
+  bad = config.copy_and_resolve_references()
+  *parents, leaf = key.split('.')
+  node = bad
+  for parent in parents:
+    node = node[parent]
+  node[leaf] = value
+  with pytest.raises(ValueError, match=message):
+    pipeline.train_batches(bad, batch_size=2, seed=0)
+
+
+def test_box_scale_scales_each_box_about_its_centre_and_clips_to_the_image():
+  table = pipeline._SplitTable(
+      images=np.array([b'', b''], dtype=object), labels=np.array([0, 1]),
+      box_values=np.array([[0.2, 0.4, 0.6, 0.8], [0.0, 0.0, 0.5, 0.3]], np.float32),
+      box_splits=np.array([0, 1, 2]))
+  half = pipeline._scale_boxes(table, 0.5).box_values
+  np.testing.assert_allclose(half, [[0.3, 0.5, 0.5, 0.7], [0.125, 0.075, 0.375, 0.225]],
+                             atol=1e-6)
+  double = pipeline._scale_boxes(table, 2.0).box_values
+  np.testing.assert_allclose(double, [[0.0, 0.2, 0.8, 1.0], [0.0, 0.0, 0.75, 0.45]], atol=1e-6)
+  assert pipeline._scale_boxes(table, 1.0) is table
+  with pytest.raises(ValueError, match='data.box_scale must be a positive number'):
+    pipeline._scale_boxes(table, 0.0)
+
+
+def test_box_scale_reaches_the_training_masks(config):
+  scaled = config.copy_and_resolve_references()
+  scaled.box_scale = 0.5
+  full = next(pipeline.train_batches(config, batch_size=64, seed=0))
+  half = next(pipeline.train_batches(scaled, batch_size=64, seed=0))
+  boxed = full['has_mask']
+  assert boxed.any()
+  # Same examples, smaller masks inside the full-size ones.
+  np.testing.assert_array_equal(full['label'], half['label'])
+  assert np.all(half['mask'] <= full['mask'])
+  assert half['mask'][boxed].sum() < 0.5 * full['mask'][boxed].sum()
+
+
+def test_a_generated_box_source_needs_the_generator(config):
+  generated = config.copy_and_resolve_references()
+  generated.box_source = 'otsu'
+  with pytest.raises(ValueError, match="data.box_source='otsu' needs boxes_fn"):
+    pipeline.train_batches(generated, batch_size=4, seed=0)

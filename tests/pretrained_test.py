@@ -480,7 +480,7 @@ def _torch_venv_python() -> pathlib.Path:
 
 
 @pytest.fixture(scope='session')
-def torch_exports() -> pathlib.Path:
+def torch_exports(torch_python) -> pathlib.Path:
   """torch_reference.py's outputs, cached under .torch-venv/exports/<hash of the script>/."""
   digest = hashlib.sha256(REFERENCE_SCRIPT.read_bytes()).hexdigest()[:16]
   exports = TORCH_VENV / 'exports' / digest
@@ -488,10 +488,9 @@ def torch_exports() -> pathlib.Path:
   with open(TORCH_VENV / '.lock', 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)  # pytest-xdist workers share the venv and the exports
     if not (exports / 'manifest.json').is_file():
-      python = _torch_venv_python()
       partial = exports.with_name(f'{digest}.partial')
       shutil.rmtree(partial, ignore_errors=True)
-      _run([python, REFERENCE_SCRIPT, partial])
+      _run([torch_python, REFERENCE_SCRIPT, partial])
       for stale in exports.parent.iterdir():  # exports of older scripts: ~1.3 GB each
         if stale != partial:
           shutil.rmtree(stale)

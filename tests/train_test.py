@@ -12,6 +12,7 @@ import pytest
 
 from care_jax import attention
 from care_jax import config as config_lib
+from care_jax import imbalance
 from care_jax import losses
 from care_jax import train
 
@@ -54,8 +55,10 @@ def _setup(config, *, parallel=None, class_weights=(0.2, 0.3, 0.5)):
   config.parallel = parallel or 'mesh'
   model = train.create_model(config, NUM_CLASSES)
   state = train.create_train_state(config, model, (IMAGE, IMAGE, 3), 10, jax.random.key(0))
+  weighted_ce = imbalance.ClassificationLoss(
+      'weighted_ce', losses.cross_entropy, class_weights=np.asarray(class_weights, np.float32))
   step = train.make_train_step(
-      model, train.StepConfig.from_config(config), class_weights=np.asarray(class_weights),
+      model, train.StepConfig.from_config(config), classification_loss=weighted_ce,
       axis_name=train.PMAP_AXIS if parallel == 'pmap' else None)
   return model, state, step
 
@@ -197,15 +200,22 @@ def test_data_parallel_eval_counts_every_valid_example_once(parallel):
   model, state, step = _setup(config, parallel=parallel)
   batch = _batch()
   batch['valid'] = np.arange(16) < 11
-  single = jax.jit(train.make_eval_step(model, num_classes=NUM_CLASSES))(state, batch)
+  batch['lesion_mask'], batch['has_lesion_mask'] = batch['mask'], batch['has_mask']
+  single_confusion, single_quality = jax.jit(
+      train.make_eval_step(model, num_classes=NUM_CLASSES))(state, batch)
   runner = train.make_parallel(
       config, step, train.make_eval_step(
           model, num_classes=NUM_CLASSES,
           axis_name=train.PMAP_AXIS if parallel == 'pmap' else None))
   with runner.scope():
-    confusion = runner.fetch(runner.eval_step(runner.put_state(state), runner.put_batch(batch)))
-  np.testing.assert_array_equal(confusion, single)
+    confusion, quality = runner.fetch(
+        runner.eval_step(runner.put_state(state), runner.put_batch(batch)))
+  np.testing.assert_array_equal(confusion, single_confusion)
   assert confusion.sum() == 11
+  # Attention quality: the valid rows with a lesion mask, summed over devices.
+  assert quality.compute()['num_images'] == int(np.sum(batch['valid'] & batch['has_mask'])) > 0
+  for key, value in single_quality.compute().items():
+    np.testing.assert_allclose(quality.compute()[key], value, rtol=1e-5, err_msg=key)
 
 
 def test_learning_rate_schedules():
@@ -235,3 +245,74 @@ def test_train_steps_import_without_tensorflow():
   proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def _nan_batch(seed=0):
+  batch = _batch(seed=seed)
+  batch['image'][3, 5, 7, 1] = np.nan
+  return batch
+
+
+@pytest.mark.parametrize('parallel', ['mesh', 'pmap'])
+def test_a_non_finite_step_is_skipped_and_counted(parallel):
+  config = _config(alpha=0.5)
+  model, state, step = _setup(config, parallel=parallel)
+  runner = train.make_parallel(config, step, train.make_eval_step(
+      model, num_classes=NUM_CLASSES,
+      axis_name=train.PMAP_AXIS if parallel == 'pmap' else None))
+  before = jax.device_get(state)
+  with runner.scope():
+    placed, metrics = runner.train_step(runner.put_state(state), runner.put_batch(_nan_batch()))
+  after, guard = runner.get_state(placed), runner.fetch(metrics['guard'])
+  for part in ('params', 'opt_state', 'batch_stats'):
+    chex.assert_trees_all_equal(getattr(after, part), getattr(before, part))
+  assert int(after.step) == 1  # The data position moves on.
+  assert int(after.skipped_steps) == 1 and int(after.consecutive_nonfinite) == 1
+  assert int(guard['image_nonfinite']) == 1 and not bool(guard['finite_update'])
+  # A finite batch afterwards is applied and resets the run of bad steps.
+  with runner.scope():
+    placed, _ = runner.train_step(placed, runner.put_batch(_batch(seed=1)))
+  after = runner.get_state(placed)
+  assert int(after.consecutive_nonfinite) == 0 and int(after.skipped_steps) == 1
+  assert not np.array_equal(after.params['head']['fc']['kernel'],
+                            before.params['head']['fc']['kernel'])
+
+
+def test_finite_steps_equal_the_plain_optax_update():
+  config = _config(alpha=0.5)
+  model, state, step = _setup(config)
+  batch = _batch()
+  new_state, _ = jax.jit(step)(state, batch)
+
+  @jax.jit
+  def reference(state):
+    def loss(params):
+      return _reference_loss(model, state.replace(params=params), batch, config,
+                             (0.2, 0.3, 0.5))[0]
+    return state.apply_gradients(grads=jax.grad(loss)(state.params))
+
+  expected = reference(state)
+  chex.assert_trees_all_close(new_state.params, expected.params, rtol=1e-5, atol=1e-6)
+
+
+def test_consecutive_non_finite_steps_freeze_the_state_and_stop_with_a_diagnostic():
+  config = _config(alpha=0.5)
+  config.train.max_consecutive_nonfinite = 2
+  _, state, step = _setup(config)
+  jitted = jax.jit(step)
+  recent = []
+  for i, batch in enumerate([_batch(seed=9), _nan_batch(1), _nan_batch(2), _batch(seed=3)]):
+    state, metrics = jitted(state, batch)
+    recent.append((i + 1, metrics))
+  assert int(state.consecutive_nonfinite) == 2  # The good 4th batch did not reset it.
+  assert int(state.skipped_steps) == 3 and int(state.step) == 4
+  fetcher = type('Fetch', (), {'fetch': staticmethod(jax.device_get)})
+  with pytest.raises(FloatingPointError) as error:
+    train.check_nonfinite(recent, fetcher, limit=2)
+  assert str(error.value) == (
+      '2 consecutive training steps had a non-finite loss or gradient '
+      '(train.max_consecutive_nonfinite = 2); the last at step 3: non-finite ce, loss, '
+      'gradients (ce = nan, care = 0.0). Batch: images in [-4.253, 4.015] with 1 non-finite '
+      'pixels, labels in [0, 2], 5 boxed images. 2 steps skipped in all; parameters are those '
+      'before the first of these steps. Lower train.learning_rate or check the data.')
+  train.check_nonfinite(recent[:1], fetcher, limit=2)  # A finite step passes.

@@ -13,25 +13,41 @@ key            dtype, shape                content
 ``mask``       float32 [B, S, S]           ``M_in``: union of the example's
                                            boxes rasterised at S x S, zeros
                                            without a box (`rasterize_boxes`)
-``has_mask``   bool [B]                    the example has >= 1 box
+``has_mask``   bool [B]                    the example has >= 1 box (with
+                                           augmentation: ``mask`` is not
+                                           empty, a crop may drop the box)
 ``valid``      bool [B]                    eval batches only: False on the
                                            padding rows of the last batch
 =============  ==========================  =================================
+
+Eval batches also hold ``lesion_mask``, float32 [B, S, S]: the ground-truth
+lesion box(es) rasterised like ``mask``, to score attention maps (the
+dataset's ``lesion_boxes`` or ``lesion_box`` feature when it has one -- every
+known box, in every split -- else its annotation ``boxes``), and
+``has_lesion_mask``, bool [B]: ``lesion_mask`` is not all zeros.
 
 Padding rows have ``valid=False``, label 0, a zero image and a zero mask, so
 evaluation runs with static shapes and still counts every example once.
 
 Only the annotation ``boxes`` feeds the masks (for the built-in datasets, the
-rare-class training images); ground-truth lesion boxes never do.
+rare-class training images); ground-truth lesion boxes never do: they only feed
+``lesion_mask``, which evaluation uses to score attention maps.
 
 Training order: stream position ``p`` of the infinite example stream holds
 example ``index_shuffle(p mod N, seed=(seed, p div N))`` of the N training
-examples, i.e. each epoch is a fresh permutation derived from
-``(seed, epoch)`` and the stream runs on across epoch ends. Global batch ``k``
-is stream positions ``[k G, (k + 1) G)`` with ``G = batch_size *
-process_count``; process ``i`` takes rows ``[i batch_size, (i + 1)
-batch_size)`` of it. Resuming at ``start_step`` therefore computes its first
-position directly, without reading the skipped examples.
+examples with ``data.sampling='instance'`` (the default), i.e. each epoch is a
+fresh permutation derived from ``(seed, epoch)`` and the stream runs on across
+epoch ends; 'class_balanced' and 'sqrt' draw the class with probability
+proportional to ``n_k^0`` or ``n_k^(1/2)`` and then an example of it, from
+the stateless key of ``(seed, p)`` (`care_jax.data.sampling`). With
+``data.augment.enabled`` the example at ``p`` is augmented
+(`care_jax.data.augment`: crop, flips, rotation, colour jitter; the mask
+rasterised after the geometry) with random numbers drawn from a second,
+independent key of ``(seed, p)``. Global batch ``k`` is stream positions
+``[k G, (k + 1) G)`` with ``G = batch_size * process_count``; process ``i``
+takes rows ``[i batch_size, (i + 1) batch_size)`` of it. Resuming at
+``start_step`` therefore computes its first position directly, without
+reading the skipped examples, and sees the same examples, augmented the same.
 
 Example::
 
@@ -44,6 +60,7 @@ Example::
 from collections.abc import Callable, Iterator, Sequence
 import dataclasses
 import logging
+from typing import Any
 
 import os
 
@@ -56,6 +73,12 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds
 
+from care_jax.data import augment
+from care_jax.data import folder
+from care_jax.data import isic2018
+from care_jax.data import nih_chestxray14
+from care_jax.data import rsna_pneumonia
+from care_jax.data import sampling
 from care_jax.data import synthetic_lesions
 
 try:
@@ -92,11 +115,20 @@ class DatasetInfo:
 def default_data_config() -> ml_collections.ConfigDict:
   """Returns the data config: the embedded `synthetic_lesions` dataset.
 
-  Fields: ``name`` (dataset; 'synthetic_lesions'), ``dir`` (tfds data_dir;
-  None: the tfds default), ``image_size`` (S of the yielded images),
+  Fields: ``name`` (dataset; `_BUILDERS`), ``dir`` (synthetic_lesions: the
+  tfds data_dir, None: the tfds default; the other datasets: the directory
+  with the user's files), ``cache_dir`` (those datasets' tfds data_dir, where
+  they are prepared; None: the tfds default), ``folder``, ``isic2018``,
+  ``rsna_pneumonia``, ``nih_chestxray14`` (their parameters, e.g.
+  `folder.DEFAULTS`), ``image_size`` (S of the yielded images),
   ``rare_classes`` (class names; empty: the classes with boxes in train),
   ``mean`` and ``std`` (per channel, on the [0, 1] scale) and ``synthetic``
-  (parameters of `synthetic_lesions.SyntheticLesionsConfig`).
+  (parameters of `synthetic_lesions.SyntheticLesionsConfig`). Training
+  only: ``sampling`` (`sampling.SAMPLING`: 'instance', 'class_balanced' or
+  'sqrt'), ``augment`` (`augment.default_config`; off by default),
+  ``box_source`` ('manual' or a generator of `care_jax.boxes`) and
+  ``box_scale`` (training boxes scaled about their centres, clipped to the
+  image).
   """
   defaults = synthetic_lesions.SyntheticLesionsConfig().parameters()
   defaults = {
@@ -112,6 +144,20 @@ def default_data_config() -> ml_collections.ConfigDict:
           mean=(0.5, 0.5, 0.5),
           std=(0.5, 0.5, 0.5),
           synthetic=defaults,
+          # Datasets read from the user's files (data.dir): the prepared tfds
+          # data are cached here (None: the tfds default data dir).
+          cache_dir=config_dict.placeholder(str),
+          folder=folder.DEFAULTS,
+          isic2018=isic2018.DEFAULTS,
+          rsna_pneumonia=rsna_pneumonia.DEFAULTS,
+          nih_chestxray14=nih_chestxray14.DEFAULTS,
+          sampling='instance',
+          augment=augment.default_config(),
+          # CARE masks from the manual boxes or a generator of care_jax.boxes
+          # (the trainer passes `boxes.replace_boxes` as `boxes_fn`).
+          box_source='manual',
+          # Scale every training box about its centre (the paper's Table 3).
+          box_scale=1.0,
       )
   )
 
@@ -130,7 +176,13 @@ def _synthetic_builder(
 # data_config.name -> function building the (unprepared) tfds builder.
 _BUILDERS: dict[
     str, Callable[[ml_collections.ConfigDict], tfds.core.DatasetBuilder]
-] = {'synthetic_lesions': _synthetic_builder}
+] = {
+    'synthetic_lesions': _synthetic_builder,
+    'folder': folder.from_data_config,
+    'isic2018': isic2018.from_data_config,
+    'rsna_pneumonia': rsna_pneumonia.from_data_config,
+    'nih_chestxray14': nih_chestxray14.from_data_config,
+}
 
 
 def _prepared_builder(
@@ -272,28 +324,60 @@ def rasterize_boxes(boxes: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
 
 
 def _example_fn(
-    data_config: ml_collections.ConfigDict, num_channels: int
-) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
-  """Returns f(uint8 image [H, W, C], label, boxes [N, 4]) -> batch row."""
+    data_config: ml_collections.ConfigDict,
+    num_channels: int,
+    *,
+    augment_settings: dict[str, Any] | None = None,
+) -> Callable[..., dict[str, tf.Tensor]]:
+  """Returns f(uint8 image [H, W, C], label, boxes [N, 4], key=None) -> row.
+
+  With ``augment_settings`` (`augment.augment_kwargs`), f augments the
+  resized image (`augment.augment_example`) with the stateless seed ``key``
+  (int [2]) and rasterises the mask after the transform; otherwise ``key`` is
+  ignored.
+  """
   size = _image_size(data_config)
   mean, std = _normalisation(data_config, num_channels)
 
-  def example(image, label, boxes):
+  def example(image, label, boxes, key=None):
     image = tf.cast(image, tf.float32)
     if tuple(image.shape[:2]) != (size, size):
       # Antialiased, so that downsizing averages instead of aliasing.
       image = tf.image.resize(image, (size, size), 'bilinear', antialias=True)
-    image = (image / 255.0 - mean) / std
-    # Geometric augmentations go here, moving the boxes with the image, so
-    # that the mask is rasterised from the transformed boxes.
+    if augment_settings is None:
+      image = (image / 255.0 - mean) / std
+      mask = rasterize_boxes(boxes, size)
+      has_mask = tf.shape(boxes)[0] > 0
+    else:
+      image, mask = augment.augment_example(
+          image / 255.0, boxes, key, size=size, **augment_settings
+      )
+      image = (image - mean) / std
+      # A crop can move every box out of view: nothing left to supervise.
+      has_mask = tf.reduce_any(mask > 0)
     return dict(
         image=image,
         label=tf.cast(label, tf.int32),
-        mask=rasterize_boxes(boxes, size),
-        has_mask=tf.shape(boxes)[0] > 0,
+        mask=mask,
+        has_mask=has_mask,
     )
 
   return example
+
+
+def _scale_boxes(table: _SplitTable, scale: float) -> _SplitTable:
+  """The table with every box scaled by ``scale`` about its centre, clipped."""
+  if not (isinstance(scale, (int, float)) and scale > 0):
+    raise ValueError(f'data.box_scale must be a positive number, got {scale!r}.')
+  if scale == 1.0 or not len(table.box_values):
+    return table
+  boxes = table.box_values
+  centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+  half = (boxes[:, 2:] - boxes[:, :2]) * (scale / 2)
+  scaled = np.concatenate([centre - half, centre + half], axis=1)
+  return dataclasses.replace(
+      table, box_values=np.clip(scaled, 0.0, 1.0).astype(np.float32)
+  )
 
 
 def get_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
@@ -346,11 +430,14 @@ def train_batches(
     start_step: int = 0,
     process_index: int = 0,
     process_count: int = 1,
+    boxes_fn: Callable[[ml_collections.ConfigDict, Any, Any], Any] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Infinite, shuffled training batches, deterministic given ``seed``.
 
-  See the module docstring for the order. The global batch of step k is the
-  same for any ``process_count``; each process yields its ``batch_size`` rows.
+  See the module docstring for the order, the sampling (``data.sampling``)
+  and the augmentation (``data.augment``, when ``enabled``). The global batch
+  of step k is the same for any ``process_count`` and ``start_step``; each
+  process yields its ``batch_size`` rows.
 
   Args:
     data_config: the data config (`default_data_config`).
@@ -360,20 +447,44 @@ def train_batches(
       yields batches ``start_step, start_step + 1, ...`` of the fresh sequence.
     process_index: this process, in ``[0, process_count)``.
     process_count: number of processes sharing each global batch.
+    boxes_fn: ``f(data_config, builder, table) -> table`` replacing the
+      manual training boxes when ``data.box_source != 'manual'`` (pass
+      `care_jax.boxes.replace_boxes`; the data package does not import it).
 
   Returns:
     An iterator of batches (see the module docstring), without ``valid``.
+
+  Raises:
+    ValueError: for bad arguments, ``data.sampling`` or ``data.augment``
+      values (the key is named).
   """
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
   if start_step < 0:
     raise ValueError(f'start_step must be >= 0, got {start_step}.')
   _check_process(process_index, process_count)
+  method = sampling.check_sampling(data_config.sampling)
+  augment_settings = augment.augment_kwargs(data_config.augment)
   builder = _prepared_builder(data_config)
   table = _read_split(builder, 'train')
+  box_source = data_config.get('box_source', 'manual')
+  if box_source != 'manual':
+    if boxes_fn is None:
+      raise ValueError(
+          f'data.box_source={box_source!r} needs boxes_fn ='
+          ' care_jax.boxes.replace_boxes (train_and_evaluate passes it).'
+      )
+    table = boxes_fn(data_config, builder, table)
+  table = _scale_boxes(table, data_config.get('box_scale', 1.0))
   image_feature = builder.info.features['image']
-  make_example = _example_fn(data_config, image_feature.shape[-1])
-  num_examples = np.int64(len(table.labels))
+  make_example = _example_fn(
+      data_config,
+      image_feature.shape[-1],
+      augment_settings=(
+          augment_settings if data_config.augment.enabled else None
+      ),
+  )
+  index_of = sampling.make_sampler(table.labels, sampling=method, seed=seed)
   images = tf.constant(table.images.tolist(), tf.string)
   labels = tf.constant(table.labels)
   box_values = tf.constant(table.box_values.reshape(-1, 4))
@@ -387,14 +498,15 @@ def train_batches(
     position = (
         step * global_batch + process_index * batch_size + count % batch_size
     )
-    index = tf.random.experimental.index_shuffle(
-        position % num_examples,
-        seed=tf.stack([seed, position // num_examples]),
-        max_index=num_examples - 1,
+    # Independent stateless streams of this position for the sampler and
+    # the augmentation.
+    sample_key, augment_key = tf.unstack(
+        tf.random.experimental.stateless_split(tf.stack([seed, position]), 2)
     )
+    index = index_of(position, sample_key)
     boxes = box_values[box_splits[index] : box_splits[index + 1]]
     image = image_feature.decode_example(images[index])
-    return make_example(image, labels[index], boxes)
+    return make_example(image, labels[index], boxes, key=augment_key)
 
   ds = tf.data.Dataset.counter(dtype=tf.int64)
   ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
@@ -414,7 +526,11 @@ def eval_batches(
   """One pass over ``split`` in a fixed order; the last batch is padded.
 
   Every example appears exactly once with ``valid=True``; the padding rows of
-  the last batch have ``valid=False``, label 0, zero image and zero mask.
+  the last batch have ``valid=False``, label 0, zero image and zero masks.
+  Besides the training keys, batches hold ``lesion_mask`` and
+  ``has_lesion_mask`` (see the module docstring): the dataset's
+  ``lesion_boxes`` or ``lesion_box`` rasterised when it has one, else its
+  ``boxes``.
   With several processes, each yields ``batch_size`` rows of every global
   batch (example ``i`` goes to process ``i mod process_count``) and all
   processes yield the same number of batches.
@@ -433,15 +549,33 @@ def eval_batches(
   make_example = _example_fn(
       data_config, builder.info.features['image'].shape[-1]
   )
+  size = _image_size(data_config)
+  # Ground-truth boxes of every image when the dataset has them (the file
+  # datasets' `lesion_boxes`, synthetic_lesions' one `lesion_box`), else the
+  # annotation boxes (e.g. the rare classes' only).
+  features = builder.info.features.keys()
+
+  def lesion_boxes(ex):
+    if 'lesion_boxes' in features:
+      return ex['lesion_boxes']
+    if 'lesion_box' in features:
+      return ex['lesion_box'][None]
+    return ex['boxes']
+
+  def example(ex):
+    # Eval has no geometric augmentation: boxes map to the resized image as is.
+    lesion_mask = rasterize_boxes(lesion_boxes(ex), size)
+    return dict(
+        make_example(ex['image'], ex['label'], ex['boxes']),
+        valid=True,
+        lesion_mask=lesion_mask,
+        has_lesion_mask=tf.reduce_any(lesion_mask > 0),
+    )
+
   ds = builder.as_dataset(
       split=split, shuffle_files=False, read_config=_read_config()
   )
-  ds = ds.map(
-      lambda ex: dict(
-          make_example(ex['image'], ex['label'], ex['boxes']), valid=True
-      ),
-      num_parallel_calls=tf.data.AUTOTUNE,
-  )
+  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
   global_batch = batch_size * process_count
   num_padding = -builder.info.splits[split].num_examples % global_batch
   if num_padding:

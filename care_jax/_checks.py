@@ -1,0 +1,59 @@
+"""Value checks of array arguments at the public boundary.
+
+Shapes are static and always checked; values are only known for concrete
+arrays. Under ``jit``, ``vmap``, ``grad`` of that argument, ``pmap`` or
+``shard_map`` the arguments are tracers, so these checks are skipped and the
+documented contract of the function applies: JAX does not raise for an
+out-of-range index (it clamps, wraps or fills) and propagates NaN. Checking by value inside compiled
+code (``checkify``, ``jax.debug``) would cost a device sync per step, which the
+trainer avoids; its inputs are checked where they enter (the data pipeline).
+"""
+
+import jax
+import numpy as np
+
+
+def concrete(x) -> np.ndarray | None:
+  """``x`` as a numpy array, or None when its values are unknown (a tracer).
+
+  Arrays spread over several processes are not fetched either (None).
+  """
+  if isinstance(x, jax.core.Tracer):
+    return None
+  if not getattr(x, 'is_fully_addressable', True):
+    return None
+  return np.asarray(x)
+
+
+def _first_bad(values: np.ndarray, bad: np.ndarray) -> str:
+  index = tuple(int(i) for i in np.argwhere(bad)[0])
+  return (f'{values[index].item()!r} at index {index} ({int(bad.sum())} bad value(s) '
+          f'in all)')
+
+
+def check_range(name: str, x, *, low: float, high: float, what: str) -> None:
+  """Raises ValueError if concrete ``x`` has a value outside [low, high], NaN or inf.
+
+  ``what`` says what the values are, e.g. 'binary or soft masks'.
+  """
+  values = concrete(x)
+  if values is None or not values.size:
+    return
+  values = values.astype(np.float64)
+  bad = ~((values >= low) & (values <= high) & np.isfinite(values))
+  if bad.any():
+    raise ValueError(
+        f'{name} values must lie in [{low:g}, {high:g}] ({what}), got '
+        f'{_first_bad(values, bad)}.')
+
+
+def check_class_indices(name: str, x, num_classes: int) -> None:
+  """Raises ValueError if concrete ``x`` holds an index outside [0, K)."""
+  values = concrete(x)
+  if values is None or not values.size:
+    return
+  bad = (values < 0) | (values >= num_classes)
+  if bad.any():
+    raise ValueError(
+        f'{name} must be class indices in [0, {num_classes}), got '
+        f'{_first_bad(values, bad)}.')

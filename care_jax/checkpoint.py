@@ -1,0 +1,451 @@
+"""The checkpoints of a training run: save, resume, start stage 2 from stage 1, load a model.
+
+Layout (orbax-checkpoint ``CheckpointManager``, v0 API)::
+
+    WORKDIR/checkpoints/<step>/state    the TrainState (params, batch_stats,
+                                        opt_state, step, dropout key, counters)
+                              /config   the run's config (JSON)
+                              /meta     class names, rare classes, image shape,
+                                        train seconds so far (JSON)
+
+A step directory appears only once complete: orbax writes into
+``<step>.orbax-checkpoint-tmp-*`` and renames it at the end, so a run killed
+mid-write leaves a tmp directory that is ignored (and cleaned) on restart,
+and resuming starts from the last complete step.
+
+Kept: the latest ``checkpoint.keep`` steps and the best ``checkpoint.keep_best``
+by validation MCA, as ``AnyPreservationPolicy([LatestN, BestN])``: with
+``max_to_keep`` + ``best_fn`` orbax would delete the newest checkpoint.
+
+Resume: a run finding checkpoints in its workdir continues from the latest
+one, provided its config matches the saved one except for `RESUMABLE_KEYS`.
+
+Example::
+
+  config, model, variables = load_model('runs/care')  # best by validation MCA
+  logits, _ = model.apply(variables, images, train=False)
+"""
+
+from collections.abc import Callable, Mapping
+import contextlib
+import json
+import os
+import signal
+import tempfile
+import threading
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from care_jax import models
+
+CHECKPOINT_DIR = 'checkpoints'
+BEST_METRIC = 'validation_mca'
+# Config keys that may differ between a run and the checkpoint it resumes:
+# how often to log/evaluate/save, where the data lives, how the work is split
+# over devices, and the guard's patience. Everything else (model, data, loss,
+# care, optimizer, seed, dtype, and keys added later) must match.
+RESUMABLE_KEYS = (
+    'checkpoint',
+    'data.dir',
+    'init_from',
+    'parallel',
+    'train.eval_batch_size',
+    'train.eval_every_steps',
+    'train.log_every_steps',
+    'train.max_consecutive_nonfinite',
+    'train.progress',
+)
+# The run's length may grow (or shrink) on resume only where the learning
+# rate does not depend on it: a constant schedule without warm-up.
+LENGTH_KEYS = ('train.num_steps', 'train.num_epochs')
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as plain JSON values (tuples become lists), as it is saved."""
+  return json.loads(config.to_json_best_effort())
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple]:
+  """`{dotted key: (saved value, current value)}` for keys that forbid resuming.
+
+  Both configs are JSON dicts (`config_to_json`). A key missing on one side
+  counts as different (value `'<missing>'`).
+  """
+  flat_saved, flat_current = _flatten(saved), _flatten(current)
+  resumable = RESUMABLE_KEYS
+  constant_lr = (flat_current.get('train.schedule') == 'constant'
+                 and not flat_current.get('train.warmup_steps'))
+  if constant_lr:
+    resumable += LENGTH_KEYS
+  diffs = {}
+  for key in sorted(set(flat_saved) | set(flat_current)):
+    if any(key == k or key.startswith(k + '.') for k in resumable):
+      continue
+    old, new = flat_saved.get(key, '<missing>'), flat_current.get(key, '<missing>')
+    if old != new:
+      diffs[key] = (old, new)
+  return diffs
+
+
+def shape_differences(expected: Any, found: Any) -> list[str]:
+  """Paths whose shape differs between two trees, or that only one tree has.
+
+  `expected` and `found` are trees of arrays or array metadata (anything with
+  a ``shape``); returns lines like ``params/head/fc/kernel: (8, 5) vs (8, 3)``.
+  """
+  def flat(tree):
+    return {'/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  a, b = flat(expected), flat(found)
+  lines = [f'{p}: {a[p]} here vs {b[p]} in the checkpoint'
+           for p in sorted(set(a) & set(b)) if a[p] != b[p]]
+  lines += [f'{p}: missing in the checkpoint' for p in sorted(set(a) - set(b))]
+  lines += [f'{p}: only in the checkpoint' for p in sorted(set(b) - set(a))]
+  return lines
+
+
+def check_writable(workdir: str) -> None:
+  """Creates `workdir` and writes a probe file, so a bad path fails before training."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_probe_'):
+      pass
+  except OSError as e:
+    raise OSError(e.errno, f'workdir {workdir!r} is not writable ({e.strerror or e}); '
+                  'choose a writable --workdir') from e
+
+
+def truncate_log(path: str, step: int) -> None:
+  """Keeps the records of steps <= `step` in the JSON-lines log at `path`.
+
+  A resumed run appends to its log; records written after the checkpoint it
+  resumes from (before the kill) would otherwise appear twice.
+  """
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+  with open(path, 'w') as f:
+    f.writelines(lines)
+
+
+def abstract_tree(tree: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
+  """`jax.ShapeDtypeStruct`s of `tree` on `sharding` (None: restore as numpy)."""
+  def abstract(x):
+    dtype = x.dtype if hasattr(x, 'dtype') else np.asarray(x).dtype
+    # A Python int step is int64 on the host but int32 on devices (x64 off).
+    return jax.ShapeDtypeStruct(np.shape(x), jax.dtypes.canonicalize_dtype(dtype),
+                                sharding=sharding)
+  return jax.tree.map(abstract, tree)
+
+
+def _manager(directory: str, *, keep: int = 1, keep_best: int = 0, async_save: bool = False,
+             read_only: bool = False) -> ocp.CheckpointManager:
+  best_fn = lambda metrics: metrics[BEST_METRIC]
+  policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+  if keep_best:
+    # Checkpoints saved without a validation score are kept by LatestN only.
+    policies.append(ocp.checkpoint_managers.BestN(
+        get_metric_fn=best_fn, n=keep_best, keep_checkpoints_without_metrics=False))
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+      best_fn=best_fn, best_mode='max', enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=not read_only, read_only=read_only, create=not read_only)
+  # Named handlers, so that item metadata can be read before any restore.
+  registry = ocp.handlers.create_default_handler_registry(
+      state=ocp.StandardCheckpointHandler(), config=ocp.JsonCheckpointHandler(),
+      meta=ocp.JsonCheckpointHandler())
+  return ocp.CheckpointManager(directory, options=options, handler_registry=registry)
+
+
+def _step_of(manager: ocp.CheckpointManager, which: str) -> int:
+  if which not in ('best', 'latest'):
+    raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+  step = manager.best_step() if which == 'best' else None
+  if step is None:  # 'latest', or no checkpoint carries a validation score.
+    step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'no complete checkpoint in {manager.directory}')
+  return step
+
+
+def _read_json(manager: ocp.CheckpointManager, step: int) -> tuple[dict, dict]:
+  items = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
+                                                        meta=ocp.args.JsonRestore()))
+  return items['config'], items['meta']
+
+
+def _restore_host_state(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The saved state as a dict of numpy arrays (no devices involved)."""
+  metadata = manager.item_metadata(step)['state']
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata.tree)
+  return manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract)))['state']
+
+
+def _open_existing(workdir: str) -> ocp.CheckpointManager:
+  directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'no checkpoint in {workdir!r}: {directory} does not exist '
+                            '(train with `python -m care_jax.main --workdir=...` first)')
+  manager = _manager(directory, read_only=True)
+  if manager.latest_step() is None:
+    raise FileNotFoundError(f'no complete checkpoint in {directory}')
+  return manager
+
+
+def _config_from_json(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """The default config updated with a saved one (lists back to tuples)."""
+  from care_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  def merge(node: ml_collections.ConfigDict, values: Mapping[str, Any]) -> None:
+    for key, value in values.items():
+      if isinstance(value, Mapping) and isinstance(node.get(key), ml_collections.ConfigDict):
+        merge(node[key], value)
+      else:
+        with node.ignore_type():
+          node[key] = tuple(value) if isinstance(value, list) else value
+
+  config = config_lib.default_config()
+  merge(config, saved)
+  return config
+
+
+def load_model(workdir: str, *, which: str = 'best'
+               ) -> tuple[ml_collections.ConfigDict, models.Classifier, dict]:
+  """The trained model of a run, for evaluation, figures or inference.
+
+  Args:
+    workdir: the run's `--workdir` (holding ``checkpoints/``).
+    which: 'best' (highest validation MCA; the latest checkpoint when none was
+      validated) or 'latest'.
+
+  Returns:
+    `(config, model, variables)`: the run's config, the float32 classifier
+    without parallel axes for the run's classes, and ``{'params',
+    'batch_stats'}`` as numpy arrays, so that
+    ``model.apply(variables, images, train=False)`` gives ``(logits, inter)``.
+
+  Raises:
+    FileNotFoundError: the workdir holds no complete checkpoint.
+    ValueError: `which` is neither 'best' nor 'latest'.
+  """
+  with contextlib.closing(_open_existing(workdir)) as manager:
+    step = _step_of(manager, which)
+    saved_config, meta = _read_json(manager, step)
+    state = _restore_host_state(manager, step)
+  config = _config_from_json(saved_config)
+  model = models.get_model(
+      config.model.name, num_classes=len(meta['class_names']), dtype=jnp.float32,
+      head=None if config.model.head == 'default' else config.model.head)
+  return config, model, {'params': state['params'], 'batch_stats': state['batch_stats']}
+
+
+def init_from(workdir: str, state: Any) -> Any:
+  """`state` with params and batch_stats of another run's best checkpoint.
+
+  For stage 2 started from a stage-1 run (``config.init_from=DIR``): the
+  optimizer state, step and counters of `state` stay fresh. The best
+  checkpoint by validation MCA is used, the latest when none was validated.
+
+  Raises:
+    FileNotFoundError: `workdir` holds no checkpoint.
+    ValueError: the checkpoint holds another model (paths and shapes named).
+  """
+  with contextlib.closing(_open_existing(workdir)) as manager:
+    step = _step_of(manager, 'best')
+    saved = _restore_host_state(manager, step)
+  ours = {'params': state.params, 'batch_stats': state.batch_stats}
+  theirs = {'params': saved['params'], 'batch_stats': saved['batch_stats']}
+  diffs = shape_differences(ours, theirs)
+  if diffs:
+    raise ValueError(f'config.init_from = {workdir!r}: step {step} holds another model than '
+                     'config.model builds for this data; differing parameters:\n  '
+                     + '\n  '.join(diffs[:20]))
+  logging.info('initialised params and batch_stats from %s step %d', workdir, step)
+  return state.replace(params=jax.tree.map(np.asarray, theirs['params']),
+                       batch_stats=jax.tree.map(np.asarray, theirs['batch_stats']))
+
+
+class RunCheckpoints:
+  """The checkpoints of one run in `workdir/checkpoints` (a context manager).
+
+  Closing waits for asynchronous saves. Example::
+
+    with RunCheckpoints(workdir, config, meta=meta) as checkpoints:
+      step = checkpoints.latest_step() or 0
+      if step:
+        state, meta = checkpoints.restore(step, abstract_tree(state, sharding))
+      ...
+      checkpoints.save(step, state, validation_mca=0.8)
+  """
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, *,
+               meta: Mapping[str, Any]):
+    check_writable(workdir)
+    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    settings = config.checkpoint
+    self._every_steps = settings.every_steps
+    self._keep_best = settings.keep_best
+    self._config = config_to_json(config)
+    self._meta = dict(meta)
+    self._manager = _manager(self.directory, keep=settings.keep, keep_best=settings.keep_best,
+                             async_save=settings.async_save)
+    self._pending = None  # Step of an asynchronous save not yet awaited.
+
+  def __enter__(self) -> 'RunCheckpoints':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def reached_preemption_sync_point(self, step: int) -> bool:
+    """Whether all processes agreed to checkpoint at `step` after a preemption notice."""
+    return self._manager.reached_preemption(step)
+
+  def is_due(self, step: int, *, validated: bool) -> bool:
+    """Save at multiples of `checkpoint.every_steps`, and after each validation
+    when the best ones are kept."""
+    return bool((self._every_steps and step % self._every_steps == 0)
+                or (validated and self._keep_best))
+
+  def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
+    """The state of `step` restored onto `target`'s shardings, and the step's meta.
+
+    Args:
+      step: a saved step.
+      target: the abstract state (`abstract_tree` of a fresh state): its
+        structure, shapes, dtypes and shardings are those of the result.
+
+    Raises:
+      ValueError: the checkpoint's config differs in keys outside
+        `RESUMABLE_KEYS` (all named, with both values), or its parameter
+        shapes differ from `target`'s.
+    """
+    saved_config, meta = _read_json(self._manager, step)
+    diffs = config_differences(saved_config, self._config)
+    if diffs:
+      listing = '\n  '.join(f'{k}: {old!r} in the checkpoint, {new!r} now'
+                            for k, (old, new) in diffs.items())
+      raise ValueError(
+          f'cannot resume from {self.directory} (step {step}): the config differs in '
+          f'{", ".join(diffs)}:\n  {listing}\nRun with the checkpoint\'s values, or use a new '
+          f'--workdir (config.init_from=OLD_WORKDIR starts from its weights). Keys that may '
+          f'change on resume: {", ".join(RESUMABLE_KEYS)} (and train.num_steps/num_epochs '
+          'with a constant learning rate).')
+    metadata = self._manager.item_metadata(step)['state'].tree
+    diffs = shape_differences({'params': target.params, 'batch_stats': target.batch_stats},
+                              {'params': metadata['params'],
+                               'batch_stats': metadata['batch_stats']})
+    if diffs:
+      raise ValueError(f'cannot resume from {self.directory} (step {step}): it holds another '
+                       'model; differing parameters:\n  ' + '\n  '.join(diffs[:20]))
+    state = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))['state']
+    return state, meta
+
+  def save(self, step: int, state: Any, *, validation_mca: float | None = None,
+           train_seconds: float = 0.0) -> None:
+    """Saves `state` (asynchronously when `checkpoint.async_save`).
+
+    Raises:
+      OSError: this or the previous pending write failed (e.g. a full disk);
+        the message names the step and the last complete checkpoint.
+    """
+    metrics = None if validation_mca is None else {BEST_METRIC: float(validation_mca)}
+    meta = dict(self._meta, train_seconds=round(train_seconds, 3), step=step)
+    # An asynchronous failure of the previous save surfaces here: name it.
+    self.wait()
+    self._pending = step
+    with self._write_errors():
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(self._config),
+          meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
+
+  def wait(self) -> None:
+    """Blocks until a pending asynchronous save is complete on disk."""
+    with self._write_errors():
+      self._manager.wait_until_finished()
+      self._manager.check_for_errors()
+    self._pending = None
+
+  def close(self) -> None:
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
+
+  @contextlib.contextmanager
+  def _write_errors(self):
+    try:
+      yield
+    except OSError as e:
+      step, self._pending = self._pending, None
+      self._manager.reload()
+      raise OSError(
+          e.errno, f'could not write the checkpoint of step {step} to {self.directory} '
+          f'({e.strerror or e}). The last complete checkpoint (step '
+          f'{self._manager.latest_step()}) is intact: fix the cause (free disk space) and '
+          'run the same command to resume from it.') from e
+
+
+class Preempted(SystemExit):
+  """Raised after the checkpoint that a SIGTERM (preemption notice) asked for.
+
+  A `SystemExit` with status 143 (128 + SIGTERM), as schedulers expect of a
+  process that ended on SIGTERM; `str()` gives the message.
+  """
+
+  def __init__(self, message: str):
+    super().__init__(128 + signal.SIGTERM)
+    self.message = message
+
+  def __str__(self) -> str:
+    return self.message
+
+
+class PreemptionWatch:
+  """Notices a preemption notice, to checkpoint at the next step boundary.
+
+  One process: a SIGTERM handler (installed from the main thread only; the
+  previous handler returns on exit) sets a flag. Several processes: JAX's
+  preemption sync point, which makes every process stop at the same step.
+  """
+
+  def __init__(self, checkpoints: RunCheckpoints):
+    self._checkpoints = checkpoints
+    self._received = threading.Event()
+    self._previous: Callable | int | None = None
+
+  def __enter__(self) -> 'PreemptionWatch':
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self._received.set())
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def requested(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return self._checkpoints.reached_preemption_sync_point(step)
+    return self._received.is_set()

@@ -1,0 +1,390 @@
+"""Training-time data augmentation that moves lesion boxes with the image.
+
+The paper's DA (rotation, horizontal and vertical flips, colour jitter) plus a
+random resized crop, in TensorFlow for the tf.data pipeline. All randomness
+is stateless, drawn from a ``seed`` tensor of shape [2] (the pipeline derives
+it from ``(seed, stream position)``), so an example's augmentation is a pure
+function of that seed: resumed and multi-process runs see the same batches.
+
+**Geometry.** One affine map per example, in normalised coordinates ((x, y)
+in [0, 1]^2, x to the right, y down, pixel centres at ``(j + 0.5) / W``),
+from a point ``u`` of the output image to the point ``v`` of the input image
+it shows::
+
+    v = t + diag(w, h) F R(-theta) (u - 0.5)
+
+read right to left as undoing, in reverse order, the forward steps *crop the
+box of size (w, h) centred at t and resize it to the output, flip, rotate by
+theta about the centre*. ``F = diag(+-1, +-1)`` flips each axis with
+probability 1/2, ``theta ~ U(-rotation, rotation)`` degrees, and the crop is
+torchvision's ``RandomResizedCrop`` in continuous coordinates: area fraction
+``a ~ U(crop_scale)``, ``log(w / h) ~ U(log crop_ratio)``, ``w = sqrt(a r)``,
+``h = sqrt(a / r)`` relative to the (square) input, the first of 10 draws
+that fits, else torchvision's fallback (the whole image when 1 lies in
+``crop_ratio``), centre uniform over the positions that keep the crop inside
+the image. ``crop_scale=(1, 1)`` therefore disables the crop (and
+``crop_ratio`` then does not matter when it contains 1).
+
+The image is warped with this map (``ImageProjectiveTransformV3``, bilinear)
+and the parts of the output that fall outside the input are filled with
+`FILL_VALUE` (black, on the [0, 1] scale before normalisation): dermoscopy
+images already have dark vignetted corners, and a constant fill, unlike
+reflection, never puts a mirrored copy of the lesion outside its box.
+
+The mask is rasterised at the output resolution *after* the transform, by
+`warp_boxes_mask`: each output pixel centre is mapped through the same map
+and tested against the input boxes. This is the exact rasterisation of the
+rotated, flipped and cropped boxes by pixel centres (the convention of
+`care_jax.data.pipeline.rasterize_boxes`, which it equals for the identity
+map), stays binary and costs a few comparisons per pixel; warping a rendered
+mask instead would need a second interpolation and a threshold, and its edge
+would depend on the interpolation.
+
+**Colour jitter** (image only, after the geometry, on the [0, 1] scale,
+clipped to [0, 1] after each step as torchvision does), with torchvision's
+``ColorJitter`` formulas and factor ranges but a fixed order: brightness
+``x b``, contrast ``c x + (1 - c) mean(gray(x))``, saturation
+``s x + (1 - s) gray(x)``, hue ``x`` in HSV with ``H + delta mod 1``, where
+``b ~ U(max(0, 1 - brightness), 1 + brightness)`` (likewise ``c``, ``s``),
+``delta ~ U(-hue, hue)`` and ``gray`` the ITU-R 601 luma (0.2989, 0.587,
+0.114). Saturation and hue apply to RGB images only.
+
+Example::
+
+  seed = tf.constant([0, 17], tf.int64)
+  image01, mask = augment_example(image01, boxes, seed, size=224,
+                                  **augment_kwargs(config.data.augment))
+"""
+
+from collections.abc import Mapping, Sequence
+import math
+from typing import Any
+
+import ml_collections
+import tensorflow as tf
+
+# Value of the output pixels that show no input pixel, on the [0, 1] scale.
+FILL_VALUE = 0.0
+# Draws of the random resized crop before its fallback (torchvision's 10).
+_CROP_ATTEMPTS = 10
+# ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
+_LUMA = (0.2989, 0.587, 0.114)
+
+_BOOL_KEYS = ('enabled', 'hflip', 'vflip')
+_JITTER_KEYS = ('brightness', 'contrast', 'saturation', 'hue')
+_RANGE_KEYS = ('crop_scale', 'crop_ratio')
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The ``data.augment`` config: off, with the paper-like DA settings.
+
+  Fields: ``enabled`` (False: the baseline trains without augmentation; the
+  paper's DA rows set it True), ``rotation`` (max |degrees|), ``hflip``,
+  ``vflip``, ``brightness``, ``contrast``, ``saturation``, ``hue`` (as
+  torchvision's ``ColorJitter``; 0 disables one), ``crop_scale`` (area
+  fraction range; (1.0, 1.0) disables the crop) and ``crop_ratio`` (width /
+  height range).
+  """
+  return ml_collections.ConfigDict(
+      dict(
+          enabled=False,
+          # Dermoscopic lesions have no canonical orientation, so any angle
+          # is a plausible image; set ~10 for chest X-rays.
+          rotation=180.0,
+          hflip=True,
+          vflip=True,
+          # Mild: lesion colour is diagnostic (and separates the
+          # synthetic_lesions classes), so hue moves by at most 5% of the
+          # circle.
+          brightness=0.2,
+          contrast=0.2,
+          saturation=0.2,
+          hue=0.05,
+          # At least half the image stays in view (torchvision's ImageNet
+          # default 0.08 would often crop the lesion out).
+          crop_scale=(0.5, 1.0),
+          crop_ratio=(3.0 / 4.0, 4.0 / 3.0),
+      )
+  )
+
+
+def _range(config: Mapping[str, Any], key: str) -> tuple[float, float]:
+  value = config[key]
+  if (
+      not isinstance(value, Sequence)
+      or len(value) != 2
+      or not all(isinstance(v, (int, float)) for v in value)
+  ):
+    raise ValueError(
+        f'data.augment.{key} must be a pair (min, max), got {value!r}.'
+    )
+  low, high = float(value[0]), float(value[1])
+  if not 0.0 < low <= high or (key == 'crop_scale' and high > 1.0):
+    bound = '0 < min <= max <= 1' if key == 'crop_scale' else '0 < min <= max'
+    raise ValueError(f'data.augment.{key} must satisfy {bound}, got {value!r}.')
+  return low, high
+
+
+def augment_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Checks a ``data.augment`` config; returns `augment_example`'s keywords.
+
+  Raises:
+    ValueError: naming the key (``data.augment.<key>``) of an unknown field,
+      a wrong type or a value outside its range.
+  """
+  config = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
+  valid = set(default_config())
+  for problem, keys in (('unknown', set(config) - valid),
+                        ('missing', valid - set(config))):
+    if keys:
+      raise ValueError(
+          f'data.augment has {problem} key(s) {sorted(keys)}; valid:'
+          f' {sorted(valid)}.'
+      )
+  for key in _BOOL_KEYS:
+    if not isinstance(config[key], bool):
+      raise ValueError(
+          f'data.augment.{key} must be a bool, got {config[key]!r}.'
+      )
+  rotation = config['rotation']
+  if not isinstance(rotation, (int, float)) or not 0 <= rotation <= 180:
+    raise ValueError(
+        f'data.augment.rotation must lie in [0, 180] degrees, got {rotation!r}.'
+    )
+  for key in _JITTER_KEYS:
+    value = config[key]
+    high = 0.5 if key == 'hue' else math.inf
+    if not isinstance(value, (int, float)) or not 0 <= value <= high:
+      bound = '[0, 0.5]' if key == 'hue' else '>= 0'
+      raise ValueError(f'data.augment.{key} must be {bound}, got {value!r}.')
+  kwargs = {key: float(config[key]) for key in ('rotation', *_JITTER_KEYS)}
+  kwargs.update({key: config[key] for key in ('hflip', 'vflip')})
+  kwargs.update({key: _range(config, key) for key in _RANGE_KEYS})
+  return kwargs
+
+
+def _crop_size(
+    seed: tf.Tensor,
+    crop_scale: tuple[float, float],
+    crop_ratio: tuple[float, float],
+) -> tf.Tensor:
+  """(w, h) of torchvision's RandomResizedCrop of a square, as fractions."""
+  draws = tf.random.stateless_uniform([2, _CROP_ATTEMPTS], seed, dtype=tf.float32)
+  area = crop_scale[0] + (crop_scale[1] - crop_scale[0]) * draws[0]
+  log_low, log_high = math.log(crop_ratio[0]), math.log(crop_ratio[1])
+  ratio = tf.exp(log_low + (log_high - log_low) * draws[1])
+  sizes = tf.stack([tf.sqrt(area * ratio), tf.sqrt(area / ratio)], axis=-1)
+  fits = tf.reduce_all(sizes <= 1.0, axis=-1)
+  # torchvision's fallback for an aspect ratio of 1: the widest crop whose
+  # ratio lies in crop_ratio.
+  fallback = tf.constant(
+      (min(1.0, crop_ratio[1]), min(1.0, 1.0 / crop_ratio[0])), tf.float32
+  )
+  first = tf.argmax(tf.cast(fits, tf.int32))
+  return tf.where(tf.reduce_any(fits), sizes[first], fallback)
+
+
+def sample_geometry(
+    seed: tf.Tensor,
+    *,
+    rotation: float,
+    hflip: bool,
+    vflip: bool,
+    crop_scale: tuple[float, float],
+    crop_ratio: tuple[float, float],
+) -> tf.Tensor:
+  """Draws the affine map of one example (see the module docstring).
+
+  Args:
+    seed: int32/int64 [2], the stateless seed.
+    rotation: max |theta| in degrees.
+    hflip: flip x with probability 1/2.
+    vflip: flip y with probability 1/2.
+    crop_scale: (min, max) area fraction of the crop, in (0, 1].
+    crop_ratio: (min, max) width / height of the crop.
+
+  Returns:
+    float32 [3, 3] ``A`` with ``(v, 1) = A (u, 1)``: output point u -> input
+    point v, both normalised (x, y). The identity for ``rotation=0``, no
+    flips and ``crop_scale=crop_ratio=(1, 1)``.
+  """
+  crop_seed, centre_seed, flip_seed, angle_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 4)
+  )
+  size = _crop_size(crop_seed, crop_scale, crop_ratio)
+  centre = size / 2 + (1 - size) * tf.random.stateless_uniform(
+      [2], centre_seed
+  )
+  flip_draws = tf.random.stateless_uniform([2], flip_seed) < 0.5
+  flips = tf.where(flip_draws & tf.constant([hflip, vflip]), -1.0, 1.0)
+  theta = tf.random.stateless_uniform(
+      [], angle_seed, minval=-rotation, maxval=rotation
+  ) * (math.pi / 180.0)
+  cos, sin = tf.cos(theta), tf.sin(theta)
+  # diag(w, h) F R(-theta), R(-theta) = [[cos, sin], [-sin, cos]].
+  scale = size * flips
+  linear = tf.stack([
+      tf.stack([scale[0] * cos, scale[0] * sin]),
+      tf.stack([-scale[1] * sin, scale[1] * cos]),
+  ])
+  offset = centre - tf.linalg.matvec(linear, tf.constant([0.5, 0.5]))
+  top = tf.concat([linear, offset[:, None]], axis=1)
+  return tf.concat([top, tf.constant([[0.0, 0.0, 1.0]])], axis=0)
+
+
+def warp_image(
+    image: tf.Tensor, geometry: tf.Tensor, *, size: int
+) -> tf.Tensor:
+  """Resamples ``image`` through ``geometry`` (bilinear, `FILL_VALUE` outside).
+
+  Args:
+    image: float32 [H, W, C].
+    geometry: float32 [3, 3], output -> input map in normalised coordinates
+      (`sample_geometry`).
+    size: side S of the square output.
+
+  Returns:
+    float32 [S, S, C]: output pixel (i, j) shows the input at
+    ``geometry @ ((j + 0.5) / S, (i + 0.5) / S, 1)``.
+  """
+  height = tf.cast(tf.shape(image)[0], tf.float32)
+  width = tf.cast(tf.shape(image)[1], tf.float32)
+  # The op maps output pixel indices to input pixel indices (centres at
+  # integers): compose index -> normalised -> geometry -> index.
+  to_unit = tf.constant(
+      [[1 / size, 0, 0.5 / size], [0, 1 / size, 0.5 / size], [0, 0, 1]],
+      tf.float32,
+  )
+  to_index = tf.stack([
+      tf.stack([width, 0.0, -0.5]),
+      tf.stack([0.0, height, -0.5]),
+      tf.constant([0.0, 0.0, 1.0]),
+  ])
+  matrix = to_index @ geometry @ to_unit
+  transform = tf.reshape(matrix, [9])[:8] / matrix[2, 2]
+  warped = tf.raw_ops.ImageProjectiveTransformV3(
+      images=image[None],
+      transforms=transform[None],
+      output_shape=tf.constant([size, size]),
+      fill_value=tf.constant(FILL_VALUE, tf.float32),
+      interpolation='BILINEAR',
+      fill_mode='CONSTANT',
+  )[0]
+  warped.set_shape([size, size, image.shape[-1]])
+  return warped
+
+
+def warp_boxes_mask(
+    boxes: tf.Tensor, geometry: tf.Tensor, *, size: int
+) -> tf.Tensor:
+  """Rasterises the boxes as they appear after the warp by ``geometry``.
+
+  Output pixel (i, j) is 1 when its centre, mapped through ``geometry``, lies
+  in at least one box (edges inclusive): ``ymin <= v_y <= ymax`` and ``xmin
+  <= v_x <= xmax`` with ``v = geometry @ ((j + 0.5) / S, (i + 0.5) / S, 1)``.
+
+  Args:
+    boxes: float32 [N, 4] normalised (ymin, xmin, ymax, xmax) of the input.
+    geometry: float32 [3, 3] (`sample_geometry`).
+    size: side S of the output.
+
+  Returns:
+    float32 [S, S] binary mask (all 0 for N = 0).
+  """
+  centres = (tf.range(size, dtype=tf.float32) + 0.5) / size
+  x, y = centres[None, :], centres[:, None]  # Broadcast to [S, S].
+  mapped = lambda r: geometry[r, 0] * x + geometry[r, 1] * y + geometry[r, 2]
+  vx, vy = mapped(0) / mapped(2), mapped(1) / mapped(2)
+  boxes = tf.reshape(tf.convert_to_tensor(boxes, tf.float32), [-1, 4])
+  corner = lambda k: boxes[:, k, None, None]
+  inside = (
+      (corner(0) <= vy) & (vy <= corner(2))
+      & (corner(1) <= vx) & (vx <= corner(3))
+  )
+  return tf.cast(tf.reduce_any(inside, axis=0), tf.float32)
+
+
+def sample_color_factors(
+    seed: tf.Tensor,
+    *,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+) -> tf.Tensor:
+  """Draws float32 [4] (b, c, s, delta) of `adjust_color` (module docstring)."""
+  low = tf.constant(
+      [max(0.0, 1 - brightness), max(0.0, 1 - contrast),
+       max(0.0, 1 - saturation), -hue], tf.float32)
+  high = tf.constant(
+      [1 + brightness, 1 + contrast, 1 + saturation, hue], tf.float32
+  )
+  return low + (high - low) * tf.random.stateless_uniform([4], seed)
+
+
+def adjust_color(image: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:
+  """Brightness, contrast, saturation, hue by ``factors`` (b, c, s, delta).
+
+  Args:
+    image: float32 [H, W, C] on the [0, 1] scale, C = 1 or 3.
+    factors: float32 [4]; (1, 1, 1, 0) leaves the image unchanged.
+
+  Returns:
+    float32 [H, W, C] in [0, 1]. Saturation and hue change RGB images only.
+  """
+  blend = lambda x, other, f: tf.clip_by_value(f * x + (1 - f) * other, 0, 1)
+  rgb = image.shape[-1] == 3
+  gray = lambda x: (
+      tf.reduce_sum(x * tf.constant(_LUMA), axis=-1, keepdims=True)
+      if rgb else x
+  )
+  image = tf.clip_by_value(image * factors[0], 0, 1)
+  image = blend(image, tf.reduce_mean(gray(image)), factors[1])
+  if rgb:
+    image = blend(image, gray(image), factors[2])
+    image = tf.clip_by_value(tf.image.adjust_hue(image, factors[3]), 0, 1)
+  return image
+
+
+def augment_example(
+    image: tf.Tensor,
+    boxes: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    size: int,
+    rotation: float,
+    hflip: bool,
+    vflip: bool,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+    crop_scale: tuple[float, float],
+    crop_ratio: tuple[float, float],
+) -> tuple[tf.Tensor, tf.Tensor]:
+  """Augments one example: warped image, colour jitter, mask of the boxes.
+
+  Args:
+    image: float32 [H, W, C] on the [0, 1] scale.
+    boxes: float32 [N, 4] normalised (ymin, xmin, ymax, xmax); N may be 0.
+    seed: int32/int64 [2] stateless seed of this example.
+    size: side S of the output.
+    rotation, hflip, vflip, brightness, contrast, saturation, hue, crop_scale,
+      crop_ratio: the settings (`augment_kwargs`).
+
+  Returns:
+    (image float32 [S, S, C] in [0, 1], mask float32 [S, S] binary).
+  """
+  geometry_seed, color_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 2)
+  )
+  geometry = sample_geometry(
+      geometry_seed, rotation=rotation, hflip=hflip, vflip=vflip,
+      crop_scale=crop_scale, crop_ratio=crop_ratio,
+  )
+  factors = sample_color_factors(
+      color_seed, brightness=brightness, contrast=contrast,
+      saturation=saturation, hue=hue,
+  )
+  image = adjust_color(warp_image(image, geometry, size=size), factors)
+  return image, warp_boxes_mask(boxes, geometry, size=size)

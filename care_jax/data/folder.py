@@ -1,0 +1,206 @@
+"""`folder`: the user's own images, labels and (optional) lesion boxes.
+
+The layout (DESIGN 3.1)::
+
+  DATA_DIR/labels.csv   image,label[,split][,group]
+  DATA_DIR/boxes.csv    image,xmin,ymin,xmax,ymax      (optional)
+  DATA_DIR/<images>     PNG or JPEG, any size, RGB or greyscale
+
+- ``image``: path relative to DATA_DIR (no absolute paths, no ``..``).
+- ``label``: class name; classes are ordered by name.
+- ``split`` (optional column): 'train', 'validation' or 'test' on every row.
+  Without it, a stratified split is made from ``split_seed``
+  (``test_fraction``, then ``validation_fraction`` of the rest); with it but
+  without 'validation' rows, validation is held out of train.
+- ``group`` (optional column): e.g. a patient id; the generated splits keep a
+  group's rows together.
+- ``boxes.csv``: pixel boxes of the original images (edges: a box over columns
+  10..19 has ``xmin=10, xmax=20``), one row per box, several per image
+  allowed. The boxes of *training* images become the annotation ``boxes``
+  (CARE masks) whatever their class: the file says which images carry boxes,
+  so ``data.rare_classes`` defaults to the classes with boxes. Boxes of
+  validation/test images are kept in ``lesion_boxes`` only.
+
+Bad rows raise ``ValueError`` naming the file and line; with
+``data.folder.skip_bad_rows=True`` the row-level ones are skipped, counted and
+logged instead (see `care_jax.data._files`). Images are stored losslessly
+(PNG), the longer side shrunk to ``stored_size``.
+
+Example::
+
+  python -m care_jax.main --config=configs/folder.py --workdir=runs/mine \\
+      --config.data.dir=/path/to/DATA_DIR
+"""
+
+import pathlib
+from typing import Any
+
+import ml_collections
+
+from care_jax.data import _files
+
+LABELS = 'labels.csv'
+BOXES = 'boxes.csv'
+
+DEFAULTS = dict(
+    split_seed=0,
+    test_fraction=0.2,
+    validation_fraction=0.1,
+    skip_bad_rows=False,
+    stored_size=512,
+)
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
+Put your images and a {LABELS} file into one directory DATA_DIR:
+
+  DATA_DIR/{LABELS}   columns image,label[,split][,group]
+  DATA_DIR/{BOXES}    columns image,xmin,ymin,xmax,ymax (optional; pixels)
+
+`image` is the image's path relative to DATA_DIR (PNG or JPEG), `split` one of
+train/validation/test. Then pass --config.data.dir=DATA_DIR.
+"""
+
+
+def _read_labels(root: pathlib.Path) -> tuple[list[str], list[_files.Row]]:
+  path = root / LABELS
+  if not path.is_file():
+    raise ValueError(
+        f'{path} does not exist.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}'
+    )
+  return _files.read_csv(
+      path, required=('image', 'label'), optional=('split', 'group')
+  )
+
+
+def folder_config(
+    data_dir: pathlib.Path, **parameters: Any
+) -> _files.FilesConfig:
+  """The builder config of DATA_DIR: classes from labels.csv, parameters.
+
+  Args:
+    data_dir: the directory with labels.csv.
+    **parameters: overrides of `DEFAULTS` (split_seed, test_fraction,
+      validation_fraction, skip_bad_rows, stored_size).
+
+  Raises:
+    ValueError: for unknown or bad parameters, a missing/empty labels.csv or
+      a labels.csv without any label.
+  """
+  params = _files.check_parameters('folder', parameters, DEFAULTS)
+  _, rows = _read_labels(data_dir)
+  class_names = sorted({row['label'] for row in rows if row['label']})
+  if not class_names:
+    raise ValueError(f'{data_dir / LABELS}: no row has a label.')
+  return _files.FilesConfig(
+      tag='folder',
+      class_names=class_names,
+      # The user's boxes.csv decides which (training) images carry boxes.
+      box_classes=class_names,
+      parameters=params,
+      files_fingerprint=_files.fingerprint(
+          data_dir, [data_dir / LABELS, data_dir / BOXES]
+      ),
+  )
+
+
+class Folder(_files.FilesBuilder):
+  """Images, labels and lesion boxes from the user's own directory."""
+
+  MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+  ENCODING = 'png'
+
+  def _labels_file(self) -> str:
+    return str(self.manual_dir / LABELS)
+
+  def _read_records(self, problems: _files.Problems) -> list[_files.Record]:
+    root = self.manual_dir
+    labels_path = root / LABELS
+    header, rows = _read_labels(root)
+    class_names = self.builder_config.class_names
+    records = {}
+    first_line = {}  # every listed image, skipped or not -> its line
+    for row in rows:
+      location = _files.where(labels_path, row.line)
+      key, path = _files.relative_path(root, row['image'], location)
+      if key in first_line:
+        raise ValueError(
+            f'{location}: image {key!r} is listed again (first on line'
+            f' {first_line[key]}); list every image once.'
+        )
+      first_line[key] = row.line
+      split = row.get('split')
+      if 'split' in header and split not in _files.SPLITS:
+        problems.report(
+            location, f'split {split!r} is not one of {_files.SPLITS}'
+        )
+        continue
+      if not row['label']:
+        problems.report(location, 'empty label')
+        continue
+      try:
+        size = _files.image_header(path)
+      except _files.UnreadableFile as e:
+        problems.report(location, str(e))
+        continue
+      records[key] = _files.Record(
+          key=key,
+          source=path,
+          location=location,
+          label=class_names.index(row['label']),
+          size=size,
+          group=row.get('group') or key,
+          split=split or None,
+      )
+    self._read_boxes(records, first_line, problems)
+    return list(records.values())
+
+  def _read_boxes(
+      self,
+      records: dict[str, _files.Record],
+      listed: dict[str, int],
+      problems: _files.Problems,
+  ) -> None:
+    path = self.manual_dir / BOXES
+    if not path.exists():
+      return
+    _, rows = _files.read_csv(
+        path,
+        required=('image', 'xmin', 'ymin', 'xmax', 'ymax'),
+        allow_no_rows=True,
+    )
+    for row in rows:
+      location = _files.where(path, row.line)
+      key, _ = _files.relative_path(self.manual_dir, row['image'], location)
+      if key not in listed:
+        problems.report(location, f'image {key!r} is not listed in {LABELS}')
+        continue
+      if key not in records:
+        problems.report(
+            location,
+            f'box of image {key!r}, whose row (line {listed[key]} of'
+            f' {LABELS}) was skipped',
+        )
+        continue
+      coordinates = [
+          _files.parse_number(row[c]) for c in ('xmin', 'ymin', 'xmax', 'ymax')
+      ]
+      if None in coordinates:
+        problems.report(
+            location,
+            'xmin, ymin, xmax, ymax must be numbers, got'
+            f' {[row[c] for c in ("xmin", "ymin", "xmax", "ymax")]}',
+        )
+        continue
+      record = records[key]
+      problem = _files.box_problem(coordinates, *record.size)
+      if problem:
+        problems.report(location, f'image {key!r}: {problem}')
+        continue
+      record.boxes.append(_files.normalise_box(coordinates, *record.size))
+
+
+def from_data_config(data_config: ml_collections.ConfigDict) -> Folder:
+  """The (unprepared) builder of ``data.dir`` with ``data.folder`` params."""
+  return _files.builder_from_data_config(
+      data_config, 'folder', builder_cls=Folder, make_config=folder_config,
+      instructions=MANUAL_DOWNLOAD_INSTRUCTIONS, rare_classes=False)

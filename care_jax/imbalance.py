@@ -1,0 +1,548 @@
+"""Imbalance-aware classification losses, to use alone or combined with CARE.
+
+Pure per-example losses in the optax style (``[B, K]`` logits, ``[B]`` integer
+labels, keyword-only hyperparameters, ``[B]`` float32 values):
+
+* :func:`focal_loss` (Lin et al. 2017),
+* :func:`logit_adjusted_loss` and :func:`posthoc_logit_adjustment`
+  (Menon et al. 2021),
+* :func:`balanced_softmax_loss` (Ren et al. 2020),
+* :func:`ldam_loss` with :func:`ldam_margins` and deferred re-weighting
+  :func:`drw_weights` (Cao et al. 2019),
+
+and host-side helpers that turn training class counts into per-class
+constants: :func:`class_balanced_weights` (Cui et al. 2019, effective number
+of samples) and :func:`class_priors`.
+
+:func:`make_classification_loss` builds the classification term of the train
+step from ``config.loss`` (:func:`default_loss_config`): a
+:class:`ClassificationLoss` that returns per-example ``(values, weights)``
+whose batch loss is ``sum(weights * values) / sum(weights)``. Class weights
+always enter through ``weights``, i.e. as a weighted mean (PyTorch's
+``CrossEntropyLoss(weight=w)``, which the official CARE code used for CSL and
+the official LDAM-DRW code for DRW), so that sums over devices reproduce the
+single-device loss and the scale of the classification term next to CARE's
+attention loss stays that of a mean.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.typing import ArrayLike
+from ml_collections import config_dict
+
+from care_jax import losses
+
+__all__ = [
+    'ClassificationLoss',
+    'FOCAL_ALPHAS',
+    'LOSS_NAMES',
+    'balanced_softmax_loss',
+    'class_balanced_weights',
+    'class_priors',
+    'default_loss_config',
+    'drw_weights',
+    'focal_loss',
+    'ldam_loss',
+    'ldam_margins',
+    'logit_adjusted_loss',
+    'make_classification_loss',
+    'posthoc_logit_adjustment',
+    'validate_loss_config',
+]
+
+LOSS_NAMES = ('ce', 'weighted_ce', 'focal', 'class_balanced', 'logit_adjusted',
+              'balanced_softmax', 'ldam_drw')
+# Per-class alpha of the focal loss, by name (None: no class weighting).
+FOCAL_ALPHAS = ('inverse_frequency', 'class_balanced')
+
+
+def _float_logits(logits: ArrayLike) -> jax.Array:
+  logits = jnp.asarray(logits)
+  return logits.astype(losses._compute_dtype(logits))  # pylint: disable=protected-access
+
+
+def _class_vector(name: str, value: ArrayLike, logits: jax.Array) -> jax.Array:
+  """A [K] per-class constant, checked against [B, K] logits."""
+  value = jnp.asarray(value)
+  if logits.ndim != 2 or value.shape != logits.shape[1:]:
+    raise ValueError(f'{name} must have shape [K] = ({logits.shape[-1]},) for logits of '
+                     f'shape [B, K] = {logits.shape}, got shape {value.shape}.')
+  return value.astype(logits.dtype)
+
+
+def focal_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    gamma: float = 2.0,
+    alpha: ArrayLike | None = None,
+) -> jax.Array:
+  """Per-example softmax focal loss.
+
+  ``FL_i = -alpha[y_i] * (1 - p_i)^gamma * log p_i`` with
+  ``p_i = softmax(z_i)[y_i]``: easy examples (``p_i`` near 1) are
+  down-weighted. ``gamma = 0`` (and no ``alpha``) is exactly the
+  cross-entropy. Computed in float32; the gradient is finite also where
+  ``p_i`` rounds to 1 (for any ``gamma >= 0``).
+
+  Reference: Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017,
+  Eq. 5 (with the softmax instead of the sigmoid for K classes).
+
+  Args:
+    logits: [B, K] unnormalised scores (float32 or bfloat16).
+    labels: [B] integer labels in ``[0, K)``.
+    gamma: focusing parameter ``>= 0`` (the paper's best: 2).
+    alpha: optional [K] per-class weights ``alpha``.
+
+  Returns:
+    [B] float32 losses.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> logits = jnp.array([[2.0, 0.0], [0.0, 2.0]])
+    >>> print([f'{v:.4f}' for v in focal_loss(logits, jnp.array([0, 0]))])
+    ['0.0018', '1.6501']
+  """
+  if gamma < 0:
+    raise ValueError(f'gamma must be >= 0, got {gamma}.')
+  logits = _float_logits(logits)
+  ce = losses.cross_entropy(logits, labels)
+  values = ce
+  if gamma:  # gamma == 0: the factor is 1 (and 0**0 would have a NaN gradient).
+    # 1 - p = -expm1(-CE), accurate when p is close to 1.
+    one_minus_p = -jnp.expm1(-ce)
+    positive = one_minus_p > 0
+    safe = jnp.where(positive, one_minus_p, jnp.ones_like(one_minus_p))
+    values = jnp.where(positive, safe**gamma, jnp.zeros_like(safe)) * ce
+  if alpha is not None:
+    values = values * _class_vector('alpha', alpha, logits)[jnp.asarray(labels)]
+  return values
+
+
+def logit_adjusted_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    class_priors: ArrayLike,
+    tau: float = 1.0,
+) -> jax.Array:
+  """Per-example logit-adjusted softmax cross-entropy.
+
+  ``LA_i = -log softmax(z_i + tau * log pi)[y_i]``, with ``pi`` the training
+  class priors: rare classes must win by a larger margin while training, and
+  the raw logits then estimate the balanced posterior. ``tau = 0`` is the
+  cross-entropy.
+
+  Reference: Menon et al., "Long-tail learning via logit adjustment",
+  ICLR 2021, Eq. 10.
+
+  Args:
+    logits: [B, K] unnormalised scores.
+    labels: [B] integer labels in ``[0, K)``.
+    class_priors: [K] positive training class frequencies ``pi`` (see
+      :func:`class_priors`).
+    tau: temperature of the adjustment (the paper's default: 1).
+
+  Returns:
+    [B] float32 losses.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> loss = logit_adjusted_loss(jnp.zeros((1, 2)), jnp.array([1]),
+    ...                            class_priors=jnp.array([0.8, 0.2]))
+    >>> print(f'{float(loss[0]):.4f}')  # -log(0.2): log(pi) shifts the logits.
+    1.6094
+  """
+  logits = _float_logits(logits)
+  log_priors = jnp.log(_class_vector('class_priors', class_priors, logits))
+  return losses.cross_entropy(logits + tau * log_priors, labels)
+
+
+def posthoc_logit_adjustment(
+    logits: ArrayLike,
+    *,
+    class_priors: ArrayLike,
+    tau: float = 1.0,
+) -> jax.Array:
+  """Post-hoc logit adjustment for prediction: ``z - tau * log pi``.
+
+  ``argmax_k (z_k - tau * log pi_k)`` turns the scores of a model trained with
+  plain cross-entropy into balanced-error predictions; ``tau = 0`` leaves the
+  logits unchanged.
+
+  Reference: Menon et al., "Long-tail learning via logit adjustment",
+  ICLR 2021, Eq. 9.
+
+  Args:
+    logits: [B, K] unnormalised scores.
+    class_priors: [K] positive training class frequencies ``pi``.
+    tau: temperature of the adjustment.
+
+  Returns:
+    [B, K] float32 adjusted logits.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> z = posthoc_logit_adjustment(jnp.array([[1.0, 0.0]]),
+    ...                              class_priors=jnp.array([0.9, 0.1]))
+    >>> print(z.round(4), z.argmax(-1))
+    [[1.1054 2.3026]] [1]
+  """
+  logits = _float_logits(logits)
+  return logits - tau * jnp.log(_class_vector('class_priors', class_priors, logits))
+
+
+def balanced_softmax_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    class_counts: ArrayLike,
+) -> jax.Array:
+  """Per-example balanced softmax cross-entropy.
+
+  ``BS_i = -log( n[y_i] exp(z_i[y_i]) / sum_j n_j exp(z_i[j]) )``: the
+  softmax re-weighted by the training counts ``n``, which compensates the
+  label shift between the imbalanced training and a balanced test
+  distribution. Equals :func:`logit_adjusted_loss` with ``tau = 1``.
+
+  Reference: Ren et al., "Balanced Meta-Softmax for Long-Tailed Visual
+  Recognition", NeurIPS 2020, Eq. 4.
+
+  Args:
+    logits: [B, K] unnormalised scores.
+    labels: [B] integer labels in ``[0, K)``.
+    class_counts: [K] positive training examples per class.
+
+  Returns:
+    [B] float32 losses.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> loss = balanced_softmax_loss(jnp.zeros((1, 2)), jnp.array([1]),
+    ...                              class_counts=jnp.array([80, 20]))
+    >>> print(f'{float(loss[0]):.4f}')  # -log(20 / 100)
+    1.6094
+  """
+  logits = _float_logits(logits)
+  log_counts = jnp.log(_class_vector('class_counts', class_counts, logits))
+  return losses.cross_entropy(logits + log_counts, labels)
+
+
+def ldam_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    margins: ArrayLike,
+    s: float = 30.0,
+) -> jax.Array:
+  """Per-example label-distribution-aware margin (LDAM) loss.
+
+  ``LDAM_i = -log softmax(s * (z_i - m[y_i] * e_{y_i}))[y_i]``: the true
+  class's logit must beat the others by the class margin ``m_y`` (larger for
+  rarer classes, see :func:`ldam_margins`); ``s`` scales the logits, as the
+  official code does (the paper applies it to cosine-normalised logits).
+
+  Reference: Cao et al., "Learning Imbalanced Datasets with
+  Label-Distribution-Aware Margin Loss", NeurIPS 2019, Eq. 13.
+
+  Args:
+    logits: [B, K] unnormalised scores.
+    labels: [B] integer labels in ``[0, K)``.
+    margins: [K] per-class margins ``m``.
+    s: logit scale (the official code's default: 30).
+
+  Returns:
+    [B] float32 losses.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> loss = ldam_loss(jnp.array([[1.0, 0.0]]), jnp.array([0]),
+    ...                  margins=jnp.array([0.5, 0.2]), s=2.0)
+    >>> print(f'{float(loss[0]):.4f}')  # -log softmax([1, 0])[0] = log(1 + e^-1)
+    0.3133
+  """
+  logits = _float_logits(logits)
+  margins = _class_vector('margins', margins, logits)
+  labels = jnp.asarray(labels)
+  one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+  return losses.cross_entropy(s * (logits - margins[labels][:, None] * one_hot), labels)
+
+
+def drw_weights(
+    labels: ArrayLike,
+    step: ArrayLike,
+    *,
+    class_weights: ArrayLike,
+    start_step: int,
+) -> jax.Array:
+  """Deferred re-weighting: ``w[y_i]`` from ``start_step`` on, 1 before.
+
+  A traced switch on ``step``, so both phases share one compiled train step.
+  Use the result as the weights of a weighted mean.
+
+  Reference: Cao et al., "Learning Imbalanced Datasets with
+  Label-Distribution-Aware Margin Loss", NeurIPS 2019, Algorithm 1 (DRW).
+
+  Args:
+    labels: [B] integer labels.
+    step: scalar int, the current optimisation step (0-based).
+    class_weights: [K] weights, e.g. :func:`class_balanced_weights`.
+    start_step: first step that uses ``class_weights``.
+
+  Returns:
+    [B] float32 per-example weights.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> w = jnp.array([0.5, 1.5])
+    >>> labels = jnp.array([0, 1])
+    >>> print(drw_weights(labels, 3, class_weights=w, start_step=4),
+    ...       drw_weights(labels, 4, class_weights=w, start_step=4))
+    [1. 1.] [0.5 1.5]
+  """
+  weights = jnp.asarray(class_weights, jnp.float32)[jnp.asarray(labels)]
+  return jnp.where(jnp.asarray(step) >= start_step, weights, jnp.ones_like(weights))
+
+
+def _positive_counts(class_counts: ArrayLike) -> np.ndarray:
+  counts = np.asarray(class_counts, dtype=np.float64)
+  if counts.ndim != 1 or counts.size == 0:
+    raise ValueError(
+        f'class_counts must be a non-empty 1-D array [K], got shape {counts.shape}.')
+  bad = np.flatnonzero(~(counts > 0))
+  if bad.size:
+    raise ValueError(
+        f'class_counts must be positive; class index {int(bad[0])} has count '
+        f'{counts[bad[0]]} (all non-positive classes: {bad.tolist()}).')
+  return counts
+
+
+def class_balanced_weights(class_counts: ArrayLike, *, beta: float = 0.9999) -> np.ndarray:
+  """Class weights from the effective number of samples.
+
+  ``w_k = (1 - beta) / (1 - beta^{n_k})``, normalised so that
+  ``sum_k w_k = K``. ``beta = 0`` gives equal weights (no re-weighting),
+  ``beta -> 1`` approaches inverse class frequency. Host-side: call it once
+  with concrete counts, not under ``jit``.
+
+  Reference: Cui et al., "Class-Balanced Loss Based on Effective Number of
+  Samples", CVPR 2019, Eq. 3 and Sec. 4.
+
+  Args:
+    class_counts: [K] positive training examples per class ``n_k``.
+    beta: in ``[0, 1)``.
+
+  Returns:
+    [K] float32 numpy weights summing to K.
+
+  Example:
+    >>> print(class_balanced_weights([100, 10], beta=0.9).round(4))
+    [0.7889 1.2111]
+  """
+  counts = _positive_counts(class_counts)
+  if not 0.0 <= beta < 1.0:
+    raise ValueError(f'beta must lie in [0, 1), got {beta}.')
+  # 1 - beta^n, computed as -expm1(n log beta) to keep precision at beta near 1.
+  effective = -np.expm1(counts * np.log(beta)) if beta > 0 else np.ones_like(counts)
+  weights = (1.0 - beta) / effective
+  return (weights * counts.size / weights.sum()).astype(np.float32)
+
+
+def class_priors(class_counts: ArrayLike) -> np.ndarray:
+  """Training class frequencies ``pi_k = n_k / sum_j n_j`` (float32, host-side).
+
+  Example:
+    >>> print(class_priors([30, 10]))
+    [0.75 0.25]
+  """
+  counts = _positive_counts(class_counts)
+  return (counts / counts.sum()).astype(np.float32)
+
+
+def ldam_margins(class_counts: ArrayLike, *, max_margin: float = 0.5) -> np.ndarray:
+  """LDAM margins ``m_k = C / n_k^{1/4}``, with C such that ``max_k m_k = max_margin``.
+
+  Reference: Cao et al., NeurIPS 2019, Eq. 12 (and the official code's
+  ``max_m``).
+
+  Args:
+    class_counts: [K] positive training examples per class ``n_k``.
+    max_margin: the margin of the rarest class, ``>= 0``.
+
+  Returns:
+    [K] float32 numpy margins.
+
+  Example:
+    >>> print(ldam_margins([16, 1], max_margin=0.5))
+    [0.25 0.5 ]
+  """
+  counts = _positive_counts(class_counts)
+  if max_margin < 0:
+    raise ValueError(f'max_margin must be >= 0, got {max_margin}.')
+  margins = counts**-0.25
+  return (margins * (max_margin / margins.max())).astype(np.float32)
+
+
+def default_loss_config() -> ml_collections.ConfigDict:
+  """``config.loss``: the classification loss and its hyperparameters.
+
+  Fields:
+    name: one of :data:`LOSS_NAMES`. 'ce'; 'weighted_ce' (inverse-frequency
+      class weights normalised to sum 1, the official CARE CSL); 'focal';
+      'class_balanced' (CE weighted by effective numbers); 'logit_adjusted';
+      'balanced_softmax'; 'ldam_drw' (LDAM, re-weighted by effective numbers
+      from ``drw_start`` on).
+    gamma: focal focusing parameter (Lin et al.: 2).
+    focal_alpha: None (no class weights in the focal loss),
+      'inverse_frequency' or 'class_balanced' (effective numbers with
+      ``beta``: the class-balanced focal loss of Cui et al.).
+    beta: effective-number beta of 'class_balanced', of the DRW weights of
+      'ldam_drw' and of ``focal_alpha='class_balanced'`` (Cui et al. and
+      Cao et al.: 0.9999).
+    tau: temperature of 'logit_adjusted' (Menon et al.: 1).
+    posthoc_tau: post-hoc logit adjustment of the predictions,
+      ``argmax(z - posthoc_tau * log pi)``; 0 turns it off. Combines with any
+      loss (Menon et al.: 1 for a model trained with 'ce').
+    ldam_max_margin: largest LDAM margin, that of the rarest class (Cao et al.:
+      0.5).
+    ldam_s: LDAM logit scale (the official code: 30, on cosine logits).
+    drw_start: fraction of training after which 'ldam_drw' re-weights (Cao et
+      al.: epoch 160 of 200 = 0.8; 1 never re-weights: plain LDAM).
+  """
+  return ml_collections.ConfigDict(dict(
+      name='ce',
+      gamma=2.0,
+      focal_alpha=config_dict.placeholder(str),
+      beta=0.9999,
+      tau=1.0,
+      posthoc_tau=0.0,
+      ldam_max_margin=0.5,
+      ldam_s=30.0,
+      drw_start=0.8,
+  ))
+
+
+def validate_loss_config(loss_config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first ``config.loss.<key>`` that makes no sense."""
+
+  def check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+      raise ValueError(f'config.loss.{key} = {loss_config[key]!r}: {message}')
+
+  check(loss_config.name in LOSS_NAMES, 'name', f'must be one of {LOSS_NAMES}')
+  check(loss_config.gamma >= 0, 'gamma', 'must be >= 0')
+  check(loss_config.focal_alpha is None or loss_config.focal_alpha in FOCAL_ALPHAS,
+        'focal_alpha', f'must be None or one of {FOCAL_ALPHAS}')
+  check(0 <= loss_config.beta < 1, 'beta', 'must lie in [0, 1)')
+  check(loss_config.tau >= 0, 'tau', 'must be >= 0')
+  check(loss_config.posthoc_tau >= 0, 'posthoc_tau', 'must be >= 0 (0 turns it off)')
+  check(loss_config.ldam_max_margin >= 0, 'ldam_max_margin', 'must be >= 0')
+  check(loss_config.ldam_s > 0, 'ldam_s', 'must be > 0')
+  check(0 <= loss_config.drw_start <= 1, 'drw_start', 'must lie in [0, 1] (a fraction of training)')
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ClassificationLoss:
+  """The classification term of a train step, built by :func:`make_classification_loss`.
+
+  ``loss(logits, labels, step) -> (values, weights)``, both [B] float32; the
+  batch loss is ``sum(weights * values) / sum(weights)`` (sums over the global
+  batch under data parallelism). Jittable; hold it as a constant of the step.
+
+  Attributes:
+    name: the ``config.loss.name`` it was built from.
+    values_fn: ``(logits [B, K] float32, labels [B]) -> [B]`` per-example loss.
+    class_weights: optional [K] weights of the labels in the weighted mean.
+    reweight_step: ``class_weights`` apply from this step on (DRW); 0: always.
+    posthoc_bias: optional [K] ``tau * log pi`` subtracted at prediction time.
+  """
+  name: str
+  values_fn: Callable[[jax.Array, jax.Array], jax.Array]
+  class_weights: np.ndarray | None = None
+  reweight_step: int = 0
+  posthoc_bias: np.ndarray | None = None
+
+  def __call__(self, logits: ArrayLike, labels: ArrayLike,
+               step: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """Per-example ``(values, weights)`` of a batch at optimisation step ``step``."""
+    labels = jnp.asarray(labels)
+    values = self.values_fn(_float_logits(logits), labels)
+    if self.class_weights is None:
+      return values, jnp.ones_like(values)
+    if self.reweight_step:
+      weights = drw_weights(labels, step, class_weights=self.class_weights,
+                            start_step=self.reweight_step)
+    else:
+      weights = jnp.asarray(self.class_weights, jnp.float32)[labels]
+    return values, weights
+
+  def predict_logits(self, logits: ArrayLike) -> jax.Array:
+    """The scores to take the argmax of: post-hoc adjusted, or ``logits`` unchanged."""
+    if self.posthoc_bias is None:
+      return jnp.asarray(logits)
+    return _float_logits(logits) - jnp.asarray(self.posthoc_bias, jnp.float32)
+
+
+def make_classification_loss(loss_config: ml_collections.ConfigDict, *,
+                             class_counts: np.ndarray, num_steps: int) -> ClassificationLoss:
+  """The :class:`ClassificationLoss` of ``config.loss`` for these training counts.
+
+  Args:
+    loss_config: ``config.loss`` (see :func:`default_loss_config`).
+    class_counts: [K] training examples per class (all positive).
+    num_steps: total optimisation steps (places ``drw_start``).
+
+  Returns:
+    The loss; ``'ce'`` gives weights 1 and ``'weighted_ce'`` the
+    inverse-frequency weights of the labels (the CSL of the official code).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> loss = make_classification_loss(default_loss_config(),
+    ...                                 class_counts=np.array([90, 10]), num_steps=100)
+    >>> values, weights = loss(jnp.zeros((2, 2)), jnp.array([0, 1]), step=0)
+    >>> print(values.round(4), weights)
+    [0.6931 0.6931] [1. 1.]
+  """
+  validate_loss_config(loss_config)
+  if num_steps < 1:
+    raise ValueError(f'num_steps must be >= 1, got {num_steps}.')
+  counts = _positive_counts(class_counts)
+  name = loss_config.name
+  values_fn = losses.cross_entropy
+  class_weights = None
+  reweight_step = 0
+  if name == 'weighted_ce':
+    class_weights = losses.inverse_frequency_weights(counts)
+  elif name == 'class_balanced':
+    class_weights = class_balanced_weights(counts, beta=loss_config.beta)
+  elif name == 'focal':
+    values_fn = functools.partial(focal_loss, gamma=loss_config.gamma)
+    if loss_config.focal_alpha == 'inverse_frequency':
+      class_weights = losses.inverse_frequency_weights(counts)
+    elif loss_config.focal_alpha == 'class_balanced':
+      class_weights = class_balanced_weights(counts, beta=loss_config.beta)
+  elif name == 'logit_adjusted':
+    values_fn = functools.partial(logit_adjusted_loss, class_priors=class_priors(counts),
+                                  tau=loss_config.tau)
+  elif name == 'balanced_softmax':
+    values_fn = functools.partial(balanced_softmax_loss,
+                                  class_counts=counts.astype(np.float32))
+  elif name == 'ldam_drw':
+    values_fn = functools.partial(
+        ldam_loss, margins=ldam_margins(counts, max_margin=loss_config.ldam_max_margin),
+        s=loss_config.ldam_s)
+    class_weights = class_balanced_weights(counts, beta=loss_config.beta)
+    # A DRW start at step 0 is a 0 here, which means "always": the same thing.
+    reweight_step = round(loss_config.drw_start * num_steps)
+  posthoc_bias = None
+  if loss_config.posthoc_tau:
+    posthoc_bias = (loss_config.posthoc_tau * np.log(class_priors(counts))).astype(np.float32)
+  return ClassificationLoss(name=name, values_fn=values_fn, class_weights=class_weights,
+                            reweight_step=reweight_step, posthoc_bias=posthoc_bias)

@@ -1,0 +1,24 @@
+"""CARE on your own data in the folder layout (labels.csv, optional boxes.csv; see README).
+
+    DATA_DIR/labels.csv   image,label[,split][,group]
+    DATA_DIR/boxes.csv    image,xmin,ymin,xmax,ymax   (pixels; optional)
+
+    python -m care_jax.main --config=configs/folder.py --workdir=runs/mine \\
+        --config.data.dir=/path/to/DATA_DIR --config.model.pretrained=/path/to/resnet50.safetensors
+
+The paper's recipe: ImageNet-pretrained ResNet-50 at 224x224 with ImageNet mean/std, Adam 1e-4,
+alpha 0.5, lam 0.7, tau 0.5. The training images listed in boxes.csv carry the attention loss;
+the rare classes (for the rare-class recall) default to the classes with boxes
+(`--config.data.rare_classes="('my_class',)"` to choose). Without `model.pretrained` the
+ResNet-50 trains from scratch, which needs far more data; `--config.care.alpha=0` gives the CE
+baseline. Split and storage parameters: `--config.data.folder.split_seed=1`,
+`.test_fraction`, `.validation_fraction`, `.skip_bad_rows=True`, `.stored_size`.
+"""
+
+from care_jax.config import paper_config
+
+
+def get_config():
+  config = paper_config('folder', care=True, lam=0.7, num_epochs=30.0)
+  config.train.eval_every_steps = 0  # Small own datasets: validate at the end.
+  return config

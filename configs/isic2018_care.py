@@ -1,0 +1,23 @@
+"""CARE on ISIC 2018 Task 3 (HAM10000): the paper's skin setting.
+
+As configs/isic2018_baseline.py (ImageNet-pretrained ResNet-50 at 224x224, ImageNet mean/std,
+Adam 1e-4, batch 32, DF the rare class) plus the attention loss on the DF training images' boxes
+(derived from the HAM10000 lesion masks by default): alpha 0.5, lam 0.7 (skin), tau 0.5. The
+paper fine-tunes a pretrained model; pass its weights as a local file:
+
+    python -m care_jax.main --config=configs/isic2018_care.py --workdir=runs/isic2018_care \\
+        --config.data.dir=/data/isic2018 --config.model.pretrained=/path/to/resnet50.safetensors
+
+The paper's two stages: train configs/isic2018_baseline.py first (stage 1, CE until it
+plateaus), then start this run from it with `--config.init_from=runs/isic2018_baseline` instead of
+`--config.model.pretrained`; or, in one run, `--config.care.start_step=N` trains CE alone for the
+first N steps.
+"""
+
+from care_jax.config import paper_config
+
+
+def get_config():
+  config = paper_config('isic2018', care=True, lam=0.7, num_epochs=30.0)
+  config.data.rare_classes = ('DF',)
+  return config

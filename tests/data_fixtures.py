@@ -1,0 +1,106 @@
+"""Helpers of the dataset builder tests: tiny fixture files and batch checks.
+
+Not a test module: the builder tests (folder, isic2018, rsna_pneumonia,
+nih_chestxray14) import it.
+"""
+
+import pathlib
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+from care_jax.data import pipeline
+
+BACKGROUND = 20
+LESION = 230
+
+
+def lesion_image(
+    height: int, width: int, box: Sequence[int] | None
+) -> np.ndarray:
+  """uint8 [H, W]: dark background, a bright rectangle at pixel box.
+
+  ``box`` is (xmin, ymin, xmax, ymax) in pixel edges (None: no rectangle).
+  """
+  image = np.full((height, width), BACKGROUND, np.uint8)
+  if box is not None:
+    xmin, ymin, xmax, ymax = box
+    image[ymin:ymax, xmin:xmax] = LESION
+  return image
+
+
+def save_image(path: pathlib.Path, array: np.ndarray, **kwargs) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(array).save(path, **kwargs)
+
+
+def write_lines(path: pathlib.Path, lines: Sequence[str]) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(''.join(f'{line}\n' for line in lines))
+
+
+def data_config(name, data_dir, cache_dir, *, image_size=16, **params):
+  """The data config of builder ``name`` with identity normalisation."""
+  config = pipeline.default_data_config()
+  config.name = name
+  config.dir = str(data_dir)
+  config.cache_dir = str(cache_dir)
+  config.image_size = image_size
+  config.mean = (0.0, 0.0, 0.0)
+  config.std = (1.0, 1.0, 1.0)
+  config[name].update(params)
+  return config
+
+
+def load_splits(builder) -> dict[str, list[dict]]:
+  builder.download_and_prepare()
+  return {
+      split: list(
+          tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+      )
+      for split in builder.info.splits
+  }
+
+
+def class_counts(examples, num_classes: int) -> list[int]:
+  return np.bincount(
+      [ex['label'] for ex in examples], minlength=num_classes
+  ).tolist()
+
+
+def raster(box, size: int) -> np.ndarray:
+  """Numpy reference: pixels whose centre lies in the normalised box."""
+  centres = (np.arange(size) + 0.5) / size
+  rows = (box[0] <= centres) & (centres <= box[2])
+  cols = (box[1] <= centres) & (centres <= box[3])
+  return rows[:, None] & cols[None, :]
+
+
+def assert_masks_cover_the_drawn_lesions(config) -> int:
+  """Through the pipeline: the training masks are the bright rectangles.
+
+  Reads one epoch of training batches (one batch of all training examples)
+  and checks, for every example with a mask, that the mask equals the pixels
+  brighter than mid-grey (the lesion drawn where the box is), and that every
+  other example has an empty mask. Returns the number of masked examples.
+  """
+  info = pipeline.get_dataset_info(config)
+  size = info.split_sizes['train']
+  batch = next(pipeline.train_batches(config, batch_size=size, seed=0))
+  assert sorted(batch['label'].tolist()) == sorted(
+      np.repeat(np.arange(len(info.class_names)), info.train_class_counts)
+  )
+  masked = 0
+  for image, mask, has_mask in zip(
+      batch['image'], batch['mask'], batch['has_mask']
+  ):
+    if has_mask:
+      bright = image.mean(-1) * 255.0 > (BACKGROUND + LESION) / 2
+      np.testing.assert_array_equal(mask, bright.astype(np.float32))
+      assert 0 < mask.sum() < mask.size
+      masked += 1
+    else:
+      assert not mask.any()
+  return masked
