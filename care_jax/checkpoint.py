@@ -66,11 +66,12 @@ RESUMABLE_KEYS = (
 LENGTH_KEYS = ('train.num_steps', 'train.num_epochs')
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+def flatten_config(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  """`{dotted key: value}` of a nested (JSON) config."""
   flat = {}
   for key, value in tree.items():
     if isinstance(value, Mapping):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
+      flat.update(flatten_config(value, f'{prefix}{key}.'))
     else:
       flat[f'{prefix}{key}'] = value
   return flat
@@ -87,7 +88,7 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
   Both configs are JSON dicts (`config_to_json`). A key missing on one side
   counts as different (value `'<missing>'`).
   """
-  flat_saved, flat_current = _flatten(saved), _flatten(current)
+  flat_saved, flat_current = flatten_config(saved), flatten_config(current)
   resumable = RESUMABLE_KEYS
   constant_lr = (flat_current.get('train.schedule') == 'constant'
                  and not flat_current.get('train.warmup_steps'))

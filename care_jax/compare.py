@@ -23,6 +23,7 @@ from absl import flags
 import ml_collections
 import numpy as np
 
+from care_jax import checkpoint as checkpoint_lib
 from care_jax import config as config_lib
 from care_jax import train
 
@@ -99,23 +100,14 @@ def _check_same_config(config: ml_collections.ConfigDict, run_dir: str) -> None:
   """Refuses to reuse a finished run that was trained with another config."""
   with open(os.path.join(run_dir, 'config.json')) as f:
     previous = json.load(f)
-  current = json.loads(config.to_json_best_effort())
+  current = checkpoint_lib.config_to_json(config)
   if previous != current:
-    flat_prev, flat_cur = _flatten(previous), _flatten(current)
+    flat_prev = checkpoint_lib.flatten_config(previous)
+    flat_cur = checkpoint_lib.flatten_config(current)
     differ = sorted(k for k in flat_prev.keys() | flat_cur.keys()
                     if flat_prev.get(k) != flat_cur.get(k))
     raise ValueError(f'{run_dir} holds a run of another config (keys that differ: '
                      f'{differ}); use another --workdir or delete it.')
-
-
-def _flatten(tree: dict, prefix: str = '') -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
 
 
 def run_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],

@@ -101,6 +101,19 @@ class Problems:
       raise ValueError(f'{text} (set {self.option}=True to skip such rows)')
     self.items.append(text)
 
+  def image_size(
+      self,
+      location: str,
+      path: pathlib.Path,
+      read: Callable[[pathlib.Path], tuple[int, int]] | None = None,
+  ) -> tuple[int, int] | None:
+    """``read(path)`` (default `image_header`); None after reporting a bad file."""
+    try:
+      return (read or image_header)(path)
+    except UnreadableFile as e:
+      self.report(location, str(e))
+      return None
+
   def log(self, stage: str) -> None:
     """Warns with the number of skipped rows and the first few of them."""
     if self.items:
@@ -545,6 +558,13 @@ def check_parameters(
   )
   params['skip_bad_rows'] = bool(params['skip_bad_rows'])
   return params
+
+
+def require_files(paths: Iterable[pathlib.Path], instructions: str) -> None:
+  """Raises ValueError with the download instructions for a missing file."""
+  for path in paths:
+    if not path.is_file():
+      raise ValueError(f'{path} does not exist.\n{instructions}')
 
 
 def data_dir(

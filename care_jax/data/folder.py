@@ -63,10 +63,7 @@ train/validation/test. Then pass --config.data.dir=DATA_DIR.
 
 def _read_labels(root: pathlib.Path) -> tuple[list[str], list[_files.Row]]:
   path = root / LABELS
-  if not path.is_file():
-    raise ValueError(
-        f'{path} does not exist.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}'
-    )
+  _files.require_files([path], MANUAL_DOWNLOAD_INSTRUCTIONS)
   return _files.read_csv(
       path, required=('image', 'label'), optional=('split', 'group')
   )
@@ -137,10 +134,8 @@ class Folder(_files.FilesBuilder):
       if not row['label']:
         problems.report(location, 'empty label')
         continue
-      try:
-        size = _files.image_header(path)
-      except _files.UnreadableFile as e:
-        problems.report(location, str(e))
+      size = problems.image_size(location, path)
+      if size is None:
         continue
       records[key] = _files.Record(
           key=key,

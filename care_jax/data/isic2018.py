@@ -251,10 +251,8 @@ class Isic2018(_files.FilesBuilder):
         )
         continue
       source = images[f'{key}.jpg']
-      try:
-        size = _files.image_header(source)
-      except _files.UnreadableFile as e:
-        problems.report(location, str(e))
+      size = problems.image_size(location, source)
+      if size is None:
         continue
       records[key] = _files.Record(
           key=key,

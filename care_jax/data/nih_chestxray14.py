@@ -82,8 +82,7 @@ def nih_chestxray14_config(
   """
   params = _files.check_parameters('nih_chestxray14', parameters, DEFAULTS)
   path = data_dir / BOXES
-  if not path.is_file():
-    raise ValueError(f'{path} does not exist.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}')
+  _files.require_files([path], MANUAL_DOWNLOAD_INSTRUCTIONS)
   return _files.FilesConfig(
       tag='boxed',
       class_names=CLASS_NAMES,
@@ -165,10 +164,8 @@ class NihChestxray14(_files.FilesBuilder):
             f' {self.manual_dir / "images_*" / "images"}',
         )
         continue
-      try:
-        size = _files.image_header(images[name])
-      except _files.UnreadableFile as e:
-        problems.report(location, str(e))
+      size = problems.image_size(location, images[name])
+      if size is None:
         continue
       record = _files.Record(
           key=name,

@@ -80,11 +80,7 @@ def rsna_pneumonia_config(
   """
   params = _files.check_parameters('rsna_pneumonia', parameters, DEFAULTS)
   files = [data_dir / LABELS, data_dir / CLASS_INFO]
-  for path in files:
-    if not path.is_file():
-      raise ValueError(
-          f'{path} does not exist.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}'
-      )
+  _files.require_files(files, MANUAL_DOWNLOAD_INSTRUCTIONS)
   return _files.FilesConfig(
       tag='patients',
       class_names=CLASS_NAMES,
@@ -262,10 +258,8 @@ class RsnaPneumonia(_files.FilesBuilder):
       _, source = _files.relative_path(
           root / IMAGES, f'{patient}.dcm', location
       )
-      try:
-        size = dicom_header(source)
-      except _files.UnreadableFile as e:
-        problems.report(location, str(e))
+      size = problems.image_size(location, source, read=dicom_header)
+      if size is None:
         continue
       record = _files.Record(
           key=patient,
