@@ -1,8 +1,8 @@
 """Shared helpers of the benchmark scripts: the CE and CARE steps, timing, XLA analyses, tables.
 
-Both scripts time `care_jax.train.make_train_step` itself. Nothing here
-imports TensorFlow (no config, no input pipeline: random in-memory batches),
-so the benchmarks run on accelerator images without it.
+Both scripts time `care_jax.training.make_train_step` itself. Nothing here
+imports TensorFlow (no input pipeline: random in-memory batches), so the
+benchmarks run on accelerator images without it.
 
 Example::
 
@@ -26,35 +26,41 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from care_jax import config as config_lib
 from care_jax import models
-from care_jax import train
+from care_jax import training
 
 MIB = 2.0**20
 STEPS = ('ce', 'care')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
-def add_flags(parser: argparse.ArgumentParser, *, batch: int, dtype: str,
-              warmup: int) -> None:
+def add_flags(parser: argparse.ArgumentParser, *, batch: int, dtype: str, warmup: int) -> None:
   """The flags both benchmarks share, with the given defaults."""
   parser.add_argument('--model', default='resnet50', choices=models.MODEL_NAMES)
   parser.add_argument('--image-size', type=int, default=224)
   parser.add_argument('--batch', type=int, default=batch)
-  parser.add_argument('--dtype', default=dtype, choices=tuple(DTYPES),
-                      help='compute dtype; parameters stay float32')
-  parser.add_argument('--num-classes', type=int, default=7,
-                      help='7: the skin-lesion task (ISIC 2018 / HAM10000)')
+  parser.add_argument(
+    '--dtype', default=dtype, choices=tuple(DTYPES), help='compute dtype; parameters stay float32'
+  )
+  parser.add_argument(
+    '--num-classes', type=int, default=7, help='7: the skin-lesion task (ISIC 2018 / HAM10000)'
+  )
   parser.add_argument('--repeats', type=int, default=10, help='timed runs of each step')
-  parser.add_argument('--warmup', type=int, default=warmup,
-                      help='untimed runs of each step first')
-  parser.add_argument('--boxed-fraction', type=float, default=0.33,
-                      help='fraction of the batch with a random lesion box')
+  parser.add_argument('--warmup', type=int, default=warmup, help='untimed runs of each step first')
+  parser.add_argument(
+    '--boxed-fraction',
+    type=float,
+    default=0.33,
+    help='fraction of the batch with a random lesion box',
+  )
   parser.add_argument('--alpha', type=float, default=0.5, help='alpha of the CARE step')
   parser.add_argument('--seed', type=int, default=0)
 
 
-def random_batch(*, batch_size: int, image_size: int, num_classes: int,
-                 boxed_fraction: float, seed: int = 0) -> dict[str, np.ndarray]:
+def random_batch(
+  *, batch_size: int, image_size: int, num_classes: int, boxed_fraction: float, seed: int = 0
+) -> dict[str, np.ndarray]:
   """A training batch of the pipeline's contract filled with random data.
 
   ``image`` float32 [B, S, S, 3] standard normal, ``label`` int32 [B] uniform
@@ -89,56 +95,67 @@ def random_batch(*, batch_size: int, image_size: int, num_classes: int,
     height, width = rng.integers(size // 8, size // 2, endpoint=True, size=2)
     top = rng.integers(0, size - height, endpoint=True)
     left = rng.integers(0, size - width, endpoint=True)
-    mask[b, top:top + height, left:left + width] = 1.0
+    mask[b, top : top + height, left : left + width] = 1.0
   return {
-      'image': rng.standard_normal((batch_size, size, size, 3), dtype=np.float32),
-      'label': rng.integers(0, num_classes, size=batch_size).astype(np.int32),
-      'mask': mask,
-      'has_mask': np.arange(batch_size) < num_boxed,
+    'image': rng.standard_normal((batch_size, size, size, 3), dtype=np.float32),
+    'label': rng.integers(0, num_classes, size=batch_size).astype(np.int32),
+    'mask': mask,
+    'has_mask': np.arange(batch_size) < num_boxed,
   }
 
 
-def create_state(model: models.Classifier, image_shape: tuple[int, int, int], *,
-                 seed: int, learning_rate: float = 1e-4) -> train.TrainState:
-  """A `care_jax.train.TrainState` with random float32 parameters and Adam.
+def create_state(
+  model: models.Classifier,
+  image_shape: tuple[int, int, int],
+  *,
+  seed: int,
+  learning_rate: float = 1e-4,
+) -> training.TrainState:
+  """The `care_jax.training.create_train_state` of the default config (Adam), at `learning_rate`.
 
-  The state `train.create_train_state` builds for the default config (Adam,
-  constant learning rate; here the paper's 1e-4, which costs the same as any
-  other), without a config: building one imports the input pipeline.
+  Random float32 parameters; the paper's 1e-4 by default (any rate costs the
+  same).
   """
-  params_key, dropout_key, init_dropout_key = jax.random.split(jax.random.key(seed), 3)
+  config = config_lib.apply_overrides(
+    config_lib.default_config(), [f'train.learning_rate={learning_rate}']
+  )
   # The partitionable threefry makes the jitted init of a ResNet-50 compile
   # for minutes on CPU; a benchmark does not care which random init it gets.
   with jax.threefry_partitionable(False):
-    variables = jax.jit(lambda keys, x: model.init(keys, x, train=False))(
-        {'params': params_key, 'dropout': init_dropout_key},
-        jnp.zeros((1, *image_shape), jnp.float32))
-  return state_from_variables(model, variables, tx=optax.adam(learning_rate),
-                              dropout_key=dropout_key)
+    return training.create_train_state(config, model, image_shape, 1, jax.random.key(seed))
 
 
-def state_from_variables(model: models.Classifier, variables: dict[str, Any], *,
-                         tx: optax.GradientTransformation,
-                         dropout_key: jax.Array) -> train.TrainState:
-  """A fresh `care_jax.train.TrainState` (step 0, empty non-finite guard) of `variables`."""
-  return train.TrainState.create(
-      apply_fn=model.apply, params=variables['params'],
-      batch_stats=variables.get('batch_stats', {}), tx=tx,
-      dropout_key=jax.random.key_data(dropout_key),
-      skipped_steps=np.zeros((), np.int32), consecutive_nonfinite=np.zeros((), np.int32))
+def state_from_variables(
+  model: models.Classifier,
+  variables: dict[str, Any],
+  *,
+  tx: optax.GradientTransformation,
+  dropout_key: jax.Array,
+) -> training.TrainState:
+  """A fresh `care_jax.training.TrainState` (step 0, empty non-finite guard) of `variables`."""
+  return training.TrainState.create(
+    apply_fn=model.apply,
+    params=variables['params'],
+    batch_stats=variables.get('batch_stats', {}),
+    tx=tx,
+    dropout_key=jax.random.key_data(dropout_key),
+    skipped_steps=np.zeros((), np.int32),
+    consecutive_nonfinite=np.zeros((), np.int32),
+  )
 
 
 @dataclasses.dataclass
 class CompiledSteps:
   """The CE and CARE train steps compiled for one state and batch (keys of `STEPS`)."""
-  state: train.TrainState
+
+  state: training.TrainState
   batch: dict[str, jax.Array]
-  step_configs: dict[str, train.StepConfig]
+  step_configs: dict[str, training.StepConfig]
   compiled: dict[str, Any]
   compile_seconds: dict[str, float]
   stats: dict[str, dict[str, float | None]]
 
-  def fresh_args(self) -> tuple[train.TrainState, dict[str, jax.Array]]:
+  def fresh_args(self) -> tuple[training.TrainState, dict[str, jax.Array]]:
     """A copy of the initial state (each call donates its state) and the batch."""
     return jax.tree.map(jnp.copy, self.state), self.batch
 
@@ -147,9 +164,10 @@ class CompiledSteps:
     return {name: self.stats[name][key] for name in STEPS}
 
 
-def compile_steps(model: models.Classifier, state: train.TrainState,
-                  batch: dict[str, jax.Array], *, alpha: float) -> CompiledSteps:
-  """Compiles `train.make_train_step` with alpha = 0 ('ce') and `alpha` ('care').
+def compile_steps(
+  model: models.Classifier, state: training.TrainState, batch: dict[str, jax.Array], *, alpha: float
+) -> CompiledSteps:
+  """Compiles `training.make_train_step` with alpha = 0 ('ce') and `alpha` ('care').
 
   Jitted as the trainer does, with the state donated (``donate_argnums=0``),
   so that XLA's memory analysis counts what a training run holds. Each step
@@ -158,25 +176,50 @@ def compile_steps(model: models.Classifier, state: train.TrainState,
   """
   if not 0.0 < alpha <= 1.0:
     raise ValueError(f'alpha must lie in (0, 1], got {alpha}.')
-  step_configs = {'ce': train.StepConfig(alpha=0.0), 'care': train.StepConfig(alpha=alpha)}
+  step_configs = {'ce': training.StepConfig(alpha=0.0), 'care': training.StepConfig(alpha=alpha)}
   compiled, compile_seconds, stats = {}, {}, {}
   for name in STEPS:
-    step = jax.jit(train.make_train_step(model, step_configs[name]), donate_argnums=0)
+    step = jax.jit(training.make_train_step(model, step_configs[name]), donate_argnums=0)
     start = time.perf_counter()
     compiled[name] = step.lower(state, batch).compile()
     compile_seconds[name] = time.perf_counter() - start
     stats[name] = compiled_stats(compiled[name])
-  steps = CompiledSteps(state=state, batch=batch, step_configs=step_configs,
-                        compiled=compiled, compile_seconds=compile_seconds, stats=stats)
+  steps = CompiledSteps(
+    state=state,
+    batch=batch,
+    step_configs=step_configs,
+    compiled=compiled,
+    compile_seconds=compile_seconds,
+    stats=stats,
+  )
   for name in STEPS:
     _, metrics = jax.device_get(compiled[name](*steps.fresh_args()))
-    bad = {jax.tree_util.keystr(path): float(v)
-           for path, v in jax.tree_util.tree_leaves_with_path(metrics) if not np.isfinite(v)}
+    bad = {
+      jax.tree_util.keystr(path): float(v)
+      for path, v in jax.tree_util.tree_leaves_with_path(metrics)
+      if not np.isfinite(v)
+    }
     if bad:
       raise FloatingPointError(f'the {name} step gave non-finite metrics: {bad}')
     if name == 'care' and np.any(batch['has_mask']) and metrics['boxed'] < 1:
       raise RuntimeError(f'the CARE step saw no boxed image: {metrics}')
   return steps
+
+
+def steps_of_flags(args: argparse.Namespace) -> tuple[models.Classifier, dict, CompiledSteps]:
+  """The model, random batch (on the device) and compiled steps that `add_flags`' flags ask for."""
+  model = models.get_model(args.model, num_classes=args.num_classes, dtype=DTYPES[args.dtype])
+  state = create_state(model, (args.image_size, args.image_size, 3), seed=args.seed)
+  batch = jax.device_put(
+    random_batch(
+      batch_size=args.batch,
+      image_size=args.image_size,
+      num_classes=args.num_classes,
+      boxed_fraction=args.boxed_fraction,
+      seed=args.seed,
+    )
+  )
+  return model, batch, compile_steps(model, state, batch, alpha=args.alpha)
 
 
 def compiled_stats(compiled: Any) -> dict[str, float | None]:
@@ -186,17 +229,20 @@ def compiled_stats(compiled: Any) -> dict[str, float | None]:
   'output_bytes', 'alias_bytes' (outputs that reuse donated argument buffers),
   'flops' and 'bytes_accessed' (XLA's static cost model: one execution).
   """
-  stats = dict.fromkeys(('temp_bytes', 'argument_bytes', 'output_bytes', 'alias_bytes',
-                         'flops', 'bytes_accessed'))
+  stats = dict.fromkeys(
+    ('temp_bytes', 'argument_bytes', 'output_bytes', 'alias_bytes', 'flops', 'bytes_accessed')
+  )
   try:
     memory = compiled.memory_analysis()
   except NotImplementedError:  # Some backends have no memory analysis.
     memory = None
   if memory is not None:
-    stats.update(temp_bytes=memory.temp_size_in_bytes,
-                 argument_bytes=memory.argument_size_in_bytes,
-                 output_bytes=memory.output_size_in_bytes,
-                 alias_bytes=memory.alias_size_in_bytes)
+    stats.update(
+      temp_bytes=memory.temp_size_in_bytes,
+      argument_bytes=memory.argument_size_in_bytes,
+      output_bytes=memory.output_size_in_bytes,
+      alias_bytes=memory.alias_size_in_bytes,
+    )
   try:
     cost = compiled.cost_analysis()
   except NotImplementedError:
@@ -218,13 +264,17 @@ class Timings:
   the work a step does (though not immune to cache and memory-bandwidth
   contention).
   """
+
   wall: list[float] = dataclasses.field(default_factory=list)
   cpu: list[float] = dataclasses.field(default_factory=list)
 
 
 def time_alternating(
-    steps: Mapping[str, tuple[Callable[..., Any], Callable[[], tuple[Any, ...]]]], *,
-    repeats: int, warmup: int = 1) -> dict[str, Timings]:
+  steps: Mapping[str, tuple[Callable[..., Any], Callable[[], tuple[Any, ...]]]],
+  *,
+  repeats: int,
+  warmup: int = 1,
+) -> dict[str, Timings]:
   """Times each step, the steps run in turn (a, b, a, b, ...).
 
   Alternating spreads slow drifts of a shared machine (other processes, CPU
@@ -270,11 +320,15 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
   return numerator / denominator
 
 
-def comparison_row(label: str, values: Mapping[str, float | None], *, scale: float = 1.0,
-                   digits: int = 3) -> list[str]:
+def comparison_row(
+  label: str, values: Mapping[str, float | None], *, scale: float = 1.0, digits: int = 3
+) -> list[str]:
   """[label, CE value, CARE value, CARE/CE] of `values` keyed by `STEPS`, formatted."""
-  return [label, *(fmt(values[name], scale=scale, digits=digits) for name in STEPS),
-          fmt(ratio(values['care'], values['ce']))]
+  return [
+    label,
+    *(fmt(values[name], scale=scale, digits=digits) for name in STEPS),
+    fmt(ratio(values['care'], values['ce'])),
+  ]
 
 
 def comparison_header(alpha: float) -> list[str]:
@@ -297,5 +351,7 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def environment() -> str:
   """One line naming the jax version and the devices the benchmark runs on."""
   device = jax.devices()[0]
-  return (f'jax {jax.__version__}, backend {jax.default_backend()}, '
-          f'{jax.device_count()} x {device.device_kind}')
+  return (
+    f'jax {jax.__version__}, backend {jax.default_backend()}, '
+    f'{jax.device_count()} x {device.device_kind}'
+  )

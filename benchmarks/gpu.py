@@ -27,11 +27,9 @@ import argparse
 import statistics
 import sys
 
+import _common
 import jax
 import jax.numpy as jnp
-
-import _common
-from care_jax import models
 
 
 def matmul_flops_per_second(size: int, *, repeats: int) -> float:
@@ -39,52 +37,55 @@ def matmul_flops_per_second(size: int, *, repeats: int) -> float:
   key_a, key_b = jax.random.split(jax.random.key(0))
   a = jax.random.normal(key_a, (size, size), jnp.bfloat16)
   b = jax.random.normal(key_b, (size, size), jnp.bfloat16)
-  timings = _common.time_alternating({'matmul': (jax.jit(jnp.matmul), lambda: (a, b))},
-                                     repeats=repeats, warmup=2)
+  timings = _common.time_alternating(
+    {'matmul': (jax.jit(jnp.matmul), lambda: (a, b))}, repeats=repeats, warmup=2
+  )
   return 2.0 * size**3 / statistics.median(timings['matmul'].wall)
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   _common.add_flags(parser, batch=256, dtype='bfloat16', warmup=2)
-  parser.add_argument('--matmul-size', type=int, default=None,
-                      help='side of the bfloat16 matmul that measures the peak rate '
-                           '(default: 8192 on an accelerator, 1024 on CPU)')
+  parser.add_argument(
+    '--matmul-size',
+    type=int,
+    default=None,
+    help='side of the bfloat16 matmul that measures the peak rate '
+    '(default: 8192 on an accelerator, 1024 on CPU)',
+  )
   args = parser.parse_args(argv)
   matmul_size = args.matmul_size or (1024 if jax.default_backend() == 'cpu' else 8192)
-  model = models.get_model(args.model, num_classes=args.num_classes,
-                           dtype=_common.DTYPES[args.dtype])
-  state = _common.create_state(model, (args.image_size, args.image_size, 3), seed=args.seed)
-  batch = jax.device_put(_common.random_batch(
-      batch_size=args.batch, image_size=args.image_size, num_classes=args.num_classes,
-      boxed_fraction=args.boxed_fraction, seed=args.seed))
-  steps = _common.compile_steps(model, state, batch, alpha=args.alpha)
+  model, batch, steps = _common.steps_of_flags(args)
 
   names = _common.STEPS
   times = _common.time_alternating(
-      {name: (steps.compiled[name], steps.fresh_args) for name in names},
-      repeats=args.repeats, warmup=args.warmup)
+    {name: (steps.compiled[name], steps.fresh_args) for name in names},
+    repeats=args.repeats,
+    warmup=args.warmup,
+  )
   medians = {name: statistics.median(times[name].wall) for name in names}
   images_per_second = {name: args.batch / medians[name] for name in names}
   flops = steps.stat('flops')
   achieved = {name: _common.ratio(flops[name], medians[name]) for name in names}
   peak = matmul_flops_per_second(matmul_size, repeats=max(args.repeats, 10))
 
-  print(f'{_common.environment()}; {args.model} {args.image_size}x{args.image_size}, '
-        f'batch {args.batch} ({int(batch["has_mask"].sum())} boxed), {args.dtype} compute, '
-        f'float32 params, {args.repeats} timed runs per step (alternating)')
+  print(
+    f'{_common.environment()}; {args.model} {args.image_size}x{args.image_size}, '
+    f'batch {args.batch} ({int(batch["has_mask"].sum())} boxed), {args.dtype} compute, '
+    f'float32 params, {args.repeats} timed runs per step (alternating)'
+  )
   print(f'bfloat16 matmul {matmul_size}^3: {peak / 1e12:.3f} TFLOP/s')
   row = _common.comparison_row
   rows = [
-      row('compile (s)', steps.compile_seconds, digits=1),
-      row('step median (s)', medians, digits=4),
-      row('step min (s)', {n: min(times[n].wall) for n in names}, digits=4),
-      row('images/s (median)', images_per_second, digits=1),
-      row('XLA GFLOPs per step', flops, scale=1e9, digits=1),
-      row('achieved TFLOP/s', achieved, scale=1e12, digits=3),
-      row('of bf16 matmul rate', {n: _common.ratio(achieved[n], peak) for n in names}),
-      row('temp memory (MiB)', steps.stat('temp_bytes'), scale=_common.MIB, digits=1),
-      row('arguments (MiB)', steps.stat('argument_bytes'), scale=_common.MIB, digits=1),
+    row('compile (s)', steps.compile_seconds, digits=1),
+    row('step median (s)', medians, digits=4),
+    row('step min (s)', {n: min(times[n].wall) for n in names}, digits=4),
+    row('images/s (median)', images_per_second, digits=1),
+    row('XLA GFLOPs per step', flops, scale=1e9, digits=1),
+    row('achieved TFLOP/s', achieved, scale=1e12, digits=3),
+    row('of bf16 matmul rate', {n: _common.ratio(achieved[n], peak) for n in names}),
+    row('temp memory (MiB)', steps.stat('temp_bytes'), scale=_common.MIB, digits=1),
+    row('arguments (MiB)', steps.stat('argument_bytes'), scale=_common.MIB, digits=1),
   ]
   print(_common.format_table(_common.comparison_header(args.alpha), rows))
   ratio = images_per_second['care'] / images_per_second['ce']

@@ -37,10 +37,11 @@ import sys
 import tempfile
 import time
 
+import _common
 import jax
 import numpy as np
 
-import _common
+from care_jax import config as config_lib
 from care_jax import models
 from care_jax.data import pipeline
 from care_jax.data import synthetic_lesions
@@ -49,20 +50,20 @@ from care_jax.data import synthetic_lesions
 @dataclasses.dataclass(frozen=True)
 class PipelineThroughput:
   """Images/s of the training pipeline, and its process CPU seconds per image."""
+
   images_per_second: float
   cpu_seconds_per_image: float
   first_batch_seconds: float
 
 
-def data_config(*, data_dir: str, image_size: int, num_train: int, augment: bool,
-                sampling: str):
+def data_config(*, data_dir: str, image_size: int, num_train: int, augment: bool, sampling: str):
   """``data`` config of a small synthetic_lesions set at ``image_size``.
 
   The training split has about ``num_train`` examples in the default class
   proportions (each class at least one); one test image per class, no
   validation split: only the training split is read.
   """
-  config = pipeline.default_data_config()
+  config = config_lib.default_data_config()
   config.dir = data_dir
   config.image_size = image_size
   config.sampling = sampling
@@ -70,8 +71,11 @@ def data_config(*, data_dir: str, image_size: int, num_train: int, augment: bool
   proportions = np.array(synthetic_lesions.SyntheticLesionsConfig().train_counts, float)
   counts = np.maximum(1, np.round(num_train * proportions / proportions.sum()))
   config.synthetic.update(
-      image_size=image_size, train_counts=tuple(int(c) for c in counts),
-      validation_counts=(0,) * len(counts), test_counts=(1,) * len(counts))
+    image_size=image_size,
+    train_counts=tuple(int(c) for c in counts),
+    validation_counts=(0,) * len(counts),
+    test_counts=(1,) * len(counts),
+  )
   return config
 
 
@@ -93,15 +97,23 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   _common.add_flags(parser, batch=32, dtype='float32', warmup=1)
   parser.add_argument('--steps', type=int, default=50, help='pipeline batches timed')
-  parser.add_argument('--step-batch', type=int, default=None,
-                      help='batch of the timed train step (default: --batch)')
-  parser.add_argument('--num-train', type=int, default=160,
-                      help='synthetic training examples (generated once, cached)')
-  parser.add_argument('--sampling', default='instance', choices=('instance', 'class_balanced',
-                                                                   'sqrt'))
-  parser.add_argument('--data-dir', default=os.path.join(tempfile.gettempdir(),
-                                                         'care_jax_input_pipeline'),
-                      help='tfds data_dir caching the generated dataset')
+  parser.add_argument(
+    '--step-batch', type=int, default=None, help='batch of the timed train step (default: --batch)'
+  )
+  parser.add_argument(
+    '--num-train',
+    type=int,
+    default=160,
+    help='synthetic training examples (generated once, cached)',
+  )
+  parser.add_argument(
+    '--sampling', default='instance', choices=('instance', 'class_balanced', 'sqrt')
+  )
+  parser.add_argument(
+    '--data-dir',
+    default=os.path.join(tempfile.gettempdir(), 'care_jax_input_pipeline'),
+    help='tfds data_dir caching the generated dataset',
+  )
   args = parser.parse_args(argv)
   if args.steps < 1:
     parser.error(f'--steps must be > 0, got {args.steps}')
@@ -109,37 +121,68 @@ def main(argv: list[str] | None = None) -> int:
 
   throughput = {}
   for augment in (True, False):
-    config = data_config(data_dir=args.data_dir, image_size=args.image_size,
-                         num_train=args.num_train, augment=augment, sampling=args.sampling)
-    throughput[augment] = time_pipeline(config, batch_size=args.batch, steps=args.steps,
-                                        seed=args.seed)
+    config = data_config(
+      data_dir=args.data_dir,
+      image_size=args.image_size,
+      num_train=args.num_train,
+      augment=augment,
+      sampling=args.sampling,
+    )
+    throughput[augment] = time_pipeline(
+      config, batch_size=args.batch, steps=args.steps, seed=args.seed
+    )
 
-  model = models.get_model(args.model, num_classes=args.num_classes,
-                           dtype=_common.DTYPES[args.dtype])
+  model = models.get_model(
+    args.model, num_classes=args.num_classes, dtype=_common.DTYPES[args.dtype]
+  )
   state = _common.create_state(model, (args.image_size, args.image_size, 3), seed=args.seed)
-  batch = jax.device_put(_common.random_batch(
-      batch_size=step_batch, image_size=args.image_size, num_classes=args.num_classes,
-      boxed_fraction=args.boxed_fraction, seed=args.seed))
+  batch = jax.device_put(
+    _common.random_batch(
+      batch_size=step_batch,
+      image_size=args.image_size,
+      num_classes=args.num_classes,
+      boxed_fraction=args.boxed_fraction,
+      seed=args.seed,
+    )
+  )
   steps = _common.compile_steps(model, state, batch, alpha=args.alpha)
   times = _common.time_alternating(
-      {name: (steps.compiled[name], steps.fresh_args) for name in _common.STEPS},
-      repeats=args.repeats, warmup=args.warmup)
-  step_rate = {name: step_batch / statistics.median(times[name].wall)
-               for name in _common.STEPS}
+    {name: (steps.compiled[name], steps.fresh_args) for name in _common.STEPS},
+    repeats=args.repeats,
+    warmup=args.warmup,
+  )
+  step_rate = {name: step_batch / statistics.median(times[name].wall) for name in _common.STEPS}
 
-  print(f'{_common.environment()}; {os.cpu_count()} CPUs; '
-        f'load average {os.getloadavg()[0]:.2f} (1 min, at the end)')
-  print(f'pipeline: synthetic_lesions {args.image_size}x{args.image_size}, batch {args.batch}, '
-        f'{args.steps} batches timed, sampling {args.sampling}')
-  rows = [[f'augment {"on" if augment else "off"}', f'{t.images_per_second:.1f}',
-           f'{t.cpu_seconds_per_image * 1e3:.2f}', f'{t.first_batch_seconds:.1f}']
-          for augment, t in throughput.items()]
+  print(
+    f'{_common.environment()}; {os.cpu_count()} CPUs; '
+    f'load average {os.getloadavg()[0]:.2f} (1 min, at the end)'
+  )
+  print(
+    f'pipeline: synthetic_lesions {args.image_size}x{args.image_size}, batch {args.batch}, '
+    f'{args.steps} batches timed, sampling {args.sampling}'
+  )
+  rows = [
+    [
+      f'augment {"on" if augment else "off"}',
+      f'{t.images_per_second:.1f}',
+      f'{t.cpu_seconds_per_image * 1e3:.2f}',
+      f'{t.first_batch_seconds:.1f}',
+    ]
+    for augment, t in throughput.items()
+  ]
   print(_common.format_table(['', 'images/s', 'CPU ms/image', 'first batch (s)'], rows))
-  print(f'train step: {args.model}, batch {step_batch}, {args.dtype}, '
-        f'{args.repeats} timed runs per step (alternating)')
-  rows = [[f'{name} (compile {steps.compile_seconds[name]:.1f} s)',
-           f'{statistics.median(times[name].wall):.4f}', f'{step_rate[name]:.2f}']
-          for name in _common.STEPS]
+  print(
+    f'train step: {args.model}, batch {step_batch}, {args.dtype}, '
+    f'{args.repeats} timed runs per step (alternating)'
+  )
+  rows = [
+    [
+      f'{name} (compile {steps.compile_seconds[name]:.1f} s)',
+      f'{statistics.median(times[name].wall):.4f}',
+      f'{step_rate[name]:.2f}',
+    ]
+    for name in _common.STEPS
+  ]
   print(_common.format_table(['', 'step median (s)', 'images/s'], rows))
   ratio = throughput[True].images_per_second / max(step_rate.values())
   print(f'pipeline/step throughput ratio: {ratio:.3f}')

@@ -1,6 +1,6 @@
 r"""The cost of CARE: our jitted train step with the attention loss against plain cross-entropy.
 
-Both steps come from `care_jax.train.make_train_step` for the same model,
+Both steps come from `care_jax.training.make_train_step` for the same model,
 batch and initial state, jitted as the trainer does (state donated,
 ``donate_argnums=0``): CE is ``alpha = 0`` (no attention map is computed at
 all), CARE is ``alpha = 0.5`` with about a third of the images carrying a
@@ -28,20 +28,20 @@ import argparse
 import statistics
 import sys
 
+import _common
 import jax
 import jax.numpy as jnp
 
-import _common
 from care_jax import losses
 from care_jax import models
-from care_jax import train
 
 
-def attention_branch_seconds(model: models.Classifier, steps: _common.CompiledSteps, *,
-                             repeats: int) -> float:
+def attention_branch_seconds(
+  model: models.Classifier, steps: _common.CompiledSteps, *, repeats: int
+) -> float:
   """Median seconds of the CARE step's attention branch alone, forward and backward.
 
-  The branch of `train.make_train_step`'s loss (attention map of the true
+  The branch of `training.make_train_step`'s loss (attention map of the true
   class from the last feature map, then the attention loss averaged over the
   boxed images), differentiated w.r.t. a random feature map: the work CARE
   adds to a step, timed apart from the network so that the noise of a whole
@@ -50,17 +50,18 @@ def attention_branch_seconds(model: models.Classifier, steps: _common.CompiledSt
   state, batch, step_config = steps.state, steps.batch, steps.step_configs['care']
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   _, intermediates = jax.eval_shape(
-      lambda v, x: model.apply(v, x, train=False), variables, batch['image'])
+    lambda v, x: model.apply(v, x, train=False), variables, batch['image']
+  )
   spec = intermediates['features']
   features = jax.random.normal(jax.random.key(0), spec.shape, spec.dtype)
 
   # Everything is an argument: closed-over arrays would be compile-time
   # constants, and XLA would fold the mask algebra away.
   def branch(features, variables, labels, mask, has_mask):
-    maps = train.attention_maps(model, variables, features, labels,
-                                method=step_config.attention)
+    maps = model.attention_maps(variables, features, labels, method=step_config.attention)
     per_example = losses.care_loss_per_example(
-        maps, mask, tau=step_config.tau, lam=step_config.lam, has_mask=has_mask)
+      maps, mask, tau=step_config.tau, lam=step_config.lam, has_mask=has_mask
+    )
     return jnp.sum(per_example) / jnp.maximum(jnp.sum(has_mask), 1)
 
   fn = jax.jit(jax.value_and_grad(branch))
@@ -73,43 +74,42 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   _common.add_flags(parser, batch=16, dtype='float32', warmup=1)
   args = parser.parse_args(argv)
-  model = models.get_model(args.model, num_classes=args.num_classes,
-                           dtype=_common.DTYPES[args.dtype])
-  state = _common.create_state(model, (args.image_size, args.image_size, 3), seed=args.seed)
-  batch = jax.device_put(_common.random_batch(
-      batch_size=args.batch, image_size=args.image_size, num_classes=args.num_classes,
-      boxed_fraction=args.boxed_fraction, seed=args.seed))
-  steps = _common.compile_steps(model, state, batch, alpha=args.alpha)
+  model, batch, steps = _common.steps_of_flags(args)
 
   names = _common.STEPS
   times = _common.time_alternating(
-      {name: (steps.compiled[name], steps.fresh_args) for name in names},
-      repeats=args.repeats, warmup=args.warmup)
+    {name: (steps.compiled[name], steps.fresh_args) for name in names},
+    repeats=args.repeats,
+    warmup=args.warmup,
+  )
   medians = {name: statistics.median(times[name].wall) for name in names}
   branch = attention_branch_seconds(model, steps, repeats=max(args.repeats, 20))
 
-  print(f'{_common.environment()}; {args.model} {args.image_size}x{args.image_size}, '
-        f'batch {args.batch} ({int(batch["has_mask"].sum())} boxed), {args.dtype}, '
-        f'{args.repeats} timed runs per step (alternating)')
+  print(
+    f'{_common.environment()}; {args.model} {args.image_size}x{args.image_size}, '
+    f'batch {args.batch} ({int(batch["has_mask"].sum())} boxed), {args.dtype}, '
+    f'{args.repeats} timed runs per step (alternating)'
+  )
   row, stat = _common.comparison_row, steps.stat
   rows = [
-      row('compile (s)', steps.compile_seconds, digits=1),
-      row('step median (s)', medians, digits=4),
-      row('step min (s)', {n: min(times[n].wall) for n in names}, digits=4),
-      row('step max (s)', {n: max(times[n].wall) for n in names}, digits=4),
-      row('step CPU time median (s)', {n: statistics.median(times[n].cpu) for n in names},
-          digits=4),
-      row('images/s (median)', {n: args.batch / medians[n] for n in names}, digits=2),
-      row('temp memory (MiB)', stat('temp_bytes'), scale=_common.MIB, digits=1),
-      row('arguments (MiB)', stat('argument_bytes'), scale=_common.MIB, digits=1),
-      row('outputs (MiB)', stat('output_bytes'), scale=_common.MIB, digits=1),
-      row('aliased/donated (MiB)', stat('alias_bytes'), scale=_common.MIB, digits=1),
-      row('XLA GFLOPs', stat('flops'), scale=1e9, digits=2),
-      row('XLA GB accessed', stat('bytes_accessed'), scale=1e9, digits=2),
+    row('compile (s)', steps.compile_seconds, digits=1),
+    row('step median (s)', medians, digits=4),
+    row('step min (s)', {n: min(times[n].wall) for n in names}, digits=4),
+    row('step max (s)', {n: max(times[n].wall) for n in names}, digits=4),
+    row('step CPU time median (s)', {n: statistics.median(times[n].cpu) for n in names}, digits=4),
+    row('images/s (median)', {n: args.batch / medians[n] for n in names}, digits=2),
+    row('temp memory (MiB)', stat('temp_bytes'), scale=_common.MIB, digits=1),
+    row('arguments (MiB)', stat('argument_bytes'), scale=_common.MIB, digits=1),
+    row('outputs (MiB)', stat('output_bytes'), scale=_common.MIB, digits=1),
+    row('aliased/donated (MiB)', stat('alias_bytes'), scale=_common.MIB, digits=1),
+    row('XLA GFLOPs', stat('flops'), scale=1e9, digits=2),
+    row('XLA GB accessed', stat('bytes_accessed'), scale=1e9, digits=2),
   ]
   print(_common.format_table(_common.comparison_header(args.alpha), rows))
-  print(f'attention branch alone (forward + backward, median): {branch * 1e3:.3f} ms '
-        f'= {branch / medians["ce"]:.3%} of the CE step')
+  print(
+    f'attention branch alone (forward + backward, median): {branch * 1e3:.3f} ms '
+    f'= {branch / medians["ce"]:.3%} of the CE step'
+  )
   print(f'care/ce step time ratio: {medians["care"] / medians["ce"]:.3f}')
   return 0
 

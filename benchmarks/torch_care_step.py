@@ -83,8 +83,9 @@ def official_grad_cam(feature: torch.Tensor, grad_val: torch.Tensor, size: int) 
   return cam.view(size, size)
 
 
-def official_grad_loss(cam: torch.Tensor, inner: torch.Tensor, outer: torch.Tensor,
-                       tau: float) -> torch.Tensor:
+def official_grad_loss(
+  cam: torch.Tensor, inner: torch.Tensor, outer: torch.Tensor, tau: float
+) -> torch.Tensor:
   """The official ``GradLoss.grad_loss``: its Python branch caps the inner term at tau."""
   inner_loss = (cam * inner).sum()
   if inner_loss > tau:
@@ -92,8 +93,7 @@ def official_grad_loss(cam: torch.Tensor, inner: torch.Tensor, outer: torch.Tens
   return -inner_loss + (cam * outer).sum()
 
 
-def official_care_losses(model: torch_reference.ResNet, batch: dict, *, alpha: float,
-                         tau: float):
+def official_care_losses(model: torch_reference.ResNet, batch: dict, *, alpha: float, tau: float):
   """Forward and backward of the official stage-2 step; leaves the gradients in ``.grad``."""
   gradients = []  # the official GradModel.extractor's hook on the layer4 output
   features = model.features(batch['images'])
@@ -106,17 +106,18 @@ def official_care_losses(model: torch_reference.ResNet, batch: dict, *, alpha: f
   size = batch['images'].shape[-1]
   cam_losses = torch.tensor(0.0, dtype=outputs.dtype, device=outputs.device)
   for has_mask, feature, grad_val, inner, outer in zip(
-      batch['has_mask'], features, grad_vals, batch['inner'], batch['outer']):
+    batch['has_mask'], features, grad_vals, batch['inner'], batch['outer']
+  ):
     if has_mask:
-      cam_losses += official_grad_loss(official_grad_cam(feature, grad_val, size), inner, outer,
-                                       tau)
+      cam_losses += official_grad_loss(
+        official_grad_cam(feature, grad_val, size), inner, outer, tau
+      )
   total = alpha * cam_losses + (1 - alpha) * ce
   total.backward()
   return total, cam_losses
 
 
-def vectorised_care_losses(model: torch_reference.ResNet, batch: dict, *, alpha: float,
-                           tau: float):
+def vectorised_care_losses(model: torch_reference.ResNet, batch: dict, *, alpha: float, tau: float):
   """The official loss for the whole batch at once; Grad-CAM by autograd.grad of the head."""
   images, labels = batch['images'], batch['labels']
   features = model.features(images)
@@ -124,8 +125,9 @@ def vectorised_care_losses(model: torch_reference.ResNet, batch: dict, *, alpha:
   ce = F.cross_entropy(logits, labels)
   # Only the head lies between the target logits and `features`: autograd runs just that part,
   # and create_graph=False keeps the channel weights constants, as Grad-CAM's.
-  (grads,) = torch.autograd.grad(logits.gather(1, labels[:, None]).sum(), features,
-                                 retain_graph=True)
+  (grads,) = torch.autograd.grad(
+    logits.gather(1, labels[:, None]).sum(), features, retain_graph=True
+  )
   maps = (grads.mean((2, 3), keepdim=True) * features).sum(1)
   maps = maps - maps.amin((1, 2), keepdim=True)
   maps = maps / maps.amax((1, 2), keepdim=True)
@@ -157,11 +159,13 @@ def load_batch(path: str, *, dtype: torch.dtype, device: str) -> dict[str, torch
   outer = 1.0 - mask
   has_mask = torch.from_numpy(arrays['has_mask'].astype(bool))
   area = lambda m: torch.clamp(m.sum((1, 2), keepdim=True), min=1.0)
-  batch = {'images': torch.from_numpy(arrays['image']).permute(0, 3, 1, 2).contiguous().to(dtype),
-           'labels': torch.from_numpy(arrays['label']).long(),
-           'has_mask': has_mask,
-           'inner': torch.where(has_mask[:, None, None], mask / area(mask), 0.0),
-           'outer': torch.where(has_mask[:, None, None], outer / area(outer), 0.0)}
+  batch = {
+    'images': torch.from_numpy(arrays['image']).permute(0, 3, 1, 2).contiguous().to(dtype),
+    'labels': torch.from_numpy(arrays['label']).long(),
+    'has_mask': has_mask,
+    'inner': torch.where(has_mask[:, None, None], mask / area(mask), 0.0),
+    'outer': torch.where(has_mask[:, None, None], outer / area(outer), 0.0),
+  }
   return {name: value.to(device) for name, value in batch.items()}
 
 
@@ -202,8 +206,17 @@ def serve(args) -> None:
   for name in STEPS:
     for _ in range(args.warmup):
       run(name)
-  print(json.dumps({'ready': True, 'torch': torch.__version__,
-                    'threads': torch.get_num_threads(), 'device': args.device}), flush=True)
+  print(
+    json.dumps(
+      {
+        'ready': True,
+        'torch': torch.__version__,
+        'threads': torch.get_num_threads(),
+        'device': args.device,
+      }
+    ),
+    flush=True,
+  )
   for line in sys.stdin:
     print(json.dumps({'seconds': run(json.loads(line)['step'])}), flush=True)
 
@@ -240,26 +253,33 @@ def check(args) -> dict:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in initial.items()}, out / 'weights.safetensors')
-    save_file({**{k: v.contiguous() for k, v in initial.items()}, **vector_grads},
-              out / 'grads.safetensors')
+    save_file(
+      {**{k: v.contiguous() for k, v in initial.items()}, **vector_grads}, out / 'grads.safetensors'
+    )
   return {
-      'torch': torch.__version__,
-      'ce_loss': ce,
-      'official_care_loss': official_care, 'vectorised_care_loss': vector_care,
-      'official_total_loss': official_total, 'vectorised_total_loss': vector_total,
-      'boxed': int(batch['has_mask'].sum()),
-      'max_grad_diff_without_leak': max((official_grads[k] - vector_grads[k]).abs().max().item()
-                                        for k in leak) / scale,
-      'max_grad_diff_with_leak': max(
-          (official_grads[k] - vector_grads[k] - leak[k]).abs().max().item()
-          for k in leak) / scale,
+    'torch': torch.__version__,
+    'ce_loss': ce,
+    'official_care_loss': official_care,
+    'vectorised_care_loss': vector_care,
+    'official_total_loss': official_total,
+    'vectorised_total_loss': vector_total,
+    'boxed': int(batch['has_mask'].sum()),
+    'max_grad_diff_without_leak': max(
+      (official_grads[k] - vector_grads[k]).abs().max().item() for k in leak
+    )
+    / scale,
+    'max_grad_diff_with_leak': max(
+      (official_grads[k] - vector_grads[k] - leak[k]).abs().max().item() for k in leak
+    )
+    / scale,
   }
 
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--data', required=True,
-                      help='.npz with image (NHWC), label, mask and has_mask')
+  parser.add_argument(
+    '--data', required=True, help='.npz with image (NHWC), label, mask and has_mask'
+  )
   parser.add_argument('--model', default='resnet50', choices=MODELS)
   parser.add_argument('--head', default='linear', choices=('linear', 'bn_linear'))
   parser.add_argument('--num-classes', type=int, default=7)
@@ -273,8 +293,11 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--out', help='--check: where to write the weights and gradients')
   mode = parser.add_mutually_exclusive_group(required=True)
   mode.add_argument('--serve', action='store_true', help='answer step requests on stdin')
-  mode.add_argument('--check', action='store_true',
-                    help='compare the official and vectorised losses and gradients (float64)')
+  mode.add_argument(
+    '--check',
+    action='store_true',
+    help='compare the official and vectorised losses and gradients (float64)',
+  )
   args = parser.parse_args(argv)
   if args.serve:
     serve(args)

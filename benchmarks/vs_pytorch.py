@@ -3,7 +3,7 @@ r"""CARE train step: care-jax against the official PyTorch code, in one run.
 Five train steps on the same architecture, head, batch (random images, a third of them with a
 random box) and image size, all with Adam 1e-4 and alpha 0.5:
 
-* ``ours CE`` / ``ours CARE``: `care_jax.train.make_train_step` with alpha 0 and 0.5, jitted as
+* ``ours CE`` / ``ours CARE``: `care_jax.training.make_train_step` with alpha 0 and 0.5, jitted as
   the trainer does (`_common.compile_steps`). For the GAP + linear head the CARE step does one
   forward pass, a closed-form CAM and the loss on the 7x7 grid, no loop over images.
 * ``torch CE`` / ``torch CARE official`` / ``torch CARE vectorised``:
@@ -54,28 +54,30 @@ import tempfile
 # Ours and torch share the GPU: JAX must not take 75% of its memory up front.
 os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 
+import _common  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import optax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-import _common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from care_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from care_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from care_jax import training  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TORCH_SCRIPT = pathlib.Path(__file__).with_name('torch_care_step.py')
-TORCH_VENV_HELP = ("PYENV_VERSION=$(pyenv versions --bare | grep -m1 '^3\\.11') "
-                   'python3.11 -m venv .torch-venv && '
-                   '.torch-venv/bin/pip install torch==2.13.0 safetensors numpy')
+TORCH_VENV_HELP = (
+  "PYENV_VERSION=$(pyenv versions --bare | grep -m1 '^3\\.11') "
+  'python3.11 -m venv .torch-venv && '
+  '.torch-venv/bin/pip install torch==2.13.0 safetensors numpy'
+)
 TORCH_MODELS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
 # Row -> (framework, step on that side): `_common.STEPS` for ours, torch_care_step.STEPS.
 ROWS = {
-    'ours CE': ('jax', 'ce'),
-    'ours CARE': ('jax', 'care'),
-    'torch CE': ('torch', 'ce'),
-    'torch CARE official': ('torch', 'official'),
-    'torch CARE vectorised': ('torch', 'vectorised'),
+  'ours CE': ('jax', 'ce'),
+  'ours CARE': ('jax', 'care'),
+  'torch CE': ('torch', 'ce'),
+  'torch CARE official': ('torch', 'official'),
+  'torch CARE vectorised': ('torch', 'vectorised'),
 }
 TAU = 0.5  # the paper's and the official code's; our StepConfig default
 # --check tolerances, both sides in float64 but for our logits (float32 by design) and the torch
@@ -85,8 +87,20 @@ GRAD_TOL = 1e-6
 
 
 def _torch_flags(args: argparse.Namespace) -> list[str]:
-  return ['--model', args.model, '--head', args.head, '--num-classes', str(args.num_classes),
-          '--alpha', str(args.alpha), '--tau', str(TAU), '--seed', str(args.seed)]
+  return [
+    '--model',
+    args.model,
+    '--head',
+    args.head,
+    '--num-classes',
+    str(args.num_classes),
+    '--alpha',
+    str(args.alpha),
+    '--tau',
+    str(TAU),
+    '--seed',
+    str(args.seed),
+  ]
 
 
 class TorchSteps:
@@ -94,18 +108,34 @@ class TorchSteps:
 
   def __init__(self, python: pathlib.Path, data: pathlib.Path, args: argparse.Namespace):
     device = 'cuda' if jax.default_backend() == 'gpu' else 'cpu'
-    command = [str(python), str(TORCH_SCRIPT), '--serve', '--data', str(data),
-               *_torch_flags(args), '--dtype', args.dtype, '--device', device, '--warmup', '0',
-               '--threads', str(len(os.sched_getaffinity(0)))]
-    self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
+    command = [
+      str(python),
+      str(TORCH_SCRIPT),
+      '--serve',
+      '--data',
+      str(data),
+      *_torch_flags(args),
+      '--dtype',
+      args.dtype,
+      '--device',
+      device,
+      '--warmup',
+      '0',
+      '--threads',
+      str(len(os.sched_getaffinity(0))),
+    ]
+    self._process = subprocess.Popen(
+      command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     self.info = self._reply()
 
   def _reply(self) -> dict:
     line = self._process.stdout.readline()
     if not line:
-      raise RuntimeError(f'{TORCH_SCRIPT.name} exited with status {self._process.wait()} '
-                         '(its error is printed above).')
+      raise RuntimeError(
+        f'{TORCH_SCRIPT.name} exited with status {self._process.wait()} '
+        '(its error is printed above).'
+      )
     return json.loads(line)
 
   def __call__(self, step: str) -> float:
@@ -126,58 +156,71 @@ def overhead_ratio(seconds: dict[str, float]) -> float:
   return official / ours
 
 
-def report(times: dict[str, list[float]], *, args: argparse.Namespace, boxed: int,
-           torch_info: dict) -> str:
+def report(
+  times: dict[str, list[float]], *, args: argparse.Namespace, boxed: int, torch_info: dict
+) -> str:
   """The table of medians and minimums, the ratios, and the overhead ratio as the last line."""
   medians = {name: statistics.median(t) for name, t in times.items()}
   minimums = {name: min(t) for name, t in times.items()}
   own_ce = {'jax': medians['ours CE'], 'torch': medians['torch CE']}
-  rows = [[name, f'{medians[name]:.4f}', f'{minimums[name]:.4f}',
-           f'{medians[name] / own_ce[framework]:.3f}']
-          for name, (framework, _) in ROWS.items()]
+  rows = [
+    [
+      name,
+      f'{medians[name]:.4f}',
+      f'{minimums[name]:.4f}',
+      f'{medians[name] / own_ce[framework]:.3f}',
+    ]
+    for name, (framework, _) in ROWS.items()
+  ]
   lines = [
-      'CARE train step: care-jax (JAX) vs the official PyTorch code',
-      f'{args.model} (head {args.head}), {args.image_size}x{args.image_size}, batch {args.batch} '
-      f'({boxed} boxed), {args.dtype}, {args.num_classes} classes, Adam 1e-4, alpha '
-      f'{args.alpha}, tau {TAU}',
-      f"{_common.environment()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
-      f"torch {torch_info['torch']} on {torch_info['device']}, {torch_info['threads']} threads",
-      f'{args.repeats} alternating rounds after {args.warmup} warm-up runs; seconds per step',
-      '',
-      _common.format_table(['step', 'median s', 'min s', 'x own CE'], rows),
-      '',
-      f"our CE step / torch CE step: {medians['ours CE'] / medians['torch CE']:.3f}",
-      f"our CARE step / torch official CARE step: "
-      f"{medians['ours CARE'] / medians['torch CARE official']:.3f}",
-      f"torch official CARE / torch vectorised CARE: "
-      f"{medians['torch CARE official'] / medians['torch CARE vectorised']:.3f}",
-      f'official overhead / our overhead, from the minimums: {overhead_ratio(minimums):.3f}',
-      f'official overhead / our overhead: {overhead_ratio(medians):.3f}',
+    'CARE train step: care-jax (JAX) vs the official PyTorch code',
+    f'{args.model} (head {args.head}), {args.image_size}x{args.image_size}, batch {args.batch} '
+    f'({boxed} boxed), {args.dtype}, {args.num_classes} classes, Adam 1e-4, alpha '
+    f'{args.alpha}, tau {TAU}',
+    f'{_common.environment()}, XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}',
+    f'torch {torch_info["torch"]} on {torch_info["device"]}, {torch_info["threads"]} threads',
+    f'{args.repeats} alternating rounds after {args.warmup} warm-up runs; seconds per step',
+    '',
+    _common.format_table(['step', 'median s', 'min s', 'x own CE'], rows),
+    '',
+    f'our CE step / torch CE step: {medians["ours CE"] / medians["torch CE"]:.3f}',
+    f'our CARE step / torch official CARE step: '
+    f'{medians["ours CARE"] / medians["torch CARE official"]:.3f}',
+    f'torch official CARE / torch vectorised CARE: '
+    f'{medians["torch CARE official"] / medians["torch CARE vectorised"]:.3f}',
+    f'official overhead / our overhead, from the minimums: {overhead_ratio(minimums):.3f}',
+    f'official overhead / our overhead: {overhead_ratio(medians):.3f}',
   ]
   return '\n'.join(lines)
 
 
-def benchmark(args: argparse.Namespace, arrays: dict[str, np.ndarray],
-              data: pathlib.Path) -> tuple[dict[str, list[float]], dict]:
+def benchmark(
+  args: argparse.Namespace, arrays: dict[str, np.ndarray], data: pathlib.Path
+) -> tuple[dict[str, list[float]], dict]:
   """Seconds of each of `ROWS` per round, and the torch side's versions and threads."""
   torch_steps = TorchSteps(args.torch_python, data, args)
   try:
-    model = models.get_model(args.model, num_classes=args.num_classes,
-                             dtype=_common.DTYPES[args.dtype], head=args.head)
+    model = models.get_model(
+      args.model, num_classes=args.num_classes, dtype=_common.DTYPES[args.dtype], head=args.head
+    )
     state = _common.create_state(model, arrays['image'].shape[1:], seed=args.seed)
     ours = _common.compile_steps(model, state, jax.device_put(arrays), alpha=args.alpha)
     runners = {}
     for name, (framework, step) in ROWS.items():
-      runners[name] = ((ours.compiled[step], ours.fresh_args) if framework == 'jax'
-                       else (lambda step=step: torch_steps(step), tuple))
+      runners[name] = (
+        (ours.compiled[step], ours.fresh_args)
+        if framework == 'jax'
+        else (lambda step=step: torch_steps(step), tuple)
+      )
     timings = _common.time_alternating(runners, repeats=args.repeats, warmup=args.warmup)
   finally:
     torch_steps.close()
   return {name: timing.wall for name, timing in timings.items()}, torch_steps.info
 
 
-def check(args: argparse.Namespace, arrays: dict[str, np.ndarray],
-          data: pathlib.Path) -> dict[str, float]:
+def check(
+  args: argparse.Namespace, arrays: dict[str, np.ndarray], data: pathlib.Path
+) -> dict[str, float]:
   """Losses and gradients of ours and torch's CARE steps with identical weights, one batch.
 
   Both sides in float64: in float32 the first layers' gradients of a randomly initialised
@@ -187,32 +230,52 @@ def check(args: argparse.Namespace, arrays: dict[str, np.ndarray],
   """
   jax.config.update('jax_enable_x64', True)
   with tempfile.TemporaryDirectory() as out:
-    result = subprocess.run([str(args.torch_python), str(TORCH_SCRIPT), '--check', '--data',
-                             str(data), *_torch_flags(args), '--out', out],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+      [
+        str(args.torch_python),
+        str(TORCH_SCRIPT),
+        '--check',
+        '--data',
+        str(data),
+        *_torch_flags(args),
+        '--out',
+        out,
+      ],
+      capture_output=True,
+      text=True,
+      check=False,
+    )
     if result.returncode:
-      raise RuntimeError(f'{TORCH_SCRIPT.name} --check exited {result.returncode}:\n'
-                         f'{result.stderr[-3000:]}')
+      raise RuntimeError(
+        f'{TORCH_SCRIPT.name} --check exited {result.returncode}:\n{result.stderr[-3000:]}'
+      )
     torch_check = json.loads(result.stdout.splitlines()[-1])
     model, variables = models.load_pretrained(
-        args.model, pathlib.Path(out, 'weights.safetensors'), dtype=jnp.float64)
+      args.model, pathlib.Path(out, 'weights.safetensors'), dtype=jnp.float64
+    )
     _, torch_grads = models.load_pretrained(args.model, pathlib.Path(out, 'grads.safetensors'))
   as_float64 = lambda tree: jax.tree.map(
-      lambda x: np.asarray(x, np.float64) if np.issubdtype(x.dtype, np.floating) else x, tree)
+    lambda x: np.asarray(x, np.float64) if np.issubdtype(x.dtype, np.floating) else x, tree
+  )
   variables, arrays = as_float64(variables), as_float64(arrays)
   # SGD with learning rate 1 moves the parameters by minus the gradient.
-  state = _common.state_from_variables(model, variables, tx=optax.sgd(1.0),
-                                       dropout_key=jax.random.key(args.seed))
-  step_config = train.StepConfig(alpha=args.alpha, tau=TAU, lam=1.0, reduction='sum')
-  new_state, metrics = jax.jit(train.make_train_step(model, step_config))(state, arrays)
+  state = _common.state_from_variables(
+    model, variables, tx=optax.sgd(1.0), dropout_key=jax.random.key(args.seed)
+  )
+  step_config = training.StepConfig(alpha=args.alpha, tau=TAU, lam=1.0, reduction='sum')
+  new_state, metrics = jax.jit(training.make_train_step(model, step_config))(state, arrays)
   grads = jax.tree.map(lambda old, new: old - new, state.params, new_state.params)
-  diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
-                                       grads, torch_grads['params']))
+  diffs = jax.tree.leaves(
+    jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), grads, torch_grads['params'])
+  )
   scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(torch_grads['params']))
-  return {**torch_check,
-          'ours_ce_loss': float(metrics['ce']), 'ours_care_loss': float(metrics['care']),
-          'ours_total_loss': float(metrics['loss']),
-          'max_grad_diff_ours_vs_vectorised': max(diffs) / scale}
+  return {
+    **torch_check,
+    'ours_ce_loss': float(metrics['ce']),
+    'ours_care_loss': float(metrics['care']),
+    'ours_total_loss': float(metrics['loss']),
+    'max_grad_diff_ours_vs_vectorised': max(diffs) / scale,
+  }
 
 
 def check_report(result: dict[str, float]) -> tuple[str, bool]:
@@ -222,23 +285,24 @@ def check_report(result: dict[str, float]) -> tuple[str, bool]:
     official, vectorised = result[f'official_{name}_loss'], result[f'vectorised_{name}_loss']
     ours = result[f'ours_{name}_loss']
     rows.append([f'{name} loss', f'{ours:.12f}', f'{vectorised:.12f}', f'{official:.12f}'])
-    ok &= (abs(ours - official) <= LOSS_RTOL * abs(official)
-           and abs(vectorised - official) <= LOSS_RTOL * abs(official))
-  rows.append(['ce loss', f"{result['ours_ce_loss']:.12f}", f"{result['ce_loss']:.12f}", ''])
+    ok &= abs(ours - official) <= LOSS_RTOL * abs(official) and abs(
+      vectorised - official
+    ) <= LOSS_RTOL * abs(official)
+  rows.append(['ce loss', f'{result["ours_ce_loss"]:.12f}', f'{result["ce_loss"]:.12f}', ''])
   ok &= abs(result['ours_ce_loss'] - result['ce_loss']) <= LOSS_RTOL * abs(result['ce_loss'])
   ok &= result['max_grad_diff_ours_vs_vectorised'] <= GRAD_TOL
   ok &= result['max_grad_diff_with_leak'] <= GRAD_TOL
   lines = [
-      f"{result['boxed']} boxed images; lam 1, attention loss summed (the official code's)",
-      _common.format_table(['float64', 'ours', 'torch vectorised', 'torch official'], rows),
-      'max |gradient difference| / max |torch gradient|:',
-      f"  ours - torch vectorised: {result['max_grad_diff_ours_vs_vectorised']:.2e}",
-      f"  torch official - vectorised: {result['max_grad_diff_without_leak']:.2e} (the leak of "
-      'its extra backward pass)',
-      f"  torch official - vectorised - d(sum target logits)/d(theta): "
-      f"{result['max_grad_diff_with_leak']:.2e}",
-      f"check {'passed' if ok else 'FAILED'} (losses to {LOSS_RTOL:g} relative, gradients to "
-      f'{GRAD_TOL:g})',
+    f"{result['boxed']} boxed images; lam 1, attention loss summed (the official code's)",
+    _common.format_table(['float64', 'ours', 'torch vectorised', 'torch official'], rows),
+    'max |gradient difference| / max |torch gradient|:',
+    f'  ours - torch vectorised: {result["max_grad_diff_ours_vs_vectorised"]:.2e}',
+    f'  torch official - vectorised: {result["max_grad_diff_without_leak"]:.2e} (the leak of '
+    'its extra backward pass)',
+    f'  torch official - vectorised - d(sum target logits)/d(theta): '
+    f'{result["max_grad_diff_with_leak"]:.2e}',
+    f'check {"passed" if ok else "FAILED"} (losses to {LOSS_RTOL:g} relative, gradients to '
+    f'{GRAD_TOL:g})',
   ]
   return '\n'.join(lines), ok
 
@@ -246,30 +310,44 @@ def check_report(result: dict[str, float]) -> tuple[str, bool]:
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   _common.add_flags(parser, batch=16, dtype='float32', warmup=2)
-  parser.add_argument('--head', default='linear', choices=('linear', 'bn_linear'),
-                      help="'linear': GAP + Dense (ours, torchvision's fc); 'bn_linear': the "
-                      "official code's GAP + BatchNorm1d + Linear")
-  parser.add_argument('--torch-python', type=pathlib.Path,
-                      default=REPO / '.torch-venv' / 'bin' / 'python',
-                      help='the Python of a venv with torch, safetensors and numpy')
-  parser.add_argument('--check', action='store_true',
-                      help='compare losses and gradients with identical weights, in float64, '
-                      'instead of timing')
-  parser.add_argument('--json', type=pathlib.Path,
-                      help='also write the per-round seconds (or the check) here')
+  parser.add_argument(
+    '--head',
+    default='linear',
+    choices=('linear', 'bn_linear'),
+    help="'linear': GAP + Dense (ours, torchvision's fc); 'bn_linear': the "
+    "official code's GAP + BatchNorm1d + Linear",
+  )
+  parser.add_argument(
+    '--torch-python',
+    type=pathlib.Path,
+    default=REPO / '.torch-venv' / 'bin' / 'python',
+    help='the Python of a venv with torch, safetensors and numpy',
+  )
+  parser.add_argument(
+    '--check',
+    action='store_true',
+    help='compare losses and gradients with identical weights, in float64, instead of timing',
+  )
+  parser.add_argument(
+    '--json', type=pathlib.Path, help='also write the per-round seconds (or the check) here'
+  )
   args = parser.parse_args(argv)
   if args.model not in TORCH_MODELS:
-    parser.error(f'--model must be one of {", ".join(TORCH_MODELS)} (the torch side), got '
-                 f'{args.model!r}')
+    parser.error(
+      f'--model must be one of {", ".join(TORCH_MODELS)} (the torch side), got {args.model!r}'
+    )
   if args.check and args.head != 'linear':
-    parser.error("--check compares the linear head only (load_pretrained reads torchvision's "
-                 'fc)')
+    parser.error("--check compares the linear head only (load_pretrained reads torchvision's fc)")
   if not args.torch_python.exists():
     sys.exit(f'No torch Python at {args.torch_python}. Create the venv with:\n  {TORCH_VENV_HELP}')
 
-  arrays = _common.random_batch(batch_size=args.batch, image_size=args.image_size,
-                                num_classes=args.num_classes, boxed_fraction=args.boxed_fraction,
-                                seed=args.seed)
+  arrays = _common.random_batch(
+    batch_size=args.batch,
+    image_size=args.image_size,
+    num_classes=args.num_classes,
+    boxed_fraction=args.boxed_fraction,
+    seed=args.seed,
+  )
   with tempfile.TemporaryDirectory() as tmp:
     data = pathlib.Path(tmp, 'batch.npz')
     np.savez(data, **arrays)
@@ -283,8 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     text, ok = check_report(result)
     print(text)
     sys.exit(0 if ok else 1)
-  print(report(result, args=args, boxed=int(arrays['has_mask'].sum()),
-               torch_info=torch_info))
+  print(report(result, args=args, boxed=int(arrays['has_mask'].sum()), torch_info=torch_info))
 
 
 if __name__ == '__main__':

@@ -23,14 +23,14 @@ from care_jax.metrics import confusion_matrix
 __version__ = '0.1.0'
 
 __all__ = [
-    'cam',
-    'care_loss',
-    'care_loss_per_example',
-    'classification_metrics',
-    'confusion_matrix',
-    'cross_entropy',
-    'grad_cam',
-    'inverse_frequency_weights',
-    'minmax_normalize',
-    'weighted_cross_entropy_loss',
+  'cam',
+  'care_loss',
+  'care_loss_per_example',
+  'classification_metrics',
+  'confusion_matrix',
+  'cross_entropy',
+  'grad_cam',
+  'inverse_frequency_weights',
+  'minmax_normalize',
+  'weighted_cross_entropy_loss',
 ]

@@ -10,6 +10,7 @@ trainer avoids; its inputs are checked where they enter (the data pipeline).
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -27,8 +28,7 @@ def concrete(x) -> np.ndarray | None:
 
 def _first_bad(values: np.ndarray, bad: np.ndarray) -> str:
   index = tuple(int(i) for i in np.argwhere(bad)[0])
-  return (f'{values[index].item()!r} at index {index} ({int(bad.sum())} bad value(s) '
-          f'in all)')
+  return f'{values[index].item()!r} at index {index} ({int(bad.sum())} bad value(s) in all)'
 
 
 def check_range(name: str, x, *, low: float, high: float, what: str) -> None:
@@ -43,8 +43,8 @@ def check_range(name: str, x, *, low: float, high: float, what: str) -> None:
   bad = ~((values >= low) & (values <= high) & np.isfinite(values))
   if bad.any():
     raise ValueError(
-        f'{name} values must lie in [{low:g}, {high:g}] ({what}), got '
-        f'{_first_bad(values, bad)}.')
+      f'{name} values must lie in [{low:g}, {high:g}] ({what}), got {_first_bad(values, bad)}.'
+    )
 
 
 def check_class_indices(name: str, x, num_classes: int) -> None:
@@ -55,5 +55,39 @@ def check_class_indices(name: str, x, num_classes: int) -> None:
   bad = (values < 0) | (values >= num_classes)
   if bad.any():
     raise ValueError(
-        f'{name} must be class indices in [0, {num_classes}), got '
-        f'{_first_bad(values, bad)}.')
+      f'{name} must be class indices in [0, {num_classes}), got {_first_bad(values, bad)}.'
+    )
+
+
+def check_labels(labels: jax.Array, *, like: jax.Array, like_name: str) -> None:
+  """Raises ValueError unless ``labels`` is an integer [B] vector matching ``like``'s batch size.
+
+  ``like`` is the [B, ...] array the labels belong to (logits, features), named ``like_name`` in
+  the message.
+  """
+  if labels.shape != like.shape[:1]:
+    raise ValueError(
+      f'labels must have shape [B] = ({like.shape[0]},), got shape '
+      f'{labels.shape} ({like_name} shape {like.shape}).'
+    )
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(f'labels must be integer class indices, got dtype {labels.dtype}.')
+
+
+def positive_counts(class_counts) -> np.ndarray:
+  """Host-side [K] class counts as float64, all positive.
+
+  Raises:
+    ValueError: if the counts are not a non-empty 1-D array, or a class has a count <= 0; the
+      class index is named.
+  """
+  counts = np.asarray(class_counts, dtype=np.float64)
+  if counts.ndim != 1 or counts.size == 0:
+    raise ValueError(f'class_counts must be a non-empty 1-D array [K], got shape {counts.shape}.')
+  bad = np.flatnonzero(~(counts > 0))
+  if bad.size:
+    raise ValueError(
+      f'class_counts must be positive; class index {int(bad[0])} has count '
+      f'{counts[bad[0]]} (all non-positive classes: {bad.tolist()}).'
+    )
+  return counts

@@ -25,16 +25,9 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from care_jax import _checks
+from care_jax import _numerics
 
 __all__ = ['cam', 'grad_cam', 'minmax_normalize']
-
-# float32 matmuls on GPU/TPU default to reduced precision; maps feed a loss
-# whose gradient we want exact to float32.
-_HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def _compute_dtype(x: jax.Array) -> jnp.dtype:
-  return jnp.promote_types(x.dtype, jnp.float32)
 
 
 def minmax_normalize(maps: ArrayLike, *, eps: float = 0.0) -> jax.Array:
@@ -68,7 +61,7 @@ def minmax_normalize(maps: ArrayLike, *, eps: float = 0.0) -> jax.Array:
   maps = jnp.asarray(maps)
   if maps.ndim != 3:
     raise ValueError(f'maps must have shape [B, h, w], got shape {maps.shape}.')
-  maps = maps.astype(_compute_dtype(maps))
+  maps = maps.astype(_numerics.compute_dtype(maps))
   low = jnp.min(maps, axis=(1, 2), keepdims=True)
   high = jnp.max(maps, axis=(1, 2), keepdims=True)
   span = high - low
@@ -79,24 +72,18 @@ def minmax_normalize(maps: ArrayLike, *, eps: float = 0.0) -> jax.Array:
 
 def _validate_features_labels(features: jax.Array, labels: jax.Array):
   if features.ndim != 4:
-    raise ValueError(
-        f'features must have shape [B, h, w, C] (NHWC), got shape '
-        f'{features.shape}.')
-  if labels.shape != features.shape[:1]:
-    raise ValueError(
-        f'labels must have shape [B] = ({features.shape[0]},), got shape '
-        f'{labels.shape} (features shape {features.shape}).')
-  if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise ValueError(
-        f'labels must be integer class indices, got dtype {labels.dtype}.')
+    raise ValueError(f'features must have shape [B, h, w, C] (NHWC), got shape {features.shape}.')
+  _checks.check_labels(labels, like=features, like_name='features')
 
 
-def _weighted_sum(features: jax.Array, weights: jax.Array, *, relu: bool,
-                  normalize: bool) -> jax.Array:
+def _weighted_sum(
+  features: jax.Array, weights: jax.Array, *, relu: bool, normalize: bool
+) -> jax.Array:
   """sum_k w_k A_k, then the optional ReLU and min-max normalisation."""
-  dtype = jnp.promote_types(_compute_dtype(features), weights.dtype)
-  maps = jnp.einsum('bhwc,bc->bhw', features.astype(dtype),
-                    weights.astype(dtype), precision=_HIGHEST)
+  dtype = jnp.promote_types(_numerics.compute_dtype(features), weights.dtype)
+  maps = jnp.einsum(
+    'bhwc,bc->bhw', features.astype(dtype), weights.astype(dtype), precision=_numerics.HIGHEST
+  )
   if relu:
     maps = jax.nn.relu(maps)
   if normalize:
@@ -105,13 +92,13 @@ def _weighted_sum(features: jax.Array, weights: jax.Array, *, relu: bool,
 
 
 def grad_cam(
-    head_fn: Callable[[jax.Array], jax.Array],
-    features: ArrayLike,
-    labels: ArrayLike,
-    *,
-    stop_gradient_weights: bool = True,
-    relu: bool = False,
-    normalize: bool = True,
+  head_fn: Callable[[jax.Array], jax.Array],
+  features: ArrayLike,
+  labels: ArrayLike,
+  *,
+  stop_gradient_weights: bool = True,
+  relu: bool = False,
+  normalize: bool = True,
 ) -> jax.Array:
   """Grad-CAM maps of the ``labels`` classes for any head.
 
@@ -159,25 +146,25 @@ def grad_cam(
   logits, head_vjp = jax.vjp(head_fn, features)
   if logits.ndim != 2 or logits.shape[0] != features.shape[0]:
     raise ValueError(
-        f'head_fn must return logits of shape [B, K] with B = '
-        f'{features.shape[0]}, got shape {logits.shape}.')
+      f'head_fn must return logits of shape [B, K] with B = '
+      f'{features.shape[0]}, got shape {logits.shape}.'
+    )
   _checks.check_class_indices('labels', labels, logits.shape[1])
   cotangent = jax.nn.one_hot(labels, logits.shape[1], dtype=logits.dtype)
   (feature_grads,) = head_vjp(cotangent)
-  weights = jnp.mean(
-      feature_grads.astype(_compute_dtype(feature_grads)), axis=(1, 2))
+  weights = jnp.mean(feature_grads.astype(_numerics.compute_dtype(feature_grads)), axis=(1, 2))
   if stop_gradient_weights:
     weights = jax.lax.stop_gradient(weights)
   return _weighted_sum(features, weights, relu=relu, normalize=normalize)
 
 
 def cam(
-    features: ArrayLike,
-    kernel: ArrayLike,
-    labels: ArrayLike,
-    *,
-    relu: bool = False,
-    normalize: bool = True,
+  features: ArrayLike,
+  kernel: ArrayLike,
+  labels: ArrayLike,
+  *,
+  relu: bool = False,
+  normalize: bool = True,
 ) -> jax.Array:
   """Class activation maps for a global-average-pooling + linear head.
 
@@ -212,8 +199,9 @@ def cam(
   _validate_features_labels(features, labels)
   if kernel.ndim != 2 or kernel.shape[0] != features.shape[-1]:
     raise ValueError(
-        f'kernel must have shape [C, K] with C = {features.shape[-1]} '
-        f'(features shape {features.shape}), got shape {kernel.shape}.')
+      f'kernel must have shape [C, K] with C = {features.shape[-1]} '
+      f'(features shape {features.shape}), got shape {kernel.shape}.'
+    )
   _checks.check_class_indices('labels', labels, kernel.shape[1])
   weights = jax.lax.stop_gradient(kernel).T[labels]  # [B, C]
   return _weighted_sum(features, weights, relu=relu, normalize=normalize)

@@ -34,6 +34,7 @@ import signal
 import tempfile
 import threading
 from typing import Any
+import warnings
 
 from absl import logging
 import jax
@@ -42,6 +43,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from care_jax import config as config_lib
 from care_jax import models
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -51,15 +53,15 @@ BEST_METRIC = 'validation_mca'
 # over devices, and the guard's patience. Everything else (model, data, loss,
 # care, optimizer, seed, dtype, and keys added later) must match.
 RESUMABLE_KEYS = (
-    'checkpoint',
-    'data.dir',
-    'init_from',
-    'parallel',
-    'train.eval_batch_size',
-    'train.eval_every_steps',
-    'train.log_every_steps',
-    'train.max_consecutive_nonfinite',
-    'train.progress',
+  'checkpoint',
+  'data.dir',
+  'init_from',
+  'parallel',
+  'train.eval_batch_size',
+  'train.eval_every_steps',
+  'train.log_every_steps',
+  'train.max_consecutive_nonfinite',
+  'train.progress',
 )
 # The run's length may grow (or shrink) on resume only where the learning
 # rate does not depend on it: a constant schedule without warm-up.
@@ -67,41 +69,38 @@ LENGTH_KEYS = ('train.num_steps', 'train.num_epochs')
 
 
 def flatten_config(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  """`{dotted key: value}` of a nested (JSON) config."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      flat.update(flatten_config(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
+  """Deprecated alias of `care_jax.config.flatten` (removed in 0.3)."""
+  warnings.warn(
+    'care_jax.checkpoint.flatten_config is deprecated: use care_jax.config.flatten',
+    DeprecationWarning,
+    stacklevel=2,
+  )
+  return config_lib.flatten(tree, prefix)
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config as plain JSON values (tuples become lists), as it is saved."""
-  return json.loads(config.to_json_best_effort())
+  """Deprecated alias of `care_jax.config.to_json` (removed in 0.3)."""
+  warnings.warn(
+    'care_jax.checkpoint.config_to_json is deprecated: use care_jax.config.to_json',
+    DeprecationWarning,
+    stacklevel=2,
+  )
+  return config_lib.to_json(config)
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple]:
   """`{dotted key: (saved value, current value)}` for keys that forbid resuming.
 
-  Both configs are JSON dicts (`config_to_json`). A key missing on one side
-  counts as different (value `'<missing>'`).
+  Both configs are JSON dicts (`care_jax.config.to_json`). A key missing on
+  one side counts as different (value `'<missing>'`).
   """
-  flat_saved, flat_current = flatten_config(saved), flatten_config(current)
   resumable = RESUMABLE_KEYS
-  constant_lr = (flat_current.get('train.schedule') == 'constant'
-                 and not flat_current.get('train.warmup_steps'))
-  if constant_lr:
+  flat_current = config_lib.flatten(current)
+  if flat_current.get('train.schedule') == 'constant' and not flat_current.get(
+    'train.warmup_steps'
+  ):
     resumable += LENGTH_KEYS
-  diffs = {}
-  for key in sorted(set(flat_saved) | set(flat_current)):
-    if any(key == k or key.startswith(k + '.') for k in resumable):
-      continue
-    old, new = flat_saved.get(key, '<missing>'), flat_current.get(key, '<missing>')
-    if old != new:
-      diffs[key] = (old, new)
-  return diffs
+  return config_lib.differences(saved, current, ignore=resumable)
 
 
 def shape_differences(expected: Any, found: Any) -> list[str]:
@@ -110,12 +109,17 @@ def shape_differences(expected: Any, found: Any) -> list[str]:
   `expected` and `found` are trees of arrays or array metadata (anything with
   a ``shape``); returns lines like ``params/head/fc/kernel: (8, 5) vs (8, 3)``.
   """
+
   def flat(tree):
-    return {'/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+      '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path): tuple(leaf.shape)
+      for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+
   a, b = flat(expected), flat(found)
-  lines = [f'{p}: {a[p]} here vs {b[p]} in the checkpoint'
-           for p in sorted(set(a) & set(b)) if a[p] != b[p]]
+  lines = [
+    f'{p}: {a[p]} here vs {b[p]} in the checkpoint' for p in sorted(set(a) & set(b)) if a[p] != b[p]
+  ]
   lines += [f'{p}: missing in the checkpoint' for p in sorted(set(a) - set(b))]
   lines += [f'{p}: only in the checkpoint' for p in sorted(set(b) - set(a))]
   return lines
@@ -128,8 +132,10 @@ def check_writable(workdir: str) -> None:
     with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_probe_'):
       pass
   except OSError as e:
-    raise OSError(e.errno, f'workdir {workdir!r} is not writable ({e.strerror or e}); '
-                  'choose a writable --workdir') from e
+    raise OSError(
+      e.errno,
+      f'workdir {workdir!r} is not writable ({e.strerror or e}); choose a writable --workdir',
+    ) from e
 
 
 def truncate_log(path: str, step: int) -> None:
@@ -148,30 +154,49 @@ def truncate_log(path: str, step: int) -> None:
 
 def abstract_tree(tree: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
   """`jax.ShapeDtypeStruct`s of `tree` on `sharding` (None: restore as numpy)."""
+
   def abstract(x):
     dtype = x.dtype if hasattr(x, 'dtype') else np.asarray(x).dtype
     # A Python int step is int64 on the host but int32 on devices (x64 off).
-    return jax.ShapeDtypeStruct(np.shape(x), jax.dtypes.canonicalize_dtype(dtype),
-                                sharding=sharding)
+    return jax.ShapeDtypeStruct(
+      np.shape(x), jax.dtypes.canonicalize_dtype(dtype), sharding=sharding
+    )
+
   return jax.tree.map(abstract, tree)
 
 
-def _manager(directory: str, *, keep: int = 1, keep_best: int = 0, async_save: bool = False,
-             read_only: bool = False) -> ocp.CheckpointManager:
+def _manager(
+  directory: str,
+  *,
+  keep: int = 1,
+  keep_best: int = 0,
+  async_save: bool = False,
+  read_only: bool = False,
+) -> ocp.CheckpointManager:
   best_fn = lambda metrics: metrics[BEST_METRIC]
   policies = [ocp.checkpoint_managers.LatestN(n=keep)]
   if keep_best:
     # Checkpoints saved without a validation score are kept by LatestN only.
-    policies.append(ocp.checkpoint_managers.BestN(
-        get_metric_fn=best_fn, n=keep_best, keep_checkpoints_without_metrics=False))
+    policies.append(
+      ocp.checkpoint_managers.BestN(
+        get_metric_fn=best_fn, n=keep_best, keep_checkpoints_without_metrics=False
+      )
+    )
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-      best_fn=best_fn, best_mode='max', enable_async_checkpointing=async_save,
-      cleanup_tmp_directories=not read_only, read_only=read_only, create=not read_only)
+    preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+    best_fn=best_fn,
+    best_mode='max',
+    enable_async_checkpointing=async_save,
+    cleanup_tmp_directories=not read_only,
+    read_only=read_only,
+    create=not read_only,
+  )
   # Named handlers, so that item metadata can be read before any restore.
   registry = ocp.handlers.create_default_handler_registry(
-      state=ocp.StandardCheckpointHandler(), config=ocp.JsonCheckpointHandler(),
-      meta=ocp.JsonCheckpointHandler())
+    state=ocp.StandardCheckpointHandler(),
+    config=ocp.JsonCheckpointHandler(),
+    meta=ocp.JsonCheckpointHandler(),
+  )
   return ocp.CheckpointManager(directory, options=options, handler_registry=registry)
 
 
@@ -187,8 +212,9 @@ def _step_of(manager: ocp.CheckpointManager, which: str) -> int:
 
 
 def _read_json(manager: ocp.CheckpointManager, step: int) -> tuple[dict, dict]:
-  items = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
-                                                        meta=ocp.args.JsonRestore()))
+  items = manager.restore(
+    step, args=ocp.args.Composite(config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore())
+  )
   return items['config'], items['meta']
 
 
@@ -196,40 +222,27 @@ def _restore_host_state(manager: ocp.CheckpointManager, step: int) -> dict[str, 
   """The saved state as a dict of numpy arrays (no devices involved)."""
   metadata = manager.item_metadata(step)['state']
   abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata.tree)
-  return manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract)))['state']
+  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))[
+    'state'
+  ]
 
 
 def _open_existing(workdir: str) -> ocp.CheckpointManager:
   directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f'no checkpoint in {workdir!r}: {directory} does not exist '
-                            '(train with `python -m care_jax.main --workdir=...` first)')
+    raise FileNotFoundError(
+      f'no checkpoint in {workdir!r}: {directory} does not exist '
+      '(train with `python -m care_jax.main --workdir=...` first)'
+    )
   manager = _manager(directory, read_only=True)
   if manager.latest_step() is None:
     raise FileNotFoundError(f'no complete checkpoint in {directory}')
   return manager
 
 
-def _config_from_json(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """The default config updated with a saved one (lists back to tuples)."""
-  from care_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-
-  def merge(node: ml_collections.ConfigDict, values: Mapping[str, Any]) -> None:
-    for key, value in values.items():
-      if isinstance(value, Mapping) and isinstance(node.get(key), ml_collections.ConfigDict):
-        merge(node[key], value)
-      else:
-        with node.ignore_type():
-          node[key] = tuple(value) if isinstance(value, list) else value
-
-  config = config_lib.default_config()
-  merge(config, saved)
-  return config
-
-
-def load_model(workdir: str, *, which: str = 'best'
-               ) -> tuple[ml_collections.ConfigDict, models.Classifier, dict]:
+def load_model(
+  workdir: str, *, which: str = 'best'
+) -> tuple[ml_collections.ConfigDict, models.Classifier, dict]:
   """The trained model of a run, for evaluation, figures or inference.
 
   Args:
@@ -251,10 +264,13 @@ def load_model(workdir: str, *, which: str = 'best'
     step = _step_of(manager, which)
     saved_config, meta = _read_json(manager, step)
     state = _restore_host_state(manager, step)
-  config = _config_from_json(saved_config)
+  config = config_lib.from_json(saved_config)
   model = models.get_model(
-      config.model.name, num_classes=len(meta['class_names']), dtype=jnp.float32,
-      head=None if config.model.head == 'default' else config.model.head)
+    config.model.name,
+    num_classes=len(meta['class_names']),
+    dtype=jnp.float32,
+    head=None if config.model.head == 'default' else config.model.head,
+  )
   return config, model, {'params': state['params'], 'batch_stats': state['batch_stats']}
 
 
@@ -276,12 +292,15 @@ def init_from(workdir: str, state: Any) -> Any:
   theirs = {'params': saved['params'], 'batch_stats': saved['batch_stats']}
   diffs = shape_differences(ours, theirs)
   if diffs:
-    raise ValueError(f'config.init_from = {workdir!r}: step {step} holds another model than '
-                     'config.model builds for this data; differing parameters:\n  '
-                     + '\n  '.join(diffs[:20]))
+    raise ValueError(
+      f'config.init_from = {workdir!r}: step {step} holds another model than '
+      'config.model builds for this data; differing parameters:\n  ' + '\n  '.join(diffs[:20])
+    )
   logging.info('initialised params and batch_stats from %s step %d', workdir, step)
-  return state.replace(params=jax.tree.map(np.asarray, theirs['params']),
-                       batch_stats=jax.tree.map(np.asarray, theirs['batch_stats']))
+  return state.replace(
+    params=jax.tree.map(np.asarray, theirs['params']),
+    batch_stats=jax.tree.map(np.asarray, theirs['batch_stats']),
+  )
 
 
 class RunCheckpoints:
@@ -297,17 +316,20 @@ class RunCheckpoints:
       checkpoints.save(step, state, validation_mca=0.8)
   """
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict, *,
-               meta: Mapping[str, Any]):
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, *, meta: Mapping[str, Any]):
     check_writable(workdir)
     self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
     settings = config.checkpoint
     self._every_steps = settings.every_steps
     self._keep_best = settings.keep_best
-    self._config = config_to_json(config)
+    self._config = config_lib.to_json(config)
     self._meta = dict(meta)
-    self._manager = _manager(self.directory, keep=settings.keep, keep_best=settings.keep_best,
-                             async_save=settings.async_save)
+    self._manager = _manager(
+      self.directory,
+      keep=settings.keep,
+      keep_best=settings.keep_best,
+      async_save=settings.async_save,
+    )
     self._pending = None  # Step of an asynchronous save not yet awaited.
 
   def __enter__(self) -> 'RunCheckpoints':
@@ -326,8 +348,9 @@ class RunCheckpoints:
   def is_due(self, step: int, *, validated: bool) -> bool:
     """Save at multiples of `checkpoint.every_steps`, and after each validation
     when the best ones are kept."""
-    return bool((self._every_steps and step % self._every_steps == 0)
-                or (validated and self._keep_best))
+    return bool(
+      (self._every_steps and step % self._every_steps == 0) or (validated and self._keep_best)
+    )
 
   def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
     """The state of `step` restored onto `target`'s shardings, and the step's meta.
@@ -345,27 +368,34 @@ class RunCheckpoints:
     saved_config, meta = _read_json(self._manager, step)
     diffs = config_differences(saved_config, self._config)
     if diffs:
-      listing = '\n  '.join(f'{k}: {old!r} in the checkpoint, {new!r} now'
-                            for k, (old, new) in diffs.items())
+      listing = '\n  '.join(
+        f'{k}: {old!r} in the checkpoint, {new!r} now' for k, (old, new) in diffs.items()
+      )
       raise ValueError(
-          f'cannot resume from {self.directory} (step {step}): the config differs in '
-          f'{", ".join(diffs)}:\n  {listing}\nRun with the checkpoint\'s values, or use a new '
-          f'--workdir (config.init_from=OLD_WORKDIR starts from its weights). Keys that may '
-          f'change on resume: {", ".join(RESUMABLE_KEYS)} (and train.num_steps/num_epochs '
-          'with a constant learning rate).')
+        f'cannot resume from {self.directory} (step {step}): the config differs in '
+        f"{', '.join(diffs)}:\n  {listing}\nRun with the checkpoint's values, or use a new "
+        f'--workdir (config.init_from=OLD_WORKDIR starts from its weights). Keys that may '
+        f'change on resume: {", ".join(RESUMABLE_KEYS)} (and train.num_steps/num_epochs '
+        'with a constant learning rate).'
+      )
     metadata = self._manager.item_metadata(step)['state'].tree
-    diffs = shape_differences({'params': target.params, 'batch_stats': target.batch_stats},
-                              {'params': metadata['params'],
-                               'batch_stats': metadata['batch_stats']})
+    diffs = shape_differences(
+      {'params': target.params, 'batch_stats': target.batch_stats},
+      {'params': metadata['params'], 'batch_stats': metadata['batch_stats']},
+    )
     if diffs:
-      raise ValueError(f'cannot resume from {self.directory} (step {step}): it holds another '
-                       'model; differing parameters:\n  ' + '\n  '.join(diffs[:20]))
-    state = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))['state']
+      raise ValueError(
+        f'cannot resume from {self.directory} (step {step}): it holds another '
+        'model; differing parameters:\n  ' + '\n  '.join(diffs[:20])
+      )
+    state = self._manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    )['state']
     return state, meta
 
-  def save(self, step: int, state: Any, *, validation_mca: float | None = None,
-           train_seconds: float = 0.0) -> None:
+  def save(
+    self, step: int, state: Any, *, validation_mca: float | None = None, train_seconds: float = 0.0
+  ) -> None:
     """Saves `state` (asynchronously when `checkpoint.async_save`).
 
     Raises:
@@ -378,9 +408,16 @@ class RunCheckpoints:
     self.wait()
     self._pending = step
     with self._write_errors():
-      self._manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(self._config),
-          meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
+      self._manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          config=ocp.args.JsonSave(self._config),
+          meta=ocp.args.JsonSave(meta),
+        ),
+        metrics=metrics,
+        force=True,
+      )
 
   def wait(self) -> None:
     """Blocks until a pending asynchronous save is complete on disk."""
@@ -403,10 +440,12 @@ class RunCheckpoints:
       step, self._pending = self._pending, None
       self._manager.reload()
       raise OSError(
-          e.errno, f'could not write the checkpoint of step {step} to {self.directory} '
-          f'({e.strerror or e}). The last complete checkpoint (step '
-          f'{self._manager.latest_step()}) is intact: fix the cause (free disk space) and '
-          'run the same command to resume from it.') from e
+        e.errno,
+        f'could not write the checkpoint of step {step} to {self.directory} '
+        f'({e.strerror or e}). The last complete checkpoint (step '
+        f'{self._manager.latest_step()}) is intact: fix the cause (free disk space) and '
+        'run the same command to resume from it.',
+      ) from e
 
 
 class Preempted(SystemExit):

@@ -4,11 +4,11 @@ import runpy
 import sys
 
 COMMANDS = {
-    'train': 'care_jax.main',
-    'compare': 'care_jax.compare',
-    'experiments': 'care_jax.experiments',
-    'visualize': 'care_jax.visualize',
-    'boxes': 'care_jax.boxes',
+  'train': 'care_jax.main',
+  'compare': 'care_jax.compare',
+  'experiments': 'care_jax.experiments',
+  'visualize': 'care_jax.visualize',
+  'boxes': 'care_jax.boxes',
 }
 
 

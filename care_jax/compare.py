@@ -13,19 +13,19 @@ The pieces that run and tabulate seeds (:func:`run_seeds`, :func:`summarize`,
 :func:`load_config`) are shared with the suites of `care_jax.experiments`.
 """
 
+from collections.abc import Sequence
 import importlib.util
 import json
 import os
-from collections.abc import Sequence
 
 from absl import app
 from absl import flags
 import ml_collections
 import numpy as np
 
-from care_jax import checkpoint as checkpoint_lib
+from care_jax import boxes
 from care_jax import config as config_lib
-from care_jax import train
+from care_jax import training
 
 FLAGS = flags.FLAGS
 
@@ -34,11 +34,15 @@ def _define_flags() -> None:
   # Defined only when this module runs as the program, so that importing it
   # (as care_jax.experiments does) adds no flags that could clash.
   flags.DEFINE_string('workdir', None, 'Output directory.', required=True)
-  flags.DEFINE_list('configs', ['configs/synthetic_baseline.py', 'configs/synthetic_care.py'],
-                    'Config files to compare (each defines get_config()).')
+  flags.DEFINE_list(
+    'configs',
+    ['configs/synthetic_baseline.py', 'configs/synthetic_care.py'],
+    'Config files to compare (each defines get_config()).',
+  )
   flags.DEFINE_list('seeds', ['0'], 'Seeds (config.seed) to run each config with.')
   flags.DEFINE_multi_string(
-      'set', [], 'key=value override applied to every config, e.g. train.num_steps=200.')
+    'set', [], 'key=value override applied to every config, e.g. train.num_steps=200.'
+  )
   flags.DEFINE_string('split', 'test', 'Split whose metrics are tabulated.')
 
 
@@ -47,7 +51,8 @@ def load_config(path: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'config file {path!r} does not exist')
   spec = importlib.util.spec_from_file_location(
-      f'care_jax_config_{os.path.splitext(os.path.basename(path))[0]}', path)
+    f'care_jax_config_{os.path.splitext(os.path.basename(path))[0]}', path
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
@@ -70,10 +75,12 @@ def summarize(results: dict[str, list[dict]], split: str) -> dict[str, dict]:
   summary = {}
   for name, runs in results.items():
     summary[name] = {
-        'rare_recall': mean_std([r[split]['rare_recall'] for r in runs]),
-        'mca': mean_std([r[split]['mca'] for r in runs]),
-        'runs': [{'seed': r['seed'], 'rare_recall': r[split]['rare_recall'],
-                  'mca': r[split]['mca']} for r in runs],
+      'rare_recall': mean_std([r[split]['rare_recall'] for r in runs]),
+      'mca': mean_std([r[split]['mca'] for r in runs]),
+      'runs': [
+        {'seed': r['seed'], 'rare_recall': r[split]['rare_recall'], 'mca': r[split]['mca']}
+        for r in runs
+      ],
     }
   return summary
 
@@ -83,16 +90,17 @@ def format_stat(stat: dict[str, float | None]) -> str:
   if stat['mean'] is None:
     return 'n/a'
   if stat['std'] is None:
-    return f"{100 * stat['mean']:.2f}"
-  return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
+    return f'{100 * stat["mean"]:.2f}'
+  return f'{100 * stat["mean"]:.2f} ± {100 * stat["std"]:.2f}'
 
 
 def format_table(summary: dict[str, dict], split: str) -> str:
-  lines = [f'| method | rare recall ({split}, %) | MCA ({split}, %) | seeds |',
-           '|---|---|---|---|']
+  lines = [f'| method | rare recall ({split}, %) | MCA ({split}, %) | seeds |', '|---|---|---|---|']
   for name, s in summary.items():
     seeds = ','.join(str(r['seed']) for r in s['runs'])
-    lines.append(f"| {name} | {format_stat(s['rare_recall'])} | {format_stat(s['mca'])} | {seeds} |")
+    lines.append(
+      f'| {name} | {format_stat(s["rare_recall"])} | {format_stat(s["mca"])} | {seeds} |'
+    )
   return '\n'.join(lines)
 
 
@@ -100,18 +108,17 @@ def _check_same_config(config: ml_collections.ConfigDict, run_dir: str) -> None:
   """Refuses to reuse a finished run that was trained with another config."""
   with open(os.path.join(run_dir, 'config.json')) as f:
     previous = json.load(f)
-  current = checkpoint_lib.config_to_json(config)
-  if previous != current:
-    flat_prev = checkpoint_lib.flatten_config(previous)
-    flat_cur = checkpoint_lib.flatten_config(current)
-    differ = sorted(k for k in flat_prev.keys() | flat_cur.keys()
-                    if flat_prev.get(k) != flat_cur.get(k))
-    raise ValueError(f'{run_dir} holds a run of another config (keys that differ: '
-                     f'{differ}); use another --workdir or delete it.')
+  differ = list(config_lib.differences(previous, config_lib.to_json(config)))
+  if differ:
+    raise ValueError(
+      f'{run_dir} holds a run of another config (keys that differ: '
+      f'{differ}); use another --workdir or delete it.'
+    )
 
 
-def run_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
-              directory: str) -> list[dict]:
+def run_seeds(
+  config: ml_collections.ConfigDict, seeds: Sequence[int], directory: str
+) -> list[dict]:
   """Runs `config` once per seed in `directory/seed_<s>` unless already finished.
 
   A run is finished when its `metrics.json` exists; it is then loaded, not
@@ -132,13 +139,19 @@ def run_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
       with open(metrics_path) as f:
         metrics = json.load(f)
     else:
-      metrics = train.train_and_evaluate(seeded, run_dir)
+      metrics = training.train_and_evaluate(seeded, run_dir, boxes_fn=boxes.replace_boxes)
     runs.append({'seed': seed, **metrics})
   return runs
 
 
-def compare(config_paths: Sequence[str], seeds: Sequence[int], workdir: str, *,
-            overrides: Sequence[str] = (), split: str = 'test') -> dict[str, dict]:
+def compare(
+  config_paths: Sequence[str],
+  seeds: Sequence[int],
+  workdir: str,
+  *,
+  overrides: Sequence[str] = (),
+  split: str = 'test',
+) -> dict[str, dict]:
   """Runs every (config, seed) not yet run and returns the summary."""
   configs = {}
   for path in config_paths:
@@ -146,8 +159,9 @@ def compare(config_paths: Sequence[str], seeds: Sequence[int], workdir: str, *,
     config = config_lib.apply_overrides(load_config(path), list(overrides))
     config_lib.validate(config)  # Fail before any training, not in the 5th run.
     configs[name] = config
-  results = {name: run_seeds(config, seeds, os.path.join(workdir, name))
-             for name, config in configs.items()}
+  results = {
+    name: run_seeds(config, seeds, os.path.join(workdir, name)) for name, config in configs.items()
+  }
   summary = summarize(results, split)
   table = format_table(summary, split)
   os.makedirs(workdir, exist_ok=True)
@@ -162,8 +176,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   seeds = [int(s) for s in FLAGS.seeds]
-  summary = compare(FLAGS.configs, seeds, FLAGS.workdir, overrides=FLAGS.set,
-                    split=FLAGS.split)
+  summary = compare(FLAGS.configs, seeds, FLAGS.workdir, overrides=FLAGS.set, split=FLAGS.split)
   print(format_table(summary, FLAGS.split))
 
 

@@ -1,38 +1,223 @@
-"""The default experiment configuration and its validation.
+"""The configuration schema: every default, every check, and config diffs.
 
 Every `configs/*.py` file starts from :func:`default_config` and changes a few
 fields, so all configs share one schema: ml_collections then rejects unknown
-keys and wrongly-typed overrides on the command line, and :func:`validate`
-rejects values that are well-typed but meaningless (naming the key).
+keys and wrongly typed overrides on the command line, and :func:`validate`
+rejects values that are well typed but meaningless (naming the key). The
+library below this module (math, models, data) takes plain arguments or the
+sub-configs built here; nothing else defines a config default.
+
+Building or importing a config loads no TensorFlow: a trained model can be
+loaded (`care_jax.checkpoint.load_model`) where only JAX is installed.
+
+Example::
+
+  config = default_config()
+  config = apply_overrides(config, ['care.alpha=0.3', 'train.num_steps=200'])
+  validate(config)
 """
 
+import ast
+from collections.abc import Mapping, Sequence
+import json
+import math
 import re
 import sys
+from typing import Any
+import warnings
 
 from absl import app
 import ml_collections
 from ml_collections import config_dict
 
-from care_jax import boxes
 from care_jax import imbalance
 from care_jax import models
+from care_jax.boxes import generators as box_generators
 
 OPTIMIZERS = ('adam', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'step')
 PARALLEL = ('mesh', 'pmap')
 DTYPES = ('float32', 'bfloat16')
-ATTENTION = ('auto', 'cam', 'grad_cam')
+HEADS = ('default', *models.HEAD_NAMES)
+# The samplers of `care_jax.data.sampling` (a module that imports TensorFlow,
+# so not imported here; a test keeps the two lists equal).
+SAMPLING = ('instance', 'class_balanced', 'sqrt')
+BOX_SOURCES = ('manual', *box_generators.METHODS)
+# `data.<dataset>` parameters of the datasets read from the user's files.
+_FILES_PARAMETERS = dict(
+  split_seed=0, test_fraction=0.2, validation_fraction=0.1, skip_bad_rows=False, stored_size=512
+)
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """``config.data``: the embedded `synthetic_lesions` dataset.
+
+  Fields: ``name`` (the dataset: 'synthetic_lesions', 'folder', 'isic2018',
+  'rsna_pneumonia', 'nih_chestxray14'), ``dir`` (synthetic_lesions: the tfds
+  data_dir, None: the tfds default; the other datasets: the directory with the
+  user's files), ``cache_dir`` (those datasets' tfds data_dir, where they are
+  prepared; None: the tfds default), ``folder``, ``isic2018``,
+  ``rsna_pneumonia``, ``nih_chestxray14`` (their split and storage
+  parameters), ``image_size`` (S of the yielded images), ``rare_classes``
+  (class names; empty: the classes with boxes in train), ``mean`` and ``std``
+  (per channel, on the [0, 1] scale) and ``synthetic`` (the parameters of
+  `care_jax.data.synthetic_lesions.SyntheticLesionsConfig`). Training only:
+  ``sampling`` (`SAMPLING`), ``augment`` (:func:`default_augment_config`; off
+  by default), ``box_source`` ('manual' or a generator of `care_jax.boxes`),
+  ``boxes`` (:func:`default_box_config`) and ``box_scale`` (training boxes
+  scaled about their centres, clipped to the image).
+  """
+  return ml_collections.ConfigDict(
+    dict(
+      name='synthetic_lesions',
+      # A typed placeholder, so --config.data.dir=PATH can set it.
+      dir=config_dict.placeholder(str),
+      image_size=64,
+      rare_classes=(),
+      mean=(0.5, 0.5, 0.5),
+      std=(0.5, 0.5, 0.5),
+      synthetic=dict(
+        image_size=64,
+        train_counts=(300, 300, 40, 300, 40),
+        validation_counts=(50, 50, 50, 50, 50),
+        test_counts=(100, 100, 100, 100, 100),
+        pattern_contrast=0.3,
+        artefact=True,
+        artefact_rate_rare_train=0.9,
+        artefact_rate_common_train=0.05,
+        artefact_rate_eval=0.05,
+        seed=0,
+      ),
+      # Datasets read from the user's files (data.dir): the prepared tfds
+      # data are cached here (None: the tfds default data dir).
+      cache_dir=config_dict.placeholder(str),
+      folder=dict(_FILES_PARAMETERS),
+      # HAM10000's boxes come from its segmentation masks by default.
+      isic2018=dict(
+        split='lesion',
+        fold=1,
+        box_source='masks',
+        box_csv='boxes.csv',
+        **dict(_FILES_PARAMETERS, stored_size=600),
+      ),
+      rsna_pneumonia=dict(_FILES_PARAMETERS),
+      nih_chestxray14=dict(_FILES_PARAMETERS),
+      sampling='instance',
+      augment=default_augment_config(),
+      # CARE masks from the manual boxes or a generator of care_jax.boxes.
+      box_source='manual',
+      # The generators' settings for box_source.
+      boxes=default_box_config(),
+      # Scale every training box about its centre (the paper's Table 3).
+      box_scale=1.0,
+    )
+  )
+
+
+def default_augment_config() -> ml_collections.ConfigDict:
+  """``config.data.augment``: off, with the paper-like DA settings.
+
+  Fields: ``enabled`` (False: the baseline trains without augmentation; the
+  paper's DA rows set it True), ``rotation`` (max |degrees|), ``hflip``,
+  ``vflip``, ``brightness``, ``contrast``, ``saturation``, ``hue`` (as
+  torchvision's ``ColorJitter``; 0 disables one), ``crop_scale`` (area
+  fraction range; (1.0, 1.0) disables the crop) and ``crop_ratio`` (width /
+  height range). See `care_jax.data.augment`.
+  """
+  return ml_collections.ConfigDict(
+    dict(
+      enabled=False,
+      # Dermoscopic lesions have no canonical orientation, so any angle
+      # is a plausible image; set ~10 for chest X-rays.
+      rotation=180.0,
+      hflip=True,
+      vflip=True,
+      # Mild: lesion colour is diagnostic (and separates the
+      # synthetic_lesions classes), so hue moves by at most 5% of the
+      # circle.
+      brightness=0.2,
+      contrast=0.2,
+      saturation=0.2,
+      hue=0.05,
+      # At least half the image stays in view (torchvision's ImageNet
+      # default 0.08 would often crop the lesion out).
+      crop_scale=(0.5, 1.0),
+      crop_ratio=(3.0 / 4.0, 4.0 / 3.0),
+    )
+  )
+
+
+def default_box_config() -> ml_collections.ConfigDict:
+  """``config.data.boxes``: the generators' settings for ``data.box_source``.
+
+  ``margin``, ``largest_component`` and ``batch_size`` apply to all methods;
+  each method's sub-dict holds its own parameters (see its ``*_boxes``
+  function in `care_jax.boxes`). ``cache_dir`` (None: ``<prepared dataset
+  dir>/care_jax_boxes``) holds the generated boxes, keyed by method,
+  parameters and inputs.
+  """
+  return ml_collections.ConfigDict(
+    dict(
+      margin=0.0,
+      largest_component=True,
+      batch_size=256,
+      cache_dir=config_dict.placeholder(str),
+      otsu=dict(contrast='log_red_green', sigma=0.05, num_bins=256),
+      spectral_residual=dict(work_size=64, sigma=0.5, k=1.5),
+      grad_cam=dict(
+        stage1_workdir=config_dict.placeholder(str), which='best', fraction=0.6, attention='auto'
+      ),
+      mask=dict(masks_dir=config_dict.placeholder(str)),
+    )
+  )
+
+
+def default_loss_config() -> ml_collections.ConfigDict:
+  """``config.loss``: the classification loss and its hyperparameters.
+
+  Fields (the keywords of `care_jax.imbalance.make_classification_loss`):
+    name: one of `care_jax.imbalance.LOSS_NAMES`. 'ce'; 'weighted_ce'
+      (inverse-frequency class weights normalised to sum 1, the official CARE
+      CSL); 'focal'; 'class_balanced' (CE weighted by effective numbers);
+      'logit_adjusted'; 'balanced_softmax'; 'ldam_drw' (LDAM, re-weighted by
+      effective numbers from ``drw_start`` on).
+    gamma: focal focusing parameter (Lin et al.: 2).
+    focal_alpha: None (no class weights in the focal loss),
+      'inverse_frequency' or 'class_balanced' (effective numbers with
+      ``beta``: the class-balanced focal loss of Cui et al.).
+    beta: effective-number beta of 'class_balanced', of the DRW weights of
+      'ldam_drw' and of ``focal_alpha='class_balanced'`` (Cui et al. and
+      Cao et al.: 0.9999).
+    tau: temperature of 'logit_adjusted' (Menon et al.: 1).
+    posthoc_tau: post-hoc logit adjustment of the predictions,
+      ``argmax(z - posthoc_tau * log pi)``; 0 turns it off. Combines with any
+      loss (Menon et al.: 1 for a model trained with 'ce').
+    ldam_max_margin: largest LDAM margin, that of the rarest class (Cao et al.:
+      0.5).
+    ldam_s: LDAM logit scale (the official code: 30, on cosine logits).
+    drw_start: fraction of training after which 'ldam_drw' re-weights (Cao et
+      al.: epoch 160 of 200 = 0.8; 1 never re-weights: plain LDAM).
+  """
+  return ml_collections.ConfigDict(
+    dict(
+      name='ce',
+      gamma=2.0,
+      focal_alpha=config_dict.placeholder(str),
+      beta=0.9999,
+      tau=1.0,
+      posthoc_tau=0.0,
+      ldam_max_margin=0.5,
+      ldam_s=30.0,
+      drw_start=0.8,
+    )
+  )
 
 
 def default_config() -> ml_collections.ConfigDict:
   """CARE on `synthetic_lesions` with a tiny CNN: the schema of every config."""
   config = ml_collections.ConfigDict()
   config.seed = 0
-
-  from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  config.data = pipeline.default_data_config()
-  # The generators' settings for data.box_source (care_jax.boxes).
-  config.data.boxes = boxes.default_box_config()
+  config.data = default_data_config()
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'tiny_cnn'
@@ -55,7 +240,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   # The classification term: 'ce', 'weighted_ce' (CSL), 'focal', ... (see
   # care_jax.imbalance); combinable with CARE (care.alpha > 0).
-  config.loss = imbalance.default_loss_config()
+  config.loss = default_loss_config()
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 32  # Global batch, split over all devices.
@@ -97,68 +282,301 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
+def paper_config(
+  dataset: str, *, care: bool, lam: float = 0.7, num_epochs: float = 30.0
+) -> ml_collections.ConfigDict:
+  """The paper's recipe on `dataset`: the base of the real-data configs.
+
+  An ImageNet-pretrained ResNet-50 (pass `model.pretrained`) at 224x224 with
+  ImageNet mean/std, Adam 1e-4, batch 32, `num_epochs` epochs, validation every
+  1000 steps; CARE with alpha 0.5, tau 0.5 and `lam` (0.7 skin, 0.5 X-ray)
+  when `care`, else the CE baseline (alpha 0).
+  """
+  config = default_config()
+  config.data.name = dataset
+  config.data.image_size = 224
+  config.data.mean = models.IMAGENET_MEAN
+  config.data.std = models.IMAGENET_STD
+  config.model.name = 'resnet50'
+  config.train.optimizer = 'adam'
+  config.train.learning_rate = 1e-4
+  config.train.batch_size = 32
+  config.train.num_steps = 0
+  config.train.num_epochs = num_epochs
+  config.train.eval_every_steps = 1000
+  config.care.alpha = 0.5 if care else 0.0
+  config.care.tau = 0.5
+  config.care.lam = lam
+  return config
+
+
+# Checks ------------------------------------------------------------------------
+
+
+class _Checker:
+  """`check(ok, key, message)` raising ValueError('config.<key> = <value>: <message>')."""
+
+  def __init__(self, root: Mapping[str, Any], prefix: str = 'config.'):
+    self._root = root
+    self._prefix = prefix
+
+  def __call__(self, ok: bool, key: str, message: str) -> None:
+    if not ok:
+      raise ValueError(f'{self._prefix}{key} = {get(self._root, key)!r}: {message}')
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first key whose value makes no sense."""
-
-  def check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-      raise ValueError(f'config.{key} = {config_dict_get(config, key)!r}: {message}')
-
-  check(config.model.name in models.MODEL_NAMES, 'model.name',
-        f'must be one of {models.MODEL_NAMES}')
-  check(not config.model.pretrained or config.model.name in models.PRETRAINED_MODEL_NAMES,
-        'model.pretrained', f'needs model.name in {models.PRETRAINED_MODEL_NAMES}')
-  check(config.model.head in ('default', 'linear', 'bn_linear', 'vgg'), 'model.head',
-        "must be one of 'default', 'linear', 'bn_linear', 'vgg'")
-  check(0.0 <= config.care.alpha <= 1.0, 'care.alpha', 'must lie in [0, 1]')
-  check(config.care.tau > 0, 'care.tau', 'must be > 0')
-  check(config.care.lam >= 0, 'care.lam', 'must be >= 0')
-  check(config.care.start_step >= 0, 'care.start_step', 'must be >= 0')
-  check(config.care.attention in ATTENTION, 'care.attention', f'must be one of {ATTENTION}')
-  check(config.care.reduction in ('mean', 'sum'), 'care.reduction', "must be 'mean' or 'sum'")
-  imbalance.validate_loss_config(config.loss)
-  check(config.data.box_source in boxes.BOX_SOURCES, 'data.box_source',
-        f'must be one of {boxes.BOX_SOURCES}')
-  check(config.train.batch_size > 0, 'train.batch_size', 'must be > 0')
-  check(config.train.num_steps > 0 or config.train.num_epochs > 0, 'train.num_steps',
-        'set train.num_steps or train.num_epochs to a positive number')
-  check(config.train.optimizer in OPTIMIZERS, 'train.optimizer', f'must be one of {OPTIMIZERS}')
-  check(config.train.learning_rate > 0, 'train.learning_rate', 'must be > 0')
-  check(config.train.schedule in SCHEDULES, 'train.schedule', f'must be one of {SCHEDULES}')
-  check(config.train.warmup_steps >= 0, 'train.warmup_steps', 'must be >= 0')
-  check(all(0 < b < 1 for b in config.train.step_boundaries), 'train.step_boundaries',
-        'fractions of training strictly between 0 and 1')
-  check(config.train.log_every_steps > 0, 'train.log_every_steps', 'must be > 0')
-  check(config.train.eval_every_steps >= 0, 'train.eval_every_steps', 'must be >= 0')
-  check(config.train.eval_batch_size > 0, 'train.eval_batch_size', 'must be > 0')
-  check(config.train.max_consecutive_nonfinite >= 1, 'train.max_consecutive_nonfinite',
-        'must be >= 1')
-  check(config.checkpoint.every_steps >= 0, 'checkpoint.every_steps',
-        'must be >= 0 (0: only at the end)')
+  check = _Checker(config)
+  check(
+    config.model.name in models.MODEL_NAMES, 'model.name', f'must be one of {models.MODEL_NAMES}'
+  )
+  check(
+    not config.model.pretrained or config.model.name in models.PRETRAINED_MODEL_NAMES,
+    'model.pretrained',
+    f'needs model.name in {models.PRETRAINED_MODEL_NAMES}',
+  )
+  check(config.model.head in HEADS, 'model.head', f'must be one of {HEADS}')
+  _validate_care(check, config.care)
+  validate_loss(config.loss)
+  validate_data(config.data)
+  _validate_train(check, config.train)
+  check(
+    config.checkpoint.every_steps >= 0,
+    'checkpoint.every_steps',
+    'must be >= 0 (0: only at the end)',
+  )
   check(config.checkpoint.keep >= 1, 'checkpoint.keep', 'must be >= 1 (resuming needs one)')
   check(config.checkpoint.keep_best >= 0, 'checkpoint.keep_best', 'must be >= 0')
   check(config.parallel in PARALLEL, 'parallel', f'must be one of {PARALLEL}')
   check(config.dtype in DTYPES, 'dtype', f'must be one of {DTYPES}')
 
 
-def config_dict_get(config: ml_collections.ConfigDict, dotted_key: str):
-  """`config['a.b.c']` for a dotted key."""
+def _validate_care(check: _Checker, care: ml_collections.ConfigDict) -> None:
+  check(0.0 <= care.alpha <= 1.0, 'care.alpha', 'must lie in [0, 1]')
+  check(care.tau > 0, 'care.tau', 'must be > 0')
+  check(care.lam >= 0, 'care.lam', 'must be >= 0')
+  check(care.start_step >= 0, 'care.start_step', 'must be >= 0')
+  check(
+    care.attention in models.ATTENTION_METHODS,
+    'care.attention',
+    f'must be one of {models.ATTENTION_METHODS}',
+  )
+  check(care.reduction in ('mean', 'sum'), 'care.reduction', "must be 'mean' or 'sum'")
+
+
+def _validate_train(check: _Checker, train: ml_collections.ConfigDict) -> None:
+  check(train.batch_size > 0, 'train.batch_size', 'must be > 0')
+  check(
+    train.num_steps > 0 or train.num_epochs > 0,
+    'train.num_steps',
+    'set train.num_steps or train.num_epochs to a positive number',
+  )
+  check(train.optimizer in OPTIMIZERS, 'train.optimizer', f'must be one of {OPTIMIZERS}')
+  check(train.learning_rate > 0, 'train.learning_rate', 'must be > 0')
+  check(train.schedule in SCHEDULES, 'train.schedule', f'must be one of {SCHEDULES}')
+  check(train.warmup_steps >= 0, 'train.warmup_steps', 'must be >= 0')
+  check(
+    all(0 < b < 1 for b in train.step_boundaries),
+    'train.step_boundaries',
+    'fractions of training strictly between 0 and 1',
+  )
+  check(train.log_every_steps > 0, 'train.log_every_steps', 'must be > 0')
+  check(train.eval_every_steps >= 0, 'train.eval_every_steps', 'must be >= 0')
+  check(train.eval_batch_size > 0, 'train.eval_batch_size', 'must be > 0')
+  check(train.max_consecutive_nonfinite >= 1, 'train.max_consecutive_nonfinite', 'must be >= 1')
+
+
+def validate_loss(loss_config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first ``config.loss.<key>`` that makes no sense."""
+  check = _Checker(loss_config, 'config.loss.')
+  check(loss_config.name in imbalance.LOSS_NAMES, 'name', f'must be one of {imbalance.LOSS_NAMES}')
+  check(loss_config.gamma >= 0, 'gamma', 'must be >= 0')
+  check(
+    loss_config.focal_alpha is None or loss_config.focal_alpha in imbalance.FOCAL_ALPHAS,
+    'focal_alpha',
+    f'must be None or one of {imbalance.FOCAL_ALPHAS}',
+  )
+  check(0 <= loss_config.beta < 1, 'beta', 'must lie in [0, 1)')
+  check(loss_config.tau >= 0, 'tau', 'must be >= 0')
+  check(loss_config.posthoc_tau >= 0, 'posthoc_tau', 'must be >= 0 (0 turns it off)')
+  check(loss_config.ldam_max_margin >= 0, 'ldam_max_margin', 'must be >= 0')
+  check(loss_config.ldam_s > 0, 'ldam_s', 'must be > 0')
+  check(0 <= loss_config.drw_start <= 1, 'drw_start', 'must lie in [0, 1] (a fraction of training)')
+
+
+def validate_data(data_config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first ``data.<key>`` that makes no sense.
+
+  What depends on the dataset itself (the channels that ``mean`` and ``std``
+  must match, class names in ``rare_classes``) is checked when the dataset is
+  opened.
+  """
+  size = data_config.image_size
+  if not isinstance(size, int) or size < 1:
+    raise ValueError(f'data.image_size must be a positive int, got {size!r}.')
+  if data_config.sampling not in SAMPLING:
+    raise ValueError(f'data.sampling must be one of {SAMPLING}, got {data_config.sampling!r}.')
+  scale = data_config.box_scale
+  if not (isinstance(scale, (int, float)) and scale > 0):
+    raise ValueError(f'data.box_scale must be a positive number, got {scale!r}.')
+  if data_config.box_source not in BOX_SOURCES:
+    raise ValueError(
+      f'config.data.box_source = {data_config.box_source!r}: must be one of {BOX_SOURCES}'
+    )
+  validate_augment(data_config.augment)
+  validate_boxes(data_config.boxes)
+
+
+def validate_boxes(box_config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the ``data.boxes.<key>`` that makes no sense.
+
+  The generators check their own parameters again when they run (naming the
+  method), for the boxes of ``care-jax boxes`` whose flags override these.
+  """
+  if box_config.batch_size < 1:
+    raise ValueError(f'data.boxes.batch_size must be >= 1, got {box_config.batch_size}.')
+  if not box_config.margin >= 0.0:
+    raise ValueError(f'data.boxes.margin must be >= 0, got {box_config.margin}.')
+  contrast = box_config.otsu.contrast
+  if contrast not in box_generators.CONTRASTS:
+    raise ValueError(
+      f'data.boxes.otsu.contrast must be one of {box_generators.CONTRASTS}, got {contrast!r}.'
+    )
+  if not box_config.spectral_residual.k > 0:
+    raise ValueError(
+      f'data.boxes.spectral_residual.k must be > 0, got {box_config.spectral_residual.k}.'
+    )
+  if not 0.0 < box_config.grad_cam.fraction <= 1.0:
+    raise ValueError(
+      f'data.boxes.grad_cam.fraction must lie in (0, 1], got {box_config.grad_cam.fraction}.'
+    )
+  if box_config.grad_cam.which not in ('best', 'latest'):
+    raise ValueError(
+      f"data.boxes.grad_cam.which must be 'best' or 'latest', got {box_config.grad_cam.which!r}."
+    )
+  if box_config.grad_cam.attention not in models.ATTENTION_METHODS:
+    raise ValueError(
+      f'data.boxes.grad_cam.attention must be one of '
+      f'{models.ATTENTION_METHODS}, got {box_config.grad_cam.attention!r}.'
+    )
+
+
+_AUGMENT_BOOLS = ('enabled', 'hflip', 'vflip')
+_AUGMENT_JITTER = ('brightness', 'contrast', 'saturation', 'hue')
+_AUGMENT_RANGES = ('crop_scale', 'crop_ratio')
+
+
+def validate_augment(augment: Mapping[str, Any]) -> None:
+  """Raises ValueError naming the ``data.augment.<key>`` of an unknown field,
+  a missing one, a wrong type or a value outside its range."""
+  augment = augment.to_dict() if hasattr(augment, 'to_dict') else dict(augment)
+  valid = set(default_augment_config())
+  for problem, keys in (('unknown', set(augment) - valid), ('missing', valid - set(augment))):
+    if keys:
+      raise ValueError(f'data.augment has {problem} key(s) {sorted(keys)}; valid: {sorted(valid)}.')
+  for key in _AUGMENT_BOOLS:
+    if not isinstance(augment[key], bool):
+      raise ValueError(f'data.augment.{key} must be a bool, got {augment[key]!r}.')
+  rotation = augment['rotation']
+  if not isinstance(rotation, (int, float)) or not 0 <= rotation <= 180:
+    raise ValueError(f'data.augment.rotation must lie in [0, 180] degrees, got {rotation!r}.')
+  for key in _AUGMENT_JITTER:
+    value = augment[key]
+    high = 0.5 if key == 'hue' else math.inf
+    if not isinstance(value, (int, float)) or not 0 <= value <= high:
+      bound = '[0, 0.5]' if key == 'hue' else '>= 0'
+      raise ValueError(f'data.augment.{key} must be {bound}, got {value!r}.')
+  for key in _AUGMENT_RANGES:
+    value = augment[key]
+    if (
+      not isinstance(value, Sequence)
+      or len(value) != 2
+      or not all(isinstance(v, (int, float)) for v in value)
+    ):
+      raise ValueError(f'data.augment.{key} must be a pair (min, max), got {value!r}.')
+    low, high = float(value[0]), float(value[1])
+    if not 0.0 < low <= high or (key == 'crop_scale' and high > 1.0):
+      bound = '0 < min <= max <= 1' if key == 'crop_scale' else '0 < min <= max'
+      raise ValueError(f'data.augment.{key} must satisfy {bound}, got {value!r}.')
+
+
+# Reading, writing and comparing configs ---------------------------------------
+
+
+def get(config: Mapping[str, Any], dotted_key: str) -> Any:
+  """``config['a']['b']['c']`` for the dotted key ``'a.b.c'``."""
   value = config
   for part in dotted_key.split('.'):
     value = value[part]
   return value
 
 
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: list[str]) -> ml_collections.ConfigDict:
+def to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as plain JSON values (tuples become lists), as runs save it."""
+  return json.loads(config.to_json_best_effort())
+
+
+def from_json(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """The default config updated with a saved one (`to_json`; lists back to tuples).
+
+  Keys the saved config lacks (added to the schema later) keep their
+  defaults, so the runs of older versions load.
+  """
+
+  def merge(node: ml_collections.ConfigDict, values: Mapping[str, Any]) -> None:
+    for key, value in values.items():
+      if isinstance(value, Mapping) and isinstance(node.get(key), ml_collections.ConfigDict):
+        merge(node[key], value)
+      else:
+        with node.ignore_type():
+          node[key] = tuple(value) if isinstance(value, list) else value
+
+  config = default_config()
+  merge(config, saved)
+  return config
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  """``{dotted key: value}`` of a nested (JSON) config."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def differences(
+  first: Mapping[str, Any], second: Mapping[str, Any], *, ignore: Sequence[str] = ()
+) -> dict[str, tuple[Any, Any]]:
+  """``{dotted key: (first value, second value)}`` of the keys whose values differ.
+
+  Both are nested JSON dicts (`to_json`). A key missing on one side counts
+  as different (value ``'<missing>'``). Keys equal to or below a key of
+  `ignore` are left out.
+  """
+  flat_first, flat_second = flatten(first), flatten(second)
+  diffs = {}
+  for key in sorted(set(flat_first) | set(flat_second)):
+    if any(key == k or key.startswith(k + '.') for k in ignore):
+      continue
+    old, new = flat_first.get(key, '<missing>'), flat_second.get(key, '<missing>')
+    if old != new:
+      diffs[key] = (old, new)
+  return diffs
+
+
+def apply_overrides(
+  config: ml_collections.ConfigDict, overrides: Sequence[str]
+) -> ml_collections.ConfigDict:
   """Applies `key=value` strings (as on the command line) to a copy of config.
 
   Values are parsed as Python literals when they can be (`0.3`, `True`,
   `(0.5, 0.75)`) and kept as strings otherwise; ml_collections then enforces
   the field's type, and unknown keys raise KeyError naming the key.
   """
-  import ast  # pylint: disable=g-import-not-at-top
-
   config = config.copy_and_resolve_references()
   for override in overrides:
     key, sep, raw = override.partition('=')
@@ -170,7 +588,7 @@ def apply_overrides(config: ml_collections.ConfigDict,
       value = raw
     *parents, leaf = key.split('.')
     try:
-      node = config_dict_get(config, '.'.join(parents)) if parents else config
+      node = get(config, '.'.join(parents)) if parents else config
     except (KeyError, TypeError):  # A missing or non-dict parent.
       node = None
     if not isinstance(node, config_dict.ConfigDict) or leaf not in node:
@@ -201,38 +619,26 @@ def parse_flags(argv: list[str]) -> list[str]:
       message = message.args[0]
     name, _, hint = str(message).partition('\n')
     name = name.strip('\'"')
-    given = [arg.split('=', 1)[0] for arg in argv[1:]
-             if re.match(rf'--?(no)?\w+\.([\w.]*\.)?{re.escape(name)}(=|\.|$)', arg)]
+    given = [
+      arg.split('=', 1)[0]
+      for arg in argv[1:]
+      if re.match(rf'--?(no)?\w+\.([\w.]*\.)?{re.escape(name)}(=|\.|$)', arg)
+    ]
     if not given:  # Not an override of ours (e.g. a bug in a config file).
       raise
-    sys.stderr.write(f'FATAL Flags parsing error: unknown config key {name!r} in '
-                     f'{", ".join(given)}. {hint}\n'
-                     'Pass --helpshort or --helpfull to see help on flags.\n')
+    sys.stderr.write(
+      f'FATAL Flags parsing error: unknown config key {name!r} in '
+      f'{", ".join(given)}. {hint}\n'
+      'Pass --helpshort or --helpfull to see help on flags.\n'
+    )
     sys.exit(1)
 
 
-def paper_config(dataset: str, *, care: bool, lam: float = 0.7,
-                 num_epochs: float = 30.0) -> ml_collections.ConfigDict:
-  """The paper's recipe on `dataset`: the base of the real-data configs.
-
-  An ImageNet-pretrained ResNet-50 (pass `model.pretrained`) at 224x224 with
-  ImageNet mean/std, Adam 1e-4, batch 32, `num_epochs` epochs, validation every
-  1000 steps; CARE with alpha 0.5, tau 0.5 and `lam` (0.7 skin, 0.5 X-ray)
-  when `care`, else the CE baseline (alpha 0).
-  """
-  config = default_config()
-  config.data.name = dataset
-  config.data.image_size = 224
-  config.data.mean = models.IMAGENET_MEAN
-  config.data.std = models.IMAGENET_STD
-  config.model.name = 'resnet50'
-  config.train.optimizer = 'adam'
-  config.train.learning_rate = 1e-4
-  config.train.batch_size = 32
-  config.train.num_steps = 0
-  config.train.num_epochs = num_epochs
-  config.train.eval_every_steps = 1000
-  config.care.alpha = 0.5 if care else 0.0
-  config.care.tau = 0.5
-  config.care.lam = lam
-  return config
+def config_dict_get(config: Mapping[str, Any], dotted_key: str) -> Any:
+  """Deprecated alias of :func:`get` (removed in 0.3)."""
+  warnings.warn(
+    'care_jax.config.config_dict_get is deprecated: use care_jax.config.get',
+    DeprecationWarning,
+    stacklevel=2,
+  )
+  return get(config, dotted_key)

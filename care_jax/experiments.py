@@ -27,10 +27,10 @@ paired CARE+X vs X comparisons), `WORKDIR/report.json` and a bar chart
 `WORKDIR/report.png`.
 """
 
+from collections.abc import Sequence
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
 
 from absl import app
 from absl import flags
@@ -44,8 +44,9 @@ from care_jax import config as config_lib
 
 FLAGS = flags.FLAGS
 # The repository's configs/default.py (this package's sibling).
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               'configs', 'default.py')
+_DEFAULT_CONFIG = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'default.py'
+)
 
 _BASELINE = ('care.alpha=0.0',)
 _CARE = ('care.alpha=0.5',)  # The paper's alpha.
@@ -60,13 +61,14 @@ class Suite:
     rows: row name -> config overrides (`key=value`, as on the command line).
     pairs: (control, treatment) row names compared seed by seed.
   """
+
   description: str
   rows: dict[str, tuple[str, ...]]
   pairs: tuple[tuple[str, str], ...]
 
 
 def _with_and_without_care(
-    methods: dict[str, tuple[str, ...]],
+  methods: dict[str, tuple[str, ...]],
 ) -> tuple[dict[str, tuple[str, ...]], tuple[tuple[str, str], ...]]:
   """Rows X (alpha 0) and CARE+X (alpha 0.5) per method, X vs CARE+X pairs."""
   rows, pairs = {}, []
@@ -83,61 +85,77 @@ def _suite(description: str, methods: dict[str, tuple[str, ...]]) -> Suite:
   return Suite(description, rows, pairs)
 
 
-def _against_baseline(description: str, baseline: str,
-                      variants: dict[str, tuple[str, ...]]) -> Suite:
+def _against_baseline(
+  description: str, baseline: str, variants: dict[str, tuple[str, ...]]
+) -> Suite:
   rows = {baseline: _BASELINE, **variants}
   return Suite(description, rows, tuple((baseline, name) for name in variants))
 
 
 _TABLE1 = {
-    'baseline': (),
-    'CSL': ('loss.name=weighted_ce',),
-    'FL': ('loss.name=focal',),
-    'DA': ('data.augment.enabled=True', 'data.sampling=class_balanced'),
+  'baseline': (),
+  'CSL': ('loss.name=weighted_ce',),
+  'FL': ('loss.name=focal',),
+  'DA': ('data.augment.enabled=True', 'data.sampling=class_balanced'),
 }
 _MODERN = {
-    'baseline': (),
-    'LA': ('loss.name=logit_adjusted',),
-    'LA-posthoc': ('loss.posthoc_tau=1.0',),
-    'BS': ('loss.name=balanced_softmax',),
-    'LDAM-DRW': ('loss.name=ldam_drw',),
-    'CB': ('loss.name=class_balanced',),
+  'baseline': (),
+  'LA': ('loss.name=logit_adjusted',),
+  'LA-posthoc': ('loss.posthoc_tau=1.0',),
+  'BS': ('loss.name=balanced_softmax',),
+  'LDAM-DRW': ('loss.name=ldam_drw',),
+  'CB': ('loss.name=class_balanced',),
 }
 BACKBONES = ('resnet18', 'resnet50', 'resnet152', 'vgg19')
 BOX_SCALES = (0.7, 0.9, 1.0, 1.1, 1.3)
 ALPHAS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
 
 SUITES: dict[str, Suite] = {
-    'table1': _suite('CARE crossed with CSL, focal loss and data augmentation (paper Table 1)',
-                     _TABLE1),
-    'modern': _suite('CARE next to logit adjustment, balanced softmax, LDAM-DRW and '
-                     'class-balanced CE', _MODERN),
-    'backbones': _suite('Backbones with and without CARE (paper Table 2)',
-                        {m: (f'model.name={m}',) for m in BACKBONES}),
-    'box_scale': _against_baseline(
-        'CARE with boxes scaled about their centres (paper Table 3)', 'baseline',
-        {f'CARE-box{s}': (*_CARE, f'data.box_scale={s}') for s in BOX_SCALES}),
-    'alpha': _against_baseline(
-        "CARE's alpha, the weight of the attention loss (paper Table 4)", 'alpha_0.0',
-        {f'alpha_{a}': (f'care.alpha={a}',) for a in ALPHAS if a > 0}),
-    'smoke': _suite('Baseline and CARE (CI smoke test)', {'baseline': ()}),
+  'table1': _suite(
+    'CARE crossed with CSL, focal loss and data augmentation (paper Table 1)', _TABLE1
+  ),
+  'modern': _suite(
+    'CARE next to logit adjustment, balanced softmax, LDAM-DRW and class-balanced CE', _MODERN
+  ),
+  'backbones': _suite(
+    'Backbones with and without CARE (paper Table 2)', {m: (f'model.name={m}',) for m in BACKBONES}
+  ),
+  'box_scale': _against_baseline(
+    'CARE with boxes scaled about their centres (paper Table 3)',
+    'baseline',
+    {f'CARE-box{s}': (*_CARE, f'data.box_scale={s}') for s in BOX_SCALES},
+  ),
+  'alpha': _against_baseline(
+    "CARE's alpha, the weight of the attention loss (paper Table 4)",
+    'alpha_0.0',
+    {f'alpha_{a}': (f'care.alpha={a}',) for a in ALPHAS if a > 0},
+  ),
+  'smoke': _suite('Baseline and CARE (CI smoke test)', {'baseline': ()}),
 }
 
 # The paper's own numbers (Zhuang et al., MIDL 2019, Table 1): row -> (rare-class
 # recall %, MCA %).
 PAPER_RESULTS: dict[str, dict[str, tuple[float, float]]] = {
-    'rsna_pneumonia': {
-        'baseline': (7.41, 56.77), 'CARE': (31.12, 63.29),
-        'CSL': (11.11, 57.88), 'CARE+CSL': (45.04, 65.23),
-        'FL': (11.14, 58.41), 'CARE+FL': (49.44, 66.72),
-        'DA': (20.06, 59.64), 'CARE+DA': (45.18, 65.97),
-    },
-    'isic2018': {
-        'baseline': (47.83, 75.75), 'CARE': (52.17, 76.16),
-        'CSL': (61.91, 80.21), 'CARE+CSL': (65.22, 81.00),
-        'FL': (38.30, 72.72), 'CARE+FL': (40.28, 74.06),
-        'DA': (56.62, 54.41), 'CARE+DA': (60.32, 56.22),
-    },
+  'rsna_pneumonia': {
+    'baseline': (7.41, 56.77),
+    'CARE': (31.12, 63.29),
+    'CSL': (11.11, 57.88),
+    'CARE+CSL': (45.04, 65.23),
+    'FL': (11.14, 58.41),
+    'CARE+FL': (49.44, 66.72),
+    'DA': (20.06, 59.64),
+    'CARE+DA': (45.18, 65.97),
+  },
+  'isic2018': {
+    'baseline': (47.83, 75.75),
+    'CARE': (52.17, 76.16),
+    'CSL': (61.91, 80.21),
+    'CARE+CSL': (65.22, 81.00),
+    'FL': (38.30, 72.72),
+    'CARE+FL': (40.28, 74.06),
+    'DA': (56.62, 54.41),
+    'CARE+DA': (60.32, 56.22),
+  },
 }
 
 _METRICS = (('rare_recall', 'rare recall'), ('mca', 'MCA'))
@@ -151,8 +169,9 @@ def parse_seeds(text: str) -> list[int]:
     else:
       seeds = list(range(int(text)))
   except ValueError:
-    raise ValueError(f'--seeds={text!r}: give a number of seeds N (seeds 0..N-1) or a comma '
-                     'list of seeds') from None
+    raise ValueError(
+      f'--seeds={text!r}: give a number of seeds N (seeds 0..N-1) or a comma list of seeds'
+    ) from None
   if not seeds:
     raise ValueError(f'--seeds={text!r}: no seeds to run')
   if len(set(seeds)) != len(seeds):
@@ -169,13 +188,18 @@ def select_rows(suite_name: str, rows: Sequence[str] | None = None) -> dict[str,
     return dict(suite_rows)
   unknown = [r for r in rows if r not in suite_rows]
   if unknown:
-    raise ValueError(f'suite {suite_name!r} has no rows {unknown}; its rows: '
-                     f'{", ".join(suite_rows)}')
+    raise ValueError(
+      f'suite {suite_name!r} has no rows {unknown}; its rows: {", ".join(suite_rows)}'
+    )
   return {name: overrides for name, overrides in suite_rows.items() if name in rows}
 
 
-def row_configs(base_config: ml_collections.ConfigDict, rows: dict[str, tuple[str, ...]], *,
-                pretrained: dict[str, str] | None = None) -> dict[str, ml_collections.ConfigDict]:
+def row_configs(
+  base_config: ml_collections.ConfigDict,
+  rows: dict[str, tuple[str, ...]],
+  *,
+  pretrained: dict[str, str] | None = None,
+) -> dict[str, ml_collections.ConfigDict]:
   """Row name -> validated config: `base_config` with the row's overrides.
 
   `pretrained` maps a model name to a local weights file, set as
@@ -217,14 +241,22 @@ def paired_comparison(control: Sequence[dict], treatment: Sequence[dict]) -> dic
   p_value = None
   if diffs.size >= 2 and np.ptp(diffs) > 1e-12:
     p_value = float(stats.ttest_rel(treat, ctrl).pvalue)
-  return {'seeds': seeds,
-          'mean_difference': float(diffs.mean()) if diffs.size else None,
-          'p_value': p_value, 'wins': int(np.sum(diffs > 0))}
+  return {
+    'seeds': seeds,
+    'mean_difference': float(diffs.mean()) if diffs.size else None,
+    'p_value': p_value,
+    'wins': int(np.sum(diffs > 0)),
+  }
 
 
-def build_report(suite_name: str, rows: dict[str, tuple[str, ...]],
-                 results: dict[str, list[dict]], *, dataset: str,
-                 split: str = 'test') -> dict:
+def build_report(
+  suite_name: str,
+  rows: dict[str, tuple[str, ...]],
+  results: dict[str, list[dict]],
+  *,
+  dataset: str,
+  split: str = 'test',
+) -> dict:
   """The JSON-ready report of finished runs (`results`: row -> [{'seed', **metrics}])."""
   summary = compare.summarize(results, split)
   paper = PAPER_RESULTS.get(dataset, {})
@@ -232,22 +264,36 @@ def build_report(suite_name: str, rows: dict[str, tuple[str, ...]],
   for name, overrides in rows.items():
     published = paper.get(name)
     report_rows[name] = {
-        **summary[name], 'overrides': list(overrides),
-        'paper': None if published is None else {
-            'rare_recall': published[0] / 100, 'mca': published[1] / 100}}
-  pairs = [{'control': c, 'treatment': t,
-            **paired_comparison(summary[c]['runs'], summary[t]['runs'])}
-           for c, t in SUITES[suite_name].pairs if c in rows and t in rows]
+      **summary[name],
+      'overrides': list(overrides),
+      'paper': None
+      if published is None
+      else {'rare_recall': published[0] / 100, 'mca': published[1] / 100},
+    }
+  pairs = [
+    {'control': c, 'treatment': t, **paired_comparison(summary[c]['runs'], summary[t]['runs'])}
+    for c, t in SUITES[suite_name].pairs
+    if c in rows and t in rows
+  ]
   seeds = sorted({r['seed'] for runs in results.values() for r in runs})
-  return {'suite': suite_name, 'description': SUITES[suite_name].description,
-          'dataset': dataset, 'split': split, 'seeds': seeds,
-          'rows': report_rows, 'pairs': pairs}
+  return {
+    'suite': suite_name,
+    'description': SUITES[suite_name].description,
+    'dataset': dataset,
+    'split': split,
+    'seeds': seeds,
+    'rows': report_rows,
+    'pairs': pairs,
+  }
 
 
 def _best(report_rows: dict, metric: str) -> set[str]:
   """Rows whose mean (at the shown precision) is the highest."""
-  shown = {name: round(100 * row[metric]['mean'], 2) for name, row in report_rows.items()
-           if row[metric]['mean'] is not None}
+  shown = {
+    name: round(100 * row[metric]['mean'], 2)
+    for name, row in report_rows.items()
+    if row[metric]['mean'] is not None
+  }
   top = max(shown.values(), default=None)
   return {name for name, value in shown.items() if value == top}
 
@@ -259,12 +305,16 @@ def format_report(report: dict) -> str:
   best = {metric: _best(rows, metric) for metric, _ in _METRICS}
   split = report['split']
   lines = [
-      f"# Suite `{report['suite']}` on `{report['dataset']}`", '',
-      f"{report['description']}. Split `{split}`, seeds {', '.join(map(str, report['seeds']))}. "
-      'Rare-class recall and MCA (mean class accuracy) in %: mean ± sample standard '
-      'deviation over seeds; the best mean in bold.'
-      + (" Paper: the numbers published by Zhuang et al. (MIDL 2019, Table 1)." if with_paper
-         else ''), '']
+    f'# Suite `{report["suite"]}` on `{report["dataset"]}`',
+    '',
+    f'{report["description"]}. Split `{split}`, seeds {", ".join(map(str, report["seeds"]))}. '
+    'Rare-class recall and MCA (mean class accuracy) in %: mean ± sample standard '
+    'deviation over seeds; the best mean in bold.'
+    + (
+      ' Paper: the numbers published by Zhuang et al. (MIDL 2019, Table 1).' if with_paper else ''
+    ),
+    '',
+  ]
   header = ['method', f'rare recall ({split}, %)', f'MCA ({split}, %)']
   if with_paper:
     header += ['paper rare recall (%)', 'paper MCA (%)']
@@ -276,24 +326,31 @@ def format_report(report: dict) -> str:
       cells.append(f'**{text}**' if name in best[metric] else text)
     if with_paper:
       paper = row['paper']
-      cells += ['–', '–'] if paper is None else [
-          f"{100 * paper[metric]:.2f}" for metric, _ in _METRICS]
+      cells += (
+        ['–', '–'] if paper is None else [f'{100 * paper[metric]:.2f}' for metric, _ in _METRICS]
+      )
     cells.append(str(sum(r['rare_recall'] is not None for r in row['runs'])))
     lines.append('| ' + ' | '.join(cells) + ' |')
   if report['pairs']:
     lines += [
-        '', '## Paired comparisons (rare-class recall, same seeds)', '',
-        'Difference treatment − control in percentage points, averaged over the seeds both '
-        'rows ran; p: two-sided paired t-test (`scipy.stats.ttest_rel`), n/a for one seed or '
-        'a constant difference; wins: seeds where the treatment has the higher rare recall.', '',
-        '| treatment vs control | seeds | mean difference (pp) | p | wins |',
-        '|---|---|---|---|---|']
+      '',
+      '## Paired comparisons (rare-class recall, same seeds)',
+      '',
+      'Difference treatment − control in percentage points, averaged over the seeds both '
+      'rows ran; p: two-sided paired t-test (`scipy.stats.ttest_rel`), n/a for one seed or '
+      'a constant difference; wins: seeds where the treatment has the higher rare recall.',
+      '',
+      '| treatment vs control | seeds | mean difference (pp) | p | wins |',
+      '|---|---|---|---|---|',
+    ]
     for pair in report['pairs']:
       diff, p_value, n = pair['mean_difference'], pair['p_value'], len(pair['seeds'])
       diff = 'n/a' if diff is None else f'{100 * diff:+.2f}'
       p_value = 'n/a' if p_value is None else f'{p_value:.3g}'
-      lines.append(f"| {pair['treatment']} vs {pair['control']} | {n} | {diff} | {p_value} | "
-                   f"{pair['wins']}/{n} |")
+      lines.append(
+        f'| {pair["treatment"]} vs {pair["control"]} | {n} | {diff} | {p_value} | '
+        f'{pair["wins"]}/{n} |'
+      )
   lines += ['', '## Rows', '', '| method | overrides |', '|---|---|']
   for name, row in rows.items():
     overrides = ', '.join(f'`{o}`' for o in row['overrides']) or '(base config)'
@@ -304,6 +361,7 @@ def format_report(report: dict) -> str:
 def plot_report(report: dict, path: str) -> None:
   """Bar chart of rare recall and MCA per row (std error bars, paper values as markers)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
@@ -317,16 +375,27 @@ def plot_report(report: dict, path: str) -> None:
     errors = [100 * (s['std'] or 0.0) for s in row_stats]
     offset = (i - 0.5) * width
     ax.bar(x + offset, means, width, yerr=errors, capsize=3, label=label)
-    paper = [(j, 100 * report['rows'][n]['paper'][metric]) for j, n in enumerate(names)
-             if report['rows'][n]['paper']]
+    paper = [
+      (j, 100 * report['rows'][n]['paper'][metric])
+      for j, n in enumerate(names)
+      if report['rows'][n]['paper']
+    ]
     if paper:
-      ax.scatter([j + offset for j, _ in paper], [v for _, v in paper], marker='x',
-                 color='black', zorder=3, label=f'paper {label}')
+      ax.scatter(
+        [j + offset for j, _ in paper],
+        [v for _, v in paper],
+        marker='x',
+        color='black',
+        zorder=3,
+        label=f'paper {label}',
+      )
   ax.set_xticks(x, names, rotation=30, ha='right')
-  ax.set_ylabel(f"{report['split']} split (%)")
+  ax.set_ylabel(f'{report["split"]} split (%)')
   ax.set_ylim(0, 100)
-  ax.set_title(f"{report['suite']} on {report['dataset']} "
-               f"({len(report['seeds'])} seed{'s' if len(report['seeds']) > 1 else ''})")
+  ax.set_title(
+    f'{report["suite"]} on {report["dataset"]} '
+    f'({len(report["seeds"])} seed{"s" if len(report["seeds"]) > 1 else ""})'
+  )
   ax.legend(fontsize='small')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -343,9 +412,16 @@ def write_report(report: dict, workdir: str) -> None:
   plot_report(report, os.path.join(workdir, 'report.png'))
 
 
-def run_suite(suite_name: str, base_config: ml_collections.ConfigDict, seeds: Sequence[int],
-              workdir: str, *, rows: Sequence[str] | None = None, split: str = 'test',
-              pretrained: dict[str, str] | None = None) -> dict:
+def run_suite(
+  suite_name: str,
+  base_config: ml_collections.ConfigDict,
+  seeds: Sequence[int],
+  workdir: str,
+  *,
+  rows: Sequence[str] | None = None,
+  split: str = 'test',
+  pretrained: dict[str, str] | None = None,
+) -> dict:
   """Runs every (row, seed) not yet finished, writes the report and returns it.
 
   Args:
@@ -363,8 +439,7 @@ def run_suite(suite_name: str, base_config: ml_collections.ConfigDict, seeds: Se
   for name, config in configs.items():
     logging.info('suite %s: row %s, seeds %s', suite_name, name, list(seeds))
     results[name] = compare.run_seeds(config, seeds, os.path.join(workdir, name))
-  report = build_report(suite_name, selected, results, dataset=base_config.data.name,
-                        split=split)
+  report = build_report(suite_name, selected, results, dataset=base_config.data.name, split=split)
   write_report(report, workdir)
   return report
 
@@ -373,18 +448,27 @@ def _define_flags() -> None:
   # Defined only when this module runs as the program: importing it (tests,
   # notebooks) adds no flags that could clash with other entry points.
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
   flags.DEFINE_enum('suite', None, list(SUITES), 'The suite to run.', required=True)
-  flags.DEFINE_string('workdir', None, 'Output directory of the runs and the report.',
-                      required=True)
-  flags.DEFINE_string('seeds', '3', 'N (seeds 0..N-1) or a comma list of seeds, e.g. 0,5,7 '
-                      '(a single seed s: "s,").')
+  flags.DEFINE_string(
+    'workdir', None, 'Output directory of the runs and the report.', required=True
+  )
+  flags.DEFINE_string(
+    'seeds', '3', 'N (seeds 0..N-1) or a comma list of seeds, e.g. 0,5,7 (a single seed s: "s,").'
+  )
   flags.DEFINE_list('rows', [], 'Run only these rows of the suite (default: all).')
   flags.DEFINE_string('split', 'test', "Split reported: 'test' or 'validation'.")
-  flags.DEFINE_multi_string('pretrained', [], 'MODEL=PATH: local weights for the rows '
-                            'whose model.name is MODEL (repeat per model).')
-  config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG,
-                                  'Base config file; --config.a.b=value overrides it.',
-                                  lock_config=True)
+  flags.DEFINE_multi_string(
+    'pretrained',
+    [],
+    'MODEL=PATH: local weights for the rows whose model.name is MODEL (repeat per model).',
+  )
+  config_flags.DEFINE_config_file(
+    'config',
+    _DEFAULT_CONFIG,
+    'Base config file; --config.a.b=value overrides it.',
+    lock_config=True,
+  )
 
 
 def main(argv):
@@ -400,8 +484,15 @@ def main(argv):
     seeds = parse_seeds(FLAGS.seeds)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  report = run_suite(FLAGS.suite, FLAGS.config, seeds, FLAGS.workdir, rows=FLAGS.rows,
-                     split=FLAGS.split, pretrained=pretrained)
+  report = run_suite(
+    FLAGS.suite,
+    FLAGS.config,
+    seeds,
+    FLAGS.workdir,
+    rows=FLAGS.rows,
+    split=FLAGS.split,
+    pretrained=pretrained,
+  )
   print(format_report(report))
 
 

@@ -15,7 +15,7 @@ constants: :func:`class_balanced_weights` (Cui et al. 2019, effective number
 of samples) and :func:`class_priors`.
 
 :func:`make_classification_loss` builds the classification term of the train
-step from ``config.loss`` (:func:`default_loss_config`): a
+step from a loss name (:data:`LOSS_NAMES`) and keyword hyperparameters: a
 :class:`ClassificationLoss` that returns per-example ``(values, weights)``
 whose batch loss is ``sum(weights * values) / sum(weights)``. Class weights
 always enter through ``weights``, i.e. as a weighted mean (PyTorch's
@@ -25,63 +25,69 @@ single-device loss and the scale of the classification term next to CARE's
 attention loss stays that of a mean.
 """
 
+from collections.abc import Callable, Mapping
 import dataclasses
 import functools
-from collections.abc import Callable
+import warnings
 
 import jax
 import jax.numpy as jnp
-import ml_collections
-import numpy as np
 from jax.typing import ArrayLike
-from ml_collections import config_dict
+import numpy as np
 
+from care_jax import _checks
+from care_jax import _numerics
 from care_jax import losses
 
 __all__ = [
-    'ClassificationLoss',
-    'FOCAL_ALPHAS',
-    'LOSS_NAMES',
-    'balanced_softmax_loss',
-    'class_balanced_weights',
-    'class_priors',
-    'default_loss_config',
-    'drw_weights',
-    'focal_loss',
-    'ldam_loss',
-    'ldam_margins',
-    'logit_adjusted_loss',
-    'make_classification_loss',
-    'posthoc_logit_adjustment',
-    'validate_loss_config',
+  'ClassificationLoss',
+  'FOCAL_ALPHAS',
+  'LOSS_NAMES',
+  'balanced_softmax_loss',
+  'class_balanced_weights',
+  'class_priors',
+  'default_loss_config',
+  'drw_weights',
+  'focal_loss',
+  'ldam_loss',
+  'ldam_margins',
+  'logit_adjusted_loss',
+  'make_classification_loss',
+  'posthoc_logit_adjustment',
+  'validate_loss_config',
 ]
 
-LOSS_NAMES = ('ce', 'weighted_ce', 'focal', 'class_balanced', 'logit_adjusted',
-              'balanced_softmax', 'ldam_drw')
+LOSS_NAMES = (
+  'ce',
+  'weighted_ce',
+  'focal',
+  'class_balanced',
+  'logit_adjusted',
+  'balanced_softmax',
+  'ldam_drw',
+)
 # Per-class alpha of the focal loss, by name (None: no class weighting).
 FOCAL_ALPHAS = ('inverse_frequency', 'class_balanced')
 
 
 def _float_logits(logits: ArrayLike) -> jax.Array:
   logits = jnp.asarray(logits)
-  return logits.astype(losses._compute_dtype(logits))  # pylint: disable=protected-access
+  return logits.astype(_numerics.compute_dtype(logits))
 
 
 def _class_vector(name: str, value: ArrayLike, logits: jax.Array) -> jax.Array:
   """A [K] per-class constant, checked against [B, K] logits."""
   value = jnp.asarray(value)
   if logits.ndim != 2 or value.shape != logits.shape[1:]:
-    raise ValueError(f'{name} must have shape [K] = ({logits.shape[-1]},) for logits of '
-                     f'shape [B, K] = {logits.shape}, got shape {value.shape}.')
+    raise ValueError(
+      f'{name} must have shape [K] = ({logits.shape[-1]},) for logits of '
+      f'shape [B, K] = {logits.shape}, got shape {value.shape}.'
+    )
   return value.astype(logits.dtype)
 
 
 def focal_loss(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    *,
-    gamma: float = 2.0,
-    alpha: ArrayLike | None = None,
+  logits: ArrayLike, labels: ArrayLike, *, gamma: float = 2.0, alpha: ArrayLike | None = None
 ) -> jax.Array:
   """Per-example softmax focal loss.
 
@@ -126,11 +132,7 @@ def focal_loss(
 
 
 def logit_adjusted_loss(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    *,
-    class_priors: ArrayLike,
-    tau: float = 1.0,
+  logits: ArrayLike, labels: ArrayLike, *, class_priors: ArrayLike, tau: float = 1.0
 ) -> jax.Array:
   """Per-example logit-adjusted softmax cross-entropy.
 
@@ -165,10 +167,7 @@ def logit_adjusted_loss(
 
 
 def posthoc_logit_adjustment(
-    logits: ArrayLike,
-    *,
-    class_priors: ArrayLike,
-    tau: float = 1.0,
+  logits: ArrayLike, *, class_priors: ArrayLike, tau: float = 1.0
 ) -> jax.Array:
   """Post-hoc logit adjustment for prediction: ``z - tau * log pi``.
 
@@ -199,10 +198,7 @@ def posthoc_logit_adjustment(
 
 
 def balanced_softmax_loss(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    *,
-    class_counts: ArrayLike,
+  logits: ArrayLike, labels: ArrayLike, *, class_counts: ArrayLike
 ) -> jax.Array:
   """Per-example balanced softmax cross-entropy.
 
@@ -235,11 +231,7 @@ def balanced_softmax_loss(
 
 
 def ldam_loss(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    *,
-    margins: ArrayLike,
-    s: float = 30.0,
+  logits: ArrayLike, labels: ArrayLike, *, margins: ArrayLike, s: float = 30.0
 ) -> jax.Array:
   """Per-example label-distribution-aware margin (LDAM) loss.
 
@@ -275,11 +267,7 @@ def ldam_loss(
 
 
 def drw_weights(
-    labels: ArrayLike,
-    step: ArrayLike,
-    *,
-    class_weights: ArrayLike,
-    start_step: int,
+  labels: ArrayLike, step: ArrayLike, *, class_weights: ArrayLike, start_step: int
 ) -> jax.Array:
   """Deferred re-weighting: ``w[y_i]`` from ``start_step`` on, 1 before.
 
@@ -310,19 +298,6 @@ def drw_weights(
   return jnp.where(jnp.asarray(step) >= start_step, weights, jnp.ones_like(weights))
 
 
-def _positive_counts(class_counts: ArrayLike) -> np.ndarray:
-  counts = np.asarray(class_counts, dtype=np.float64)
-  if counts.ndim != 1 or counts.size == 0:
-    raise ValueError(
-        f'class_counts must be a non-empty 1-D array [K], got shape {counts.shape}.')
-  bad = np.flatnonzero(~(counts > 0))
-  if bad.size:
-    raise ValueError(
-        f'class_counts must be positive; class index {int(bad[0])} has count '
-        f'{counts[bad[0]]} (all non-positive classes: {bad.tolist()}).')
-  return counts
-
-
 def class_balanced_weights(class_counts: ArrayLike, *, beta: float = 0.9999) -> np.ndarray:
   """Class weights from the effective number of samples.
 
@@ -345,7 +320,7 @@ def class_balanced_weights(class_counts: ArrayLike, *, beta: float = 0.9999) -> 
     >>> print(class_balanced_weights([100, 10], beta=0.9).round(4))
     [0.7889 1.2111]
   """
-  counts = _positive_counts(class_counts)
+  counts = _checks.positive_counts(class_counts)
   if not 0.0 <= beta < 1.0:
     raise ValueError(f'beta must lie in [0, 1), got {beta}.')
   # 1 - beta^n, computed as -expm1(n log beta) to keep precision at beta near 1.
@@ -361,7 +336,7 @@ def class_priors(class_counts: ArrayLike) -> np.ndarray:
     >>> print(class_priors([30, 10]))
     [0.75 0.25]
   """
-  counts = _positive_counts(class_counts)
+  counts = _checks.positive_counts(class_counts)
   return (counts / counts.sum()).astype(np.float32)
 
 
@@ -382,69 +357,42 @@ def ldam_margins(class_counts: ArrayLike, *, max_margin: float = 0.5) -> np.ndar
     >>> print(ldam_margins([16, 1], max_margin=0.5))
     [0.25 0.5 ]
   """
-  counts = _positive_counts(class_counts)
+  counts = _checks.positive_counts(class_counts)
   if max_margin < 0:
     raise ValueError(f'max_margin must be >= 0, got {max_margin}.')
   margins = counts**-0.25
   return (margins * (max_margin / margins.max())).astype(np.float32)
 
 
-def default_loss_config() -> ml_collections.ConfigDict:
-  """``config.loss``: the classification loss and its hyperparameters.
+def default_loss_config():
+  """Deprecated alias of ``care_jax.config.default_loss_config()`` (removed in 0.3).
 
-  Fields:
-    name: one of :data:`LOSS_NAMES`. 'ce'; 'weighted_ce' (inverse-frequency
-      class weights normalised to sum 1, the official CARE CSL); 'focal';
-      'class_balanced' (CE weighted by effective numbers); 'logit_adjusted';
-      'balanced_softmax'; 'ldam_drw' (LDAM, re-weighted by effective numbers
-      from ``drw_start`` on).
-    gamma: focal focusing parameter (Lin et al.: 2).
-    focal_alpha: None (no class weights in the focal loss),
-      'inverse_frequency' or 'class_balanced' (effective numbers with
-      ``beta``: the class-balanced focal loss of Cui et al.).
-    beta: effective-number beta of 'class_balanced', of the DRW weights of
-      'ldam_drw' and of ``focal_alpha='class_balanced'`` (Cui et al. and
-      Cao et al.: 0.9999).
-    tau: temperature of 'logit_adjusted' (Menon et al.: 1).
-    posthoc_tau: post-hoc logit adjustment of the predictions,
-      ``argmax(z - posthoc_tau * log pi)``; 0 turns it off. Combines with any
-      loss (Menon et al.: 1 for a model trained with 'ce').
-    ldam_max_margin: largest LDAM margin, that of the rarest class (Cao et al.:
-      0.5).
-    ldam_s: LDAM logit scale (the official code: 30, on cosine logits).
-    drw_start: fraction of training after which 'ldam_drw' re-weights (Cao et
-      al.: epoch 160 of 200 = 0.8; 1 never re-weights: plain LDAM).
+  The ``config.loss`` schema lives in :mod:`care_jax.config`; this module only
+  takes keyword hyperparameters (see :func:`make_classification_loss`).
   """
-  return ml_collections.ConfigDict(dict(
-      name='ce',
-      gamma=2.0,
-      focal_alpha=config_dict.placeholder(str),
-      beta=0.9999,
-      tau=1.0,
-      posthoc_tau=0.0,
-      ldam_max_margin=0.5,
-      ldam_s=30.0,
-      drw_start=0.8,
-  ))
+  warnings.warn(
+    'care_jax.imbalance.default_loss_config() is deprecated and will be removed in 0.3; '
+    'use care_jax.config.default_loss_config() instead.',
+    DeprecationWarning,
+    stacklevel=2,
+  )
+  from care_jax import config  # Deprecated alias: remove in 0.3.
+
+  return config.default_loss_config()
 
 
-def validate_loss_config(loss_config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first ``config.loss.<key>`` that makes no sense."""
+def validate_loss_config(loss_config) -> None:
+  """Deprecated alias of ``care_jax.config.validate_loss(loss_config)`` (removed in 0.3)."""
+  warnings.warn(
+    'care_jax.imbalance.validate_loss_config(cfg) is deprecated and will be removed in 0.3; '
+    'use care_jax.config.validate_loss(cfg) instead (or pass the hyperparameters to '
+    'make_classification_loss, which checks them).',
+    DeprecationWarning,
+    stacklevel=2,
+  )
+  from care_jax import config  # Deprecated alias: remove in 0.3.
 
-  def check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-      raise ValueError(f'config.loss.{key} = {loss_config[key]!r}: {message}')
-
-  check(loss_config.name in LOSS_NAMES, 'name', f'must be one of {LOSS_NAMES}')
-  check(loss_config.gamma >= 0, 'gamma', 'must be >= 0')
-  check(loss_config.focal_alpha is None or loss_config.focal_alpha in FOCAL_ALPHAS,
-        'focal_alpha', f'must be None or one of {FOCAL_ALPHAS}')
-  check(0 <= loss_config.beta < 1, 'beta', 'must lie in [0, 1)')
-  check(loss_config.tau >= 0, 'tau', 'must be >= 0')
-  check(loss_config.posthoc_tau >= 0, 'posthoc_tau', 'must be >= 0 (0 turns it off)')
-  check(loss_config.ldam_max_margin >= 0, 'ldam_max_margin', 'must be >= 0')
-  check(loss_config.ldam_s > 0, 'ldam_s', 'must be > 0')
-  check(0 <= loss_config.drw_start <= 1, 'drw_start', 'must lie in [0, 1] (a fraction of training)')
+  config.validate_loss(loss_config)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -456,28 +404,31 @@ class ClassificationLoss:
   batch under data parallelism). Jittable; hold it as a constant of the step.
 
   Attributes:
-    name: the ``config.loss.name`` it was built from.
+    name: the loss name (one of :data:`LOSS_NAMES`) it was built from.
     values_fn: ``(logits [B, K] float32, labels [B]) -> [B]`` per-example loss.
     class_weights: optional [K] weights of the labels in the weighted mean.
     reweight_step: ``class_weights`` apply from this step on (DRW); 0: always.
     posthoc_bias: optional [K] ``tau * log pi`` subtracted at prediction time.
   """
+
   name: str
   values_fn: Callable[[jax.Array, jax.Array], jax.Array]
   class_weights: np.ndarray | None = None
   reweight_step: int = 0
   posthoc_bias: np.ndarray | None = None
 
-  def __call__(self, logits: ArrayLike, labels: ArrayLike,
-               step: ArrayLike) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self, logits: ArrayLike, labels: ArrayLike, step: ArrayLike
+  ) -> tuple[jax.Array, jax.Array]:
     """Per-example ``(values, weights)`` of a batch at optimisation step ``step``."""
     labels = jnp.asarray(labels)
     values = self.values_fn(_float_logits(logits), labels)
     if self.class_weights is None:
       return values, jnp.ones_like(values)
     if self.reweight_step:
-      weights = drw_weights(labels, step, class_weights=self.class_weights,
-                            start_step=self.reweight_step)
+      weights = drw_weights(
+        labels, step, class_weights=self.class_weights, start_step=self.reweight_step
+      )
     else:
       weights = jnp.asarray(self.class_weights, jnp.float32)[labels]
     return values, weights
@@ -489,60 +440,155 @@ class ClassificationLoss:
     return _float_logits(logits) - jnp.asarray(self.posthoc_bias, jnp.float32)
 
 
-def make_classification_loss(loss_config: ml_collections.ConfigDict, *,
-                             class_counts: np.ndarray, num_steps: int) -> ClassificationLoss:
-  """The :class:`ClassificationLoss` of ``config.loss`` for these training counts.
+# The loss name and the keyword hyperparameters of make_classification_loss: the fields of a
+# config.loss that the deprecated ConfigDict call reads.
+_LOSS_ARGUMENTS = (
+  'name',
+  'gamma',
+  'focal_alpha',
+  'beta',
+  'tau',
+  'posthoc_tau',
+  'ldam_max_margin',
+  'ldam_s',
+  'drw_start',
+)
+
+
+def _is_config(value) -> bool:
+  return hasattr(value, 'to_dict') or isinstance(value, Mapping)
+
+
+def make_classification_loss(
+  name: str,
+  *,
+  class_counts: ArrayLike,
+  num_steps: int,
+  gamma: float = 2.0,
+  focal_alpha: str | None = None,
+  beta: float = 0.9999,
+  tau: float = 1.0,
+  posthoc_tau: float = 0.0,
+  ldam_max_margin: float = 0.5,
+  ldam_s: float = 30.0,
+  drw_start: float = 0.8,
+) -> ClassificationLoss:
+  """The :class:`ClassificationLoss` ``name`` for these training counts.
 
   Args:
-    loss_config: ``config.loss`` (see :func:`default_loss_config`).
+    name: one of :data:`LOSS_NAMES`. 'ce'; 'weighted_ce' (inverse-frequency
+      class weights normalised to sum 1, the official CARE CSL); 'focal';
+      'class_balanced' (CE weighted by effective numbers); 'logit_adjusted';
+      'balanced_softmax'; 'ldam_drw' (LDAM, re-weighted by effective numbers
+      from ``drw_start`` on). Deprecated (removed in 0.3): a ``config.loss``
+      ConfigDict or mapping of all the arguments below but the counts and
+      steps, which is expanded into them (with a DeprecationWarning).
     class_counts: [K] training examples per class (all positive).
     num_steps: total optimisation steps (places ``drw_start``).
+    gamma: focal focusing parameter ``>= 0`` (Lin et al.: 2).
+    focal_alpha: None (no class weights in the focal loss), or one of
+      :data:`FOCAL_ALPHAS`: 'inverse_frequency' or 'class_balanced'
+      (effective numbers with ``beta``: the class-balanced focal loss of
+      Cui et al.).
+    beta: effective-number beta in ``[0, 1)`` of 'class_balanced', of the DRW
+      weights of 'ldam_drw' and of ``focal_alpha='class_balanced'`` (Cui et
+      al. and Cao et al.: 0.9999).
+    tau: temperature ``>= 0`` of 'logit_adjusted' (Menon et al.: 1).
+    posthoc_tau: post-hoc logit adjustment ``>= 0`` of the predictions,
+      ``argmax(z - posthoc_tau * log pi)``; 0 turns it off. Combines with any
+      loss (Menon et al.: 1 for a model trained with 'ce').
+    ldam_max_margin: largest LDAM margin ``>= 0``, that of the rarest class
+      (Cao et al.: 0.5).
+    ldam_s: LDAM logit scale ``> 0`` (the official code: 30, on cosine
+      logits).
+    drw_start: fraction of training in ``[0, 1]`` after which 'ldam_drw'
+      re-weights (Cao et al.: epoch 160 of 200 = 0.8; 1 never re-weights:
+      plain LDAM).
 
   Returns:
     The loss; ``'ce'`` gives weights 1 and ``'weighted_ce'`` the
     inverse-frequency weights of the labels (the CSL of the official code).
 
+  Raises:
+    ValueError: for an unknown ``name`` or a hyperparameter out of range
+      (the argument and its value are named), ``num_steps < 1``, or class
+      counts that are not all positive.
+
   Example:
     >>> import jax.numpy as jnp
-    >>> loss = make_classification_loss(default_loss_config(),
-    ...                                 class_counts=np.array([90, 10]), num_steps=100)
+    >>> loss = make_classification_loss('ce', class_counts=np.array([90, 10]), num_steps=100)
     >>> values, weights = loss(jnp.zeros((2, 2)), jnp.array([0, 1]), step=0)
     >>> print(values.round(4), weights)
     [0.6931 0.6931] [1. 1.]
   """
-  validate_loss_config(loss_config)
+  if _is_config(name):
+    warnings.warn(
+      'make_classification_loss(loss_config, ...) with a ConfigDict or mapping is deprecated '
+      'and will be removed in 0.3; pass the loss name and keyword hyperparameters instead, '
+      'e.g. make_classification_loss(**config.loss.to_dict(), class_counts=..., '
+      'num_steps=...).',
+      DeprecationWarning,
+      stacklevel=2,
+    )
+    fields = dict(name.to_dict() if hasattr(name, 'to_dict') else name)
+    return make_classification_loss(
+      **{key: fields[key] for key in _LOSS_ARGUMENTS if key in fields},
+      class_counts=class_counts,
+      num_steps=num_steps,
+    )
+
+  def check(ok: bool, argument: str, value, message: str) -> None:
+    if not ok:
+      raise ValueError(f'{argument} = {value!r}: {message}')
+
+  check(name in LOSS_NAMES, 'name', name, f'must be one of {LOSS_NAMES}')
+  check(gamma >= 0, 'gamma', gamma, 'must be >= 0')
+  check(
+    focal_alpha is None or focal_alpha in FOCAL_ALPHAS,
+    'focal_alpha',
+    focal_alpha,
+    f'must be None or one of {FOCAL_ALPHAS}',
+  )
+  check(0 <= beta < 1, 'beta', beta, 'must lie in [0, 1)')
+  check(tau >= 0, 'tau', tau, 'must be >= 0')
+  check(posthoc_tau >= 0, 'posthoc_tau', posthoc_tau, 'must be >= 0 (0 turns it off)')
+  check(ldam_max_margin >= 0, 'ldam_max_margin', ldam_max_margin, 'must be >= 0')
+  check(ldam_s > 0, 'ldam_s', ldam_s, 'must be > 0')
+  check(0 <= drw_start <= 1, 'drw_start', drw_start, 'must lie in [0, 1] (a fraction of training)')
   if num_steps < 1:
     raise ValueError(f'num_steps must be >= 1, got {num_steps}.')
-  counts = _positive_counts(class_counts)
-  name = loss_config.name
+  counts = _checks.positive_counts(class_counts)
   values_fn = losses.cross_entropy
   class_weights = None
   reweight_step = 0
   if name == 'weighted_ce':
     class_weights = losses.inverse_frequency_weights(counts)
   elif name == 'class_balanced':
-    class_weights = class_balanced_weights(counts, beta=loss_config.beta)
+    class_weights = class_balanced_weights(counts, beta=beta)
   elif name == 'focal':
-    values_fn = functools.partial(focal_loss, gamma=loss_config.gamma)
-    if loss_config.focal_alpha == 'inverse_frequency':
+    values_fn = functools.partial(focal_loss, gamma=gamma)
+    if focal_alpha == 'inverse_frequency':
       class_weights = losses.inverse_frequency_weights(counts)
-    elif loss_config.focal_alpha == 'class_balanced':
-      class_weights = class_balanced_weights(counts, beta=loss_config.beta)
+    elif focal_alpha == 'class_balanced':
+      class_weights = class_balanced_weights(counts, beta=beta)
   elif name == 'logit_adjusted':
-    values_fn = functools.partial(logit_adjusted_loss, class_priors=class_priors(counts),
-                                  tau=loss_config.tau)
+    values_fn = functools.partial(logit_adjusted_loss, class_priors=class_priors(counts), tau=tau)
   elif name == 'balanced_softmax':
-    values_fn = functools.partial(balanced_softmax_loss,
-                                  class_counts=counts.astype(np.float32))
+    values_fn = functools.partial(balanced_softmax_loss, class_counts=counts.astype(np.float32))
   elif name == 'ldam_drw':
     values_fn = functools.partial(
-        ldam_loss, margins=ldam_margins(counts, max_margin=loss_config.ldam_max_margin),
-        s=loss_config.ldam_s)
-    class_weights = class_balanced_weights(counts, beta=loss_config.beta)
+      ldam_loss, margins=ldam_margins(counts, max_margin=ldam_max_margin), s=ldam_s
+    )
+    class_weights = class_balanced_weights(counts, beta=beta)
     # A DRW start at step 0 is a 0 here, which means "always": the same thing.
-    reweight_step = round(loss_config.drw_start * num_steps)
+    reweight_step = round(drw_start * num_steps)
   posthoc_bias = None
-  if loss_config.posthoc_tau:
-    posthoc_bias = (loss_config.posthoc_tau * np.log(class_priors(counts))).astype(np.float32)
-  return ClassificationLoss(name=name, values_fn=values_fn, class_weights=class_weights,
-                            reweight_step=reweight_step, posthoc_bias=posthoc_bias)
+  if posthoc_tau:
+    posthoc_bias = (posthoc_tau * np.log(class_priors(counts))).astype(np.float32)
+  return ClassificationLoss(
+    name=name,
+    values_fn=values_fn,
+    class_weights=class_weights,
+    reweight_step=reweight_step,
+    posthoc_bias=posthoc_bias,
+  )

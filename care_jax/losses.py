@@ -19,63 +19,23 @@ All functions are pure and work under ``jit``, ``vmap``, ``grad`` and inside
 inputs are upcast) and results are float32 for float32/bfloat16 inputs.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
+import numpy as np
 
 from care_jax import _checks
+from care_jax import _numerics
 
 __all__ = [
-    'care_loss',
-    'care_loss_per_example',
-    'cross_entropy',
-    'inverse_frequency_weights',
-    'weighted_cross_entropy_loss',
+  'care_loss',
+  'care_loss_per_example',
+  'cross_entropy',
+  'inverse_frequency_weights',
+  'weighted_cross_entropy_loss',
 ]
 
 _REDUCTIONS = ('mean', 'sum')
-# float32 matmuls on GPU/TPU default to reduced (bf16/tf32) precision; the
-# adjoint resize and the map contractions must be exact to float32.
-_HIGHEST = jax.lax.Precision.HIGHEST
-
-
-@functools.lru_cache(maxsize=64)
-def _bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """[out_size, in_size] half-pixel bilinear upsampling matrix (float64).
-
-  Row ``i`` holds the triangle-kernel weights of output pixel ``i``, whose
-  centre lies at ``(i + 0.5) * in_size / out_size - 0.5`` in input
-  coordinates; weights are renormalised over the valid input pixels, which
-  clamps at the borders. For ``out_size >= in_size`` this equals
-  ``jax.image.resize(x, ..., 'bilinear')`` (no antialiasing is involved when
-  upsampling).
-  """
-  centres = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
-  weights = np.maximum(
-      0.0, 1.0 - np.abs(centres[:, None] - np.arange(in_size)[None, :]))
-  weights /= weights.sum(axis=1, keepdims=True)
-  weights.setflags(write=False)  # Cached and shared: keep it immutable.
-  return weights
-
-
-def _compute_dtype(x: jax.Array) -> jnp.dtype:
-  # bfloat16/float16/ints/bools -> float32; float64 (x64 mode) stays float64.
-  return jnp.promote_types(x.dtype, jnp.float32)
-
-
-def _resize_adjoint(masks: jax.Array, h: int, w: int) -> jax.Array:
-  """Ry^T M Rx: pulls [B, H, W] masks back onto the [h, w] map grid."""
-  big_h, big_w = masks.shape[1:]
-  if big_h != h:
-    ry = jnp.asarray(_bilinear_matrix(h, big_h), masks.dtype)
-    masks = jnp.einsum('bHW,Hh->bhW', masks, ry, precision=_HIGHEST)
-  if big_w != w:
-    rx = jnp.asarray(_bilinear_matrix(w, big_w), masks.dtype)
-    masks = jnp.einsum('bhW,Ww->bhw', masks, rx, precision=_HIGHEST)
-  return masks
 
 
 def _safe_mean(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
@@ -91,41 +51,37 @@ def _safe_mean(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
 
 def _validate_care_inputs(feature_map, mask, outer_mask, has_mask):
   if feature_map.ndim != 3:
-    raise ValueError(
-        'feature_map must have shape [B, h, w], got shape '
-        f'{feature_map.shape}.')
+    raise ValueError(f'feature_map must have shape [B, h, w], got shape {feature_map.shape}.')
   if mask.ndim != 3:
-    raise ValueError(
-        f'mask must have shape [B, H, W], got shape {mask.shape}.')
+    raise ValueError(f'mask must have shape [B, H, W], got shape {mask.shape}.')
   if mask.shape[0] != feature_map.shape[0]:
     raise ValueError(
-        f'mask batch size {mask.shape[0]} (shape {mask.shape}) does not match '
-        f'feature_map batch size {feature_map.shape[0]} (shape '
-        f'{feature_map.shape}).')
-  if any(big < small for big, small in zip(mask.shape[1:],
-                                           feature_map.shape[1:])):
+      f'mask batch size {mask.shape[0]} (shape {mask.shape}) does not match '
+      f'feature_map batch size {feature_map.shape[0]} (shape '
+      f'{feature_map.shape}).'
+    )
+  if any(big < small for big, small in zip(mask.shape[1:], feature_map.shape[1:])):
     raise ValueError(
-        f'mask spatial shape {mask.shape[1:]} must be at least the '
-        f'feature_map spatial shape {feature_map.shape[1:]} (maps are only '
-        'upsampled to the mask resolution).')
+      f'mask spatial shape {mask.shape[1:]} must be at least the '
+      f'feature_map spatial shape {feature_map.shape[1:]} (maps are only '
+      'upsampled to the mask resolution).'
+    )
   if outer_mask is not None and outer_mask.shape != mask.shape:
-    raise ValueError(
-        f'outer_mask shape {outer_mask.shape} must equal mask shape '
-        f'{mask.shape}.')
+    raise ValueError(f'outer_mask shape {outer_mask.shape} must equal mask shape {mask.shape}.')
   if has_mask is not None and has_mask.shape != (feature_map.shape[0],):
     raise ValueError(
-        f'has_mask must have shape [B] = ({feature_map.shape[0]},), got '
-        f'shape {has_mask.shape}.')
+      f'has_mask must have shape [B] = ({feature_map.shape[0]},), got shape {has_mask.shape}.'
+    )
 
 
 def care_loss_per_example(
-    feature_map: ArrayLike,
-    mask: ArrayLike,
-    *,
-    tau: float = 0.5,
-    lam: float = 0.7,
-    outer_mask: ArrayLike | None = None,
-    has_mask: ArrayLike | None = None,
+  feature_map: ArrayLike,
+  mask: ArrayLike,
+  *,
+  tau: float = 0.5,
+  lam: float = 0.7,
+  outer_mask: ArrayLike | None = None,
+  has_mask: ArrayLike | None = None,
 ) -> jax.Array:
   """Per-image CARE attention loss ``L_in + lam * L_out``.
 
@@ -173,8 +129,9 @@ def care_loss_per_example(
     >>> care_loss_per_example(f, m, tau=0.5, lam=0.7)
     Array([-0.5,  0. ], dtype=float32)
   """
-  return _care_per_example(feature_map, mask, tau=tau, lam=lam,
-                           outer_mask=outer_mask, has_mask=has_mask)[0]
+  return _care_per_example(
+    feature_map, mask, tau=tau, lam=lam, outer_mask=outer_mask, has_mask=has_mask
+  )[0]
 
 
 def _care_per_example(feature_map, mask, *, tau, lam, outer_mask, has_mask):
@@ -184,13 +141,13 @@ def _care_per_example(feature_map, mask, *, tau, lam, outer_mask, has_mask):
   outer_mask = None if outer_mask is None else jnp.asarray(outer_mask)
   has_mask = None if has_mask is None else jnp.asarray(has_mask)
   _validate_care_inputs(feature_map, mask, outer_mask, has_mask)
-  _checks.check_range('mask', mask, low=0, high=1,
-                      what='binary or soft masks; divide 0/255 masks by 255')
+  _checks.check_range(
+    'mask', mask, low=0, high=1, what='binary or soft masks; divide 0/255 masks by 255'
+  )
   if outer_mask is not None:
-    _checks.check_range('outer_mask', outer_mask, low=0, high=np.inf,
-                        what='non-negative weights')
+    _checks.check_range('outer_mask', outer_mask, low=0, high=np.inf, what='non-negative weights')
 
-  dtype = _compute_dtype(feature_map)
+  dtype = _numerics.compute_dtype(feature_map)
   feature_map = feature_map.astype(dtype)
   mask = mask.astype(dtype)
   outer_mask = 1.0 - mask if outer_mask is None else outer_mask.astype(dtype)
@@ -199,13 +156,11 @@ def _care_per_example(feature_map, mask, *, tau, lam, outer_mask, has_mask):
   # Mask sums (denominators) at full mask resolution, as in the formula.
   inner_area = jnp.sum(mask, axis=(1, 2))
   outer_area = jnp.sum(outer_mask, axis=(1, 2))
-  inner_sum = jnp.sum(feature_map * _resize_adjoint(mask, h, w), axis=(1, 2))
-  outer_sum = jnp.sum(
-      feature_map * _resize_adjoint(outer_mask, h, w), axis=(1, 2))
+  inner_sum = jnp.sum(feature_map * _numerics.resize_adjoint(mask, h, w), axis=(1, 2))
+  outer_sum = jnp.sum(feature_map * _numerics.resize_adjoint(outer_mask, h, w), axis=(1, 2))
 
   inner_mean = _safe_mean(inner_sum, inner_area)
-  loss_in = jnp.where(
-      inner_area > 0, -jnp.minimum(inner_mean, tau), jnp.zeros_like(inner_mean))
+  loss_in = jnp.where(inner_area > 0, -jnp.minimum(inner_mean, tau), jnp.zeros_like(inner_mean))
   loss_out = _safe_mean(outer_sum, outer_area)
   loss = loss_in + lam * loss_out
 
@@ -214,14 +169,14 @@ def _care_per_example(feature_map, mask, *, tau, lam, outer_mask, has_mask):
 
 
 def care_loss(
-    feature_map: ArrayLike,
-    mask: ArrayLike,
-    *,
-    tau: float = 0.5,
-    lam: float = 0.7,
-    outer_mask: ArrayLike | None = None,
-    has_mask: ArrayLike | None = None,
-    reduction: str = 'mean',
+  feature_map: ArrayLike,
+  mask: ArrayLike,
+  *,
+  tau: float = 0.5,
+  lam: float = 0.7,
+  reduction: str = 'mean',
+  outer_mask: ArrayLike | None = None,
+  has_mask: ArrayLike | None = None,
 ) -> jax.Array:
   """CARE attention loss ``L_a`` of a batch (paper Eq. 4).
 
@@ -255,11 +210,10 @@ def care_loss(
     -0.4854
   """
   if reduction not in _REDUCTIONS:
-    raise ValueError(
-        f'reduction must be one of {_REDUCTIONS}, got {reduction!r}.')
+    raise ValueError(f'reduction must be one of {_REDUCTIONS}, got {reduction!r}.')
   per_example, has_mask = _care_per_example(
-      feature_map, mask, tau=tau, lam=lam, outer_mask=outer_mask,
-      has_mask=has_mask)
+    feature_map, mask, tau=tau, lam=lam, outer_mask=outer_mask, has_mask=has_mask
+  )
   total = jnp.sum(per_example)
   if reduction == 'sum':
     return total
@@ -267,10 +221,7 @@ def care_loss(
 
 
 def cross_entropy(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    *,
-    class_weights: ArrayLike | None = None,
+  logits: ArrayLike, labels: ArrayLike, *, class_weights: ArrayLike | None = None
 ) -> jax.Array:
   """Per-example softmax cross-entropy with integer labels.
 
@@ -294,9 +245,8 @@ def cross_entropy(
     >>> print(ce.round(4))
     [1.3863 2.7726]
   """
-  logits, labels, class_weights = _validate_ce_inputs(
-      logits, labels, class_weights)
-  logits = logits.astype(_compute_dtype(logits))
+  logits, labels, class_weights = _validate_ce_inputs(logits, labels, class_weights)
+  logits = logits.astype(_numerics.compute_dtype(logits))
   label_logits = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
   losses = jax.nn.logsumexp(logits, axis=1) - label_logits
   if class_weights is not None:
@@ -305,11 +255,7 @@ def cross_entropy(
 
 
 def weighted_cross_entropy_loss(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    *,
-    class_weights: ArrayLike,
-    where: ArrayLike | None = None,
+  logits: ArrayLike, labels: ArrayLike, *, class_weights: ArrayLike, where: ArrayLike | None = None
 ) -> jax.Array:
   """Class-weighted cross-entropy, normalised by the total weight.
 
@@ -338,17 +284,13 @@ def weighted_cross_entropy_loss(
     1.0158
   """
   if class_weights is None:
-    raise ValueError('class_weights is required; use cross_entropy for an '
-                     'unweighted loss.')
+    raise ValueError('class_weights is required; use cross_entropy for an unweighted loss.')
   weighted = cross_entropy(logits, labels, class_weights=class_weights)
-  weights = jnp.asarray(class_weights).astype(weighted.dtype)[
-      jnp.asarray(labels)]
+  weights = jnp.asarray(class_weights).astype(weighted.dtype)[jnp.asarray(labels)]
   if where is not None:
     where = jnp.asarray(where)
     if where.shape != weighted.shape:
-      raise ValueError(
-          f'where must have shape [B] = {weighted.shape}, got shape '
-          f'{where.shape}.')
+      raise ValueError(f'where must have shape [B] = {weighted.shape}, got shape {where.shape}.')
     where = where.astype(bool)
     weighted = jnp.where(where, weighted, jnp.zeros_like(weighted))
     weights = jnp.where(where, weights, jnp.zeros_like(weights))
@@ -359,22 +301,16 @@ def _validate_ce_inputs(logits, labels, class_weights):
   logits = jnp.asarray(logits)
   labels = jnp.asarray(labels)
   if logits.ndim != 2:
-    raise ValueError(
-        f'logits must have shape [B, K], got shape {logits.shape}.')
-  if labels.shape != logits.shape[:1]:
-    raise ValueError(
-        f'labels must have shape [B] = ({logits.shape[0]},), got shape '
-        f'{labels.shape} (logits shape {logits.shape}).')
-  if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise ValueError(
-        f'labels must be integer class indices, got dtype {labels.dtype}.')
+    raise ValueError(f'logits must have shape [B, K], got shape {logits.shape}.')
+  _checks.check_labels(labels, like=logits, like_name='logits')
   _checks.check_class_indices('labels', labels, logits.shape[1])
   if class_weights is not None:
     class_weights = jnp.asarray(class_weights)
     if class_weights.shape != logits.shape[1:]:
       raise ValueError(
-          f'class_weights must have shape [K] = ({logits.shape[1]},), got '
-          f'shape {class_weights.shape} (logits shape {logits.shape}).')
+        f'class_weights must have shape [K] = ({logits.shape[1]},), got '
+        f'shape {class_weights.shape} (logits shape {logits.shape}).'
+      )
   return logits, labels, class_weights
 
 
@@ -399,15 +335,6 @@ def inverse_frequency_weights(class_counts: ArrayLike) -> np.ndarray:
     >>> print(inverse_frequency_weights([100, 300, 600]))
     [0.6666667  0.22222222 0.11111111]
   """
-  counts = np.asarray(class_counts, dtype=np.float64)
-  if counts.ndim != 1 or counts.size == 0:
-    raise ValueError(
-        f'class_counts must be a non-empty 1-D array [K], got shape '
-        f'{counts.shape}.')
-  bad = np.flatnonzero(~(counts > 0))
-  if bad.size:
-    raise ValueError(
-        f'class_counts must be positive; class index {int(bad[0])} has count '
-        f'{counts[bad[0]]} (all non-positive classes: {bad.tolist()}).')
+  counts = _checks.positive_counts(class_counts)
   inverse = 1.0 / counts
   return (inverse / inverse.sum()).astype(np.float32)

@@ -21,21 +21,25 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
+from care_jax import boxes
 from care_jax import config as config_lib
-from care_jax import train
+from care_jax import training
 
 FLAGS = flags.FLAGS
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for metrics and logs.', required=True)
-config_flags.DEFINE_config_file('config', None, 'Path to a configs/*.py file.',
-                                lock_config=True)
+config_flags.DEFINE_config_file('config', None, 'Path to a configs/*.py file.', lock_config=True)
 _MULTIHOST = flags.DEFINE_bool(
-    'multihost', False,
-    'Call jax.distributed.initialize() with automatic cluster detection '
-    '(TPU pod slices, SLURM, Open MPI).')
+  'multihost',
+  False,
+  'Call jax.distributed.initialize() with automatic cluster detection '
+  '(TPU pod slices, SLURM, Open MPI).',
+)
 _COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', None,
-    'HOST:PORT of process 0, to start several processes by hand '
-    '(with --num_processes and --process_id).')
+  'coordinator_address',
+  None,
+  'HOST:PORT of process 0, to start several processes by hand '
+  '(with --num_processes and --process_id).',
+)
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
 
@@ -57,7 +61,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   initialize_distributed()
-  train.train_and_evaluate(FLAGS.config, _WORKDIR.value)
+  training.train_and_evaluate(FLAGS.config, _WORKDIR.value, boxes_fn=boxes.replace_boxes)
 
 
 def run():

@@ -28,16 +28,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from care_jax import _checks
+from care_jax import _numerics
 from care_jax import attention
-from care_jax import losses
 
 
 def confusion_matrix(
-    labels: jax.typing.ArrayLike,
-    predictions: jax.typing.ArrayLike,
-    *,
-    num_classes: int,
-    valid: jax.typing.ArrayLike | None = None,
+  labels: jax.typing.ArrayLike,
+  predictions: jax.typing.ArrayLike,
+  *,
+  num_classes: int,
+  valid: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
   """Confusion matrix ``C[true, predicted]`` of one batch, as int32 ``[K, K]``.
 
@@ -67,19 +67,18 @@ def confusion_matrix(
   predictions = jnp.asarray(predictions)
   if labels.ndim != 1 or labels.shape != predictions.shape:
     raise ValueError(
-        f'labels and predictions must both be [B]; got labels {labels.shape} '
-        f'and predictions {predictions.shape}.')
+      f'labels and predictions must both be [B]; got labels {labels.shape} '
+      f'and predictions {predictions.shape}.'
+    )
   for name, value in (('labels', labels), ('predictions', predictions)):
     if not jnp.issubdtype(value.dtype, jnp.integer):
-      raise ValueError(
-          f'{name} must be integer class indices, got dtype {value.dtype}.')
+      raise ValueError(f'{name} must be integer class indices, got dtype {value.dtype}.')
     _checks.check_class_indices(name, value, num_classes)
   if valid is not None and jnp.shape(valid) != labels.shape:
-    raise ValueError(
-        f'valid must have shape [B] = {labels.shape}, got shape '
-        f'{jnp.shape(valid)}.')
-  weight = (jnp.ones(labels.shape, jnp.int32) if valid is None
-            else jnp.asarray(valid).astype(jnp.int32))
+    raise ValueError(f'valid must have shape [B] = {labels.shape}, got shape {jnp.shape(valid)}.')
+  weight = (
+    jnp.ones(labels.shape, jnp.int32) if valid is None else jnp.asarray(valid).astype(jnp.int32)
+  )
   true_one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32)
   pred_one_hot = jax.nn.one_hot(predictions, num_classes, dtype=jnp.int32)
   # A matmul instead of a scatter: cheap for small K and sharding-friendly.
@@ -87,10 +86,7 @@ def confusion_matrix(
 
 
 def classification_metrics(
-    confusion: Any,
-    *,
-    class_names: Sequence[str],
-    rare_classes: Sequence[int] = (),
+  confusion: Any, *, class_names: Sequence[str], rare_classes: Sequence[int] = ()
 ) -> dict[str, Any]:
   """Accuracy, MCA, rare-class recall, per-class recall/precision from ``C``.
 
@@ -120,8 +116,8 @@ def classification_metrics(
   num_classes = len(class_names)
   if confusion.shape != (num_classes, num_classes):
     raise ValueError(
-        f'confusion must be [K, K] with K = len(class_names) = {num_classes}; '
-        f'got {confusion.shape}.')
+      f'confusion must be [K, K] with K = len(class_names) = {num_classes}; got {confusion.shape}.'
+    )
   bad = [k for k in rare_classes if not 0 <= k < num_classes]
   if bad:
     raise ValueError(f'rare_classes {bad} out of range for {num_classes} classes.')
@@ -134,30 +130,32 @@ def classification_metrics(
   present = support > 0
   rare_present = [k for k in rare_classes if present[k]]
   return {
-      'accuracy': float(correct.sum() / total) if total else 0.0,
-      'mca': float(recall[present].mean()) if present.any() else 0.0,
-      'rare_recall': (float(recall[rare_present].mean())
-                      if rare_present else None),
-      'recall': {name: float(r) for name, r in zip(class_names, recall)},
-      'precision': {name: float(p) for name, p in zip(class_names, precision)},
-      'confusion': confusion.tolist(),
-      'num_examples': int(total),
+    'accuracy': float(correct.sum() / total) if total else 0.0,
+    'mca': float(recall[present].mean()) if present.any() else 0.0,
+    'rare_recall': (float(recall[rare_present].mean()) if rare_present else None),
+    'recall': {name: float(r) for name, r in zip(class_names, recall)},
+    'precision': {name: float(p) for name, p in zip(class_names, precision)},
+    'confusion': confusion.tolist(),
+    'num_examples': int(total),
   }
 
 
-def _attention_inputs(maps: jax.typing.ArrayLike, masks: jax.typing.ArrayLike
-                      ) -> tuple[jax.Array, jax.Array]:
+def _attention_inputs(
+  maps: jax.typing.ArrayLike, masks: jax.typing.ArrayLike
+) -> tuple[jax.Array, jax.Array]:
   """Min-max normalised float32 maps [B, h, w] and bool boxes [B, H, W]."""
   maps = attention.minmax_normalize(maps)
   masks = jnp.asarray(masks)
   if masks.ndim != 3 or masks.shape[0] != maps.shape[0]:
     raise ValueError(
-        f'masks must have shape [B, H, W] with B = {maps.shape[0]} (maps shape '
-        f'{maps.shape}), got shape {masks.shape}.')
+      f'masks must have shape [B, H, W] with B = {maps.shape[0]} (maps shape '
+      f'{maps.shape}), got shape {masks.shape}.'
+    )
   if masks.shape[1] < maps.shape[1] or masks.shape[2] < maps.shape[2]:
     raise ValueError(
-        f'masks spatial shape {masks.shape[1:]} must be at least the maps '
-        f'spatial shape {maps.shape[1:]} (maps are only upsampled).')
+      f'masks spatial shape {masks.shape[1:]} must be at least the maps '
+      f'spatial shape {maps.shape[1:]} (maps are only upsampled).'
+    )
   return maps, masks > 0.5
 
 
@@ -166,8 +164,7 @@ def _upsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
   return jax.image.resize(maps, (maps.shape[0], *size), 'bilinear')
 
 
-def attention_mass_inside(maps: jax.typing.ArrayLike,
-                          masks: jax.typing.ArrayLike) -> jax.Array:
+def attention_mass_inside(maps: jax.typing.ArrayLike, masks: jax.typing.ArrayLike) -> jax.Array:
   """Fraction of the attention mass inside the box, per image.
 
   ``sum(M * up(F)) / sum(up(F))`` with ``F`` the min-max normalised map and
@@ -193,16 +190,15 @@ def attention_mass_inside(maps: jax.typing.ArrayLike,
   maps, inside = _attention_inputs(maps, masks)
   h, w = maps.shape[1:]
   box = inside.astype(maps.dtype)
-  mass_in = jnp.sum(maps * losses._resize_adjoint(box, h, w), axis=(1, 2))  # pylint: disable=protected-access
+  mass_in = jnp.sum(maps * _numerics.resize_adjoint(box, h, w), axis=(1, 2))
   ones = jnp.ones((1, *box.shape[1:]), maps.dtype)
-  mass = jnp.sum(maps * losses._resize_adjoint(ones, h, w), axis=(1, 2))  # pylint: disable=protected-access
+  mass = jnp.sum(maps * _numerics.resize_adjoint(ones, h, w), axis=(1, 2))
   area_fraction = jnp.mean(box, axis=(1, 2))
   varies = mass > 0
   return jnp.where(varies, mass_in / jnp.where(varies, mass, 1.0), area_fraction)
 
 
-def pointing_game(maps: jax.typing.ArrayLike,
-                  masks: jax.typing.ArrayLike) -> jax.Array:
+def pointing_game(maps: jax.typing.ArrayLike, masks: jax.typing.ArrayLike) -> jax.Array:
   """1.0 where the maximum of the upsampled map lies in the box, per image.
 
   The pointing game of Zhang et al. ("Top-down Neural Attention by
@@ -232,8 +228,9 @@ def pointing_game(maps: jax.typing.ArrayLike,
   return (max_in > max_out).astype(jnp.float32)
 
 
-def attention_iou(maps: jax.typing.ArrayLike, masks: jax.typing.ArrayLike, *,
-                  threshold: float = 0.5) -> jax.Array:
+def attention_iou(
+  maps: jax.typing.ArrayLike, masks: jax.typing.ArrayLike, *, threshold: float = 0.5
+) -> jax.Array:
   """IoU of the thresholded attention map with the box, per image.
 
   ``R = up(F) >= threshold * max(up(F))`` (``up``: half-pixel bilinear
@@ -266,11 +263,11 @@ def attention_iou(maps: jax.typing.ArrayLike, masks: jax.typing.ArrayLike, *,
 
 
 def attention_quality(
-    maps: jax.typing.ArrayLike,
-    masks: jax.typing.ArrayLike,
-    *,
-    threshold: float = 0.5,
-    valid: jax.typing.ArrayLike | None = None,
+  maps: jax.typing.ArrayLike,
+  masks: jax.typing.ArrayLike,
+  *,
+  threshold: float = 0.5,
+  valid: jax.typing.ArrayLike | None = None,
 ) -> dict[str, jax.Array]:
   """Per-image attention quality against lesion boxes, and which images count.
 
@@ -297,14 +294,13 @@ def attention_quality(
   if valid is not None:
     valid = jnp.asarray(valid)
     if valid.shape != has_box.shape:
-      raise ValueError(
-          f'valid must have shape [B] = {has_box.shape}, got shape {valid.shape}.')
+      raise ValueError(f'valid must have shape [B] = {has_box.shape}, got shape {valid.shape}.')
     has_box = has_box & valid.astype(bool)
   return {
-      'mass_inside': attention_mass_inside(maps, masks),
-      'pointing_game': pointing_game(maps, masks),
-      'iou': attention_iou(maps, masks, threshold=threshold),
-      'valid': has_box,
+    'mass_inside': attention_mass_inside(maps, masks),
+    'pointing_game': pointing_game(maps, masks),
+    'iou': attention_iou(maps, masks, threshold=threshold),
+    'valid': has_box,
   }
 
 
@@ -333,9 +329,14 @@ class AttentionMetrics(NamedTuple):
     return cls(np.float64(0.0), np.float64(0.0), np.float64(0.0), np.int64(0))
 
   @classmethod
-  def from_batch(cls, maps: jax.typing.ArrayLike, masks: jax.typing.ArrayLike, *,
-                 threshold: float = 0.5,
-                 valid: jax.typing.ArrayLike | None = None) -> 'AttentionMetrics':
+  def from_batch(
+    cls,
+    maps: jax.typing.ArrayLike,
+    masks: jax.typing.ArrayLike,
+    *,
+    threshold: float = 0.5,
+    valid: jax.typing.ArrayLike | None = None,
+  ) -> 'AttentionMetrics':
     """Sums of :func:`attention_quality` over the batch's counted images."""
     quality = attention_quality(maps, masks, threshold=threshold, valid=valid)
     counted = quality.pop('valid')
@@ -349,6 +350,8 @@ class AttentionMetrics(NamedTuple):
     """``{'mass_inside', 'pointing_game', 'iou'}`` means (None without
     images) and ``'num_images'``."""
     count = int(self.num_images)
-    means = {k: (float(getattr(self, k)) / count if count else None)
-             for k in ('mass_inside', 'pointing_game', 'iou')}
+    means = {
+      k: (float(getattr(self, k)) / count if count else None)
+      for k in ('mass_inside', 'pointing_game', 'iou')
+    }
     return {**means, 'num_images': count}

@@ -28,13 +28,13 @@ Example::
   # tensorboard --logdir runs/care/tensorboard
 """
 
+from collections.abc import Mapping
 import io
 import itertools
 import os
 import socket
 import struct
 import time
-from collections.abc import Mapping
 
 import numpy as np
 from PIL import Image
@@ -80,8 +80,12 @@ def masked_crc32c(data: bytes) -> int:
 
 def _record(data: bytes) -> bytes:
   length = struct.pack('<Q', len(data))
-  return (length + struct.pack('<I', masked_crc32c(length)) + data
-          + struct.pack('<I', masked_crc32c(data)))
+  return (
+    length
+    + struct.pack('<I', masked_crc32c(length))
+    + data
+    + struct.pack('<I', masked_crc32c(data))
+  )
 
 
 # Protocol buffer wire format: a key (field number << 3 | wire type), then
@@ -119,8 +123,9 @@ _SUMMARY_FIELD = 5
 
 
 def _event(step: int, field: int, payload: bytes) -> bytes:
-  return (_key(1, 1) + struct.pack('<d', time.time()) + _int_field(2, step)
-          + _bytes_field(field, payload))
+  return (
+    _key(1, 1) + struct.pack('<d', time.time()) + _int_field(2, step) + _bytes_field(field, payload)
+  )
 
 
 def _summary(values: list[bytes]) -> bytes:
@@ -136,8 +141,9 @@ def _scalar_value(tag: str, value: float) -> bytes:
 def _image_value(tag: str, png: bytes, height: int, width: int, channels: int) -> bytes:
   # Summary.Image: height = 1, width = 2, colorspace = 3 (channels),
   # encoded_image_string = 4; Summary.Value: tag = 1, image = 4.
-  image = (_int_field(1, height) + _int_field(2, width) + _int_field(3, channels)
-           + _bytes_field(4, png))
+  image = (
+    _int_field(1, height) + _int_field(2, width) + _int_field(3, channels) + _bytes_field(4, png)
+  )
   return _bytes_field(1, tag.encode()) + _bytes_field(4, image)
 
 
@@ -155,7 +161,8 @@ def _png(image: bytes | np.ndarray) -> tuple[bytes, int, int, int]:
     array = array[..., 0]
   if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (2, 3, 4))):
     raise ValueError(
-        f'image must have shape [H, W] or [H, W, C] with C in 1..4, got {array.shape}.')
+      f'image must have shape [H, W] or [H, W, C] with C in 1..4, got {array.shape}.'
+    )
   buffer = io.BytesIO()
   Image.fromarray(array).save(buffer, format='PNG')
   channels = 1 if array.ndim == 2 else array.shape[-1]
@@ -174,8 +181,10 @@ class SummaryWriter:
 
   def __init__(self, logdir: str):
     os.makedirs(logdir, exist_ok=True)
-    name = (f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.'
-            f'{os.getpid()}.{next(_COUNTER)}')
+    name = (
+      f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.'
+      f'{os.getpid()}.{next(_COUNTER)}'
+    )
     self.path = os.path.join(logdir, name)
     self._file = open(self.path, 'wb')  # pylint: disable=consider-using-with
     self._write(_event(0, _FILE_VERSION_FIELD, _FILE_VERSION))
@@ -192,14 +201,20 @@ class SummaryWriter:
 
   def scalars(self, values: Mapping[str, float], step: int) -> None:
     """Writes several scalars of one step in one event."""
-    self._write(_event(int(step), _SUMMARY_FIELD, _summary(
-        [_scalar_value(tag, float(value)) for tag, value in values.items()])))
+    self._write(
+      _event(
+        int(step),
+        _SUMMARY_FIELD,
+        _summary([_scalar_value(tag, float(value)) for tag, value in values.items()]),
+      )
+    )
 
   def image(self, tag: str, image: bytes | np.ndarray, step: int) -> None:
     """Writes an image: PNG bytes, or a uint8 array [H, W] or [H, W, C] (C <= 4)."""
     png, height, width, channels = _png(image)
-    self._write(_event(int(step), _SUMMARY_FIELD, _summary(
-        [_image_value(tag, png, height, width, channels)])))
+    self._write(
+      _event(int(step), _SUMMARY_FIELD, _summary([_image_value(tag, png, height, width, channels)]))
+    )
 
   def flush(self) -> None:
     self._file.flush()

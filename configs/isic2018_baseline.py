@@ -7,8 +7,9 @@ image-level split), 10% of train held out for validation, dermatofibroma (DF) th
 The paper fine-tunes a pretrained model: pass its weights as a local file, e.g. torchvision's
 `resnet50-11ad3fa6.pth` converted to safetensors:
 
-    python -m care_jax.main --config=configs/isic2018_baseline.py --workdir=runs/isic2018_baseline \\
-        --config.data.dir=/data/isic2018 --config.model.pretrained=/path/to/resnet50.safetensors
+    python -m care_jax.main --config=configs/isic2018_baseline.py \\
+        --workdir=runs/isic2018_baseline --config.data.dir=/data/isic2018 \\
+        --config.model.pretrained=/path/to/resnet50.safetensors
 
 This run is also CARE's stage 1 (CE until it plateaus); see configs/isic2018_care.py.
 """

@@ -2,10 +2,10 @@
 
 import chex
 import jax
+from jax import test_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import test_util
 
 from care_jax import attention
 
@@ -29,10 +29,10 @@ def np_weighted_maps(features, weights, relu=False, normalize=True):
 def make_params(seed=0):
   rng = np.random.default_rng(seed)
   return {
-      'kernel': rng.normal(size=(C, K)).astype(np.float32),
-      'bias': rng.normal(size=(K,)).astype(np.float32),
-      'v': rng.normal(size=(C, D)).astype(np.float32) * 0.5,
-      'u': rng.normal(size=(D, K)).astype(np.float32),
+    'kernel': rng.normal(size=(C, K)).astype(np.float32),
+    'bias': rng.normal(size=(K,)).astype(np.float32),
+    'v': rng.normal(size=(C, D)).astype(np.float32) * 0.5,
+    'u': rng.normal(size=(D, K)).astype(np.float32),
   }
 
 
@@ -101,8 +101,7 @@ def test_minmax_normalize_eps_treats_small_ranges_as_constant():
   maps = np.zeros((1, 2, 2), np.float32)
   maps[0, 0, 0] = 1e-4
   np.testing.assert_array_equal(attention.minmax_normalize(maps, eps=1e-3), 0)
-  np.testing.assert_allclose(
-      attention.minmax_normalize(maps)[0, 0, 0], 1.0)
+  np.testing.assert_allclose(attention.minmax_normalize(maps)[0, 0, 0], 1.0)
 
 
 def test_minmax_normalize_gradient_flows_through_min_and_max():
@@ -126,32 +125,33 @@ def test_minmax_normalize_gradient_flows_through_min_and_max():
 def test_grad_cam_equals_cam_for_gap_linear_head(relu):
   p = make_params()
   features, labels = make_inputs()
-  got_grad_cam = attention.grad_cam(
-      linear_head(p), features, labels, relu=relu)
+  got_grad_cam = attention.grad_cam(linear_head(p), features, labels, relu=relu)
   got_cam = attention.cam(features, p['kernel'], labels, relu=relu)
   chex.assert_trees_all_close(got_grad_cam, got_cam, atol=1e-5)
   np.testing.assert_allclose(
-      got_cam, np_weighted_maps(features, p['kernel'].T[labels], relu=relu),
-      atol=1e-5)
+    got_cam, np_weighted_maps(features, p['kernel'].T[labels], relu=relu), atol=1e-5
+  )
 
 
 def test_unnormalized_grad_cam_is_cam_over_spatial_size():
   p = make_params()
   features, labels = make_inputs()
   np.testing.assert_allclose(
-      attention.grad_cam(linear_head(p), features, labels, normalize=False),
-      attention.cam(features, p['kernel'], labels, normalize=False) / (H * W),
-      rtol=1e-5, atol=1e-6)
+    attention.grad_cam(linear_head(p), features, labels, normalize=False),
+    attention.cam(features, p['kernel'], labels, normalize=False) / (H * W),
+    rtol=1e-5,
+    atol=1e-6,
+  )
 
 
 def test_grad_cam_and_cam_feature_gradients_agree():
   p = make_params()
   features, labels = make_inputs()
   probe = np.random.default_rng(6).normal(size=(B, H, W)).astype(np.float32)
-  via_grad_cam = jax.grad(lambda a: jnp.sum(
-      attention.grad_cam(linear_head(p), a, labels) * probe))(features)
-  via_cam = jax.grad(lambda a: jnp.sum(
-      attention.cam(a, p['kernel'], labels) * probe))(features)
+  via_grad_cam = jax.grad(lambda a: jnp.sum(attention.grad_cam(linear_head(p), a, labels) * probe))(
+    features
+  )
+  via_cam = jax.grad(lambda a: jnp.sum(attention.cam(a, p['kernel'], labels) * probe))(features)
   assert np.any(via_cam != 0)
   chex.assert_trees_all_close(via_grad_cam, via_cam, atol=1e-5)
 
@@ -159,8 +159,9 @@ def test_grad_cam_and_cam_feature_gradients_agree():
 def test_cam_does_not_differentiate_the_kernel():
   p = make_params()
   features, labels = make_inputs()
-  grad = jax.grad(lambda k: jnp.sum(
-      attention.cam(features, k, labels, normalize=False)))(p['kernel'])
+  grad = jax.grad(lambda k: jnp.sum(attention.cam(features, k, labels, normalize=False)))(
+    p['kernel']
+  )
   np.testing.assert_array_equal(grad, 0.0)
 
 
@@ -168,30 +169,27 @@ def test_cam_does_not_differentiate_the_kernel():
 def test_grad_cam_nonlinear_head_matches_finite_difference_weights(relu):
   p = make_params()
   features, labels = make_inputs()
-  weights = np_fd_channel_weights(
-      lambda a: np_nonlinear_head(p, a), features, labels)
-  got = attention.grad_cam(nonlinear_head(p), features, labels, relu=relu,
-                           normalize=False)
+  weights = np_fd_channel_weights(lambda a: np_nonlinear_head(p, a), features, labels)
+  got = attention.grad_cam(nonlinear_head(p), features, labels, relu=relu, normalize=False)
   np.testing.assert_allclose(
-      got, np_weighted_maps(features, weights, relu=relu, normalize=False),
-      rtol=1e-4, atol=1e-5)
+    got, np_weighted_maps(features, weights, relu=relu, normalize=False), rtol=1e-4, atol=1e-5
+  )
   got = attention.grad_cam(nonlinear_head(p), features, labels, relu=relu)
-  np.testing.assert_allclose(
-      got, np_weighted_maps(features, weights, relu=relu), atol=1e-4)
+  np.testing.assert_allclose(got, np_weighted_maps(features, weights, relu=relu), atol=1e-4)
 
 
 def test_grad_cam_gradient_flows_through_features_with_constant_weights():
   p = make_params()
   features, labels = make_inputs()
   probe = np.random.default_rng(7).normal(size=(B, H, W)).astype(np.float32)
-  weights = np_fd_channel_weights(
-      lambda a: np_nonlinear_head(p, a), features, labels)
-  grad = jax.grad(lambda a: jnp.sum(probe * attention.grad_cam(
-      nonlinear_head(p), a, labels, normalize=False)))(features)
+  weights = np_fd_channel_weights(lambda a: np_nonlinear_head(p, a), features, labels)
+  grad = jax.grad(
+    lambda a: jnp.sum(probe * attention.grad_cam(nonlinear_head(p), a, labels, normalize=False))
+  )(features)
   # d/dA[b,i,j,k] sum(probe * sum_k w_k A_k) = probe[b,i,j] * w[b,k].
   np.testing.assert_allclose(
-      grad, probe[..., None] * weights[:, None, None, :], rtol=1e-4,
-      atol=1e-5)
+    grad, probe[..., None] * weights[:, None, None, :], rtol=1e-4, atol=1e-5
+  )
 
 
 def test_grad_cam_second_order_path_matches_finite_differences():
@@ -200,34 +198,33 @@ def test_grad_cam_second_order_path_matches_finite_differences():
   with jax.enable_x64(True):
     p64 = {k: jnp.asarray(v, jnp.float64) for k, v in p.items()}
     a64 = jnp.asarray(features, jnp.float64)
-    probe = jnp.asarray(
-        np.random.default_rng(8).normal(size=(B, H, W)))
+    probe = jnp.asarray(np.random.default_rng(8).normal(size=(B, H, W)))
 
     def objective(a, stop):
-      return jnp.sum(probe * attention.grad_cam(
-          nonlinear_head(p64), a, labels, stop_gradient_weights=stop))
+      return jnp.sum(
+        probe * attention.grad_cam(nonlinear_head(p64), a, labels, stop_gradient_weights=stop)
+      )
 
     full = jax.jit(lambda a: objective(a, False))
     test_util.check_grads(full, (a64,), order=1, modes=['rev'])
     # The default treats the weights as constants: a different gradient.
-    assert not np.allclose(jax.grad(full)(a64),
-                           jax.grad(lambda a: objective(a, True))(a64),
-                           atol=1e-4)
+    assert not np.allclose(
+      jax.grad(full)(a64), jax.grad(lambda a: objective(a, True))(a64), atol=1e-4
+    )
 
 
 def test_grad_cam_under_jit_and_vmap():
   p = make_params()
   features, labels = make_inputs()
   eager = attention.grad_cam(nonlinear_head(p), features, labels)
-  jitted = jax.jit(
-      lambda a, y: attention.grad_cam(nonlinear_head(p), a, y))(
-          features, labels)
+  jitted = jax.jit(lambda a, y: attention.grad_cam(nonlinear_head(p), a, y))(features, labels)
   np.testing.assert_allclose(jitted, eager, rtol=1e-6, atol=1e-6)
   stacked = jax.vmap(lambda a, y: attention.cam(a, p['kernel'], y))(
-      np.stack([features, features[::-1]]), np.stack([labels, labels[::-1]]))
+    np.stack([features, features[::-1]]), np.stack([labels, labels[::-1]])
+  )
   np.testing.assert_allclose(
-      stacked[1], attention.cam(features[::-1], p['kernel'], labels[::-1]),
-      atol=1e-6)
+    stacked[1], attention.cam(features[::-1], p['kernel'], labels[::-1]), atol=1e-6
+  )
 
 
 def test_bfloat16_features_give_float32_maps():
@@ -238,10 +235,8 @@ def test_bfloat16_features_give_float32_maps():
   got_grad_cam = attention.grad_cam(linear_head(p), f_bf16, labels)
   assert got_cam.dtype == jnp.float32 and got_grad_cam.dtype == jnp.float32
   rounded = np.asarray(f_bf16, np.float32)
-  np.testing.assert_allclose(
-      got_cam, np_weighted_maps(rounded, p['kernel'].T[labels]), atol=1e-5)
-  np.testing.assert_allclose(
-      got_cam, attention.cam(features, p['kernel'], labels), atol=2e-2)
+  np.testing.assert_allclose(got_cam, np_weighted_maps(rounded, p['kernel'].T[labels]), atol=1e-5)
+  np.testing.assert_allclose(got_cam, attention.cam(features, p['kernel'], labels), atol=2e-2)
 
 
 # ---------------------------------------------------------------------------

@@ -7,16 +7,18 @@ import pytest
 from scipy import ndimage
 import tensorflow as tf
 
+from care_jax import config as config_lib
 from care_jax.data import augment
 from care_jax.data import pipeline
 
 NO_JITTER = dict(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
-IDENTITY = dict(rotation=0.0, hflip=False, vflip=False, crop_scale=(1.0, 1.0),
-                crop_ratio=(1.0, 1.0))
+IDENTITY = dict(
+  rotation=0.0, hflip=False, vflip=False, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0)
+)
 
 
 def _settings(**overrides):
-  config = augment.default_config()
+  config = config_lib.default_augment_config()
   config.update(overrides)
   return augment.augment_kwargs(config)
 
@@ -40,13 +42,16 @@ def _affine(linear, offset):
 
 
 def test_default_config_is_off_and_valid():
-  config = augment.default_config()
+  config = config_lib.default_augment_config()
   assert config.enabled is False
+  config_lib.validate_augment(config)
   settings = augment.augment_kwargs(config)
   assert settings['crop_scale'] == (0.5, 1.0) and settings['rotation'] == 180.0
 
 
-@pytest.mark.parametrize('key, value, message', [
+@pytest.mark.parametrize(
+  'key, value, message',
+  [
     ('rotation', 270.0, r'data\.augment\.rotation.*\[0, 180\]'),
     ('rotation', -1.0, r'data\.augment\.rotation'),
     ('hflip', 1, r'data\.augment\.hflip must be a bool'),
@@ -58,22 +63,23 @@ def test_default_config_is_off_and_valid():
     ('crop_scale', (0.9, 0.5), r'data\.augment\.crop_scale'),
     ('crop_ratio', (1.0,), r'data\.augment\.crop_ratio must be a pair'),
     ('crop_ratio', (2.0, 1.0), r'data\.augment\.crop_ratio must satisfy'),
-])
+  ],
+)
 def test_bad_values_name_the_key(key, value, message):
-  config = augment.default_config().to_dict()
+  config = config_lib.default_augment_config().to_dict()
   config[key] = value
   with pytest.raises(ValueError, match=message):
-    augment.augment_kwargs(config)
+    config_lib.validate_augment(config)
 
 
 def test_unknown_and_missing_keys_are_named():
-  config = augment.default_config().to_dict()
+  config = config_lib.default_augment_config().to_dict()
   config['shear'] = 0.1
   with pytest.raises(ValueError, match=r"unknown key\(s\) \['shear'\]"):
-    augment.augment_kwargs(config)
+    config_lib.validate_augment(config)
   del config['shear'], config['vflip']
   with pytest.raises(ValueError, match=r"missing key\(s\) \['vflip'\]"):
-    augment.augment_kwargs(config)
+    config_lib.validate_augment(config)
 
 
 # Geometry --------------------------------------------------------------------
@@ -83,8 +89,7 @@ def test_disabled_geometry_is_the_identity():
   for i in range(20):
     # crop_scale=(1, 1) disables the crop whatever crop_ratio (containing 1).
     for ratio in ((1.0, 1.0), (0.75, 4 / 3)):
-      geometry = augment.sample_geometry(
-          _seed(i), **dict(IDENTITY, crop_ratio=ratio))
+      geometry = augment.sample_geometry(_seed(i), **dict(IDENTITY, crop_ratio=ratio))
       np.testing.assert_allclose(geometry.numpy(), np.eye(3), atol=1e-6)
 
 
@@ -111,8 +116,7 @@ def test_crop_area_ratio_and_position_follow_the_settings():
 def test_crop_falls_back_to_the_widest_crop_in_the_ratio_range():
   # No crop of area 1 with ratio in [2, 3] fits: torchvision's fallback is
   # the full width, height 1 / 2, centred vertically at a random position.
-  geometry = augment.sample_geometry(
-      _seed(0), **dict(IDENTITY, crop_ratio=(2.0, 3.0))).numpy()
+  geometry = augment.sample_geometry(_seed(0), **dict(IDENTITY, crop_ratio=(2.0, 3.0))).numpy()
   np.testing.assert_allclose([geometry[0, 0], geometry[1, 1]], [1.0, 0.5])
   assert 0.0 <= geometry[1, 2] <= 0.5
 
@@ -149,11 +153,11 @@ def test_same_seed_same_augmentation_other_seed_differs():
 def test_warp_image_matches_exact_flips_and_quarter_turns():
   image = np.random.default_rng(0).uniform(size=(6, 6, 3)).astype(np.float32)
   cases = [
-      (np.eye(2), (0, 0), image),
-      (np.diag([-1, 1]), (1, 0), image[:, ::-1]),  # x -> 1 - x
-      (np.diag([1, -1]), (0, 1), image[::-1]),  # y -> 1 - y
-      # Output (x, y) shows input (y, 1 - x): a quarter turn.
-      (np.array([[0, 1], [-1, 0]]), (0, 1), np.rot90(image, k=-1)),
+    (np.eye(2), (0, 0), image),
+    (np.diag([-1, 1]), (1, 0), image[:, ::-1]),  # x -> 1 - x
+    (np.diag([1, -1]), (0, 1), image[::-1]),  # y -> 1 - y
+    # Output (x, y) shows input (y, 1 - x): a quarter turn.
+    (np.array([[0, 1], [-1, 0]]), (0, 1), np.rot90(image, k=-1)),
   ]
   for linear, offset, expected in cases:
     warped = augment.warp_image(image, _affine(linear, offset), size=6)
@@ -168,7 +172,8 @@ def test_warp_image_zoom_interpolates_bilinearly_and_fills_outside():
   coords = (np.arange(8) + 0.5) / 2 - 0.5
   padded = np.pad(image[..., 0], 1, constant_values=augment.FILL_VALUE)
   rows = ndimage.map_coordinates(
-      padded, np.meshgrid(coords + 1, coords + 1, indexing='ij'), order=1)
+    padded, np.meshgrid(coords + 1, coords + 1, indexing='ij'), order=1
+  )
   np.testing.assert_allclose(warped, rows, atol=1e-5)
   # A shift by half the image leaves the fill value on the uncovered half.
   shifted = augment.warp_image(image, _affine(np.eye(2), (0.5, 0)), size=4)
@@ -197,8 +202,7 @@ def test_warped_mask_tests_each_mapped_pixel_centre_against_the_boxes():
     for row in range(20):
       for col in range(20):
         vx, vy, _ = geometry.numpy() @ [(col + 0.5) / 20, (row + 0.5) / 20, 1]
-        expected[row, col] = any(
-            b[0] <= vy <= b[2] and b[1] <= vx <= b[3] for b in boxes)
+        expected[row, col] = any(b[0] <= vy <= b[2] and b[1] <= vx <= b[3] for b in boxes)
     assert np.abs(mask - expected).sum() <= 1  # float32 ties on an edge.
   assert set(np.unique(mask)) <= {0.0, 1.0}
 
@@ -206,8 +210,9 @@ def test_warped_mask_tests_each_mapped_pixel_centre_against_the_boxes():
 def test_bright_square_stays_under_the_mask_for_many_seeds():
   size = 32
   settings = _settings(**NO_JITTER)
-  run = tf.function(lambda image, boxes, seed: augment.augment_example(
-      image, boxes, seed, size=size, **settings))
+  run = tf.function(
+    lambda image, boxes, seed: augment.augment_example(image, boxes, seed, size=size, **settings)
+  )
   rng = np.random.default_rng(3)
   ring = np.ones((3, 3), bool)
   transformed = visible = 0
@@ -215,7 +220,7 @@ def test_bright_square_stays_under_the_mask_for_many_seeds():
     height, width = rng.integers(4, size // 2, size=2, endpoint=True)
     top, left = rng.integers(0, size - height + 1), rng.integers(0, size - width + 1)
     image = np.full((size, size, 3), 0.1, np.float32)
-    image[top:top + height, left:left + width] = 0.9
+    image[top : top + height, left : left + width] = 0.9
     boxes = np.array([[top, left, top + height, left + width]], np.float32) / size
     out, mask = run(image, boxes, _seed(i))
     bright = out.numpy().mean(-1) > 0.5
@@ -233,10 +238,8 @@ def test_colour_jitter_leaves_the_mask_alone():
   image = tf.random.stateless_uniform([24, 24, 3], [3, 4])
   boxes = tf.constant([[0.2, 0.3, 0.7, 0.6]])
   for i in range(5):
-    _, plain = augment.augment_example(
-        image, boxes, _seed(i), size=24, **_settings(**NO_JITTER))
-    jittered, mask = augment.augment_example(
-        image, boxes, _seed(i), size=24, **_settings())
+    _, plain = augment.augment_example(image, boxes, _seed(i), size=24, **_settings(**NO_JITTER))
+    jittered, mask = augment.augment_example(image, boxes, _seed(i), size=24, **_settings())
     np.testing.assert_array_equal(mask, plain)
     assert jittered.numpy().min() >= 0 and jittered.numpy().max() <= 1
 
@@ -261,23 +264,25 @@ def test_adjust_color_matches_torchvision_formulas():
   image = np.random.default_rng(4).uniform(size=(8, 8, 3)).astype(np.float32)
   for factors in ((1.3, 0.7, 1.4, 0.1), (0.6, 1.5, 0.5, -0.3), (1, 1, 0, 0.45)):
     out = augment.adjust_color(image, tf.constant(factors, tf.float32))
-    np.testing.assert_allclose(out, _torchvision_jitter(image, *factors),
-                               atol=2e-5)
+    np.testing.assert_allclose(out, _torchvision_jitter(image, *factors), atol=2e-5)
 
 
 def test_adjust_color_grey_image_gets_brightness_and_contrast_only():
   image = np.random.default_rng(5).uniform(size=(5, 5, 1)).astype(np.float32)
   out = augment.adjust_color(image, tf.constant([1.2, 0.8, 0.0, 0.3]))
   bright = np.clip(image * 1.2, 0, 1)
-  np.testing.assert_allclose(out, np.clip(0.8 * bright + 0.2 * bright.mean(), 0, 1),
-                             atol=1e-6)
+  np.testing.assert_allclose(out, np.clip(0.8 * bright + 0.2 * bright.mean(), 0, 1), atol=1e-6)
 
 
 def test_color_factors_are_drawn_in_torchvision_ranges():
-  factors = np.stack([
-      augment.sample_color_factors(_seed(i), brightness=1.5, contrast=0.2,
-                                   saturation=0.0, hue=0.1).numpy()
-      for i in range(200)])
+  factors = np.stack(
+    [
+      augment.sample_color_factors(
+        _seed(i), brightness=1.5, contrast=0.2, saturation=0.0, hue=0.1
+      ).numpy()
+      for i in range(200)
+    ]
+  )
   assert factors[:, 0].min() >= 0 and factors[:, 0].max() <= 2.5  # max(0, 1 - 1.5)
   assert factors[:, 0].min() < 0.25 and factors[:, 0].max() > 2.25
   assert factors[:, 1].min() >= 0.8 and factors[:, 1].max() <= 1.2

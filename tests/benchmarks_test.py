@@ -19,12 +19,13 @@ from care_jax import models
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / 'benchmarks'
 sys.path.insert(0, str(BENCHMARKS))
-import _common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import _common  # noqa: E402  (benchmarks/ is put on the path first)
 
 
 def test_random_batch_boxes_one_rectangle_per_boxed_image():
-  batch = _common.random_batch(batch_size=12, image_size=64, num_classes=7,
-                               boxed_fraction=0.33, seed=3)
+  batch = _common.random_batch(
+    batch_size=12, image_size=64, num_classes=7, boxed_fraction=0.33, seed=3
+  )
   assert batch['image'].shape == (12, 64, 64, 3) and batch['image'].dtype == np.float32
   assert batch['label'].dtype == np.int32 and set(batch['label']) <= set(range(7))
   np.testing.assert_array_equal(batch['has_mask'], np.arange(12) < 4)  # round(0.33 * 12)
@@ -46,8 +47,11 @@ def test_random_batch_rejects_a_boxed_fraction_outside_0_1():
 
 def test_compiled_stats_of_a_donated_matmul():
   n = 64
-  compiled = jax.jit(lambda a, b: a @ b + a, donate_argnums=0).lower(
-      jnp.ones((n, n)), jnp.ones((n, n))).compile()
+  compiled = (
+    jax.jit(lambda a, b: a @ b + a, donate_argnums=0)
+    .lower(jnp.ones((n, n)), jnp.ones((n, n)))
+    .compile()
+  )
   stats = _common.compiled_stats(compiled)
   assert stats['flops'] >= 2 * n**3  # the matmul's multiply-adds (plus the add)
   assert stats['argument_bytes'] == 2 * n * n * 4
@@ -62,8 +66,13 @@ def test_time_alternating_runs_the_steps_in_turn_on_fresh_arguments():
     made.append(name)
     return (jnp.float32(len(made)),)
 
-  steps = {name: (lambda x, name=name: calls.append((name, float(x))) or x,
-                  lambda name=name: make_args(name)) for name in ('a', 'b')}
+  steps = {
+    name: (
+      lambda x, name=name: calls.append((name, float(x))) or x,
+      lambda name=name: make_args(name),
+    )
+    for name in ('a', 'b')
+  }
   timings = _common.time_alternating(steps, repeats=3, warmup=1)
   assert [name for name, _ in calls] == ['a', 'b'] * 4
   # Every run got the arguments made just before it.
@@ -75,17 +84,18 @@ def test_time_alternating_runs_the_steps_in_turn_on_fresh_arguments():
 def test_format_table_aligns_columns():
   table = _common.format_table(['', 'x', 'yy'], [['row', '1.0', '22.5'], ['r', '10.25', '3']])
   assert table.splitlines() == [
-      '         x    yy',
-      '---  -----  ----',
-      'row    1.0  22.5',
-      'r    10.25     3',
+    '         x    yy',
+    '---  -----  ----',
+    'row    1.0  22.5',
+    'r    10.25     3',
   ]
 
 
 def _tiny_steps(nan_image=False):
   model = models.get_model('tiny_cnn', num_classes=3)
-  batch = _common.random_batch(batch_size=8, image_size=32, num_classes=3,
-                               boxed_fraction=0.5, seed=1)
+  batch = _common.random_batch(
+    batch_size=8, image_size=32, num_classes=3, boxed_fraction=0.5, seed=1
+  )
   if nan_image:
     batch['image'][0, 0, 0, 0] = np.nan
   state = _common.create_state(model, (32, 32, 3), seed=0)
@@ -101,8 +111,7 @@ def test_compile_steps_donates_copies_and_keeps_the_initial_state():
     for _ in range(2):
       jax.block_until_ready(steps.compiled[name](*steps.fresh_args()))
   # Runs donate copies, never the initial state itself.
-  assert not any(x.is_deleted() for x in jax.tree.leaves(steps.state)
-                 if isinstance(x, jax.Array))
+  assert not any(x.is_deleted() for x in jax.tree.leaves(steps.state) if isinstance(x, jax.Array))
   assert steps.step_configs['ce'].alpha == 0.0 and steps.step_configs['care'].alpha == 0.5
 
 
@@ -114,8 +123,14 @@ def test_compile_steps_rejects_a_step_with_non_finite_metrics():
 def _run(script, *args):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
   env.pop('XLA_FLAGS', None)  # One CPU device, as a user would run it.
-  proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], env=env,
-                        capture_output=True, text=True, timeout=600, check=False)
+  proc = subprocess.run(
+    [sys.executable, str(BENCHMARKS / script), *args],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stdout + proc.stderr
   return proc.stdout.strip().splitlines()
 
@@ -129,23 +144,45 @@ def _ratio(last_line, prefix):
 
 
 def test_step_overhead_runs_and_prints_the_ratio_last():
-  lines = _run('step_overhead.py', '--model', 'tiny_cnn', '--image-size', '32', '--batch', '8',
-               '--repeats', '2')
+  lines = _run(
+    'step_overhead.py',
+    '--model',
+    'tiny_cnn',
+    '--image-size',
+    '32',
+    '--batch',
+    '8',
+    '--repeats',
+    '2',
+  )
   _ratio(lines[-1], 'care/ce step time ratio')
   assert any(line.startswith('temp memory (MiB)') for line in lines)
 
 
 def test_gpu_benchmark_runs_on_cpu_and_prints_the_ratio_last():
-  lines = _run('gpu.py', '--model', 'tiny_cnn', '--image-size', '32', '--batch', '8',
-               '--repeats', '2', '--matmul-size', '256')
+  lines = _run(
+    'gpu.py',
+    '--model',
+    'tiny_cnn',
+    '--image-size',
+    '32',
+    '--batch',
+    '8',
+    '--repeats',
+    '2',
+    '--matmul-size',
+    '256',
+  )
   _ratio(lines[-1], 'care/ce images/s ratio')
   assert any(line.startswith('achieved TFLOP/s') for line in lines)
 
 
 def test_benchmarks_import_no_tensorflow():
   # gpu.py must run on accelerator images that have no TensorFlow.
-  code = ('import sys; sys.path.insert(0, sys.argv[1]); import gpu, step_overhead; '
-          "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-          "('tensorflow', 'tensorflow_datasets', 'torch')); "
-          'assert not bad, bad')
+  code = (
+    'import sys; sys.path.insert(0, sys.argv[1]); import gpu, step_overhead; '
+    "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+    "('tensorflow', 'tensorflow_datasets', 'torch')); "
+    'assert not bad, bad'
+  )
   subprocess.run([sys.executable, '-c', code, str(BENCHMARKS)], check=True, timeout=120)

@@ -18,7 +18,8 @@ from scipy import ndimage
 from care_jax import boxes
 from care_jax import config as config_lib
 from care_jax import models
-from care_jax import train
+from care_jax import training
+from care_jax.boxes import generators
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SKIN = np.array([224.0, 188.0, 164.0])
@@ -64,8 +65,8 @@ def test_box_iou_matches_hand_computation():
 
 def test_largest_component_is_chosen_over_a_smaller_one():
   mask = np.zeros((1, 20, 20), bool)
-  mask[0, 2:5, 2:5] = True       # 9 pixels
-  mask[0, 10:18, 8:14] = True    # 48 pixels
+  mask[0, 2:5, 2:5] = True  # 9 pixels
+  mask[0, 10:18, 8:14] = True  # 48 pixels
   found_boxes, found = boxes.boxes_from_foreground(mask)
   np.testing.assert_allclose(found_boxes[0], [10 / 20, 8 / 20, 18 / 20, 14 / 20])
   assert found[0]
@@ -137,7 +138,7 @@ def test_otsu_threshold_matches_a_brute_force_reference():
 
 def test_gaussian_blur_matches_scipy():
   x = np.random.default_rng(0).normal(size=(2, 13, 17)).astype(np.float32)
-  ours = boxes._separable_filter(jnp.asarray(x), 'gaussian', 1.7, 'reflect')
+  ours = generators._separable_filter(jnp.asarray(x), 'gaussian', 1.7, 'reflect')
   ref = ndimage.gaussian_filter(x.astype(np.float64), sigma=(0, 1.7, 1.7), mode='reflect')
   np.testing.assert_allclose(ours, ref, atol=1e-5)
 
@@ -204,8 +205,7 @@ class _PoolBackbone(nn.Module):
 
 
 def _pool_model():
-  model = models.Classifier(backbone=_PoolBackbone(),
-                            head=models.LinearHead(num_classes=2))
+  model = models.Classifier(backbone=_PoolBackbone(), head=models.LinearHead(num_classes=2))
   variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
   # Class 0 looks at channel 0; class 1 at nothing (a constant, all-zero map).
   kernel = np.zeros((3, 2), np.float32)
@@ -221,19 +221,22 @@ def test_grad_cam_recovers_a_blob_the_model_looks_at(attention):
   images = np.zeros((3, 64, 64, 3), np.float32)
   true = []
   for n, (top, left) in enumerate([(8, 16), (24, 8), (32, 32)]):
-    images[n, top:top + 24, left:left + 16, 0] = 1.0
+    images[n, top : top + 24, left : left + 16, 0] = 1.0
     true.append([top / 64, left / 64, (top + 24) / 64, (left + 16) / 64])
-  found_boxes, found = boxes.grad_cam_boxes(model, variables, images, np.zeros(3, np.int32),
-                                            attention=attention)
+  found_boxes, found = boxes.grad_cam_boxes(
+    model, variables, images, np.zeros(3, np.int32), attention=attention
+  )
   assert found.all()
   assert np.asarray(boxes.box_iou(found_boxes, np.array(true))).min() > 0.8
 
 
 def test_no_component_means_not_found_never_a_full_image_box():
   constant = np.full((2, 32, 32, 3), 128, np.uint8)
-  for found_boxes, found in (boxes.otsu_boxes(constant),
-                             boxes.spectral_residual_boxes(constant),
-                             boxes.mask_boxes(np.zeros((2, 32, 32)))):
+  for found_boxes, found in (
+    boxes.otsu_boxes(constant),
+    boxes.spectral_residual_boxes(constant),
+    boxes.mask_boxes(np.zeros((2, 32, 32))),
+  ):
     assert not found.any()
     np.testing.assert_array_equal(found_boxes, 0.0)
   model, variables = _pool_model()
@@ -249,7 +252,7 @@ def test_batched_results_equal_per_image_results():
   images, _ = _blob_images(num=5, seed=3)
   for generator in (boxes.otsu_boxes, boxes.spectral_residual_boxes):
     batched = generator(images, batch_size=2)  # chunks of 2, 2, 1 (padded)
-    single = [generator(images[n:n + 1]) for n in range(len(images))]
+    single = [generator(images[n : n + 1]) for n in range(len(images))]
     np.testing.assert_array_equal(batched[0], np.concatenate([s[0] for s in single]))
     np.testing.assert_array_equal(batched[1], np.concatenate([s[1] for s in single]))
 
@@ -258,8 +261,8 @@ def test_batched_results_equal_per_image_results():
 def tiny_model():
   """(config, model, variables): the default tiny CNN, freshly initialised, 5 classes."""
   config = config_lib.default_config()
-  model = train.create_model(config, 5)
-  state = train.create_train_state(config, model, (32, 32, 3), 10, jax.random.key(0))
+  model = training.create_model(config, 5)
+  state = training.create_train_state(config, model, (32, 32, 3), 10, jax.random.key(0))
   return config, model, {'params': state.params, 'batch_stats': state.batch_stats}
 
 
@@ -268,9 +271,10 @@ def test_grad_cam_boxes_of_a_created_model_are_batch_independent(tiny_model):
   images = np.random.default_rng(0).normal(size=(5, 32, 32, 3)).astype(np.float32)
   labels = np.array([0, 1, 2, 3, 4])
   batched = boxes.grad_cam_boxes(model, variables, images, labels, batch_size=2, fraction=0.5)
-  single = [boxes.grad_cam_boxes(model, variables, images[n:n + 1], labels[n:n + 1],
-                                 fraction=0.5)
-            for n in range(5)]
+  single = [
+    boxes.grad_cam_boxes(model, variables, images[n : n + 1], labels[n : n + 1], fraction=0.5)
+    for n in range(5)
+  ]
   np.testing.assert_allclose(batched[0], np.concatenate([s[0] for s in single]))
   np.testing.assert_array_equal(batched[1], np.concatenate([s[1] for s in single]))
   # The threshold at fraction x max: the map's own foreground, boxed.
@@ -310,13 +314,13 @@ def test_boxes_csv_round_trip_in_the_folder_format(tmp_path):
 
 def test_boxes_csv_rejects_an_empty_box_naming_the_row(tmp_path):
   with pytest.raises(ValueError, match="box 1 of image 'b.png'"):
-    boxes.write_boxes_csv(str(tmp_path / 'x.csv'), ['a.png', 'b.png'],
-                          [[0, 0, 4, 4], [5, 0, 5, 4]])
+    boxes.write_boxes_csv(str(tmp_path / 'x.csv'), ['a.png', 'b.png'], [[0, 0, 4, 4], [5, 0, 5, 4]])
 
 
 def test_pixel_boxes_scale_by_each_images_size():
   np.testing.assert_allclose(
-      boxes.pixel_boxes([[0.1, 0.2, 0.5, 1.0]], [[450, 600]]), [[120, 45, 600, 225]])
+    boxes.pixel_boxes([[0.1, 0.2, 0.5, 1.0]], [[450, 600]]), [[120, 45, 600, 225]]
+  )
 
 
 # ---------------------------------------------------------------- datasets
@@ -325,7 +329,8 @@ def test_pixel_boxes_scale_by_each_images_size():
 @pytest.fixture(scope='module')
 def data_config(tmp_path_factory):
   from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  config = pipeline.default_data_config()
+
+  config = config_lib.default_data_config()
   config.dir = str(tmp_path_factory.mktemp('tfds'))
   config.image_size = 32
   config.synthetic.image_size = 32
@@ -339,15 +344,19 @@ def data_config(tmp_path_factory):
 def _stored_train_split(data_config):
   """uint8 images and labels of the train split in the pipeline's order."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  builder = pipeline._prepared_builder(data_config)
-  ds = builder.as_dataset(split='train', shuffle_files=False, read_config=pipeline._read_config())
+
+  builder = pipeline.prepared_builder(data_config)
+  ds = builder.as_dataset(
+    split='train', shuffle_files=False, read_config=tfds.ReadConfig(options=pipeline.read_options())
+  )
   rows = list(tfds.as_numpy(ds))
   return np.stack([r['image'] for r in rows]), np.array([r['label'] for r in rows])
 
 
 def test_generated_boxes_are_the_generators_boxes_of_the_rare_images(data_config, tmp_path):
-  box_config = boxes.default_box_config()
+  box_config = config_lib.default_box_config()
   box_config.cache_dir = str(tmp_path)
   generated = boxes.generated_boxes(data_config, method='otsu', box_config=box_config)
   images, labels = _stored_train_split(data_config)
@@ -362,11 +371,11 @@ def test_generated_boxes_are_the_generators_boxes_of_the_rare_images(data_config
 
 
 def test_generated_boxes_come_from_the_cache_the_second_time(data_config, tmp_path, monkeypatch):
-  box_config = boxes.default_box_config()
+  box_config = config_lib.default_box_config()
   box_config.cache_dir = str(tmp_path)
   first = boxes.generated_boxes(data_config, method='spectral_residual', box_config=box_config)
   assert len(os.listdir(tmp_path)) == 1
-  monkeypatch.setattr(boxes, '_spectral_residual', None)  # Recomputing would fail.
+  monkeypatch.setattr(generators, 'foreground_fn', None)  # Recomputing would fail.
   second = boxes.generated_boxes(data_config, method='spectral_residual', box_config=box_config)
   np.testing.assert_array_equal(first.boxes, second.boxes)
   np.testing.assert_array_equal(first.image_sizes, second.image_sizes)
@@ -379,20 +388,22 @@ def test_generated_boxes_come_from_the_cache_the_second_time(data_config, tmp_pa
 
 def test_replace_boxes_swaps_manual_boxes_for_generated_ones(data_config, tmp_path):
   from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  builder = pipeline._prepared_builder(data_config)
-  table = pipeline._read_split(builder, 'train')
+
+  builder = pipeline.prepared_builder(data_config)
+  table = pipeline.read_split(builder, 'train')
   config = data_config.copy_and_resolve_references()
   assert boxes.replace_boxes(config, builder, table) is table  # no box_source: manual
   with config.unlocked():
     config.box_source = 'otsu'
-    config.boxes = boxes.default_box_config()
+    config.boxes = config_lib.default_box_config()
   config.boxes.cache_dir = str(tmp_path)
   config.boxes.margin = 0.1
   replaced = boxes.replace_boxes(config, builder, table)
   generated = boxes.generated_boxes(config, method='otsu', box_config=config.boxes)
   counts = np.diff(replaced.box_splits)
-  np.testing.assert_array_equal(counts, np.isin(np.arange(len(table.labels)),
-                                                generated.indices[generated.found]))
+  np.testing.assert_array_equal(
+    counts, np.isin(np.arange(len(table.labels)), generated.indices[generated.found])
+  )
   np.testing.assert_allclose(replaced.box_values, generated.boxes[generated.found])
   np.testing.assert_array_equal(replaced.labels, table.labels)
   with config.unlocked():
@@ -403,22 +414,28 @@ def test_replace_boxes_swaps_manual_boxes_for_generated_ones(data_config, tmp_pa
 
 def test_generated_boxes_need_rare_classes_without_manual_boxes(data_config):
   from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  builder = pipeline._prepared_builder(data_config)
-  table = pipeline._read_split(builder, 'train')
-  unboxed = dataclasses.replace(table, box_values=np.zeros((0, 4), np.float32),
-                                box_splits=np.zeros(len(table.labels) + 1, np.int64))
+
+  builder = pipeline.prepared_builder(data_config)
+  table = pipeline.read_split(builder, 'train')
+  unboxed = dataclasses.replace(
+    table,
+    box_values=np.zeros((0, 4), np.float32),
+    box_splits=np.zeros(len(table.labels) + 1, np.int64),
+  )
   with pytest.raises(ValueError, match='data.rare_classes'):
-    boxes.generated_boxes(data_config, method='otsu', builder=builder, table=unboxed,
-                          use_cache=False)
+    boxes.generated_boxes(
+      data_config, method='otsu', builder=builder, table=unboxed, use_cache=False
+    )
   config = data_config.copy_and_resolve_references()
   config.rare_classes = ('striped',)
-  generated = boxes.generated_boxes(config, method='otsu', builder=builder, table=unboxed,
-                                    use_cache=False)
+  generated = boxes.generated_boxes(
+    config, method='otsu', builder=builder, table=unboxed, use_cache=False
+  )
   np.testing.assert_array_equal(table.labels[generated.indices], 4)
 
 
 def test_mask_method_reads_masks_named_after_the_images(data_config, tmp_path):
-  box_config = boxes.default_box_config()
+  box_config = config_lib.default_box_config()
   box_config.cache_dir = str(tmp_path / 'cache')
   box_config.mask.masks_dir = str(tmp_path / 'masks')
   os.makedirs(box_config.mask.masks_dir)
@@ -428,19 +445,20 @@ def test_mask_method_reads_masks_named_after_the_images(data_config, tmp_path):
   expected = []
   for n, image_id in enumerate(ids):
     mask = np.zeros((32, 32), np.uint8)
-    mask[n:n + 10, 2 * n:2 * n + 5] = 255
-    Image.fromarray(mask).save(os.path.join(box_config.mask.masks_dir,
-                                            f'{image_id}_segmentation.png'))
+    mask[n : n + 10, 2 * n : 2 * n + 5] = 255
+    Image.fromarray(mask).save(
+      os.path.join(box_config.mask.masks_dir, f'{image_id}_segmentation.png')
+    )
     expected.append([n / 32, 2 * n / 32, (n + 10) / 32, (2 * n + 5) / 32])
   generated = boxes.generated_boxes(data_config, method='mask', box_config=box_config)
   np.testing.assert_allclose(generated.boxes, expected)
   assert generated.found.all()
 
 
-def test_grad_cam_method_uses_the_stage1_model(data_config, tiny_model, tmp_path,
-                                               monkeypatch):
+def test_grad_cam_method_uses_the_stage1_model(data_config, tiny_model, tmp_path, monkeypatch):
   from care_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
   config, model, variables = tiny_model
   config = config.copy_and_resolve_references()
   config.data = data_config
@@ -451,18 +469,20 @@ def test_grad_cam_method_uses_the_stage1_model(data_config, tiny_model, tmp_path
     return config, model, variables
 
   monkeypatch.setattr(checkpoint, 'load_model', load_model)
-  box_config = boxes.default_box_config()
+  box_config = config_lib.default_box_config()
   box_config.cache_dir = str(tmp_path)
   with pytest.raises(ValueError, match='stage1_workdir'):
     boxes.generated_boxes(data_config, method='grad_cam', box_config=box_config)
   box_config.grad_cam.stage1_workdir = 'runs/stage1'
   generated = boxes.generated_boxes(data_config, method='grad_cam', box_config=box_config)
   assert calls == [('runs/stage1', 'best')]
-  inputs = np.concatenate([b['image'][b['valid']] for b in pipeline.eval_batches(
-      data_config, 'train', batch_size=8)])
+  inputs = np.concatenate(
+    [b['image'][b['valid']] for b in pipeline.eval_batches(data_config, 'train', batch_size=8)]
+  )
   _, labels = _stored_train_split(data_config)
-  expected = boxes.grad_cam_boxes(model, variables, inputs[generated.indices],
-                                  labels[generated.indices])
+  expected = boxes.grad_cam_boxes(
+    model, variables, inputs[generated.indices], labels[generated.indices]
+  )
   np.testing.assert_allclose(generated.boxes, expected[0], atol=1e-6)
 
 
@@ -470,24 +490,38 @@ def test_cli_writes_a_boxes_csv(data_config, tmp_path):
   out = tmp_path / 'boxes.csv'
   synthetic = data_config.synthetic
   command = [
-      sys.executable, '-m', 'care_jax.cli', 'boxes', '--method=otsu',
-      f'--config={REPO / "configs" / "synthetic_care.py"}', f'--out={out}', '--margin=0.1',
-      f'--config.data.dir={data_config.dir}', '--config.data.image_size=32',
-      '--config.data.synthetic.image_size=32',
-      f'--config.data.synthetic.train_counts={tuple(synthetic.train_counts)}',
-      f'--config.data.synthetic.validation_counts={tuple(synthetic.validation_counts)}',
-      f'--config.data.synthetic.test_counts={tuple(synthetic.test_counts)}',
+    sys.executable,
+    '-m',
+    'care_jax.cli',
+    'boxes',
+    '--method=otsu',
+    f'--config={REPO / "configs" / "synthetic_care.py"}',
+    f'--out={out}',
+    '--margin=0.1',
+    f'--config.data.dir={data_config.dir}',
+    '--config.data.image_size=32',
+    '--config.data.synthetic.image_size=32',
+    f'--config.data.synthetic.train_counts={tuple(synthetic.train_counts)}',
+    f'--config.data.synthetic.validation_counts={tuple(synthetic.validation_counts)}',
+    f'--config.data.synthetic.test_counts={tuple(synthetic.test_counts)}',
   ]
-  result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  result = subprocess.run(
+    command,
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'rare-class training images boxed by otsu' in result.stdout
   with open(out, newline='') as f:
     rows = list(csv.DictReader(f))
-  box_config = boxes.default_box_config()
+  box_config = config_lib.default_box_config()
   box_config.margin = 0.1
-  generated = boxes.generated_boxes(data_config, method='otsu', box_config=box_config,
-                                    use_cache=False)
+  generated = boxes.generated_boxes(
+    data_config, method='otsu', box_config=box_config, use_cache=False
+  )
   assert [r['image'] for r in rows] == list(generated.image_ids[generated.found])
   read = np.array([[float(r[k]) for k in ('xmin', 'ymin', 'xmax', 'ymax')] for r in rows])
   np.testing.assert_allclose(read, generated.csv_rows()[1], atol=1e-4)
@@ -497,10 +531,20 @@ def test_cli_writes_a_boxes_csv(data_config, tmp_path):
 @pytest.mark.slow
 def test_benchmark_script_runs_with_tiny_settings(tmp_path):
   result = subprocess.run(
-      [sys.executable, str(REPO / 'benchmarks' / 'boxes.py'), '--image-size=32',
-       '--train-counts=6,6,4,6,4', '--stage1-steps=3', '--repeats=1',
-       f'--data-dir={tmp_path}'],
-      capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    [
+      sys.executable,
+      str(REPO / 'benchmarks' / 'boxes.py'),
+      '--image-size=32',
+      '--train-counts=6,6,4,6,4',
+      '--stage1-steps=3',
+      '--repeats=1',
+      f'--data-dir={tmp_path}',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   lines = result.stdout.strip().splitlines()
   assert any(line.startswith('otsu (log red/green)') for line in lines)

@@ -3,7 +3,9 @@ load_model, and the messages of bad inputs (another model, incompatible config,
 unwritable workdir, full disk, SIGTERM)."""
 
 import errno
+import json
 import os
+import shutil
 import signal
 
 import jax
@@ -12,28 +14,29 @@ import pytest
 
 from care_jax import checkpoint
 from care_jax import config as config_lib
-from care_jax import train
+from care_jax import training
 
 CLASSES = ['a', 'b', 'c']
 
 
 def _config(*overrides):
   return config_lib.apply_overrides(
-      config_lib.default_config(),
-      ['checkpoint.async_save=False', 'checkpoint.keep=2', 'checkpoint.keep_best=1',
-       *overrides])
+    config_lib.default_config(),
+    ['checkpoint.async_save=False', 'checkpoint.keep=2', 'checkpoint.keep_best=1', *overrides],
+  )
 
 
 def _state(config, num_classes=3, seed=0):
-  model = train.create_model(config, num_classes)
-  return train.create_train_state(config, model, (16, 16, 3), 10, jax.random.key(seed))
+  model = training.create_model(config, num_classes)
+  return training.create_train_state(config, model, (16, 16, 3), 10, jax.random.key(seed))
 
 
 def _save_run(workdir, config, scores, *, num_classes=3):
   """Saves a state per (step, validation score); params differ per step."""
   states = {}
-  with checkpoint.RunCheckpoints(str(workdir), config,
-                                 meta={'class_names': CLASSES[:num_classes]}) as ckpts:
+  with checkpoint.RunCheckpoints(
+    str(workdir), config, meta={'class_names': CLASSES[:num_classes]}
+  ) as ckpts:
     for step, score in scores:
       states[step] = _state(config, num_classes, seed=step)
       ckpts.save(step, states[step], validation_mca=score)
@@ -47,7 +50,7 @@ def _assert_tree_equal(a, b):
 def test_restore_onto_the_replicated_mesh_sharding(tmp_path):
   config = _config()
   states = _save_run(tmp_path, config, [(3, None)])
-  runner = train.make_parallel(config, lambda s, b: (s, b), lambda s, b: b)
+  runner = training.make_parallel(config, lambda s, b: (s, b), lambda s, b: b)
   with checkpoint.RunCheckpoints(str(tmp_path), config, meta={}) as ckpts:
     restored, meta = ckpts.restore(3, runner.abstract_state(_state(config)))
   assert meta['class_names'] == CLASSES and meta['step'] == 3
@@ -60,8 +63,9 @@ def test_restore_onto_the_replicated_mesh_sharding(tmp_path):
 
 def test_keeps_the_latest_and_the_best_and_finds_the_best(tmp_path):
   config = _config()
-  states = _save_run(tmp_path, config,
-                     [(1, 0.5), (2, None), (3, 0.9), (4, 0.2), (5, None), (6, None)])
+  states = _save_run(
+    tmp_path, config, [(1, 0.5), (2, None), (3, 0.9), (4, 0.2), (5, None), (6, None)]
+  )
   assert sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints')) == [3, 5, 6]
   _, _, best = checkpoint.load_model(str(tmp_path))
   _assert_tree_equal(best['params'], states[3].params)
@@ -91,14 +95,20 @@ def test_load_model_without_a_checkpoint_says_so(tmp_path):
 
 def test_resume_refuses_an_incompatible_config_naming_the_keys(tmp_path):
   _save_run(tmp_path, _config(), [(2, None)])
-  changed = _config('care.lam=0.1', 'train.learning_rate=0.01', 'train.log_every_steps=7',
-                    'checkpoint.every_steps=3')
+  changed = _config(
+    'care.lam=0.1',
+    'train.learning_rate=0.01',
+    'train.log_every_steps=7',
+    'checkpoint.every_steps=3',
+  )
   with checkpoint.RunCheckpoints(str(tmp_path), changed, meta={}) as ckpts:
     with pytest.raises(ValueError) as error:
       ckpts.restore(2, checkpoint.abstract_tree(_state(changed)))
   message = str(error.value)
-  assert message.startswith(f'cannot resume from {tmp_path / "checkpoints"} (step 2): the '
-                            'config differs in care.lam, train.learning_rate:')
+  assert message.startswith(
+    f'cannot resume from {tmp_path / "checkpoints"} (step 2): the '
+    'config differs in care.lam, train.learning_rate:'
+  )
   assert 'care.lam: 0.7 in the checkpoint, 0.1 now' in message
   assert 'log_every_steps' not in message.split('Keys that may')[0]
 
@@ -107,18 +117,25 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
   _save_run(tmp_path, _config(), [(2, None)])
   other = _config("model.name='resnet18'")
   with checkpoint.RunCheckpoints(str(tmp_path), other, meta={}) as ckpts:
-    with pytest.raises(ValueError, match=r"config differs in model\.name:\n  model\.name: "
-                       r"'tiny_cnn' in the checkpoint, 'resnet18' now"):
+    with pytest.raises(
+      ValueError,
+      match=r'config differs in model\.name:\n  model\.name: '
+      r"'tiny_cnn' in the checkpoint, 'resnet18' now",
+    ):
       ckpts.restore(2, checkpoint.abstract_tree(_state(_config())))
 
 
 @pytest.mark.parametrize('schedule, resumable', [('constant', True), ('cosine', False)])
-def test_run_length_may_change_on_resume_only_with_a_constant_learning_rate(
-    schedule, resumable):
-  saved = checkpoint.config_to_json(_config(f"train.schedule='{schedule}'"))
-  longer = checkpoint.config_to_json(_config(f"train.schedule='{schedule}'",
-                                             'train.num_steps=5000', "data.dir='/elsewhere'",
-                                             "parallel='pmap'"))
+def test_run_length_may_change_on_resume_only_with_a_constant_learning_rate(schedule, resumable):
+  saved = config_lib.to_json(_config(f"train.schedule='{schedule}'"))
+  longer = config_lib.to_json(
+    _config(
+      f"train.schedule='{schedule}'",
+      'train.num_steps=5000',
+      "data.dir='/elsewhere'",
+      "parallel='pmap'",
+    )
+  )
   expected = {} if resumable else {'train.num_steps': (1000, 5000)}
   assert checkpoint.config_differences(saved, longer) == expected
 
@@ -139,10 +156,11 @@ def test_init_from_refuses_another_model_naming_the_parameters(tmp_path):
   with pytest.raises(ValueError) as error:
     checkpoint.init_from(str(tmp_path / 'stage1'), _state(_config(), num_classes=3))
   assert str(error.value) == (
-      f"config.init_from = '{tmp_path / 'stage1'}': step 4 holds another model than "
-      'config.model builds for this data; differing parameters:\n'
-      '  params/head/fc/bias: (3,) here vs (2,) in the checkpoint\n'
-      '  params/head/fc/kernel: (128, 3) here vs (128, 2) in the checkpoint')
+    f"config.init_from = '{tmp_path / 'stage1'}': step 4 holds another model than "
+    'config.model builds for this data; differing parameters:\n'
+    '  params/head/fc/bias: (3,) here vs (2,) in the checkpoint\n'
+    '  params/head/fc/kernel: (128, 3) here vs (128, 2) in the checkpoint'
+  )
 
 
 def test_init_from_an_empty_directory_says_so(tmp_path):
@@ -153,15 +171,19 @@ def test_init_from_an_empty_directory_says_so(tmp_path):
 def test_unwritable_workdir_fails_before_training(tmp_path):
   (tmp_path / 'file').write_text('')
   workdir = str(tmp_path / 'file' / 'run')
-  with pytest.raises(OSError, match=f"workdir '{workdir}' is not writable \\(Not a directory\\); "
-                     'choose a writable --workdir'):
-    train.train_and_evaluate(_config(), workdir)
+  with pytest.raises(
+    OSError,
+    match=f"workdir '{workdir}' is not writable \\(Not a directory\\); choose a writable --workdir",
+  ):
+    training.train_and_evaluate(_config(), workdir)
 
 
 @pytest.mark.parametrize('async_save', [False, True])
 def test_full_disk_during_a_save_names_the_step_and_keeps_the_last_checkpoint(
-    tmp_path, monkeypatch, async_save):
+  tmp_path, monkeypatch, async_save
+):
   from orbax.checkpoint._src.handlers import json_checkpoint_handler  # pylint: disable=g-import-not-at-top
+
   config = _config(f'checkpoint.async_save={async_save}')
   states = _save_run(tmp_path, config, [(2, None)])
 
@@ -174,9 +196,10 @@ def test_full_disk_during_a_save_names_the_step_and_keeps_the_last_checkpoint(
     ckpts.save(4, _state(config, seed=4))
     ckpts.close()  # An asynchronous write fails here at the latest.
   assert str(error.value) == (
-      f'[Errno 28] could not write the checkpoint of step 4 to {tmp_path / "checkpoints"} '
-      '(No space left on device). The last complete checkpoint (step 2) is intact: fix the '
-      'cause (free disk space) and run the same command to resume from it.')
+    f'[Errno 28] could not write the checkpoint of step 4 to {tmp_path / "checkpoints"} '
+    '(No space left on device). The last complete checkpoint (step 2) is intact: fix the '
+    'cause (free disk space) and run the same command to resume from it.'
+  )
   monkeypatch.undo()
   _, _, variables = checkpoint.load_model(str(tmp_path), which='latest')
   _assert_tree_equal(variables['params'], states[2].params)
@@ -197,3 +220,43 @@ def test_truncate_log_drops_records_after_the_resumed_step(tmp_path):
   log.write_text(''.join(f'{{"step": {s}, "loss": 1.0}}\n' for s in (2, 4, 6, 8)))
   checkpoint.truncate_log(str(log), 5)
   assert log.read_text() == '{"step": 2, "loss": 1.0}\n{"step": 4, "loss": 1.0}\n'
+
+
+# A run written by care-jax 0.1.0 (tests/fixtures/make_v0_1_run.py) ---------------------------
+
+V0_1_RUN = os.path.join(os.path.dirname(__file__), 'fixtures', 'v0_1_run')
+
+
+def test_load_model_reads_a_run_written_by_0_1():
+  config, model, variables = checkpoint.load_model(V0_1_RUN, which='latest')
+  with open(os.path.join(V0_1_RUN, 'config.json')) as f:
+    assert config_lib.differences(json.load(f), config_lib.to_json(config)) == {}
+  with open(os.path.join(V0_1_RUN, 'metrics.json')) as f:
+    classes = json.load(f)['classes']
+  assert model.head.num_classes == len(classes) == 5
+  logits, inter = model.apply(variables, np.zeros((2, 32, 32, 3), np.float32), train=False)
+  assert logits.shape == (2, 5) and np.all(np.isfinite(logits))
+  maps = model.attention_maps(variables, inter['features'], np.array([0, 3]))
+  assert maps.shape == (2, 4, 4)
+
+
+def test_a_run_written_by_0_1_resumes_and_starts_stage_two(tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(V0_1_RUN, workdir)
+  with open(os.path.join(V0_1_RUN, 'overrides.json')) as f:
+    overrides = json.load(f)
+  # data.dir may change on resume: keep the generated data out of ~/tensorflow_datasets.
+  config = config_lib.apply_overrides(
+    config_lib.default_config(), [*overrides, 'train.num_steps=3', f'data.dir={tmp_path / "tfds"}']
+  )
+  result = training.train_and_evaluate(config, str(workdir))
+  assert result['step'] == 3
+  with open(workdir / 'train_log.jsonl') as f:
+    assert [json.loads(line)['step'] for line in f] == [2, 3]
+  saved = checkpoint.load_model(V0_1_RUN, which='latest')[2]
+  stage2 = training.create_train_state(
+    config, training.create_model(config, 5), (32, 32, 3), 3, jax.random.key(1)
+  )
+  stage2 = checkpoint.init_from(V0_1_RUN, stage2)
+  _assert_tree_equal(stage2.params, saved['params'])
+  assert int(stage2.step) == 0

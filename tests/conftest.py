@@ -10,8 +10,9 @@ import pathlib
 import pytest
 
 if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                             ' --xla_force_host_platform_device_count=8').strip()
+  os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+  ).strip()
 # TensorFlow only feeds data: keep it off accelerators and quiet.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
@@ -29,6 +30,7 @@ def torch_python() -> pathlib.Path:
   exists); the lock serialises pytest-xdist workers.
   """
   import pretrained_test  # pylint: disable=g-import-not-at-top
+
   pretrained_test.TORCH_VENV.mkdir(exist_ok=True)
   with open(pretrained_test.TORCH_VENV / '.lock', 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)

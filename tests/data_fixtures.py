@@ -4,22 +4,23 @@ Not a test module: the builder tests (folder, isic2018, rsna_pneumonia,
 nih_chestxray14) import it.
 """
 
-import pathlib
 from collections.abc import Sequence
+import pathlib
+from typing import Any
 
+import ml_collections
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from care_jax import config as care_config
 from care_jax.data import pipeline
 
 BACKGROUND = 20
 LESION = 230
 
 
-def lesion_image(
-    height: int, width: int, box: Sequence[int] | None
-) -> np.ndarray:
+def lesion_image(height: int, width: int, box: Sequence[int] | None) -> np.ndarray:
   """uint8 [H, W]: dark background, a bright rectangle at pixel box.
 
   ``box`` is (xmin, ymin, xmax, ymax) in pixel edges (None: no rectangle).
@@ -41,9 +42,29 @@ def write_lines(path: pathlib.Path, lines: Sequence[str]) -> None:
   path.write_text(''.join(f'{line}\n' for line in lines))
 
 
-def data_config(name, data_dir, cache_dir, *, image_size=16, **params):
-  """The data config of builder ``name`` with identity normalisation."""
-  config = pipeline.default_data_config()
+def default_parameters(dataset: str) -> dict[str, Any]:
+  """The ``data.<dataset>`` parameters with their defaults: a complete mapping."""
+  return care_config.default_config().data[dataset].to_dict()
+
+
+def data_config(
+  name: str | None = None,
+  data_dir: pathlib.Path | str | None = None,
+  cache_dir: pathlib.Path | str | None = None,
+  *,
+  image_size: int = 16,
+  **params,
+) -> ml_collections.ConfigDict:
+  """The default data config, or the one of builder ``name``.
+
+  Without ``name``: the config's ``data`` (`care_jax.config.default_config`).
+  With it: that config reading ``data_dir`` (prepared in ``cache_dir``) with
+  builder ``name``, ``image_size`` and identity normalisation; ``params``
+  override ``data.<name>``.
+  """
+  config = care_config.default_config().data
+  if name is None:
+    return config
   config.name = name
   config.dir = str(data_dir)
   config.cache_dir = str(cache_dir)
@@ -57,17 +78,13 @@ def data_config(name, data_dir, cache_dir, *, image_size=16, **params):
 def load_splits(builder) -> dict[str, list[dict]]:
   builder.download_and_prepare()
   return {
-      split: list(
-          tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
-      )
-      for split in builder.info.splits
+    split: list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
+    for split in builder.info.splits
   }
 
 
 def class_counts(examples, num_classes: int) -> list[int]:
-  return np.bincount(
-      [ex['label'] for ex in examples], minlength=num_classes
-  ).tolist()
+  return np.bincount([ex['label'] for ex in examples], minlength=num_classes).tolist()
 
 
 def raster(box, size: int) -> np.ndarray:
@@ -90,12 +107,10 @@ def assert_masks_cover_the_drawn_lesions(config) -> int:
   size = info.split_sizes['train']
   batch = next(pipeline.train_batches(config, batch_size=size, seed=0))
   assert sorted(batch['label'].tolist()) == sorted(
-      np.repeat(np.arange(len(info.class_names)), info.train_class_counts)
+    np.repeat(np.arange(len(info.class_names)), info.train_class_counts)
   )
   masked = 0
-  for image, mask, has_mask in zip(
-      batch['image'], batch['mask'], batch['has_mask']
-  ):
+  for image, mask, has_mask in zip(batch['image'], batch['mask'], batch['has_mask']):
     if has_mask:
       bright = image.mean(-1) * 255.0 > (BACKGROUND + LESION) / 2
       np.testing.assert_array_equal(mask, bright.astype(np.float32))

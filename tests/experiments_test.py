@@ -11,19 +11,23 @@ import pytest
 
 from care_jax import config as config_lib
 from care_jax import experiments
-from care_jax import train
+from care_jax import training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Fabricated test-split results: (care.alpha, seed) -> (rare recall, MCA).
 FAKE = {
-    (0.0, 0): (0.10, 0.50), (0.0, 1): (0.20, 0.60), (0.0, 2): (0.30, 0.70),
-    (0.5, 0): (0.30, 0.55), (0.5, 1): (0.35, 0.60), (0.5, 2): (0.40, 0.65),
+  (0.0, 0): (0.10, 0.50),
+  (0.0, 1): (0.20, 0.60),
+  (0.0, 2): (0.30, 0.70),
+  (0.5, 0): (0.30, 0.55),
+  (0.5, 1): (0.35, 0.60),
+  (0.5, 2): (0.40, 0.65),
 }
 
 
 def _fake_train(calls):
-  """Stands in for train.train_and_evaluate: writes config.json and metrics.json."""
+  """Stands in for training.train_and_evaluate: writes config.json and metrics.json."""
 
   def fake(config, workdir):
     calls.append((config.care.alpha, config.seed))
@@ -58,16 +62,31 @@ def test_parse_seeds():
 
 def test_table1_rows_cross_care_with_csl_fl_and_da():
   suite = experiments.SUITES['table1']
-  assert list(suite.rows) == ['baseline', 'CARE', 'CSL', 'CARE+CSL', 'FL', 'CARE+FL', 'DA',
-                              'CARE+DA']
+  assert list(suite.rows) == [
+    'baseline',
+    'CARE',
+    'CSL',
+    'CARE+CSL',
+    'FL',
+    'CARE+FL',
+    'DA',
+    'CARE+DA',
+  ]
   assert suite.rows['baseline'] == ('care.alpha=0.0',)
   assert suite.rows['CARE'] == ('care.alpha=0.5',)
   assert suite.rows['CARE+CSL'] == ('loss.name=weighted_ce', 'care.alpha=0.5')
   assert suite.rows['FL'] == ('loss.name=focal', 'care.alpha=0.0')
-  assert set(suite.rows['CARE+DA']) == {'data.augment.enabled=True',
-                                        'data.sampling=class_balanced', 'care.alpha=0.5'}
-  assert suite.pairs == (('baseline', 'CARE'), ('CSL', 'CARE+CSL'), ('FL', 'CARE+FL'),
-                         ('DA', 'CARE+DA'))
+  assert set(suite.rows['CARE+DA']) == {
+    'data.augment.enabled=True',
+    'data.sampling=class_balanced',
+    'care.alpha=0.5',
+  }
+  assert suite.pairs == (
+    ('baseline', 'CARE'),
+    ('CSL', 'CARE+CSL'),
+    ('FL', 'CARE+FL'),
+    ('DA', 'CARE+DA'),
+  )
 
 
 @pytest.mark.parametrize('name', ['table1', 'modern', 'backbones', 'smoke'])
@@ -83,18 +102,28 @@ def test_care_rows_differ_from_their_control_only_in_alpha(name):
 def test_modern_backbones_box_scale_alpha_and_smoke_rows():
   modern = experiments.SUITES['modern'].rows
   assert {modern[r][0] for r in ('LA', 'BS', 'LDAM-DRW', 'CB', 'LA-posthoc')} == {
-      'loss.name=logit_adjusted', 'loss.name=balanced_softmax', 'loss.name=ldam_drw',
-      'loss.name=class_balanced', 'loss.posthoc_tau=1.0'}
+    'loss.name=logit_adjusted',
+    'loss.name=balanced_softmax',
+    'loss.name=ldam_drw',
+    'loss.name=class_balanced',
+    'loss.posthoc_tau=1.0',
+  }
   backbones = experiments.SUITES['backbones'].rows
   assert [backbones[r][0] for r in backbones][::2] == [
-      'model.name=resnet18', 'model.name=resnet50', 'model.name=resnet152', 'model.name=vgg19']
+    'model.name=resnet18',
+    'model.name=resnet50',
+    'model.name=resnet152',
+    'model.name=vgg19',
+  ]
   box = experiments.SUITES['box_scale']
   assert box.rows['baseline'] == ('care.alpha=0.0',)
   assert [box.rows[r] for r in box.rows][1:] == [
-      ('care.alpha=0.5', f'data.box_scale={s}') for s in (0.7, 0.9, 1.0, 1.1, 1.3)]
+    ('care.alpha=0.5', f'data.box_scale={s}') for s in (0.7, 0.9, 1.0, 1.1, 1.3)
+  ]
   alpha = experiments.SUITES['alpha']
   assert [alpha.rows[r] for r in alpha.rows] == [
-      (f'care.alpha={a}',) for a in (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)]
+    (f'care.alpha={a}',) for a in (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
+  ]
   assert alpha.pairs[0] == ('alpha_0.0', 'alpha_0.1') and len(alpha.pairs) == 5
   assert list(experiments.SUITES['smoke'].rows) == ['baseline', 'CARE']
 
@@ -113,8 +142,9 @@ def test_data_augmentation_rows_validate():
 
 
 def test_pretrained_weights_go_to_the_rows_of_their_model():
-  configs = experiments.row_configs(_base(), experiments.SUITES['backbones'].rows,
-                                    pretrained={'resnet50': '/w/r50.safetensors'})
+  configs = experiments.row_configs(
+    _base(), experiments.SUITES['backbones'].rows, pretrained={'resnet50': '/w/r50.safetensors'}
+  )
   assert configs['CARE+resnet50'].model.pretrained == '/w/r50.safetensors'
   assert configs['resnet50'].model.pretrained == '/w/r50.safetensors'
   assert configs['resnet18'].model.pretrained is None
@@ -132,7 +162,7 @@ def test_rows_and_suites_are_checked_by_name():
 
 def test_report_of_fabricated_runs_with_hand_checked_numbers(tmp_path, monkeypatch):
   calls = []
-  monkeypatch.setattr(train, 'train_and_evaluate', _fake_train(calls))
+  monkeypatch.setattr(training, 'train_and_evaluate', _fake_train(calls))
   report = experiments.run_suite('smoke', _base('isic2018'), [0, 1, 2], str(tmp_path))
   assert sorted(calls) == sorted(FAKE)
   rows = report['rows']
@@ -150,8 +180,10 @@ def test_report_of_fabricated_runs_with_hand_checked_numbers(tmp_path, monkeypat
   assert pair['wins'] == 3 and pair['seeds'] == [0, 1, 2]
 
   table = (tmp_path / 'report.md').read_text()
-  assert '| method | rare recall (test, %) | MCA (test, %) | paper rare recall (%) | ' \
-         'paper MCA (%) | seeds |' in table
+  assert (
+    '| method | rare recall (test, %) | MCA (test, %) | paper rare recall (%) | '
+    'paper MCA (%) | seeds |' in table
+  )
   # Best means in bold; the MCA tie (60.00 both) bolds both rows.
   assert '| baseline | 20.00 ± 10.00 | **60.00 ± 10.00** | 47.83 | 75.75 | 3 |' in table
   assert '| CARE | **35.00 ± 5.00** | **60.00 ± 5.00** | 52.17 | 76.16 | 3 |' in table
@@ -163,8 +195,9 @@ def test_report_of_fabricated_runs_with_hand_checked_numbers(tmp_path, monkeypat
 
 
 def test_one_seed_reports_no_spread_and_no_p_value_and_no_paper_for_other_data(
-    tmp_path, monkeypatch):
-  monkeypatch.setattr(train, 'train_and_evaluate', _fake_train([]))
+  tmp_path, monkeypatch
+):
+  monkeypatch.setattr(training, 'train_and_evaluate', _fake_train([]))
   experiments.run_suite('smoke', _base('synthetic_lesions'), [1], str(tmp_path))
   table = (tmp_path / 'report.md').read_text()
   assert '| baseline | 20.00 | **60.00** | 1 |' in table
@@ -175,7 +208,7 @@ def test_one_seed_reports_no_spread_and_no_p_value_and_no_paper_for_other_data(
 
 def test_finished_runs_are_not_repeated(tmp_path, monkeypatch):
   calls = []
-  monkeypatch.setattr(train, 'train_and_evaluate', _fake_train(calls))
+  monkeypatch.setattr(training, 'train_and_evaluate', _fake_train(calls))
   experiments.run_suite('smoke', _base(), [0, 1], str(tmp_path), rows=['baseline'])
   assert calls == [(0.0, 0), (0.0, 1)]
   report = (tmp_path / 'report.md').read_text()
@@ -184,37 +217,58 @@ def test_finished_runs_are_not_repeated(tmp_path, monkeypatch):
   calls.clear()
   experiments.run_suite('smoke', _base(), [0, 1, 2], str(tmp_path))
   assert calls == [(0.0, 2), (0.5, 0), (0.5, 1), (0.5, 2)]
-  monkeypatch.setattr(train, 'train_and_evaluate', _no_training)
+  monkeypatch.setattr(training, 'train_and_evaluate', _no_training)
   report = experiments.run_suite('smoke', _base(), [0, 1, 2], str(tmp_path))
   assert report['rows']['CARE']['rare_recall']['mean'] == pytest.approx(0.35)
 
 
 def test_a_finished_run_of_another_config_is_refused(tmp_path, monkeypatch):
-  monkeypatch.setattr(train, 'train_and_evaluate', _fake_train([]))
+  monkeypatch.setattr(training, 'train_and_evaluate', _fake_train([]))
   experiments.run_suite('smoke', _base(), [0], str(tmp_path))
-  monkeypatch.setattr(train, 'train_and_evaluate', _no_training)
+  monkeypatch.setattr(training, 'train_and_evaluate', _no_training)
   other = config_lib.apply_overrides(_base(), ['care.lam=0.1'])
-  with pytest.raises(ValueError, match=r"baseline.*seed_0 holds a run of another config.*"
-                     r"care\.lam"):
+  with pytest.raises(
+    ValueError,
+    match=r'baseline.*seed_0 holds a run of another config.*'
+    r'care\.lam',
+  ):
     experiments.run_suite('smoke', other, [0], str(tmp_path))
 
 
 @pytest.mark.slow
 def test_smoke_suite_end_to_end_through_the_care_jax_command(tmp_path):
   tiny = [
-      'data.image_size=32', 'data.synthetic.image_size=32',
-      'data.synthetic.train_counts=(24,24,8,24,8)',
-      'data.synthetic.validation_counts=(4,4,4,4,4)',
-      'data.synthetic.test_counts=(6,6,5,6,5)', 'train.batch_size=16',
-      'train.eval_batch_size=16', 'train.num_steps=4', 'train.log_every_steps=2',
-      'train.progress=False', f'data.dir={tmp_path / "tfds"}',
+    'data.image_size=32',
+    'data.synthetic.image_size=32',
+    'data.synthetic.train_counts=(24,24,8,24,8)',
+    'data.synthetic.validation_counts=(4,4,4,4,4)',
+    'data.synthetic.test_counts=(6,6,5,6,5)',
+    'train.batch_size=16',
+    'train.eval_batch_size=16',
+    'train.num_steps=4',
+    'train.log_every_steps=2',
+    'train.progress=False',
+    f'data.dir={tmp_path / "tfds"}',
   ]
   workdir = tmp_path / 'smoke'
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
   proc = subprocess.run(
-      [sys.executable, '-m', 'care_jax.cli', 'experiments', '--suite=smoke', '--seeds=1',
-       f'--workdir={workdir}', *[f'--config.{o}' for o in tiny]],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    [
+      sys.executable,
+      '-m',
+      'care_jax.cli',
+      'experiments',
+      '--suite=smoke',
+      '--seeds=1',
+      f'--workdir={workdir}',
+      *[f'--config.{o}' for o in tiny],
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   for row, alpha in (('baseline', 0.0), ('CARE', 0.5)):
     metrics = json.loads((workdir / row / 'seed_0' / 'metrics.json').read_text())
@@ -224,7 +278,8 @@ def test_smoke_suite_end_to_end_through_the_care_jax_command(tmp_path):
   report = json.loads((workdir / 'report.json').read_text())
   assert list(report['rows']) == ['baseline', 'CARE'] and report['seeds'] == [0]
   assert report['rows']['CARE']['mca']['mean'] == pytest.approx(
-      json.loads((workdir / 'CARE' / 'seed_0' / 'metrics.json').read_text())['test']['mca'])
+    json.loads((workdir / 'CARE' / 'seed_0' / 'metrics.json').read_text())['test']['mca']
+  )
   assert '| CARE vs baseline | 1 |' in (workdir / 'report.md').read_text()
   assert (workdir / 'report.png').stat().st_size > 0
   assert '| CARE vs baseline |' in proc.stdout  # the report is printed too

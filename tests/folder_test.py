@@ -3,10 +3,10 @@
 import logging
 import re
 
+import data_fixtures as fx
 import numpy as np
 import pytest
 
-import data_fixtures as fx
 from care_jax.data import _files
 from care_jax.data import folder
 from care_jax.data import pipeline
@@ -15,9 +15,9 @@ from care_jax.data import pipeline
 # clip(round(0.1 * rest), 1, rest - 1) of the rest (8, 4, 8) -> (1, 1, 1).
 COUNTS = {'cat': 10, 'ant': 5, 'bee': 10}
 EXPECTED = {
-    'train': [3, 7, 7],  # ant, bee, cat (classes ordered by name)
-    'validation': [1, 1, 1],
-    'test': [1, 2, 2],
+  'train': [3, 7, 7],  # ant, bee, cat (classes ordered by name)
+  'validation': [1, 1, 1],
+  'test': [1, 2, 2],
 }
 
 
@@ -54,9 +54,7 @@ def test_classes_are_ordered_by_name_and_images_kept(generated):
   builder = _builder(root, root / 'cache')
   assert builder.info.features['label'].names == ['ant', 'bee', 'cat']
   ids = sorted(ex['image_id'].decode() for s in splits.values() for ex in s)
-  assert ids == sorted(
-      f'{name}/{i:02d}.png' for name, n in COUNTS.items() for i in range(n)
-  )
+  assert ids == sorted(f'{name}/{i:02d}.png' for name, n in COUNTS.items() for i in range(n))
   for ex in splits['train']:
     i = int(ex['image_id'].decode()[-6:-4])
     np.testing.assert_array_equal(ex['image'], np.full((12, 16, 3), i * 10))
@@ -75,11 +73,7 @@ def test_split_ignores_row_order_and_follows_the_seed(generated, tmp_path):
   fx.write_lines(other / 'labels.csv', shuffled)
 
   def assignment(built):
-    return {
-        ex['image_id'].decode(): split
-        for split, examples in built.items()
-        for ex in examples
-    }
+    return {ex['image_id'].decode(): split for split, examples in built.items() for ex in examples}
 
   same = fx.load_splits(_builder(other, tmp_path / 'cache'))
   assert assignment(same) == assignment(splits)
@@ -141,7 +135,7 @@ def test_box_lands_on_its_pixels_through_the_pipeline(tmp_path):
     assert ex['image'].shape == (24, 32, 3)
     if ex['label'] == 1:
       np.testing.assert_allclose(
-          ex['lesion_boxes'], [[6 / 48, 16 / 64, 30 / 48, 40 / 64]], atol=1e-6
+        ex['lesion_boxes'], [[6 / 48, 16 / 64, 30 / 48, 40 / 64]], atol=1e-6
       )
       np.testing.assert_array_equal(fx.raster(ex['lesion_boxes'][0], 16), expected)
 
@@ -154,14 +148,12 @@ def test_greyscale_16_bit_rgba_and_jpeg_become_rgb(tmp_path):
   fx.save_image(tmp_path / 'deep.png', deep)
   fx.save_image(tmp_path / 'rgba.png', rgba)
   np.testing.assert_array_equal(
-      _files.load_rgb(tmp_path / 'grey.png'), np.repeat(grey[..., None], 3, -1)
+    _files.load_rgb(tmp_path / 'grey.png'), np.repeat(grey[..., None], 3, -1)
   )
   np.testing.assert_array_equal(
-      _files.load_rgb(tmp_path / 'deep.png'), np.repeat(grey[..., None], 3, -1)
+    _files.load_rgb(tmp_path / 'deep.png'), np.repeat(grey[..., None], 3, -1)
   )
-  np.testing.assert_array_equal(
-      _files.load_rgb(tmp_path / 'rgba.png'), rgba[..., :3]
-  )
+  np.testing.assert_array_equal(_files.load_rgb(tmp_path / 'rgba.png'), rgba[..., :3])
   fx.save_image(tmp_path / 'grey.jpg', grey, quality=100)
   jpeg = _files.load_rgb(tmp_path / 'grey.jpg')
   assert jpeg.shape == (6, 8, 3) and np.abs(jpeg - grey[..., None]).max() <= 3
@@ -177,9 +169,7 @@ def test_shrink_keeps_aspect_and_never_enlarges():
 
 def test_holdout_is_stratified_and_grouped():
   labels = np.array([0] * 10 + [1] * 5 + [2] * 2)
-  held = _files.holdout(
-      labels, [str(i) for i in range(17)], fraction=0.2, seed=0, salt=0
-  )
+  held = _files.holdout(labels, [str(i) for i in range(17)], fraction=0.2, seed=0, salt=0)
   assert np.bincount(labels[held], minlength=3).tolist() == [2, 1, 1]
   groups = [str(i // 4) for i in range(16)]  # 4 groups of 4 rows, class 0.
   held = _files.holdout(np.zeros(16, int), groups, fraction=0.5, seed=3, salt=0)
@@ -189,27 +179,21 @@ def test_holdout_is_stratified_and_grouped():
 
 
 def test_changed_parameters_or_files_do_not_reuse_the_cache(tmp_path):
-  fx.write_lines(
-      tmp_path / 'labels.csv', ['image,label'] + _write_images(tmp_path, COUNTS)
-  )
+  fx.write_lines(tmp_path / 'labels.csv', ['image,label'] + _write_images(tmp_path, COUNTS))
   names = {_builder(tmp_path, tmp_path / 'c').builder_config.name}
   assert _builder(tmp_path, tmp_path / 'c').builder_config.name in names
   changes = dict(
-      split_seed=1,
-      test_fraction=0.3,
-      validation_fraction=0.2,
-      skip_bad_rows=True,
-      stored_size=64,
+    split_seed=1, test_fraction=0.3, validation_fraction=0.2, skip_bad_rows=True, stored_size=64
   )
-  assert set(changes) == set(folder.DEFAULTS)
+  assert set(changes) == set(folder.PARAMETERS)
   for key, value in changes.items():
     names.add(_builder(tmp_path, tmp_path / 'c', **{key: value}).builder_config.name)
   assert len(names) == 1 + len(changes)
   fx.write_lines(tmp_path / 'boxes.csv', ['image,xmin,ymin,xmax,ymax'])
   assert _builder(tmp_path, tmp_path / 'c').builder_config.name not in names
-  defaults = pipeline.default_data_config()
+  defaults = fx.data_config()
   defaults.folder.split_seed = 5
-  assert folder.DEFAULTS['split_seed'] == 0
+  assert fx.data_config().folder.split_seed == 0
 
 
 def _small(root, extra_boxes=()):
@@ -256,82 +240,81 @@ def _not_an_image(root, lines):
 def _replace_line(n, text):
   def edit(root, lines):
     _edit(root, labels=lines[: n - 1] + [text] + lines[n:])
+
   return edit
 
 
 def _box(text):
   def edit(root, lines):
     _edit(root, boxes=['image,xmin,ymin,xmax,ymax', text])
+
   return edit
 
 
 # (edit, message regex); skippable rows name line 5 of labels.csv (3.png) or
 # line 2 of boxes.csv.
 SKIPPABLE = {
-    'missing image file': (
-        _missing_file, r'labels.csv, line 5: image file .*3.png does not exist'
+  'missing image file': (_missing_file, r'labels.csv, line 5: image file .*3.png does not exist'),
+  'corrupt png': (_corrupt, r'labels.csv, line 5: cannot decode image'),
+  'not an image': (_not_an_image, r'labels.csv, line 5: cannot read image'),
+  'unknown split': (
+    lambda root, lines: _edit(
+      root,
+      labels=['image,label,split']
+      + [
+        f'{line},{"test" if i < 3 else "tset" if i == 3 else "train"}'
+        for i, line in enumerate(lines[1:])
+      ],
     ),
-    'corrupt png': (_corrupt, r'labels.csv, line 5: cannot decode image'),
-    'not an image': (_not_an_image, r'labels.csv, line 5: cannot read image'),
-    'unknown split': (
-        lambda root, lines: _edit(
-            root,
-            labels=['image,label,split']
-            + [
-                f'{l},{"test" if i < 3 else "tset" if i == 3 else "train"}'
-                for i, l in enumerate(lines[1:])
-            ],
-        ),
-        r"labels.csv, line 5: split 'tset' is not one of",
-    ),
-    'empty label': (_replace_line(5, '3.png,'), r'labels.csv, line 5: empty label'),
-    'unknown image in boxes.csv': (
-        _box('nope.png,1,1,5,5'),
-        r"boxes.csv, line 2: image 'nope.png' is not listed in labels.csv",
-    ),
-    'box outside the image': (
-        _box('4.png,10,2,21,8'),
-        r'boxes.csv, line 2: .*lies outside the 20x10',
-    ),
-    'xmin >= xmax': (_box('4.png,7,2,7,8'), r'boxes.csv, line 2: .*xmin=7 >= xmax=7'),
-    'ymin >= ymax': (_box('4.png,1,9,7,3'), r'boxes.csv, line 2: .*ymin=9 >= ymax=3'),
-    'not a number': (_box('4.png,1,2,x,8'), r'boxes.csv, line 2: .*must be numbers'),
+    r"labels.csv, line 5: split 'tset' is not one of",
+  ),
+  'empty label': (_replace_line(5, '3.png,'), r'labels.csv, line 5: empty label'),
+  'unknown image in boxes.csv': (
+    _box('nope.png,1,1,5,5'),
+    r"boxes.csv, line 2: image 'nope.png' is not listed in labels.csv",
+  ),
+  'box outside the image': (
+    _box('4.png,10,2,21,8'),
+    r'boxes.csv, line 2: .*lies outside the 20x10',
+  ),
+  'xmin >= xmax': (_box('4.png,7,2,7,8'), r'boxes.csv, line 2: .*xmin=7 >= xmax=7'),
+  'ymin >= ymax': (_box('4.png,1,9,7,3'), r'boxes.csv, line 2: .*ymin=9 >= ymax=3'),
+  'not a number': (_box('4.png,1,2,x,8'), r'boxes.csv, line 2: .*must be numbers'),
 }
 
 ALWAYS = {
-    'absolute path': (_replace_line(5, '/etc/passwd,a'), r'line 5: .*leaves the data dir'),
-    'dot-dot path': (_replace_line(5, '../3.png,a'), r'line 5: .*leaves the data dir'),
-    'windows drive': (_replace_line(5, 'C:\\x.png,a'), r'line 5: .*leaves the data dir'),
-    'dot-dot in boxes.csv': (_box('a/../../4.png,1,1,2,2'), r'boxes.csv, line 2: .*leaves'),
-    'duplicate image rows': (
-        _replace_line(8, './1.png,b'),
-        r"line 8: image '1.png' is listed again \(first on line 3\)",
+  'absolute path': (_replace_line(5, '/etc/passwd,a'), r'line 5: .*leaves the data dir'),
+  'dot-dot path': (_replace_line(5, '../3.png,a'), r'line 5: .*leaves the data dir'),
+  'windows drive': (_replace_line(5, 'C:\\x.png,a'), r'line 5: .*leaves the data dir'),
+  'dot-dot in boxes.csv': (_box('a/../../4.png,1,1,2,2'), r'boxes.csv, line 2: .*leaves'),
+  'duplicate image rows': (
+    _replace_line(8, './1.png,b'),
+    r"line 8: image '1.png' is listed again \(first on line 3\)",
+  ),
+  'empty file': (lambda root, lines: _edit(root, labels=[]), r'labels.csv is empty'),
+  'header only': (
+    lambda root, lines: _edit(root, labels=['image,label']),
+    r'labels.csv has a header but no rows',
+  ),
+  'misspelt column': (
+    lambda root, lines: _edit(
+      root, labels=['image,label,splt'] + [f'{line},train' for line in lines[1:]]
     ),
-    'empty file': (lambda root, lines: _edit(root, labels=[]), r'labels.csv is empty'),
-    'header only': (
-        lambda root, lines: _edit(root, labels=['image,label']),
-        r'labels.csv has a header but no rows',
+    r"labels.csv, line 1: unknown column\(s\) \['splt'\]",
+  ),
+  'missing column': (
+    lambda root, lines: _edit(root, boxes=['image,xmin,ymin,xmax']),
+    r"boxes.csv, line 1: missing column\(s\) \['ymax'\]",
+  ),
+  'class without test examples': (
+    lambda root, lines: _edit(
+      root,
+      labels=['image,label,split']
+      + [f'{line},{"test" if i in (6, 7) else "train"}' for i, line in enumerate(lines[1:])],
     ),
-    'misspelt column': (
-        lambda root, lines: _edit(root, labels=['image,label,splt'] + [f'{l},train' for l in lines[1:]]),
-        r"labels.csv, line 1: unknown column\(s\) \['splt'\]",
-    ),
-    'missing column': (
-        lambda root, lines: _edit(root, boxes=['image,xmin,ymin,xmax']),
-        r"boxes.csv, line 1: missing column\(s\) \['ymax'\]",
-    ),
-    'class without test examples': (
-        lambda root, lines: _edit(
-            root,
-            labels=['image,label,split']
-            + [
-                f'{l},{"test" if i in (6, 7) else "train"}'
-                for i, l in enumerate(lines[1:])
-            ],
-        ),
-        r"labels.csv: every class needs examples in every split, but 'test'"
-        r" has no 'c'",
-    ),
+    r"labels.csv: every class needs examples in every split, but 'test'"
+    r" has no 'c'",
+  ),
 }
 
 
@@ -391,16 +374,33 @@ def test_missing_data_dir_and_labels_explain_the_layout(tmp_path):
 
 
 @pytest.mark.parametrize(
-    'key, value, message',
-    [
-        ('test_fraction', 1.0, 'test_fraction'),
-        ('validation_fraction', -0.1, 'validation_fraction'),
-        ('stored_size', -1, 'stored_size'),
-    ],
+  'key, value, message',
+  [
+    ('test_fraction', 1.0, 'test_fraction'),
+    ('validation_fraction', -0.1, 'validation_fraction'),
+    ('stored_size', -1, 'stored_size'),
+  ],
 )
 def test_bad_parameters_name_the_key(tmp_path, key, value, message):
   _small(tmp_path)
+  parameters = fx.default_parameters('folder')
   with pytest.raises(ValueError, match=f'data.folder.{message}'):
-    folder.folder_config(tmp_path, **{key: value})
+    folder.folder_config(tmp_path, **{**parameters, key: value})
   with pytest.raises(ValueError, match=r"Unknown data.folder parameter\(s\) \['sed'\]"):
-    folder.folder_config(tmp_path, sed=1)
+    folder.folder_config(tmp_path, **parameters, sed=1)
+
+
+def test_parameters_are_all_required_and_come_from_the_config(tmp_path):
+  _small(tmp_path)
+  parameters = fx.default_parameters('folder')
+  assert set(parameters) == set(folder.PARAMETERS)
+  assert folder.folder_config(tmp_path, **parameters).parameters == {
+    name: parameters[name] for name in folder.PARAMETERS
+  }
+  del parameters['stored_size']
+  with pytest.raises(
+    ValueError,
+    match=r'Missing parameter\(s\) data\.folder\.stored_size: .*defaults come from'
+    r' care_jax\.config\.default_config\(\)',
+  ):
+    folder.folder_config(tmp_path, **parameters)

@@ -1,7 +1,13 @@
 """Imbalance losses against independent numpy implementations of their published formulas."""
 
+import importlib
+import inspect
+import types
+import warnings
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -21,6 +27,7 @@ def _batch(seed=0, batch=16, scale=3.0):
 
 # Independent numpy references (float64), written from the papers' formulas.
 
+
 def np_log_softmax(z):
   z = np.asarray(z, np.float64)
   m = z.max(axis=1, keepdims=True)
@@ -35,7 +42,7 @@ def np_focal(z, y, gamma, alpha=None):
   """Lin et al. 2017, Eq. 5: -alpha_t (1 - p_t)^gamma log p_t."""
   p = np.exp(np_log_softmax(z))[np.arange(len(y)), y]
   a = 1.0 if alpha is None else np.asarray(alpha, np.float64)[y]
-  return -a * (1.0 - p)**gamma * np.log(p)
+  return -a * (1.0 - p) ** gamma * np.log(p)
 
 
 def np_class_balanced_weights(n, beta):
@@ -58,7 +65,7 @@ def np_balanced_softmax(z, y, n):
 
 def np_ldam_margins(n, max_margin):
   """Cao et al. 2019, Eq. 12: C / n_j^{1/4}, C chosen so the largest margin is max_margin."""
-  raw = 1.0 / np.asarray(n, np.float64)**0.25
+  raw = 1.0 / np.asarray(n, np.float64) ** 0.25
   return raw * max_margin / raw.max()
 
 
@@ -80,32 +87,46 @@ def _weighted_mean(values, weights):
 
 # The pure losses.
 
+
 @pytest.mark.parametrize('gamma', [0.5, 1.0, 2.0, 5.0])
 def test_focal_loss_matches_lin_et_al(gamma):
   logits, labels = _batch()
-  np.testing.assert_allclose(imbalance.focal_loss(logits, labels, gamma=gamma),
-                             np_focal(logits, labels, gamma), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    imbalance.focal_loss(logits, labels, gamma=gamma),
+    np_focal(logits, labels, gamma),
+    rtol=1e-5,
+    atol=1e-7,
+  )
 
 
 def test_focal_loss_with_class_alpha():
   logits, labels = _batch(1)
   alpha = np.array([0.1, 0.2, 0.3, 0.4], np.float32)
-  np.testing.assert_allclose(imbalance.focal_loss(logits, labels, gamma=2.0, alpha=alpha),
-                             np_focal(logits, labels, 2.0, alpha), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    imbalance.focal_loss(logits, labels, gamma=2.0, alpha=alpha),
+    np_focal(logits, labels, 2.0, alpha),
+    rtol=1e-5,
+    atol=1e-7,
+  )
 
 
 def test_focal_loss_with_gamma_zero_is_exactly_cross_entropy():
   logits, labels = _batch(2)
-  np.testing.assert_array_equal(imbalance.focal_loss(logits, labels, gamma=0.0),
-                                losses.cross_entropy(logits, labels))
-  np.testing.assert_allclose(imbalance.focal_loss(logits, labels, gamma=0.0),
-                             np_ce(logits, labels), rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(
+    imbalance.focal_loss(logits, labels, gamma=0.0), losses.cross_entropy(logits, labels)
+  )
+  np.testing.assert_allclose(
+    imbalance.focal_loss(logits, labels, gamma=0.0), np_ce(logits, labels), rtol=1e-5, atol=1e-6
+  )
 
 
 @pytest.mark.parametrize('beta', [0.9, 0.99, 0.999, 0.9999])
 def test_class_balanced_weights_match_cui_et_al(beta):
-  np.testing.assert_allclose(imbalance.class_balanced_weights(COUNTS, beta=beta),
-                             np_class_balanced_weights(COUNTS, beta), rtol=1e-5)
+  np.testing.assert_allclose(
+    imbalance.class_balanced_weights(COUNTS, beta=beta),
+    np_class_balanced_weights(COUNTS, beta),
+    rtol=1e-5,
+  )
 
 
 def test_class_balanced_weights_with_beta_zero_are_uniform():
@@ -122,15 +143,21 @@ def test_logit_adjusted_loss_matches_menon_et_al(tau):
   logits, labels = _batch(3)
   priors = COUNTS / COUNTS.sum()
   np.testing.assert_allclose(
-      imbalance.logit_adjusted_loss(logits, labels, class_priors=priors, tau=tau),
-      np_logit_adjusted(logits, labels, priors, tau), rtol=1e-5, atol=1e-6)
+    imbalance.logit_adjusted_loss(logits, labels, class_priors=priors, tau=tau),
+    np_logit_adjusted(logits, labels, priors, tau),
+    rtol=1e-5,
+    atol=1e-6,
+  )
 
 
 def test_logit_adjusted_loss_with_tau_zero_is_cross_entropy():
   logits, labels = _batch(4)
   np.testing.assert_allclose(
-      imbalance.logit_adjusted_loss(logits, labels, class_priors=COUNTS / COUNTS.sum(), tau=0.0),
-      np_ce(logits, labels), rtol=1e-6, atol=1e-6)
+    imbalance.logit_adjusted_loss(logits, labels, class_priors=COUNTS / COUNTS.sum(), tau=0.0),
+    np_ce(logits, labels),
+    rtol=1e-6,
+    atol=1e-6,
+  )
 
 
 def test_posthoc_logit_adjustment_matches_menon_et_al_and_favours_rare_classes():
@@ -143,16 +170,19 @@ def test_posthoc_logit_adjustment_matches_menon_et_al_and_favours_rare_classes()
   assert int(np.argmax(tie)) == 0
   assert int(jnp.argmax(imbalance.posthoc_logit_adjustment(tie, class_priors=priors))) == 3
   np.testing.assert_array_equal(
-      imbalance.posthoc_logit_adjustment(logits, class_priors=priors, tau=0.0), logits)
+    imbalance.posthoc_logit_adjustment(logits, class_priors=priors, tau=0.0), logits
+  )
 
 
 def test_balanced_softmax_matches_ren_et_al_and_equals_logit_adjustment_with_tau_one():
   logits, labels = _batch(6)
   values = imbalance.balanced_softmax_loss(logits, labels, class_counts=COUNTS)
-  np.testing.assert_allclose(values, np_balanced_softmax(logits, labels, COUNTS), rtol=1e-5,
-                             atol=1e-6)
-  np.testing.assert_allclose(values, np_logit_adjusted(logits, labels, COUNTS / COUNTS.sum(), 1.0),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    values, np_balanced_softmax(logits, labels, COUNTS), rtol=1e-5, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    values, np_logit_adjusted(logits, labels, COUNTS / COUNTS.sum(), 1.0), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_ldam_margins_match_cao_et_al():
@@ -168,37 +198,50 @@ def test_ldam_loss_matches_cao_et_al(s):
   logits, labels = _batch(7, scale=0.3)
   margins = np_ldam_margins(COUNTS, 0.5)
   np.testing.assert_allclose(
-      imbalance.ldam_loss(logits, labels, margins=margins, s=s),
-      np_ldam(logits, labels, margins, s), rtol=1e-5, atol=1e-6)
+    imbalance.ldam_loss(logits, labels, margins=margins, s=s),
+    np_ldam(logits, labels, margins, s),
+    rtol=1e-5,
+    atol=1e-6,
+  )
 
 
 def test_ldam_with_zero_margins_is_scaled_cross_entropy():
   logits, labels = _batch(8)
   np.testing.assert_allclose(
-      imbalance.ldam_loss(logits, labels, margins=np.zeros(K), s=2.0),
-      np_ce(2.0 * logits, labels), rtol=1e-5, atol=1e-6)
+    imbalance.ldam_loss(logits, labels, margins=np.zeros(K), s=2.0),
+    np_ce(2.0 * logits, labels),
+    rtol=1e-5,
+    atol=1e-6,
+  )
 
 
 def test_drw_weights_switch_at_the_start_step():
   _, labels = _batch(9)
   class_weights = np_class_balanced_weights(COUNTS, 0.9999)
-  for step, expected in ((0, np.ones(len(labels))), (9, np.ones(len(labels))),
-                         (10, class_weights[labels]), (50, class_weights[labels])):
+  for step, expected in (
+    (0, np.ones(len(labels))),
+    (9, np.ones(len(labels))),
+    (10, class_weights[labels]),
+    (50, class_weights[labels]),
+  ):
     np.testing.assert_allclose(
-        imbalance.drw_weights(labels, step, class_weights=class_weights, start_step=10),
-        expected, rtol=1e-6)
+      imbalance.drw_weights(labels, step, class_weights=class_weights, start_step=10),
+      expected,
+      rtol=1e-6,
+    )
 
 
 # Robustness: bf16 logits, gradients, jit.
 
 _PURE_LOSSES = {
-    'focal': lambda z, y: imbalance.focal_loss(z, y, gamma=2.0),
-    'focal_gamma_0.5': lambda z, y: imbalance.focal_loss(z, y, gamma=0.5),
-    'focal_gamma_0': lambda z, y: imbalance.focal_loss(z, y, gamma=0.0),
-    'logit_adjusted': lambda z, y: imbalance.logit_adjusted_loss(
-        z, y, class_priors=COUNTS / COUNTS.sum()),
-    'balanced_softmax': lambda z, y: imbalance.balanced_softmax_loss(z, y, class_counts=COUNTS),
-    'ldam': lambda z, y: imbalance.ldam_loss(z, y, margins=np_ldam_margins(COUNTS, 0.5)),
+  'focal': lambda z, y: imbalance.focal_loss(z, y, gamma=2.0),
+  'focal_gamma_0.5': lambda z, y: imbalance.focal_loss(z, y, gamma=0.5),
+  'focal_gamma_0': lambda z, y: imbalance.focal_loss(z, y, gamma=0.0),
+  'logit_adjusted': lambda z, y: imbalance.logit_adjusted_loss(
+    z, y, class_priors=COUNTS / COUNTS.sum()
+  ),
+  'balanced_softmax': lambda z, y: imbalance.balanced_softmax_loss(z, y, class_counts=COUNTS),
+  'ldam': lambda z, y: imbalance.ldam_loss(z, y, margins=np_ldam_margins(COUNTS, 0.5)),
 }
 
 
@@ -209,17 +252,18 @@ def test_bfloat16_logits_give_float32_losses(name):
   values = _PURE_LOSSES[name](bf16, labels)
   assert values.dtype == jnp.float32
   # Identical to float32 on the bf16-rounded logits: the math runs in float32.
-  np.testing.assert_allclose(values, _PURE_LOSSES[name](bf16.astype(jnp.float32), labels),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    values, _PURE_LOSSES[name](bf16.astype(jnp.float32), labels), rtol=1e-6
+  )
 
 
 @pytest.mark.parametrize('name', sorted(_PURE_LOSSES))
 def test_gradients_are_finite_for_confident_and_wrong_logits(name):
   logits, labels = _batch(11)
   extreme = np.zeros((4, K), np.float32)
-  extreme[0, 0] = 1e4   # p_y rounds to 1: CE is exactly 0.
+  extreme[0, 0] = 1e4  # p_y rounds to 1: CE is exactly 0.
   extreme[1, 1] = -1e4  # hopelessly wrong
-  extreme[2] = 0.0      # uniform
+  extreme[2] = 0.0  # uniform
   extreme[3, 3] = 60.0
   logits = np.concatenate([logits, extreme])
   labels = np.concatenate([labels, np.array([0, 1, 2, 3], np.int32)])
@@ -231,8 +275,9 @@ def test_gradients_are_finite_for_confident_and_wrong_logits(name):
 @pytest.mark.parametrize('name', sorted(_PURE_LOSSES))
 def test_losses_jit(name):
   logits, labels = _batch(12)
-  np.testing.assert_allclose(jax.jit(_PURE_LOSSES[name])(logits, labels),
-                             _PURE_LOSSES[name](logits, labels), rtol=1e-6)
+  np.testing.assert_allclose(
+    jax.jit(_PURE_LOSSES[name])(logits, labels), _PURE_LOSSES[name](logits, labels), rtol=1e-6
+  )
 
 
 def test_shape_and_value_errors_name_the_argument():
@@ -251,37 +296,55 @@ def test_shape_and_value_errors_name_the_argument():
 
 # The seam: make_classification_loss + the weighted mean = the published batch loss.
 
-def _config(**fields):
-  config = imbalance.default_loss_config()
-  config.update(fields)
-  return config
+# The published defaults of the hyperparameters (Lin et al., Cui et al., Menon et al., Cao et al.).
+PUBLISHED_DEFAULTS = {
+  'gamma': 2.0,
+  'focal_alpha': None,
+  'beta': 0.9999,
+  'tau': 1.0,
+  'posthoc_tau': 0.0,
+  'ldam_max_margin': 0.5,
+  'ldam_s': 30.0,
+  'drw_start': 0.8,
+}
+
+
+def _loss(name='ce', *, num_steps=10, **fields):
+  return imbalance.make_classification_loss(
+    name, class_counts=COUNTS, num_steps=num_steps, **fields
+  )
 
 
 def _np_batch_loss(name, logits, labels, step, num_steps, **fields):
-  """The published batch loss of each config.loss.name (numpy)."""
-  config = _config(name=name, **fields)
+  """The published batch loss of each loss name (numpy)."""
+  config = types.SimpleNamespace(**{**PUBLISHED_DEFAULTS, **fields})
   ones = np.ones(len(labels))
   if name == 'ce':
     return _weighted_mean(np_ce(logits, labels), ones)
   if name == 'weighted_ce':
     return _weighted_mean(np_ce(logits, labels), np_inverse_frequency(COUNTS)[labels])
   if name == 'class_balanced':
-    return _weighted_mean(np_ce(logits, labels),
-                          np_class_balanced_weights(COUNTS, config.beta)[labels])
+    return _weighted_mean(
+      np_ce(logits, labels), np_class_balanced_weights(COUNTS, config.beta)[labels]
+    )
   if name == 'focal':
-    alpha = {None: None, 'inverse_frequency': np_inverse_frequency(COUNTS),
-             'class_balanced': np_class_balanced_weights(COUNTS, config.beta)}[config.focal_alpha]
+    alpha = {
+      None: None,
+      'inverse_frequency': np_inverse_frequency(COUNTS),
+      'class_balanced': np_class_balanced_weights(COUNTS, config.beta),
+    }[config.focal_alpha]
     # alpha_y FL_y, normalised by the total alpha of the batch.
-    return _weighted_mean(np_focal(logits, labels, config.gamma),
-                          ones if alpha is None else alpha[labels])
+    return _weighted_mean(
+      np_focal(logits, labels, config.gamma), ones if alpha is None else alpha[labels]
+    )
   if name == 'logit_adjusted':
-    return _weighted_mean(np_logit_adjusted(logits, labels, COUNTS / COUNTS.sum(), config.tau),
-                          ones)
+    return _weighted_mean(
+      np_logit_adjusted(logits, labels, COUNTS / COUNTS.sum(), config.tau), ones
+    )
   if name == 'balanced_softmax':
     return _weighted_mean(np_balanced_softmax(logits, labels, COUNTS), ones)
   if name == 'ldam_drw':
-    values = np_ldam(logits, labels, np_ldam_margins(COUNTS, config.ldam_max_margin),
-                     config.ldam_s)
+    values = np_ldam(logits, labels, np_ldam_margins(COUNTS, config.ldam_max_margin), config.ldam_s)
     drw = step >= config.drw_start * num_steps
     weights = np_class_balanced_weights(COUNTS, config.beta)[labels] if drw else ones
     return _weighted_mean(values, weights)
@@ -289,11 +352,18 @@ def _np_batch_loss(name, logits, labels, step, num_steps, **fields):
 
 
 _SEAM_CASES = [
-    ('ce', {}), ('weighted_ce', {}), ('class_balanced', {}), ('class_balanced', {'beta': 0.99}),
-    ('focal', {}), ('focal', {'gamma': 1.0, 'focal_alpha': 'inverse_frequency'}),
-    ('focal', {'focal_alpha': 'class_balanced', 'beta': 0.999}),
-    ('logit_adjusted', {}), ('logit_adjusted', {'tau': 2.0}), ('balanced_softmax', {}),
-    ('ldam_drw', {'ldam_s': 1.0}), ('ldam_drw', {'ldam_s': 30.0, 'ldam_max_margin': 0.3}),
+  ('ce', {}),
+  ('weighted_ce', {}),
+  ('class_balanced', {}),
+  ('class_balanced', {'beta': 0.99}),
+  ('focal', {}),
+  ('focal', {'gamma': 1.0, 'focal_alpha': 'inverse_frequency'}),
+  ('focal', {'focal_alpha': 'class_balanced', 'beta': 0.999}),
+  ('logit_adjusted', {}),
+  ('logit_adjusted', {'tau': 2.0}),
+  ('balanced_softmax', {}),
+  ('ldam_drw', {'ldam_s': 1.0}),
+  ('ldam_drw', {'ldam_s': 30.0, 'ldam_max_margin': 0.3}),
 ]
 
 
@@ -301,15 +371,16 @@ _SEAM_CASES = [
 def test_classification_loss_weighted_mean_is_the_published_batch_loss(name, fields):
   scale = 0.3 if name == 'ldam_drw' else 3.0  # s = 30 multiplies the logits.
   logits, labels = _batch(13, scale=scale)
-  loss = jax.jit(imbalance.make_classification_loss(
-      _config(name=name, **fields), class_counts=COUNTS, num_steps=100))
+  loss = jax.jit(_loss(name, num_steps=100, **fields))
   for step in (0, 79, 80, 99):  # DRW starts at 0.8 * 100.
     values, weights = loss(jnp.asarray(logits), jnp.asarray(labels), jnp.int32(step))
     assert values.shape == weights.shape == (len(labels),)
     assert values.dtype == weights.dtype == jnp.float32
     np.testing.assert_allclose(
-        float(jnp.sum(weights * values) / jnp.sum(weights)),
-        _np_batch_loss(name, logits, labels, step, 100, **fields), rtol=2e-5)
+      float(jnp.sum(weights * values) / jnp.sum(weights)),
+      _np_batch_loss(name, logits, labels, step, 100, **fields),
+      rtol=2e-5,
+    )
 
 
 def test_ce_and_weighted_ce_are_bitwise_todays_train_step():
@@ -318,22 +389,24 @@ def test_ce_and_weighted_ce_are_bitwise_todays_train_step():
   class_weights = losses.inverse_frequency_weights(COUNTS)
   # What make_train_step computed before the seam.
   ce = losses.cross_entropy(logits, labels)
-  for name, example_weight in (('ce', jnp.ones_like(ce)),
-                               ('weighted_ce', jnp.asarray(class_weights, jnp.float32)[labels])):
-    loss = imbalance.make_classification_loss(_config(name=name), class_counts=COUNTS,
-                                              num_steps=10)
+  for name, example_weight in (
+    ('ce', jnp.ones_like(ce)),
+    ('weighted_ce', jnp.asarray(class_weights, jnp.float32)[labels]),
+  ):
+    loss = _loss(name)
     values, weights = loss(logits, labels, jnp.int32(0))
     np.testing.assert_array_equal(values, ce)
     np.testing.assert_array_equal(weights, example_weight)
     expected = jnp.sum(example_weight * ce) / jnp.sum(example_weight)
-    assert np.asarray(jnp.sum(weights * values) / jnp.sum(weights)).tobytes() == \
-        np.asarray(expected).tobytes()
+    assert (
+      np.asarray(jnp.sum(weights * values) / jnp.sum(weights)).tobytes()
+      == np.asarray(expected).tobytes()
+    )
 
 
 def test_drw_switch_is_traced_one_compilation_for_both_phases():
   logits, labels = _batch(15, scale=0.3)
-  loss = imbalance.make_classification_loss(_config(name='ldam_drw'), class_counts=COUNTS,
-                                            num_steps=10)
+  loss = _loss('ldam_drw')
   traces = []
 
   @jax.jit
@@ -346,14 +419,12 @@ def test_drw_switch_is_traced_one_compilation_for_both_phases():
   after = batch_loss(logits, labels, jnp.int32(8))
   assert len(traces) == 1
   assert float(before) != pytest.approx(float(after))
-  assert float(after) == pytest.approx(_np_batch_loss('ldam_drw', logits, labels, 8, 10),
-                                       rel=2e-5)
+  assert float(after) == pytest.approx(_np_batch_loss('ldam_drw', logits, labels, 8, 10), rel=2e-5)
 
 
 def test_drw_start_one_never_reweights_plain_ldam():
   logits, labels = _batch(16, scale=0.3)
-  loss = imbalance.make_classification_loss(_config(name='ldam_drw', drw_start=1.0),
-                                            class_counts=COUNTS, num_steps=10)
+  loss = _loss('ldam_drw', drw_start=1.0)
   _, weights = loss(logits, labels, jnp.int32(9))
   np.testing.assert_array_equal(weights, np.ones(len(labels)))
 
@@ -361,8 +432,7 @@ def test_drw_start_one_never_reweights_plain_ldam():
 def test_classification_loss_accepts_bfloat16_logits_and_has_finite_gradients():
   logits, labels = _batch(17, scale=0.3)
   for name, fields in _SEAM_CASES:
-    loss = imbalance.make_classification_loss(_config(name=name, **fields), class_counts=COUNTS,
-                                              num_steps=10)
+    loss = _loss(name, **fields)
 
     def batch_loss(z, loss=loss):
       values, weights = loss(z, labels, jnp.int32(9))
@@ -377,34 +447,140 @@ def test_classification_loss_accepts_bfloat16_logits_and_has_finite_gradients():
 
 def test_predict_logits_is_identity_without_posthoc_and_adjusts_with_it():
   logits, _ = _batch(18)
-  plain = imbalance.make_classification_loss(_config(), class_counts=COUNTS, num_steps=10)
+  plain = _loss()
   np.testing.assert_array_equal(plain.predict_logits(logits), logits)
   bf16 = jnp.asarray(logits, jnp.bfloat16)
   assert plain.predict_logits(bf16).dtype == jnp.bfloat16  # untouched
-  adjusted = imbalance.make_classification_loss(_config(name='focal', posthoc_tau=0.5),
-                                                class_counts=COUNTS, num_steps=10)
-  np.testing.assert_allclose(jax.jit(adjusted.predict_logits)(logits),
-                             logits - 0.5 * np.log(COUNTS / COUNTS.sum()), rtol=1e-6, atol=1e-6)
+  adjusted = _loss('focal', posthoc_tau=0.5)
+  np.testing.assert_allclose(
+    jax.jit(adjusted.predict_logits)(logits),
+    logits - 0.5 * np.log(COUNTS / COUNTS.sum()),
+    rtol=1e-6,
+    atol=1e-6,
+  )
 
 
-def test_default_loss_config_has_the_published_defaults():
-  config = imbalance.default_loss_config()
-  assert config.to_dict() == {
-      'name': 'ce', 'gamma': 2.0, 'focal_alpha': None, 'beta': 0.9999, 'tau': 1.0,
-      'posthoc_tau': 0.0, 'ldam_max_margin': 0.5, 'ldam_s': 30.0, 'drw_start': 0.8}
-  imbalance.validate_loss_config(config)
+def test_make_classification_loss_defaults_are_the_published_ones():
+  parameters = inspect.signature(imbalance.make_classification_loss).parameters
+  assert {key: parameters[key].default for key in PUBLISHED_DEFAULTS} == PUBLISHED_DEFAULTS
+  for key in ('class_counts', 'num_steps', *PUBLISHED_DEFAULTS):
+    assert parameters[key].kind is inspect.Parameter.KEYWORD_ONLY, key
+  assert imbalance.LOSS_NAMES == (
+    'ce',
+    'weighted_ce',
+    'focal',
+    'class_balanced',
+    'logit_adjusted',
+    'balanced_softmax',
+    'ldam_drw',
+  )
+  assert imbalance.FOCAL_ALPHAS == ('inverse_frequency', 'class_balanced')
+  for name in imbalance.LOSS_NAMES:
+    for focal_alpha in (None, *imbalance.FOCAL_ALPHAS):
+      assert _loss(name, focal_alpha=focal_alpha).name == name
+
+
+BAD_ARGUMENTS = [
+  ('name', 'focall'),
+  ('gamma', -0.5),
+  ('focal_alpha', 'inverse'),
+  ('beta', 1.0),
+  ('tau', -1.0),
+  ('posthoc_tau', -0.1),
+  ('ldam_max_margin', -0.1),
+  ('ldam_s', 0.0),
+  ('drw_start', 1.5),
+]
+
+
+@pytest.mark.parametrize('key, value', BAD_ARGUMENTS)
+def test_make_classification_loss_names_the_bad_argument(key, value):
+  arguments = {'name': 'ce', key: value}
+  with pytest.raises(ValueError, match=rf'^{key} = {value!r}: must'):
+    imbalance.make_classification_loss(**arguments, class_counts=COUNTS, num_steps=10)
+
+
+def test_make_classification_loss_checks_steps_and_counts():
+  with pytest.raises(ValueError, match='num_steps must be >= 1, got 0'):
+    _loss(num_steps=0)
+  with pytest.raises(ValueError, match='class index 1 has count 0'):
+    imbalance.make_classification_loss('ce', class_counts=[3, 0], num_steps=10)
+
+
+def _legacy_config(**fields):
+  """A config.loss ConfigDict as the config module builds it (a typed placeholder focal_alpha)."""
+  config = ml_collections.ConfigDict(
+    dict(
+      name='ce',
+      focal_alpha=ml_collections.config_dict.placeholder(str),
+      **{key: value for key, value in PUBLISHED_DEFAULTS.items() if key != 'focal_alpha'},
+    )
+  )
+  config.update(fields)
+  return config
+
+
+@pytest.mark.parametrize('name, fields', _SEAM_CASES + [('focal', {'posthoc_tau': 0.5})])
+def test_deprecated_config_call_warns_and_gives_the_same_loss(name, fields):
+  logits, labels = _batch(19, scale=0.3)
+  new = _loss(name, num_steps=100, **fields)
+  for config in (_legacy_config(name=name, **fields), dict(name=name, **fields)):
+    with pytest.warns(DeprecationWarning, match='make_classification_loss.*keyword'):
+      old = imbalance.make_classification_loss(config, class_counts=COUNTS, num_steps=100)
+    assert old.name == new.name
+    assert old.reweight_step == new.reweight_step
+    for attribute in ('class_weights', 'posthoc_bias'):
+      if getattr(new, attribute) is None:
+        assert getattr(old, attribute) is None, attribute
+      else:
+        np.testing.assert_array_equal(getattr(old, attribute), getattr(new, attribute))
+    for step in (0, 99):
+      got = old(logits, labels, jnp.int32(step))
+      want = new(logits, labels, jnp.int32(step))
+      for got_array, want_array in zip(got, want):
+        assert np.asarray(got_array).tobytes() == np.asarray(want_array).tobytes()
+    np.testing.assert_array_equal(old.predict_logits(logits), new.predict_logits(logits))
+
+
+def test_deprecated_config_call_still_names_the_bad_field():
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', DeprecationWarning)
+    with pytest.raises(ValueError, match=r'gamma = -0\.5'):
+      imbalance.make_classification_loss(
+        _legacy_config(gamma=-0.5), class_counts=COUNTS, num_steps=10
+      )
+
+
+_CONFIG_NOT_MIGRATED = pytest.mark.skipif(
+  not hasattr(importlib.import_module('care_jax.config'), 'default_loss_config'),
+  reason='config not yet migrated',
+)
+
+
+@_CONFIG_NOT_MIGRATED
+def test_deprecated_default_loss_config_is_the_config_modules():
+  from care_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+
+  with pytest.warns(DeprecationWarning, match=r'care_jax\.config\.default_loss_config'):
+    config = imbalance.default_loss_config()
+  assert config.to_dict() == config_lib.default_loss_config().to_dict()
+  assert config.to_dict() == {'name': 'ce', **PUBLISHED_DEFAULTS}
   config.focal_alpha = 'class_balanced'  # a typed placeholder: strings can be set
-  imbalance.validate_loss_config(config)
+  with pytest.warns(DeprecationWarning):
+    # The old call still builds the same loss from it.
+    loss = imbalance.make_classification_loss(config, class_counts=COUNTS, num_steps=10)
+  assert loss.name == 'ce'
 
 
-@pytest.mark.parametrize('key, value', [
-    ('name', 'focall'), ('gamma', -0.5), ('focal_alpha', 'inverse'), ('beta', 1.0),
-    ('tau', -1.0), ('posthoc_tau', -0.1), ('ldam_max_margin', -0.1), ('ldam_s', 0.0),
-    ('drw_start', 1.5),
-])
-def test_validate_loss_config_names_the_key(key, value):
-  config = _config(**{key: value})
-  with pytest.raises(ValueError, match=rf'config\.loss\.{key} = {value!r}'):
-    imbalance.validate_loss_config(config)
-  with pytest.raises(ValueError, match=rf'config\.loss\.{key}'):
-    imbalance.make_classification_loss(config, class_counts=COUNTS, num_steps=10)
+@_CONFIG_NOT_MIGRATED
+@pytest.mark.parametrize('key, value', BAD_ARGUMENTS)
+def test_deprecated_validate_loss_config_is_the_config_modules(key, value):
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', DeprecationWarning)
+    config = imbalance.default_loss_config()
+  with pytest.warns(DeprecationWarning, match=r'care_jax\.config\.validate_loss'):
+    imbalance.validate_loss_config(config)  # the defaults are valid
+  config[key] = value
+  with pytest.warns(DeprecationWarning):
+    with pytest.raises(ValueError, match=rf'config\.loss\.{key} = {value!r}'):
+      imbalance.validate_loss_config(config)

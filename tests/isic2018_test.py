@@ -1,9 +1,9 @@
 """Tests of the `isic2018` builder on tiny fixture files in the real formats."""
 
+import data_fixtures as fx
 import numpy as np
 import pytest
 
-import data_fixtures as fx
 from care_jax.data import isic2018
 from care_jax.data import pipeline
 
@@ -35,15 +35,14 @@ def _write(root, *, gt_dir='', image_dir='ISIC2018_Task3_Training_Input'):
     metadata.append(f'{lesion},{image},{name.lower()},histo,50.0,male,back')
     box = _lesion_box(i)
     fx.save_image(
-        root / image_dir / f'{image}.jpg',
-        np.repeat(fx.lesion_image(HEIGHT, WIDTH, box)[..., None], 3, -1),
-        quality=95,
+      root / image_dir / f'{image}.jpg',
+      np.repeat(fx.lesion_image(HEIGHT, WIDTH, box)[..., None], 3, -1),
+      quality=95,
     )
     mask = fx.lesion_image(HEIGHT, WIDTH, box) > 127
     mask[1:3, 1:3] = True  # A smaller, separate blob: not the lesion.
     fx.save_image(
-        root / isic2018.MASK_DIR / f'{image}_segmentation.png',
-        mask.astype(np.uint8) * 255,
+      root / isic2018.MASK_DIR / f'{image}_segmentation.png', mask.astype(np.uint8) * 255
     )
   fx.write_lines(root / gt_dir / isic2018.GROUND_TRUTH, gt)
   fx.write_lines(root / isic2018.METADATA, metadata)
@@ -107,9 +106,7 @@ def test_labels_come_from_the_one_hot_columns(fixture_dir, lesion_splits):
       assert ex['image'].shape == (HEIGHT, WIDTH, 3)
 
 
-def test_boxes_from_the_largest_mask_component_for_rare_training_images(
-    fixture_dir, lesion_splits
-):
+def test_boxes_from_the_largest_mask_component_for_rare_training_images(fixture_dir, lesion_splits):
   _, rows = fixture_dir
   index = {image: i for i, (image, _, _) in enumerate(rows)}
   boxed = 0
@@ -130,9 +127,7 @@ def test_largest_component_box_reference():
   mask[2:5, 3:9] = True  # 18 pixels
   mask[7:9, 0:2] = True  # 4 pixels
   mask[5, 9] = True  # Diagonal neighbour: 8-connected to the first blob.
-  np.testing.assert_allclose(
-      isic2018.largest_component_box(mask), [0.2, 3 / 12, 0.6, 10 / 12]
-  )
+  np.testing.assert_allclose(isic2018.largest_component_box(mask), [0.2, 3 / 12, 0.6, 10 / 12])
   assert isic2018.largest_component_box(np.zeros((4, 4), bool)) is None
 
 
@@ -178,9 +173,7 @@ def test_box_csv_source(tmp_path):
     lines.append(f'{image}.jpg,{",".join(map(str, _lesion_box(i)))}')
     lines.append(f'{image},0,0,2,2')  # A second box of the same image.
   fx.write_lines(tmp_path / 'my_boxes.csv', lines)
-  builder = _builder(
-      tmp_path, tmp_path / 'cache', box_source='csv', box_csv='my_boxes.csv'
-  )
+  builder = _builder(tmp_path, tmp_path / 'cache', box_source='csv', box_csv='my_boxes.csv')
   splits = fx.load_splits(builder)
   index = {image: i for i, (image, _, _) in enumerate(rows)}
   for ex in splits['train']:
@@ -203,26 +196,26 @@ def _replace(path, line, text):
 def _not_one_hot(root, rows):
   line = _gt_line(rows, 'BCC')
   _replace(root / isic2018.GROUND_TRUTH, line, f'{rows[line - 2][0]},1.0,0.0,1.0,0,0,0,0')
-  return fr'GroundTruth.csv, line {line}: .*expected one 1.0 and six 0.0'
+  return rf'GroundTruth.csv, line {line}: .*expected one 1.0 and six 0.0'
 
 
 def _missing_image(root, rows):
   line = _gt_line(rows, 'VASC', 2)
   (root / 'ISIC2018_Task3_Training_Input' / f'{rows[line - 2][0]}.jpg').unlink()
-  return fr'GroundTruth.csv, line {line}: image {rows[line - 2][0]}.jpg not found'
+  return rf'GroundTruth.csv, line {line}: image {rows[line - 2][0]}.jpg not found'
 
 
 def _dx_mismatch(root, rows):
   line = _gt_line(rows, 'BKL')
   image, _, lesion = rows[line - 2]
   _replace(root / isic2018.METADATA, line, f'{lesion},{image},nv,histo,1,male,back')
-  return fr"HAM10000_metadata.csv, line {line}: {image}: dx='nv', but .* says BKL"
+  return rf"HAM10000_metadata.csv, line {line}: {image}: dx='nv', but .* says BKL"
 
 
 def _not_in_metadata(root, rows):
   line = _gt_line(rows, 'AKIEC', 1)
   _replace(root / isic2018.METADATA, line, 'HAM_x,ISIC_9999999,akiec,histo,1,male,back')
-  return fr'GroundTruth.csv, line {line}: image {rows[line - 2][0]} is not listed'
+  return rf'GroundTruth.csv, line {line}: image {rows[line - 2][0]} is not listed'
 
 
 def _no_df_masks(root, rows):
@@ -236,19 +229,18 @@ def _empty_df_masks(root, rows):
   for image, name, _ in rows:
     if name == 'DF':
       fx.save_image(
-          root / isic2018.MASK_DIR / f'{image}_segmentation.png',
-          np.zeros((HEIGHT, WIDTH), np.uint8),
+        root / isic2018.MASK_DIR / f'{image}_segmentation.png', np.zeros((HEIGHT, WIDTH), np.uint8)
       )
   return r'GroundTruth.csv, line \d+: mask .*_segmentation.png is empty'
 
 
 BAD = {
-    'not one-hot': _not_one_hot,
-    'missing image': _missing_image,
-    'dx mismatch': _dx_mismatch,
-    'image not in metadata': _not_in_metadata,
-    'missing mask of a rare training image': _no_df_masks,
-    'empty mask of a rare training image': _empty_df_masks,
+  'not one-hot': _not_one_hot,
+  'missing image': _missing_image,
+  'dx mismatch': _dx_mismatch,
+  'image not in metadata': _not_in_metadata,
+  'missing mask of a rare training image': _no_df_masks,
+  'empty mask of a rare training image': _empty_df_masks,
 }
 
 
@@ -276,7 +268,9 @@ def test_duplicates_and_missing_files_always_raise(tmp_path):
   fx.write_lines(gt, lines + [lines[3]])
   with pytest.raises(ValueError, match=f'line 42: image {rows[2][0]!r} is listed again'):
     _builder(tmp_path, tmp_path / 'c', skip_bad_rows=True).download_and_prepare()
-  with pytest.raises(ValueError, match=r'(?s)split_data_3_fold_train.csv does not exist.*challenge'):
+  with pytest.raises(
+    ValueError, match=r'(?s)split_data_3_fold_train.csv does not exist.*challenge'
+  ):
     _builder(tmp_path, tmp_path / 'c', split='folds', fold=3)
   gt.unlink()
   with pytest.raises(ValueError, match=r'(?s)GroundTruth.csv does not exist.*DATA_DIR'):

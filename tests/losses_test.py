@@ -1,11 +1,12 @@
 """Tests of care_jax.losses against independent numpy references."""
 
 import jax
+from jax import test_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import test_util
 
+from care_jax import _numerics
 from care_jax import losses
 
 TAU = 0.5
@@ -35,8 +36,7 @@ def np_resize_bilinear(x, out_h, out_w):
   return x[:, :, lo] * (1 - t)[None, None, :] + x[:, :, hi] * t[None, None, :]
 
 
-def np_care_per_example(f, m_in, m_out=None, has_mask=None, tau=TAU,
-                        lam=LAM):
+def np_care_per_example(f, m_in, m_out=None, has_mask=None, tau=TAU, lam=LAM):
   f = np.asarray(f, np.float64)
   m_in = np.asarray(m_in, np.float64)
   m_out = 1.0 - m_in if m_out is None else np.asarray(m_out, np.float64)
@@ -51,8 +51,7 @@ def np_care_per_example(f, m_in, m_out=None, has_mask=None, tau=TAU,
   return np.array(out)
 
 
-def np_care_loss(f, m_in, m_out=None, has_mask=None, tau=TAU, lam=LAM,
-                 reduction='mean'):
+def np_care_loss(f, m_in, m_out=None, has_mask=None, tau=TAU, lam=LAM, reduction='mean'):
   per = np_care_per_example(f, m_in, m_out, has_mask, tau, lam)
   if has_mask is None:
     has_mask = np.asarray(m_in).reshape(len(per), -1).sum(1) > 0
@@ -87,15 +86,13 @@ MASK_SIZES = [(7, 7), (14, 14), (28, 28), (32, 32), (10, 13)]
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('in_size,out_size',
-                         [(7, 7), (7, 14), (7, 10), (7, 13), (7, 32), (3, 224),
-                          (1, 5)])
+@pytest.mark.parametrize(
+  'in_size,out_size', [(7, 7), (7, 14), (7, 10), (7, 13), (7, 32), (3, 224), (1, 5)]
+)
 def test_resize_matrix_equals_jax_image_resize_of_one_hots(in_size, out_size):
   # Resizing the identity along its first axis resizes every one-hot column.
-  expected = jax.image.resize(
-      jnp.eye(in_size), (out_size, in_size), 'bilinear')
-  np.testing.assert_allclose(
-      losses._bilinear_matrix(in_size, out_size), expected, atol=1e-6)
+  expected = jax.image.resize(jnp.eye(in_size), (out_size, in_size), 'bilinear')
+  np.testing.assert_allclose(_numerics.bilinear_matrix(in_size, out_size), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize('out_shape', [(14, 14), (10, 13), (32, 32)])
@@ -103,8 +100,8 @@ def test_numpy_reference_resize_equals_jax_image_resize(out_shape):
   # Validates the reference used below, independently of losses.py.
   x = np.random.default_rng(0).normal(size=(2, 7, 7)).astype(np.float32)
   np.testing.assert_allclose(
-      np_resize_bilinear(x, *out_shape),
-      jax.image.resize(x, (2, *out_shape), 'bilinear'), atol=1e-5)
+    np_resize_bilinear(x, *out_shape), jax.image.resize(x, (2, *out_shape), 'bilinear'), atol=1e-5
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -118,11 +115,14 @@ def test_care_loss_matches_numpy_reference(mask_shape):
   f = random_maps(rng, 4, 7, 7)
   m = random_box_masks(rng, 4, *mask_shape)
   np.testing.assert_allclose(
-      losses.care_loss_per_example(f, m, tau=TAU, lam=LAM),
-      np_care_per_example(f, m), rtol=1e-5, atol=1e-6)
+    losses.care_loss_per_example(f, m, tau=TAU, lam=LAM),
+    np_care_per_example(f, m),
+    rtol=1e-5,
+    atol=1e-6,
+  )
   np.testing.assert_allclose(
-      losses.care_loss(f, m, tau=TAU, lam=LAM), np_care_loss(f, m),
-      rtol=1e-5, atol=1e-6)
+    losses.care_loss(f, m, tau=TAU, lam=LAM), np_care_loss(f, m), rtol=1e-5, atol=1e-6
+  )
 
 
 @pytest.mark.parametrize('mask_shape', MASK_SIZES)
@@ -132,11 +132,13 @@ def test_care_loss_soft_masks_and_custom_outer_mask(mask_shape):
   m_in = rng.uniform(size=(3, *mask_shape)).astype(np.float32)
   m_out = rng.uniform(0.0, 3.0, size=(3, *mask_shape)).astype(np.float32)
   np.testing.assert_allclose(
-      losses.care_loss(f, m_in, tau=0.9, lam=0.3),
-      np_care_loss(f, m_in, tau=0.9, lam=0.3), rtol=1e-5)
+    losses.care_loss(f, m_in, tau=0.9, lam=0.3), np_care_loss(f, m_in, tau=0.9, lam=0.3), rtol=1e-5
+  )
   np.testing.assert_allclose(
-      losses.care_loss(f, m_in, outer_mask=m_out, tau=0.9, lam=0.3),
-      np_care_loss(f, m_in, m_out, tau=0.9, lam=0.3), rtol=1e-5)
+    losses.care_loss(f, m_in, outer_mask=m_out, tau=0.9, lam=0.3),
+    np_care_loss(f, m_in, m_out, tau=0.9, lam=0.3),
+    rtol=1e-5,
+  )
 
 
 def test_care_loss_sum_reduction_sums_over_boxed_images():
@@ -144,11 +146,9 @@ def test_care_loss_sum_reduction_sums_over_boxed_images():
   f = random_maps(rng, 5, 7, 7)
   m = random_box_masks(rng, 5, 14, 14)
   got = losses.care_loss(f, m, tau=TAU, lam=1.0, reduction='sum')
-  np.testing.assert_allclose(
-      got, np_care_loss(f, m, lam=1.0, reduction='sum'), rtol=1e-5)
+  np.testing.assert_allclose(got, np_care_loss(f, m, lam=1.0, reduction='sum'), rtol=1e-5)
   # Four boxed images: the sum is four times the mean.
-  np.testing.assert_allclose(
-      got, 4 * losses.care_loss(f, m, tau=TAU, lam=1.0), rtol=1e-5)
+  np.testing.assert_allclose(got, 4 * losses.care_loss(f, m, tau=TAU, lam=1.0), rtol=1e-5)
 
 
 def test_care_loss_explicit_has_mask_selects_images():
@@ -157,11 +157,13 @@ def test_care_loss_explicit_has_mask_selects_images():
   m = random_box_masks(rng, 4, 28, 28)
   has_mask = np.array([True, False, True, True])  # Last one: box but empty.
   np.testing.assert_allclose(
-      losses.care_loss_per_example(f, m, has_mask=has_mask),
-      np_care_per_example(f, m, has_mask=has_mask), rtol=1e-5)
+    losses.care_loss_per_example(f, m, has_mask=has_mask),
+    np_care_per_example(f, m, has_mask=has_mask),
+    rtol=1e-5,
+  )
   np.testing.assert_allclose(
-      losses.care_loss(f, m, has_mask=has_mask),
-      np_care_loss(f, m, has_mask=has_mask), rtol=1e-5)
+    losses.care_loss(f, m, has_mask=has_mask), np_care_loss(f, m, has_mask=has_mask), rtol=1e-5
+  )
 
 
 def test_care_loss_accepts_bool_and_int_masks():
@@ -170,8 +172,7 @@ def test_care_loss_accepts_bool_and_int_masks():
   m = random_box_masks(rng, 3, 14, 14)
   expected = np_care_loss(f, m)
   for dtype in (bool, np.int32, np.uint8):
-    np.testing.assert_allclose(
-        losses.care_loss(f, m.astype(dtype)), expected, rtol=1e-5)
+    np.testing.assert_allclose(losses.care_loss(f, m.astype(dtype)), expected, rtol=1e-5)
 
 
 def test_care_loss_example_with_hand_computed_value():
@@ -179,8 +180,7 @@ def test_care_loss_example_with_hand_computed_value():
   # outside mean (0.2 + 0.4 + 0.6) / 3 = 0.4.
   f = jnp.array([[[1.0, 0.2], [0.4, 0.6]]])
   m = jnp.array([[[1.0, 0.0], [0.0, 0.0]]])
-  np.testing.assert_allclose(
-      losses.care_loss(f, m, tau=0.5, lam=0.7), -0.5 + 0.7 * 0.4, rtol=1e-6)
+  np.testing.assert_allclose(losses.care_loss(f, m, tau=0.5, lam=0.7), -0.5 + 0.7 * 0.4, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------
@@ -212,8 +212,7 @@ def test_care_loss_edge_cases_are_finite(mask_shape):
 def test_care_loss_without_any_mask_is_exactly_zero_with_zero_gradient():
   f = random_maps(np.random.default_rng(7), 3, 7, 7)
   m = np.zeros((3, 14, 14), np.float32)
-  for kwargs in ({}, {'reduction': 'sum'},
-                 {'has_mask': np.zeros(3, bool), 'outer_mask': 1.0 - m}):
+  for kwargs in ({}, {'reduction': 'sum'}, {'has_mask': np.zeros(3, bool), 'outer_mask': 1.0 - m}):
     value, grad = _value_and_grad(f, m, **kwargs)
     assert float(value) == 0.0
     np.testing.assert_array_equal(grad, 0.0)
@@ -251,8 +250,7 @@ def test_care_loss_gradient_matches_finite_differences(mask_shape):
     # tau above any possible mean: away from the min(., tau) kink.
     fn = lambda x: losses.care_loss(x, m_in, tau=2.0, lam=LAM)
     assert fn(f).dtype == jnp.float64
-    test_util.check_grads(fn, (f,), order=1, modes=['rev'], atol=1e-6,
-                          rtol=1e-6)
+    test_util.check_grads(fn, (f,), order=1, modes=['rev'], atol=1e-6, rtol=1e-6)
 
 
 def test_care_loss_gradient_matches_analytic_gradient():
@@ -291,17 +289,14 @@ def test_care_loss_under_jit_vmap_and_grad():
   m = random_box_masks(rng, 6, 14, 14).reshape(2, 3, 14, 14)
   expected = np.stack([np_care_per_example(f[i], m[i]) for i in range(2)])
 
-  per_example = jax.jit(jax.vmap(
-      lambda x, y: losses.care_loss_per_example(x, y, tau=TAU, lam=LAM)))
+  per_example = jax.jit(jax.vmap(lambda x, y: losses.care_loss_per_example(x, y, tau=TAU, lam=LAM)))
   np.testing.assert_allclose(per_example(f, m), expected, rtol=1e-5)
 
   loss = jax.jit(losses.care_loss, static_argnames='reduction')
-  np.testing.assert_allclose(
-      loss(f[0], m[0]), np_care_loss(f[0], m[0]), rtol=1e-5)
+  np.testing.assert_allclose(loss(f[0], m[0]), np_care_loss(f[0], m[0]), rtol=1e-5)
 
   jit_grad = jax.jit(jax.grad(losses.care_loss))(f[0], m[0])
-  np.testing.assert_allclose(
-      jit_grad, jax.grad(losses.care_loss)(f[0], m[0]), rtol=1e-6)
+  np.testing.assert_allclose(jit_grad, jax.grad(losses.care_loss)(f[0], m[0]), rtol=1e-6)
 
 
 def test_care_loss_under_pmap():
@@ -322,8 +317,7 @@ def test_care_loss_bfloat16_maps_are_computed_in_float32():
   got = losses.care_loss(f_bf16, m.astype(jnp.bfloat16))
   assert got.dtype == jnp.float32
   # Exactly the float32 computation on the bfloat16-rounded inputs...
-  np.testing.assert_allclose(
-      got, np_care_loss(np.asarray(f_bf16, np.float32), m), rtol=1e-5)
+  np.testing.assert_allclose(got, np_care_loss(np.asarray(f_bf16, np.float32), m), rtol=1e-5)
   # ...and close to the float32 result.
   np.testing.assert_allclose(got, losses.care_loss(f, m), rtol=1e-2)
   assert jax.grad(losses.care_loss)(f_bf16, m).dtype == jnp.bfloat16
@@ -335,28 +329,29 @@ def test_care_loss_bfloat16_maps_are_computed_in_float32():
 
 
 @pytest.mark.parametrize(
-    'f_shape,m_shape,kwargs,match',
-    [
-        ((7, 7), (2, 7, 7), {}, r'feature_map .*\(7, 7\)'),
-        ((2, 7, 7), (2, 7, 7, 1), {}, r'mask .*\(2, 7, 7, 1\)'),
-        ((2, 7, 7), (3, 7, 7), {}, r'mask batch size 3.*feature_map'),
-        ((2, 7, 7), (2, 14, 6), {}, r'mask spatial shape \(14, 6\)'),
-        ((2, 7, 7), (2, 14, 14), {'outer_mask': np.ones((2, 7, 7))},
-         r'outer_mask shape \(2, 7, 7\).*\(2, 14, 14\)'),
-        ((2, 7, 7), (2, 7, 7), {'has_mask': np.ones((2, 1), bool)},
-         r'has_mask .*\(2, 1\)'),
-    ],
+  'f_shape,m_shape,kwargs,match',
+  [
+    ((7, 7), (2, 7, 7), {}, r'feature_map .*\(7, 7\)'),
+    ((2, 7, 7), (2, 7, 7, 1), {}, r'mask .*\(2, 7, 7, 1\)'),
+    ((2, 7, 7), (3, 7, 7), {}, r'mask batch size 3.*feature_map'),
+    ((2, 7, 7), (2, 14, 6), {}, r'mask spatial shape \(14, 6\)'),
+    (
+      (2, 7, 7),
+      (2, 14, 14),
+      {'outer_mask': np.ones((2, 7, 7))},
+      r'outer_mask shape \(2, 7, 7\).*\(2, 14, 14\)',
+    ),
+    ((2, 7, 7), (2, 7, 7), {'has_mask': np.ones((2, 1), bool)}, r'has_mask .*\(2, 1\)'),
+  ],
 )
-def test_care_loss_shape_errors_name_the_argument(f_shape, m_shape, kwargs,
-                                                  match):
+def test_care_loss_shape_errors_name_the_argument(f_shape, m_shape, kwargs, match):
   with pytest.raises(ValueError, match=match):
     losses.care_loss(np.zeros(f_shape), np.zeros(m_shape), **kwargs)
 
 
 def test_care_loss_rejects_unknown_reduction():
   with pytest.raises(ValueError, match='reduction'):
-    losses.care_loss(np.zeros((1, 7, 7)), np.zeros((1, 7, 7)),
-                     reduction='none')
+    losses.care_loss(np.zeros((1, 7, 7)), np.zeros((1, 7, 7)), reduction='none')
 
 
 # ---------------------------------------------------------------------------
@@ -404,11 +399,10 @@ def test_cross_entropy_matches_numpy():
   labels = rng.integers(0, 4, size=6)
   weights = rng.uniform(0.1, 2.0, size=4).astype(np.float32)
   nll = -np_log_softmax(logits)[np.arange(6), labels]
+  np.testing.assert_allclose(losses.cross_entropy(logits, labels), nll, rtol=1e-5)
   np.testing.assert_allclose(
-      losses.cross_entropy(logits, labels), nll, rtol=1e-5)
-  np.testing.assert_allclose(
-      losses.cross_entropy(logits, labels, class_weights=weights),
-      weights[labels] * nll, rtol=1e-5)
+    losses.cross_entropy(logits, labels, class_weights=weights), weights[labels] * nll, rtol=1e-5
+  )
   bf16 = losses.cross_entropy(jnp.asarray(logits, jnp.bfloat16), labels)
   assert bf16.dtype == jnp.float32
 
@@ -418,10 +412,8 @@ def test_weighted_cross_entropy_matches_torch_weighted_mean():
   logits = rng.normal(size=(8, 3)).astype(np.float32)
   labels = rng.integers(0, 3, size=8)
   weights = losses.inverse_frequency_weights([50, 10, 3])
-  got = jax.jit(losses.weighted_cross_entropy_loss)(
-      logits, labels, class_weights=weights)
-  np.testing.assert_allclose(
-      got, np_torch_weighted_ce_mean(logits, labels, weights), rtol=1e-5)
+  got = jax.jit(losses.weighted_cross_entropy_loss)(logits, labels, class_weights=weights)
+  np.testing.assert_allclose(got, np_torch_weighted_ce_mean(logits, labels, weights), rtol=1e-5)
 
 
 def test_weighted_cross_entropy_where_drops_padded_examples():
@@ -431,35 +423,35 @@ def test_weighted_cross_entropy_where_drops_padded_examples():
   weights = np.array([0.2, 0.3, 0.5], np.float32)
   valid = np.array([True] * 5 + [False] * 3)
   loss_fn = lambda z: losses.weighted_cross_entropy_loss(
-      z, labels, class_weights=weights, where=valid)
+    z, labels, class_weights=weights, where=valid
+  )
   value, grad = jax.value_and_grad(loss_fn)(logits)
   np.testing.assert_allclose(
-      value, np_torch_weighted_ce_mean(logits[:5], labels[:5], weights),
-      rtol=1e-5)
+    value, np_torch_weighted_ce_mean(logits[:5], labels[:5], weights), rtol=1e-5
+  )
   np.testing.assert_array_equal(grad[5:], 0.0)
   # No valid example: exactly zero with a zero gradient.
   value, grad = jax.value_and_grad(
-      lambda z: losses.weighted_cross_entropy_loss(
-          z, labels, class_weights=weights, where=np.zeros(8, bool)))(logits)
+    lambda z: losses.weighted_cross_entropy_loss(
+      z, labels, class_weights=weights, where=np.zeros(8, bool)
+    )
+  )(logits)
   assert float(value) == 0.0
   np.testing.assert_array_equal(grad, 0.0)
 
 
 @pytest.mark.parametrize(
-    'logits_shape,labels,weights,where,match',
-    [
-        ((4,), np.zeros(4, int), np.ones(3), None, r'logits .*\(4,\)'),
-        ((4, 3), np.zeros(5, int), np.ones(3), None, r'labels .*\(5,\)'),
-        ((4, 3), np.zeros(4), np.ones(3), None, r'labels .*integer'),
-        ((4, 3), np.zeros(4, int), np.ones(2), None,
-         r'class_weights .*\(2,\)'),
-        ((4, 3), np.zeros(4, int), np.ones(3), np.ones(3, bool),
-         r'where .*\(3,\)'),
-    ],
+  'logits_shape,labels,weights,where,match',
+  [
+    ((4,), np.zeros(4, int), np.ones(3), None, r'logits .*\(4,\)'),
+    ((4, 3), np.zeros(5, int), np.ones(3), None, r'labels .*\(5,\)'),
+    ((4, 3), np.zeros(4), np.ones(3), None, r'labels .*integer'),
+    ((4, 3), np.zeros(4, int), np.ones(2), None, r'class_weights .*\(2,\)'),
+    ((4, 3), np.zeros(4, int), np.ones(3), np.ones(3, bool), r'where .*\(3,\)'),
+  ],
 )
-def test_cross_entropy_shape_errors_name_the_argument(logits_shape, labels,
-                                                      weights, where, match):
+def test_cross_entropy_shape_errors_name_the_argument(logits_shape, labels, weights, where, match):
   with pytest.raises(ValueError, match=match):
     losses.weighted_cross_entropy_loss(
-        np.zeros(logits_shape), labels, class_weights=weights, where=where)
-
+      np.zeros(logits_shape), labels, class_weights=weights, where=where
+    )

@@ -10,34 +10,34 @@ import pytest
 
 from care_jax import compare
 from care_jax import config as config_lib
-from care_jax import train
+from care_jax import training
+from care_jax.training import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small dataset: 5 classes, 32x32, a few dozen images per split.
 TINY_DATA = [
-    'data.image_size=32',
-    'data.synthetic.image_size=32',
-    'data.synthetic.train_counts=(24, 24, 8, 24, 8)',
-    'data.synthetic.validation_counts=(4, 4, 4, 4, 4)',
-    'data.synthetic.test_counts=(6, 6, 5, 6, 5)',
-    'train.batch_size=16',
-    'train.eval_batch_size=16',
-    'train.num_steps=6',
-    'train.log_every_steps=2',
-    'train.progress=False',
+  'data.image_size=32',
+  'data.synthetic.image_size=32',
+  'data.synthetic.train_counts=(24, 24, 8, 24, 8)',
+  'data.synthetic.validation_counts=(4, 4, 4, 4, 4)',
+  'data.synthetic.test_counts=(6, 6, 5, 6, 5)',
+  'train.batch_size=16',
+  'train.eval_batch_size=16',
+  'train.num_steps=6',
+  'train.log_every_steps=2',
+  'train.progress=False',
 ]
 
 
 def _tiny_config(tmp_path, *extra):
   config = config_lib.default_config()
-  return config_lib.apply_overrides(
-      config, TINY_DATA + [f'data.dir={tmp_path / "tfds"}', *extra])
+  return config_lib.apply_overrides(config, TINY_DATA + [f'data.dir={tmp_path / "tfds"}', *extra])
 
 
 @pytest.mark.slow
 def test_train_and_evaluate_writes_the_metrics_contract(tmp_path):
   workdir = tmp_path / 'run'
-  result = train.train_and_evaluate(_tiny_config(tmp_path), str(workdir))
+  result = training.train_and_evaluate(_tiny_config(tmp_path), str(workdir))
   with open(workdir / 'metrics.json') as f:
     metrics = json.load(f)
   assert metrics == json.loads(json.dumps(result))
@@ -59,35 +59,49 @@ def test_train_and_evaluate_writes_the_metrics_contract(tmp_path):
 
 def _run_cli(*args, cwd=REPO):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-  return subprocess.run([sys.executable, '-m', 'care_jax.main', *args], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, '-m', 'care_jax.main', *args],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 @pytest.mark.slow
 def test_cli_trains_from_a_config_file_with_overrides(tmp_path):
   flags = [f'--config.{o}' for o in TINY_DATA + [f'data.dir={tmp_path / "tfds"}']]
-  proc = _run_cli('--config=configs/synthetic_baseline.py', f'--workdir={tmp_path / "w"}',
-                  *flags, '--config.train.num_steps=3')
+  proc = _run_cli(
+    '--config=configs/synthetic_baseline.py',
+    f'--workdir={tmp_path / "w"}',
+    *flags,
+    '--config.train.num_steps=3',
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   metrics = json.load(open(tmp_path / 'w' / 'metrics.json'))
   assert metrics['step'] == 3
 
 
 def test_cli_rejects_an_unknown_config_key(tmp_path):
-  proc = _run_cli('--config=configs/default.py', f'--workdir={tmp_path}',
-                  '--config.care.alphaa=0.1')
+  proc = _run_cli(
+    '--config=configs/default.py', f'--workdir={tmp_path}', '--config.care.alphaa=0.1'
+  )
   assert proc.returncode != 0
   assert 'alphaa' in proc.stderr
 
 
 def test_cli_rejects_a_wrongly_typed_value(tmp_path):
-  proc = _run_cli('--config=configs/default.py', f'--workdir={tmp_path}',
-                  '--config.care.alpha=lots')
+  proc = _run_cli(
+    '--config=configs/default.py', f'--workdir={tmp_path}', '--config.care.alpha=lots'
+  )
   assert proc.returncode != 0
   assert 'care.alpha' in proc.stderr
 
 
-@pytest.mark.parametrize('override, key', [
+@pytest.mark.parametrize(
+  'override, key',
+  [
     ('care.alpha=1.5', 'care.alpha'),
     ('care.tau=0.0', 'care.tau'),
     ("loss.name='focal_typo'", 'loss.name'),
@@ -95,7 +109,8 @@ def test_cli_rejects_a_wrongly_typed_value(tmp_path):
     ("parallel='xmap'", 'parallel'),
     ('train.num_steps=0', 'train.num_steps'),
     ("dtype='float16'", 'dtype'),
-])
+  ],
+)
 def test_validate_names_the_offending_key(override, key):
   config = config_lib.apply_overrides(config_lib.default_config(), [override])
   with pytest.raises(ValueError, match=key.replace('.', r'\.')):
@@ -114,7 +129,7 @@ def test_apply_overrides_rejects_unknown_keys_and_keeps_types():
 def test_batch_size_must_split_over_the_devices(tmp_path):
   config = _tiny_config(tmp_path, 'train.batch_size=12')  # 8 simulated devices
   with pytest.raises(ValueError, match='train.batch_size = 12 must be divisible'):
-    train.train_and_evaluate(config, str(tmp_path / 'w'))
+    training.train_and_evaluate(config, str(tmp_path / 'w'))
 
 
 @pytest.mark.slow
@@ -132,8 +147,9 @@ def test_compare_tabulates_every_config_and_resumes(tmp_path):
   # A second call finds the metrics and does not train again.
   mtime = os.path.getmtime(os.path.join(workdir, 'synthetic_care', 'seed_0', 'metrics.json'))
   compare.compare(configs, [0], workdir, overrides=overrides)
-  assert os.path.getmtime(
-      os.path.join(workdir, 'synthetic_care', 'seed_0', 'metrics.json')) == mtime
+  assert (
+    os.path.getmtime(os.path.join(workdir, 'synthetic_care', 'seed_0', 'metrics.json')) == mtime
+  )
   # Different settings in the same workdir are refused, naming the key.
   with pytest.raises(ValueError, match=r'care\.lam'):
     compare.compare(configs, [0], workdir, overrides=overrides + ['care.lam=0.1'])
@@ -146,22 +162,33 @@ def test_compare_fails_fast_on_a_missing_config(tmp_path):
 
 @pytest.mark.parametrize('command', ['train', 'compare'])
 def test_care_jax_command_dispatches_to_its_subcommand(command):
-  proc = subprocess.run([sys.executable, '-m', 'care_jax.cli', command, '--helpshort'],
-                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, '-m', 'care_jax.cli', command, '--helpshort'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   # absl exits with 1 after printing help; what matters is whose flags it shows.
   assert '--workdir' in proc.stdout, proc.stderr[-2000:]
   assert f'care_jax/{"main" if command == "train" else "compare"}.py' in proc.stdout
 
 
 def test_care_jax_command_without_a_subcommand_prints_usage():
-  proc = subprocess.run([sys.executable, '-m', 'care_jax.cli', 'fly'], cwd=REPO,
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, '-m', 'care_jax.cli', 'fly'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode != 0
   assert 'usage: care-jax {train, compare, experiments, visualize, boxes}' in proc.stderr
 
 
-@pytest.mark.parametrize('name', sorted(f for f in os.listdir(os.path.join(REPO, 'configs'))
-                                        if f.endswith('.py')))
+@pytest.mark.parametrize(
+  'name', sorted(f for f in os.listdir(os.path.join(REPO, 'configs')) if f.endswith('.py'))
+)
 def test_every_config_file_loads_and_validates(name):
   config = compare.load_config(os.path.join(REPO, 'configs', name))
   config_lib.validate(config)
@@ -171,7 +198,7 @@ def test_every_config_file_loads_and_validates(name):
 @pytest.mark.slow
 def test_training_compiles_each_step_once(tmp_path, monkeypatch):
   traces = {'train': 0, 'eval': 0}
-  make_train, make_eval = train.make_train_step, train.make_eval_step
+  make_train, make_eval = training.make_train_step, training.make_eval_step
 
   def counting(kind, make):
     def wrapped(*args, **kwargs):
@@ -180,14 +207,17 @@ def test_training_compiles_each_step_once(tmp_path, monkeypatch):
       def traced(*a):
         traces[kind] += 1  # Python runs only while jax traces the step.
         return step(*a)
+
       return traced
+
     return wrapped
 
-  monkeypatch.setattr(train, 'make_train_step', counting('train', make_train))
-  monkeypatch.setattr(train, 'make_eval_step', counting('eval', make_eval))
+  # The loop builds its steps through care_jax.training.step.
+  monkeypatch.setattr(step_lib, 'make_train_step', counting('train', make_train))
+  monkeypatch.setattr(step_lib, 'make_eval_step', counting('eval', make_eval))
   # Stage switch at step 3 and evaluations in between: still one compilation each.
   config = _tiny_config(tmp_path, 'care.start_step=3', 'train.eval_every_steps=2')
-  train.train_and_evaluate(config, str(tmp_path / 'w'))
+  training.train_and_evaluate(config, str(tmp_path / 'w'))
   assert traces == {'train': 1, 'eval': 1}
 
 
@@ -195,9 +225,10 @@ def test_training_compiles_each_step_once(tmp_path, monkeypatch):
 def test_bfloat16_training_converges_like_float32(tmp_path):
   curves = {}
   for dtype in ('float32', 'bfloat16'):
-    config = _tiny_config(tmp_path, f"dtype='{dtype}'", 'train.num_steps=40',
-                          'train.log_every_steps=5')
-    train.train_and_evaluate(config, str(tmp_path / dtype))
+    config = _tiny_config(
+      tmp_path, f"dtype='{dtype}'", 'train.num_steps=40', 'train.log_every_steps=5'
+    )
+    training.train_and_evaluate(config, str(tmp_path / dtype))
     curves[dtype] = [json.loads(line)['ce'] for line in open(tmp_path / dtype / 'train_log.jsonl')]
   bf16, f32 = np.array(curves['bfloat16']), np.array(curves['float32'])
   assert bf16[-2:].mean() < 0.6 * bf16[:2].mean(), bf16  # it learns

@@ -18,9 +18,9 @@ def test_confusion_matrix_matches_sklearn(seed):
   labels = rng.integers(0, k, 200)
   preds = rng.integers(0, k, 200)
   got = jax.jit(metrics.confusion_matrix, static_argnames='num_classes')(
-      labels, preds, num_classes=k)
-  np.testing.assert_array_equal(
-      got, skm.confusion_matrix(labels, preds, labels=range(k)))
+    labels, preds, num_classes=k
+  )
+  np.testing.assert_array_equal(got, skm.confusion_matrix(labels, preds, labels=range(k)))
 
 
 def test_confusion_matrix_ignores_padding_rows():
@@ -28,15 +28,16 @@ def test_confusion_matrix_ignores_padding_rows():
   preds = np.array([0, 2, 2, 1])
   valid = np.array([True, True, False, False])
   got = metrics.confusion_matrix(labels, preds, num_classes=3, valid=valid)
-  np.testing.assert_array_equal(
-      got, skm.confusion_matrix(labels[:2], preds[:2], labels=range(3)))
+  np.testing.assert_array_equal(got, skm.confusion_matrix(labels[:2], preds[:2], labels=range(3)))
 
 
 def test_confusion_matrices_of_batches_sum_to_the_whole():
   rng = np.random.default_rng(0)
   labels, preds = rng.integers(0, 4, 96), rng.integers(0, 4, 96)
-  total = sum(metrics.confusion_matrix(labels[i:i + 32], preds[i:i + 32],
-                                       num_classes=4) for i in range(0, 96, 32))
+  total = sum(
+    metrics.confusion_matrix(labels[i : i + 32], preds[i : i + 32], num_classes=4)
+    for i in range(0, 96, 32)
+  )
   np.testing.assert_array_equal(total, metrics.confusion_matrix(labels, preds, num_classes=4))
 
 
@@ -45,7 +46,7 @@ def test_classification_metrics_match_sklearn(seed):
   rng = np.random.default_rng(seed)
   k = 6
   # Imbalanced labels with a rare class, and biased predictions.
-  labels = rng.choice(k, size=300, p=[.4, .3, .15, .1, .04, .01])
+  labels = rng.choice(k, size=300, p=[0.4, 0.3, 0.15, 0.1, 0.04, 0.01])
   preds = np.where(rng.random(300) < 0.6, labels, rng.integers(0, k, 300))
   conf = skm.confusion_matrix(labels, preds, labels=range(k))
   names = [f'c{i}' for i in range(k)]
@@ -53,8 +54,7 @@ def test_classification_metrics_match_sklearn(seed):
   assert m['accuracy'] == pytest.approx(skm.accuracy_score(labels, preds))
   assert m['mca'] == pytest.approx(skm.balanced_accuracy_score(labels, preds))
   recall = skm.recall_score(labels, preds, labels=range(k), average=None, zero_division=0)
-  precision = skm.precision_score(labels, preds, labels=range(k), average=None,
-                                  zero_division=0)
+  precision = skm.precision_score(labels, preds, labels=range(k), average=None, zero_division=0)
   np.testing.assert_allclose([m['recall'][n] for n in names], recall)
   np.testing.assert_allclose([m['precision'][n] for n in names], precision)
   present = [c for c in (4, 5) if (labels == c).any()]
@@ -121,8 +121,7 @@ def _np_quality(maps, masks, threshold=0.5):
   out = {'mass_inside': [], 'pointing_game': [], 'iou': []}
   for b in range(len(maps)):
     total = up[b].sum()
-    out['mass_inside'].append(up[b][inside[b]].sum() / total if total > 0
-                              else inside[b].mean())
+    out['mass_inside'].append(up[b][inside[b]].sum() / total if total > 0 else inside[b].mean())
     # A hit needs every maximal pixel in the box (clamped borders make ties).
     out['pointing_game'].append(float(inside[b][up[b] == up[b].max()].all()))
     region = up[b] >= threshold * up[b].max()
@@ -139,12 +138,15 @@ def _random_boxes(rng, batch, height, width):
   return masks
 
 
-@pytest.mark.parametrize('seed,small,big', [
-    (0, (7, 7), (28, 28)),      # integer factor (224 / 7 in the paper)
-    (1, (5, 6), (20, 21)),      # non-square, non-integer factor
-    (2, (8, 8), (8, 8)),        # masks at map resolution: no resize
+@pytest.mark.parametrize(
+  'seed,small,big',
+  [
+    (0, (7, 7), (28, 28)),  # integer factor (224 / 7 in the paper)
+    (1, (5, 6), (20, 21)),  # non-square, non-integer factor
+    (2, (8, 8), (8, 8)),  # masks at map resolution: no resize
     (3, (2, 3), (17, 13)),
-])
+  ],
+)
 def test_attention_quality_matches_numpy_reference(seed, small, big):
   rng = np.random.default_rng(seed)
   maps = rng.normal(size=(16, *small)).astype(np.float32)  # raw maps: normalised inside
@@ -163,8 +165,11 @@ def test_mass_inside_is_invariant_to_an_affine_rescale_of_the_map():
   rng = np.random.default_rng(4)
   maps = rng.normal(size=(4, 7, 7)).astype(np.float32)
   masks = _random_boxes(rng, 4, 56, 56)
-  np.testing.assert_allclose(metrics.attention_mass_inside(3.0 * maps - 2.0, masks),
-                             metrics.attention_mass_inside(maps, masks), rtol=1e-5)
+  np.testing.assert_allclose(
+    metrics.attention_mass_inside(3.0 * maps - 2.0, masks),
+    metrics.attention_mass_inside(maps, masks),
+    rtol=1e-5,
+  )
 
 
 def test_attention_quality_of_a_peak_inside_and_outside_the_box():
@@ -185,7 +190,7 @@ def test_attention_quality_of_a_peak_inside_and_outside_the_box():
 def test_constant_map_is_uniform_attention_and_never_wins_the_pointing_game():
   masks = np.zeros((2, 16, 16), np.float32)
   masks[0, 2:6, 4:12] = 1.0  # 32 of 256 pixels
-  masks[1] = 1.0             # full mask
+  masks[1] = 1.0  # full mask
   q = metrics.attention_quality(np.full((2, 4, 4), 0.3, np.float32), masks)
   np.testing.assert_allclose(q['mass_inside'], [32 / 256, 1.0])
   np.testing.assert_allclose(q['iou'], [32 / 256, 1.0])  # the whole image is selected
@@ -243,8 +248,9 @@ def test_attention_metrics_sum_over_pmap_devices():
   n = jax.local_device_count()
   maps = rng.normal(size=(n, 2, 7, 7)).astype(np.float32)
   masks = _random_boxes(rng, 2 * n, 14, 14).reshape(n, 2, 14, 14)
-  summed = jax.pmap(lambda f, m: jax.lax.psum(metrics.AttentionMetrics.from_batch(f, m), 'i'),
-                    axis_name='i')(maps, masks)
+  summed = jax.pmap(
+    lambda f, m: jax.lax.psum(metrics.AttentionMetrics.from_batch(f, m), 'i'), axis_name='i'
+  )(maps, masks)
   expected = metrics.AttentionMetrics.from_batch(maps.reshape(-1, 7, 7), masks.reshape(-1, 14, 14))
   for got, want in zip(summed, expected):
     np.testing.assert_allclose(got[0], want, rtol=1e-5)

@@ -1,4 +1,4 @@
-"""Tests for care_jax.models: shapes, torchvision layout/counts/padding/init, heads, dtypes, axis_name.
+"""care_jax.models: shapes, torchvision layout/counts/padding/init, heads, dtypes, axis_name.
 
 Big models are only traced (``jax.eval_shape``); numeric checks use small models and parameters
 filled from numpy (random init compiles slowly on CPU), compared with independent numpy references.
@@ -12,17 +12,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from care_jax.models import adaptive_avg_pool
+from care_jax import attention
+from care_jax.models import ATTENTION_METHODS
+from care_jax.models import MODEL_NAMES
+from care_jax.models import VGG
 from care_jax.models import BasicBlock
 from care_jax.models import BatchNormLinearHead
 from care_jax.models import Bottleneck
 from care_jax.models import Classifier
-from care_jax.models import get_model
 from care_jax.models import LinearHead
-from care_jax.models import MODEL_NAMES
 from care_jax.models import ResNet
-from care_jax.models import VGG
 from care_jax.models import VGGHead
+from care_jax.models import adaptive_avg_pool
+from care_jax.models import get_model
 
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
 # Input size / feature map size, as documented by each backbone.
@@ -36,20 +38,20 @@ def _images(batch: int = 2, size: int = 64, seed: int = 0) -> np.ndarray:
 
 def _abstract_variables(model: nn.Module, images) -> dict:
   return jax.eval_shape(
-      functools.partial(model.init, train=False), {'params': KEY, 'dropout': KEY}, images
+    functools.partial(model.init, train=False), {'params': KEY, 'dropout': KEY}, images
   )
 
 
 @functools.cache
 def _abstract_model(name: str) -> tuple[Classifier, dict]:
-  """A 1000-class model and its variables' shapes for a [2, 64, 64, 3] input; traced once per name."""
+  """A 1000-class model and its variables' shapes for a [2, 64, 64, 3] input (traced once)."""
   model = get_model(name, num_classes=1000)
   images = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
   return model, _abstract_variables(model, images)
 
 
 def _fake_variables(model: nn.Module, images, seed: int = 0) -> dict:
-  """Variables of the right tree/shapes filled from numpy: He-scaled kernels, non-trivial BN state."""
+  """Variables of the right tree and shapes from numpy: He-scaled kernels, non-trivial BN state."""
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
@@ -95,14 +97,12 @@ def test_every_model_gives_float32_logits_and_documented_feature_size(name):
   side = 64 // FEATURE_STRIDE[name]
 
   (logits, inter), updates = jax.eval_shape(
-      lambda v, x: model.apply(
-          v, x, train=True, mutable=['batch_stats'], rngs={'dropout': KEY}
-      ),
-      variables,
-      images,
+    lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'], rngs={'dropout': KEY}),
+    variables,
+    images,
   )
   eval_logits, eval_inter = jax.eval_shape(
-      lambda v, x: model.apply(v, x, train=False), variables, images
+    lambda v, x: model.apply(v, x, train=False), variables, images
   )
 
   for out, features in ((logits, inter['features']), (eval_logits, eval_inter['features'])):
@@ -110,7 +110,7 @@ def test_every_model_gives_float32_logits_and_documented_feature_size(name):
     assert features.shape[:3] == (2, side, side)
   # Train mode returns new running statistics for every BatchNorm (VGG-19 has none).
   assert jax.tree.structure(updates.get('batch_stats', {})) == jax.tree.structure(
-      variables.get('batch_stats', {})
+    variables.get('batch_stats', {})
   )
   assert ('batch_stats' in variables) == (name != 'vgg19')
 
@@ -119,17 +119,17 @@ def _small_resnet(block_cls: type[nn.Module], head: str = 'linear') -> Classifie
   """The ResNet code path with narrow stages: stem, layer1_0, layer2_0 (strided, projected)."""
   head_cls = {'linear': LinearHead, 'bn_linear': BatchNormLinearHead}[head]
   return Classifier(
-      backbone=ResNet(stage_sizes=(1, 1), block_cls=block_cls, widths=(8, 16)),
-      head=head_cls(num_classes=3),
+    backbone=ResNet(stage_sizes=(1, 1), block_cls=block_cls, widths=(8, 16)),
+    head=head_cls(num_classes=3),
   )
 
 
 @pytest.mark.parametrize('name', ['tiny_cnn', 'basic_resnet', 'bottleneck_resnet'])
 def test_train_mode_updates_every_batch_stat_and_eval_mode_none(name):
   model = {
-      'tiny_cnn': get_model('tiny_cnn', num_classes=3, head='bn_linear'),
-      'basic_resnet': _small_resnet(BasicBlock, head='bn_linear'),
-      'bottleneck_resnet': _small_resnet(Bottleneck, head='bn_linear'),
+    'tiny_cnn': get_model('tiny_cnn', num_classes=3, head='bn_linear'),
+    'basic_resnet': _small_resnet(BasicBlock, head='bn_linear'),
+    'bottleneck_resnet': _small_resnet(Bottleneck, head='bn_linear'),
   }[name]
   images = _images()
   variables = _fake_variables(model, images)
@@ -141,12 +141,10 @@ def test_train_mode_updates_every_batch_stat_and_eval_mode_none(name):
 
   assert np.all(np.isfinite(logits))
   changed = jax.tree.map(
-      lambda new, old: not np.allclose(new, old), updates['batch_stats'], variables['batch_stats']
+    lambda new, old: not np.allclose(new, old), updates['batch_stats'], variables['batch_stats']
   )
   assert all(jax.tree.leaves(changed))
-  jax.tree.map(
-      np.testing.assert_array_equal, eval_updates['batch_stats'], variables['batch_stats']
-  )
+  jax.tree.map(np.testing.assert_array_equal, eval_updates['batch_stats'], variables['batch_stats'])
 
 
 def test_batchnorm_running_stats_use_torch_momentum():
@@ -156,23 +154,23 @@ def test_batchnorm_running_stats_use_torch_momentum():
   variables = _fake_variables(model, images)
 
   _, state = jax.jit(
-      lambda v, x: model.apply(
-          v,
-          x,
-          train=True,
-          mutable=['batch_stats', 'intermediates'],
-          capture_intermediates=lambda module, method: module.name == 'stage1_conv',
-      )
+    lambda v, x: model.apply(
+      v,
+      x,
+      train=True,
+      mutable=['batch_stats', 'intermediates'],
+      capture_intermediates=lambda module, method: module.name == 'stage1_conv',
+    )
   )(variables, images)
   conv = np.asarray(state['intermediates']['backbone']['stage1_conv']['__call__'][0], np.float64)
   old = variables['batch_stats']['backbone']['stage1_bn']
   new = state['batch_stats']['backbone']['stage1_bn']
 
   np.testing.assert_allclose(
-      new['mean'], 0.9 * old['mean'] + 0.1 * conv.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6
+    new['mean'], 0.9 * old['mean'] + 0.1 * conv.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6
   )
   np.testing.assert_allclose(
-      new['var'], 0.9 * old['var'] + 0.1 * conv.var(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6
+    new['var'], 0.9 * old['var'] + 0.1 * conv.var(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6
   )
 
 
@@ -180,16 +178,16 @@ def test_batchnorm_running_stats_use_torch_momentum():
 
 
 @pytest.mark.parametrize(
-    'name, expected',
-    [
-        # torchvision.models.<name>(num_classes=1000): sum(p.numel() for p in m.parameters()).
-        ('resnet18', 11_689_512),
-        ('resnet34', 21_797_672),
-        ('resnet50', 25_557_032),
-        ('resnet101', 44_549_160),
-        ('resnet152', 60_192_808),
-        ('vgg19', 143_667_240),
-    ],
+  'name, expected',
+  [
+    # torchvision.models.<name>(num_classes=1000): sum(p.numel() for p in m.parameters()).
+    ('resnet18', 11_689_512),
+    ('resnet34', 21_797_672),
+    ('resnet50', 25_557_032),
+    ('resnet101', 44_549_160),
+    ('resnet152', 60_192_808),
+    ('vgg19', 143_667_240),
+  ],
 )
 def test_parameter_counts_match_torchvision(name, expected):
   _, variables = _abstract_model(name)
@@ -221,16 +219,16 @@ def test_odd_input_sizes_follow_torch_output_sizes():
   images = jax.ShapeDtypeStruct((1, 225, 225, 3), jnp.float32)
   variables = _abstract_variables(model, images)
   (_, inter), state = jax.eval_shape(
-      lambda v, x: model.apply(
-          v,
-          x,
-          train=False,
-          capture_intermediates=lambda module, method: (
-              method == '__call__' and module.name in ('conv1', 'layer1_0')
-          ),
+    lambda v, x: model.apply(
+      v,
+      x,
+      train=False,
+      capture_intermediates=lambda module, method: (
+        method == '__call__' and module.name in ('conv1', 'layer1_0')
       ),
-      variables,
-      images,
+    ),
+    variables,
+    images,
   )
   captured = state['intermediates']['backbone']
   assert captured['conv1']['__call__'][0].shape == (1, 113, 113, 64)
@@ -244,9 +242,9 @@ def test_strided_convs_use_torch_symmetric_padding():
   images = _images()
   variables = _fake_variables(model, images)
   _, state = jax.jit(
-      lambda v, x: model.apply(
-          v, x, train=False, capture_intermediates=lambda module, method: method == '__call__'
-      )
+    lambda v, x: model.apply(
+      v, x, train=False, capture_intermediates=lambda module, method: method == '__call__'
+    )
   )(variables, images)
   captured = state['intermediates']['backbone']
   params = variables['params']['backbone']
@@ -254,15 +252,15 @@ def test_strided_convs_use_torch_symmetric_padding():
   stem = captured['conv1']['__call__'][0]
   assert stem.shape == (2, 32, 32, 8)
   np.testing.assert_allclose(
-      stem, _np_conv(images, params['conv1']['kernel'], stride=2, pad=3), rtol=1e-4, atol=1e-4
+    stem, _np_conv(images, params['conv1']['kernel'], stride=2, pad=3), rtol=1e-4, atol=1e-4
   )
   block_input = captured['layer1_0']['__call__'][0]  # 16x16, feeds layer2_0
   for conv, pad in (('conv1', 1), ('downsample_conv', 0)):
     np.testing.assert_allclose(
-        captured['layer2_0'][conv]['__call__'][0],
-        _np_conv(block_input, params['layer2_0'][conv]['kernel'], stride=2, pad=pad),
-        rtol=1e-4,
-        atol=1e-4,
+      captured['layer2_0'][conv]['__call__'][0],
+      _np_conv(block_input, params['layer2_0'][conv]['kernel'], stride=2, pad=pad),
+      rtol=1e-4,
+      atol=1e-4,
     )
 
 
@@ -289,14 +287,14 @@ def _np_block(x, params, stats, *, bottleneck: bool, stride: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    'block_cls, in_channels, stride, projects',
-    [
-        (BasicBlock, 8, 1, False),
-        (BasicBlock, 8, 2, True),
-        (Bottleneck, 32, 1, False),
-        (Bottleneck, 8, 1, True),  # layer1_0 of ResNet-50: channels 64 -> 256 at stride 1
-        (Bottleneck, 32, 2, True),
-    ],
+  'block_cls, in_channels, stride, projects',
+  [
+    (BasicBlock, 8, 1, False),
+    (BasicBlock, 8, 2, True),
+    (Bottleneck, 32, 1, False),
+    (Bottleneck, 8, 1, True),  # layer1_0 of ResNet-50: channels 64 -> 256 at stride 1
+    (Bottleneck, 32, 2, True),
+  ],
 )
 def test_residual_blocks_match_torchvision_definition(block_cls, in_channels, stride, projects):
   block = block_cls(planes=8, stride=stride)
@@ -307,11 +305,11 @@ def test_residual_blocks_match_torchvision_definition(block_cls, in_channels, st
 
   assert ('downsample_conv' in variables['params']) == projects
   expected = _np_block(
-      x,
-      variables['params'],
-      variables['batch_stats'],
-      bottleneck=block_cls is Bottleneck,
-      stride=stride,
+    x,
+    variables['params'],
+    variables['batch_stats'],
+    bottleneck=block_cls is Bottleneck,
+    stride=stride,
   )
   np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
@@ -348,13 +346,20 @@ def test_vgg_head_init_is_normal_0_01():
 
 def _small_vgg_classifier(num_classes: int = 3) -> Classifier:
   return Classifier(
-      backbone=VGG(blocks=((8,), (8,), (16,), (16,), (16,))),
-      head=VGGHead(num_classes=num_classes, hidden_size=32),
+    backbone=VGG(blocks=((8,), (8,), (16,), (16,), (16,))),
+    head=VGGHead(num_classes=num_classes, hidden_size=32),
   )
 
 
-@pytest.mark.parametrize('name, head', [('tiny_cnn', 'linear'), ('tiny_cnn', 'bn_linear'),
-                                        ('bottleneck_resnet', 'bn_linear'), ('small_vgg', 'vgg')])
+@pytest.mark.parametrize(
+  'name, head',
+  [
+    ('tiny_cnn', 'linear'),
+    ('tiny_cnn', 'bn_linear'),
+    ('bottleneck_resnet', 'bn_linear'),
+    ('small_vgg', 'vgg'),
+  ],
+)
 def test_apply_head_on_features_reproduces_logits(name, head):
   if name == 'small_vgg':
     model = _small_vgg_classifier()
@@ -389,16 +394,16 @@ def test_batchnorm_linear_head_normalises_with_running_stats_in_eval():
   head = BatchNormLinearHead(num_classes=4)
   variables = _fake_variables(head, features)
   bn, stats, fc = (
-      variables['params']['bn'],
-      variables['batch_stats']['bn'],
-      variables['params']['fc'],
+    variables['params']['bn'],
+    variables['batch_stats']['bn'],
+    variables['params']['fc'],
   )
 
   pooled = features.astype(np.float64).mean(axis=(1, 2))
   normed = (pooled - stats['mean']) / np.sqrt(np.asarray(stats['var'], np.float64) + 1e-5)
   expected = (normed * bn['scale'] + bn['bias']) @ fc['kernel'] + fc['bias']
   np.testing.assert_allclose(
-      head.apply(variables, features, train=False), expected, rtol=1e-5, atol=1e-5
+    head.apply(variables, features, train=False), expected, rtol=1e-5, atol=1e-5
   )
 
 
@@ -422,7 +427,7 @@ def test_vgg_head_matches_torchvision_classifier_in_eval():
   expected = x @ params['fc3']['kernel'] + params['fc3']['bias']
 
   np.testing.assert_allclose(
-      head.apply(variables, features, train=False), expected, rtol=1e-5, atol=1e-5
+    head.apply(variables, features, train=False), expected, rtol=1e-5, atol=1e-5
   )
 
 
@@ -446,10 +451,10 @@ def test_adaptive_avg_pool_matches_torch_windows(in_size, out_size):
   row = np.arange(1.0, in_size + 1)
   x = np.broadcast_to(row[None, None, :, None], (1, 1, in_size, 1)).astype(np.float32)
   expected = {
-      (2, 7): [1, 1, 1, 1.5, 2, 2, 2],  # windows [0,1) x3, [0,2), [1,2) x3
-      (5, 3): [1.5, 3, 4.5],  # windows [0,2), [1,4), [3,5)
-      (14, 7): [1.5 + 2 * k for k in range(7)],
-      (7, 7): list(range(1, 8)),
+    (2, 7): [1, 1, 1, 1.5, 2, 2, 2],  # windows [0,1) x3, [0,2), [1,2) x3
+    (5, 3): [1.5, 3, 4.5],  # windows [0,2), [1,4), [3,5)
+    (14, 7): [1.5 + 2 * k for k in range(7)],
+    (7, 7): list(range(1, 8)),
   }[(in_size, out_size)]
   out = adaptive_avg_pool(x, (1, out_size))
   np.testing.assert_allclose(out[0, 0, :, 0], expected, rtol=1e-6)
@@ -464,9 +469,9 @@ def test_bfloat16_keeps_float32_params_and_logits(name):
   images = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
   variables = _abstract_variables(model, images)
   (logits, inter), _ = jax.eval_shape(
-      lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'], rngs={'dropout': KEY}),
-      variables,
-      images,
+    lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'], rngs={'dropout': KEY}),
+    variables,
+    images,
   )
   assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
   assert inter['features'].dtype == jnp.bfloat16
@@ -490,7 +495,7 @@ def test_axis_name_averages_batch_statistics_across_the_mapped_axis():
   reference = get_model('tiny_cnn', num_classes=3, head='bn_linear')
   variables = _fake_variables(reference, images)
   (expected, _), expected_updates = jax.jit(
-      lambda v, x: reference.apply(v, x, train=True, mutable=['batch_stats'])
+    lambda v, x: reference.apply(v, x, train=True, mutable=['batch_stats'])
   )(variables, images)
 
   def sharded(axis_name):
@@ -501,9 +506,9 @@ def test_axis_name_averages_batch_statistics_across_the_mapped_axis():
   (logits, _), updates = sharded('batch')
   np.testing.assert_allclose(logits.reshape(4, 3), expected, rtol=1e-4, atol=1e-4)
   jax.tree.map(
-      lambda new, ref: np.testing.assert_allclose(new[0], ref, rtol=1e-4, atol=1e-5),
-      updates,
-      expected_updates,
+    lambda new, ref: np.testing.assert_allclose(new[0], ref, rtol=1e-4, atol=1e-5),
+    updates,
+    expected_updates,
   )
   # Without axis_name each shard normalises with its own statistics.
   (local_logits, _), _ = sharded(None)
@@ -515,16 +520,94 @@ def test_runs_under_pmap_with_axis_name():
   images = _images()
   variables = _fake_variables(model, images)
   step = jax.pmap(
-      lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']),
-      axis_name='batch',
-      in_axes=(None, 0),
+    lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']),
+    axis_name='batch',
+    in_axes=(None, 0),
   )
   (logits, inter), updates = step(variables, images[None])
   assert logits.shape == (1, 2, 3)
   assert inter['features'].shape == (1, 2, 8, 8, 128)
-  assert jax.tree.structure(updates['batch_stats']) == jax.tree.structure(
-      variables['batch_stats']
+  assert jax.tree.structure(updates['batch_stats']) == jax.tree.structure(variables['batch_stats'])
+
+
+# ---------------------------------------------------------------- attention maps
+
+
+@functools.cache
+def _attention_case(name: str, head: str) -> tuple[Classifier, dict, jax.Array, jax.Array]:
+  """A small model, its (numpy-filled) variables, a feature map of 32x32 images and labels."""
+  model = _small_vgg_classifier() if head == 'vgg' else get_model(name, num_classes=3, head=head)
+  images = _images(size=32, seed=3)
+  variables = _fake_variables(model, images, seed=4)
+  _, inter = jax.jit(functools.partial(model.apply, train=False))(variables, images)
+  return model, variables, inter['features'], jnp.array([2, 0])
+
+
+def _head_fn(model: Classifier, variables: dict):
+  return lambda f: model.apply(variables, f, train=False, method=Classifier.apply_head)
+
+
+def test_attention_methods_constant():
+  assert ATTENTION_METHODS == ('auto', 'cam', 'grad_cam')
+
+
+def test_attention_maps_of_a_linear_head_are_cam_with_its_kernel():
+  model, variables, features, labels = _attention_case('tiny_cnn', 'linear')
+  expected = attention.cam(features, variables['params']['head']['fc']['kernel'], labels)
+  for method in ('cam', 'auto'):
+    maps = model.attention_maps(variables, features, labels, method=method)
+    assert maps.shape == (2, 4, 4) and maps.dtype == jnp.float32
+    np.testing.assert_array_equal(maps, expected)
+  np.testing.assert_array_equal(model.attention_maps(variables, features, labels), expected)
+  # Grad-CAM of a GAP + linear head is CAM up to a positive scale: the same normalised map.
+  np.testing.assert_allclose(
+    model.attention_maps(variables, features, labels, method='grad_cam'), expected, atol=1e-5
   )
+
+
+@pytest.mark.parametrize('name, head', [('tiny_cnn', 'bn_linear'), ('small_vgg', 'vgg')])
+def test_attention_maps_of_other_heads_are_grad_cam_of_the_head(name, head):
+  model, variables, features, labels = _attention_case(name, head)
+  expected = attention.grad_cam(_head_fn(model, variables), features, labels)
+  for method in ('auto', 'grad_cam'):
+    maps = model.attention_maps(variables, features, labels, method=method)
+    assert maps.shape == features.shape[:3] and maps.dtype == jnp.float32
+    np.testing.assert_array_equal(maps, expected)
+
+
+def test_attention_maps_cam_needs_a_linear_head():
+  model, variables, features, labels = _attention_case('tiny_cnn', 'bn_linear')
+  with pytest.raises(ValueError, match=r'GAP \+ linear head'):
+    model.attention_maps(variables, features, labels, method='cam')
+
+
+def test_attention_maps_unknown_method_lists_the_valid_ones():
+  model, variables, features, labels = _attention_case('tiny_cnn', 'linear')
+  with pytest.raises(ValueError, match=r"'gradcam'.*auto, cam, grad_cam"):
+    model.attention_maps(variables, features, labels, method='gradcam')
+
+
+@pytest.mark.parametrize('head', ['linear', 'bn_linear'])
+def test_attention_maps_under_jit_grad_and_pmap_with_the_model_closed_over(head):
+  model, variables, features, labels = _attention_case('tiny_cnn', head)
+  eager = model.attention_maps(variables, features, labels)
+  maps = jax.jit(lambda v, f, y: model.attention_maps(v, f, y))(variables, features, labels)
+  np.testing.assert_allclose(maps, eager, rtol=1e-6, atol=1e-6)
+  static = jax.jit(lambda m, v, f, y: m.attention_maps(v, f, y), static_argnums=0)
+  np.testing.assert_allclose(
+    static(model, variables, features, labels), eager, rtol=1e-6, atol=1e-6
+  )
+  mapped = jax.pmap(lambda v, f, y: model.attention_maps(v, f, y), in_axes=(None, 0, 0))
+  np.testing.assert_allclose(
+    mapped(variables, features[None], labels[None])[0], eager, rtol=1e-6, atol=1e-6
+  )
+
+  def inside(f):  # what an attention loss does: weight the map, differentiate w.r.t. features
+    return jnp.sum(model.attention_maps(variables, f, labels) * jnp.arange(16.0).reshape(4, 4))
+
+  grads = jax.grad(inside)(features)
+  assert grads.shape == features.shape
+  assert np.all(np.isfinite(grads)) and np.any(grads != 0)
 
 
 # ---------------------------------------------------------------- bad input

@@ -6,13 +6,13 @@ import socket
 import subprocess
 import sys
 
+from main_test import REPO
+from main_test import TINY_DATA
 import numpy as np
 import pytest
 
 from care_jax import config as config_lib
 from care_jax.data import pipeline
-from main_test import REPO
-from main_test import TINY_DATA
 
 
 def _free_port() -> int:
@@ -22,12 +22,27 @@ def _free_port() -> int:
 
 
 def _launch(flags, workdir, devices, *extra):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env = dict(
+    os.environ,
+    TF_CPP_MIN_LOG_LEVEL='3',
+    XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+  )
   return subprocess.Popen(
-      [sys.executable, '-m', 'care_jax.main', '--config=configs/synthetic_care.py',
-       f'--workdir={workdir}', *flags, *extra],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    [
+      sys.executable,
+      '-m',
+      'care_jax.main',
+      '--config=configs/synthetic_care.py',
+      f'--workdir={workdir}',
+      *flags,
+      *extra,
+    ],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def _wait(proc):
@@ -39,14 +54,22 @@ def _wait(proc):
 def test_two_processes_follow_the_single_process_loss_trajectory(tmp_path):
   overrides = TINY_DATA + [f'data.dir={tmp_path / "tfds"}', 'train.num_steps=6']
   # Generate the data once, so the processes only read it.
-  pipeline.get_dataset_info(
-      config_lib.apply_overrides(config_lib.default_config(), overrides).data)
+  pipeline.get_dataset_info(config_lib.apply_overrides(config_lib.default_config(), overrides).data)
   flags = [f'--config.{o}' for o in overrides]
 
   _wait(_launch(flags, tmp_path / 'one', 4))
   port = _free_port()
-  procs = [_launch(flags, tmp_path / 'two', 2, f'--coordinator_address=127.0.0.1:{port}',
-                   '--num_processes=2', f'--process_id={i}') for i in range(2)]
+  procs = [
+    _launch(
+      flags,
+      tmp_path / 'two',
+      2,
+      f'--coordinator_address=127.0.0.1:{port}',
+      '--num_processes=2',
+      f'--process_id={i}',
+    )
+    for i in range(2)
+  ]
   for proc in procs:
     _wait(proc)
 
@@ -56,8 +79,9 @@ def test_two_processes_follow_the_single_process_loss_trajectory(tmp_path):
   one, two = log('one'), log('two')
   assert [r['step'] for r in one] == [r['step'] for r in two] == [2, 4, 6]
   for key in ('loss', 'ce', 'care', 'accuracy', 'boxed'):
-    np.testing.assert_allclose([r[key] for r in two], [r[key] for r in one], rtol=1e-5,
-                               atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(
+      [r[key] for r in two], [r[key] for r in one], rtol=1e-5, atol=1e-6, err_msg=key
+    )
   metrics_one = json.load(open(tmp_path / 'one' / 'metrics.json'))
   metrics_two = json.load(open(tmp_path / 'two' / 'metrics.json'))
   for split in ('validation', 'test'):
@@ -66,8 +90,18 @@ def test_two_processes_follow_the_single_process_loss_trajectory(tmp_path):
 
 def test_manual_launch_flags_must_come_together(tmp_path):
   proc = subprocess.run(
-      [sys.executable, '-m', 'care_jax.main', '--config=configs/default.py',
-       f'--workdir={tmp_path}', '--coordinator_address=127.0.0.1:1234'],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      '-m',
+      'care_jax.main',
+      '--config=configs/default.py',
+      f'--workdir={tmp_path}',
+      '--coordinator_address=127.0.0.1:1234',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode != 0
   assert '--num_processes and --process_id go together' in proc.stderr

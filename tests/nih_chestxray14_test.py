@@ -2,11 +2,11 @@
 
 import logging
 
+import data_fixtures as fx
 import numpy as np
 from PIL import Image
 import pytest
 
-import data_fixtures as fx
 from care_jax.data import nih_chestxray14 as nih
 from care_jax.data import pipeline
 
@@ -107,7 +107,7 @@ def test_image_with_several_findings_is_left_out_and_logged(tmp_path, caplog):
     builder = nih.from_data_config(_config(tmp_path, tmp_path / 'cache'))
     builder.download_and_prepare()
   (warning,) = [r.getMessage() for r in caplog.records if 'several' in r.getMessage()]
-  assert "left out 1 image(s)" in warning and "['Mass', 'Nodule']" in warning
+  assert 'left out 1 image(s)' in warning and "['Mass', 'Nodule']" in warning
   assert sum(s.num_examples for s in builder.info.splits.values()) == 40
 
 
@@ -134,30 +134,30 @@ def _replace(root, line, text):
 
 
 BAD = {
-    'unknown finding': (
-        lambda root, name: _replace(root, 4, f'{name},Fracture,1,1,2,2'),
-        r"BBox_List_2017.csv, line 4: unknown finding 'Fracture'",
-    ),
-    'missing image': (
-        lambda root, name: _path(root, name).unlink(),
-        r'BBox_List_2017.csv, line 4: image 00000001_000.png not found',
-    ),
-    'box outside the image': (
-        lambda root, name: _replace(root, 4, f'{name},Atelectasis,20,2,13,4'),
-        r'line 4: image 00000001_000.png: box .* outside the 32x32',
-    ),
-    'missing fields': (
-        lambda root, name: _replace(root, 4, f'{name},Atelectasis,20,2,13'),
-        r'line 4: expected 6 fields',
-    ),
-    'not a number': (
-        lambda root, name: _replace(root, 4, f'{name},Atelectasis,20,2,x,4'),
-        r'line 4: x, y, w, h must be numbers',
-    ),
-    'corrupt png': (
-        lambda root, name: _path(root, name).write_bytes(b'\x89PNG'),
-        r'line 4: cannot read image',
-    ),
+  'unknown finding': (
+    lambda root, name: _replace(root, 4, f'{name},Fracture,1,1,2,2'),
+    r"BBox_List_2017.csv, line 4: unknown finding 'Fracture'",
+  ),
+  'missing image': (
+    lambda root, name: _path(root, name).unlink(),
+    r'BBox_List_2017.csv, line 4: image 00000001_000.png not found',
+  ),
+  'box outside the image': (
+    lambda root, name: _replace(root, 4, f'{name},Atelectasis,20,2,13,4'),
+    r'line 4: image 00000001_000.png: box .* outside the 32x32',
+  ),
+  'missing fields': (
+    lambda root, name: _replace(root, 4, f'{name},Atelectasis,20,2,13'),
+    r'line 4: expected 6 fields',
+  ),
+  'not a number': (
+    lambda root, name: _replace(root, 4, f'{name},Atelectasis,20,2,x,4'),
+    r'line 4: x, y, w, h must be numbers',
+  ),
+  'corrupt png': (
+    lambda root, name: _path(root, name).write_bytes(b'\x89PNG'),
+    r'line 4: cannot read image',
+  ),
 }
 
 
@@ -169,9 +169,7 @@ def test_bad_input_raises_naming_file_and_line(tmp_path, case):
   builder = nih.from_data_config(_config(tmp_path, tmp_path / 'cache'))
   with pytest.raises(ValueError, match=message):
     builder.download_and_prepare()
-  skipping = nih.from_data_config(
-      _config(tmp_path, tmp_path / 'cache', skip_bad_rows=True)
-  )
+  skipping = nih.from_data_config(_config(tmp_path, tmp_path / 'cache', skip_bad_rows=True))
   skipping.download_and_prepare()
   total = sum(s.num_examples for s in skipping.info.splits.values())
   assert total == (40 if 'box' in case else 39)

@@ -20,16 +20,20 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / 'notebooks'
 NAMES = ('quickstart', 'care_loss', 'own_data')
 CELL_TIMEOUT_S = 600
-BADGE = ('[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]'
-         '(https://colab.research.google.com/github/care-jax/care-jax/blob/main/notebooks/{}.ipynb)')
+BADGE = (
+  '[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]'
+  '(https://colab.research.google.com/github/care-jax/care-jax/blob/main/notebooks/{}.ipynb)'
+)
 
 
 def _kernel_env() -> dict[str, str]:
   env = dict(os.environ, CARE_JAX_SMOKE='1', TF_CPP_MIN_LOG_LEVEL='2')
   # conftest.py simulates 8 CPU devices for the multi-device tests; a notebook user has one.
   env['XLA_FLAGS'] = ' '.join(
-      f for f in env.get('XLA_FLAGS', '').split()
-      if not f.startswith('--xla_force_host_platform_device_count'))
+    f
+    for f in env.get('XLA_FLAGS', '').split()
+    if not f.startswith('--xla_force_host_platform_device_count')
+  )
   # The checkout's package, also where it is not installed (the install cell must not pip).
   env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO), env.get('PYTHONPATH')]))
   return env
@@ -37,8 +41,8 @@ def _kernel_env() -> dict[str, str]:
 
 def _execute(nb: nbformat.NotebookNode, cwd: pathlib.Path) -> nbformat.NotebookNode:
   client = nbclient.NotebookClient(
-      nb, kernel_name='python3', timeout=CELL_TIMEOUT_S,
-      resources={'metadata': {'path': str(cwd)}})
+    nb, kernel_name='python3', timeout=CELL_TIMEOUT_S, resources={'metadata': {'path': str(cwd)}}
+  )
   client.execute(env=_kernel_env())  # Raises CellExecutionError on the first failing cell.
   return nb
 
@@ -52,8 +56,12 @@ def _code_cells(nb):
 
 
 def _outputs(nb, output_type=None):
-  return [o for c in _code_cells(nb) for o in c.outputs
-          if output_type is None or o.output_type == output_type]
+  return [
+    o
+    for c in _code_cells(nb)
+    for o in c.outputs
+    if output_type is None or o.output_type == output_type
+  ]
 
 
 def _images(nb) -> int:
@@ -83,9 +91,14 @@ def test_notebook_is_a_clean_colab_notebook(name):
 
 
 def test_kernel_runs_this_python():
-  nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-      'import json, os, sys\n'
-      "print(json.dumps([sys.executable, os.environ.get('CARE_JAX_SMOKE')]))")])
+  nb = nbformat.v4.new_notebook(
+    cells=[
+      nbformat.v4.new_code_cell(
+        'import json, os, sys\n'
+        "print(json.dumps([sys.executable, os.environ.get('CARE_JAX_SMOKE')]))"
+      )
+    ]
+  )
   executable, smoke = json.loads(_text(_execute(nb, REPO)))
   assert executable == sys.executable
   assert smoke == '1'
@@ -96,8 +109,9 @@ def test_care_loss_notebook_runs_and_checks_the_loss_by_hand(tmp_path):
   assert not _code_cells(nb)[0].outputs, 'the install cell ran pip'
   text = _text(nb)
   # The numpy recomputation agrees with care_loss and jax.grad (the cells assert it too).
-  by_hand, library = map(float, re.search(
-      r'L_in \+ lam \* L_out = (\S+)\s+care_loss = (\S+)', text).groups())
+  by_hand, library = map(
+    float, re.search(r'L_in \+ lam \* L_out = (\S+)\s+care_loss = (\S+)', text).groups()
+  )
   assert by_hand == pytest.approx(library, abs=1e-5)
   grad_error = float(re.search(r'max \|jax.grad - by hand\| = (\S+)', text).group(1))
   assert grad_error < 1e-5
@@ -111,10 +125,13 @@ def test_quickstart_notebook_trains_both_runs_and_shows_the_figures(tmp_path):
   for run in ('baseline', 'care'):
     metrics = json.loads((tmp_path / 'runs/quickstart' / run / 'metrics.json').read_text())
     assert metrics['step'] == 6
-  assert json.loads((tmp_path / 'runs/quickstart/care/config.json').read_text())['care'][
-      'alpha'] == 0.5
-  assert json.loads((tmp_path / 'runs/quickstart/baseline/config.json').read_text())['care'][
-      'alpha'] == 0.0
+  assert (
+    json.loads((tmp_path / 'runs/quickstart/care/config.json').read_text())['care']['alpha'] == 0.5
+  )
+  assert (
+    json.loads((tmp_path / 'runs/quickstart/baseline/config.json').read_text())['care']['alpha']
+    == 0.0
+  )
   # The data examples, then attention, confusion, recall and training curves.
   assert _images(nb) == 5
   assert re.search(r'^baseline .*%\n^CARE .*%', _text(nb), re.M)

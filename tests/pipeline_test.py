@@ -4,25 +4,32 @@ import itertools
 import subprocess
 import sys
 
+import data_fixtures as fx
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from care_jax import config as care_config
+from care_jax import data
+from care_jax.data import folder
+from care_jax.data import isic2018
+from care_jax.data import nih_chestxray14
 from care_jax.data import pipeline
+from care_jax.data import rsna_pneumonia
 from care_jax.data import synthetic_lesions as sl
 
 SYNTHETIC = dict(
-    image_size=32,
-    train_counts=(8, 8, 4, 8, 4),
-    validation_counts=(2, 2, 2, 2, 2),
-    test_counts=(3, 3, 3, 3, 3),
+  image_size=32,
+  train_counts=(8, 8, 4, 8, 4),
+  validation_counts=(2, 2, 2, 2, 2),
+  test_counts=(3, 3, 3, 3, 3),
 )
 MEAN = (0.2, 0.4, 0.6)
 STD = (0.5, 0.25, 1.0)
 
 
 def _config(data_dir, image_size=32, **synthetic):
-  config = pipeline.default_data_config()
+  config = fx.data_config()
   config.dir = str(data_dir)
   config.image_size = image_size
   config.mean = MEAN
@@ -39,8 +46,7 @@ def config(tmp_path_factory):
 def _raw(config, split):
   """The stored examples, in the builder's fixed order."""
   builder = sl.SyntheticLesions(
-      config=sl.synthetic_config(**config.synthetic.to_dict()),
-      data_dir=config.dir,
+    config=sl.synthetic_config(**config.synthetic.to_dict()), data_dir=config.dir
   )
   builder.download_and_prepare()
   ds = builder.as_dataset(split=split, shuffle_files=False)
@@ -61,9 +67,7 @@ def _raster(boxes, size):
   mask = np.zeros((size, size), np.float32)
   for ymin, xmin, ymax, xmax in boxes:
     for i, j in itertools.product(range(size), repeat=2):
-      if ymin * size <= i + 0.5 <= ymax * size and (
-          xmin * size <= j + 0.5 <= xmax * size
-      ):
+      if ymin * size <= i + 0.5 <= ymax * size and (xmin * size <= j + 0.5 <= xmax * size):
         mask[i, j] = 1.0
   return mask
 
@@ -106,10 +110,7 @@ def test_rasterize_matches_numpy_reference_on_random_boxes():
     xs = np.sort(rng.uniform(0, 1, (n, 2)), axis=1)
     boxes = np.stack([ys[:, 0], xs[:, 0], ys[:, 1], xs[:, 1]], axis=-1)
     boxes = boxes.reshape(n, 4).astype(np.float32)
-    np.testing.assert_array_equal(
-        pipeline.rasterize_boxes(boxes, 13).numpy(),
-        _raster(boxes, 13),
-    )
+    np.testing.assert_array_equal(pipeline.rasterize_boxes(boxes, 13).numpy(), _raster(boxes, 13))
 
 
 def test_rasterize_empty_box_list_gives_zero_mask():
@@ -158,13 +159,9 @@ def test_train_epoch_is_a_permutation_with_matching_labels_and_masks(config):
       assert key in by_image
       ex = by_image[key]
       seen.append(key)
-      np.testing.assert_allclose(
-          batch['image'][row], _normalise(ex['image']), atol=1e-6
-      )
+      np.testing.assert_allclose(batch['image'][row], _normalise(ex['image']), atol=1e-6)
       assert batch['label'][row] == ex['label']
-      np.testing.assert_array_equal(
-          batch['mask'][row], _raster(ex['boxes'], 32)
-      )
+      np.testing.assert_array_equal(batch['mask'][row], _raster(ex['boxes'], 32))
       assert batch['has_mask'][row] == (len(ex['boxes']) > 0)
       assert batch['has_mask'][row] == (batch['mask'][row].sum() > 0)
   assert sorted(seen) == sorted(by_image)
@@ -184,9 +181,7 @@ def test_same_seed_same_batches_other_seed_differs(config):
 def test_start_step_resumes_the_fresh_sequence(config):
   # 32 / 6: batches 5 and 6 straddle the first epoch end.
   fresh = _take(pipeline.train_batches(config, batch_size=6, seed=4), 9)
-  resumed = _take(
-      pipeline.train_batches(config, batch_size=6, seed=4, start_step=4), 5
-  )
+  resumed = _take(pipeline.train_batches(config, batch_size=6, seed=4, start_step=4), 5)
   _assert_batches_equal(resumed, fresh[4:])
 
 
@@ -194,28 +189,25 @@ def test_process_slices_make_up_the_global_batch(config):
   kwargs = dict(seed=5, start_step=2)
   single = _take(pipeline.train_batches(config, batch_size=6, **kwargs), 6)
   parts = [
-      _take(
-          pipeline.train_batches(
-              config, batch_size=3, process_index=i, process_count=2, **kwargs
-          ),
-          6,
-      )
-      for i in range(2)
+    _take(
+      pipeline.train_batches(config, batch_size=3, process_index=i, process_count=2, **kwargs), 6
+    )
+    for i in range(2)
   ]
   for step, global_batch in enumerate(single):
     for key, value in global_batch.items():
       np.testing.assert_array_equal(
-          np.concatenate([parts[0][step][key], parts[1][step][key]]), value
+        np.concatenate([parts[0][step][key], parts[1][step][key]]), value
       )
 
 
 @pytest.mark.parametrize(
-    'kwargs, message',
-    [
-        (dict(batch_size=0), 'batch_size'),
-        (dict(batch_size=2, start_step=-1), 'start_step'),
-        (dict(batch_size=2, process_index=2, process_count=2), 'process_index'),
-    ],
+  'kwargs, message',
+  [
+    (dict(batch_size=0), 'batch_size'),
+    (dict(batch_size=2, start_step=-1), 'start_step'),
+    (dict(batch_size=2, process_index=2, process_count=2), 'process_index'),
+  ],
 )
 def test_train_bad_arguments_raise(config, kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -229,15 +221,20 @@ def test_eval_covers_each_example_once_normalised_with_padding(config):
   raw = _raw(config, 'test')  # 15 examples -> 4 batches of 4, 1 padding row.
   batches = list(pipeline.eval_batches(config, 'test', batch_size=4))
   assert len(batches) == 4
-  assert set(batches[0]) == {'image', 'label', 'mask', 'has_mask', 'valid',
-                             'lesion_mask', 'has_lesion_mask'}
+  assert set(batches[0]) == {
+    'image',
+    'label',
+    'mask',
+    'has_mask',
+    'valid',
+    'lesion_mask',
+    'has_lesion_mask',
+  }
   assert batches[0]['valid'].dtype == bool
   stacked = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
   np.testing.assert_array_equal(stacked['valid'], np.arange(16) < 15)
   for row, ex in enumerate(raw):
-    np.testing.assert_allclose(
-        stacked['image'][row], _normalise(ex['image']), rtol=1e-6, atol=1e-6
-    )
+    np.testing.assert_allclose(stacked['image'][row], _normalise(ex['image']), rtol=1e-6, atol=1e-6)
     assert stacked['label'][row] == ex['label']
   # Test images carry no boxes; the padding row is all zeros.
   assert not stacked['has_mask'].any() and not stacked['mask'].any()
@@ -246,17 +243,17 @@ def test_eval_covers_each_example_once_normalised_with_padding(config):
 
 def test_eval_process_shards_cover_the_split_once_in_equal_batch_counts(config):
   raw = _raw(config, 'test')  # 15 examples; 3 processes x 2 rows -> 18 rows.
-  shards = [list(pipeline.eval_batches(config, 'test', batch_size=2,
-                                       process_index=i, process_count=3))
-            for i in range(3)]
+  shards = [
+    list(pipeline.eval_batches(config, 'test', batch_size=2, process_index=i, process_count=3))
+    for i in range(3)
+  ]
   assert [len(s) for s in shards] == [3, 3, 3]
   labels = np.concatenate([b['label'][b['valid']] for s in shards for b in s])
   assert sorted(labels.tolist()) == sorted(int(ex['label']) for ex in raw)
   valid = sum(int(b['valid'].sum()) for s in shards for b in s)
   assert valid == len(raw)
   with pytest.raises(ValueError, match='process_index'):
-    pipeline.eval_batches(config, 'test', batch_size=2, process_index=3,
-                          process_count=3)
+    pipeline.eval_batches(config, 'test', batch_size=2, process_index=3, process_count=3)
 
 
 def test_eval_resizes_bilinear_antialiased_and_masks_at_output_size(tmp_path):
@@ -272,9 +269,7 @@ def test_eval_resizes_bilinear_antialiased_and_masks_at_output_size(tmp_path):
   weights /= weights.sum(1, keepdims=True)
   for row, ex in enumerate(raw):
     resized = np.einsum('ik,jl,klc->ijc', weights, weights, ex['image'] / 1.0)
-    np.testing.assert_allclose(
-        batch['image'][row], _normalise(resized), atol=1e-4
-    )
+    np.testing.assert_allclose(batch['image'][row], _normalise(resized), atol=1e-4)
     np.testing.assert_array_equal(batch['mask'][row], _raster(ex['boxes'], 12))
   assert batch['has_mask'].any()
 
@@ -292,9 +287,7 @@ def test_dataset_info(config):
   assert info.class_names == sl.CLASS_NAMES
   # Default rare classes: those with boxes in train.
   assert info.rare_classes == (2, 4)
-  np.testing.assert_array_equal(
-      info.train_class_counts, SYNTHETIC['train_counts']
-  )
+  np.testing.assert_array_equal(info.train_class_counts, SYNTHETIC['train_counts'])
   assert info.train_class_counts.dtype == np.int64
   assert info.split_sizes == {'train': 32, 'validation': 10, 'test': 15}
   assert (info.image_size, info.num_channels) == (32, 3)
@@ -320,9 +313,9 @@ def test_unknown_dataset_name_lists_the_supported_ones(config):
   bad = config.copy_and_resolve_references()
   bad.name = 'imagenet'
   for call in (
-      lambda: pipeline.get_dataset_info(bad),
-      lambda: pipeline.train_batches(bad, batch_size=2, seed=0),
-      lambda: pipeline.eval_batches(bad, 'test', batch_size=2),
+    lambda: pipeline.get_dataset_info(bad),
+    lambda: pipeline.train_batches(bad, batch_size=2, seed=0),
+    lambda: pipeline.eval_batches(bad, 'test', batch_size=2),
   ):
     with pytest.raises(ValueError, match=r"imagenet.*'synthetic_lesions'"):
       call()
@@ -352,10 +345,10 @@ def test_rare_training_masks_cover_the_lesion(tmp_path):
 
 def test_importing_care_jax_does_not_load_data_or_tensorflow():
   code = (
-      'import sys, care_jax; assert "care_jax.data" not in sys.modules;'
-      'import care_jax.data; assert "tensorflow" not in sys.modules;'
-      'from care_jax.data import synthetic_config;'
-      'assert "tensorflow" not in sys.modules'
+    'import sys, care_jax; assert "care_jax.data" not in sys.modules;'
+    'import care_jax.data; assert "tensorflow" not in sys.modules;'
+    'from care_jax.data import synthetic_config;'
+    'assert "tensorflow" not in sys.modules'
   )
   subprocess.run([sys.executable, '-c', code], check=True)
 
@@ -371,9 +364,7 @@ def test_eval_lesion_mask_is_the_lesion_box_of_every_image(config):
   assert stacked['lesion_mask'].shape == (16, 32, 32)
   assert stacked['has_lesion_mask'].dtype == bool
   for row, ex in enumerate(raw):
-    np.testing.assert_array_equal(
-        stacked['lesion_mask'][row], _raster([ex['lesion_box']], 32)
-    )
+    np.testing.assert_array_equal(stacked['lesion_mask'][row], _raster([ex['lesion_box']], 32))
   # Every test image has one (no annotation box); the padding row has none.
   np.testing.assert_array_equal(stacked['has_lesion_mask'], np.arange(16) < 15)
   assert not stacked['lesion_mask'][15].any()
@@ -385,9 +376,7 @@ def test_eval_lesion_mask_is_rasterised_at_the_output_size(tmp_path):
   raw = _raw(config, 'validation')
   batch = next(pipeline.eval_batches(config, 'validation', batch_size=len(raw)))
   for row, ex in enumerate(raw):
-    np.testing.assert_array_equal(
-        batch['lesion_mask'][row], _raster([ex['lesion_box']], 12)
-    )
+    np.testing.assert_array_equal(batch['lesion_mask'][row], _raster([ex['lesion_box']], 12))
 
 
 class _NoLesionBox(sl.SyntheticLesions):
@@ -397,8 +386,7 @@ class _NoLesionBox(sl.SyntheticLesions):
     info = super()._info()
     features = {k: v for k, v in info.features.items() if k != 'lesion_box'}
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict(features),
-        supervised_keys=('image', 'label'),
+      features=tfds.features.FeaturesDict(features), supervised_keys=('image', 'label')
     )
 
   def _generate_examples(self, split):
@@ -418,8 +406,7 @@ class _LesionBoxes(_NoLesionBox):
     features = dict(info.features.items())
     features['lesion_boxes'] = tfds.features.Sequence(tfds.features.BBoxFeature())
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict(features),
-        supervised_keys=('image', 'label'),
+      features=tfds.features.FeaturesDict(features), supervised_keys=('image', 'label')
     )
 
   def _generate_examples(self, split):
@@ -431,31 +418,25 @@ class _LesionBoxes(_NoLesionBox):
 def _use_builder(monkeypatch, config, cls):
   config.name = cls.__name__
   monkeypatch.setitem(
-      pipeline._BUILDERS,
-      cls.__name__,
-      lambda c: cls(
-          config=sl.synthetic_config(**c.synthetic.to_dict()), data_dir=c.dir
-      ),
+    pipeline._BUILDERS,
+    cls.__name__,
+    lambda c: cls(config=sl.synthetic_config(**c.synthetic.to_dict()), data_dir=c.dir),
   )
 
 
-def test_eval_lesion_mask_is_the_union_of_the_lesion_boxes(
-    tmp_path, monkeypatch
-):
+def test_eval_lesion_mask_is_the_union_of_the_lesion_boxes(tmp_path, monkeypatch):
   config = _config(tmp_path)
   raw = _raw(config, 'test')
   _use_builder(monkeypatch, config, _LesionBoxes)
   batch = next(pipeline.eval_batches(config, 'test', batch_size=15))
   for row, ex in enumerate(raw):  # Same data, same order as synthetic_lesions.
     np.testing.assert_array_equal(
-        batch['lesion_mask'][row], _raster([ex['lesion_box'], _CORNER], 32)
+      batch['lesion_mask'][row], _raster([ex['lesion_box'], _CORNER], 32)
     )
   assert batch['has_lesion_mask'].all()
 
 
-def test_eval_lesion_mask_falls_back_to_the_annotation_boxes(
-    tmp_path, monkeypatch
-):
+def test_eval_lesion_mask_falls_back_to_the_annotation_boxes(tmp_path, monkeypatch):
   config = _config(tmp_path)
   _use_builder(monkeypatch, config, _NoLesionBox)
   batch = next(pipeline.eval_batches(config, 'train', batch_size=32))
@@ -478,25 +459,24 @@ def _training_config(config, sampling='instance', augment=True):
 def test_resampled_augmented_batches_resume_and_split_over_processes(config):
   config = _training_config(config, 'sqrt')
   fresh = _take(pipeline.train_batches(config, batch_size=6, seed=4), 6)
-  resumed = _take(
-      pipeline.train_batches(config, batch_size=6, seed=4, start_step=4), 2)
+  resumed = _take(pipeline.train_batches(config, batch_size=6, seed=4, start_step=4), 2)
   _assert_batches_equal(resumed, fresh[4:])
   parts = [
-      _take(pipeline.train_batches(config, batch_size=3, seed=4,
-                                   process_index=i, process_count=2), 6)
-      for i in range(2)
+    _take(pipeline.train_batches(config, batch_size=3, seed=4, process_index=i, process_count=2), 6)
+    for i in range(2)
   ]
   for step, global_batch in enumerate(fresh):
     for key, value in global_batch.items():
       np.testing.assert_array_equal(
-          np.concatenate([parts[0][step][key], parts[1][step][key]]), value)
+        np.concatenate([parts[0][step][key], parts[1][step][key]]), value
+      )
 
 
 def test_augmentation_changes_images_and_masks_but_not_labels(config):
-  plain = _take(pipeline.train_batches(
-      _training_config(config, augment=False), batch_size=8, seed=2), 4)
-  augmented = _take(pipeline.train_batches(
-      _training_config(config), batch_size=8, seed=2), 4)
+  plain = _take(
+    pipeline.train_batches(_training_config(config, augment=False), batch_size=8, seed=2), 4
+  )
+  augmented = _take(pipeline.train_batches(_training_config(config), batch_size=8, seed=2), 4)
   for a, b in zip(plain, augmented):
     np.testing.assert_array_equal(a['label'], b['label'])  # same order
     assert not np.allclose(a['image'], b['image'])
@@ -511,9 +491,12 @@ def test_augmentation_changes_images_and_masks_but_not_labels(config):
 
 def test_class_balanced_training_labels_have_equal_frequencies(config):
   num_batches, batch_size = 40, 16
-  batches = _take(pipeline.train_batches(
-      _training_config(config, 'class_balanced', augment=False),
-      batch_size=batch_size, seed=1), num_batches)
+  batches = _take(
+    pipeline.train_batches(
+      _training_config(config, 'class_balanced', augment=False), batch_size=batch_size, seed=1
+    ),
+    num_batches,
+  )
   labels = np.concatenate([b['label'] for b in batches])
   frequencies = np.bincount(labels, minlength=5) / labels.size
   # 5 classes with examples: 1/5 each, within 4 binomial standard errors.
@@ -528,31 +511,36 @@ def test_eval_never_augments(config):
   _assert_batches_equal(a, b)
 
 
-@pytest.mark.parametrize('key, value, message', [
+@pytest.mark.parametrize(
+  'key, value, message',
+  [
     ('sampling', 'balanced', r'data\.sampling must be one of'),
     ('augment.rotation', 360.0, r'data\.augment\.rotation'),
     ('augment.crop_scale', (0.5, 2.0), r'data\.augment\.crop_scale'),
-])
-def test_bad_sampling_or_augment_config_raises_naming_the_key(
-    config, key, value, message):
+  ],
+)
+def test_bad_sampling_or_augment_config_raises_naming_the_key(config, key, value, message):
   bad = config.copy_and_resolve_references()
   *parents, leaf = key.split('.')
   node = bad
   for parent in parents:
     node = node[parent]
   node[leaf] = value
+  # care_jax.config checks these values (care_jax.data.augment only converts
+  # data.augment since it moved there).
   with pytest.raises(ValueError, match=message):
-    pipeline.train_batches(bad, batch_size=2, seed=0)
+    care_config.validate_data(bad)
 
 
 def test_box_scale_scales_each_box_about_its_centre_and_clips_to_the_image():
-  table = pipeline._SplitTable(
-      images=np.array([b'', b''], dtype=object), labels=np.array([0, 1]),
-      box_values=np.array([[0.2, 0.4, 0.6, 0.8], [0.0, 0.0, 0.5, 0.3]], np.float32),
-      box_splits=np.array([0, 1, 2]))
+  table = pipeline.SplitTable(
+    images=np.array([b'', b''], dtype=object),
+    labels=np.array([0, 1]),
+    box_values=np.array([[0.2, 0.4, 0.6, 0.8], [0.0, 0.0, 0.5, 0.3]], np.float32),
+    box_splits=np.array([0, 1, 2]),
+  )
   half = pipeline._scale_boxes(table, 0.5).box_values
-  np.testing.assert_allclose(half, [[0.3, 0.5, 0.5, 0.7], [0.125, 0.075, 0.375, 0.225]],
-                             atol=1e-6)
+  np.testing.assert_allclose(half, [[0.3, 0.5, 0.5, 0.7], [0.125, 0.075, 0.375, 0.225]], atol=1e-6)
   double = pipeline._scale_boxes(table, 2.0).box_values
   np.testing.assert_allclose(double, [[0.0, 0.2, 0.8, 1.0], [0.0, 0.0, 0.75, 0.45]], atol=1e-6)
   assert pipeline._scale_boxes(table, 1.0) is table
@@ -578,3 +566,21 @@ def test_a_generated_box_source_needs_the_generator(config):
   generated.box_source = 'otsu'
   with pytest.raises(ValueError, match="data.box_source='otsu' needs boxes_fn"):
     pipeline.train_batches(generated, batch_size=4, seed=0)
+
+
+@pytest.mark.parametrize('module', [folder, isic2018, rsna_pneumonia, nih_chestxray14])
+def test_the_config_holds_every_dataset_parameter(module):
+  name = module.__name__.rsplit('.', 1)[-1]
+  assert set(fx.data_config()[name]) == set(module.PARAMETERS)
+  assert set(fx.default_parameters(name)) == set(module.PARAMETERS)
+
+
+def test_default_data_config_is_a_deprecated_alias_of_the_configs():
+  message = (
+    r'care_jax\.data\.default_data_config is deprecated: use'
+    r' care_jax\.config\.default_data_config\(\)'
+  )
+  for alias in (pipeline.default_data_config, data.default_data_config):
+    with pytest.warns(DeprecationWarning, match=message):
+      config = alias()
+    assert config.to_dict() == care_config.default_data_config().to_dict()

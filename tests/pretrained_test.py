@@ -26,8 +26,8 @@ import pytest
 
 from care_jax.models import IMAGENET_MEAN
 from care_jax.models import IMAGENET_STD
-from care_jax.models import load_pretrained
 from care_jax.models import PRETRAINED_MODEL_NAMES
+from care_jax.models import load_pretrained
 from care_jax.models.pretrained import read_safetensors
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -43,11 +43,7 @@ RESNET34 = (3, 4, 6, 3)
 
 
 def _resnet_state_dict(
-    stage_sizes: tuple[int, ...],
-    *,
-    bottleneck: bool = False,
-    num_classes: int = 1000,
-    seed: int = 0,
+  stage_sizes: tuple[int, ...], *, bottleneck: bool = False, num_classes: int = 1000, seed: int = 0
 ) -> dict[str, np.ndarray]:
   """torchvision's ResNet ``state_dict()`` (keys, shapes, buffers) with random float32 values."""
   rng = np.random.default_rng(seed)
@@ -55,7 +51,7 @@ def _resnet_state_dict(
 
   def conv(name, out_channels, in_channels, size):
     state[f'{name}.weight'] = rng.standard_normal(
-        (out_channels, in_channels, size, size), np.float32
+      (out_channels, in_channels, size, size), np.float32
     )
 
   def bn(name, channels):
@@ -95,11 +91,11 @@ def _resnet_state_dict(
 
 
 _SAFETENSORS_DTYPE_NAMES = {
-    np.dtype(np.float64): 'F64',
-    np.dtype(np.float32): 'F32',
-    np.dtype(np.float16): 'F16',
-    np.dtype(ml_dtypes.bfloat16): 'BF16',
-    np.dtype(np.int64): 'I64',
+  np.dtype(np.float64): 'F64',
+  np.dtype(np.float32): 'F32',
+  np.dtype(np.float16): 'F16',
+  np.dtype(ml_dtypes.bfloat16): 'BF16',
+  np.dtype(np.int64): 'I64',
 }
 
 
@@ -110,9 +106,9 @@ def _write_safetensors(path: pathlib.Path, tensors: dict[str, np.ndarray], metad
   for name, array in tensors.items():
     raw = np.ascontiguousarray(array).tobytes()  # this machine is little-endian, as the format
     header[name] = {
-        'dtype': _SAFETENSORS_DTYPE_NAMES[array.dtype],
-        'shape': list(array.shape),
-        'data_offsets': [offset, offset + len(raw)],
+      'dtype': _SAFETENSORS_DTYPE_NAMES[array.dtype],
+      'shape': list(array.shape),
+      'data_offsets': [offset, offset + len(raw)],
     }
     chunks.append(raw)
     offset += len(raw)
@@ -162,7 +158,7 @@ def _flat_paths(variables: dict, prefix=()) -> set[tuple[str, ...]]:
 def _assert_close_to_torch(ours, reference: np.ndarray) -> None:
   """1e-4 relative error, measured against the reference's largest magnitude."""
   np.testing.assert_allclose(
-      np.asarray(ours), reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max()
+    np.asarray(ours), reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max()
   )
 
 
@@ -177,9 +173,7 @@ def _save(tmp_path: pathlib.Path, state: dict[str, np.ndarray], name='model') ->
 
 def test_resnet18_checkpoint_fills_every_variable_with_the_transposed_tensor(tmp_path):
   state = _resnet_state_dict(RESNET18)
-  model, variables, report = load_pretrained(
-      'resnet18', _save(tmp_path, state), return_report=True
-  )
+  model, variables, report = load_pretrained('resnet18', _save(tmp_path, state), return_report=True)
 
   weights = {key: value for key, value in state.items() if not key.endswith('num_batches_tracked')}
   expected_paths = {_flax_leaf(key, value): key for key, value in weights.items()}
@@ -200,8 +194,8 @@ def test_resnet18_checkpoint_fills_every_variable_with_the_transposed_tensor(tmp
 @pytest.mark.parametrize('dtype', [np.float16, ml_dtypes.bfloat16], ids=['F16', 'BF16'])
 def test_half_precision_checkpoint_loads_as_exact_float32(tmp_path, dtype):
   state = {
-      key: value.astype(dtype) if value.dtype == np.float32 else value
-      for key, value in _resnet_state_dict(RESNET18, seed=1).items()
+    key: value.astype(dtype) if value.dtype == np.float32 else value
+    for key, value in _resnet_state_dict(RESNET18, seed=1).items()
   }
   _, variables = load_pretrained('resnet18', _save(tmp_path, state))
 
@@ -216,13 +210,13 @@ def test_new_class_count_initialises_only_the_final_layer(tmp_path):
   path = _save(tmp_path, state)
   _, loaded = load_pretrained('resnet18', path)
   model, variables, report = load_pretrained(
-      'resnet18', path, num_classes=3, rng=jax.random.key(1), return_report=True
+    'resnet18', path, num_classes=3, rng=jax.random.key(1), return_report=True
   )
   _, again = load_pretrained('resnet18', path, num_classes=3, rng=jax.random.key(1))
   _, other = load_pretrained('resnet18', path, num_classes=3, rng=jax.random.key(2))
 
   jax.tree.map(
-      np.testing.assert_array_equal, variables['params']['backbone'], loaded['params']['backbone']
+    np.testing.assert_array_equal, variables['params']['backbone'], loaded['params']['backbone']
   )
   jax.tree.map(np.testing.assert_array_equal, variables['batch_stats'], loaded['batch_stats'])
   kernel = np.asarray(variables['params']['head']['fc']['kernel'])
@@ -255,14 +249,14 @@ def test_checkpoint_without_classifier_needs_num_classes(tmp_path):
 def test_bn_linear_head_has_no_torch_counterpart_and_is_initialised(tmp_path):
   state = _resnet_state_dict(RESNET18)
   model, variables, report = load_pretrained(
-      'resnet18', _save(tmp_path, state), head='bn_linear', return_report=True
+    'resnet18', _save(tmp_path, state), head='bn_linear', return_report=True
   )
   assert model.head.num_classes == 1000
   assert report.initialised == ('head/bn', 'head/fc') and report.ignored == ('fc.bias', 'fc.weight')
   np.testing.assert_array_equal(variables['batch_stats']['head']['bn']['mean'], np.zeros(512))
   np.testing.assert_array_equal(variables['batch_stats']['head']['bn']['var'], np.ones(512))
   np.testing.assert_array_equal(
-      variables['params']['backbone']['conv1']['kernel'], _torch_to_flax(state['conv1.weight'])
+    variables['params']['backbone']['conv1']['kernel'], _torch_to_flax(state['conv1.weight'])
   )
 
 
@@ -274,8 +268,8 @@ def test_dataparallel_module_prefix_is_stripped(tmp_path):
   prefixed = {f'module.{key}': value for key, value in state.items()}
   _, variables = load_pretrained('resnet18', _save(tmp_path, prefixed))
   np.testing.assert_array_equal(
-      variables['params']['backbone']['layer4_1']['conv2']['kernel'],
-      _torch_to_flax(state['layer4.1.conv2.weight']),
+    variables['params']['backbone']['layer4_1']['conv2']['kernel'],
+    _torch_to_flax(state['layer4.1.conv2.weight']),
   )
 
 
@@ -315,9 +309,7 @@ def test_torch_pickle_is_loaded_weights_only_and_unwrapped(tmp_path, monkeypatch
   _, variables = load_pretrained('resnet18', path)
 
   assert calls == [(path, {'map_location': 'cpu', 'weights_only': True})]
-  np.testing.assert_array_equal(
-      variables['params']['head']['fc']['kernel'], state['fc.weight'].T
-  )
+  np.testing.assert_array_equal(variables['params']['head']['fc']['kernel'], state['fc.weight'].T)
 
 
 def test_torch_pickle_without_torch_explains_how_to_convert(tmp_path, monkeypatch):
@@ -331,13 +323,13 @@ def test_torch_pickle_without_torch_explains_how_to_convert(tmp_path, monkeypatc
 def test_safetensors_reader_decodes_every_dtype_exactly(tmp_path):
   values = np.linspace(-3.0, 3.0, 24).reshape(2, 3, 4)
   tensors = {
-      'f64': values,
-      'f32': values.astype(np.float32),
-      'f16': values.astype(np.float16),
-      'bf16': values.astype(ml_dtypes.bfloat16),
-      'i64': np.arange(-5, 7, dtype=np.int64).reshape(3, 4),
-      'scalar': np.array(1.5, np.float32),
-      'empty': np.zeros((0, 3), np.float32),
+    'f64': values,
+    'f32': values.astype(np.float32),
+    'f16': values.astype(np.float16),
+    'bf16': values.astype(ml_dtypes.bfloat16),
+    'i64': np.arange(-5, 7, dtype=np.int64).reshape(3, 4),
+    'scalar': np.array(1.5, np.float32),
+    'empty': np.zeros((0, 3), np.float32),
   }
   path = tmp_path / 'dtypes.safetensors'
   _write_safetensors(path, tensors, metadata={'format': 'pt'})
@@ -400,11 +392,11 @@ def test_shape_mismatch_names_the_key_and_both_shapes(tmp_path):
   state = _resnet_state_dict(RESNET18)
   state['layer2.0.conv1.weight'] = np.zeros((128, 64, 5, 5), np.float32)
   with pytest.raises(
-      ValueError,
-      match=re.escape(
-          "shape mismatch for 'layer2.0.conv1.weight': checkpoint (128, 64, 5, 5), "
-          'expected (128, 64, 3, 3)'
-      ),
+    ValueError,
+    match=re.escape(
+      "shape mismatch for 'layer2.0.conv1.weight': checkpoint (128, 64, 5, 5), "
+      'expected (128, 64, 3, 3)'
+    ),
   ):
     load_pretrained('resnet18', _save(tmp_path, state))
 
@@ -432,12 +424,12 @@ def _ci() -> bool:
 
 def _run(command: list, **kwargs) -> None:
   result = subprocess.run(
-      [str(part) for part in command], capture_output=True, text=True, check=False, **kwargs
+    [str(part) for part in command], capture_output=True, text=True, check=False, **kwargs
   )
   if result.returncode:
     pytest.fail(
-        f'{" ".join(map(str, command))} exited {result.returncode}:\n'
-        f'{result.stdout[-3000:]}\n{result.stderr[-3000:]}'
+      f'{" ".join(map(str, command))} exited {result.returncode}:\n'
+      f'{result.stdout[-3000:]}\n{result.stderr[-3000:]}'
     )
 
 
@@ -446,7 +438,7 @@ def _find_python311() -> tuple[str, dict[str, str]] | None:
   environments = []
   if shutil.which('pyenv'):
     versions = subprocess.run(
-        ['pyenv', 'versions', '--bare'], capture_output=True, text=True, check=False
+      ['pyenv', 'versions', '--bare'], capture_output=True, text=True, check=False
     ).stdout.split()
     version = next((v for v in versions if v.startswith('3.11')), None)
     if version:
@@ -502,23 +494,19 @@ def torch_exports(torch_python) -> pathlib.Path:
 @pytest.mark.parametrize('name', ARCHITECTURES)
 def test_eval_logits_and_features_match_pytorch(torch_exports, name):
   model, variables = load_pretrained(name, torch_exports / f'{name}.safetensors')
-  logits, intermediates = model.apply(
-      variables, np.load(torch_exports / 'inputs.npy'), train=False
-  )
+  logits, intermediates = model.apply(variables, np.load(torch_exports / 'inputs.npy'), train=False)
   _assert_close_to_torch(logits, np.load(torch_exports / f'{name}_logits.npy'))
   _assert_close_to_torch(intermediates['features'], np.load(torch_exports / f'{name}_features.npy'))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    'name, final, hidden', [('resnet50', 'fc', ()), ('vgg19', 'fc3', ('fc1', 'fc2'))]
+  'name, final, hidden', [('resnet50', 'fc', ()), ('vgg19', 'fc3', ('fc1', 'fc2'))]
 )
 def test_fresh_head_keeps_pytorch_features(torch_exports, name, final, hidden):
   path = torch_exports / f'{name}.safetensors'
   model, variables, report = load_pretrained(name, path, num_classes=5, return_report=True)
-  logits, intermediates = model.apply(
-      variables, np.load(torch_exports / 'inputs.npy'), train=False
-  )
+  logits, intermediates = model.apply(variables, np.load(torch_exports / 'inputs.npy'), train=False)
 
   assert logits.shape == (2, 5) and np.all(np.isfinite(logits))
   _assert_close_to_torch(intermediates['features'], np.load(torch_exports / f'{name}_features.npy'))
@@ -527,7 +515,7 @@ def test_fresh_head_keeps_pytorch_features(torch_exports, name, final, hidden):
   state = read_safetensors(path)
   for layer, index in zip(hidden, (0, 3)):  # VGG's hidden layers stay pretrained
     np.testing.assert_array_equal(
-        variables['params']['head'][layer]['kernel'], state[f'classifier.{index}.weight'].T
+      variables['params']['head'][layer]['kernel'], state[f'classifier.{index}.weight'].T
     )
 
 
@@ -544,12 +532,12 @@ def test_reader_decodes_files_of_the_safetensors_package(torch_exports):
   read = read_safetensors(torch_exports / 'dtypes.safetensors')
   expected = np.load(torch_exports / 'dtypes.npz')
   dtypes = {
-      'f64': np.float64,
-      'f32': np.float32,
-      'f16': np.float16,
-      'bf16': ml_dtypes.bfloat16,
-      'i64': np.int64,
-      'scalar_f32': np.float32,
+    'f64': np.float64,
+    'f32': np.float32,
+    'f16': np.float16,
+    'bf16': ml_dtypes.bfloat16,
+    'i64': np.int64,
+    'scalar_f32': np.float32,
   }
   assert set(read) == set(dtypes)
   for name, dtype in dtypes.items():
@@ -559,39 +547,38 @@ def test_reader_decodes_files_of_the_safetensors_package(torch_exports):
 
 @pytest.mark.slow
 def test_fine_tuning_from_a_checkpoint_on_synthetic_lesions_lowers_the_loss(
-    torch_exports, tmp_path
+  torch_exports, tmp_path
 ):
   # Imported here: the trainer pulls in TensorFlow, which the fast tests above do not need.
   from care_jax import config as config_lib
   from care_jax import train
 
   config = config_lib.apply_overrides(
-      config_lib.default_config(),
-      [
-          "model.name='resnet18'",
-          f"model.pretrained='{torch_exports / 'resnet18.safetensors'}'",
-          f'data.mean={IMAGENET_MEAN}',
-          f'data.std={IMAGENET_STD}',
-          f"data.dir='{tmp_path / 'tfds'}'",
-          'data.image_size=32',
-          'data.synthetic.image_size=32',
-          'data.synthetic.train_counts=(24, 24, 8, 24, 8)',
-          'data.synthetic.validation_counts=(0, 0, 0, 0, 0)',
-          'data.synthetic.test_counts=(4, 4, 4, 4, 4)',
-          'train.batch_size=16',
-          'train.eval_batch_size=16',
-          'train.num_steps=24',
-          'train.log_every_steps=4',
-          'train.progress=False',
-      ],
+    config_lib.default_config(),
+    [
+      "model.name='resnet18'",
+      f"model.pretrained='{torch_exports / 'resnet18.safetensors'}'",
+      f'data.mean={IMAGENET_MEAN}',
+      f'data.std={IMAGENET_STD}',
+      f"data.dir='{tmp_path / 'tfds'}'",
+      'data.image_size=32',
+      'data.synthetic.image_size=32',
+      'data.synthetic.train_counts=(24, 24, 8, 24, 8)',
+      'data.synthetic.validation_counts=(0, 0, 0, 0, 0)',
+      'data.synthetic.test_counts=(4, 4, 4, 4, 4)',
+      'train.batch_size=16',
+      'train.eval_batch_size=16',
+      'train.num_steps=24',
+      'train.log_every_steps=4',
+      'train.progress=False',
+    ],
   )
   # The train state starts from the checkpoint, with a fresh 5-class head.
   model = train.create_model(config, 5)
   state = train.create_train_state(config, model, (32, 32, 3), 24, jax.random.key(0))
   checkpoint = read_safetensors(torch_exports / 'resnet18.safetensors')
   np.testing.assert_array_equal(
-      state.params['backbone']['conv1']['kernel'],
-      checkpoint['conv1.weight'].transpose(2, 3, 1, 0),
+    state.params['backbone']['conv1']['kernel'], checkpoint['conv1.weight'].transpose(2, 3, 1, 0)
   )
   assert state.params['head']['fc']['kernel'].shape == (512, 5)
 

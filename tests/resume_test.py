@@ -14,23 +14,27 @@ import sys
 import time
 
 import jax
+from main_test import REPO
+from main_test import TINY_DATA
 import numpy as np
 import pytest
 
 from care_jax import checkpoint
 from care_jax import config as config_lib
 from care_jax.data import pipeline
-from main_test import REPO
-from main_test import TINY_DATA
 
 NUM_STEPS = 60
 EVERY = 5
 # Checkpoint every 5 steps (and keep them all, so the test sees each one).
-RUN = TINY_DATA + [f'train.num_steps={NUM_STEPS}', f'checkpoint.every_steps={EVERY}',
-                   'checkpoint.keep=100', 'train.log_every_steps=5']
+RUN = TINY_DATA + [
+  f'train.num_steps={NUM_STEPS}',
+  f'checkpoint.every_steps={EVERY}',
+  'checkpoint.keep=100',
+  'train.log_every_steps=5',
+]
 # SIGKILLs the process when orbax finalises (renames) the tmp directory of
 # step 10: its files are written, the step is not complete.
-KILL_AT_FINALIZE = '''
+KILL_AT_FINALIZE = """
 import os, signal, sys
 from orbax.checkpoint._src.path import atomicity
 finalize = atomicity.AtomicRenameTemporaryPath.finalize
@@ -42,7 +46,7 @@ atomicity.AtomicRenameTemporaryPath.finalize = killing_finalize
 from care_jax import main
 sys.argv = ['care_jax.main'] + sys.argv[1:]
 main.run()
-'''
+"""
 
 
 def _command(workdir, data_dir, *extra, code=None):
@@ -53,8 +57,14 @@ def _command(workdir, data_dir, *extra, code=None):
 
 def _start(*args, **kwargs):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', XLA_FLAGS='')
-  return subprocess.Popen(_command(*args, **kwargs), cwd=REPO, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  return subprocess.Popen(
+    _command(*args, **kwargs),
+    cwd=REPO,
+    env=env,
+    text=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+  )
 
 
 def _finish(proc, expected_rc=0):
@@ -96,15 +106,17 @@ def uninterrupted(tmp_path_factory):
   root = tmp_path_factory.mktemp('resume')
   data_dir = root / 'tfds'
   # Generate the data once, so the runs only read it.
-  pipeline.get_dataset_info(config_lib.apply_overrides(
-      config_lib.default_config(), RUN + [f'data.dir={data_dir}']).data)
+  pipeline.get_dataset_info(
+    config_lib.apply_overrides(config_lib.default_config(), RUN + [f'data.dir={data_dir}']).data
+  )
   _finish(_start(root / 'uninterrupted', data_dir))
   return root / 'uninterrupted', data_dir
 
 
 @pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_restart_gives_the_uninterrupted_run(
-    uninterrupted, tmp_path):
+  uninterrupted, tmp_path
+):
   reference, data_dir = uninterrupted
   workdir = tmp_path / 'killed'
   proc = _start(workdir, data_dir)
@@ -123,7 +135,8 @@ def test_sigkill_after_a_checkpoint_then_restart_gives_the_uninterrupted_run(
 
 @pytest.mark.slow
 def test_sigkill_during_a_checkpoint_write_resumes_from_the_last_complete_one(
-    uninterrupted, tmp_path):
+  uninterrupted, tmp_path
+):
   reference, data_dir = uninterrupted
   workdir = tmp_path / 'killed_in_write'
   proc = _start(workdir, data_dir, code=KILL_AT_FINALIZE)
@@ -156,8 +169,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_143(uninterrupted, tmp_path):
 
   # The same run, shortened (allowed with a constant learning rate), resumes
   # from that step and finishes.
-  _finish(_start(workdir, data_dir, f'train.num_steps={steps[0] + 5}',
-                 'checkpoint.every_steps=0'))
+  _finish(_start(workdir, data_dir, f'train.num_steps={steps[0] + 5}', 'checkpoint.every_steps=0'))
   assert _complete_steps(workdir)[-1] == steps[0] + 5
   logged = [r['step'] for r in _log(workdir)]
   assert logged == sorted(set(logged)) and logged[-1] == steps[0] + 5

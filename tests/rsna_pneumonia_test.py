@@ -2,15 +2,15 @@
 
 import io
 
+import data_fixtures as fx
 import numpy as np
 from PIL import Image
+from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom import uid
 import pytest
 
-import data_fixtures as fx
 from care_jax.data import _files
 from care_jax.data import pipeline
 from care_jax.data import rsna_pneumonia as rsna
@@ -25,14 +25,7 @@ BOX_B = (44, 40, 12, 16)
 
 
 def write_dicom(
-    path,
-    stored,
-    *,
-    photometric='MONOCHROME2',
-    bits_stored=8,
-    signed=False,
-    rescale=None,
-    jpeg=False,
+  path, stored, *, photometric='MONOCHROME2', bits_stored=8, signed=False, rescale=None, jpeg=False
 ):
   """Writes ``stored`` (the stored pixel values) as a DICOM file."""
   meta = FileMetaDataset()
@@ -72,23 +65,19 @@ GREY = np.arange(SIZE * SIZE).reshape(SIZE, SIZE) % 256
 
 
 @pytest.mark.parametrize(
-    'kwargs, stored, expected',
-    [
-        (dict(), GREY, GREY),
-        (dict(photometric='MONOCHROME1'), GREY, 255 - GREY),
-        (dict(bits_stored=12), GREY * 16, np.round(GREY * 16 * 255 / 4095)),
-        (dict(bits_stored=16), GREY * 257, GREY),
-        (
-            dict(bits_stored=12, signed=True),
-            GREY * 16 - 2048,
-            np.round(GREY * 16 * 255 / 4095),
-        ),
-        # A linear modality rescale moves the range along: no change ...
-        (dict(bits_stored=12, rescale=(2.0, -1024.0)), GREY * 16, np.round(GREY * 16 * 255 / 4095)),
-        # ... unless it flips it.
-        (dict(rescale=(-1.0, 0.0)), GREY, 255 - GREY),
-        (dict(photometric='MONOCHROME1', rescale=(-1.0, 100.0)), GREY, GREY),
-    ],
+  'kwargs, stored, expected',
+  [
+    (dict(), GREY, GREY),
+    (dict(photometric='MONOCHROME1'), GREY, 255 - GREY),
+    (dict(bits_stored=12), GREY * 16, np.round(GREY * 16 * 255 / 4095)),
+    (dict(bits_stored=16), GREY * 257, GREY),
+    (dict(bits_stored=12, signed=True), GREY * 16 - 2048, np.round(GREY * 16 * 255 / 4095)),
+    # A linear modality rescale moves the range along: no change ...
+    (dict(bits_stored=12, rescale=(2.0, -1024.0)), GREY * 16, np.round(GREY * 16 * 255 / 4095)),
+    # ... unless it flips it.
+    (dict(rescale=(-1.0, 0.0)), GREY, 255 - GREY),
+    (dict(photometric='MONOCHROME1', rescale=(-1.0, 100.0)), GREY, GREY),
+  ],
 )
 def test_dicom_to_rgb(tmp_path, kwargs, stored, expected):
   write_dicom(tmp_path / 'x.dcm', stored, **kwargs)
@@ -149,7 +138,13 @@ def _write(root):
       image = _image(boxes[pid], monochrome1=i == 1)
       path = root / rsna.IMAGES / f'{pid}.dcm'
       if i == 1:
-        write_dicom(path, image.astype(np.int32) * 16, photometric='MONOCHROME1', bits_stored=12, rescale=(1.0, -1024.0))
+        write_dicom(
+          path,
+          image.astype(np.int32) * 16,
+          photometric='MONOCHROME1',
+          bits_stored=12,
+          rescale=(1.0, -1024.0),
+        )
       elif i == 2:
         write_dicom(path, image.astype(np.int32) * 257, bits_stored=16)
       else:
@@ -224,10 +219,7 @@ def test_boxes_land_on_the_lesions_through_the_pipeline(written, tmp_path):
 
 
 def _first_line(path, pid):
-  return next(
-      n for n, line in enumerate(path.read_text().splitlines(), 1)
-      if line.startswith(pid)
-  )
+  return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if line.startswith(pid))
 
 
 def _edit_line(path, pid, new):
@@ -241,67 +233,73 @@ def _edit_line(path, pid, new):
 def _normal_with_target(root, boxes):
   pid = [p for p in boxes if p.startswith('2')][0]
   line = _edit_line(root / rsna.LABELS, pid, f'{pid},1,1,4,4,1')
-  return fr"train_labels.csv, line {line}: patient {pid}: Target \['1'\] does not match class 'Normal'"
+  return (
+    rf"train_labels.csv, line {line}: patient {pid}: Target \['1'\] does not match class 'Normal'"
+  )
 
 
 def _target_zero_with_box(root, boxes):
   pid = [p for p in boxes if p.startswith('1')][0]
   line = _edit_line(root / rsna.LABELS, pid, f'{pid},1,1,4,4,0')
-  return fr'train_labels.csv, line {line}: Target=0 with a box'
+  return rf'train_labels.csv, line {line}: Target=0 with a box'
 
 
 def _missing_dicom(root, boxes):
   pid = list(boxes)[4]
   (root / rsna.IMAGES / f'{pid}.dcm').unlink()
-  return fr'train_labels.csv, line {_first_line(root / rsna.LABELS, pid)}: DICOM file .* does not exist'
+  return (
+    rf'train_labels.csv, line {_first_line(root / rsna.LABELS, pid)}: DICOM file .* does not exist'
+  )
 
 
 def _garbage_dicom(root, boxes):
   pid = list(boxes)[7]
   (root / rsna.IMAGES / f'{pid}.dcm').write_bytes(b'\0' * 10)
-  return fr'train_labels.csv, line {_first_line(root / rsna.LABELS, pid)}: cannot read DICOM'
+  return rf'train_labels.csv, line {_first_line(root / rsna.LABELS, pid)}: cannot read DICOM'
 
 
 def _truncated_dicom(root, boxes):
   pid = list(boxes)[8]
   _truncate_pixels(root / rsna.IMAGES / f'{pid}.dcm')
-  return fr'train_labels.csv, line {_first_line(root / rsna.LABELS, pid)}: cannot decode DICOM'
+  return rf'train_labels.csv, line {_first_line(root / rsna.LABELS, pid)}: cannot decode DICOM'
 
 
 def _box_outside(root, boxes):
   pid = list(boxes)[0]
   line = _edit_line(root / rsna.LABELS, pid, f'{pid},50,8,20,16,1')
-  return fr'train_labels.csv, line {line}: patient {pid}: box .* outside the 64x64'
+  return rf'train_labels.csv, line {line}: patient {pid}: box .* outside the 64x64'
 
 
 def _not_in_class_info(root, boxes):
   pid = list(boxes)[13]
   _edit_line(root / rsna.CLASS_INFO, pid, 'someone-else,Normal')
-  return fr'train_labels.csv, line {_first_line(root / rsna.LABELS, pid)}: patient {pid!r} is not in'
+  return (
+    rf'train_labels.csv, line {_first_line(root / rsna.LABELS, pid)}: patient {pid!r} is not in'
+  )
 
 
 def _unknown_class(root, boxes):
   pid = list(boxes)[14]
   line = _edit_line(root / rsna.CLASS_INFO, pid, f'{pid},Pneumonia')
-  return fr"class_info.csv, line {line}: unknown class 'Pneumonia'"
+  return rf"class_info.csv, line {line}: unknown class 'Pneumonia'"
 
 
 def _bad_target(root, boxes):
   pid = list(boxes)[15]
   line = _edit_line(root / rsna.LABELS, pid, f'{pid},,,,,2')
-  return fr"train_labels.csv, line {line}: Target must be 0 or 1, got '2'"
+  return rf"train_labels.csv, line {line}: Target must be 0 or 1, got '2'"
 
 
 BAD = {
-    'Target=1 for a Normal patient': _normal_with_target,
-    'Target=0 with a box': _target_zero_with_box,
-    'missing DICOM': _missing_dicom,
-    'not a DICOM': _garbage_dicom,
-    'truncated pixel data': _truncated_dicom,
-    'box outside the image': _box_outside,
-    'patient not in class info': _not_in_class_info,
-    'unknown class': _unknown_class,
-    'bad Target': _bad_target,
+  'Target=1 for a Normal patient': _normal_with_target,
+  'Target=0 with a box': _target_zero_with_box,
+  'missing DICOM': _missing_dicom,
+  'not a DICOM': _garbage_dicom,
+  'truncated pixel data': _truncated_dicom,
+  'box outside the image': _box_outside,
+  'patient not in class info': _not_in_class_info,
+  'unknown class': _unknown_class,
+  'bad Target': _bad_target,
 }
 
 
@@ -327,7 +325,13 @@ def test_conflicting_classes_and_missing_files_always_raise(tmp_path):
   path = tmp_path / rsna.CLASS_INFO
   line = _first_line(path, pid)
   _edit_line(path, pid, f'{pid},Normal')
-  with pytest.raises(ValueError, match=fr"line {line + 1}: patient {pid} has class 'Lung Opacity', but .*line {line} says 'Normal'"):
+  with pytest.raises(
+    ValueError,
+    match=(
+      rf"line {line + 1}: patient {pid} has class 'Lung Opacity', but "
+      rf".*line {line} says 'Normal'"
+    ),
+  ):
     _builder(tmp_path, tmp_path / 'c', skip_bad_rows=True).download_and_prepare()
   path.unlink()
   with pytest.raises(ValueError, match=r'(?s)class_info.csv does not exist.*kaggle'):

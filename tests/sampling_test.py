@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from care_jax import config as config_lib
 from care_jax.data import sampling
 
 # Class 2 is empty, and so is the last class 5 (bincount stops at 4 anyway).
@@ -17,7 +18,8 @@ def _draw(labels, method, num, *, seed=7, start=0):
 
   def index(position):
     keys = tf.random.experimental.stateless_split(
-        tf.stack([tf.constant(seed, tf.int64), position]), 2)
+      tf.stack([tf.constant(seed, tf.int64), position]), 2
+    )
     return index_of(position, keys[0])
 
   ds = tf.data.Dataset.range(start, start + num).map(index).batch(num)
@@ -27,13 +29,14 @@ def _draw(labels, method, num, *, seed=7, start=0):
 def test_class_probabilities_follow_the_formulas():
   counts = [1, 4, 0, 9]
   np.testing.assert_allclose(
-      sampling.class_probabilities(counts, sampling='instance'),
-      [1 / 14, 4 / 14, 0, 9 / 14])
+    sampling.class_probabilities(counts, sampling='instance'), [1 / 14, 4 / 14, 0, 9 / 14]
+  )
   np.testing.assert_allclose(
-      sampling.class_probabilities(counts, sampling='sqrt'), [1 / 6, 2 / 6, 0, 3 / 6])
+    sampling.class_probabilities(counts, sampling='sqrt'), [1 / 6, 2 / 6, 0, 3 / 6]
+  )
   np.testing.assert_allclose(
-      sampling.class_probabilities(counts, sampling='class_balanced'),
-      [1 / 3, 1 / 3, 0, 1 / 3])
+    sampling.class_probabilities(counts, sampling='class_balanced'), [1 / 3, 1 / 3, 0, 1 / 3]
+  )
 
 
 @pytest.mark.parametrize('method', ['class_balanced', 'sqrt'])
@@ -46,7 +49,9 @@ def test_resampled_class_frequencies_within_four_standard_errors(method):
   promised = weights / weights.sum()
   standard_error = np.sqrt(promised * (1 - promised) / num)
   assert np.all(np.abs(frequencies - promised) <= 4 * standard_error + 1e-12), (
-      frequencies, promised)
+    frequencies,
+    promised,
+  )
   assert frequencies[2] == 0  # An empty class is never drawn.
 
 
@@ -84,3 +89,8 @@ def test_bad_sampling_names_the_key_and_the_choices():
     sampling.class_probabilities([0, 0], sampling='sqrt')
   with pytest.raises(ValueError, match='labels'):
     sampling.make_sampler(np.array([], np.int64), sampling='sqrt', seed=0)
+
+
+def test_the_config_schema_knows_exactly_these_samplers():
+  # care_jax.config cannot import this module (TensorFlow): it keeps its own list.
+  assert config_lib.SAMPLING == sampling.SAMPLING

@@ -38,9 +38,12 @@ def test_scalars_read_back_with_tensorflow(tmp_path):
   events = _events(path)
   assert events[0].file_version == 'brain.Event:2'
   got = [(e.step, v.tag, v.simple_value) for e in events[1:] for v in e.summary.value]
-  assert got == [(10, 'train/loss', 0.25), (20, 'val/mca', 0.75),
-                 (20, 'val/rare_recall', np.float32(1.0 / 3.0)),
-                 (2**40, 'train/loss', -2.5)]
+  assert got == [
+    (10, 'train/loss', 0.25),
+    (20, 'val/mca', 0.75),
+    (20, 'val/rare_recall', np.float32(1.0 / 3.0)),
+    (2**40, 'train/loss', -2.5),
+  ]
   assert all(abs(e.wall_time - events[0].wall_time) < 60 for e in events)
 
 
@@ -113,6 +116,8 @@ def test_bad_images_raise(tmp_path):
 
 
 def test_importing_the_writer_loads_no_tensorflow_or_tensorboard():
-  code = ('import sys, care_jax.summary;'
-          'assert "tensorflow" not in sys.modules and "tensorboard" not in sys.modules')
+  code = (
+    'import sys, care_jax.summary;'
+    'assert "tensorflow" not in sys.modules and "tensorboard" not in sys.modules'
+  )
   subprocess.run([sys.executable, '-c', code], check=True)

@@ -8,10 +8,10 @@ from care_jax.data import synthetic_lesions as sl
 
 RARE = [sl.CLASS_NAMES.index(name) for name in sl.RARE_CLASS_NAMES]
 SMALL = dict(
-    image_size=32,
-    train_counts=(10, 10, 6, 10, 6),
-    validation_counts=(3, 3, 3, 3, 3),
-    test_counts=(4, 4, 4, 4, 4),
+  image_size=32,
+  train_counts=(10, 10, 6, 10, 6),
+  validation_counts=(3, 3, 3, 3, 3),
+  test_counts=(4, 4, 4, 4, 4),
 )
 
 
@@ -24,10 +24,8 @@ def _build(data_dir, **overrides):
 
 def _load(builder):
   return {
-      split: list(
-          tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
-      )
-      for split in sl.SPLITS
+    split: list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
+    for split in sl.SPLITS
   }
 
 
@@ -45,16 +43,12 @@ def _raster(box, size):
 
 
 def _examples(config, split):
-  return [
-      sl.generate_example(config, split, i)
-      for i in range(sum(config.counts(split)))
-  ]
+  return [sl.generate_example(config, split, i) for i in range(sum(config.counts(split)))]
 
 
 def test_split_class_counts_match_config(small):
   for split, counts in zip(
-      sl.SPLITS,
-      (SMALL['train_counts'], SMALL['validation_counts'], SMALL['test_counts']),
+    sl.SPLITS, (SMALL['train_counts'], SMALL['validation_counts'], SMALL['test_counts'])
   ):
     labels = [ex['label'] for ex in small[split]]
     np.testing.assert_array_equal(np.bincount(labels, minlength=5), counts)
@@ -107,9 +101,7 @@ def test_boxes_only_for_rare_training_images(small):
 
 
 def test_lesion_box_lies_inside_image_and_tightly_holds_the_lesion():
-  config = sl.synthetic_config(
-      image_size=32, train_counts=(20, 20, 20, 20, 20), artefact=False
-  )
+  config = sl.synthetic_config(image_size=32, train_counts=(20, 20, 20, 20, 20), artefact=False)
   dark = sl.CLASS_NAMES.index('dark')
   for ex in _examples(config, 'train'):
     ymin, xmin, ymax, xmax = ex['lesion_box']
@@ -126,9 +118,7 @@ def test_lesion_box_lies_inside_image_and_tightly_holds_the_lesion():
 
 
 def test_artefact_correlates_with_rare_classes_in_train_only():
-  config = sl.synthetic_config(
-      image_size=24, train_counts=(150,) * 5, test_counts=(150,) * 5
-  )
+  config = sl.synthetic_config(image_size=24, train_counts=(150,) * 5, test_counts=(150,) * 5)
   for split in ('train', 'test'):
     examples = _examples(config, split)
     labels = np.array([ex['label'] for ex in examples])
@@ -144,11 +134,7 @@ def test_artefact_correlates_with_rare_classes_in_train_only():
 
 
 def test_artefact_is_outside_the_lesion_box_and_only_change():
-  rates = dict(
-      artefact_rate_rare_train=1.0,
-      artefact_rate_common_train=1.0,
-      artefact_rate_eval=1.0,
-  )
+  rates = dict(artefact_rate_rare_train=1.0, artefact_rate_common_train=1.0, artefact_rate_eval=1.0)
   counts = dict(image_size=32, train_counts=(8,) * 5, test_counts=(8,) * 5)
   with_ruler = sl.synthetic_config(**counts, **rates)
   without = sl.synthetic_config(**counts, **rates, artefact=False)
@@ -166,43 +152,38 @@ def test_artefact_is_outside_the_lesion_box_and_only_change():
 def test_config_name_is_derived_from_every_parameter():
   base = sl.synthetic_config()
   changes = dict(
-      image_size=32,
-      train_counts=(300, 300, 40, 300, 41),
-      validation_counts=(1, 1, 1, 1, 1),
-      test_counts=(1, 1, 1, 1, 1),
-      pattern_contrast=0.2,
-      artefact=False,
-      artefact_rate_rare_train=0.5,
-      artefact_rate_common_train=0.2,
-      artefact_rate_eval=0.3,
-      seed=7,
+    image_size=32,
+    train_counts=(300, 300, 40, 300, 41),
+    validation_counts=(1, 1, 1, 1, 1),
+    test_counts=(1, 1, 1, 1, 1),
+    pattern_contrast=0.2,
+    artefact=False,
+    artefact_rate_rare_train=0.5,
+    artefact_rate_common_train=0.2,
+    artefact_rate_eval=0.3,
+    seed=7,
   )
   assert set(changes) == set(base.parameters())
-  names = [base.name] + [
-      sl.synthetic_config(**{key: value}).name for key, value in changes.items()
-  ]
+  names = [base.name] + [sl.synthetic_config(**{key: value}).name for key, value in changes.items()]
   assert len(set(names)) == len(names)
   assert sl.synthetic_config(seed=7).name == sl.synthetic_config(seed=7).name
 
 
 def test_default_config_object_is_accepted():
-  builder = sl.SyntheticLesions(
-      config=sl.synthetic_config(), data_dir='/nonexistent'
-  )
+  builder = sl.SyntheticLesions(config=sl.synthetic_config(), data_dir='/nonexistent')
   assert builder.builder_config.name == sl.SyntheticLesions.DEFAULT_CONFIG_NAME
 
 
 @pytest.mark.parametrize(
-    'overrides, message',
-    [
-        (dict(colour=1), 'colour'),
-        (dict(image_size=16), 'image_size'),
-        (dict(train_counts=(1, 2, 3)), 'train_counts'),
-        (dict(test_counts=(1, 1, -1, 1, 1)), 'test_counts'),
-        (dict(artefact_rate_eval=1.5), 'artefact_rate_eval'),
-    ],
+  'overrides, message',
+  [
+    (dict(colour=1), 'colour'),
+    (dict(image_size=16), 'image_size'),
+    (dict(train_counts=(1, 2, 3)), 'train_counts'),
+    (dict(test_counts=(1, 1, -1, 1, 1)), 'test_counts'),
+    (dict(artefact_rate_eval=1.5), 'artefact_rate_eval'),
+  ],
 )
 def test_bad_parameters_raise(overrides, message):
   with pytest.raises(ValueError, match=message):
     sl.synthetic_config(**overrides)
-

@@ -84,8 +84,7 @@ def _projection(in_channels: int, out_channels: int, stride: int) -> nn.Module |
   if stride == 1 and in_channels == out_channels:
     return None
   return nn.Sequential(
-      nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-      nn.BatchNorm2d(out_channels),
+    nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
   )
 
 
@@ -132,13 +131,13 @@ class VGG19(nn.Module):
     self.features = nn.Sequential(*layers)
     self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
     self.classifier = nn.Sequential(
-        nn.Linear(512 * 7 * 7, 4096),
-        nn.ReLU(inplace=True),
-        nn.Dropout(0.5),
-        nn.Linear(4096, 4096),
-        nn.ReLU(inplace=True),
-        nn.Dropout(0.5),
-        nn.Linear(4096, NUM_CLASSES),
+      nn.Linear(512 * 7 * 7, 4096),
+      nn.ReLU(inplace=True),
+      nn.Dropout(0.5),
+      nn.Linear(4096, 4096),
+      nn.ReLU(inplace=True),
+      nn.Dropout(0.5),
+      nn.Linear(4096, NUM_CLASSES),
     )
 
   def last_conv_block(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,12 +150,12 @@ class VGG19(nn.Module):
 
 
 ARCHITECTURES = {
-    'resnet18': lambda: ResNet(BasicBlock, (2, 2, 2, 2)),
-    'resnet34': lambda: ResNet(BasicBlock, (3, 4, 6, 3)),
-    'resnet50': lambda: ResNet(Bottleneck, (3, 4, 6, 3)),
-    'resnet101': lambda: ResNet(Bottleneck, (3, 4, 23, 3)),
-    'resnet152': lambda: ResNet(Bottleneck, (3, 8, 36, 3)),
-    'vgg19': VGG19,
+  'resnet18': lambda: ResNet(BasicBlock, (2, 2, 2, 2)),
+  'resnet34': lambda: ResNet(BasicBlock, (3, 4, 6, 3)),
+  'resnet50': lambda: ResNet(Bottleneck, (3, 4, 6, 3)),
+  'resnet101': lambda: ResNet(Bottleneck, (3, 4, 23, 3)),
+  'resnet152': lambda: ResNet(Bottleneck, (3, 8, 36, 3)),
+  'vgg19': VGG19,
 }
 
 
@@ -211,17 +210,17 @@ def export_dtypes(out_dir: pathlib.Path) -> None:
   """Tensors of each dtype the reader supports, and their exact values (float64/int64) in an npz."""
   values = torch.linspace(-3.0, 3.0, 24, dtype=torch.float64).reshape(2, 3, 4)
   tensors = {
-      'f64': values,
-      'f32': values.float(),
-      'f16': values.half(),
-      'bf16': values.bfloat16(),
-      'i64': torch.arange(-5, 7, dtype=torch.int64).reshape(3, 4),
-      'scalar_f32': torch.tensor(1.5, dtype=torch.float32),
+    'f64': values,
+    'f32': values.float(),
+    'f16': values.half(),
+    'bf16': values.bfloat16(),
+    'i64': torch.arange(-5, 7, dtype=torch.int64).reshape(3, 4),
+    'scalar_f32': torch.tensor(1.5, dtype=torch.float32),
   }
   save_file(tensors, out_dir / 'dtypes.safetensors')
   np.savez(
-      out_dir / 'dtypes.npz',
-      **{k: (v.double() if v.is_floating_point() else v).numpy() for k, v in tensors.items()},
+    out_dir / 'dtypes.npz',
+    **{k: (v.double() if v.is_floating_point() else v).numpy() for k, v in tensors.items()},
   )
 
 
@@ -234,9 +233,9 @@ def main(out_dir: pathlib.Path) -> None:
     export(name, images_nchw, out_dir)
   export_dtypes(out_dir)
   manifest = {
-      'architectures': list(ARCHITECTURES),
-      'torch': torch.__version__,
-      'script_sha256': hashlib.sha256(pathlib.Path(__file__).read_bytes()).hexdigest(),
+    'architectures': list(ARCHITECTURES),
+    'torch': torch.__version__,
+    'script_sha256': hashlib.sha256(pathlib.Path(__file__).read_bytes()).hexdigest(),
   }
   (out_dir / 'manifest.json').write_text(json.dumps(manifest, indent=2))
 

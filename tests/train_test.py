@@ -14,7 +14,7 @@ from care_jax import attention
 from care_jax import config as config_lib
 from care_jax import imbalance
 from care_jax import losses
-from care_jax import train
+from care_jax import training
 
 NUM_CLASSES = 3
 IMAGE = 32
@@ -42,32 +42,35 @@ def _batch(batch_size=16, seed=0):
   boxed = np.array([0, 1, 2, 5, 13])
   for i in boxed:
     y0, x0 = rng.integers(0, IMAGE // 2, 2)
-    mask[i, y0:y0 + rng.integers(4, IMAGE // 2), x0:x0 + rng.integers(4, IMAGE // 2)] = 1.0
+    mask[i, y0 : y0 + rng.integers(4, IMAGE // 2), x0 : x0 + rng.integers(4, IMAGE // 2)] = 1.0
   return {
-      'image': rng.normal(size=(batch_size, IMAGE, IMAGE, 3)).astype(np.float32),
-      'label': labels,
-      'mask': mask,
-      'has_mask': mask.sum((1, 2)) > 0,
+    'image': rng.normal(size=(batch_size, IMAGE, IMAGE, 3)).astype(np.float32),
+    'label': labels,
+    'mask': mask,
+    'has_mask': mask.sum((1, 2)) > 0,
   }
 
 
 def _setup(config, *, parallel=None, class_weights=(0.2, 0.3, 0.5)):
   config.parallel = parallel or 'mesh'
-  model = train.create_model(config, NUM_CLASSES)
-  state = train.create_train_state(config, model, (IMAGE, IMAGE, 3), 10, jax.random.key(0))
+  model = training.create_model(config, NUM_CLASSES)
+  state = training.create_train_state(config, model, (IMAGE, IMAGE, 3), 10, jax.random.key(0))
   weighted_ce = imbalance.ClassificationLoss(
-      'weighted_ce', losses.cross_entropy, class_weights=np.asarray(class_weights, np.float32))
-  step = train.make_train_step(
-      model, train.StepConfig.from_config(config), classification_loss=weighted_ce,
-      axis_name=train.PMAP_AXIS if parallel == 'pmap' else None)
+    'weighted_ce', losses.cross_entropy, class_weights=np.asarray(class_weights, np.float32)
+  )
+  step = training.make_train_step(
+    model,
+    training.StepConfig.from_config(config),
+    classification_loss=weighted_ce,
+    axis_name=training.PMAP_AXIS if parallel == 'pmap' else None,
+  )
   return model, state, step
 
 
 def _reference_loss(model, state, batch, config, class_weights):
   """The global loss written out directly from the formulas."""
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  (logits, inter), _ = model.apply(variables, batch['image'], train=True,
-                                   mutable=['batch_stats'])
+  (logits, inter), _ = model.apply(variables, batch['image'], train=True, mutable=['batch_stats'])
   labels = jnp.asarray(batch['label'])
   log_p = jax.nn.log_softmax(logits)
   w = jnp.asarray(class_weights)[labels]
@@ -127,7 +130,7 @@ def test_attention_loss_gradient_reaches_the_backbone():
   def care_only(params):
     variables = {'params': params, 'batch_stats': state.batch_stats}
     (_, inter), _ = model.apply(variables, batch['image'], train=True, mutable=['batch_stats'])
-    maps = train.attention_maps(model, variables, inter['features'], jnp.asarray(batch['label']))
+    maps = model.attention_maps(variables, inter['features'], jnp.asarray(batch['label']))
     return losses.care_loss(maps, batch['mask'])
 
   grads = jax.grad(care_only)(state.params)
@@ -138,7 +141,7 @@ def test_attention_loss_gradient_reaches_the_backbone():
 
 
 def optax_global_norm(tree):
-  return float(jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree))))
+  return float(jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree))))
 
 
 def test_cam_and_grad_cam_paths_give_the_same_step():
@@ -149,8 +152,9 @@ def test_cam_and_grad_cam_paths_give_the_same_step():
     _, state, step = _setup(config)
     results[method] = jax.jit(step)(state, batch)
   chex.assert_trees_all_close(results['cam'][1], results['grad_cam'][1], rtol=1e-5, atol=1e-6)
-  chex.assert_trees_all_close(results['cam'][0].params, results['grad_cam'][0].params,
-                              rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(
+    results['cam'][0].params, results['grad_cam'][0].params, rtol=1e-5, atol=1e-6
+  )
 
 
 def test_non_linear_head_uses_grad_cam():
@@ -179,9 +183,10 @@ def test_data_parallel_step_matches_one_device(parallel):
 
   config = _config(alpha=0.5)
   model, state, step = _setup(config, parallel=parallel)
-  eval_step = train.make_eval_step(model, num_classes=NUM_CLASSES,
-                                   axis_name=train.PMAP_AXIS if parallel == 'pmap' else None)
-  runner = train.make_parallel(config, step, eval_step)
+  eval_step = training.make_eval_step(
+    model, num_classes=NUM_CLASSES, axis_name=training.PMAP_AXIS if parallel == 'pmap' else None
+  )
+  runner = training.make_parallel(config, step, eval_step)
   state = runner.put_state(state)
   with runner.scope():
     state, metrics = runner.train_step(state, runner.put_batch(_batch()))
@@ -190,8 +195,7 @@ def test_data_parallel_step_matches_one_device(parallel):
   for key in ('loss', 'ce', 'care', 'accuracy'):
     np.testing.assert_allclose(metrics[key], expected_metrics[key], rtol=1e-5, err_msg=key)
   chex.assert_trees_all_close(state.params, expected_state.params, rtol=1e-5, atol=1e-5)
-  chex.assert_trees_all_close(state.batch_stats, expected_state.batch_stats,
-                              rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(state.batch_stats, expected_state.batch_stats, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('parallel', ['mesh', 'pmap'])
@@ -202,14 +206,19 @@ def test_data_parallel_eval_counts_every_valid_example_once(parallel):
   batch['valid'] = np.arange(16) < 11
   batch['lesion_mask'], batch['has_lesion_mask'] = batch['mask'], batch['has_mask']
   single_confusion, single_quality = jax.jit(
-      train.make_eval_step(model, num_classes=NUM_CLASSES))(state, batch)
-  runner = train.make_parallel(
-      config, step, train.make_eval_step(
-          model, num_classes=NUM_CLASSES,
-          axis_name=train.PMAP_AXIS if parallel == 'pmap' else None))
+    training.make_eval_step(model, num_classes=NUM_CLASSES)
+  )(state, batch)
+  runner = training.make_parallel(
+    config,
+    step,
+    training.make_eval_step(
+      model, num_classes=NUM_CLASSES, axis_name=training.PMAP_AXIS if parallel == 'pmap' else None
+    ),
+  )
   with runner.scope():
     confusion, quality = runner.fetch(
-        runner.eval_step(runner.put_state(state), runner.put_batch(batch)))
+      runner.eval_step(runner.put_state(state), runner.put_batch(batch))
+    )
   np.testing.assert_array_equal(confusion, single_confusion)
   assert confusion.sum() == 11
   # Attention quality: the valid rows with a lesion mask, summed over devices.
@@ -223,14 +232,14 @@ def test_learning_rate_schedules():
   config.learning_rate = 1.0
   config.warmup_steps = 10
   config.schedule = 'step'
-  lr = train.create_learning_rate(config, 110)
+  lr = training.create_learning_rate(config, 110)
   assert float(lr(0)) == 0.0
   np.testing.assert_allclose(float(lr(5)), 0.5)
   np.testing.assert_allclose(float(lr(10 + 49)), 1.0)
   np.testing.assert_allclose(float(lr(10 + 51)), 0.1)
   np.testing.assert_allclose(float(lr(10 + 80)), 0.01)
   config.schedule = 'cosine'
-  lr = train.create_learning_rate(config, 110)
+  lr = training.create_learning_rate(config, 110)
   np.testing.assert_allclose(float(lr(60)), 0.5, atol=1e-6)
   np.testing.assert_allclose(float(lr(110)), 0.0, atol=1e-6)
 
@@ -240,10 +249,12 @@ def test_train_steps_import_without_tensorflow():
   # train_and_evaluate needs the tf.data pipeline.
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  code = ('import sys, care_jax.train, care_jax.config; '
-          'assert "tensorflow" not in sys.modules, "tensorflow was imported"')
-  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                        timeout=300)
+
+  code = (
+    'import sys, care_jax.train, care_jax.config; '
+    'assert "tensorflow" not in sys.modules, "tensorflow was imported"'
+  )
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -257,9 +268,13 @@ def _nan_batch(seed=0):
 def test_a_non_finite_step_is_skipped_and_counted(parallel):
   config = _config(alpha=0.5)
   model, state, step = _setup(config, parallel=parallel)
-  runner = train.make_parallel(config, step, train.make_eval_step(
-      model, num_classes=NUM_CLASSES,
-      axis_name=train.PMAP_AXIS if parallel == 'pmap' else None))
+  runner = training.make_parallel(
+    config,
+    step,
+    training.make_eval_step(
+      model, num_classes=NUM_CLASSES, axis_name=training.PMAP_AXIS if parallel == 'pmap' else None
+    ),
+  )
   before = jax.device_get(state)
   with runner.scope():
     placed, metrics = runner.train_step(runner.put_state(state), runner.put_batch(_nan_batch()))
@@ -274,8 +289,9 @@ def test_a_non_finite_step_is_skipped_and_counted(parallel):
     placed, _ = runner.train_step(placed, runner.put_batch(_batch(seed=1)))
   after = runner.get_state(placed)
   assert int(after.consecutive_nonfinite) == 0 and int(after.skipped_steps) == 1
-  assert not np.array_equal(after.params['head']['fc']['kernel'],
-                            before.params['head']['fc']['kernel'])
+  assert not np.array_equal(
+    after.params['head']['fc']['kernel'], before.params['head']['fc']['kernel']
+  )
 
 
 def test_finite_steps_equal_the_plain_optax_update():
@@ -287,8 +303,8 @@ def test_finite_steps_equal_the_plain_optax_update():
   @jax.jit
   def reference(state):
     def loss(params):
-      return _reference_loss(model, state.replace(params=params), batch, config,
-                             (0.2, 0.3, 0.5))[0]
+      return _reference_loss(model, state.replace(params=params), batch, config, (0.2, 0.3, 0.5))[0]
+
     return state.apply_gradients(grads=jax.grad(loss)(state.params))
 
   expected = reference(state)
@@ -308,11 +324,12 @@ def test_consecutive_non_finite_steps_freeze_the_state_and_stop_with_a_diagnosti
   assert int(state.skipped_steps) == 3 and int(state.step) == 4
   fetcher = type('Fetch', (), {'fetch': staticmethod(jax.device_get)})
   with pytest.raises(FloatingPointError) as error:
-    train.check_nonfinite(recent, fetcher, limit=2)
+    training.check_nonfinite(recent, fetcher, limit=2)
   assert str(error.value) == (
-      '2 consecutive training steps had a non-finite loss or gradient '
-      '(train.max_consecutive_nonfinite = 2); the last at step 3: non-finite ce, loss, '
-      'gradients (ce = nan, care = 0.0). Batch: images in [-4.253, 4.015] with 1 non-finite '
-      'pixels, labels in [0, 2], 5 boxed images. 2 steps skipped in all; parameters are those '
-      'before the first of these steps. Lower train.learning_rate or check the data.')
-  train.check_nonfinite(recent[:1], fetcher, limit=2)  # A finite step passes.
+    '2 consecutive training steps had a non-finite loss or gradient '
+    '(train.max_consecutive_nonfinite = 2); the last at step 3: non-finite ce, loss, '
+    'gradients (ce = nan, care = 0.0). Batch: images in [-4.253, 4.015] with 1 non-finite '
+    'pixels, labels in [0, 2], 5 boxed images. 2 steps skipped in all; parameters are those '
+    'before the first of these steps. Lower train.learning_rate or check the data.'
+  )
+  training.check_nonfinite(recent[:1], fetcher, limit=2)  # A finite step passes.

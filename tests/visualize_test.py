@@ -14,8 +14,9 @@ from PIL import Image
 import pytest
 
 from care_jax import config as config_lib
+from care_jax import metrics
 from care_jax import models
-from care_jax import train
+from care_jax import training
 from care_jax import visualize
 
 MAGENTA = np.array(visualize.BOX_COLOR)
@@ -23,6 +24,7 @@ MAGENTA = np.array(visualize.BOX_COLOR)
 
 def _np_upsample(small, height, width):
   """Explicit bilinear upsampling with half-pixel centres (clamped borders)."""
+
   def weights(n, big):
     out = np.zeros((big, n))
     for i in range(big):
@@ -31,6 +33,7 @@ def _np_upsample(small, height, width):
       out[i, lo] += 1 - (c - lo)
       out[i, min(lo + 1, n - 1)] += c - lo
     return out
+
   return weights(small.shape[0], height) @ small @ weights(small.shape[1], width).T
 
 
@@ -113,8 +116,9 @@ def tiny_models():
   """Two untrained tiny CNNs (GAP + linear head) for 32 x 32 images, 5 classes."""
   model = models.get_model('tiny_cnn', num_classes=5)
   init = jax.jit(functools.partial(model.init, train=False))
-  return model, [init(jax.random.key(seed), np.zeros((1, 32, 32, 3), np.float32))
-                 for seed in (0, 1)]
+  return model, [
+    init(jax.random.key(seed), np.zeros((1, 32, 32, 3), np.float32)) for seed in (0, 1)
+  ]
 
 
 def test_compute_attention_is_the_cam_of_the_true_class(tiny_models):
@@ -146,16 +150,20 @@ def test_attention_figure_of_two_tiny_models_draws_the_boxes_where_they_are(tiny
     assert maps.shape == (3, 4, 4)
     columns.append(visualize.AttentionColumn(title, maps, predictions))
   names = ('brown', 'dark', 'dotted', 'pink', 'striped')
-  fig = visualize.attention_figure(images, labels, columns, class_names=names, masks=masks,
-                                   rare_classes=(2, 4))
+  fig = visualize.attention_figure(
+    images, labels, columns, class_names=names, masks=masks, rare_classes=(2, 4)
+  )
   pixels = _png_array(fig)
   assert pixels.shape == (round(100 * (2.0 * 3 + 0.4)), round(100 * (2.0 * 3 + 0.8)), 3)
   image_axes = fig.axes[:9]  # 3 rows x (image + 2 maps), then the colour bar
-  assert image_axes[1].get_title() == f'without CARE (alpha=0)\npred {names[columns[0].predictions[0]]}, ' + \
-      f'{float(visualize.metrics_lib.attention_mass_inside(columns[0].maps, masks)[0]):.0%} in box'
+  assert (
+    image_axes[1].get_title()
+    == f'without CARE (alpha=0)\npred {names[columns[0].predictions[0]]}, '
+    + f'{float(metrics.attention_mass_inside(columns[0].maps, masks)[0]):.0%} in box'
+  )
   assert image_axes[0].get_title() == 'image\ndotted (rare)'
   height = pixels.shape[0]
-  magenta = (np.abs(pixels.astype(int) - MAGENTA).sum(-1) < 60)
+  magenta = np.abs(pixels.astype(int) - MAGENTA).sum(-1) < 60
   for index, (row, col) in enumerate([(0, 1), (0, 2), (1, 1), (1, 2), (2, 1), (2, 2)]):
     ax = image_axes[row * 3 + col]
     box = ax.get_window_extent()  # display pixels, origin bottom left
@@ -168,16 +176,21 @@ def test_attention_figure_of_two_tiny_models_draws_the_boxes_where_they_are(tiny
     rows, cols = np.flatnonzero(masks[row].any(1)), np.flatnonzero(masks[row].any(0))
     scale_y, scale_x = (y1 - y0) / 32, (x1 - x0) / 32
     # The outline's outer edge is the mask's edge, in panel pixels.
-    expected = [rows[0] * scale_y, cols[0] * scale_x,
-                (rows[-1] + 1) * scale_y, (cols[-1] + 1) * scale_x]
+    expected = [
+      rows[0] * scale_y,
+      cols[0] * scale_x,
+      (rows[-1] + 1) * scale_y,
+      (cols[-1] + 1) * scale_x,
+    ]
     got = [found[:, 0].min(), found[:, 1].min(), found[:, 0].max() + 1, found[:, 1].max() + 1]
     np.testing.assert_allclose(got, expected, atol=2.5, err_msg=str(index))
 
 
 def test_confusion_figure_annotates_counts_and_colours_row_shares():
   confusion = np.array([[5, 1, 0], [2, 2, 0], [0, 0, 0]])
-  fig = visualize.confusion_figure({'run a': confusion, 'run b': np.eye(3, dtype=int)},
-                                   class_names=['a', 'b', 'c'])
+  fig = visualize.confusion_figure(
+    {'run a': confusion, 'run b': np.eye(3, dtype=int)}, class_names=['a', 'b', 'c']
+  )
   ax = fig.axes[0]
   texts = [t.get_text() for t in ax.texts]
   assert texts == [str(v) for v in confusion.ravel()]
@@ -201,8 +214,10 @@ def test_recall_figure_bars_are_the_recalls():
 
 def test_training_curves_from_a_fabricated_train_log(tmp_path):
   log = tmp_path / 'train_log.jsonl'
-  records = [{'step': s, 'loss': 1.0 / s, 'ce': 2.0 / s, 'care': -0.1 * s,
-              'accuracy': 0.1 * s, 'seconds': s} for s in (10, 20, 30)]
+  records = [
+    {'step': s, 'loss': 1.0 / s, 'ce': 2.0 / s, 'care': -0.1 * s, 'accuracy': 0.1 * s, 'seconds': s}
+    for s in (10, 20, 30)
+  ]
   log.write_text(''.join(json.dumps(r) + '\n' for r in records) + '\n')
   baseline = [{k: v for k, v in r.items() if k != 'care'} for r in records]
   logs = {'without CARE': baseline, 'with CARE': visualize.read_train_log(str(log))}
@@ -228,8 +243,11 @@ def _run_config(data_dir, alpha):
   config = config_lib.default_config()
   config.data.dir = str(data_dir)
   config.data.image_size = 32
-  config.data.synthetic.update(dict(image_size=32, train_counts=(8, 8, 4, 8, 4),
-                                    validation_counts=(2,) * 5, test_counts=(3,) * 5))
+  config.data.synthetic.update(
+    dict(
+      image_size=32, train_counts=(8, 8, 4, 8, 4), validation_counts=(2,) * 5, test_counts=(3,) * 5
+    )
+  )
   config.care.alpha = alpha
   config.train.num_steps = 2
   config.train.batch_size = 8
@@ -241,11 +259,15 @@ def _run_config(data_dir, alpha):
 
 def test_select_examples_puts_rare_boxed_images_first_in_turn(tmp_path):
   from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
   config = _run_config(tmp_path, 0.5).data
-  every = {k: np.concatenate([b[k] for b in pipeline.eval_batches(config, 'test', batch_size=15)])
-           for k in ('image', 'label', 'lesion_mask')}
-  chosen = visualize.select_examples(config, 'test', num_images=8, rare_classes=(2, 4),
-                                     batch_size=4)
+  every = {
+    k: np.concatenate([b[k] for b in pipeline.eval_batches(config, 'test', batch_size=15)])
+    for k in ('image', 'label', 'lesion_mask')
+  }
+  chosen = visualize.select_examples(
+    config, 'test', num_images=8, rare_classes=(2, 4), batch_size=4
+  )
   # Every test image has a lesion box; 3 per class: the rare classes in turn,
   # then the other classes in turn, each in the split's order.
   np.testing.assert_array_equal(chosen['label'], [2, 4, 2, 4, 2, 4, 0, 1])
@@ -262,7 +284,7 @@ def test_write_figures_and_the_cli_for_two_trained_runs(tmp_path):
   runs = {}
   for name, alpha in (('baseline', 0.0), ('care', 0.5)):
     runs[name] = str(tmp_path / name)
-    train.train_and_evaluate(_run_config(tmp_path / 'data', alpha), runs[name])
+    training.train_and_evaluate(_run_config(tmp_path / 'data', alpha), runs[name])
   written = visualize.write_figures(runs['care'], compare=runs['baseline'], num_images=3)
   names = ['attention_test.png', 'confusion_test.png', 'recall_test.png', 'training_curves.png']
   assert written == [os.path.join(runs['care'], 'figures', n) for n in names]
@@ -271,12 +293,29 @@ def test_write_figures_and_the_cli_for_two_trained_runs(tmp_path):
   # The command line, with the --num-images spelling of the issue.
   out = tmp_path / 'cli'
   result = subprocess.run(
-      [sys.executable, '-m', 'care_jax.cli', 'visualize', f'--workdir={runs["care"]}',
-       '--num-images=2', f'--out_dir={out}'], capture_output=True, text=True, check=True)
+    [
+      sys.executable,
+      '-m',
+      'care_jax.cli',
+      'visualize',
+      f'--workdir={runs["care"]}',
+      '--num-images=2',
+      f'--out_dir={out}',
+    ],
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   paths = result.stdout.split()
   assert paths == [str(out / n) for n in names]
   with Image.open(paths[0]) as image:  # one run: image | map
     assert image.size == (round(100 * (2.0 * 2 + 0.8)), round(100 * (2.0 * 2 + 0.4)))
   os.remove(os.path.join(runs['baseline'], 'train_log.jsonl'))
-  assert len(visualize.write_figures(runs['care'], compare=runs['baseline'],
-                                     num_images=1, out_dir=str(tmp_path / 'x'))) == 3
+  assert (
+    len(
+      visualize.write_figures(
+        runs['care'], compare=runs['baseline'], num_images=1, out_dir=str(tmp_path / 'x')
+      )
+    )
+    == 3
+  )

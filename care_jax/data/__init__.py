@@ -7,8 +7,9 @@ care_jax.data`` alone does not. The batch contract is in
 
 Example::
 
+  from care_jax import config as care_config
   from care_jax import data
-  config = data.default_data_config()
+  config = care_config.default_data_config()
   info = data.get_dataset_info(config)
   batch = next(data.train_batches(config, batch_size=32, seed=0))
 """
@@ -18,20 +19,21 @@ from typing import Any
 
 # Public name -> module that defines it, imported lazily (PEP 562).
 _EXPORTS = {
-    'DatasetInfo': 'pipeline',
-    'default_data_config': 'pipeline',
-    'eval_batches': 'pipeline',
-    'get_dataset_info': 'pipeline',
-    'rasterize_boxes': 'pipeline',
-    'train_batches': 'pipeline',
-    'Folder': 'folder',
-    'Isic2018': 'isic2018',
-    'NihChestxray14': 'nih_chestxray14',
-    'RsnaPneumonia': 'rsna_pneumonia',
-    'dicom_to_rgb': 'rsna_pneumonia',
-    'SyntheticLesions': 'synthetic_lesions',
-    'SyntheticLesionsConfig': 'synthetic_lesions',
-    'synthetic_config': 'synthetic_lesions',
+  'DatasetInfo': 'pipeline',
+  # Deprecated (warns): care_jax.config.default_data_config. Remove in 0.3.
+  'default_data_config': 'pipeline',
+  'eval_batches': 'pipeline',
+  'get_dataset_info': 'pipeline',
+  'rasterize_boxes': 'pipeline',
+  'train_batches': 'pipeline',
+  'Folder': 'folder',
+  'Isic2018': 'isic2018',
+  'NihChestxray14': 'nih_chestxray14',
+  'RsnaPneumonia': 'rsna_pneumonia',
+  'dicom_to_rgb': 'rsna_pneumonia',
+  'SyntheticLesions': 'synthetic_lesions',
+  'SyntheticLesionsConfig': 'synthetic_lesions',
+  'synthetic_config': 'synthetic_lesions',
 }
 
 __all__ = sorted(_EXPORTS)

@@ -66,6 +66,17 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 SPLITS = ('train', 'validation', 'test')
+# The columns of a pixel box in the box files.
+BOX_COLUMNS = ('xmin', 'ymin', 'xmax', 'ymax')
+# The parameters of every dataset here (``data.<dataset>.<name>``), checked by
+# `check_parameters`; their defaults are in `care_jax.config`.
+COMMON_PARAMETERS = (
+  'split_seed',
+  'test_fraction',
+  'validation_fraction',
+  'skip_bad_rows',
+  'stored_size',
+)
 # How many skipped rows a warning lists one by one.
 _LOGGED_PROBLEMS = 5
 _JPEG_QUALITY = 95
@@ -102,10 +113,10 @@ class Problems:
     self.items.append(text)
 
   def image_size(
-      self,
-      location: str,
-      path: pathlib.Path,
-      read: Callable[[pathlib.Path], tuple[int, int]] | None = None,
+    self,
+    location: str,
+    path: pathlib.Path,
+    read: Callable[[pathlib.Path], tuple[int, int]] | None = None,
   ) -> tuple[int, int] | None:
     """``read(path)`` (default `image_header`); None after reporting a bad file."""
     try:
@@ -114,15 +125,50 @@ class Problems:
       self.report(location, str(e))
       return None
 
+  def image_record(
+    self,
+    location: str,
+    source: pathlib.Path,
+    *,
+    key: str,
+    label: int,
+    group: str,
+    split: str | None = None,
+    read: Callable[[pathlib.Path], tuple[int, int]] | None = None,
+  ) -> 'Record | None':
+    """The `Record` of image ``source``, listed at ``location``, without boxes.
+
+    Its size is ``read(source)`` (`image_size`); None after reporting an
+    unreadable file.
+    """
+    size = self.image_size(location, source, read)
+    if size is None:
+      return None
+    return Record(
+      key=key, source=source, location=location, label=label, size=size, group=group, split=split
+    )
+
+  def add_box(self, record: 'Record', location: str, box: Sequence[float], subject: str) -> None:
+    """Adds pixel box (xmin, ymin, xmax, ymax) to ``record.boxes``, normalised.
+
+    An invalid box (`box_problem`) is reported instead, as ``'<subject>:
+    <problem>'`` (e.g. ``subject='image 1.png'``).
+    """
+    problem = box_problem(box, *record.size)
+    if problem:
+      self.report(location, f'{subject}: {problem}')
+      return
+    record.boxes.append(normalise_box(box, *record.size))
+
   def log(self, stage: str) -> None:
     """Warns with the number of skipped rows and the first few of them."""
     if self.items:
       logging.warning(
-          '%s: skipped %d bad row(s) (%s=True); the first ones:\n  %s',
-          stage,
-          len(self.items),
-          self.option,
-          '\n  '.join(self.items[:_LOGGED_PROBLEMS]),
+        '%s: skipped %d bad row(s) (%s=True); the first ones:\n  %s',
+        stage,
+        len(self.items),
+        self.option,
+        '\n  '.join(self.items[:_LOGGED_PROBLEMS]),
       )
 
 
@@ -140,9 +186,7 @@ class Row:
     return self.values.get(column, default)
 
 
-def read_rows(
-    path: pathlib.Path,
-) -> tuple[list[str], list[tuple[int, list[str]]]]:
+def read_rows(path: pathlib.Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
   """Reads a CSV file into its header and ``(line, fields)`` rows.
 
   Fields and header names are stripped of surrounding spaces, a UTF-8 byte
@@ -169,12 +213,12 @@ def read_rows(
 
 
 def read_csv(
-    path: pathlib.Path,
-    *,
-    required: Sequence[str],
-    optional: Sequence[str] = (),
-    allow_extra: bool = False,
-    allow_no_rows: bool = False,
+  path: pathlib.Path,
+  *,
+  required: Sequence[str],
+  optional: Sequence[str] = (),
+  allow_extra: bool = False,
+  allow_no_rows: bool = False,
 ) -> tuple[list[str], list[Row]]:
   """Reads a CSV file with a header into rows keyed by column name.
 
@@ -198,10 +242,10 @@ def read_csv(
   missing = [column for column in required if column not in header]
   if missing:
     raise ValueError(
-        f'{path}, line 1: missing column(s) {missing}; the header is'
-        f' {header}, expected {list(required)}'
-        + (f' and optionally {list(optional)}' if optional else '')
-        + '.'
+      f'{path}, line 1: missing column(s) {missing}; the header is'
+      f' {header}, expected {list(required)}'
+      + (f' and optionally {list(optional)}' if optional else '')
+      + '.'
     )
   known = set(required) | set(optional)
   named = [column for column in header if column]
@@ -211,10 +255,8 @@ def read_csv(
   unknown = [column for column in header if column not in known]
   if unknown and not allow_extra:
     raise ValueError(
-        f'{path}, line 1: unknown column(s) {unknown}; expected'
-        f' {list(required)}'
-        + (f' and optionally {list(optional)}' if optional else '')
-        + '.'
+      f'{path}, line 1: unknown column(s) {unknown}; expected'
+      f' {list(required)}' + (f' and optionally {list(optional)}' if optional else '') + '.'
     )
   if not rows and not allow_no_rows:
     raise ValueError(f'{path} has a header but no rows.')
@@ -222,21 +264,31 @@ def read_csv(
   for line, fields in rows:
     if len(fields) > len(header) and any(fields[len(header) :]):
       raise ValueError(
-          f'{where(path, line)}: {len(fields)} fields, but the header has'
-          f' {len(header)} columns.'
+        f'{where(path, line)}: {len(fields)} fields, but the header has {len(header)} columns.'
       )
     values = {
-        column: fields[i] if i < len(fields) else ''
-        for i, column in enumerate(header)
-        if column in known
+      column: fields[i] if i < len(fields) else ''
+      for i, column in enumerate(header)
+      if column in known
     }
     result.append(Row(line=line, values=values))
   return header, result
 
 
-def relative_path(
-    root: pathlib.Path, text: str, location: str
-) -> tuple[str, pathlib.Path]:
+def read_box_rows(path: pathlib.Path) -> list[tuple[str, Row, list[float | None]]]:
+  """Reads a box file, columns ``image,xmin,ymin,xmax,ymax`` (`read_csv`).
+
+  The file may have no rows.
+
+  Returns:
+    ``(location, row, coordinates)`` per row: `where` the row is, the row
+    and its pixel box ``BOX_COLUMNS``, None for a value that is not a number.
+  """
+  _, rows = read_csv(path, required=('image',) + BOX_COLUMNS, allow_no_rows=True)
+  return [(where(path, row.line), row, [parse_number(row[c]) for c in BOX_COLUMNS]) for row in rows]
+
+
+def relative_path(root: pathlib.Path, text: str, location: str) -> tuple[str, pathlib.Path]:
   """Resolves a path column: returns ``(normalised text, root / text)``.
 
   The normalised text (POSIX separators, no ``.`` parts) identifies the image.
@@ -249,14 +301,10 @@ def relative_path(
     raise ValueError(f'{location}: empty image path.')
   posix = text.replace('\\', '/')
   pure = pathlib.PurePosixPath(posix)
-  if (
-      pure.is_absolute()
-      or pathlib.PureWindowsPath(text).drive
-      or '..' in pure.parts
-  ):
+  if pure.is_absolute() or pathlib.PureWindowsPath(text).drive or '..' in pure.parts:
     raise ValueError(
-        f'{location}: image path {text!r} leaves the data directory {root};'
-        ' use a path relative to it, without "..".'
+      f'{location}: image path {text!r} leaves the data directory {root};'
+      ' use a path relative to it, without "..".'
     )
   return pure.as_posix(), root.joinpath(*pure.parts)
 
@@ -270,9 +318,7 @@ def parse_number(text: str) -> float | None:
   return value if np.isfinite(value) else None
 
 
-def box_problem(
-    box: Sequence[float], height: int, width: int
-) -> str | None:
+def box_problem(box: Sequence[float], height: int, width: int) -> str | None:
   """Why pixel box (xmin, ymin, xmax, ymax) is invalid in an image, or None."""
   xmin, ymin, xmax, ymax = box
   if xmin >= xmax:
@@ -281,14 +327,14 @@ def box_problem(
     return f'ymin={ymin:g} >= ymax={ymax:g}'
   if xmin < 0 or ymin < 0 or xmax > width or ymax > height:
     return (
-        f'box (xmin={xmin:g}, ymin={ymin:g}, xmax={xmax:g}, ymax={ymax:g})'
-        f' lies outside the {width}x{height} (width x height) image'
+      f'box (xmin={xmin:g}, ymin={ymin:g}, xmax={xmax:g}, ymax={ymax:g})'
+      f' lies outside the {width}x{height} (width x height) image'
     )
   return None
 
 
 def normalise_box(
-    box: Sequence[float], height: int, width: int
+  box: Sequence[float], height: int, width: int
 ) -> tuple[float, float, float, float]:
   """Pixel (xmin, ymin, xmax, ymax) -> normalised (ymin, xmin, ymax, xmax)."""
   xmin, ymin, xmax, ymax = box
@@ -309,10 +355,21 @@ def image_header(path: pathlib.Path) -> tuple[int, int]:
   except (OSError, SyntaxError, ValueError) as e:
     raise UnreadableFile(f'cannot read image {path}: {e}') from e
   if image_format not in ('PNG', 'JPEG'):
-    raise UnreadableFile(
-        f'{path} is a {image_format} image; only PNG and JPEG are supported'
-    )
+    raise UnreadableFile(f'{path} is a {image_format} image; only PNG and JPEG are supported')
   return height, width
+
+
+def image_index(directories: Sequence[pathlib.Path], pattern: str) -> dict[str, pathlib.Path]:
+  """File name -> path of the files matching ``pattern`` in ``directories``.
+
+  Directories that do not exist are passed over; a name in several of them
+  is taken from the first.
+  """
+  index = {}
+  for directory in directories[::-1]:  # The first directory wins.
+    if directory.is_dir():
+      index.update({p.name: p for p in directory.glob(pattern)})
+  return index
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
@@ -368,12 +425,7 @@ def encode(image: np.ndarray, encoding: str) -> bytes:
 
 
 def holdout(
-    labels: np.ndarray,
-    groups: Sequence[str],
-    *,
-    fraction: float,
-    seed: int,
-    salt: int,
+  labels: np.ndarray, groups: Sequence[str], *, fraction: float, seed: int, salt: int
 ) -> np.ndarray:
   """Stratified, grouped hold-out: bool [N], True for the held-out rows.
 
@@ -434,17 +486,11 @@ class Record:
   size: tuple[int, int]
   group: str
   split: str | None = None
-  boxes: list[tuple[float, float, float, float]] = dataclasses.field(
-      default_factory=list
-  )
+  boxes: list[tuple[float, float, float, float]] = dataclasses.field(default_factory=list)
 
 
 def assign_splits(
-    records: Sequence[Record],
-    *,
-    test_fraction: float,
-    validation_fraction: float,
-    seed: int,
+  records: Sequence[Record], *, test_fraction: float, validation_fraction: float, seed: int
 ) -> None:
   """Sets ``record.split`` for all records (see the module docstring).
 
@@ -462,18 +508,14 @@ def assign_splits(
   if validation_fraction > 0 and not np.any(splits == 'validation'):
     train = np.flatnonzero(splits == 'train')
     validation = holdout(
-        labels[train],
-        [groups[i] for i in train],
-        fraction=validation_fraction,
-        seed=seed,
-        salt=1,
+      labels[train], [groups[i] for i in train], fraction=validation_fraction, seed=seed, salt=1
     )
     for i in train[validation]:
       records[i].split = 'validation'
 
 
 def check_coverage(
-    records: Sequence[Record], class_names: Sequence[str], source: str
+  records: Sequence[Record], class_names: Sequence[str], source: str
 ) -> dict[str, list[int]]:
   """Returns {split: per-class counts}; every class must be in every split.
 
@@ -484,26 +526,25 @@ def check_coverage(
   """
   present = [s for s in SPLITS if any(r.split == s for r in records)]
   counts = {
-      split: np.bincount(
-          [r.label for r in records if r.split == split],
-          minlength=len(class_names),
-      ).tolist()
-      for split in present
+    split: np.bincount(
+      [r.label for r in records if r.split == split], minlength=len(class_names)
+    ).tolist()
+    for split in present
   }
   empty = [
-      f'{split!r} has no {name!r}'
-      for split in present
-      for k, name in enumerate(class_names)
-      if counts[split][k] == 0
+    f'{split!r} has no {name!r}'
+    for split in present
+    for k, name in enumerate(class_names)
+    if counts[split][k] == 0
   ]
   empty += [f'there is no {s!r} split' for s in ('train', 'test') if s not in present]
   if empty:
     raise ValueError(
-        f'{source}: every class needs examples in every split, but '
-        + '; '.join(empty)
-        + f'. Examples per class {list(class_names)} and split: {counts}.'
-        ' Add examples of these classes, change test_fraction/'
-        'validation_fraction, or fix the split assignment.'
+      f'{source}: every class needs examples in every split, but '
+      + '; '.join(empty)
+      + f'. Examples per class {list(class_names)} and split: {counts}.'
+      ' Add examples of these classes, change test_fraction/'
+      'validation_fraction, or fix the split assignment.'
     )
   return counts
 
@@ -518,44 +559,49 @@ def fingerprint(root: pathlib.Path, files: Iterable[pathlib.Path]) -> str:
 
 
 def check_parameters(
-    dataset: str,
-    parameters: Mapping[str, Any],
-    defaults: Mapping[str, Any],
+  dataset: str, parameters: Mapping[str, Any], names: Sequence[str]
 ) -> dict[str, Any]:
-  """Fills in defaults and checks the parameters shared by all datasets.
+  """Checks the ``data.<dataset>`` parameters: every one of ``names``, no other.
+
+  The config holds every parameter with its default value
+  (`care_jax.config.default_config`), so none may be left out here.
+
+  Args:
+    dataset: the dataset's name, for messages.
+    parameters: the parameters, e.g. ``data.<dataset>`` as a dict.
+    names: the dataset's parameter names (its ``PARAMETERS``).
+
+  Returns:
+    The parameters in the order of ``names``, ``skip_bad_rows`` a bool.
 
   Raises:
-    ValueError: naming ``data.<dataset>.<key>`` for an unknown key or a
-      value out of range.
+    ValueError: naming ``data.<dataset>.<key>`` for an unknown or missing key
+      or a value out of range.
   """
-  unknown = sorted(set(parameters) - set(defaults))
+  unknown = sorted(set(parameters) - set(names))
   if unknown:
+    raise ValueError(f'Unknown data.{dataset} parameter(s) {unknown}; valid: {sorted(names)}.')
+  missing = [f'data.{dataset}.{name}' for name in names if name not in parameters]
+  if missing:
     raise ValueError(
-        f'Unknown data.{dataset} parameter(s) {unknown}; valid:'
-        f' {sorted(defaults)}.'
+      f'Missing parameter(s) {", ".join(missing)}: data.{dataset} needs'
+      " every one of its parameters; the config's defaults come from"
+      ' care_jax.config.default_config().'
     )
-  params = {**defaults, **parameters}
+  params = {name: parameters[name] for name in names}
 
   def check(ok: bool, key: str, message: str) -> None:
     if not ok:
-      raise ValueError(
-          f'data.{dataset}.{key} = {params[key]!r}: {message}.'
-      )
+      raise ValueError(f'data.{dataset}.{key} = {params[key]!r}: {message}.')
 
   check(0 < params['test_fraction'] < 1, 'test_fraction', 'must lie in (0, 1)')
+  check(0 <= params['validation_fraction'] < 1, 'validation_fraction', 'must lie in [0, 1)')
   check(
-      0 <= params['validation_fraction'] < 1,
-      'validation_fraction',
-      'must lie in [0, 1)',
+    isinstance(params['stored_size'], int) and params['stored_size'] >= 0,
+    'stored_size',
+    'must be an int >= 0 (0 keeps the original size)',
   )
-  check(
-      isinstance(params['stored_size'], int) and params['stored_size'] >= 0,
-      'stored_size',
-      'must be an int >= 0 (0 keeps the original size)',
-  )
-  check(
-      isinstance(params['split_seed'], int), 'split_seed', 'must be an int'
-  )
+  check(isinstance(params['split_seed'], int), 'split_seed', 'must be an int')
   params['skip_bad_rows'] = bool(params['skip_bad_rows'])
   return params
 
@@ -568,7 +614,7 @@ def require_files(paths: Iterable[pathlib.Path], instructions: str) -> None:
 
 
 def data_dir(
-    data_config: ml_collections.ConfigDict, dataset: str, instructions: str
+  data_config: ml_collections.ConfigDict, dataset: str, instructions: str
 ) -> pathlib.Path:
   """The user's files: ``data_config.dir``, which must exist.
 
@@ -578,25 +624,23 @@ def data_dir(
   directory = data_config.get('dir')
   if not directory:
     raise ValueError(
-        f'data.dir must point at the directory with the {dataset} files'
-        f' (--config.data.dir=PATH).\n{instructions}'
+      f'data.dir must point at the directory with the {dataset} files'
+      f' (--config.data.dir=PATH).\n{instructions}'
     )
   path = pathlib.Path(directory).expanduser()
   if not path.is_dir():
-    raise ValueError(
-        f'data.dir={directory!r} is not a directory.\n{instructions}'
-    )
+    raise ValueError(f'data.dir={directory!r} is not a directory.\n{instructions}')
   return path
 
 
 def builder_from_data_config(
-    data_config: ml_collections.ConfigDict,
-    dataset: str,
-    *,
-    builder_cls: type,
-    make_config: Callable[..., Any],
-    instructions: str,
-    rare_classes: bool = True,
+  data_config: ml_collections.ConfigDict,
+  dataset: str,
+  *,
+  builder_cls: type,
+  make_config: Callable[..., Any],
+  instructions: str,
+  rare_classes: bool = True,
 ) -> Any:
   """The (unprepared) builder of ``data.dir`` with the ``data.<dataset>`` params.
 
@@ -609,16 +653,12 @@ def builder_from_data_config(
   if rare_classes:
     kwargs['rare_classes'] = data_config.get('rare_classes', ())
   return builder_cls(
-      config=make_config(root, **kwargs),
-      manual_dir=root,
-      data_dir=data_config.get('cache_dir'),
+    config=make_config(root, **kwargs), manual_dir=root, data_dir=data_config.get('cache_dir')
   )
 
 
 def requested_classes(
-    requested: str | Sequence[str],
-    class_names: Sequence[str],
-    default: Sequence[str],
+  requested: str | Sequence[str], class_names: Sequence[str], default: Sequence[str]
 ) -> tuple[str, ...]:
   """``data.rare_classes`` checked against the class names (empty: default)."""
   if isinstance(requested, str):
@@ -627,8 +667,8 @@ def requested_classes(
   unknown = [name for name in requested if name not in class_names]
   if unknown:
     raise ValueError(
-        f'data.rare_classes has unknown class name(s) {unknown}; valid class'
-        f' names: {list(class_names)}.'
+      f'data.rare_classes has unknown class name(s) {unknown}; valid class'
+      f' names: {list(class_names)}.'
     )
   return tuple(sorted(set(requested)))
 
@@ -647,43 +687,71 @@ class FilesConfig(tfds.core.BuilderConfig):
   """
 
   def __init__(
-      self,
-      *,
-      tag: str,
-      class_names: Sequence[str],
-      box_classes: Sequence[str],
-      parameters: Mapping[str, Any],
-      files_fingerprint: str,
+    self,
+    *,
+    tag: str,
+    class_names: Sequence[str],
+    box_classes: Sequence[str],
+    parameters: Mapping[str, Any],
+    files_fingerprint: str,
   ):
     self.class_names = tuple(class_names)
     self.box_classes = tuple(box_classes)
     self.parameters = dict(parameters)
     described = dict(
-        class_names=self.class_names,
-        box_classes=self.box_classes,
-        parameters=self.parameters,
+      class_names=self.class_names, box_classes=self.box_classes, parameters=self.parameters
     )
     digest = hashlib.sha256(
-        json.dumps(
-            dict(described, files=files_fingerprint), sort_keys=True
-        ).encode()
+      json.dumps(dict(described, files=files_fingerprint), sort_keys=True).encode()
     ).hexdigest()[:12]
     super().__init__(name=f'{tag}_{digest}', description=json.dumps(described))
 
 
-def example_features(
-    class_names: Sequence[str], encoding: str
-) -> tfds.features.FeaturesDict:
+def fixed_classes_config(
+  data_dir: pathlib.Path,
+  *,
+  tag: str,
+  class_names: Sequence[str],
+  rare_classes: str | Sequence[str],
+  default_rare_classes: Sequence[str],
+  parameters: Mapping[str, Any],
+  files: Iterable[pathlib.Path],
+) -> FilesConfig:
+  """The config of a dataset whose class names are fixed.
+
+  Args:
+    data_dir: the user's files.
+    tag: the start of the config name.
+    class_names: in label order.
+    rare_classes: ``data.rare_classes``, the classes whose training images
+      carry ``boxes`` (`requested_classes`; empty: ``default_rare_classes``).
+    default_rare_classes: the dataset's rare classes.
+    parameters: the checked ``data.<dataset>`` parameters.
+    files: the annotation files in ``data_dir``, fingerprinted.
+
+  Raises:
+    ValueError: for an unknown name in ``rare_classes``.
+  """
+  return FilesConfig(
+    tag=tag,
+    class_names=class_names,
+    box_classes=requested_classes(rare_classes, class_names, default_rare_classes),
+    parameters=parameters,
+    files_fingerprint=fingerprint(data_dir, files),
+  )
+
+
+def example_features(class_names: Sequence[str], encoding: str) -> tfds.features.FeaturesDict:
   """The features of every dataset built from files (module docstring)."""
-  return tfds.features.FeaturesDict({
-      'image': tfds.features.Image(
-          shape=(None, None, 3), encoding_format=encoding
-      ),
+  return tfds.features.FeaturesDict(
+    {
+      'image': tfds.features.Image(shape=(None, None, 3), encoding_format=encoding),
       'label': tfds.features.ClassLabel(names=list(class_names)),
       'boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
       'lesion_boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
       'image_id': tfds.features.Text(),
-  })
+    }
+  )
 
 
 class FilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -706,11 +774,11 @@ class FilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   HOMEPAGE = ''
 
   def __init__(
-      self,
-      *,
-      config: FilesConfig,
-      manual_dir: os.PathLike[str] | str,
-      data_dir: os.PathLike[str] | str | None = None,
+    self,
+    *,
+    config: FilesConfig,
+    manual_dir: os.PathLike[str] | str,
+    data_dir: os.PathLike[str] | str | None = None,
   ):
     self.manual_dir = pathlib.Path(manual_dir)
     super().__init__(config=config, data_dir=data_dir)
@@ -718,16 +786,15 @@ class FilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
     return self.dataset_info_from_configs(
-        description=(type(self).__doc__ or '').strip(),
-        features=example_features(config.class_names, self.ENCODING),
-        supervised_keys=('image', 'label'),
-        homepage=self.HOMEPAGE or None,
+      description=(type(self).__doc__ or '').strip(),
+      features=example_features(config.class_names, self.ENCODING),
+      supervised_keys=('image', 'label'),
+      homepage=self.HOMEPAGE or None,
     )
 
   def _problems(self) -> Problems:
     return Problems(
-        skip=self.builder_config.parameters['skip_bad_rows'],
-        option=f'data.{self.name}.skip_bad_rows',
+      skip=self.builder_config.parameters['skip_bad_rows'], option=f'data.{self.name}.skip_bad_rows'
     )
 
   @abc.abstractmethod
@@ -752,31 +819,27 @@ class FilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     problems = self._problems()
     records = self._read_records(problems)
     assign_splits(
-        records,
-        test_fraction=params['test_fraction'],
-        validation_fraction=params['validation_fraction'],
-        seed=params['split_seed'],
+      records,
+      test_fraction=params['test_fraction'],
+      validation_fraction=params['validation_fraction'],
+      seed=params['split_seed'],
     )
     self._add_boxes(records, problems)
     problems.log(f'{self.name}: reading {self.manual_dir}')
-    counts = check_coverage(
-        records, self.builder_config.class_names, self._labels_file()
-    )
+    counts = check_coverage(records, self.builder_config.class_names, self._labels_file())
     logging.info(
-        '%s: examples per class %s and split: %s',
-        self.name,
-        list(self.builder_config.class_names),
-        counts,
+      '%s: examples per class %s and split: %s',
+      self.name,
+      list(self.builder_config.class_names),
+      counts,
     )
     return {
-        split: self._generate_examples(
-            [r for r in records if r.split == split], split
-        )
-        for split in counts
+      split: self._generate_examples([r for r in records if r.split == split], split)
+      for split in counts
     }
 
   def _generate_examples(
-      self, records: Sequence[Record], split: str
+    self, records: Sequence[Record], split: str
   ) -> Iterator[tuple[str, dict[str, Any]]]:
     config = self.builder_config
     box_labels = {config.class_names.index(n) for n in config.box_classes}
@@ -790,11 +853,14 @@ class FilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         continue
       boxes = np.array(record.boxes, np.float32).reshape(-1, 4)
       annotated = split == 'train' and record.label in box_labels
-      yield record.key, dict(
+      yield (
+        record.key,
+        dict(
           image=encode(shrink(image, stored_size), self.ENCODING),
           label=record.label,
           boxes=boxes if annotated else np.zeros((0, 4), np.float32),
           lesion_boxes=boxes,
           image_id=record.key,
+        ),
       )
     problems.log(f'{self.name}: writing split {split!r}')

@@ -56,11 +56,10 @@ Example::
                                   **augment_kwargs(config.data.augment))
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 import math
 from typing import Any
 
-import ml_collections
 import tensorflow as tf
 
 # Value of the output pixels that show no input pixel, on the [0, 1] scale.
@@ -70,103 +69,25 @@ _CROP_ATTEMPTS = 10
 # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
 _LUMA = (0.2989, 0.587, 0.114)
 
-_BOOL_KEYS = ('enabled', 'hflip', 'vflip')
 _JITTER_KEYS = ('brightness', 'contrast', 'saturation', 'hue')
 _RANGE_KEYS = ('crop_scale', 'crop_ratio')
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """The ``data.augment`` config: off, with the paper-like DA settings.
+def augment_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
+  """`augment_example`'s keywords from a ``data.augment`` config.
 
-  Fields: ``enabled`` (False: the baseline trains without augmentation; the
-  paper's DA rows set it True), ``rotation`` (max |degrees|), ``hflip``,
-  ``vflip``, ``brightness``, ``contrast``, ``saturation``, ``hue`` (as
-  torchvision's ``ColorJitter``; 0 disables one), ``crop_scale`` (area
-  fraction range; (1.0, 1.0) disables the crop) and ``crop_ratio`` (width /
-  height range).
-  """
-  return ml_collections.ConfigDict(
-      dict(
-          enabled=False,
-          # Dermoscopic lesions have no canonical orientation, so any angle
-          # is a plausible image; set ~10 for chest X-rays.
-          rotation=180.0,
-          hflip=True,
-          vflip=True,
-          # Mild: lesion colour is diagnostic (and separates the
-          # synthetic_lesions classes), so hue moves by at most 5% of the
-          # circle.
-          brightness=0.2,
-          contrast=0.2,
-          saturation=0.2,
-          hue=0.05,
-          # At least half the image stays in view (torchvision's ImageNet
-          # default 0.08 would often crop the lesion out).
-          crop_scale=(0.5, 1.0),
-          crop_ratio=(3.0 / 4.0, 4.0 / 3.0),
-      )
-  )
-
-
-def _range(config: Mapping[str, Any], key: str) -> tuple[float, float]:
-  value = config[key]
-  if (
-      not isinstance(value, Sequence)
-      or len(value) != 2
-      or not all(isinstance(v, (int, float)) for v in value)
-  ):
-    raise ValueError(
-        f'data.augment.{key} must be a pair (min, max), got {value!r}.'
-    )
-  low, high = float(value[0]), float(value[1])
-  if not 0.0 < low <= high or (key == 'crop_scale' and high > 1.0):
-    bound = '0 < min <= max <= 1' if key == 'crop_scale' else '0 < min <= max'
-    raise ValueError(f'data.augment.{key} must satisfy {bound}, got {value!r}.')
-  return low, high
-
-
-def augment_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Checks a ``data.augment`` config; returns `augment_example`'s keywords.
-
-  Raises:
-    ValueError: naming the key (``data.augment.<key>``) of an unknown field,
-      a wrong type or a value outside its range.
+  The config's values are checked by `care_jax.config.validate_augment`
+  (as part of `care_jax.config.validate`); this only converts them.
   """
   config = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
-  valid = set(default_config())
-  for problem, keys in (('unknown', set(config) - valid),
-                        ('missing', valid - set(config))):
-    if keys:
-      raise ValueError(
-          f'data.augment has {problem} key(s) {sorted(keys)}; valid:'
-          f' {sorted(valid)}.'
-      )
-  for key in _BOOL_KEYS:
-    if not isinstance(config[key], bool):
-      raise ValueError(
-          f'data.augment.{key} must be a bool, got {config[key]!r}.'
-      )
-  rotation = config['rotation']
-  if not isinstance(rotation, (int, float)) or not 0 <= rotation <= 180:
-    raise ValueError(
-        f'data.augment.rotation must lie in [0, 180] degrees, got {rotation!r}.'
-    )
-  for key in _JITTER_KEYS:
-    value = config[key]
-    high = 0.5 if key == 'hue' else math.inf
-    if not isinstance(value, (int, float)) or not 0 <= value <= high:
-      bound = '[0, 0.5]' if key == 'hue' else '>= 0'
-      raise ValueError(f'data.augment.{key} must be {bound}, got {value!r}.')
   kwargs = {key: float(config[key]) for key in ('rotation', *_JITTER_KEYS)}
   kwargs.update({key: config[key] for key in ('hflip', 'vflip')})
-  kwargs.update({key: _range(config, key) for key in _RANGE_KEYS})
+  kwargs.update({key: (float(config[key][0]), float(config[key][1])) for key in _RANGE_KEYS})
   return kwargs
 
 
 def _crop_size(
-    seed: tf.Tensor,
-    crop_scale: tuple[float, float],
-    crop_ratio: tuple[float, float],
+  seed: tf.Tensor, crop_scale: tuple[float, float], crop_ratio: tuple[float, float]
 ) -> tf.Tensor:
   """(w, h) of torchvision's RandomResizedCrop of a square, as fractions."""
   draws = tf.random.stateless_uniform([2, _CROP_ATTEMPTS], seed, dtype=tf.float32)
@@ -177,21 +98,19 @@ def _crop_size(
   fits = tf.reduce_all(sizes <= 1.0, axis=-1)
   # torchvision's fallback for an aspect ratio of 1: the widest crop whose
   # ratio lies in crop_ratio.
-  fallback = tf.constant(
-      (min(1.0, crop_ratio[1]), min(1.0, 1.0 / crop_ratio[0])), tf.float32
-  )
+  fallback = tf.constant((min(1.0, crop_ratio[1]), min(1.0, 1.0 / crop_ratio[0])), tf.float32)
   first = tf.argmax(tf.cast(fits, tf.int32))
   return tf.where(tf.reduce_any(fits), sizes[first], fallback)
 
 
 def sample_geometry(
-    seed: tf.Tensor,
-    *,
-    rotation: float,
-    hflip: bool,
-    vflip: bool,
-    crop_scale: tuple[float, float],
-    crop_ratio: tuple[float, float],
+  seed: tf.Tensor,
+  *,
+  rotation: float,
+  hflip: bool,
+  vflip: bool,
+  crop_scale: tuple[float, float],
+  crop_ratio: tuple[float, float],
 ) -> tf.Tensor:
   """Draws the affine map of one example (see the module docstring).
 
@@ -209,32 +128,27 @@ def sample_geometry(
     flips and ``crop_scale=crop_ratio=(1, 1)``.
   """
   crop_seed, centre_seed, flip_seed, angle_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 4)
+    tf.random.experimental.stateless_split(seed, 4)
   )
   size = _crop_size(crop_seed, crop_scale, crop_ratio)
-  centre = size / 2 + (1 - size) * tf.random.stateless_uniform(
-      [2], centre_seed
-  )
+  centre = size / 2 + (1 - size) * tf.random.stateless_uniform([2], centre_seed)
   flip_draws = tf.random.stateless_uniform([2], flip_seed) < 0.5
   flips = tf.where(flip_draws & tf.constant([hflip, vflip]), -1.0, 1.0)
-  theta = tf.random.stateless_uniform(
-      [], angle_seed, minval=-rotation, maxval=rotation
-  ) * (math.pi / 180.0)
+  theta = tf.random.stateless_uniform([], angle_seed, minval=-rotation, maxval=rotation) * (
+    math.pi / 180.0
+  )
   cos, sin = tf.cos(theta), tf.sin(theta)
   # diag(w, h) F R(-theta), R(-theta) = [[cos, sin], [-sin, cos]].
   scale = size * flips
-  linear = tf.stack([
-      tf.stack([scale[0] * cos, scale[0] * sin]),
-      tf.stack([-scale[1] * sin, scale[1] * cos]),
-  ])
+  linear = tf.stack(
+    [tf.stack([scale[0] * cos, scale[0] * sin]), tf.stack([-scale[1] * sin, scale[1] * cos])]
+  )
   offset = centre - tf.linalg.matvec(linear, tf.constant([0.5, 0.5]))
   top = tf.concat([linear, offset[:, None]], axis=1)
   return tf.concat([top, tf.constant([[0.0, 0.0, 1.0]])], axis=0)
 
 
-def warp_image(
-    image: tf.Tensor, geometry: tf.Tensor, *, size: int
-) -> tf.Tensor:
+def warp_image(image: tf.Tensor, geometry: tf.Tensor, *, size: int) -> tf.Tensor:
   """Resamples ``image`` through ``geometry`` (bilinear, `FILL_VALUE` outside).
 
   Args:
@@ -252,31 +166,26 @@ def warp_image(
   # The op maps output pixel indices to input pixel indices (centres at
   # integers): compose index -> normalised -> geometry -> index.
   to_unit = tf.constant(
-      [[1 / size, 0, 0.5 / size], [0, 1 / size, 0.5 / size], [0, 0, 1]],
-      tf.float32,
+    [[1 / size, 0, 0.5 / size], [0, 1 / size, 0.5 / size], [0, 0, 1]], tf.float32
   )
-  to_index = tf.stack([
-      tf.stack([width, 0.0, -0.5]),
-      tf.stack([0.0, height, -0.5]),
-      tf.constant([0.0, 0.0, 1.0]),
-  ])
+  to_index = tf.stack(
+    [tf.stack([width, 0.0, -0.5]), tf.stack([0.0, height, -0.5]), tf.constant([0.0, 0.0, 1.0])]
+  )
   matrix = to_index @ geometry @ to_unit
   transform = tf.reshape(matrix, [9])[:8] / matrix[2, 2]
   warped = tf.raw_ops.ImageProjectiveTransformV3(
-      images=image[None],
-      transforms=transform[None],
-      output_shape=tf.constant([size, size]),
-      fill_value=tf.constant(FILL_VALUE, tf.float32),
-      interpolation='BILINEAR',
-      fill_mode='CONSTANT',
+    images=image[None],
+    transforms=transform[None],
+    output_shape=tf.constant([size, size]),
+    fill_value=tf.constant(FILL_VALUE, tf.float32),
+    interpolation='BILINEAR',
+    fill_mode='CONSTANT',
   )[0]
   warped.set_shape([size, size, image.shape[-1]])
   return warped
 
 
-def warp_boxes_mask(
-    boxes: tf.Tensor, geometry: tf.Tensor, *, size: int
-) -> tf.Tensor:
+def warp_boxes_mask(boxes: tf.Tensor, geometry: tf.Tensor, *, size: int) -> tf.Tensor:
   """Rasterises the boxes as they appear after the warp by ``geometry``.
 
   Output pixel (i, j) is 1 when its centre, mapped through ``geometry``, lies
@@ -297,28 +206,18 @@ def warp_boxes_mask(
   vx, vy = mapped(0) / mapped(2), mapped(1) / mapped(2)
   boxes = tf.reshape(tf.convert_to_tensor(boxes, tf.float32), [-1, 4])
   corner = lambda k: boxes[:, k, None, None]
-  inside = (
-      (corner(0) <= vy) & (vy <= corner(2))
-      & (corner(1) <= vx) & (vx <= corner(3))
-  )
+  inside = (corner(0) <= vy) & (vy <= corner(2)) & (corner(1) <= vx) & (vx <= corner(3))
   return tf.cast(tf.reduce_any(inside, axis=0), tf.float32)
 
 
 def sample_color_factors(
-    seed: tf.Tensor,
-    *,
-    brightness: float,
-    contrast: float,
-    saturation: float,
-    hue: float,
+  seed: tf.Tensor, *, brightness: float, contrast: float, saturation: float, hue: float
 ) -> tf.Tensor:
   """Draws float32 [4] (b, c, s, delta) of `adjust_color` (module docstring)."""
   low = tf.constant(
-      [max(0.0, 1 - brightness), max(0.0, 1 - contrast),
-       max(0.0, 1 - saturation), -hue], tf.float32)
-  high = tf.constant(
-      [1 + brightness, 1 + contrast, 1 + saturation, hue], tf.float32
+    [max(0.0, 1 - brightness), max(0.0, 1 - contrast), max(0.0, 1 - saturation), -hue], tf.float32
   )
+  high = tf.constant([1 + brightness, 1 + contrast, 1 + saturation, hue], tf.float32)
   return low + (high - low) * tf.random.stateless_uniform([4], seed)
 
 
@@ -334,10 +233,7 @@ def adjust_color(image: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:
   """
   blend = lambda x, other, f: tf.clip_by_value(f * x + (1 - f) * other, 0, 1)
   rgb = image.shape[-1] == 3
-  gray = lambda x: (
-      tf.reduce_sum(x * tf.constant(_LUMA), axis=-1, keepdims=True)
-      if rgb else x
-  )
+  gray = lambda x: tf.reduce_sum(x * tf.constant(_LUMA), axis=-1, keepdims=True) if rgb else x
   image = tf.clip_by_value(image * factors[0], 0, 1)
   image = blend(image, tf.reduce_mean(gray(image)), factors[1])
   if rgb:
@@ -347,20 +243,20 @@ def adjust_color(image: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:
 
 
 def augment_example(
-    image: tf.Tensor,
-    boxes: tf.Tensor,
-    seed: tf.Tensor,
-    *,
-    size: int,
-    rotation: float,
-    hflip: bool,
-    vflip: bool,
-    brightness: float,
-    contrast: float,
-    saturation: float,
-    hue: float,
-    crop_scale: tuple[float, float],
-    crop_ratio: tuple[float, float],
+  image: tf.Tensor,
+  boxes: tf.Tensor,
+  seed: tf.Tensor,
+  *,
+  size: int,
+  rotation: float,
+  hflip: bool,
+  vflip: bool,
+  brightness: float,
+  contrast: float,
+  saturation: float,
+  hue: float,
+  crop_scale: tuple[float, float],
+  crop_ratio: tuple[float, float],
 ) -> tuple[tf.Tensor, tf.Tensor]:
   """Augments one example: warped image, colour jitter, mask of the boxes.
 
@@ -375,16 +271,17 @@ def augment_example(
   Returns:
     (image float32 [S, S, C] in [0, 1], mask float32 [S, S] binary).
   """
-  geometry_seed, color_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 2)
-  )
+  geometry_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   geometry = sample_geometry(
-      geometry_seed, rotation=rotation, hflip=hflip, vflip=vflip,
-      crop_scale=crop_scale, crop_ratio=crop_ratio,
+    geometry_seed,
+    rotation=rotation,
+    hflip=hflip,
+    vflip=vflip,
+    crop_scale=crop_scale,
+    crop_ratio=crop_ratio,
   )
   factors = sample_color_factors(
-      color_seed, brightness=brightness, contrast=contrast,
-      saturation=saturation, hue=hue,
+    color_seed, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue
   )
   image = adjust_color(warp_image(image, geometry, size=size), factors)
   return image, warp_boxes_mask(boxes, geometry, size=size)

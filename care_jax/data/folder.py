@@ -42,13 +42,8 @@ from care_jax.data import _files
 LABELS = 'labels.csv'
 BOXES = 'boxes.csv'
 
-DEFAULTS = dict(
-    split_seed=0,
-    test_fraction=0.2,
-    validation_fraction=0.1,
-    skip_bad_rows=False,
-    stored_size=512,
-)
+# The names of the data.folder parameters (their defaults: care_jax.config).
+PARAMETERS = _files.COMMON_PARAMETERS
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 Put your images and a {LABELS} file into one directory DATA_DIR:
@@ -64,39 +59,33 @@ train/validation/test. Then pass --config.data.dir=DATA_DIR.
 def _read_labels(root: pathlib.Path) -> tuple[list[str], list[_files.Row]]:
   path = root / LABELS
   _files.require_files([path], MANUAL_DOWNLOAD_INSTRUCTIONS)
-  return _files.read_csv(
-      path, required=('image', 'label'), optional=('split', 'group')
-  )
+  return _files.read_csv(path, required=('image', 'label'), optional=('split', 'group'))
 
 
-def folder_config(
-    data_dir: pathlib.Path, **parameters: Any
-) -> _files.FilesConfig:
+def folder_config(data_dir: pathlib.Path, **parameters: Any) -> _files.FilesConfig:
   """The builder config of DATA_DIR: classes from labels.csv, parameters.
 
   Args:
     data_dir: the directory with labels.csv.
-    **parameters: overrides of `DEFAULTS` (split_seed, test_fraction,
-      validation_fraction, skip_bad_rows, stored_size).
+    **parameters: ``data.folder``: every name of `PARAMETERS` (split_seed,
+      test_fraction, validation_fraction, skip_bad_rows, stored_size).
 
   Raises:
-    ValueError: for unknown or bad parameters, a missing/empty labels.csv or
-      a labels.csv without any label.
+    ValueError: for unknown, missing or bad parameters, a missing/empty
+      labels.csv or a labels.csv without any label.
   """
-  params = _files.check_parameters('folder', parameters, DEFAULTS)
+  params = _files.check_parameters('folder', parameters, PARAMETERS)
   _, rows = _read_labels(data_dir)
   class_names = sorted({row['label'] for row in rows if row['label']})
   if not class_names:
     raise ValueError(f'{data_dir / LABELS}: no row has a label.')
   return _files.FilesConfig(
-      tag='folder',
-      class_names=class_names,
-      # The user's boxes.csv decides which (training) images carry boxes.
-      box_classes=class_names,
-      parameters=params,
-      files_fingerprint=_files.fingerprint(
-          data_dir, [data_dir / LABELS, data_dir / BOXES]
-      ),
+    tag='folder',
+    class_names=class_names,
+    # The user's boxes.csv decides which (training) images carry boxes.
+    box_classes=class_names,
+    parameters=params,
+    files_fingerprint=_files.fingerprint(data_dir, [data_dir / LABELS, data_dir / BOXES]),
   )
 
 
@@ -121,81 +110,62 @@ class Folder(_files.FilesBuilder):
       key, path = _files.relative_path(root, row['image'], location)
       if key in first_line:
         raise ValueError(
-            f'{location}: image {key!r} is listed again (first on line'
-            f' {first_line[key]}); list every image once.'
+          f'{location}: image {key!r} is listed again (first on line'
+          f' {first_line[key]}); list every image once.'
         )
       first_line[key] = row.line
       split = row.get('split')
       if 'split' in header and split not in _files.SPLITS:
-        problems.report(
-            location, f'split {split!r} is not one of {_files.SPLITS}'
-        )
+        problems.report(location, f'split {split!r} is not one of {_files.SPLITS}')
         continue
       if not row['label']:
         problems.report(location, 'empty label')
         continue
-      size = problems.image_size(location, path)
-      if size is None:
-        continue
-      records[key] = _files.Record(
-          key=key,
-          source=path,
-          location=location,
-          label=class_names.index(row['label']),
-          size=size,
-          group=row.get('group') or key,
-          split=split or None,
+      record = problems.image_record(
+        location,
+        path,
+        key=key,
+        label=class_names.index(row['label']),
+        group=row.get('group') or key,
+        split=split or None,
       )
+      if record is not None:
+        records[key] = record
     self._read_boxes(records, first_line, problems)
     return list(records.values())
 
   def _read_boxes(
-      self,
-      records: dict[str, _files.Record],
-      listed: dict[str, int],
-      problems: _files.Problems,
+    self, records: dict[str, _files.Record], listed: dict[str, int], problems: _files.Problems
   ) -> None:
     path = self.manual_dir / BOXES
     if not path.exists():
       return
-    _, rows = _files.read_csv(
-        path,
-        required=('image', 'xmin', 'ymin', 'xmax', 'ymax'),
-        allow_no_rows=True,
-    )
-    for row in rows:
-      location = _files.where(path, row.line)
+    for location, row, coordinates in _files.read_box_rows(path):
       key, _ = _files.relative_path(self.manual_dir, row['image'], location)
       if key not in listed:
         problems.report(location, f'image {key!r} is not listed in {LABELS}')
         continue
       if key not in records:
         problems.report(
-            location,
-            f'box of image {key!r}, whose row (line {listed[key]} of'
-            f' {LABELS}) was skipped',
+          location, f'box of image {key!r}, whose row (line {listed[key]} of {LABELS}) was skipped'
         )
         continue
-      coordinates = [
-          _files.parse_number(row[c]) for c in ('xmin', 'ymin', 'xmax', 'ymax')
-      ]
       if None in coordinates:
         problems.report(
-            location,
-            'xmin, ymin, xmax, ymax must be numbers, got'
-            f' {[row[c] for c in ("xmin", "ymin", "xmax", "ymax")]}',
+          location,
+          f'xmin, ymin, xmax, ymax must be numbers, got {[row[c] for c in _files.BOX_COLUMNS]}',
         )
         continue
-      record = records[key]
-      problem = _files.box_problem(coordinates, *record.size)
-      if problem:
-        problems.report(location, f'image {key!r}: {problem}')
-        continue
-      record.boxes.append(_files.normalise_box(coordinates, *record.size))
+      problems.add_box(records[key], location, coordinates, f'image {key!r}')
 
 
 def from_data_config(data_config: ml_collections.ConfigDict) -> Folder:
   """The (unprepared) builder of ``data.dir`` with ``data.folder`` params."""
   return _files.builder_from_data_config(
-      data_config, 'folder', builder_cls=Folder, make_config=folder_config,
-      instructions=MANUAL_DOWNLOAD_INSTRUCTIONS, rare_classes=False)
+    data_config,
+    'folder',
+    builder_cls=Folder,
+    make_config=folder_config,
+    instructions=MANUAL_DOWNLOAD_INSTRUCTIONS,
+    rare_classes=False,
+  )

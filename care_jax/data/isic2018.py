@@ -56,24 +56,11 @@ BOX_SOURCES = ('masks', 'csv')
 
 GROUND_TRUTH = 'ISIC2018_Task3_Training_GroundTruth.csv'
 METADATA = 'HAM10000_metadata.csv'
-IMAGE_DIRS = (
-    'ISIC2018_Task3_Training_Input',
-    'HAM10000_images_part_1',
-    'HAM10000_images_part_2',
-)
+IMAGE_DIRS = ('ISIC2018_Task3_Training_Input', 'HAM10000_images_part_1', 'HAM10000_images_part_2')
 MASK_DIR = 'HAM10000_segmentations_lesion_tschandl'
 
-DEFAULTS = dict(
-    split='lesion',
-    fold=1,
-    box_source='masks',
-    box_csv='boxes.csv',
-    split_seed=0,
-    test_fraction=0.2,
-    validation_fraction=0.1,
-    skip_bad_rows=False,
-    stored_size=600,
-)
+# The names of the data.isic2018 parameters (their defaults: care_jax.config).
+PARAMETERS = ('split', 'fold', 'box_source', 'box_csv') + _files.COMMON_PARAMETERS
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 Download ISIC 2018 Task 3 (https://challenge.isic-archive.com/data/#2018:
@@ -101,22 +88,16 @@ def _find(root: pathlib.Path, *candidates: str) -> pathlib.Path:
 
 def _fold_files(root: pathlib.Path, fold: int) -> dict[str, pathlib.Path]:
   return {
-      split: _find(
-          root,
-          f'split_data/split_data_{fold}_fold_{split}.csv',
-          f'split_data_{fold}_fold_{split}.csv',
-      )
-      for split in ('train', 'test')
+    split: _find(
+      root, f'split_data/split_data_{fold}_fold_{split}.csv', f'split_data_{fold}_fold_{split}.csv'
+    )
+    for split in ('train', 'test')
   }
 
 
-def _annotation_files(
-    root: pathlib.Path, params: dict[str, Any]
-) -> list[pathlib.Path]:
+def _annotation_files(root: pathlib.Path, params: dict[str, Any]) -> list[pathlib.Path]:
   """The files that define the dataset with these parameters."""
-  files = [
-      _find(root, GROUND_TRUTH, f'{GROUND_TRUTH[:-4]}/{GROUND_TRUTH}')
-  ]
+  files = [_find(root, GROUND_TRUTH, f'{GROUND_TRUTH[:-4]}/{GROUND_TRUTH}')]
   if params['split'] == 'lesion':
     files.append(root / METADATA)
   if params['split'] == 'folds':
@@ -126,55 +107,48 @@ def _annotation_files(
   for path in files:
     if not path.is_file():
       raise ValueError(
-          f'{path} does not exist (needed for split={params["split"]!r},'
-          f' box_source={params["box_source"]!r}).\n'
-          f'{MANUAL_DOWNLOAD_INSTRUCTIONS}'
+        f'{path} does not exist (needed for split={params["split"]!r},'
+        f' box_source={params["box_source"]!r}).\n'
+        f'{MANUAL_DOWNLOAD_INSTRUCTIONS}'
       )
   return files
 
 
 def isic2018_config(
-    data_dir: pathlib.Path,
-    *,
-    rare_classes: str | tuple[str, ...] = (),
-    **parameters: Any,
+  data_dir: pathlib.Path, *, rare_classes: str | tuple[str, ...] = (), **parameters: Any
 ) -> _files.FilesConfig:
-  """The builder config: rare classes (empty: DF) and `DEFAULTS` overrides.
+  """The builder config of the ISIC 2018 / HAM10000 files in ``data_dir``.
+
+  Args:
+    data_dir: the directory with the ground truth, images, metadata, masks.
+    rare_classes: ``data.rare_classes`` (empty: DF).
+    **parameters: ``data.isic2018``: every name of `PARAMETERS`.
 
   Raises:
-    ValueError: for unknown or bad parameters, unknown rare classes or a
-      missing annotation file (with the download instructions).
+    ValueError: for unknown, missing or bad parameters, unknown rare classes
+      or a missing annotation file (with the download instructions).
   """
-  params = _files.check_parameters('isic2018', parameters, DEFAULTS)
+  params = _files.check_parameters('isic2018', parameters, PARAMETERS)
   if params['split'] not in SPLIT_MODES:
-    raise ValueError(
-        f'data.isic2018.split = {params["split"]!r}: must be one of'
-        f' {SPLIT_MODES}.'
-    )
+    raise ValueError(f'data.isic2018.split = {params["split"]!r}: must be one of {SPLIT_MODES}.')
   if params['box_source'] not in BOX_SOURCES:
     raise ValueError(
-        f'data.isic2018.box_source = {params["box_source"]!r}: must be one of'
-        f' {BOX_SOURCES}.'
+      f'data.isic2018.box_source = {params["box_source"]!r}: must be one of {BOX_SOURCES}.'
     )
   if params['fold'] not in range(1, 6):
-    raise ValueError(
-        f'data.isic2018.fold = {params["fold"]!r}: must be 1, 2, 3, 4 or 5.'
-    )
-  files = _annotation_files(data_dir, params)
-  return _files.FilesConfig(
-      tag=params['split'],
-      class_names=CLASS_NAMES,
-      box_classes=_files.requested_classes(
-          rare_classes, CLASS_NAMES, DEFAULT_RARE_CLASSES
-      ),
-      parameters=params,
-      files_fingerprint=_files.fingerprint(data_dir, files),
+    raise ValueError(f'data.isic2018.fold = {params["fold"]!r}: must be 1, 2, 3, 4 or 5.')
+  return _files.fixed_classes_config(
+    data_dir,
+    tag=params['split'],
+    class_names=CLASS_NAMES,
+    rare_classes=rare_classes,
+    default_rare_classes=DEFAULT_RARE_CLASSES,
+    parameters=params,
+    files=_annotation_files(data_dir, params),
   )
 
 
-def largest_component_box(
-    mask: np.ndarray,
-) -> tuple[float, float, float, float] | None:
+def largest_component_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
   """Normalised (ymin, xmin, ymax, xmax) of the largest blob of a bool mask.
 
   Components are 8-connected; ties go to the first in raster order. The box
@@ -189,12 +163,7 @@ def largest_component_box(
   largest = int(np.argmax(np.bincount(components.ravel())[1:])) + 1
   rows, cols = ndimage.find_objects(components)[largest - 1]
   height, width = mask.shape
-  return (
-      rows.start / height,
-      cols.start / width,
-      rows.stop / height,
-      cols.stop / width,
-  )
+  return (rows.start / height, cols.start / width, rows.stop / height, cols.stop / width)
 
 
 class Isic2018(_files.FilesBuilder):
@@ -208,20 +177,13 @@ class Isic2018(_files.FilesBuilder):
     return str(_find(self.manual_dir, GROUND_TRUTH))
 
   def _image_index(self) -> dict[str, pathlib.Path]:
-    index = {}
-    for name in IMAGE_DIRS[::-1]:  # The first directory wins.
-      directory = self.manual_dir / name
-      if directory.is_dir():
-        index.update({p.name: p for p in directory.glob('*.jpg')})
-    return index
+    return _files.image_index([self.manual_dir / name for name in IMAGE_DIRS], '*.jpg')
 
   def _read_records(self, problems: _files.Problems) -> list[_files.Record]:
     params = self.builder_config.parameters
     root = self.manual_dir
     path = _find(root, GROUND_TRUTH, f'{GROUND_TRUTH[:-4]}/{GROUND_TRUTH}')
-    _, rows = _files.read_csv(
-        path, required=('image',) + GROUND_TRUTH_COLUMNS
-    )
+    _, rows = _files.read_csv(path, required=('image',) + GROUND_TRUTH_COLUMNS)
     images = self._image_index()
     records = {}
     first_line = {}
@@ -230,38 +192,28 @@ class Isic2018(_files.FilesBuilder):
       key = row['image']
       if key in first_line:
         raise ValueError(
-            f'{location}: image {key!r} is listed again (first on line'
-            f' {first_line[key]}).'
+          f'{location}: image {key!r} is listed again (first on line {first_line[key]}).'
         )
       first_line[key] = row.line
       values = [_files.parse_number(row[c]) for c in GROUND_TRUTH_COLUMNS]
       if None in values or sorted(values) != [0.0] * 6 + [1.0]:
         problems.report(
-            location,
-            f'{key}: expected one 1.0 and six 0.0 in {GROUND_TRUTH_COLUMNS},'
-            f' got {[row[c] for c in GROUND_TRUTH_COLUMNS]}',
+          location,
+          f'{key}: expected one 1.0 and six 0.0 in {GROUND_TRUTH_COLUMNS},'
+          f' got {[row[c] for c in GROUND_TRUTH_COLUMNS]}',
         )
         continue
       name = GROUND_TRUTH_COLUMNS[values.index(1.0)]
       if f'{key}.jpg' not in images:
         problems.report(
-            location,
-            f'image {key}.jpg not found in any of'
-            f' {[str(root / d) for d in IMAGE_DIRS]}',
+          location, f'image {key}.jpg not found in any of {[str(root / d) for d in IMAGE_DIRS]}'
         )
         continue
-      source = images[f'{key}.jpg']
-      size = problems.image_size(location, source)
-      if size is None:
-        continue
-      records[key] = _files.Record(
-          key=key,
-          source=source,
-          location=location,
-          label=CLASS_NAMES.index(name),
-          size=size,
-          group=key,
+      record = problems.image_record(
+        location, images[f'{key}.jpg'], key=key, label=CLASS_NAMES.index(name), group=key
       )
+      if record is not None:
+        records[key] = record
     if params['split'] == 'lesion':
       self._read_lesions(records, problems)
     elif params['split'] == 'folds':
@@ -270,14 +222,10 @@ class Isic2018(_files.FilesBuilder):
       self._read_box_csv(records, first_line, problems)
     return list(records.values())
 
-  def _read_lesions(
-      self, records: dict[str, _files.Record], problems: _files.Problems
-  ) -> None:
+  def _read_lesions(self, records: dict[str, _files.Record], problems: _files.Problems) -> None:
     """Sets ``group`` to the lesion; drops (reports) images without one."""
     path = self.manual_dir / METADATA
-    _, rows = _files.read_csv(
-        path, required=('lesion_id', 'image_id', 'dx'), allow_extra=True
-    )
+    _, rows = _files.read_csv(path, required=('lesion_id', 'image_id', 'dx'), allow_extra=True)
     lesions = set()
     for row in rows:
       record = records.get(row['image_id'])
@@ -286,43 +234,31 @@ class Isic2018(_files.FilesBuilder):
       diagnosis = row['dx'].upper()
       if diagnosis != CLASS_NAMES[record.label]:
         problems.report(
-            _files.where(path, row.line),
-            f'{record.key}: dx={row["dx"]!r}, but {record.location} says'
-            f' {CLASS_NAMES[record.label]}',
+          _files.where(path, row.line),
+          f'{record.key}: dx={row["dx"]!r}, but {record.location} says {CLASS_NAMES[record.label]}',
         )
         del records[record.key]
         continue
       record.group = row['lesion_id'] or record.key
       lesions.add(record.key)
     for key in [k for k in records if k not in lesions]:
-      problems.report(
-          records[key].location, f'image {key} is not listed in {path}'
-      )
+      problems.report(records[key].location, f'image {key} is not listed in {path}')
       del records[key]
 
   def _read_folds(
-      self,
-      records: dict[str, _files.Record],
-      listed: dict[str, int],
-      problems: _files.Problems,
+    self, records: dict[str, _files.Record], listed: dict[str, int], problems: _files.Problems
   ) -> None:
     """Sets ``split`` from the fold files; drops images in neither."""
     fold_labels = {str(i): name for i, name in enumerate(GROUND_TRUTH_COLUMNS)}
     assigned = {}
-    for split, path in _fold_files(
-        self.manual_dir, self.builder_config.parameters['fold']
-    ).items():
+    for split, path in _fold_files(self.manual_dir, self.builder_config.parameters['fold']).items():
       image_column, label_column = f'image_{split}', f'label_{split}'
-      _, rows = _files.read_csv(
-          path, required=(image_column, label_column), allow_extra=True
-      )
+      _, rows = _files.read_csv(path, required=(image_column, label_column), allow_extra=True)
       for row in rows:
         location = _files.where(path, row.line)
         key = row[image_column].removesuffix('.jpg')
         if key in assigned:
-          raise ValueError(
-              f'{location}: image {key} is already in {assigned[key]}.'
-          )
+          raise ValueError(f'{location}: image {key} is already in {assigned[key]}.')
         assigned[key] = location
         if key not in listed:
           problems.report(location, f'image {key} is not in {GROUND_TRUTH}')
@@ -333,35 +269,25 @@ class Isic2018(_files.FilesBuilder):
         expected = fold_labels.get(row[label_column], row[label_column])
         if expected != CLASS_NAMES[record.label]:
           problems.report(
-              location,
-              f'{key}: label {row[label_column]!r} ({expected}), but'
-              f' {record.location} says {CLASS_NAMES[record.label]}',
+            location,
+            f'{key}: label {row[label_column]!r} ({expected}), but'
+            f' {record.location} says {CLASS_NAMES[record.label]}',
           )
           del records[key]
           continue
         record.split = split
     for key in [k for k in records if records[k].split is None]:
       problems.report(
-          records[key].location,
-          f'image {key} is in neither fold file of fold'
-          f' {self.builder_config.parameters["fold"]}',
+        records[key].location,
+        f'image {key} is in neither fold file of fold {self.builder_config.parameters["fold"]}',
       )
       del records[key]
 
   def _read_box_csv(
-      self,
-      records: dict[str, _files.Record],
-      listed: dict[str, int],
-      problems: _files.Problems,
+    self, records: dict[str, _files.Record], listed: dict[str, int], problems: _files.Problems
   ) -> None:
     path = self.manual_dir / self.builder_config.parameters['box_csv']
-    _, rows = _files.read_csv(
-        path,
-        required=('image', 'xmin', 'ymin', 'xmax', 'ymax'),
-        allow_no_rows=True,
-    )
-    for row in rows:
-      location = _files.where(path, row.line)
+    for location, row, coordinates in _files.read_box_rows(path):
       key = row['image'].removesuffix('.jpg')
       if key not in listed:
         problems.report(location, f'image {key!r} is not in {GROUND_TRUTH}')
@@ -369,23 +295,13 @@ class Isic2018(_files.FilesBuilder):
       record = records.get(key)
       if record is None:
         continue  # Its image was skipped (and reported) already.
-      columns = ('xmin', 'ymin', 'xmax', 'ymax')
-      coordinates = [_files.parse_number(row[c]) for c in columns]
       if None in coordinates:
-        problems.report(
-            location,
-            f'{columns} must be numbers, got {[row[c] for c in columns]}',
-        )
+        columns = _files.BOX_COLUMNS
+        problems.report(location, f'{columns} must be numbers, got {[row[c] for c in columns]}')
         continue
-      problem = _files.box_problem(coordinates, *record.size)
-      if problem:
-        problems.report(location, f'image {key}: {problem}')
-        continue
-      record.boxes.append(_files.normalise_box(coordinates, *record.size))
+      problems.add_box(record, location, coordinates, f'image {key}')
 
-  def _add_boxes(
-      self, records: list[_files.Record], problems: _files.Problems
-  ) -> None:
+  def _add_boxes(self, records: list[_files.Record], problems: _files.Problems) -> None:
     """Boxes from the masks: required for rare training images only."""
     if self.builder_config.parameters['box_source'] != 'masks':
       return
@@ -408,9 +324,7 @@ class Isic2018(_files.FilesBuilder):
       logging.info('isic2018: %d image(s) without a usable mask.', missing)
 
   @staticmethod
-  def _mask_box(
-      path: pathlib.Path, size: tuple[int, int]
-  ) -> tuple[float, float, float, float]:
+  def _mask_box(path: pathlib.Path, size: tuple[int, int]) -> tuple[float, float, float, float]:
     try:
       with Image.open(path) as mask:
         mask = np.asarray(mask.convert('L')) > 127
@@ -420,8 +334,8 @@ class Isic2018(_files.FilesBuilder):
       raise _files.UnreadableFile(f'cannot decode mask {path}: {e}') from e
     if mask.shape != size:
       raise _files.UnreadableFile(
-          f'mask {path} is {mask.shape[1]}x{mask.shape[0]}, its image'
-          f' {size[1]}x{size[0]} (width x height)'
+        f'mask {path} is {mask.shape[1]}x{mask.shape[0]}, its image'
+        f' {size[1]}x{size[0]} (width x height)'
       )
     box = largest_component_box(mask)
     if box is None:
@@ -432,5 +346,9 @@ class Isic2018(_files.FilesBuilder):
 def from_data_config(data_config: ml_collections.ConfigDict) -> Isic2018:
   """The (unprepared) builder of ``data.dir`` with ``data.isic2018`` params."""
   return _files.builder_from_data_config(
-      data_config, 'isic2018', builder_cls=Isic2018, make_config=isic2018_config,
-      instructions=MANUAL_DOWNLOAD_INSTRUCTIONS)
+    data_config,
+    'isic2018',
+    builder_cls=Isic2018,
+    make_config=isic2018_config,
+    instructions=MANUAL_DOWNLOAD_INSTRUCTIONS,
+  )

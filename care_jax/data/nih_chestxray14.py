@@ -35,14 +35,14 @@ import ml_collections
 from care_jax.data import _files
 
 CLASS_NAMES = (
-    'Atelectasis',
-    'Cardiomegaly',
-    'Effusion',
-    'Infiltrate',
-    'Mass',
-    'Nodule',
-    'Pneumonia',
-    'Pneumothorax',
+  'Atelectasis',
+  'Cardiomegaly',
+  'Effusion',
+  'Infiltrate',
+  'Mass',
+  'Nodule',
+  'Pneumonia',
+  'Pneumothorax',
 )
 BOXES = 'BBox_List_2017.csv'
 # The header, unquoted: "Bbox [x,y,w,h]" spans the four box columns, and
@@ -50,13 +50,8 @@ BOXES = 'BBox_List_2017.csv'
 HEADER = 'Image Index,Finding Label,Bbox [x,y,w,h]'
 
 
-DEFAULTS = dict(
-    split_seed=0,
-    test_fraction=0.2,
-    validation_fraction=0.1,
-    skip_bad_rows=False,
-    stored_size=512,
-)
+# The names of the data.nih_chestxray14 parameters (their defaults: care_jax.config).
+PARAMETERS = _files.COMMON_PARAMETERS
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 Download NIH ChestX-ray14 (https://nihcc.app.box.com/v/ChestXray-NIHCC: {BOXES}
@@ -69,28 +64,31 @@ unpack it into a directory DATA_DIR and pass --config.data.dir=DATA_DIR:
 
 
 def nih_chestxray14_config(
-    data_dir: pathlib.Path,
-    *,
-    rare_classes: str | tuple[str, ...] = (),
-    **parameters: Any,
+  data_dir: pathlib.Path, *, rare_classes: str | tuple[str, ...] = (), **parameters: Any
 ) -> _files.FilesConfig:
-  """The builder config: box classes (empty: all findings), `DEFAULTS`.
+  """The builder config of the ChestX-ray14 box list and images in ``data_dir``.
+
+  Args:
+    data_dir: the directory with the box list and the images.
+    rare_classes: ``data.rare_classes``, the findings whose training images
+      carry ``boxes`` (empty: all findings).
+    **parameters: ``data.nih_chestxray14``: every name of `PARAMETERS`.
 
   Raises:
-    ValueError: for unknown or bad parameters, unknown rare classes or a
-      missing box list (with the download instructions).
+    ValueError: for unknown, missing or bad parameters, unknown rare classes
+      or a missing box list (with the download instructions).
   """
-  params = _files.check_parameters('nih_chestxray14', parameters, DEFAULTS)
+  params = _files.check_parameters('nih_chestxray14', parameters, PARAMETERS)
   path = data_dir / BOXES
   _files.require_files([path], MANUAL_DOWNLOAD_INSTRUCTIONS)
-  return _files.FilesConfig(
-      tag='boxed',
-      class_names=CLASS_NAMES,
-      box_classes=_files.requested_classes(
-          rare_classes, CLASS_NAMES, CLASS_NAMES
-      ),
-      parameters=params,
-      files_fingerprint=_files.fingerprint(data_dir, [path]),
+  return _files.fixed_classes_config(
+    data_dir,
+    tag='boxed',
+    class_names=CLASS_NAMES,
+    rare_classes=rare_classes,
+    default_rare_classes=CLASS_NAMES,
+    parameters=params,
+    files=[path],
   )
 
 
@@ -105,22 +103,16 @@ class NihChestxray14(_files.FilesBuilder):
     return str(self.manual_dir / BOXES)
 
   def _image_index(self) -> dict[str, pathlib.Path]:
-    directories = [self.manual_dir / 'images'] + sorted(
-        self.manual_dir.glob('images_*/images')
-    )
-    index = {}
-    for directory in directories[::-1]:  # The first directory wins.
-      if directory.is_dir():
-        index.update({p.name: p for p in directory.glob('*.png')})
-    return index
+    directories = [self.manual_dir / 'images'] + sorted(self.manual_dir.glob('images_*/images'))
+    return _files.image_index(directories, '*.png')
 
   def _read_records(self, problems: _files.Problems) -> list[_files.Record]:
     path = self.manual_dir / BOXES
     header, rows = _files.read_rows(path)
     if ','.join(header).rstrip(',') != HEADER:
       raise ValueError(
-          f'{path}, line 1: expected the header {HEADER},,, (as NIH ships'
-          f' it), got {",".join(header)}.'
+        f'{path}, line 1: expected the header {HEADER},,, (as NIH ships'
+        f' it), got {",".join(header)}.'
       )
     images = self._image_index()
     boxes = collections.defaultdict(list)  # name -> [(location, finding, box)]
@@ -128,23 +120,16 @@ class NihChestxray14(_files.FilesBuilder):
       location = _files.where(path, line)
       if len(fields) < 6 or any(fields[6:]):
         problems.report(
-            location,
-            'expected 6 fields (image, finding, x, y, w, h), got'
-            f' {len(fields)}: {fields}',
+          location, f'expected 6 fields (image, finding, x, y, w, h), got {len(fields)}: {fields}'
         )
         continue
       name, finding = fields[0], fields[1]
       if finding not in CLASS_NAMES:
-        problems.report(
-            location, f'unknown finding {finding!r}; expected one of'
-            f' {CLASS_NAMES}'
-        )
+        problems.report(location, f'unknown finding {finding!r}; expected one of {CLASS_NAMES}')
         continue
       numbers = [_files.parse_number(v) for v in fields[2:6]]
       if None in numbers:
-        problems.report(
-            location, f'x, y, w, h must be numbers, got {fields[2:6]}'
-        )
+        problems.report(location, f'x, y, w, h must be numbers, got {fields[2:6]}')
         continue
       x, y, width, height = numbers
       boxes[name].append((location, finding, (x, y, x + width, y + height)))
@@ -159,35 +144,29 @@ class NihChestxray14(_files.FilesBuilder):
         continue
       if name not in images:
         problems.report(
-            location,
-            f'image {name} not found in {self.manual_dir / "images"} or'
-            f' {self.manual_dir / "images_*" / "images"}',
+          location,
+          f'image {name} not found in {self.manual_dir / "images"} or'
+          f' {self.manual_dir / "images_*" / "images"}',
         )
         continue
-      size = problems.image_size(location, images[name])
-      if size is None:
-        continue
-      record = _files.Record(
-          key=name,
-          source=images[name],
-          location=location,
-          label=CLASS_NAMES.index(findings[0]),
-          size=size,
-          group=name.split('_')[0],  # The patient id.
+      record = problems.image_record(
+        location,
+        images[name],
+        key=name,
+        label=CLASS_NAMES.index(findings[0]),
+        group=name.split('_')[0],  # The patient id.
       )
+      if record is None:
+        continue
       for box_location, _, box in entries:
-        problem = _files.box_problem(box, *size)
-        if problem:
-          problems.report(box_location, f'image {name}: {problem}')
-          continue
-        record.boxes.append(_files.normalise_box(box, *size))
+        problems.add_box(record, box_location, box, f'image {name}')
       records.append(record)
     if several:
       logging.warning(
-          'nih_chestxray14: left out %d image(s) with boxes of several'
-          ' findings (no single label); the first ones:\n  %s',
-          len(several),
-          '\n  '.join(several[:5]),
+        'nih_chestxray14: left out %d image(s) with boxes of several'
+        ' findings (no single label); the first ones:\n  %s',
+        len(several),
+        '\n  '.join(several[:5]),
       )
     return records
 
@@ -195,6 +174,9 @@ class NihChestxray14(_files.FilesBuilder):
 def from_data_config(data_config: ml_collections.ConfigDict) -> NihChestxray14:
   """The (unprepared) builder of ``data.dir``, ``data.nih_chestxray14`` params."""
   return _files.builder_from_data_config(
-      data_config, 'nih_chestxray14', builder_cls=NihChestxray14,
-      make_config=nih_chestxray14_config,
-      instructions=MANUAL_DOWNLOAD_INSTRUCTIONS)
+    data_config,
+    'nih_chestxray14',
+    builder_cls=NihChestxray14,
+    make_config=nih_chestxray14_config,
+    instructions=MANUAL_DOWNLOAD_INSTRUCTIONS,
+  )

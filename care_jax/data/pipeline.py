@@ -51,7 +51,7 @@ reading the skipped examples, and sees the same examples, augmented the same.
 
 Example::
 
-  config = default_data_config()
+  config = care_jax.config.default_data_config()
   info = get_dataset_info(config)
   batches = train_batches(config, batch_size=32, seed=0)
   batch = next(batches)  # batch['image'].shape == (32, 64, 64, 3)
@@ -60,12 +60,11 @@ Example::
 from collections.abc import Callable, Iterator, Sequence
 import dataclasses
 import logging
-from typing import Any
-
 import os
+from typing import Any
+import warnings
 
 import ml_collections
-from ml_collections import config_dict
 import numpy as np
 
 # TensorFlow's start-up INFO lines (oneDNN notices) are noise for our users.
@@ -113,87 +112,51 @@ class DatasetInfo:
 
 
 def default_data_config() -> ml_collections.ConfigDict:
-  """Returns the data config: the embedded `synthetic_lesions` dataset.
+  """Deprecated: use `care_jax.config.default_data_config` (the same config).
 
-  Fields: ``name`` (dataset; `_BUILDERS`), ``dir`` (synthetic_lesions: the
-  tfds data_dir, None: the tfds default; the other datasets: the directory
-  with the user's files), ``cache_dir`` (those datasets' tfds data_dir, where
-  they are prepared; None: the tfds default), ``folder``, ``isic2018``,
-  ``rsna_pneumonia``, ``nih_chestxray14`` (their parameters, e.g.
-  `folder.DEFAULTS`), ``image_size`` (S of the yielded images),
-  ``rare_classes`` (class names; empty: the classes with boxes in train),
-  ``mean`` and ``std`` (per channel, on the [0, 1] scale) and ``synthetic``
-  (parameters of `synthetic_lesions.SyntheticLesionsConfig`). Training
-  only: ``sampling`` (`sampling.SAMPLING`: 'instance', 'class_balanced' or
-  'sqrt'), ``augment`` (`augment.default_config`; off by default),
-  ``box_source`` ('manual' or a generator of `care_jax.boxes`) and
-  ``box_scale`` (training boxes scaled about their centres, clipped to the
-  image).
+  Returns:
+    ``care_jax.config.default_data_config()``: the data config, the embedded
+    `synthetic_lesions` dataset.
   """
-  defaults = synthetic_lesions.SyntheticLesionsConfig().parameters()
-  defaults = {
-      k: tuple(v) if isinstance(v, list) else v for k, v in defaults.items()
-  }
-  return ml_collections.ConfigDict(
-      dict(
-          name='synthetic_lesions',
-          # A typed placeholder, so --config.data.dir=PATH can set it.
-          dir=config_dict.placeholder(str),
-          image_size=64,
-          rare_classes=(),
-          mean=(0.5, 0.5, 0.5),
-          std=(0.5, 0.5, 0.5),
-          synthetic=defaults,
-          # Datasets read from the user's files (data.dir): the prepared tfds
-          # data are cached here (None: the tfds default data dir).
-          cache_dir=config_dict.placeholder(str),
-          folder=folder.DEFAULTS,
-          isic2018=isic2018.DEFAULTS,
-          rsna_pneumonia=rsna_pneumonia.DEFAULTS,
-          nih_chestxray14=nih_chestxray14.DEFAULTS,
-          sampling='instance',
-          augment=augment.default_config(),
-          # CARE masks from the manual boxes or a generator of care_jax.boxes
-          # (the trainer passes `boxes.replace_boxes` as `boxes_fn`).
-          box_source='manual',
-          # Scale every training box about its centre (the paper's Table 3).
-          box_scale=1.0,
-      )
+  warnings.warn(
+    'care_jax.data.default_data_config is deprecated: use care_jax.config.default_data_config()',
+    DeprecationWarning,
+    stacklevel=2,
   )
+  from care_jax import config  # Deprecated alias: remove in 0.3.
+
+  return config.default_data_config()
 
 
-def _synthetic_builder(
-    data_config: ml_collections.ConfigDict,
-) -> tfds.core.DatasetBuilder:
+def _synthetic_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   overrides = data_config.get('synthetic')
   overrides = overrides.to_dict() if overrides is not None else {}
   return synthetic_lesions.SyntheticLesions(
-      config=synthetic_lesions.synthetic_config(**overrides),
-      data_dir=data_config.get('dir'),
+    config=synthetic_lesions.synthetic_config(**overrides), data_dir=data_config.get('dir')
   )
 
 
 # data_config.name -> function building the (unprepared) tfds builder.
-_BUILDERS: dict[
-    str, Callable[[ml_collections.ConfigDict], tfds.core.DatasetBuilder]
-] = {
-    'synthetic_lesions': _synthetic_builder,
-    'folder': folder.from_data_config,
-    'isic2018': isic2018.from_data_config,
-    'rsna_pneumonia': rsna_pneumonia.from_data_config,
-    'nih_chestxray14': nih_chestxray14.from_data_config,
+_BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], tfds.core.DatasetBuilder]] = {
+  'synthetic_lesions': _synthetic_builder,
+  'folder': folder.from_data_config,
+  'isic2018': isic2018.from_data_config,
+  'rsna_pneumonia': rsna_pneumonia.from_data_config,
+  'nih_chestxray14': nih_chestxray14.from_data_config,
 }
 
 
-def _prepared_builder(
-    data_config: ml_collections.ConfigDict,
-) -> tfds.core.DatasetBuilder:
-  """Returns the builder of ``data_config.name``, prepared (no download)."""
+def prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """Returns the builder of ``data_config.name``, prepared (no download).
+
+  Raises:
+    ValueError: for an unsupported ``data_config.name``, or the dataset's own
+      errors (bad parameters or files).
+  """
   name = data_config.name
   if name not in _BUILDERS:
     raise ValueError(
-        f'data.name={name!r} is not supported; supported datasets:'
-        f' {sorted(_BUILDERS)}.'
+      f'data.name={name!r} is not supported; supported datasets: {sorted(_BUILDERS)}.'
     )
   builder = _BUILDERS[name](data_config)
   # A no-op when the data already exist in data_dir.
@@ -201,18 +164,19 @@ def _prepared_builder(
   return builder
 
 
-def _options() -> tf.data.Options:
+def read_options() -> tf.data.Options:
+  """The options of every dataset the pipelines read: deterministic order."""
   options = tf.data.Options()
   options.deterministic = True
   return options
 
 
 def _read_config() -> tfds.ReadConfig:
-  return tfds.ReadConfig(options=_options())
+  return tfds.ReadConfig(options=read_options())
 
 
 @dataclasses.dataclass(frozen=True)
-class _SplitTable:
+class SplitTable:
   """A split held in memory, images still encoded, for random access.
 
   Attributes:
@@ -229,12 +193,16 @@ class _SplitTable:
   box_splits: np.ndarray
 
 
-def _read_split(builder: tfds.core.DatasetBuilder, split: str) -> _SplitTable:
+def read_split(builder: tfds.core.DatasetBuilder, split: str) -> SplitTable:
+  """Reads ``split`` of a prepared builder into memory, in its stored order.
+
+  The images stay encoded; ``labels`` and the annotation ``boxes`` are read.
+  """
   ds = builder.as_dataset(
-      split=split,
-      shuffle_files=False,
-      decoders={'image': tfds.decode.SkipDecoding()},
-      read_config=_read_config(),
+    split=split,
+    shuffle_files=False,
+    decoders={'image': tfds.decode.SkipDecoding()},
+    read_config=_read_config(),
   )
   ds = ds.map(lambda ex: (ex['image'], ex['label'], ex['boxes']))
   images, labels, boxes = [], [], []
@@ -242,19 +210,28 @@ def _read_split(builder: tfds.core.DatasetBuilder, split: str) -> _SplitTable:
     images.append(image)
     labels.append(label)
     boxes.append(example_boxes.reshape(-1, 4))
-  return _SplitTable(
-      images=np.array(images, dtype=object),
-      labels=np.array(labels, dtype=np.int64),
-      box_values=np.concatenate(boxes).astype(np.float32),
-      box_splits=np.cumsum([0] + [len(b) for b in boxes], dtype=np.int64),
+  return SplitTable(
+    images=np.array(images, dtype=object),
+    labels=np.array(labels, dtype=np.int64),
+    box_values=np.concatenate(boxes).astype(np.float32),
+    box_splits=np.cumsum([0] + [len(b) for b in boxes], dtype=np.int64),
   )
 
 
-def _rare_classes(
-    requested: str | Sequence[str],
-    class_names: tuple[str, ...],
-    boxed: np.ndarray,
+def resolve_rare_classes(
+  requested: str | Sequence[str], class_names: tuple[str, ...], boxed: np.ndarray
 ) -> tuple[int, ...]:
+  """The label indices of the rare classes, sorted.
+
+  Args:
+    requested: ``data.rare_classes``, class names (a string: one name).
+    class_names: in label order.
+    boxed: the label indices of the classes with boxes in train, the rare
+      classes when ``requested`` is empty.
+
+  Raises:
+    ValueError: for a requested name that is not a class name.
+  """
   if isinstance(requested, str):
     requested = (requested,)
   if not requested:
@@ -262,14 +239,14 @@ def _rare_classes(
   unknown = [name for name in requested if name not in class_names]
   if unknown:
     raise ValueError(
-        f'data.rare_classes has unknown class name(s) {unknown}; valid class'
-        f' names: {list(class_names)}.'
+      f'data.rare_classes has unknown class name(s) {unknown}; valid class'
+      f' names: {list(class_names)}.'
     )
   return tuple(sorted({class_names.index(name) for name in requested}))
 
 
-def _normalisation(
-    data_config: ml_collections.ConfigDict, num_channels: int
+def normalisation(
+  data_config: ml_collections.ConfigDict, num_channels: int
 ) -> tuple[np.ndarray, np.ndarray]:
   """Returns (mean, std), each float32 [C], checked against the channels."""
   stats = []
@@ -277,8 +254,7 @@ def _normalisation(
     value = np.asarray(data_config[key], np.float32).reshape(-1)
     if value.shape[0] not in (1, num_channels):
       raise ValueError(
-          f'data.{key} must have 1 or {num_channels} (channels) values, got'
-          f' {tuple(value.tolist())}.'
+        f'data.{key} must have 1 or {num_channels} (channels) values, got {tuple(value.tolist())}.'
       )
     stats.append(np.broadcast_to(value, (num_channels,)))
   if np.any(stats[1] <= 0):
@@ -323,11 +299,11 @@ def rasterize_boxes(boxes: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
   return tf.cast(tf.reduce_any(inside, axis=0), tf.float32)
 
 
-def _example_fn(
-    data_config: ml_collections.ConfigDict,
-    num_channels: int,
-    *,
-    augment_settings: dict[str, Any] | None = None,
+def example_fn(
+  data_config: ml_collections.ConfigDict,
+  num_channels: int,
+  *,
+  augment_settings: dict[str, Any] | None = None,
 ) -> Callable[..., dict[str, tf.Tensor]]:
   """Returns f(uint8 image [H, W, C], label, boxes [N, 4], key=None) -> row.
 
@@ -337,7 +313,7 @@ def _example_fn(
   ignored.
   """
   size = _image_size(data_config)
-  mean, std = _normalisation(data_config, num_channels)
+  mean, std = normalisation(data_config, num_channels)
 
   def example(image, label, boxes, key=None):
     image = tf.cast(image, tf.float32)
@@ -350,22 +326,17 @@ def _example_fn(
       has_mask = tf.shape(boxes)[0] > 0
     else:
       image, mask = augment.augment_example(
-          image / 255.0, boxes, key, size=size, **augment_settings
+        image / 255.0, boxes, key, size=size, **augment_settings
       )
       image = (image - mean) / std
       # A crop can move every box out of view: nothing left to supervise.
       has_mask = tf.reduce_any(mask > 0)
-    return dict(
-        image=image,
-        label=tf.cast(label, tf.int32),
-        mask=mask,
-        has_mask=has_mask,
-    )
+    return dict(image=image, label=tf.cast(label, tf.int32), mask=mask, has_mask=has_mask)
 
   return example
 
 
-def _scale_boxes(table: _SplitTable, scale: float) -> _SplitTable:
+def _scale_boxes(table: SplitTable, scale: float) -> SplitTable:
   """The table with every box scaled by ``scale`` about its centre, clipped."""
   if not (isinstance(scale, (int, float)) and scale > 0):
     raise ValueError(f'data.box_scale must be a positive number, got {scale!r}.')
@@ -375,9 +346,7 @@ def _scale_boxes(table: _SplitTable, scale: float) -> _SplitTable:
   centre = (boxes[:, :2] + boxes[:, 2:]) / 2
   half = (boxes[:, 2:] - boxes[:, :2]) * (scale / 2)
   scaled = np.concatenate([centre - half, centre + half], axis=1)
-  return dataclasses.replace(
-      table, box_values=np.clip(scaled, 0.0, 1.0).astype(np.float32)
-  )
+  return dataclasses.replace(table, box_values=np.clip(scaled, 0.0, 1.0).astype(np.float32))
 
 
 def get_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
@@ -390,47 +359,42 @@ def get_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
     ValueError: for an unsupported ``data_config.name``, an unknown name in
       ``data_config.rare_classes`` or mean/std of the wrong length.
   """
-  builder = _prepared_builder(data_config)
-  table = _read_split(builder, 'train')
+  builder = prepared_builder(data_config)
+  table = read_split(builder, 'train')
   class_names = tuple(builder.info.features['label'].names)
   num_channels = builder.info.features['image'].shape[-1]
-  _normalisation(data_config, num_channels)
+  normalisation(data_config, num_channels)
   boxed_classes = np.unique(table.labels[np.diff(table.box_splits) > 0])
   return DatasetInfo(
-      class_names=class_names,
-      rare_classes=_rare_classes(
-          data_config.rare_classes, class_names, boxed_classes
-      ),
-      train_class_counts=np.bincount(
-          table.labels, minlength=len(class_names)
-      ).astype(np.int64),
-      split_sizes={
-          split: builder.info.splits[split].num_examples
-          for split in _SPLITS
-          if split in builder.info.splits
-      },
-      image_size=_image_size(data_config),
-      num_channels=num_channels,
+    class_names=class_names,
+    rare_classes=resolve_rare_classes(data_config.rare_classes, class_names, boxed_classes),
+    train_class_counts=np.bincount(table.labels, minlength=len(class_names)).astype(np.int64),
+    split_sizes={
+      split: builder.info.splits[split].num_examples
+      for split in _SPLITS
+      if split in builder.info.splits
+    },
+    image_size=_image_size(data_config),
+    num_channels=num_channels,
   )
 
 
 def _check_process(process_index: int, process_count: int) -> None:
   if not 0 <= process_index < process_count:
     raise ValueError(
-        f'process_index must lie in [0, process_count={process_count}), got'
-        f' {process_index}.'
+      f'process_index must lie in [0, process_count={process_count}), got {process_index}.'
     )
 
 
 def train_batches(
-    data_config: ml_collections.ConfigDict,
-    *,
-    batch_size: int,
-    seed: int,
-    start_step: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
-    boxes_fn: Callable[[ml_collections.ConfigDict, Any, Any], Any] | None = None,
+  data_config: ml_collections.ConfigDict,
+  *,
+  batch_size: int,
+  seed: int,
+  start_step: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
+  boxes_fn: Callable[[ml_collections.ConfigDict, Any, Any], Any] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Infinite, shuffled training batches, deterministic given ``seed``.
 
@@ -440,7 +404,7 @@ def train_batches(
   process yields its ``batch_size`` rows.
 
   Args:
-    data_config: the data config (`default_data_config`).
+    data_config: the data config (`care_jax.config.default_data_config`).
     batch_size: examples per batch *of this process*.
     seed: shuffling seed (an int64).
     start_step: index of the first batch, to resume a run: the iterator
@@ -463,28 +427,26 @@ def train_batches(
   if start_step < 0:
     raise ValueError(f'start_step must be >= 0, got {start_step}.')
   _check_process(process_index, process_count)
-  method = sampling.check_sampling(data_config.sampling)
   augment_settings = augment.augment_kwargs(data_config.augment)
-  builder = _prepared_builder(data_config)
-  table = _read_split(builder, 'train')
+  builder = prepared_builder(data_config)
+  table = read_split(builder, 'train')
   box_source = data_config.get('box_source', 'manual')
   if box_source != 'manual':
     if boxes_fn is None:
       raise ValueError(
-          f'data.box_source={box_source!r} needs boxes_fn ='
-          ' care_jax.boxes.replace_boxes (train_and_evaluate passes it).'
+        f'data.box_source={box_source!r} needs boxes_fn ='
+        ' care_jax.boxes.replace_boxes (the care-jax commands pass it; pass it'
+        ' to care_jax.training.train_and_evaluate as boxes_fn=...).'
       )
     table = boxes_fn(data_config, builder, table)
   table = _scale_boxes(table, data_config.get('box_scale', 1.0))
   image_feature = builder.info.features['image']
-  make_example = _example_fn(
-      data_config,
-      image_feature.shape[-1],
-      augment_settings=(
-          augment_settings if data_config.augment.enabled else None
-      ),
+  make_example = example_fn(
+    data_config,
+    image_feature.shape[-1],
+    augment_settings=(augment_settings if data_config.augment.enabled else None),
   )
-  index_of = sampling.make_sampler(table.labels, sampling=method, seed=seed)
+  index_of = sampling.make_sampler(table.labels, sampling=data_config.sampling, seed=seed)
   images = tf.constant(table.images.tolist(), tf.string)
   labels = tf.constant(table.labels)
   box_values = tf.constant(table.box_values.reshape(-1, 4))
@@ -495,13 +457,11 @@ def train_batches(
   def example(count):
     # count-th example of this process -> stream position -> example index.
     step = start_step + count // batch_size
-    position = (
-        step * global_batch + process_index * batch_size + count % batch_size
-    )
+    position = step * global_batch + process_index * batch_size + count % batch_size
     # Independent stateless streams of this position for the sampler and
     # the augmentation.
     sample_key, augment_key = tf.unstack(
-        tf.random.experimental.stateless_split(tf.stack([seed, position]), 2)
+      tf.random.experimental.stateless_split(tf.stack([seed, position]), 2)
     )
     index = index_of(position, sample_key)
     boxes = box_values[box_splits[index] : box_splits[index + 1]]
@@ -511,17 +471,17 @@ def train_batches(
   ds = tf.data.Dataset.counter(dtype=tf.int64)
   ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True)
-  ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+  ds = ds.prefetch(tf.data.AUTOTUNE).with_options(read_options())
   return iter(tfds.as_numpy(ds))
 
 
 def eval_batches(
-    data_config: ml_collections.ConfigDict,
-    split: str,
-    *,
-    batch_size: int,
-    process_index: int = 0,
-    process_count: int = 1,
+  data_config: ml_collections.ConfigDict,
+  split: str,
+  *,
+  batch_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
   """One pass over ``split`` in a fixed order; the last batch is padded.
 
@@ -541,14 +501,10 @@ def eval_batches(
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
   _check_process(process_index, process_count)
-  builder = _prepared_builder(data_config)
+  builder = prepared_builder(data_config)
   if split not in builder.info.splits:
-    raise ValueError(
-        f'split {split!r} does not exist; splits: {list(builder.info.splits)}.'
-    )
-  make_example = _example_fn(
-      data_config, builder.info.features['image'].shape[-1]
-  )
+    raise ValueError(f'split {split!r} does not exist; splits: {list(builder.info.splits)}.')
+  make_example = example_fn(data_config, builder.info.features['image'].shape[-1])
   size = _image_size(data_config)
   # Ground-truth boxes of every image when the dataset has them (the file
   # datasets' `lesion_boxes`, synthetic_lesions' one `lesion_box`), else the
@@ -566,27 +522,20 @@ def eval_batches(
     # Eval has no geometric augmentation: boxes map to the resized image as is.
     lesion_mask = rasterize_boxes(lesion_boxes(ex), size)
     return dict(
-        make_example(ex['image'], ex['label'], ex['boxes']),
-        valid=True,
-        lesion_mask=lesion_mask,
-        has_lesion_mask=tf.reduce_any(lesion_mask > 0),
+      make_example(ex['image'], ex['label'], ex['boxes']),
+      valid=True,
+      lesion_mask=lesion_mask,
+      has_lesion_mask=tf.reduce_any(lesion_mask > 0),
     )
 
-  ds = builder.as_dataset(
-      split=split, shuffle_files=False, read_config=_read_config()
-  )
+  ds = builder.as_dataset(split=split, shuffle_files=False, read_config=_read_config())
   ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
   global_batch = batch_size * process_count
   num_padding = -builder.info.splits[split].num_examples % global_batch
   if num_padding:
-    padding = {
-        key: tf.zeros(spec.shape, spec.dtype)
-        for key, spec in ds.element_spec.items()
-    }
-    ds = ds.concatenate(
-        tf.data.Dataset.from_tensors(padding).repeat(num_padding)
-    )
+    padding = {key: tf.zeros(spec.shape, spec.dtype) for key, spec in ds.element_spec.items()}
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_padding))
   if process_count > 1:
     ds = ds.shard(process_count, process_index)
-  ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(_options())
+  ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(read_options())
   return iter(tfds.as_numpy(ds))

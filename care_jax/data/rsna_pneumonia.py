@@ -46,13 +46,8 @@ LABELS = 'stage_2_train_labels.csv'
 CLASS_INFO = 'stage_2_detailed_class_info.csv'
 IMAGES = 'stage_2_train_images'
 
-DEFAULTS = dict(
-    split_seed=0,
-    test_fraction=0.2,
-    validation_fraction=0.1,
-    skip_bad_rows=False,
-    stored_size=512,
-)
+# The names of the data.rsna_pneumonia parameters (their defaults: care_jax.config).
+PARAMETERS = _files.COMMON_PARAMETERS
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 Download the RSNA Pneumonia Detection Challenge data
@@ -67,28 +62,30 @@ into a directory DATA_DIR and pass --config.data.dir=DATA_DIR:
 
 
 def rsna_pneumonia_config(
-    data_dir: pathlib.Path,
-    *,
-    rare_classes: str | tuple[str, ...] = (),
-    **parameters: Any,
+  data_dir: pathlib.Path, *, rare_classes: str | tuple[str, ...] = (), **parameters: Any
 ) -> _files.FilesConfig:
-  """The builder config: rare classes (empty: Lung Opacity), `DEFAULTS`.
+  """The builder config of the RSNA challenge files in ``data_dir``.
+
+  Args:
+    data_dir: the directory with the label files and the DICOM images.
+    rare_classes: ``data.rare_classes`` (empty: Lung Opacity).
+    **parameters: ``data.rsna_pneumonia``: every name of `PARAMETERS`.
 
   Raises:
-    ValueError: for unknown or bad parameters, unknown rare classes or a
-      missing label file (with the download instructions).
+    ValueError: for unknown, missing or bad parameters, unknown rare classes
+      or a missing label file (with the download instructions).
   """
-  params = _files.check_parameters('rsna_pneumonia', parameters, DEFAULTS)
+  params = _files.check_parameters('rsna_pneumonia', parameters, PARAMETERS)
   files = [data_dir / LABELS, data_dir / CLASS_INFO]
   _files.require_files(files, MANUAL_DOWNLOAD_INSTRUCTIONS)
-  return _files.FilesConfig(
-      tag='patients',
-      class_names=CLASS_NAMES,
-      box_classes=_files.requested_classes(
-          rare_classes, CLASS_NAMES, DEFAULT_RARE_CLASSES
-      ),
-      parameters=params,
-      files_fingerprint=_files.fingerprint(data_dir, files),
+  return _files.fixed_classes_config(
+    data_dir,
+    tag='patients',
+    class_names=CLASS_NAMES,
+    rare_classes=rare_classes,
+    default_rare_classes=DEFAULT_RARE_CLASSES,
+    parameters=params,
+    files=files,
   )
 
 
@@ -106,11 +103,11 @@ def dicom_header(path: pathlib.Path) -> tuple[int, int]:
   except FileNotFoundError as e:
     raise _files.UnreadableFile(f'DICOM file {path} does not exist') from e
   except (
-      pydicom.errors.InvalidDicomError,
-      OSError,
-      ValueError,
-      AttributeError,  # No Rows or Columns.
-      TypeError,
+    pydicom.errors.InvalidDicomError,
+    OSError,
+    ValueError,
+    AttributeError,  # No Rows or Columns.
+    TypeError,
   ) as e:
     raise _files.UnreadableFile(f'cannot read DICOM file {path}: {e}') from e
 
@@ -137,8 +134,8 @@ def dicom_to_rgb(path: pathlib.Path) -> np.ndarray:
     frames = int(dataset.get('NumberOfFrames', 1) or 1)
     if photometric not in ('MONOCHROME1', 'MONOCHROME2') or frames != 1:
       raise _files.UnreadableFile(
-          f'DICOM file {path}: expected one MONOCHROME1/2 frame, got'
-          f' {frames} frame(s) of {photometric or "(none)"}'
+        f'DICOM file {path}: expected one MONOCHROME1/2 frame, got'
+        f' {frames} frame(s) of {photometric or "(none)"}'
       )
     stored = dataset.pixel_array.astype(np.float64)
     bits = int(dataset.BitsStored)
@@ -152,15 +149,10 @@ def dicom_to_rgb(path: pathlib.Path) -> np.ndarray:
   except Exception as e:  # pylint: disable=broad-except
     # pydicom's decoders raise many types (RuntimeError, NotImplementedError,
     # ValueError, ...) for corrupt or undecodable pixel data.
-    raise _files.UnreadableFile(
-        f'cannot decode DICOM file {path}: {type(e).__name__}: {e}'
-    ) from e
+    raise _files.UnreadableFile(f'cannot decode DICOM file {path}: {type(e).__name__}: {e}') from e
   if slope == 0:
     raise _files.UnreadableFile(f'DICOM file {path}: RescaleSlope is 0')
-  low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (
-      0,
-      2**bits - 1,
-  )
+  low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
   values = slope * stored + intercept
   ends = sorted((slope * low + intercept, slope * high + intercept))
   grey = 255.0 * (values - ends[0]) / (ends[1] - ends[0])
@@ -192,14 +184,12 @@ class RsnaPneumonia(_files.FilesBuilder):
       location = _files.where(path, row.line)
       patient, name = row['patientId'], row['class']
       if name not in CLASS_NAMES:
-        problems.report(
-            location, f'unknown class {name!r}; expected one of {CLASS_NAMES}'
-        )
+        problems.report(location, f'unknown class {name!r}; expected one of {CLASS_NAMES}')
         continue
       if patient in classes and classes[patient][0] != name:
         raise ValueError(
-            f'{location}: patient {patient} has class {name!r}, but'
-            f' {classes[patient][1]} says {classes[patient][0]!r}.'
+          f'{location}: patient {patient} has class {name!r}, but'
+          f' {classes[patient][1]} says {classes[patient][0]!r}.'
         )
       classes.setdefault(patient, (name, location))
     return classes
@@ -208,9 +198,7 @@ class RsnaPneumonia(_files.FilesBuilder):
     root = self.manual_dir
     classes = self._read_classes(problems)
     path = root / LABELS
-    _, rows = _files.read_csv(
-        path, required=('patientId', 'x', 'y', 'width', 'height', 'Target')
-    )
+    _, rows = _files.read_csv(path, required=('patientId', 'x', 'y', 'width', 'height', 'Target'))
     columns = ('x', 'y', 'width', 'height')
     by_patient = collections.defaultdict(list)
     listed = set()  # Every patient of the file, even with skipped rows.
@@ -220,17 +208,13 @@ class RsnaPneumonia(_files.FilesBuilder):
       target = row['Target']
       values = [row[c] for c in columns]
       if target == '0' and any(values):
-        problems.report(
-            location, f'Target=0 with a box {values}; expected empty x..height'
-        )
+        problems.report(location, f'Target=0 with a box {values}; expected empty x..height')
         continue
       box = None
       if target == '1':
         numbers = [_files.parse_number(v) for v in values]
         if None in numbers:
-          problems.report(
-              location, f'Target=1 needs numbers in {columns}, got {values}'
-          )
+          problems.report(location, f'Target=1 needs numbers in {columns}, got {values}')
           continue
         x, y, width, height = numbers
         box = (x, y, x + width, y + height)
@@ -250,44 +234,37 @@ class RsnaPneumonia(_files.FilesBuilder):
       expected = '1' if name == 'Lung Opacity' else '0'
       if targets != {expected}:
         problems.report(
-            location,
-            f'patient {patient}: Target {sorted(targets)} does not match class'
-            f' {name!r} ({classes[patient][1]})',
+          location,
+          f'patient {patient}: Target {sorted(targets)} does not match class'
+          f' {name!r} ({classes[patient][1]})',
         )
         continue
-      _, source = _files.relative_path(
-          root / IMAGES, f'{patient}.dcm', location
+      _, source = _files.relative_path(root / IMAGES, f'{patient}.dcm', location)
+      record = problems.image_record(
+        location,
+        source,
+        key=patient,
+        label=CLASS_NAMES.index(name),
+        group=patient,
+        read=dicom_header,
       )
-      size = problems.image_size(location, source, read=dicom_header)
-      if size is None:
+      if record is None:
         continue
-      record = _files.Record(
-          key=patient,
-          source=source,
-          location=location,
-          label=CLASS_NAMES.index(name),
-          size=size,
-          group=patient,
-      )
       for box_location, _, box in entries:
-        if box is None:
-          continue
-        problem = _files.box_problem(box, *size)
-        if problem:
-          problems.report(box_location, f'patient {patient}: {problem}')
-          continue
-        record.boxes.append(_files.normalise_box(box, *size))
+        if box is not None:
+          problems.add_box(record, box_location, box, f'patient {patient}')
       records.append(record)
     for patient in sorted(classes.keys() - listed):
-      problems.report(
-          classes[patient][1], f'patient {patient!r} is not in {LABELS}'
-      )
+      problems.report(classes[patient][1], f'patient {patient!r} is not in {LABELS}')
     return records
 
 
 def from_data_config(data_config: ml_collections.ConfigDict) -> RsnaPneumonia:
   """The (unprepared) builder of ``data.dir``, ``data.rsna_pneumonia`` params."""
   return _files.builder_from_data_config(
-      data_config, 'rsna_pneumonia', builder_cls=RsnaPneumonia,
-      make_config=rsna_pneumonia_config,
-      instructions=MANUAL_DOWNLOAD_INSTRUCTIONS)
+    data_config,
+    'rsna_pneumonia',
+    builder_cls=RsnaPneumonia,
+    make_config=rsna_pneumonia_config,
+    instructions=MANUAL_DOWNLOAD_INSTRUCTIONS,
+  )

@@ -39,15 +39,11 @@ _EXPONENT = {'instance': 1.0, 'sqrt': 0.5, 'class_balanced': 0.0}
 def check_sampling(sampling: str) -> str:
   """Returns ``sampling`` if it is one of `SAMPLING`, else a ValueError."""
   if sampling not in SAMPLING:
-    raise ValueError(
-        f'data.sampling must be one of {SAMPLING}, got {sampling!r}.'
-    )
+    raise ValueError(f'data.sampling must be one of {SAMPLING}, got {sampling!r}.')
   return sampling
 
 
-def class_probabilities(
-    class_counts: np.ndarray, *, sampling: str
-) -> np.ndarray:
+def class_probabilities(class_counts: np.ndarray, *, sampling: str) -> np.ndarray:
   """The class frequencies a sampler promises.
 
   ``P(k) = n_k^q / sum_j n_j^q`` over the classes with ``n_k > 0`` (the
@@ -66,17 +62,14 @@ def class_probabilities(
   counts = np.asarray(class_counts, np.float64)
   if counts.ndim != 1 or np.any(counts < 0) or not np.any(counts > 0):
     raise ValueError(
-        'class_counts must be non-negative [K] counts with one > 0, got'
-        f' {counts.tolist()}.'
+      f'class_counts must be non-negative [K] counts with one > 0, got {counts.tolist()}.'
     )
-  weights = np.where(
-      counts > 0, counts ** _EXPONENT[check_sampling(sampling)], 0.0
-  )
+  weights = np.where(counts > 0, counts ** _EXPONENT[check_sampling(sampling)], 0.0)
   return weights / weights.sum()
 
 
 def make_sampler(
-    labels: np.ndarray, *, sampling: str, seed: int | tf.Tensor
+  labels: np.ndarray, *, sampling: str, seed: int | tf.Tensor
 ) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
   """Returns ``index_of(position, key)``: the example at a stream position.
 
@@ -94,8 +87,7 @@ def make_sampler(
   labels = np.asarray(labels, np.int64)
   if labels.ndim != 1 or not labels.size or labels.min() < 0:
     raise ValueError(
-        f'labels must be a non-empty [N] array of class indices, got shape'
-        f' {labels.shape}.'
+      f'labels must be a non-empty [N] array of class indices, got shape {labels.shape}.'
     )
   num_examples = np.int64(labels.size)
   if sampling == 'instance':
@@ -104,9 +96,9 @@ def make_sampler(
     def permuted(position, key):
       del key  # The permutation of each epoch is keyed by (seed, epoch).
       return tf.random.experimental.index_shuffle(
-          position % num_examples,
-          seed=tf.stack([seed, position // num_examples]),
-          max_index=num_examples - 1,
+        position % num_examples,
+        seed=tf.stack([seed, position // num_examples]),
+        max_index=num_examples - 1,
       )
 
     return permuted
@@ -123,15 +115,11 @@ def make_sampler(
 
   def resampled(position, key):
     del position  # The key already identifies the position.
-    class_key, member_key = tf.unstack(
-        tf.random.experimental.stateless_split(key, 2)
-    )
+    class_key, member_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
     u = tf.random.stateless_uniform([1], class_key, dtype=tf.float64)
     k = tf.searchsorted(cdf, u, side='right', out_type=tf.int64)[0]
     k = tf.minimum(k, last_class)
-    member = tf.random.stateless_uniform(
-        [], member_key, minval=0, maxval=counts[k], dtype=tf.int64
-    )
+    member = tf.random.stateless_uniform([], member_key, minval=0, maxval=counts[k], dtype=tf.int64)
     return by_class[starts[k] + member]
 
   return resampled

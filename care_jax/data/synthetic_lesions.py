@@ -62,11 +62,7 @@ RARE_CLASS_NAMES = ('dotted', 'striped')
 SPLITS = ('train', 'validation', 'test')
 
 # Lesion colours (RGB) of the common classes; the rare classes borrow them.
-_PALETTE = {
-    'brown': (150.0, 95.0, 62.0),
-    'dark': (92.0, 60.0, 48.0),
-    'pink': (200.0, 118.0, 122.0),
-}
+_PALETTE = {'brown': (150.0, 95.0, 62.0), 'dark': (92.0, 60.0, 48.0), 'pink': (200.0, 118.0, 122.0)}
 _SKIN = np.array([224.0, 188.0, 164.0])
 _RULER = np.array([238.0, 238.0, 232.0])
 _RULER_TICK = np.array([45.0, 45.0, 50.0])
@@ -98,45 +94,41 @@ class SyntheticLesionsConfig(tfds.core.BuilderConfig):
   """
 
   def __init__(
-      self,
-      *,
-      image_size: int = 64,
-      train_counts: Sequence[int] = (300, 300, 40, 300, 40),
-      validation_counts: Sequence[int] = (50, 50, 50, 50, 50),
-      test_counts: Sequence[int] = (100, 100, 100, 100, 100),
-      pattern_contrast: float = 0.3,
-      artefact: bool = True,
-      artefact_rate_rare_train: float = 0.9,
-      artefact_rate_common_train: float = 0.05,
-      artefact_rate_eval: float = 0.05,
-      seed: int = 0,
+    self,
+    *,
+    image_size: int = 64,
+    train_counts: Sequence[int] = (300, 300, 40, 300, 40),
+    validation_counts: Sequence[int] = (50, 50, 50, 50, 50),
+    test_counts: Sequence[int] = (100, 100, 100, 100, 100),
+    pattern_contrast: float = 0.3,
+    artefact: bool = True,
+    artefact_rate_rare_train: float = 0.9,
+    artefact_rate_common_train: float = 0.05,
+    artefact_rate_eval: float = 0.05,
+    seed: int = 0,
   ):
     if int(image_size) < _MIN_IMAGE_SIZE:
       raise ValueError(
-          f'image_size must be >= {_MIN_IMAGE_SIZE} (room for the lesion and'
-          f' the ruler band), got {image_size}.'
+        f'image_size must be >= {_MIN_IMAGE_SIZE} (room for the lesion and'
+        f' the ruler band), got {image_size}.'
       )
     counts = {}
-    for split, value in zip(
-        SPLITS, (train_counts, validation_counts, test_counts)
-    ):
+    for split, value in zip(SPLITS, (train_counts, validation_counts, test_counts)):
       value = tuple(int(c) for c in value)
       if len(value) != len(CLASS_NAMES) or min(value) < 0:
         raise ValueError(
-            f'{split}_counts must be {len(CLASS_NAMES)} non-negative counts,'
-            f' one per class of {CLASS_NAMES}, got {value}.'
+          f'{split}_counts must be {len(CLASS_NAMES)} non-negative counts,'
+          f' one per class of {CLASS_NAMES}, got {value}.'
         )
       counts[split] = value
     if sum(counts['train']) == 0:
       raise ValueError('train_counts must contain at least one example.')
     if not 0.0 <= float(pattern_contrast) <= 0.8:
-      raise ValueError(
-          f'pattern_contrast must lie in [0, 0.8], got {pattern_contrast}.'
-      )
+      raise ValueError(f'pattern_contrast must lie in [0, 0.8], got {pattern_contrast}.')
     rates = dict(
-        artefact_rate_rare_train=float(artefact_rate_rare_train),
-        artefact_rate_common_train=float(artefact_rate_common_train),
-        artefact_rate_eval=float(artefact_rate_eval),
+      artefact_rate_rare_train=float(artefact_rate_rare_train),
+      artefact_rate_common_train=float(artefact_rate_common_train),
+      artefact_rate_eval=float(artefact_rate_eval),
     )
     for key, rate in rates.items():
       if not 0.0 <= rate <= 1.0:
@@ -152,27 +144,24 @@ class SyntheticLesionsConfig(tfds.core.BuilderConfig):
     self.artefact_rate_eval = rates['artefact_rate_eval']
     self.seed = int(seed)
     params = self.parameters()
-    digest = hashlib.sha256(
-        json.dumps(params, sort_keys=True).encode()
-    ).hexdigest()[:10]
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
     super().__init__(
-        name=f's{self.image_size}_{digest}',
-        description=f'synthetic_lesions with {params}',
+      name=f's{self.image_size}_{digest}', description=f'synthetic_lesions with {params}'
     )
 
   def parameters(self) -> dict[str, Any]:
     """Returns the parameters that define the data (the name's hash input)."""
     return dict(
-        image_size=self.image_size,
-        train_counts=list(self.train_counts),
-        validation_counts=list(self.validation_counts),
-        test_counts=list(self.test_counts),
-        pattern_contrast=self.pattern_contrast,
-        artefact=self.artefact,
-        artefact_rate_rare_train=self.artefact_rate_rare_train,
-        artefact_rate_common_train=self.artefact_rate_common_train,
-        artefact_rate_eval=self.artefact_rate_eval,
-        seed=self.seed,
+      image_size=self.image_size,
+      train_counts=list(self.train_counts),
+      validation_counts=list(self.validation_counts),
+      test_counts=list(self.test_counts),
+      pattern_contrast=self.pattern_contrast,
+      artefact=self.artefact,
+      artefact_rate_rare_train=self.artefact_rate_rare_train,
+      artefact_rate_common_train=self.artefact_rate_common_train,
+      artefact_rate_eval=self.artefact_rate_eval,
+      seed=self.seed,
     )
 
   def counts(self, split: str) -> tuple[int, ...]:
@@ -193,9 +182,7 @@ def synthetic_config(**overrides: Any) -> SyntheticLesionsConfig:
   valid = tuple(SyntheticLesionsConfig().parameters())
   unknown = sorted(set(overrides) - set(valid))
   if unknown:
-    raise ValueError(
-        f'Unknown synthetic_lesions parameter(s) {unknown}; valid: {valid}.'
-    )
+    raise ValueError(f'Unknown synthetic_lesions parameter(s) {unknown}; valid: {valid}.')
   return SyntheticLesionsConfig(**overrides)
 
 
@@ -205,9 +192,7 @@ def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
   return np.meshgrid(centres, centres, indexing='ij')
 
 
-def _smooth_noise(
-    rng: np.random.Generator, size: int, cells: int, channels: int
-) -> np.ndarray:
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int) -> np.ndarray:
   """Low-frequency noise [size, size, channels] of unit scale.
 
   A (cells + 1)^2 grid of N(0, 1) values, bilinearly interpolated.
@@ -225,18 +210,16 @@ def _tight_box(inside: np.ndarray) -> np.ndarray:
   size = inside.shape[0]
   rows = np.flatnonzero(inside.any(axis=1))
   cols = np.flatnonzero(inside.any(axis=0))
-  return np.array(
-      [rows[0], cols[0], rows[-1] + 1, cols[-1] + 1], dtype=np.float32
-  ) / np.float32(size)
+  return np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1], dtype=np.float32) / np.float32(
+    size
+  )
 
 
 def _label_of(counts: Sequence[int], index: int) -> int:
   return int(np.searchsorted(np.cumsum(counts), index, side='right'))
 
 
-def generate_example(
-    config: SyntheticLesionsConfig, split: str, index: int
-) -> dict[str, Any]:
+def generate_example(config: SyntheticLesionsConfig, split: str, index: int) -> dict[str, Any]:
   """Generates example ``index`` of ``split``, independently of all others.
 
   Args:
@@ -253,10 +236,7 @@ def generate_example(
   """
   counts = config.counts(split)
   if not 0 <= index < sum(counts):
-    raise ValueError(
-        f'index must lie in [0, {sum(counts)}) for split {split!r}, got'
-        f' {index}.'
-    )
+    raise ValueError(f'index must lie in [0, {sum(counts)}) for split {split!r}, got {index}.')
   label = _label_of(counts, index)
   name = CLASS_NAMES[label]
   is_rare = name in RARE_CLASS_NAMES
@@ -272,9 +252,9 @@ def generate_example(
   phi = rng.uniform(0.0, 2.0 * np.pi)
   u, v = (2.0 * x / size - 1.0), (2.0 * y / size - 1.0)
   illumination = (
-      1.0
-      + rng.uniform(0.0, 0.12) * (np.cos(phi) * u + np.sin(phi) * v)
-      - rng.uniform(0.0, 0.15) * 0.5 * (u**2 + v**2)
+    1.0
+    + rng.uniform(0.0, 0.12) * (np.cos(phi) * u + np.sin(phi) * v)
+    - rng.uniform(0.0, 0.15) * 0.5 * (u**2 + v**2)
   )
 
   # Lesion shape: an ellipse whose radius wobbles with low angular harmonics.
@@ -299,8 +279,7 @@ def generate_example(
   across = -np.sin(theta) * dx + np.cos(theta) * dy
   angle = np.arctan2(across, along)
   wobble = 1.0 + sum(
-      a * np.cos(k * angle + p)
-      for k, a, p in zip((2, 3, 4), wobble_amp, wobble_phase)
+    a * np.cos(k * angle + p) for k, a, p in zip((2, 3, 4), wobble_amp, wobble_phase)
   )
   rho = np.sqrt((along / semi_axes[0]) ** 2 + (across / semi_axes[1]) ** 2)
   rho = rho / wobble
@@ -324,8 +303,8 @@ def generate_example(
     pattern = np.cos(2.0 * np.pi * pu / period + pattern_phase[0])
   elif name == 'dotted':
     pattern = (
-        (0.5 + 0.5 * np.cos(2.0 * np.pi * pu / period + pattern_phase[0]))
-        * (0.5 + 0.5 * np.cos(2.0 * np.pi * pv / period + pattern_phase[1]))
+      (0.5 + 0.5 * np.cos(2.0 * np.pi * pu / period + pattern_phase[0]))
+      * (0.5 + 0.5 * np.cos(2.0 * np.pi * pv / period + pattern_phase[1]))
     ) ** 2
   else:
     pattern = np.zeros_like(pu)
@@ -350,11 +329,7 @@ def generate_example(
   tick_step = max(3, round(size / 16))
   draw = rng.uniform()
   if split == 'train':
-    rate = (
-        config.artefact_rate_rare_train
-        if is_rare
-        else config.artefact_rate_common_train
-    )
+    rate = config.artefact_rate_rare_train if is_rare else config.artefact_rate_common_train
   else:
     rate = config.artefact_rate_eval
   has_artefact = config.artefact and draw < rate
@@ -367,26 +342,20 @@ def generate_example(
       depth = size - depth
     in_run = (run >= start) & (run <= start + length)
     bar = in_run & (depth >= offset) & (depth < offset + thickness)
-    ticks = (
-        bar
-        & (np.floor(run) % tick_step == 0)
-        & (depth < offset + thickness / 2.0 + 0.5)
-    )
+    ticks = bar & (np.floor(run) % tick_step == 0) & (depth < offset + thickness / 2.0 + 0.5)
     image = np.where(bar[..., None], _RULER, image)
     image = np.where(ticks[..., None], _RULER_TICK, image)
     artefact_box = _tight_box(bar)
 
   image = image * illumination[..., None] + rng.normal(0.0, 3.0, image.shape)
-  boxes = (
-      lesion_box[None] if (is_rare and split == 'train') else np.zeros((0, 4))
-  )
+  boxes = lesion_box[None] if (is_rare and split == 'train') else np.zeros((0, 4))
   return dict(
-      image=np.clip(np.round(image), 0, 255).astype(np.uint8),
-      label=label,
-      boxes=boxes.astype(np.float32),
-      lesion_box=lesion_box,
-      artefact_box=artefact_box,
-      has_artefact=bool(has_artefact),
+    image=np.clip(np.round(image), 0, 255).astype(np.uint8),
+    label=label,
+    boxes=boxes.astype(np.float32),
+    lesion_box=lesion_box,
+    artefact_box=artefact_box,
+    has_artefact=bool(has_artefact),
   )
 
 
@@ -403,45 +372,38 @@ class SyntheticLesions(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [SyntheticLesionsConfig()]
   DEFAULT_CONFIG_NAME = BUILDER_CONFIGS[0].name
 
-  def __init__(
-      self,
-      *,
-      config: SyntheticLesionsConfig | str | None = None,
-      **kwargs: Any,
-  ):
+  def __init__(self, *, config: SyntheticLesionsConfig | str | None = None, **kwargs: Any):
     # tfds refuses a config *object* that shares the name of a predefined one
     # (here: an equal copy of the default); pass the name instead.
-    if isinstance(config, SyntheticLesionsConfig) and (
-        config.name in self.builder_configs
-    ):
+    if isinstance(config, SyntheticLesionsConfig) and (config.name in self.builder_configs):
       config = config.name
     super().__init__(config=config, **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
     return self.dataset_info_from_configs(
-        description=__doc__.split('Example::')[0],
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(size, size, 3)),
-            'label': tfds.features.ClassLabel(names=CLASS_NAMES),
-            'boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
-            'lesion_box': tfds.features.BBoxFeature(),
-            'artefact_box': tfds.features.BBoxFeature(),
-            'has_artefact': tfds.features.Scalar(dtype=np.bool_),
-        }),
-        supervised_keys=('image', 'label'),
+      description=__doc__.split('Example::')[0],
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Image(shape=(size, size, 3)),
+          'label': tfds.features.ClassLabel(names=CLASS_NAMES),
+          'boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
+          'lesion_box': tfds.features.BBoxFeature(),
+          'artefact_box': tfds.features.BBoxFeature(),
+          'has_artefact': tfds.features.Scalar(dtype=np.bool_),
+        }
+      ),
+      supervised_keys=('image', 'label'),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # Everything is generated locally.
     return {
-        split: self._generate_examples(split)
-        for split in SPLITS
-        if sum(self.builder_config.counts(split)) > 0
+      split: self._generate_examples(split)
+      for split in SPLITS
+      if sum(self.builder_config.counts(split)) > 0
     }
 
   def _generate_examples(self, split: str):
     for index in range(sum(self.builder_config.counts(split))):
-      yield f'{split}_{index:06d}', generate_example(
-          self.builder_config, split, index
-      )
+      yield f'{split}_{index:06d}', generate_example(self.builder_config, split, index)

@@ -1,21 +1,22 @@
-"""Flax Linen classifiers split into backbone -> feature map -> head, returning (logits, intermediates).
+"""Flax Linen classifiers: backbone -> feature map -> head, returning (logits, intermediates).
 
 Models know no optimizer and no files. See ``get_model`` for the entry point.
 """
 
-from care_jax.models.classifier import Classifier
-from care_jax.models.classifier import get_model
+from care_jax.models.classifier import ATTENTION_METHODS
 from care_jax.models.classifier import HEAD_NAMES
 from care_jax.models.classifier import MODEL_NAMES
-from care_jax.models.heads import adaptive_avg_pool
+from care_jax.models.classifier import Classifier
+from care_jax.models.classifier import get_model
 from care_jax.models.heads import BatchNormLinearHead
 from care_jax.models.heads import LinearHead
 from care_jax.models.heads import VGGHead
+from care_jax.models.heads import adaptive_avg_pool
 from care_jax.models.pretrained import IMAGENET_MEAN
 from care_jax.models.pretrained import IMAGENET_STD
-from care_jax.models.pretrained import load_pretrained
-from care_jax.models.pretrained import LoadReport
 from care_jax.models.pretrained import PRETRAINED_MODEL_NAMES
+from care_jax.models.pretrained import LoadReport
+from care_jax.models.pretrained import load_pretrained
 from care_jax.models.resnet import BasicBlock
 from care_jax.models.resnet import Bottleneck
 from care_jax.models.resnet import ResNet
@@ -23,22 +24,23 @@ from care_jax.models.tiny import TinyCNN
 from care_jax.models.vgg import VGG
 
 __all__ = (
-    'adaptive_avg_pool',
-    'BasicBlock',
-    'BatchNormLinearHead',
-    'Bottleneck',
-    'Classifier',
-    'get_model',
-    'HEAD_NAMES',
-    'IMAGENET_MEAN',
-    'IMAGENET_STD',
-    'LinearHead',
-    'load_pretrained',
-    'LoadReport',
-    'MODEL_NAMES',
-    'PRETRAINED_MODEL_NAMES',
-    'ResNet',
-    'TinyCNN',
-    'VGG',
-    'VGGHead',
+  'adaptive_avg_pool',
+  'ATTENTION_METHODS',
+  'BasicBlock',
+  'BatchNormLinearHead',
+  'Bottleneck',
+  'Classifier',
+  'get_model',
+  'HEAD_NAMES',
+  'IMAGENET_MEAN',
+  'IMAGENET_STD',
+  'LinearHead',
+  'load_pretrained',
+  'LoadReport',
+  'MODEL_NAMES',
+  'PRETRAINED_MODEL_NAMES',
+  'ResNet',
+  'TinyCNN',
+  'VGG',
+  'VGGHead',
 )

@@ -8,12 +8,16 @@ Example::
       variables, images, train=True, mutable=['batch_stats'], rngs={'dropout': key3})
   features = intermediates['features']                       # layer4 output, [B, 7, 7, 512]
   head_logits = model.apply(variables, features, method=Classifier.apply_head)
+  maps = model.attention_maps(variables, features, labels)   # [B, 7, 7] in [0, 1]
 """
+
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from care_jax import attention
 from care_jax.models import heads as heads_lib
 from care_jax.models import layers
 from care_jax.models import resnet
@@ -21,15 +25,18 @@ from care_jax.models import tiny
 from care_jax.models import vgg
 
 MODEL_NAMES: tuple[str, ...] = (
-    'tiny_cnn',
-    'resnet18',
-    'resnet34',
-    'resnet50',
-    'resnet101',
-    'resnet152',
-    'vgg19',
+  'tiny_cnn',
+  'resnet18',
+  'resnet34',
+  'resnet50',
+  'resnet101',
+  'resnet152',
+  'vgg19',
 )
 HEAD_NAMES: tuple[str, ...] = ('linear', 'bn_linear', 'vgg')
+# How Classifier.attention_maps computes the maps: 'cam' (closed form, GAP + linear heads only),
+# 'grad_cam' (VJP of the head) or 'auto' ('cam' whenever the head allows it).
+ATTENTION_METHODS: tuple[str, ...] = ('auto', 'cam', 'grad_cam')
 
 
 class Classifier(nn.Module):
@@ -43,7 +50,7 @@ class Classifier(nn.Module):
   head: nn.Module
 
   def __call__(
-      self, x: jax.typing.ArrayLike, *, train: bool
+    self, x: jax.typing.ArrayLike, *, train: bool
   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     layers.check_nhwc(x, name='images')
     features = self.backbone(x, train=train)
@@ -54,26 +61,68 @@ class Classifier(nn.Module):
     """The head alone on a feature map [B, h, w, C] (e.g. for ``jax.vjp`` Grad-CAM of the head)."""
     return self.head(jnp.asarray(features), train=train)
 
+  @nn.nowrap  # called on the unbound module: it applies the model itself
+  def attention_maps(
+    self,
+    variables: dict[str, Any],
+    features: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    method: str = 'auto',
+  ) -> jax.Array:
+    """Min-max normalised class attention maps [B, h, w] of ``labels`` on a feature map.
+
+    Call it on the unbound module (as returned by ``get_model``), also inside ``jax.jit``,
+    ``jax.grad`` or ``jax.pmap`` with the model closed over or static. 'cam' uses the closed form
+    of a GAP + linear head (one einsum with the classifier column of the true class, see
+    ``attention.cam``); 'grad_cam' takes the VJP of the head alone (``attention.grad_cam``, the
+    head in inference mode); 'auto' picks 'cam' whenever the head allows it. For a linear head
+    both give the same normalised map.
+
+    Args:
+      variables: the model's variables (``params``, and ``batch_stats`` for BatchNorm heads).
+      features: [B, h, w, C] feature map, ``intermediates['features']`` of ``__call__``.
+      labels: [B] integer classes whose maps are wanted (the ground truth in CARE).
+      method: one of ``ATTENTION_METHODS``: 'auto', 'cam' or 'grad_cam'.
+
+    Returns:
+      [B, h, w] float32 maps in [0, 1].
+
+    Raises:
+      ValueError: for an unknown ``method`` (the valid ones are named), or 'cam' with a head that
+        is not ``LinearHead``.
+    """
+    if method not in ATTENTION_METHODS:
+      raise ValueError(
+        f'Unknown attention method {method!r}; valid methods: {", ".join(ATTENTION_METHODS)}.'
+      )
+    is_linear = isinstance(self.head, heads_lib.LinearHead)
+    if method == 'cam' or (method == 'auto' and is_linear):
+      if not is_linear:
+        raise ValueError(f"care.attention='cam' needs a GAP + linear head, not {self.head}")
+      # The one place that knows where the CAM kernel lives (LinearHead's Dense 'fc').
+      return attention.cam(features, variables['params']['head']['fc']['kernel'], labels)
+    head_fn = lambda f: self.apply(variables, f, train=False, method=Classifier.apply_head)
+    return attention.grad_cam(head_fn, features, labels)
+
 
 def _make_head(
-    head: str, *, num_classes: int, dtype: layers.Dtype, axis_name: str | None
+  head: str, *, num_classes: int, dtype: layers.Dtype, axis_name: str | None
 ) -> nn.Module:
   if head == 'linear':
     return heads_lib.LinearHead(num_classes=num_classes, dtype=dtype)
   if head == 'bn_linear':
-    return heads_lib.BatchNormLinearHead(
-        num_classes=num_classes, dtype=dtype, axis_name=axis_name
-    )
+    return heads_lib.BatchNormLinearHead(num_classes=num_classes, dtype=dtype, axis_name=axis_name)
   return heads_lib.VGGHead(num_classes=num_classes, dtype=dtype)
 
 
 def get_model(
-    name: str,
-    *,
-    num_classes: int,
-    dtype: layers.Dtype = jnp.float32,
-    head: str | None = None,
-    axis_name: str | None = None,
+  name: str,
+  *,
+  num_classes: int,
+  dtype: layers.Dtype = jnp.float32,
+  head: str | None = None,
+  axis_name: str | None = None,
 ) -> Classifier:
   """Builds a ``Classifier`` by name.
 
@@ -111,9 +160,9 @@ def get_model(
   else:
     stage_sizes, block_cls = resnet.RESNET_CONFIGS[name]
     backbone = resnet.ResNet(
-        stage_sizes=stage_sizes, block_cls=block_cls, dtype=dtype, axis_name=axis_name
+      stage_sizes=stage_sizes, block_cls=block_cls, dtype=dtype, axis_name=axis_name
     )
   return Classifier(
-      backbone=backbone,
-      head=_make_head(head, num_classes=num_classes, dtype=dtype, axis_name=axis_name),
+    backbone=backbone,
+    head=_make_head(head, num_classes=num_classes, dtype=dtype, axis_name=axis_name),
   )

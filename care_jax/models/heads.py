@@ -1,8 +1,9 @@
 """Classifier heads: feature map [B, h, w, C] -> float32 logits [B, K].
 
 - ``LinearHead``: global average pool + Dense. For it Grad-CAM equals CAM up to a positive scale,
-  ``F = sum_c W[c, y] A[..., c]``, which the training code computes from ``params['head']['fc']``.
-- ``BatchNormLinearHead``: global average pool + BatchNorm1d + Dense (the official CARE code's head).
+  ``F = sum_c W[c, y] A[..., c]``, which ``Classifier.attention_maps`` computes from the kernel
+  ``params['head']['fc']['kernel']`` (the only code that reads it).
+- ``BatchNormLinearHead``: global average pool + BatchNorm1d + Dense (the official CARE head).
 - ``VGGHead``: torchvision's VGG classifier on the last conv block (before its final maxpool).
 """
 
@@ -17,7 +18,10 @@ from care_jax.models import layers
 
 
 def _adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """[out, in] averaging matrix of torch's AdaptiveAvgPool: row i averages [floor(i*n/m), ceil((i+1)*n/m))."""
+  """[out, in] matrix of torch's AdaptiveAvgPool.
+
+  Row i averages the inputs [floor(i * n / m), ceil((i + 1) * n / m)).
+  """
   matrix = np.zeros((out_size, in_size), np.float32)
   for i in range(out_size):
     start = (i * in_size) // out_size
@@ -34,8 +38,7 @@ def adaptive_avg_pool(x: jax.typing.ArrayLike, output_size: Sequence[int]) -> ja
 
   Example: ``adaptive_avg_pool(jnp.ones((1, 14, 14, 3)), (7, 7)).shape == (1, 7, 7, 3)``.
   """
-  layers.check_nhwc(x, name='x')
-  x = jnp.asarray(x)
+  x = layers.check_nhwc(x, name='x')
   out_h, out_w = output_size
   _, height, width, _ = x.shape
   if (height, width) == (out_h, out_w):
@@ -43,11 +46,7 @@ def adaptive_avg_pool(x: jax.typing.ArrayLike, output_size: Sequence[int]) -> ja
   rows = jnp.asarray(_adaptive_pool_matrix(height, out_h))
   cols = jnp.asarray(_adaptive_pool_matrix(width, out_w))
   pooled = jnp.einsum(
-      'bhwc,oh,pw->bopc',
-      x.astype(jnp.float32),
-      rows,
-      cols,
-      precision=jax.lax.Precision.HIGHEST,
+    'bhwc,oh,pw->bopc', x.astype(jnp.float32), rows, cols, precision=jax.lax.Precision.HIGHEST
   )
   return pooled.astype(x.dtype)
 
@@ -83,11 +82,11 @@ class LinearHead(nn.Module):
 def _fc(head: nn.Module, pooled: jax.Array) -> jax.Array:
   """The heads' final ``Dense`` 'fc' (torch init), float32 logits."""
   logits = nn.Dense(
-      head.num_classes,
-      kernel_init=layers.torch_linear_kernel_init,
-      dtype=head.dtype,
-      param_dtype=head.param_dtype,
-      name='fc',
+    head.num_classes,
+    kernel_init=layers.torch_linear_kernel_init,
+    dtype=head.dtype,
+    param_dtype=head.param_dtype,
+    name='fc',
   )(pooled)
   return logits.astype(jnp.float32)
 
@@ -108,13 +107,7 @@ class BatchNormLinearHead(nn.Module):
   def __call__(self, features: jax.Array, *, train: bool = False) -> jax.Array:
     layers.check_nhwc(features, name='features')
     pooled = global_avg_pool(features)
-    pooled = layers.batch_norm(
-        train=train,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        axis_name=self.axis_name,
-        name='bn',
-    )(pooled)
+    pooled = layers.batch_norm_for(self, train=train, name='bn')(pooled)
     return _fc(self, pooled)
 
 
@@ -143,11 +136,11 @@ class VGGHead(nn.Module):
 
     def dense(size: int, name: str) -> nn.Dense:
       return nn.Dense(
-          size,
-          kernel_init=layers.vgg_linear_kernel_init,
-          dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          name=name,
+        size,
+        kernel_init=layers.vgg_linear_kernel_init,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=name,
       )
 
     for name in ('fc1', 'fc2'):

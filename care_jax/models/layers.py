@@ -1,4 +1,4 @@
-"""Pieces shared by the backbones and heads: torch-compatible init, padding and BatchNorm, input checks.
+"""Pieces shared by backbones and heads: torch-compatible init, padding, BatchNorm, input checks.
 
 The models reproduce torchvision's layouts so that torchvision weights can be loaded later; these
 helpers hold the few places where Flax's defaults differ from PyTorch's.
@@ -23,7 +23,8 @@ torch_linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in',
 # torchvision VGG classifier: nn.init.normal_(w, 0, 0.01), bias 0.
 vgg_linear_kernel_init = nn.initializers.normal(stddev=0.01)
 
-# torch BatchNorm momentum 0.1 updates running = 0.9 * running + 0.1 * batch; Flax's momentum is the 0.9.
+# torch BatchNorm momentum 0.1 updates running = 0.9 * running + 0.1 * batch; Flax's momentum
+# is the 0.9.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
@@ -41,32 +42,61 @@ def torch_padding(kernel_size: int) -> Padding:
 
 
 def batch_norm(
-    *,
-    train: bool,
-    dtype: Dtype,
-    param_dtype: Dtype,
-    axis_name: str | None,
-    name: str,
+  *, train: bool, dtype: Dtype, param_dtype: Dtype, axis_name: str | None, name: str
 ) -> nn.BatchNorm:
-  """A BatchNorm with torch's epsilon/momentum: batch statistics when ``train``, running ones otherwise.
+  """A BatchNorm with torch's epsilon/momentum: batch statistics if ``train``, else running ones.
 
   ``axis_name`` (the pmap/vmap axis) makes the batch statistics the mean over all devices' examples.
   """
   return nn.BatchNorm(
-      use_running_average=not train,
-      momentum=BN_MOMENTUM,
-      epsilon=BN_EPSILON,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      axis_name=axis_name,
-      name=name,
+    use_running_average=not train,
+    momentum=BN_MOMENTUM,
+    epsilon=BN_EPSILON,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    axis_name=axis_name,
+    name=name,
   )
 
 
-def check_nhwc(x: jax.typing.ArrayLike, *, name: str) -> None:
-  """Raises ValueError unless ``x`` is rank 4 (NHWC: batch, height, width, channels)."""
+def conv_for(
+  module: nn.Module, features: int, kernel_size: int, *, stride: int = 1, use_bias: bool, name: str
+) -> nn.Conv:
+  """A square conv with torch's symmetric padding ``kernel_size // 2`` and torchvision's init.
+
+  Computes in ``module.dtype`` with ``module.param_dtype`` parameters (the module that calls it
+  from its compact ``__call__`` owns the conv); the bias, if any, starts at 0.
+  """
+  return nn.Conv(
+    features,
+    (kernel_size, kernel_size),
+    strides=(stride, stride),
+    padding=torch_padding(kernel_size),
+    use_bias=use_bias,
+    kernel_init=conv_kernel_init,
+    bias_init=nn.initializers.zeros,
+    dtype=module.dtype,
+    param_dtype=module.param_dtype,
+    name=name,
+  )
+
+
+def batch_norm_for(module: nn.Module, *, train: bool, name: str) -> nn.BatchNorm:
+  """``batch_norm`` with the dtypes and ``axis_name`` of the owner ``module``."""
+  return batch_norm(
+    train=train,
+    dtype=module.dtype,
+    param_dtype=module.param_dtype,
+    axis_name=module.axis_name,
+    name=name,
+  )
+
+
+def check_nhwc(x: jax.typing.ArrayLike, *, name: str) -> jax.Array:
+  """``x`` as an array; raises ValueError unless it is rank 4 (NHWC: batch, height, width, C)."""
   shape = jnp.shape(x)
   if len(shape) != 4:
     raise ValueError(
-        f'{name} must be rank 4 [batch, height, width, channels] (NHWC); got shape {shape}.'
+      f'{name} must be rank 4 [batch, height, width, channels] (NHWC); got shape {shape}.'
     )
+  return jnp.asarray(x)

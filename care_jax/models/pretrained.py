@@ -62,29 +62,29 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 # Every architecture with a torchvision counterpart (all but tiny_cnn).
 PRETRAINED_MODEL_NAMES: tuple[str, ...] = tuple(
-    name for name in classifier_lib.MODEL_NAMES if name != 'tiny_cnn'
+  name for name in classifier_lib.MODEL_NAMES if name != 'tiny_cnn'
 )
 
 _TORCH_SUFFIXES = ('.pth', '.pt', '.bin', '.tar', '.ckpt')
 _SAFETENSORS_DTYPES: dict[str, np.dtype] = {
-    'F64': np.dtype('<f8'),
-    'F32': np.dtype('<f4'),
-    'F16': np.dtype('<f2'),
-    'BF16': np.dtype(ml_dtypes.bfloat16),
-    'I64': np.dtype('<i8'),
-    'I32': np.dtype('<i4'),
-    'I16': np.dtype('<i2'),
-    'I8': np.dtype('i1'),
-    'U8': np.dtype('u1'),
-    'BOOL': np.dtype('?'),
+  'F64': np.dtype('<f8'),
+  'F32': np.dtype('<f4'),
+  'F16': np.dtype('<f2'),
+  'BF16': np.dtype(ml_dtypes.bfloat16),
+  'I64': np.dtype('<i8'),
+  'I32': np.dtype('<i4'),
+  'I16': np.dtype('<i2'),
+  'I8': np.dtype('i1'),
+  'U8': np.dtype('u1'),
+  'BOOL': np.dtype('?'),
 }
 # Flax (collection, leaf) -> torch parameter/buffer name.
 _LEAF_NAMES = {
-    ('params', 'kernel'): 'weight',
-    ('params', 'scale'): 'weight',
-    ('params', 'bias'): 'bias',
-    ('batch_stats', 'mean'): 'running_mean',
-    ('batch_stats', 'var'): 'running_var',
+  ('params', 'kernel'): 'weight',
+  ('params', 'scale'): 'weight',
+  ('params', 'bias'): 'bias',
+  ('batch_stats', 'mean'): 'running_mean',
+  ('batch_stats', 'var'): 'running_var',
 }
 # Our ResNet projection shortcut -> torchvision's ``downsample`` Sequential.
 _RESNET_SHORTCUT = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}
@@ -92,9 +92,9 @@ _RESNET_SHORTCUT = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsam
 _VGG_HEAD = {'fc1': 'classifier.0', 'fc2': 'classifier.3', 'fc3': 'classifier.6'}
 # Key patterns of timm ResNet variants that are other architectures than ours.
 _TIMM_VARIANT_HINTS = (
-    (r'^conv1\.\d+\.', "a deep 3x3 stem ('conv1.0', ...): timm's resnet*c/d/s/t variants"),
-    (r'\.downsample\.2\.', "an avg-pool shortcut ('downsample.1/2'): timm's resnet*d/e/t variants"),
-    (r'\.se\.', "squeeze-excitation layers ('.se.'): timm's SE-ResNets"),
+  (r'^conv1\.\d+\.', "a deep 3x3 stem ('conv1.0', ...): timm's resnet*c/d/s/t variants"),
+  (r'\.downsample\.2\.', "an avg-pool shortcut ('downsample.1/2'): timm's resnet*d/e/t variants"),
+  (r'\.se\.', "squeeze-excitation layers ('.se.'): timm's SE-ResNets"),
 )
 
 _log = logging.getLogger(__name__)
@@ -125,14 +125,14 @@ class LoadReport:
 
   def __str__(self) -> str:
     classes = (
-        'no classifier'
-        if self.checkpoint_num_classes is None
-        else f'{self.checkpoint_num_classes} classes'
+      'no classifier'
+      if self.checkpoint_num_classes is None
+      else f'{self.checkpoint_num_classes} classes'
     )
     lines = [
-        f'{self.model_name} from {self.path} (checkpoint: {classes}; model: '
-        f'{self.num_classes} classes): loaded {len(self.loaded)} layers, initialised '
-        f'{len(self.initialised)}.'
+      f'{self.model_name} from {self.path} (checkpoint: {classes}; model: '
+      f'{self.num_classes} classes): loaded {len(self.loaded)} layers, initialised '
+      f'{len(self.initialised)}.'
     ]
     if self.initialised:
       lines.append(f'  initialised: {", ".join(self.initialised)}')
@@ -164,8 +164,8 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
   (header_size,) = struct.unpack('<Q', data[:8])
   if header_size > len(data) - 8:
     raise ValueError(
-        f'{path}: header length {header_size} exceeds the file size {len(data)}; not a '
-        'safetensors file, or truncated.'
+      f'{path}: header length {header_size} exceeds the file size {len(data)}; not a '
+      'safetensors file, or truncated.'
     )
   try:
     header = json.loads(data[8 : 8 + header_size])
@@ -180,19 +180,19 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     dtype = _SAFETENSORS_DTYPES.get(entry.get('dtype'))
     if dtype is None:
       raise ValueError(
-          f'{path}: tensor {name!r} has dtype {entry.get("dtype")!r}; supported: '
-          f'{", ".join(_SAFETENSORS_DTYPES)}.'
+        f'{path}: tensor {name!r} has dtype {entry.get("dtype")!r}; supported: '
+        f'{", ".join(_SAFETENSORS_DTYPES)}.'
       )
     shape = tuple(entry['shape'])
     begin, end = entry['data_offsets']
     size = int(np.prod(shape, dtype=np.int64))
     if not 0 <= begin <= end <= buffer_size or end - begin != size * dtype.itemsize:
       raise ValueError(
-          f'{path}: tensor {name!r} ({entry["dtype"]} {shape}) has data_offsets [{begin}, {end}], '
-          f'which do not fit its {size * dtype.itemsize} bytes in a {buffer_size}-byte buffer.'
+        f'{path}: tensor {name!r} ({entry["dtype"]} {shape}) has data_offsets [{begin}, {end}], '
+        f'which do not fit its {size * dtype.itemsize} bytes in a {buffer_size}-byte buffer.'
       )
     tensors[name] = np.frombuffer(
-        data, dtype=dtype, count=size, offset=buffer_start + begin
+      data, dtype=dtype, count=size, offset=buffer_start + begin
     ).reshape(shape)
   return tensors
 
@@ -203,11 +203,11 @@ def _read_torch(path: pathlib.Path) -> Any:
     import torch  # pylint: disable=g-import-not-at-top  # optional: only for pickled checkpoints
   except ImportError as e:
     raise ImportError(
-        f'Reading {path} (a PyTorch pickle) needs torch, which is not installed. Install torch, '
-        'or convert the checkpoint once where torch is available: '
-        '`from safetensors.torch import save_file; '
-        'save_file(torch.load(PATH, map_location="cpu", weights_only=True), "model.safetensors")` '
-        'and load the .safetensors file instead.'
+      f'Reading {path} (a PyTorch pickle) needs torch, which is not installed. Install torch, '
+      'or convert the checkpoint once where torch is available: '
+      '`from safetensors.torch import save_file; '
+      'save_file(torch.load(PATH, map_location="cpu", weights_only=True), "model.safetensors")` '
+      'and load the .safetensors file instead.'
     ) from e
   try:
     checkpoint = torch.load(path, map_location='cpu', weights_only=True)
@@ -216,14 +216,14 @@ def _read_torch(path: pathlib.Path) -> Any:
     lines = str(e).splitlines() or ['']
     reason = next((line for line in lines if 'Unsupported global' in line), lines[0]).strip()
     raise ValueError(
-        f'{path} holds objects other than tensors, which are never unpickled here '
-        f'(torch.load(..., weights_only=True): {reason}). Re-save just the state dict.'
+      f'{path} holds objects other than tensors, which are never unpickled here '
+      f'(torch.load(..., weights_only=True): {reason}). Re-save just the state dict.'
     ) from e
 
   def to_numpy(key: str, value: Any) -> np.ndarray:
     if not isinstance(value, torch.Tensor):
       raise ValueError(
-          f'{path}: state dict entry {key!r} is a {type(value).__name__}, not a tensor.'
+        f'{path}: state dict entry {key!r} is a {type(value).__name__}, not a tensor.'
       )
     value = value.detach().cpu()
     if value.dtype == torch.bfloat16:
@@ -265,8 +265,8 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     state = _read_torch(path)
   else:
     raise ValueError(
-        f'{path}: unknown checkpoint suffix {path.suffix!r}; expected .safetensors or one of '
-        f'{", ".join(_TORCH_SUFFIXES)} (PyTorch).'
+      f'{path}: unknown checkpoint suffix {path.suffix!r}; expected .safetensors or one of '
+      f'{", ".join(_TORCH_SUFFIXES)} (PyTorch).'
     )
   prefix = 'module.'
   if state and all(key.startswith(prefix) for key in state):
@@ -340,11 +340,11 @@ def _classifier_modules(model_name: str) -> tuple[str, ...]:
 
 
 def _mismatch_error(
-    path: pathlib.Path,
-    model_name: str,
-    missing: list[str],
-    unexpected: list[str],
-    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
+  path: pathlib.Path,
+  model_name: str,
+  missing: list[str],
+  unexpected: list[str],
+  mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
 ) -> ValueError:
   lines = [f'Checkpoint {path} does not fit {model_name}:']
   if missing:
@@ -358,8 +358,8 @@ def _mismatch_error(
   for pattern, description in _TIMM_VARIANT_HINTS:
     if any(re.search(pattern, key) for key in unexpected):
       lines.append(
-          f'  The checkpoint has {description}; only the plain 7x7-stem ResNets '
-          '(torchvision, timm resnet18 ... resnet152) are supported.'
+        f'  The checkpoint has {description}; only the plain 7x7-stem ResNets '
+        '(torchvision, timm resnet18 ... resnet152) are supported.'
       )
   return ValueError('\n'.join(lines))
 
@@ -368,18 +368,19 @@ def _mismatch_error(
 
 
 def load_pretrained(
-    model_name: str,
-    path: str | os.PathLike[str],
-    *,
-    num_classes: int | None = None,
-    dtype: layers.Dtype = jnp.float32,
-    head: str | None = None,
-    axis_name: str | None = None,
-    rng: jax.Array | None = None,
-    return_report: bool = False,
-) -> tuple[classifier_lib.Classifier, dict[str, Any]] | tuple[
-    classifier_lib.Classifier, dict[str, Any], LoadReport
-]:
+  model_name: str,
+  path: str | os.PathLike[str],
+  *,
+  num_classes: int | None = None,
+  dtype: layers.Dtype = jnp.float32,
+  head: str | None = None,
+  axis_name: str | None = None,
+  rng: jax.Array | None = None,
+  return_report: bool = False,
+) -> (
+  tuple[classifier_lib.Classifier, dict[str, Any]]
+  | tuple[classifier_lib.Classifier, dict[str, Any], LoadReport]
+):
   """A ``Classifier`` and its variables filled from a torchvision/timm PyTorch checkpoint.
 
   ``model.apply(variables, images, train=False)`` returns ``(logits, {'features': ...})`` equal to
@@ -411,8 +412,8 @@ def load_pretrained(
   """
   if model_name not in PRETRAINED_MODEL_NAMES:
     raise ValueError(
-        f'No pretrained weights mapping for model {model_name!r}; supported: '
-        f'{", ".join(PRETRAINED_MODEL_NAMES)}.'
+      f'No pretrained weights mapping for model {model_name!r}; supported: '
+      f'{", ".join(PRETRAINED_MODEL_NAMES)}.'
     )
   path = pathlib.Path(path)
   state = load_state_dict(path)
@@ -423,17 +424,17 @@ def load_pretrained(
   if num_classes is None:
     if checkpoint_classes is None:
       raise ValueError(
-          f'Checkpoint {path} has no classifier ({final_module!r}); pass num_classes to '
-          'initialise a fresh head.'
+        f'Checkpoint {path} has no classifier ({final_module!r}); pass num_classes to '
+        'initialise a fresh head.'
       )
     num_classes = checkpoint_classes
   model = classifier_lib.get_model(
-      model_name, num_classes=num_classes, dtype=dtype, head=head, axis_name=axis_name
+    model_name, num_classes=num_classes, dtype=dtype, head=head, axis_name=axis_name
   )
   # Shapes only: a real random init of the big models is slow to compile and thrown away.
   image_spec = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
   abstract = jax.eval_shape(
-      functools.partial(model.init, train=False), jax.random.key(0), image_spec
+    functools.partial(model.init, train=False), jax.random.key(0), image_spec
   )
 
   # Our layers, each with its leaves: layer path -> [(collection, leaf name, abstract leaf)].
@@ -464,24 +465,22 @@ def load_pretrained(
   # Classifier keys are optional: used when their layer is loaded, otherwise ignored.
   classifier_prefixes = tuple(f'{module}.' for module in _classifier_modules(model_name))
   ignored = sorted(
-      (key for key in state if key not in expected and key.startswith(classifier_prefixes)),
-      key=_natural_key,
+    (key for key in state if key not in expected and key.startswith(classifier_prefixes)),
+    key=_natural_key,
   )
   missing = sorted((key for key in expected if key not in state), key=_natural_key)
   unexpected = sorted(
-      (
-          key
-          for key in state
-          if key not in expected
-          and key not in ignored
-          and not key.endswith('.num_batches_tracked')
-      ),
-      key=_natural_key,
+    (
+      key
+      for key in state
+      if key not in expected and key not in ignored and not key.endswith('.num_batches_tracked')
+    ),
+    key=_natural_key,
   )
   mismatched = [
-      (key, tuple(state[key].shape), _torch_shape(value.shape))
-      for key, (_, _, _, value) in sorted(expected.items(), key=lambda item: _natural_key(item[0]))
-      if key in state and tuple(state[key].shape) != _torch_shape(value.shape)
+    (key, tuple(state[key].shape), _torch_shape(value.shape))
+    for key, (_, _, _, value) in sorted(expected.items(), key=lambda item: _natural_key(item[0]))
+    if key in state and tuple(state[key].shape) != _torch_shape(value.shape)
   ]
   if missing or unexpected or mismatched:
     raise _mismatch_error(path, model_name, missing, unexpected, mismatched)
@@ -494,16 +493,16 @@ def load_pretrained(
   variables = flax.traverse_util.unflatten_dict(flat)
 
   report = LoadReport(
-      path=str(path),
-      model_name=model_name,
-      num_classes=num_classes,
-      checkpoint_num_classes=checkpoint_classes,
-      loaded={
-          '/'.join(layer): module
-          for layer, module in sorted(loaded.items(), key=lambda item: _natural_key(item[1]))
-      },
-      initialised=tuple('/'.join(layer) for layer in fresh),
-      ignored=tuple(ignored),
+    path=str(path),
+    model_name=model_name,
+    num_classes=num_classes,
+    checkpoint_num_classes=checkpoint_classes,
+    loaded={
+      '/'.join(layer): module
+      for layer, module in sorted(loaded.items(), key=lambda item: _natural_key(item[1]))
+    },
+    initialised=tuple('/'.join(layer) for layer in fresh),
+    ignored=tuple(ignored),
   )
   _log.info('load_pretrained: %s', report)
   if return_report:
@@ -512,11 +511,11 @@ def load_pretrained(
 
 
 def _init_fresh(
-    model: classifier_lib.Classifier,
-    abstract: dict[str, Any],
-    image_spec: jax.ShapeDtypeStruct,
-    fresh: list[tuple[str, ...]],
-    rng: jax.Array | None,
+  model: classifier_lib.Classifier,
+  abstract: dict[str, Any],
+  image_spec: jax.ShapeDtypeStruct,
+  fresh: list[tuple[str, ...]],
+  rng: jax.Array | None,
 ) -> dict[tuple[str, ...], jax.Array]:
   """Initialises the head alone (on a zero feature map) and keeps the ``fresh`` layers' leaves.
 
@@ -525,7 +524,7 @@ def _init_fresh(
   depend on what is dropped.
   """
   _, intermediates = jax.eval_shape(
-      functools.partial(model.apply, train=False), abstract, image_spec
+    functools.partial(model.apply, train=False), abstract, image_spec
   )
   features = intermediates['features']
   fresh = set(fresh)
@@ -533,14 +532,14 @@ def _init_fresh(
   @jax.jit
   def init(key: jax.Array) -> dict[tuple[str, ...], jax.Array]:
     head_variables = model.init(
-        {'params': key},
-        jnp.zeros(features.shape, features.dtype),
-        method=classifier_lib.Classifier.apply_head,
+      {'params': key},
+      jnp.zeros(features.shape, features.dtype),
+      method=classifier_lib.Classifier.apply_head,
     )
     return {
-        path: value
-        for path, value in flax.traverse_util.flatten_dict(head_variables).items()
-        if tuple(path[1:-1]) in fresh
+      path: value
+      for path, value in flax.traverse_util.flatten_dict(head_variables).items()
+      if tuple(path[1:-1]) in fresh
     }
 
   return init(jax.random.key(0) if rng is None else rng)

@@ -25,29 +25,6 @@ import jax.numpy as jnp
 from care_jax.models import layers
 
 
-def _conv(
-    features: int,
-    kernel_size: int,
-    *,
-    stride: int,
-    dtype: layers.Dtype,
-    param_dtype: layers.Dtype,
-    name: str,
-) -> nn.Conv:
-  """Bias-free conv with torch's symmetric padding ``kernel_size // 2`` and torchvision's init."""
-  return nn.Conv(
-      features,
-      (kernel_size, kernel_size),
-      strides=(stride, stride),
-      padding=layers.torch_padding(kernel_size),
-      use_bias=False,
-      kernel_init=layers.conv_kernel_init,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      name=name,
-  )
-
-
 class _Block(nn.Module):
   """Shared fields and the projection shortcut of the residual blocks."""
 
@@ -60,19 +37,13 @@ class _Block(nn.Module):
 
   @nn.nowrap  # returns constructors, not arrays: keep it out of Flax's method tracing/capture
   def _layers(self, *, train: bool) -> tuple[Callable[..., nn.Conv], Callable[..., nn.BatchNorm]]:
-    """Conv and BatchNorm constructors bound to this block's dtypes and axis name."""
-    conv = functools.partial(_conv, dtype=self.dtype, param_dtype=self.param_dtype)
-    norm = functools.partial(
-        layers.batch_norm,
-        train=train,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        axis_name=self.axis_name,
-    )
+    """Bias-free conv and BatchNorm constructors bound to this block's dtypes and axis name."""
+    conv = functools.partial(layers.conv_for, self, use_bias=False)
+    norm = functools.partial(layers.batch_norm_for, self, train=train)
     return conv, norm
 
   def _shortcut(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """Identity, or 1x1/stride conv + BN when the block changes the shape (torchvision's downsample)."""
+    """Identity, or 1x1/stride conv + BN when the block changes the shape (torch's downsample)."""
     out_channels = self.planes * self.expansion
     if self.stride == 1 and x.shape[-1] == out_channels:
       return x
@@ -82,7 +53,7 @@ class _Block(nn.Module):
 
 
 class BasicBlock(_Block):
-  """torchvision BasicBlock: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)); stride on conv1."""
+  """BasicBlock: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), stride on conv1."""
 
   expansion: ClassVar[int] = 1
 
@@ -97,7 +68,7 @@ class BasicBlock(_Block):
 
 
 class Bottleneck(_Block):
-  """torchvision Bottleneck (v1.5): 1x1 -> 3x3 (carries the stride) -> 1x1 x4 channels, + shortcut."""
+  """torchvision Bottleneck (v1.5): 1x1 -> 3x3 (with the stride) -> 1x1 x4 channels, + shortcut."""
 
   expansion: ClassVar[int] = 4
 
@@ -134,43 +105,29 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike, *, train: bool) -> jax.Array:
     """Images [B, H, W, C] -> layer4 features [B, ceil(H/32), ceil(W/32), 512 * expansion]."""
-    layers.check_nhwc(x, name='images')
-    x = _conv(
-        self.widths[0],
-        7,
-        stride=2,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name='conv1',
-    )(jnp.asarray(x))
-    x = layers.batch_norm(
-        train=train,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        axis_name=self.axis_name,
-        name='bn1',
-    )(x)
-    x = nn.relu(x)
-    # Flax pools pad with the reduction's identity (-inf for max), like torch's MaxPool2d(padding=1).
+    x = layers.check_nhwc(x, name='images')
+    x = layers.conv_for(self, self.widths[0], 7, stride=2, use_bias=False, name='conv1')(x)
+    x = nn.relu(layers.batch_norm_for(self, train=train, name='bn1')(x))
+    # Flax pools pad with the reduction's identity (-inf for max), as torch's MaxPool2d(padding=1).
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, (num_blocks, planes) in enumerate(zip(self.stage_sizes, self.widths)):
       for index in range(num_blocks):
         x = self.block_cls(
-            planes=planes,
-            stride=2 if stage > 0 and index == 0 else 1,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            axis_name=self.axis_name,
-            name=f'layer{stage + 1}_{index}',
+          planes=planes,
+          stride=2 if stage > 0 and index == 0 else 1,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          axis_name=self.axis_name,
+          name=f'layer{stage + 1}_{index}',
         )(x, train=train)
     return x
 
 
 # name -> (stage_sizes, block_cls), torchvision's resnet18 ... resnet152.
 RESNET_CONFIGS: dict[str, tuple[tuple[int, ...], type[_Block]]] = {
-    'resnet18': ((2, 2, 2, 2), BasicBlock),
-    'resnet34': ((3, 4, 6, 3), BasicBlock),
-    'resnet50': ((3, 4, 6, 3), Bottleneck),
-    'resnet101': ((3, 4, 23, 3), Bottleneck),
-    'resnet152': ((3, 8, 36, 3), Bottleneck),
+  'resnet18': ((2, 2, 2, 2), BasicBlock),
+  'resnet34': ((3, 4, 6, 3), BasicBlock),
+  'resnet50': ((3, 4, 6, 3), Bottleneck),
+  'resnet101': ((3, 4, 23, 3), Bottleneck),
+  'resnet152': ((3, 8, 36, 3), Bottleneck),
 }

@@ -40,31 +40,15 @@ class TinyCNN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike, *, train: bool) -> jax.Array:
     """Images [B, H, W, C] -> features [B, H / prod(strides), W / prod(strides), widths[-1]]."""
-    layers.check_nhwc(x, name='images')
     if len(self.widths) != len(self.strides):
       raise ValueError(
-          f'widths and strides must have the same length; got widths={self.widths}, '
-          f'strides={self.strides}.'
+        f'widths and strides must have the same length; got widths={self.widths}, '
+        f'strides={self.strides}.'
       )
-    x = jnp.asarray(x)
+    x = layers.check_nhwc(x, name='images')
     for stage, (width, stride) in enumerate(zip(self.widths, self.strides)):
-      x = nn.Conv(
-          width,
-          (3, 3),
-          strides=(stride, stride),
-          padding=layers.torch_padding(3),
-          use_bias=False,  # the BatchNorm's bias replaces it
-          kernel_init=layers.conv_kernel_init,
-          dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          name=f'stage{stage + 1}_conv',
-      )(x)
-      x = layers.batch_norm(
-          train=train,
-          dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          axis_name=self.axis_name,
-          name=f'stage{stage + 1}_bn',
-      )(x)
-      x = nn.relu(x)
+      name = f'stage{stage + 1}'
+      # No conv bias: the BatchNorm's bias replaces it.
+      x = layers.conv_for(self, width, 3, stride=stride, use_bias=False, name=f'{name}_conv')(x)
+      x = nn.relu(layers.batch_norm_for(self, train=train, name=f'{name}_bn')(x))
     return x

@@ -4,9 +4,9 @@ The backbone is torchvision's ``features`` minus its final maxpool: it returns t
 ReLU output (stride 16: 14x14 for a 224 input), the map Grad-CAM uses for VGG. The final maxpool
 belongs to ``heads.VGGHead``.
 
-Convs are named ``conv{block}_{index}`` (1-based). torchvision's ``features.{i}`` counts convs, ReLUs
-and maxpools, so conv1_1, conv1_2, conv2_1, ... are ``features.0, 2, 5, 7, 10, 12, 14, 16, 19, 21,
-23, 25, 28, 30, 32, 34``.
+Convs are named ``conv{block}_{index}`` (1-based). torchvision's ``features.{i}`` counts convs,
+ReLUs and maxpools, so conv1_1, conv1_2, conv2_1, ... are ``features.0, 2, 5, 7, 10, 12, 14, 16,
+19, 21, 23, 25, 28, 30, 32, 34``.
 
 Example::
 
@@ -24,11 +24,11 @@ from care_jax.models import layers
 
 # Channels of each conv block; blocks are separated by a 2x2/2 maxpool (none after the last).
 VGG19_BLOCKS: tuple[tuple[int, ...], ...] = (
-    (64, 64),
-    (128, 128),
-    (256, 256, 256, 256),
-    (512, 512, 512, 512),
-    (512, 512, 512, 512),
+  (64, 64),
+  (128, 128),
+  (256, 256, 256, 256),
+  (512, 512, 512, 512),
+  (512, 512, 512, 512),
 )
 
 
@@ -46,23 +46,13 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike, *, train: bool) -> jax.Array:
-    """Images [B, H, W, C] -> features [B, H // 16, W // 16, 512] (the final maxpool is the head's)."""
+    """Images [B, H, W, C] -> features [B, H // 16, W // 16, 512] (the last pool is the head's)."""
     del train  # no BatchNorm or dropout in the conv stack
-    layers.check_nhwc(x, name='images')
-    x = jnp.asarray(x)
+    x = layers.check_nhwc(x, name='images')
     for block, channels in enumerate(self.blocks):
       if block > 0:
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
       for index, features in enumerate(channels):
-        x = nn.Conv(
-            features,
-            (3, 3),
-            padding=layers.torch_padding(3),
-            kernel_init=layers.conv_kernel_init,
-            bias_init=nn.initializers.zeros,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=f'conv{block + 1}_{index + 1}',
-        )(x)
-        x = nn.relu(x)
+        name = f'conv{block + 1}_{index + 1}'
+        x = nn.relu(layers.conv_for(self, features, 3, use_bias=True, name=name)(x))
     return x

@@ -1,0 +1,339 @@
+"""The training loop: `train_and_evaluate(config, workdir)`, and the parts it is made of.
+
+`create_experiment` builds what a run trains from its config and dataset
+(model, loss, steps, data-parallel back-end, fresh state); `run` trains and
+evaluates it on any `care_jax.training.inputs.Inputs`, resuming from the
+workdir's checkpoints; `train_and_evaluate` does both on the input pipeline
+of ``config.data``. Every function takes the state it works on and returns
+the new one: nothing is kept behind the caller's back.
+
+Example (a notebook)::
+
+  from care_jax import config as config_lib, training
+  config = config_lib.apply_overrides(config_lib.default_config(), ['train.num_steps=200'])
+  metrics = training.train_and_evaluate(config, 'runs/care')
+"""
+
+from collections.abc import Callable
+import dataclasses
+import math
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+import tqdm
+
+from care_jax import checkpoint as checkpoint_lib
+from care_jax import config as config_lib
+from care_jax import imbalance
+from care_jax import models
+from care_jax.training import evaluation
+from care_jax.training import guard
+from care_jax.training import outputs as outputs_lib
+from care_jax.training import parallel as parallel_lib
+from care_jax.training import state as state_lib
+from care_jax.training import step as step_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """What one run trains, built from its config and dataset: no data, no files.
+
+  Attributes:
+    config: the run's (validated) config.
+    info: the dataset's `care_jax.data.pipeline.DatasetInfo`.
+    num_steps: the optimisation steps of the run.
+    model: the classifier.
+    parallel: the data-parallel back-end holding the jitted steps.
+    state: the freshly initialised train state, on the host.
+  """
+
+  config: ml_collections.ConfigDict
+  info: Any
+  num_steps: int
+  model: models.Classifier
+  parallel: Any
+  state: state_lib.TrainState
+
+
+def create_experiment(config: ml_collections.ConfigDict, info) -> Experiment:
+  """The model, loss, steps, back-end and fresh state of `config` on a dataset `info`."""
+  num_classes = len(info.class_names)
+  num_steps = state_lib.num_train_steps(config, info.split_sizes['train'])
+  classification_loss = imbalance.make_classification_loss(
+    **config.loss.to_dict(), class_counts=info.train_class_counts, num_steps=num_steps
+  )
+  model = state_lib.create_model(config, num_classes)
+  axis_name = parallel_lib.PMAP_AXIS if config.parallel == 'pmap' else None
+  parallel = parallel_lib.make_parallel(
+    config,
+    step_lib.make_train_step(
+      model,
+      step_lib.StepConfig.from_config(config),
+      classification_loss=classification_loss,
+      axis_name=axis_name,
+    ),
+    step_lib.make_eval_step(
+      model,
+      num_classes=num_classes,
+      attention=config.care.attention,
+      predict_logits=classification_loss.predict_logits,
+      axis_name=axis_name,
+    ),
+  )
+  parallel_lib.check_divisible(config.train.batch_size, parallel, 'train.batch_size')
+  # Checked here too, not only when the first evaluation starts (after training).
+  parallel_lib.check_divisible(config.train.eval_batch_size, parallel, 'train.eval_batch_size')
+  image_shape = (info.image_size, info.image_size, info.num_channels)
+  state = state_lib.create_train_state(
+    config, model, image_shape, num_steps, jax.random.key(config.seed)
+  )
+  return Experiment(config, info, num_steps, model, parallel, state)
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, boxes_fn: Callable[..., Any] | None = None
+) -> dict[str, Any]:
+  """Trains `config` on its dataset, evaluates on validation and test, writes metrics.json.
+
+  Resumes from the latest checkpoint in `workdir/checkpoints` when there is
+  one (same batches, same result as an uninterrupted run); otherwise starts
+  from `config.init_from`'s weights or from scratch. A SIGTERM saves a
+  checkpoint at the next step boundary and raises `checkpoint.Preempted`.
+  The workdir's files are listed in `care_jax.training.outputs`.
+
+  Args:
+    config: the run's config (`care_jax.config.default_config` and overrides).
+    workdir: the run's directory.
+    boxes_fn: replaces the manual training boxes when ``data.box_source`` is
+      a generator: `care_jax.boxes.replace_boxes` (the ``care-jax``
+      commands pass it).
+
+  Returns:
+    The dict written to metrics.json.
+  """
+  config_lib.validate(config)
+  checkpoint_lib.check_writable(workdir)
+  # The input pipeline loads TensorFlow: only here, so that the rest of the
+  # package (steps, state, checkpoints) imports where it is not installed.
+  from care_jax.training import inputs as inputs_lib  # pylint: disable=g-import-not-at-top
+
+  inputs = inputs_lib.PipelineInputs(config, boxes_fn=boxes_fn)
+  return run(create_experiment(config, inputs.info), inputs, workdir)
+
+
+def run(experiment: Experiment, inputs, workdir: str) -> dict[str, Any]:
+  """Trains and evaluates `experiment` on `inputs`, resuming from `workdir`'s checkpoints.
+
+  Returns the dict written to ``workdir/metrics.json``.
+  """
+  config, info = experiment.config, experiment.info
+  is_chief = jax.process_index() == 0
+  meta = {
+    'class_names': list(info.class_names),
+    'rare_classes': list(info.rare_classes),
+    'image_shape': [info.image_size, info.image_size, info.num_channels],
+  }
+  with (
+    checkpoint_lib.RunCheckpoints(workdir, config, meta=meta) as checkpoints,
+    checkpoint_lib.PreemptionWatch(checkpoints) as preemption,
+  ):
+    state, start_step, clock = initial_state(experiment, checkpoints)
+    summaries = _attention_summaries(experiment, inputs) if is_chief else None
+    with outputs_lib.RunOutputs(
+      workdir, is_chief=is_chief, start_step=start_step, attention_summaries=summaries
+    ) as outputs:
+      outputs.write_config(config)
+      context = _RunContext(experiment, inputs, checkpoints, outputs, clock)
+      state = train(context, state, start_step=start_step, preemption=preemption)
+      result = final_evaluation(context, state)
+  result['train_seconds'] = round(clock(), 3)
+  outputs.write_metrics(result)
+  return result
+
+
+class Clock:
+  """Training seconds so far, across resumes."""
+
+  def __init__(self, elapsed: float = 0.0):
+    self._start = time.time() - elapsed
+
+  def __call__(self) -> float:
+    return time.time() - self._start
+
+
+def initial_state(
+  experiment: Experiment, checkpoints: checkpoint_lib.RunCheckpoints
+) -> tuple[state_lib.TrainState, int, Clock]:
+  """The state to start from, on the devices: the latest checkpoint's, `init_from`'s or fresh.
+
+  Returns ``(state, start step, clock)``; the clock counts on from the
+  checkpoint's training time.
+  """
+  config, parallel = experiment.config, experiment.parallel
+  start_step, elapsed = checkpoints.latest_step() or 0, 0.0
+  if start_step > experiment.num_steps:
+    raise ValueError(
+      f'config.train.num_steps = {experiment.num_steps} is below the step of '
+      f'the latest checkpoint in {checkpoints.directory} ({start_step})'
+    )
+  state = experiment.state
+  if start_step:
+    state, saved_meta = checkpoints.restore(start_step, parallel.abstract_state(state))
+    elapsed = saved_meta['train_seconds']
+    logging.info('resuming from step %d of %s', start_step, checkpoints.directory)
+  elif config.init_from:
+    state = checkpoint_lib.init_from(config.init_from, state)
+  return parallel.put_state(state), start_step, Clock(elapsed)
+
+
+def _attention_summaries(experiment: Experiment, inputs) -> outputs_lib.AttentionSummaries:
+  config = experiment.config
+  split = 'validation' if 'validation' in experiment.info.split_sizes else 'test'
+  return outputs_lib.AttentionSummaries(
+    experiment.model,
+    inputs.examples(split, num_images=8),
+    mean=config.data.mean,
+    std=config.data.std,
+    method=config.care.attention,
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class _RunContext:
+  """What the phases of `run` share (none of it changes during the run)."""
+
+  experiment: Experiment
+  inputs: Any
+  checkpoints: checkpoint_lib.RunCheckpoints
+  outputs: outputs_lib.RunOutputs
+  clock: Clock
+
+
+def evaluate_and_log(context: _RunContext, state, split: str, step: int) -> dict[str, Any]:
+  """The metrics of `state` on `split`, also written to TensorBoard."""
+  experiment = context.experiment
+  config, parallel = experiment.config, experiment.parallel
+  batch_size = config.train.eval_batch_size
+  result = evaluation.evaluate(
+    parallel,
+    state,
+    context.inputs.eval_batches(split, batch_size=batch_size // jax.process_count()),
+    info=experiment.info,
+    total=math.ceil(experiment.info.split_sizes[split] / batch_size),
+    desc=f'eval {split}',
+    progress=jax.process_index() == 0 and config.train.progress,
+  )
+  if context.outputs.is_chief:
+    context.outputs.log_eval(split, result, parallel.get_state(state), step)
+  return result
+
+
+def train(
+  context: _RunContext, state, *, start_step: int, preemption: checkpoint_lib.PreemptionWatch
+):
+  """Runs the steps ``start_step + 1 ... num_steps``; returns the final state.
+
+  Logs, validates and checkpoints on their schedules; raises
+  FloatingPointError when the non-finite guard stopped training, and
+  `checkpoint.Preempted` after the checkpoint a SIGTERM asked for.
+  """
+  experiment = context.experiment
+  config, parallel, num_steps = experiment.config, experiment.parallel, experiment.num_steps
+  batches = context.inputs.train_batches(
+    batch_size=config.train.batch_size // jax.process_count(), start_step=start_step
+  )
+  recent = []  # (step, metrics on device) since the last non-finite check.
+  with tqdm.tqdm(
+    total=num_steps,
+    initial=start_step,
+    desc=f'train {os.path.basename(context.outputs.workdir)}',
+    dynamic_ncols=True,
+    disable=not (context.outputs.is_chief and config.train.progress),
+  ) as progress:
+    for step in range(start_step + 1, num_steps + 1):
+      batch = parallel.put_batch(next(batches))
+      with parallel.scope():
+        state, step_metrics = parallel.train_step(state, batch)
+      recent.append((step, step_metrics))
+      progress.update(1)
+      _after_step(context, state, step, step_metrics, recent, preemption, progress)
+  return state
+
+
+def _after_step(
+  context: _RunContext, state, step: int, step_metrics, recent, preemption, progress
+) -> None:
+  """Logs, validates, saves and stops (preemption, non-finite run) as step `step` asks."""
+  experiment = context.experiment
+  config, parallel, num_steps = experiment.config, experiment.parallel, experiment.num_steps
+  log_now = step % config.train.log_every_steps == 0 or step == num_steps
+  validate_now = bool(
+    config.train.eval_every_steps
+    and step < num_steps
+    and step % config.train.eval_every_steps == 0
+    and 'validation' in experiment.info.split_sizes
+  )
+  preempted = step < num_steps and preemption.requested(step)
+  save_now = step < num_steps and (
+    preempted or context.checkpoints.is_due(step, validated=validate_now)
+  )
+  if log_now or validate_now or save_now:
+    # Fetching syncs the device: only at these steps.
+    guard.check_nonfinite(recent, parallel, limit=config.train.max_consecutive_nonfinite)
+  if log_now:
+    record = _log_record(step_metrics, parallel, step, context.clock())
+    progress.set_postfix(loss=f'{record["loss"]:.4f}', care=f'{record.get("care", 0.0):.3f}')
+    context.outputs.log_train(record)
+  val_mca = None
+  if validate_now:
+    val = evaluate_and_log(context, state, 'validation', step)
+    val_mca = val['mca']
+    logging.info('step %d validation mca %.4f rare recall %s', step, val['mca'], val['rare_recall'])
+  if save_now:
+    context.checkpoints.save(
+      step, parallel.get_state(state), validation_mca=val_mca, train_seconds=context.clock()
+    )
+  if preempted:
+    context.checkpoints.wait()
+    message = (
+      f'SIGTERM: saved the checkpoint of step {step} in '
+      f'{context.checkpoints.directory}; run the same command to resume.'
+    )
+    logging.warning(message)
+    raise checkpoint_lib.Preempted(message)
+
+
+def _log_record(step_metrics: dict[str, Any], parallel, step: int, seconds: float) -> dict:
+  metrics = parallel.fetch(step_metrics)
+  record = {k: float(v) for k, v in metrics.items() if k != 'guard'}
+  record.update(
+    skipped_steps=int(metrics['guard']['skipped_steps']), step=step, seconds=round(seconds, 3)
+  )
+  return record
+
+
+def final_evaluation(context: _RunContext, state) -> dict[str, Any]:
+  """Validation, the final checkpoint, then test: the blocks of metrics.json."""
+  experiment = context.experiment
+  info, num_steps = experiment.info, experiment.num_steps
+  result = {
+    'step': num_steps,
+    'classes': list(info.class_names),
+    'rare_classes': [info.class_names[k] for k in info.rare_classes],
+  }
+  if 'validation' in info.split_sizes:
+    result['validation'] = evaluate_and_log(context, state, 'validation', num_steps)
+  if context.checkpoints.latest_step() != num_steps:
+    context.checkpoints.save(
+      num_steps,
+      experiment.parallel.get_state(state),
+      validation_mca=result.get('validation', {}).get('mca'),
+      train_seconds=context.clock(),
+    )
+  if 'test' in info.split_sizes:
+    result['test'] = evaluate_and_log(context, state, 'test', num_steps)
+  return result

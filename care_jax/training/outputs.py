@@ -1,0 +1,135 @@
+"""What a run writes into its workdir (process 0 only).
+
+    WORKDIR/config.json          the run's config
+    WORKDIR/train_log.jsonl      one JSON record per log step
+    WORKDIR/events.out.tfevents.*  TensorBoard: training metrics at every log
+                                 step; evaluation metrics and attention
+                                 overlays at every evaluation
+    WORKDIR/metrics.json         the final validation and test metrics
+
+(``WORKDIR/checkpoints`` is `care_jax.checkpoint`'s.) On the other
+processes of a multi-process run every method is a no-op.
+"""
+
+import json
+import os
+from typing import Any
+
+from care_jax import checkpoint as checkpoint_lib
+from care_jax import figures
+from care_jax import summary
+
+TRAIN_LOG = 'train_log.jsonl'
+METRICS = 'metrics.json'
+CONFIG = 'config.json'
+
+
+class RunOutputs:
+  """The workdir's files of one run (a context manager).
+
+  Args:
+    workdir: the run's directory.
+    is_chief: whether this process writes (process 0).
+    start_step: the step the run starts (or resumes) at: later records of the
+      training log, written before a kill, are dropped.
+    attention_summaries: optional `AttentionSummaries` drawn at each evaluation.
+  """
+
+  def __init__(
+    self,
+    workdir: str,
+    *,
+    is_chief: bool,
+    start_step: int,
+    attention_summaries: 'AttentionSummaries | None' = None,
+  ):
+    self.workdir = workdir
+    self.is_chief = is_chief
+    self._start_step = start_step
+    self._attention_summaries = attention_summaries
+    self._log_file = None
+    self._writer = None
+
+  def __enter__(self) -> 'RunOutputs':
+    if self.is_chief:
+      log_path = os.path.join(self.workdir, TRAIN_LOG)
+      checkpoint_lib.truncate_log(log_path, self._start_step)
+      self._log_file = open(log_path, 'a')
+      self._writer = summary.SummaryWriter(self.workdir)
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._writer:
+      self._writer.close()
+    if self._log_file:
+      self._log_file.close()
+
+  def write_config(self, config) -> None:
+    if self.is_chief:
+      with open(os.path.join(self.workdir, CONFIG), 'w') as f:
+        f.write(config.to_json_best_effort(indent=2))
+
+  def log_train(self, record: dict[str, Any]) -> None:
+    """Appends a training record (`step`, `seconds` and metrics) to the log and TensorBoard."""
+    if not self.is_chief:
+      return
+    self._log_file.write(json.dumps(record) + '\n')
+    self._log_file.flush()
+    self._writer.scalars(
+      {f'train/{k}': v for k, v in record.items() if k not in ('step', 'seconds')}, record['step']
+    )
+
+  def log_eval(self, split: str, result: dict[str, Any], host_state, step: int) -> None:
+    """TensorBoard scalars of an evaluation, and the attention overlays of `host_state`."""
+    if not self.is_chief:
+      return
+    scalars = {
+      f'{split}/{k}': result[k]
+      for k in ('mca', 'accuracy', 'rare_recall')
+      if result.get(k) is not None
+    }
+    scalars.update(
+      {
+        f'{split}/attention/{k}': v
+        for k, v in result['attention'].items()
+        if k != 'num_images' and v is not None
+      }
+    )
+    self._writer.scalars(scalars, step)
+    if self._attention_summaries is not None:
+      self._writer.image('attention', self._attention_summaries(host_state), step)
+    self._writer.flush()
+
+  def write_metrics(self, result: dict[str, Any]) -> None:
+    if self.is_chief:
+      with open(os.path.join(self.workdir, METRICS), 'w') as f:
+        json.dump(result, f, indent=2)
+
+
+class AttentionSummaries:
+  """The attention overlays of the same few images at every evaluation.
+
+  The images are rare-class images with a lesion box first
+  (`care_jax.data.examples.select_examples`), so the change of their maps
+  over training is visible.
+
+  Args:
+    model: the classifier.
+    examples: rows of eval batches (``image``, ``label``, ``lesion_mask``).
+    mean, std: the run's ``data.mean`` and ``data.std``, to draw the images.
+    method: the run's ``care.attention``.
+  """
+
+  def __init__(self, model, examples: dict[str, Any], *, mean, std, method: str):
+    self._model = model
+    self._examples = examples
+    self._method = method
+    self._pixels = figures.denormalize(examples['image'], mean=mean, std=std)
+
+  def __call__(self, host_state) -> Any:
+    """uint8 [H, N * W + gaps, 3]: the overlays of `host_state`'s maps."""
+    variables = {'params': host_state.params, 'batch_stats': host_state.batch_stats}
+    maps, _ = figures.compute_attention(
+      self._model, variables, self._examples['image'], self._examples['label'], method=self._method
+    )
+    return figures.overlay_strip(self._pixels, maps, self._examples['lesion_mask'])

@@ -1,0 +1,200 @@
+"""The pure train and eval steps (not jitted: `care_jax.training.parallel` wraps them).
+
+The loss of one step (paper Eq. 1-4)::
+
+    L = (1 - alpha) * CE_weighted + alpha * mean_{boxed images} [L_in + lam * L_out]
+
+with the attention map F of the ground-truth class taken at the last conv stage
+inside the same forward pass (`care_jax.models.Classifier.attention_maps`:
+closed-form CAM for a GAP + linear head, the head's VJP for any other head): no
+second backward pass through the network.
+
+Under data parallelism both steps compute the loss of the *global* batch:
+every mean (CE, class-weighted CE, attention loss over the boxed images)
+divides a per-device sum by the global denominator, so they match one device
+on the same global batch.
+"""
+
+from collections.abc import Callable
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from care_jax import imbalance
+from care_jax import losses
+from care_jax import metrics as metrics_lib
+from care_jax import models
+from care_jax.training import guard
+from care_jax.training.state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """The static settings of a train step (hashable: part of the jit cache key)."""
+
+  alpha: float = 0.5
+  tau: float = 0.5
+  lam: float = 0.7
+  start_step: int = 0
+  attention: str = 'auto'
+  reduction: str = 'mean'
+  max_consecutive_nonfinite: int = 5
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> 'StepConfig':
+    care = config.care
+    return cls(
+      alpha=care.alpha,
+      tau=care.tau,
+      lam=care.lam,
+      start_step=care.start_step,
+      attention=care.attention,
+      reduction=care.reduction,
+      max_consecutive_nonfinite=config.train.max_consecutive_nonfinite,
+    )
+
+
+def global_sum(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """`x` summed over the devices of the pmap axis (itself under jit)."""
+  return jax.lax.psum(x, axis_name) if axis_name else x
+
+
+def _care_term(model, variables, intermediates, batch, step, step_config, axis_name):
+  """The attention loss of the batch, alpha at this step, and the global boxed count."""
+  maps = model.attention_maps(
+    variables, intermediates['features'], batch['label'], method=step_config.attention
+  )
+  per_example = losses.care_loss_per_example(
+    maps, batch['mask'], tau=step_config.tau, lam=step_config.lam, has_mask=batch['has_mask']
+  )
+  num_boxed = global_sum(jnp.sum(batch['has_mask'].astype(jnp.float32)), axis_name)
+  if step_config.reduction == 'mean':
+    care = jnp.sum(per_example) / jnp.maximum(num_boxed, 1.0)
+  else:
+    care = jnp.sum(per_example)
+  # Stage 1 (before start_step) trains with CE alone. A traced switch, so
+  # both stages share one compiled step.
+  alpha = jnp.where(step >= step_config.start_step, step_config.alpha, 0.0)
+  return care, alpha, num_boxed
+
+
+def make_train_step(
+  model: models.Classifier,
+  step_config: StepConfig,
+  *,
+  classification_loss: imbalance.ClassificationLoss | None = None,
+  axis_name: str | None = None,
+) -> Callable[[TrainState, dict], tuple]:
+  """Returns a pure `train_step(state, batch) -> (state, metrics)`.
+
+  A step whose loss, gradient or BatchNorm statistics are not finite leaves
+  params, optimizer state and statistics unchanged (`guard.skip_nonfinite`);
+  `metrics['guard']` then holds the counters and the batch statistics for a
+  diagnostic. Finite steps compute exactly the unguarded update.
+
+  Args:
+    model: the classifier (with `axis_name` BatchNorm for the pmap path).
+    step_config: alpha, tau, lam, start step, attention method, reduction,
+      and the guard's limit of consecutive non-finite steps.
+    classification_loss: the classification term (`config.loss`, built by
+      `imbalance.make_classification_loss`): per-example values and weights,
+      averaged as ``sum(w * l) / sum(w)`` over the global batch; None: CE.
+    axis_name: the pmap axis; None under jit (mesh or single device).
+
+  The returned function is not jitted: wrap it with `jax.jit` or `jax.pmap`.
+  """
+  if classification_loss is None:
+    classification_loss = imbalance.ClassificationLoss('ce', losses.cross_entropy)
+  use_care = step_config.alpha > 0
+
+  def loss_fn(params, state, batch, dropout_key):
+    variables = {'params': params, 'batch_stats': state.batch_stats}
+    (logits, intermediates), updates = model.apply(
+      variables, batch['image'], train=True, mutable=['batch_stats'], rngs={'dropout': dropout_key}
+    )
+    labels = batch['label']
+    values, example_weight = classification_loss(logits, labels, state.step)
+    ce_loss = jnp.sum(example_weight * values) / global_sum(jnp.sum(example_weight), axis_name)
+    terms = {'ce': ce_loss}
+    loss = ce_loss
+    if use_care:
+      care, alpha, num_boxed = _care_term(
+        model, variables, intermediates, batch, state.step, step_config, axis_name
+      )
+      loss = (1.0 - alpha) * ce_loss + alpha * care
+      terms.update(care=care, alpha=alpha, boxed=num_boxed)
+    correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+    terms['accuracy'] = correct / global_sum(jnp.float32(labels.shape[0]), axis_name)
+    return loss, (terms, updates['batch_stats'])
+
+  def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
+    if axis_name:
+      dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (terms, batch_stats)), grads = grad_fn(state.params, state, batch, dropout_key)
+    # Each device's loss is its share of the global loss: summing the shares
+    # (and their gradients) gives the global loss and gradient.
+    loss = global_sum(loss, axis_name)
+    grads = global_sum(grads, axis_name)
+    terms = {
+      k: (v if k in ('alpha', 'boxed') else global_sum(v, axis_name)) for k, v in terms.items()
+    }
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    # A NaN/Inf gradient makes the updated params non-finite (SGD and Adam
+    # alike). Testing the params rather than the gradients keeps the sharded
+    # program, and so its rounding, exactly that of the unguarded step.
+    finite_update = guard.all_finite(new_state.params)
+    finite = jnp.isfinite(loss) & finite_update & guard.all_finite(batch_stats)
+    new_state = guard.skip_nonfinite(
+      state, new_state, finite, limit=step_config.max_consecutive_nonfinite
+    )
+    guard_metrics = {
+      'finite_update': finite_update,
+      'skipped_steps': new_state.skipped_steps,
+      'consecutive_nonfinite': new_state.consecutive_nonfinite,
+      **guard.batch_statistics(batch, axis_name),
+    }
+    return new_state, {'loss': loss, **terms, 'guard': guard_metrics}
+
+  return train_step
+
+
+def make_eval_step(
+  model: models.Classifier,
+  *,
+  num_classes: int,
+  attention: str = 'auto',
+  predict_logits: Callable[[jax.Array], jax.Array] | None = None,
+  axis_name: str | None = None,
+) -> Callable[[TrainState, dict], tuple]:
+  """Returns `eval_step(state, batch) -> (confusion [K, K], AttentionMetrics)`.
+
+  Padding rows (``valid=False``) count nowhere. The attention quality of the
+  true class's map is measured on the rows with a lesion mask (batches from
+  `care_jax.data.pipeline.eval_batches` carry ``lesion_mask`` and
+  ``has_lesion_mask``; batches without them give empty attention sums).
+  `predict_logits` maps the logits to the scores whose argmax is the
+  prediction (post-hoc logit adjustment).
+  """
+
+  def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple:
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    logits, intermediates = model.apply(variables, batch['image'], train=False)
+    scores = logits if predict_logits is None else predict_logits(logits)
+    confusion = metrics_lib.confusion_matrix(
+      batch['label'], jnp.argmax(scores, -1), num_classes=num_classes, valid=batch['valid']
+    )
+    quality = metrics_lib.AttentionMetrics.empty()
+    if 'lesion_mask' in batch:
+      maps = model.attention_maps(
+        variables, intermediates['features'], batch['label'], method=attention
+      )
+      quality = metrics_lib.AttentionMetrics.from_batch(
+        maps, batch['lesion_mask'], valid=batch['valid'] & batch['has_lesion_mask']
+      )
+    return jax.tree.map(lambda x: global_sum(x, axis_name), (confusion, quality))
+
+  return eval_step

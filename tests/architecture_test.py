@@ -1,0 +1,200 @@
+"""The package's layers: imports point one way, and the lower layers load no TensorFlow.
+
+docs/architecture.md describes the layers; `LAYERS` below is their order, lowest
+first. A module may import modules of its own layer or of lower layers only, and
+the import graph of care_jax has no cycle. Imports are read from the source
+(every `import` statement, also inside functions), so a function-local import
+does not hide an upward one.
+"""
+
+import ast
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'care_jax'
+REPO = PACKAGE.parent
+
+# Lowest first. A name ending in '.*' stands for every module below that package.
+LAYERS = (
+  ('private helpers', ('care_jax._checks', 'care_jax._numerics', 'care_jax.summary')),
+  (
+    'math',
+    ('care_jax', 'care_jax.losses', 'care_jax.attention', 'care_jax.imbalance', 'care_jax.metrics'),
+  ),
+  ('models', ('care_jax.models', 'care_jax.models.*')),
+  ('model tools', ('care_jax.boxes.generators', 'care_jax.figures')),
+  ('data', ('care_jax.data', 'care_jax.data.*')),
+  ('config', ('care_jax.config',)),
+  ('checkpoint', ('care_jax.checkpoint',)),
+  ('training', ('care_jax.training', 'care_jax.training.*')),
+  ('box generation', ('care_jax.boxes', 'care_jax.boxes.dataset')),
+  (
+    'faces',
+    (
+      'care_jax.main',
+      'care_jax.compare',
+      'care_jax.experiments',
+      'care_jax.visualize',
+      'care_jax.boxes.__main__',
+      'care_jax.cli',
+      'care_jax.train',
+    ),
+  ),
+)
+# Deprecated aliases of names that moved up to the config schema in 0.2: each
+# imports its new home inside the function that warns. Removed in 0.3.
+DEPRECATED_UPWARD = {
+  ('care_jax.imbalance', 'care_jax.config'),
+  ('care_jax.data.pipeline', 'care_jax.config'),
+}
+
+
+def _module_name(path: pathlib.Path) -> str:
+  parts = path.relative_to(REPO).with_suffix('').parts
+  return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+
+
+def _modules() -> dict[str, pathlib.Path]:
+  return {_module_name(p): p for p in sorted(PACKAGE.rglob('*.py'))}
+
+
+def _imports(path: pathlib.Path, known: set[str]) -> set[str]:
+  """The care_jax modules that the statements of `path` import."""
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      names = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      # `from pkg import mod` imports the module pkg.mod; `from mod import name`
+      # the module mod. (Parent packages load implicitly in both cases, as for
+      # `import pkg.mod`: their own imports are checked as modules of their own.)
+      names = [
+        f'{node.module}.{alias.name}' if f'{node.module}.{alias.name}' in known else node.module
+        for alias in node.names
+      ]
+    else:
+      continue
+    for name in names:
+      if name in known and name != 'care_jax':
+        found.add(name)
+      elif name.startswith('care_jax.') and name.rsplit('.', 1)[0] not in known:
+        raise AssertionError(f'{path}: imports {name}, which is not a module of care_jax')
+  return found
+
+
+def _layer_of(module: str) -> int:
+  for index, (_, members) in enumerate(LAYERS):
+    for member in members:
+      if module == member or (member.endswith('.*') and module.startswith(member[:-1])):
+        return index
+  raise AssertionError(f'{module} is in no layer of LAYERS: add it (and to docs/architecture.md)')
+
+
+def _graph() -> dict[str, set[str]]:
+  """Module -> the care_jax modules it imports, less the deprecated aliases' imports."""
+  modules = _modules()
+  return {
+    name: {t for t in _imports(path, set(modules)) if (name, t) not in DEPRECATED_UPWARD}
+    for name, path in modules.items()
+  }
+
+
+def test_every_module_has_a_layer():
+  for module in _modules():
+    _layer_of(module)
+
+
+def test_no_module_imports_a_higher_layer():
+  upward = []
+  for module, imported in _graph().items():
+    for target in imported:
+      if _layer_of(target) > _layer_of(module):
+        upward.append(
+          f'{module} ({LAYERS[_layer_of(module)][0]}) imports {target} '
+          f'({LAYERS[_layer_of(target)][0]})'
+        )
+  assert not upward, '\n'.join(sorted(upward))
+
+
+def test_the_import_graph_has_no_cycle():
+  graph = _graph()
+  state = {}  # module -> 'open' while on the stack, 'done' after.
+
+  def visit(module, path):
+    if state.get(module) == 'open':
+      raise AssertionError('import cycle: ' + ' -> '.join(path[path.index(module) :] + [module]))
+    if state.get(module) == 'done':
+      return
+    state[module] = 'open'
+    for target in sorted(graph[module]):
+      visit(target, path + [module])
+    state[module] = 'done'
+
+  for module in sorted(graph):
+    visit(module, [])
+
+
+def test_the_math_modules_import_only_math_and_private_helpers():
+  math_layer = _layer_of('care_jax.losses')
+  for module in LAYERS[math_layer][1]:
+    for target in _graph()[module]:
+      assert _layer_of(target) <= math_layer, f'{module} imports {target}'
+
+
+def test_deprecated_aliases_import_upward_only_inside_functions(tmp_path):
+  modules = _modules()
+  for module, target in DEPRECATED_UPWARD:
+    tree = ast.parse(modules[module].read_text())
+    top_level = ast.Module(
+      body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[]
+    )
+    path = tmp_path / 'top_level_imports.py'
+    path.write_text(ast.unparse(top_level))
+    assert target not in _imports(path, set(modules)), f'{module} imports {target} at the top'
+    assert target in _imports(modules[module], set(modules)), (
+      f'{module} no longer imports {target}: remove it from DEPRECATED_UPWARD'
+    )
+
+
+def test_the_checker_sees_an_upward_import_inside_a_function(tmp_path):
+  source = tmp_path / 'mod.py'
+  source.write_text('def f():\n  from care_jax import config\n  return config\n')
+  assert _imports(source, set(_modules())) == {'care_jax.config'}
+
+
+def test_config_checkpoint_training_and_models_load_no_tensorflow():
+  code = (
+    'import sys\n'
+    'from care_jax import checkpoint, config, models, training\n'
+    'import care_jax.boxes, care_jax.boxes.generators, care_jax.figures, care_jax.data\n'
+    'config.validate(config.default_config())\n'
+    'loaded = sorted(m for m in sys.modules\n'
+    '                if m.split(".")[0] in ("tensorflow", "tensorflow_datasets"))\n'
+    'print(loaded[:5])\n'
+  )
+  out = subprocess.run(
+    [sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, check=True
+  ).stdout
+  assert out.strip() == '[]', out
+
+
+def _packaged_configs() -> dict:
+  with open(REPO / 'tests' / 'fixtures' / 'v0_1_configs.json') as f:
+    return json.load(f)
+
+
+@pytest.mark.parametrize('name', sorted(_packaged_configs()))
+def test_every_config_builds_the_same_tree_as_in_0_1(name):
+  from care_jax import compare  # pylint: disable=g-import-not-at-top
+  from care_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  built = (
+    config_lib.default_config()
+    if name == 'default_config'
+    else compare.load_config(str(REPO / 'configs' / name))
+  )
+  assert config_lib.differences(_packaged_configs()[name], config_lib.to_json(built)) == {}
