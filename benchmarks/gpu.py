@@ -1,7 +1,7 @@
 r"""Accelerator throughput of the CARE train step against plain cross-entropy.
 
 ResNet-50 at 224x224 in bfloat16 (float32 parameters), batch 256, one batch
-of random data kept on the device: images/s of `care_jax.train`'s step with
+of random data kept on the device: images/s of `care_jax.training`'s step with
 the attention loss on (alpha 0.5, about a third of the images boxed) and off
 (alpha 0), the two compiled steps run in turn and timed with
 `jax.block_until_ready` (medians); the FLOP/s they achieve (XLA's FLOP
@@ -20,7 +20,7 @@ CPU smoke test::
   python benchmarks/gpu.py --batch 8 --image-size 64
 
 Nothing on its import chain loads TensorFlow (jax, flax, optax, numpy and
-`care_jax.models`/`care_jax.train` only), so it runs on images without it.
+`care_jax.models`/`care_jax.training` only), so it runs on images without it.
 """
 
 import argparse

@@ -5,8 +5,9 @@ The pure-JAX math is importable without TensorFlow::
     import care_jax
     loss = care_jax.care_loss(attention_maps, masks, tau=0.5, lam=0.7)
 
-Models live in :mod:`care_jax.models`, input pipelines in :mod:`care_jax.data`
-and the trainer in :mod:`care_jax.train`.
+Models live in :mod:`care_jax.models`, input pipelines in :mod:`care_jax.data`,
+the config schema in :mod:`care_jax.config` and the trainer in
+:mod:`care_jax.training` (docs/architecture.md: the layers).
 """
 
 from care_jax.attention import cam

@@ -198,3 +198,14 @@ def test_every_config_builds_the_same_tree_as_in_0_1(name):
     else compare.load_config(str(REPO / 'configs' / name))
   )
   assert config_lib.differences(_packaged_configs()[name], config_lib.to_json(built)) == {}
+
+
+def test_no_function_of_the_training_package_is_longer_than_60_lines():
+  long = []
+  for path in sorted((PACKAGE / 'training').glob('*.py')):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        length = node.end_lineno - node.lineno + 1
+        if length > 60:
+          long.append(f'{path.name}:{node.lineno} {node.name}: {length} lines')
+  assert not long, '\n'.join(long)

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from care_jax import boxes
 from care_jax import config as config_lib
 from care_jax import experiments
 from care_jax import training
@@ -29,7 +30,8 @@ FAKE = {
 def _fake_train(calls):
   """Stands in for training.train_and_evaluate: writes config.json and metrics.json."""
 
-  def fake(config, workdir):
+  def fake(config, workdir, *, boxes_fn):
+    assert boxes_fn is boxes.replace_boxes  # The commands wire in the generated boxes.
     calls.append((config.care.alpha, config.seed))
     rare, mca = FAKE[(config.care.alpha, config.seed)]
     metrics = {'step': 1, 'classes': ['a', 'b'], 'test': {'rare_recall': rare, 'mca': mca}}
@@ -43,7 +45,7 @@ def _fake_train(calls):
   return fake
 
 
-def _no_training(config, workdir):
+def _no_training(config, workdir, **_):
   raise AssertionError(f'trained {workdir} again')
 
 

@@ -170,6 +170,18 @@ def _cache_path(cache_dir: str, method: str, key: dict[str, Any]) -> str:
   return os.path.join(cache_dir, f'{method}-{digest}.npz')
 
 
+def _read_cache(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  with np.load(path) as cached:
+    return cached['image_sizes'], cached['boxes'], cached['found']
+
+
+def _write_cache(path: str, key: dict[str, Any], **arrays: np.ndarray) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  temporary = f'{path}.{os.getpid()}.tmp.npz'
+  np.savez(temporary, **arrays, key=json.dumps(key, sort_keys=True, default=str))
+  os.replace(temporary, path)  # Atomic: concurrent processes agree.
+
+
 def generated_boxes(
   data_config: ml_collections.ConfigDict,
   *,
@@ -252,22 +264,11 @@ def generated_boxes(
   cache_dir = box_config.cache_dir or os.path.join(builder.data_dir, 'care_jax_boxes')
   path = _cache_path(cache_dir, method, key)
   if use_cache and os.path.isfile(path):
-    with np.load(path) as cached:
-      return GeneratedBoxes(
-        len(table.labels), indices, ids, cached['image_sizes'], cached['boxes'], cached['found']
-      )
-  boxes, found, image_sizes = _generate(method, params, box_config, source)
-  if use_cache:
-    os.makedirs(cache_dir, exist_ok=True)
-    temporary = f'{path}.{os.getpid()}.tmp.npz'
-    np.savez(
-      temporary,
-      image_sizes=image_sizes,
-      boxes=boxes,
-      found=found,
-      key=json.dumps(key, sort_keys=True, default=str),
-    )
-    os.replace(temporary, path)  # Atomic: concurrent processes agree.
+    image_sizes, boxes, found = _read_cache(path)
+  else:
+    boxes, found, image_sizes = _generate(method, params, box_config, source)
+    if use_cache:
+      _write_cache(path, key, image_sizes=image_sizes, boxes=boxes, found=found)
   return GeneratedBoxes(len(table.labels), indices, ids, image_sizes, boxes, found)
 
 

@@ -549,7 +549,11 @@ def otsu_boxes(
     bool [N].
 
   Example:
-    >>> boxes, found = otsu_boxes(images)            # images [N, H, W, 3]
+    >>> images = np.full((1, 16, 16, 3), (220, 190, 170), np.uint8)
+    >>> images[0, 4:10, 6:12] = (120, 60, 50)  # a dark, reddish lesion on skin
+    >>> boxes, found = otsu_boxes(images, sigma=0.0)
+    >>> boxes, found
+    (array([[0.25 , 0.375, 0.625, 0.75 ]], dtype=float32), array([ True]))
   """
   return _boxes_of_arrays(
     'otsu',

@@ -46,6 +46,27 @@ def skip_nonfinite(old, new, finite: jax.Array, *, limit: int):
   )
 
 
+def keep_finite(
+  old, new, loss: jax.Array, batch: dict[str, jax.Array], *, limit: int, axis_name: str | None
+):
+  """`skip_nonfinite` of a step's update, and the guard's metrics of the step.
+
+  A NaN/Inf gradient makes the updated params non-finite (SGD and Adam
+  alike). Testing the params rather than the gradients keeps the sharded
+  program, and so its rounding, exactly that of the unguarded step.
+  """
+  finite_update = all_finite(new.params)
+  finite = jnp.isfinite(loss) & finite_update & all_finite(new.batch_stats)
+  new = skip_nonfinite(old, new, finite, limit=limit)
+  metrics = {
+    'finite_update': finite_update,
+    'skipped_steps': new.skipped_steps,
+    'consecutive_nonfinite': new.consecutive_nonfinite,
+    **batch_statistics(batch, axis_name),
+  }
+  return new, metrics
+
+
 def batch_statistics(batch: dict[str, jax.Array], axis_name: str | None) -> dict[str, jax.Array]:
   """Global image range (finite pixels), non-finite pixel count and label range."""
   image = batch['image'].astype(jnp.float32)

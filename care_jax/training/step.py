@@ -17,6 +17,7 @@ on the same global batch.
 
 from collections.abc import Callable
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -80,6 +81,28 @@ def _care_term(model, variables, intermediates, batch, step, step_config, axis_n
   return care, alpha, num_boxed
 
 
+def _loss(model, step_config, classification_loss, axis_name, params, state, batch, dropout_key):
+  """This device's share of the batch loss, its terms, and the new BatchNorm statistics."""
+  variables = {'params': params, 'batch_stats': state.batch_stats}
+  (logits, intermediates), updates = model.apply(
+    variables, batch['image'], train=True, mutable=['batch_stats'], rngs={'dropout': dropout_key}
+  )
+  labels = batch['label']
+  values, example_weight = classification_loss(logits, labels, state.step)
+  ce_loss = jnp.sum(example_weight * values) / global_sum(jnp.sum(example_weight), axis_name)
+  terms = {'ce': ce_loss}
+  loss = ce_loss
+  if step_config.alpha > 0:
+    care, alpha, num_boxed = _care_term(
+      model, variables, intermediates, batch, state.step, step_config, axis_name
+    )
+    loss = (1.0 - alpha) * ce_loss + alpha * care
+    terms.update(care=care, alpha=alpha, boxed=num_boxed)
+  correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+  terms['accuracy'] = correct / global_sum(jnp.float32(labels.shape[0]), axis_name)
+  return loss, (terms, updates['batch_stats'])
+
+
 def make_train_step(
   model: models.Classifier,
   step_config: StepConfig,
@@ -107,27 +130,7 @@ def make_train_step(
   """
   if classification_loss is None:
     classification_loss = imbalance.ClassificationLoss('ce', losses.cross_entropy)
-  use_care = step_config.alpha > 0
-
-  def loss_fn(params, state, batch, dropout_key):
-    variables = {'params': params, 'batch_stats': state.batch_stats}
-    (logits, intermediates), updates = model.apply(
-      variables, batch['image'], train=True, mutable=['batch_stats'], rngs={'dropout': dropout_key}
-    )
-    labels = batch['label']
-    values, example_weight = classification_loss(logits, labels, state.step)
-    ce_loss = jnp.sum(example_weight * values) / global_sum(jnp.sum(example_weight), axis_name)
-    terms = {'ce': ce_loss}
-    loss = ce_loss
-    if use_care:
-      care, alpha, num_boxed = _care_term(
-        model, variables, intermediates, batch, state.step, step_config, axis_name
-      )
-      loss = (1.0 - alpha) * ce_loss + alpha * care
-      terms.update(care=care, alpha=alpha, boxed=num_boxed)
-    correct = jnp.sum(jnp.argmax(logits, -1) == labels)
-    terms['accuracy'] = correct / global_sum(jnp.float32(labels.shape[0]), axis_name)
-    return loss, (terms, updates['batch_stats'])
+  loss_fn = functools.partial(_loss, model, step_config, classification_loss, axis_name)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
@@ -143,20 +146,14 @@ def make_train_step(
       k: (v if k in ('alpha', 'boxed') else global_sum(v, axis_name)) for k, v in terms.items()
     }
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    # A NaN/Inf gradient makes the updated params non-finite (SGD and Adam
-    # alike). Testing the params rather than the gradients keeps the sharded
-    # program, and so its rounding, exactly that of the unguarded step.
-    finite_update = guard.all_finite(new_state.params)
-    finite = jnp.isfinite(loss) & finite_update & guard.all_finite(batch_stats)
-    new_state = guard.skip_nonfinite(
-      state, new_state, finite, limit=step_config.max_consecutive_nonfinite
+    new_state, guard_metrics = guard.keep_finite(
+      state,
+      new_state,
+      loss,
+      batch,
+      limit=step_config.max_consecutive_nonfinite,
+      axis_name=axis_name,
     )
-    guard_metrics = {
-      'finite_update': finite_update,
-      'skipped_steps': new_state.skipped_steps,
-      'consecutive_nonfinite': new_state.consecutive_nonfinite,
-      **guard.batch_statistics(batch, axis_name),
-    }
     return new_state, {'loss': loss, **terms, 'guard': guard_metrics}
 
   return train_step
