@@ -7,8 +7,11 @@ of ``config.data.box_source``, as before (with the new API, pass
 """
 
 import importlib
+import math
 from typing import Any
 import warnings
+
+import jax
 
 from care_jax import boxes
 from care_jax import training
@@ -40,6 +43,30 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   return training.train_and_evaluate(config, workdir, boxes_fn=boxes.replace_boxes)
 
 
+def _evaluate(parallel, state, config, split: str, info) -> dict[str, Any]:
+  # The old signature: the eval batches of config.data's split, read here.
+  from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top  # TensorFlow
+
+  batch_size = config.train.eval_batch_size
+  training.parallel.check_divisible(batch_size, parallel, 'train.eval_batch_size')
+  batches = pipeline.eval_batches(
+    config.data,
+    split,
+    batch_size=batch_size // jax.process_count(),
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  return training.evaluate(
+    parallel,
+    state,
+    batches,
+    info=info,
+    total=math.ceil(info.split_sizes[split] / batch_size),
+    desc=f'eval {split}',
+    progress=jax.process_index() == 0 and config.train.progress,
+  )
+
+
 def _attention_maps(model, variables, features, labels, *, method: str = 'auto'):
   return model.attention_maps(variables, features, labels, method=method)
 
@@ -47,6 +74,7 @@ def _attention_maps(model, variables, features, labels, *, method: str = 'auto')
 _REPLACED = {
   'train_and_evaluate': (_train_and_evaluate, 'care_jax.training.train_and_evaluate'),
   'attention_maps': (_attention_maps, 'Classifier.attention_maps of care_jax.models'),
+  'evaluate': (_evaluate, 'care_jax.training.evaluate (which takes the batches)'),
 }
 
 

@@ -50,6 +50,7 @@ LAYERS = (
 DEPRECATED_UPWARD = {
   ('care_jax.imbalance', 'care_jax.config'),
   ('care_jax.data.pipeline', 'care_jax.config'),
+  ('care_jax.data.augment', 'care_jax.config'),
 }
 
 

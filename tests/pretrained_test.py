@@ -549,9 +549,8 @@ def test_reader_decodes_files_of_the_safetensors_package(torch_exports):
 def test_fine_tuning_from_a_checkpoint_on_synthetic_lesions_lowers_the_loss(
   torch_exports, tmp_path
 ):
-  # Imported here: the trainer pulls in TensorFlow, which the fast tests above do not need.
   from care_jax import config as config_lib
-  from care_jax import train
+  from care_jax import training
 
   config = config_lib.apply_overrides(
     config_lib.default_config(),
@@ -574,15 +573,15 @@ def test_fine_tuning_from_a_checkpoint_on_synthetic_lesions_lowers_the_loss(
     ],
   )
   # The train state starts from the checkpoint, with a fresh 5-class head.
-  model = train.create_model(config, 5)
-  state = train.create_train_state(config, model, (32, 32, 3), 24, jax.random.key(0))
+  model = training.create_model(config, 5)
+  state = training.create_train_state(config, model, (32, 32, 3), 24, jax.random.key(0))
   checkpoint = read_safetensors(torch_exports / 'resnet18.safetensors')
   np.testing.assert_array_equal(
     state.params['backbone']['conv1']['kernel'], checkpoint['conv1.weight'].transpose(2, 3, 1, 0)
   )
   assert state.params['head']['fc']['kernel'].shape == (512, 5)
 
-  result = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  result = training.train_and_evaluate(config, str(tmp_path / 'run'))
   log = [json.loads(line) for line in open(tmp_path / 'run' / 'train_log.jsonl')]
   assert result['step'] == 24 and 'validation' not in result
   first, last = np.mean([r['ce'] for r in log[:2]]), np.mean([r['ce'] for r in log[-2:]])

@@ -59,6 +59,7 @@ Example::
 from collections.abc import Mapping
 import math
 from typing import Any
+import warnings
 
 import tensorflow as tf
 
@@ -71,6 +72,19 @@ _LUMA = (0.2989, 0.587, 0.114)
 
 _JITTER_KEYS = ('brightness', 'contrast', 'saturation', 'hue')
 _RANGE_KEYS = ('crop_scale', 'crop_ratio')
+
+
+def default_config():
+  """Deprecated alias of `care_jax.config.default_augment_config` (removed in 0.3)."""
+  warnings.warn(
+    'care_jax.data.augment.default_config is deprecated: use '
+    'care_jax.config.default_augment_config()',
+    DeprecationWarning,
+    stacklevel=2,
+  )
+  from care_jax import config  # Deprecated alias: remove in 0.3.
+
+  return config.default_augment_config()
 
 
 def augment_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
