@@ -28,6 +28,7 @@ Example::
 
 from collections.abc import Callable, Mapping
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -200,9 +201,15 @@ def _manager(
   return ocp.CheckpointManager(directory, options=options, handler_registry=registry)
 
 
-def _step_of(manager: ocp.CheckpointManager, which: str) -> int:
+def _step_of(manager: ocp.CheckpointManager, which: str | int) -> int:
+  """The step of 'best', 'latest' or a given step (an int or its digits)."""
+  if isinstance(which, int) or (isinstance(which, str) and which.isdigit()):
+    step, steps = int(which), sorted(manager.all_steps())
+    if step not in steps:
+      raise ValueError(f'no checkpoint of step {step} in {manager.directory}; its steps: {steps}')
+    return step
   if which not in ('best', 'latest'):
-    raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+    raise ValueError(f"which must be 'best', 'latest' or a step, got {which!r}")
   step = manager.best_step() if which == 'best' else None
   if step is None:  # 'latest', or no checkpoint carries a validation score.
     step = manager.latest_step()
@@ -240,25 +247,40 @@ def _open_existing(workdir: str) -> ocp.CheckpointManager:
   return manager
 
 
-def load_model(
-  workdir: str, *, which: str = 'best'
-) -> tuple[ml_collections.ConfigDict, models.Classifier, dict]:
-  """The trained model of a run, for evaluation, figures or inference.
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+  """A trained model of a run and what it was trained on (`load_run`).
+
+  Attributes:
+    config: the run's config.
+    model: the float32 classifier without parallel axes.
+    variables: ``{'params', 'batch_stats'}`` as numpy arrays.
+    class_names: the classes in label order (the model's logits).
+    rare_classes: label indices of the rare classes.
+    step: the checkpoint's step.
+    train_class_counts: training examples per class (None for runs of 0.1).
+  """
+
+  config: ml_collections.ConfigDict
+  model: models.Classifier
+  variables: dict[str, Any]
+  class_names: tuple[str, ...]
+  rare_classes: tuple[int, ...]
+  step: int
+  train_class_counts: tuple[int, ...] | None = None
+
+
+def load_run(workdir: str, *, which: str | int = 'best') -> TrainedRun:
+  """The trained model of a run with its classes, for evaluation, figures or inference.
 
   Args:
     workdir: the run's `--workdir` (holding ``checkpoints/``).
     which: 'best' (highest validation MCA; the latest checkpoint when none was
-      validated) or 'latest'.
-
-  Returns:
-    `(config, model, variables)`: the run's config, the float32 classifier
-    without parallel axes for the run's classes, and ``{'params',
-    'batch_stats'}`` as numpy arrays, so that
-    ``model.apply(variables, images, train=False)`` gives ``(logits, inter)``.
+      validated), 'latest', or a step (an int, or its digits as a string).
 
   Raises:
     FileNotFoundError: the workdir holds no complete checkpoint.
-    ValueError: `which` is neither 'best' nor 'latest'.
+    ValueError: `which` is none of these, or names a step without a checkpoint.
   """
   with contextlib.closing(_open_existing(workdir)) as manager:
     step = _step_of(manager, which)
@@ -271,7 +293,42 @@ def load_model(
     dtype=jnp.float32,
     head=None if config.model.head == 'default' else config.model.head,
   )
-  return config, model, {'params': state['params'], 'batch_stats': state['batch_stats']}
+  counts = meta.get('train_class_counts')
+  return TrainedRun(
+    config=config,
+    model=model,
+    variables={'params': state['params'], 'batch_stats': state['batch_stats']},
+    class_names=tuple(meta['class_names']),
+    rare_classes=tuple(meta.get('rare_classes', ())),
+    step=step,
+    train_class_counts=None if counts is None else tuple(int(c) for c in counts),
+  )
+
+
+def load_model(
+  workdir: str, *, which: str | int = 'best'
+) -> tuple[ml_collections.ConfigDict, models.Classifier, dict]:
+  """The trained model of a run, for evaluation, figures or inference.
+
+  `load_run` gives the same with the class names and the step.
+
+  Args:
+    workdir: the run's `--workdir` (holding ``checkpoints/``).
+    which: 'best' (highest validation MCA; the latest checkpoint when none was
+      validated), 'latest', or a step.
+
+  Returns:
+    `(config, model, variables)`: the run's config, the float32 classifier
+    without parallel axes for the run's classes, and ``{'params',
+    'batch_stats'}`` as numpy arrays, so that
+    ``model.apply(variables, images, train=False)`` gives ``(logits, inter)``.
+
+  Raises:
+    FileNotFoundError: the workdir holds no complete checkpoint.
+    ValueError: `which` is none of 'best', 'latest' or a saved step.
+  """
+  run = load_run(workdir, which=which)
+  return run.config, run.model, run.variables
 
 
 def init_from(workdir: str, state: Any) -> Any:

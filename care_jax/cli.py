@@ -1,4 +1,4 @@
-"""The `care-jax` command: `care-jax train|compare|experiments|visualize|boxes ...`."""
+"""The `care-jax` command: `care-jax train|compare|experiments|visualize|boxes|predict ...`."""
 
 import runpy
 import sys
@@ -9,6 +9,7 @@ COMMANDS = {
   'experiments': 'care_jax.experiments',
   'visualize': 'care_jax.visualize',
   'boxes': 'care_jax.boxes',
+  'predict': 'care_jax.predict',
 }
 
 

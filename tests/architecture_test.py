@@ -30,6 +30,7 @@ LAYERS = (
   ('data', ('care_jax.data', 'care_jax.data.*')),
   ('config', ('care_jax.config',)),
   ('checkpoint', ('care_jax.checkpoint',)),
+  ('inference', ('care_jax.inference',)),
   ('training', ('care_jax.training', 'care_jax.training.*')),
   ('box generation', ('care_jax.boxes', 'care_jax.boxes.dataset')),
   (
@@ -42,6 +43,7 @@ LAYERS = (
       'care_jax.boxes.__main__',
       'care_jax.cli',
       'care_jax.train',
+      'care_jax.predict',
     ),
   ),
 )

@@ -88,7 +88,7 @@ def test_load_model_returns_the_runs_config_and_falls_back_to_latest(tmp_path):
 def test_load_model_without_a_checkpoint_says_so(tmp_path):
   with pytest.raises(FileNotFoundError, match='no checkpoint in .*checkpoints does not exist'):
     checkpoint.load_model(str(tmp_path))
-  with pytest.raises(ValueError, match="which must be 'best' or 'latest', got 'first'"):
+  with pytest.raises(ValueError, match="which must be 'best', 'latest' or a step, got 'first'"):
     _save_run(tmp_path, _config(), [(1, None)])
     checkpoint.load_model(str(tmp_path), which='first')
 

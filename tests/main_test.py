@@ -160,8 +160,16 @@ def test_compare_fails_fast_on_a_missing_config(tmp_path):
     compare.compare(['configs/nope.py'], [0], str(tmp_path))
 
 
-@pytest.mark.parametrize('command', ['train', 'compare'])
-def test_care_jax_command_dispatches_to_its_subcommand(command):
+@pytest.mark.parametrize(
+  'command, flag, source',
+  [
+    ('train', '--workdir', 'care_jax/main.py'),
+    ('compare', '--workdir', 'care_jax/compare.py'),
+    ('boxes', '--method', 'care_jax/boxes/__main__.py'),
+    ('predict', '--attention_dir', 'care_jax/predict.py'),
+  ],
+)
+def test_care_jax_command_dispatches_to_its_subcommand(command, flag, source):
   proc = subprocess.run(
     [sys.executable, '-m', 'care_jax.cli', command, '--helpshort'],
     cwd=REPO,
@@ -170,8 +178,8 @@ def test_care_jax_command_dispatches_to_its_subcommand(command):
     timeout=300,
   )
   # absl exits with 1 after printing help; what matters is whose flags it shows.
-  assert '--workdir' in proc.stdout, proc.stderr[-2000:]
-  assert f'care_jax/{"main" if command == "train" else "compare"}.py' in proc.stdout
+  assert flag in proc.stdout, proc.stderr[-2000:]
+  assert source in proc.stdout
 
 
 def test_care_jax_command_without_a_subcommand_prints_usage():

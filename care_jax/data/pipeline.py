@@ -72,6 +72,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds
 
+from care_jax.data import _files
 from care_jax.data import augment
 from care_jax.data import folder
 from care_jax.data import isic2018
@@ -539,3 +540,91 @@ def eval_batches(
     ds = ds.shard(process_count, process_index)
   ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(read_options())
   return iter(tfds.as_numpy(ds))
+
+
+# How each dataset stores an image file before the pipeline reads it back:
+# (encoding, the data.<name> sub-config holding its stored_size, None: as is).
+_STORAGE = {
+  'synthetic_lesions': ('png', None),
+  'folder': (folder.Folder.ENCODING, 'folder'),
+  'isic2018': (isic2018.Isic2018.ENCODING, 'isic2018'),
+  'rsna_pneumonia': (rsna_pneumonia.RsnaPneumonia.ENCODING, 'rsna_pneumonia'),
+  'nih_chestxray14': (nih_chestxray14.NihChestxray14.ENCODING, 'nih_chestxray14'),
+}
+
+
+def stored_image(data_config: ml_collections.ConfigDict, path: str) -> bytes:
+  """An image file encoded as the dataset of ``data_config`` stores its images.
+
+  PNG or JPEG, greyscale or RGB: decoded to RGB, shrunk to the dataset's
+  ``stored_size`` and re-encoded with its encoding, as its builder does; the
+  eval preprocessing then sees the same pixels it sees for the dataset.
+
+  Raises:
+    ValueError: the file is missing or cannot be decoded (it is named).
+  """
+  if data_config.name not in _STORAGE:
+    raise ValueError(
+      f'data.name={data_config.name!r} is not supported; supported datasets: {sorted(_STORAGE)}.'
+    )
+  encoding, key = _STORAGE[data_config.name]
+  image = _files.load_rgb(path)
+  if key is not None:
+    image = _files.shrink(image, data_config[key].stored_size)
+  return _files.encode(image, encoding)
+
+
+def file_batches(
+  data_config: ml_collections.ConfigDict,
+  paths: Sequence[str],
+  *,
+  batch_size: int,
+  skip_unreadable: bool = False,
+) -> Iterator[dict[str, np.ndarray]]:
+  """Image files, preprocessed as `eval_batches` preprocesses the images of a split.
+
+  Each file becomes `stored_image`, is decoded by the dataset's image feature
+  and goes through the eval preprocessing (`example_fn`: resize to
+  ``data.image_size``, normalise with ``data.mean`` and ``data.std``).
+
+  Args:
+    data_config: the run's ``config.data``.
+    paths: the image files.
+    batch_size: images per batch (the last batch may be shorter).
+    skip_unreadable: leave out files that cannot be read (their positions
+      are missing from ``index``) instead of raising.
+
+  Yields:
+    ``{'image': float32 [n, S, S, 3], 'index': int64 [n]}``, ``index`` the
+    positions of the images in ``paths``.
+
+  Raises:
+    ValueError: an unreadable file (named), unless ``skip_unreadable``.
+  """
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
+  encoding, _ = _STORAGE.get(data_config.name, ('png', None))
+  feature = tfds.features.Image(shape=(None, None, 3), encoding_format=encoding)
+  make_example = example_fn(data_config, 3)
+  no_boxes = tf.zeros((0, 4), tf.float32)
+
+  def preprocess(encoded):
+    return make_example(feature.decode_example(encoded), 0, no_boxes)['image']
+
+  for start in range(0, len(paths), batch_size):
+    encoded, index = [], []
+    for position in range(start, min(start + batch_size, len(paths))):
+      try:
+        encoded.append(stored_image(data_config, paths[position]))
+      except _files.UnreadableFile:
+        if not skip_unreadable:
+          raise
+        logging.warning('skipped unreadable image %s', paths[position])
+        continue
+      index.append(position)
+    if not encoded:
+      continue
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(encoded, tf.string))
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).batch(len(encoded))
+    images = next(iter(tfds.as_numpy(ds.with_options(read_options()))))
+    yield {'image': images, 'index': np.asarray(index, np.int64)}

@@ -134,6 +134,8 @@ def run(experiment: Experiment, inputs, workdir: str) -> dict[str, Any]:
   is_chief = jax.process_index() == 0
   meta = {
     'class_names': list(info.class_names),
+    # The class priors of post-hoc logit adjustment, for predictions.
+    'train_class_counts': [int(c) for c in info.train_class_counts],
     'rare_classes': list(info.rare_classes),
     'image_shape': [info.image_size, info.image_size, info.num_channels],
   }
