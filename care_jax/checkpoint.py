@@ -63,6 +63,7 @@ RESUMABLE_KEYS = (
   'train.log_every_steps',
   'train.max_consecutive_nonfinite',
   'train.progress',
+  'train.test_checkpoint',
 )
 # The run's length may grow (or shrink) on resume only where the learning
 # rate does not depend on it: a constant schedule without warm-up.
@@ -96,6 +97,9 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
   one side counts as different (value `'<missing>'`).
   """
   resumable = RESUMABLE_KEYS
+  # Keys added to the schema after the checkpoint was written take their
+  # defaults: a run of an older version resumes unless they were changed.
+  saved = config_lib.to_json(config_lib.from_json(saved))
   flat_current = config_lib.flatten(current)
   if flat_current.get('train.schedule') == 'constant' and not flat_current.get(
     'train.warmup_steps'
@@ -397,6 +401,11 @@ class RunCheckpoints:
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    """The step of the highest validation MCA (after pending saves), None if none was scored."""
+    self.wait()
+    return self._manager.best_step()
 
   def reached_preemption_sync_point(self, step: int) -> bool:
     """Whether all processes agreed to checkpoint at `step` after a preemption notice."""

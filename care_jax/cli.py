@@ -1,4 +1,4 @@
-"""The `care-jax` command: `care-jax train|compare|experiments|visualize|boxes|predict ...`."""
+"""The `care-jax` command: `care-jax COMMAND [flags]`, COMMAND one of `COMMANDS`."""
 
 import runpy
 import sys
@@ -10,6 +10,7 @@ COMMANDS = {
   'visualize': 'care_jax.visualize',
   'boxes': 'care_jax.boxes',
   'predict': 'care_jax.predict',
+  'evaluate': 'care_jax.evaluate',
 }
 
 

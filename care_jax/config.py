@@ -261,6 +261,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.log_every_steps = 50
   config.train.eval_every_steps = 0  # 0: evaluate only at the end.
   config.train.eval_batch_size = 128
+  # The state the end-of-run test block scores: 'last' (the final step) or
+  # 'best' (the checkpoint of the highest validation MCA, if any was scored).
+  config.train.test_checkpoint = 'last'
   config.train.progress = True
   # A step whose loss or gradient is NaN/Inf is skipped (parameters, optimizer
   # and BatchNorm statistics kept); this many in a row stop the run.
@@ -384,6 +387,9 @@ def _validate_train(check: _Checker, train: ml_collections.ConfigDict) -> None:
   check(train.log_every_steps > 0, 'train.log_every_steps', 'must be > 0')
   check(train.eval_every_steps >= 0, 'train.eval_every_steps', 'must be >= 0')
   check(train.eval_batch_size > 0, 'train.eval_batch_size', 'must be > 0')
+  check(
+    train.test_checkpoint in ('last', 'best'), 'train.test_checkpoint', "must be 'last' or 'best'"
+  )
   check(train.max_consecutive_nonfinite >= 1, 'train.max_consecutive_nonfinite', 'must be >= 1')
 
 

@@ -379,3 +379,29 @@ def recall_figure(
   fig.legend(loc='outside upper center', ncols=num, fontsize=9, frameon=False)
   ax.grid(axis='y', alpha=0.3)
   return fig
+
+
+def reliability_figure(calibrations: Mapping[str, Mapping[str, Any]]) -> Figure:
+  """Reliability diagram: accuracy against confidence per bin, one line per run.
+
+  Args:
+    calibrations: {run title: the ``calibration`` bins of a metrics block
+      (``metrics.json[split]['calibration']``: ``confidence``, ``accuracy``
+      and ``count`` per bin) and optionally its ``ece``}.
+  """
+  fig = Figure(figsize=(4.2, 4.0), layout='constrained')
+  ax = fig.subplots()
+  ax.plot([0, 1], [0, 1], color='0.6', linestyle='--', linewidth=1, label='calibrated')
+  for i, (title, bins) in enumerate(calibrations.items()):
+    points = [(c, a) for c, a in zip(bins['confidence'], bins['accuracy']) if c is not None]
+    if not points:
+      continue
+    label = title if bins.get('ece') is None else f'{title} (ECE {bins["ece"]:.3f})'
+    ax.plot(*zip(*points), marker='o', color=f'C{i}', label=label)
+  ax.set_xlim(0.0, 1.0)
+  ax.set_ylim(0.0, 1.0)
+  ax.set_xlabel('confidence (mean of the bin)')
+  ax.set_ylabel('accuracy')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, loc='upper left')
+  return fig

@@ -140,6 +140,147 @@ def classification_metrics(
   }
 
 
+def _check_scores(probabilities: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+  probabilities = np.asarray(probabilities, np.float64)
+  labels = np.asarray(labels)
+  if probabilities.ndim != 2 or labels.shape != probabilities.shape[:1]:
+    raise ValueError(
+      f'probabilities must be [N, K] and labels [N]; got {probabilities.shape} and {labels.shape}.'
+    )
+  if labels.size and not (np.all(labels >= 0) and np.all(labels < probabilities.shape[1])):
+    raise ValueError(f'labels must lie in [0, {probabilities.shape[1]}).')
+  return probabilities, labels.astype(np.int64)
+
+
+def roc_auc(scores: Any, positive: Any) -> float | None:
+  """Area under the ROC curve of one class: the Mann-Whitney statistic.
+
+  ``P(score of a positive > score of a negative)``, ties counting one half
+  (what ``sklearn.metrics.roc_auc_score`` computes). None without positives
+  or without negatives.
+
+  Example:
+    >>> roc_auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True])
+    0.75
+  """
+  scores = np.asarray(scores, np.float64)
+  positive = np.asarray(positive, bool)
+  num_positive = int(positive.sum())
+  num_negative = positive.size - num_positive
+  if not num_positive or not num_negative:
+    return None
+  order = np.argsort(scores, kind='mergesort')
+  ranks = np.empty(scores.size, np.float64)
+  ranks[order] = np.arange(1, scores.size + 1)
+  # Tied scores share their mean rank.
+  _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+  mean_rank = np.bincount(inverse, weights=ranks) / counts
+  ranks = mean_rank[inverse]
+  u = ranks[positive].sum() - num_positive * (num_positive + 1) / 2
+  return float(u / (num_positive * num_negative))
+
+
+def average_precision(scores: Any, positive: Any) -> float | None:
+  """Average precision of one class: ``sum_n (R_n - R_{n-1}) P_n`` over the distinct thresholds.
+
+  As ``sklearn.metrics.average_precision_score``: precision and recall at
+  each distinct score taken as the threshold (from the highest), no
+  interpolation. None without positives.
+
+  Example:
+    >>> average_precision([0.1, 0.4, 0.35, 0.8], [False, False, True, True])
+    0.8333333333333333
+  """
+  scores = np.asarray(scores, np.float64)
+  positive = np.asarray(positive, bool)
+  num_positive = int(positive.sum())
+  if not num_positive:
+    return None
+  order = np.argsort(-scores, kind='mergesort')
+  scores, positive = scores[order], positive[order]
+  true_positives = np.cumsum(positive)
+  # The last position of each run of equal scores: one threshold each.
+  last = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
+  precision = true_positives[last] / (last + 1)
+  recall = true_positives[last] / num_positive
+  return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def calibration(probabilities: Any, labels: Any, *, num_bins: int = 15) -> dict[str, Any]:
+  """Expected calibration error (Guo et al., ICML 2017) and its reliability bins.
+
+  The confidence of a prediction is its largest probability; bin ``b``
+  holds the predictions with confidence in ``(b / num_bins, (b + 1) /
+  num_bins]`` (equal widths; a confidence of 0 goes to the first bin) and
+  ``ECE = sum_b n_b / N |accuracy_b - confidence_b|``.
+
+  Returns:
+    ``{'ece': f, 'bins': {'confidence': [f | None], 'accuracy': [f | None],
+    'count': [int]}}``: the bins' mean confidence and accuracy (None when
+    empty), for a reliability diagram. ``ece`` is None without examples.
+
+  Example:
+    >>> calibration([[0.9, 0.1], [0.6, 0.4]], [0, 1], num_bins=2)['ece']  # |0.5 - 0.75|
+    0.25
+  """
+  probabilities, labels = _check_scores(probabilities, labels)
+  if num_bins < 1:
+    raise ValueError(f'num_bins must be >= 1, got {num_bins}.')
+  confidence = probabilities.max(axis=1) if len(labels) else np.zeros(0)
+  correct = (probabilities.argmax(axis=1) == labels) if len(labels) else np.zeros(0, bool)
+  bins = np.clip(np.ceil(confidence * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
+  count = np.bincount(bins, minlength=num_bins)
+  confidence_sum = np.bincount(bins, weights=confidence, minlength=num_bins)
+  correct_sum = np.bincount(bins, weights=correct.astype(np.float64), minlength=num_bins)
+  full = count > 0
+  mean_confidence = np.divide(confidence_sum, count, out=np.zeros(num_bins), where=full)
+  accuracy = np.divide(correct_sum, count, out=np.zeros(num_bins), where=full)
+  ece = float(np.sum(count / max(len(labels), 1) * np.abs(accuracy - mean_confidence)))
+  return {
+    'ece': ece if len(labels) else None,
+    'bins': {
+      'confidence': [float(c) if f else None for c, f in zip(mean_confidence, full)],
+      'accuracy': [float(a) if f else None for a, f in zip(accuracy, full)],
+      'count': count.tolist(),
+    },
+  }
+
+
+def score_metrics(
+  probabilities: Any, labels: Any, *, class_names: Sequence[str], num_bins: int = 15
+) -> dict[str, Any]:
+  """The metrics of class probabilities: per-class AUROC and AP (one-vs-rest), calibration.
+
+  Args:
+    probabilities: ``[N, K]`` class probabilities of N examples.
+    labels: ``[N]`` true classes.
+    class_names: K names in label order.
+    num_bins: bins of the calibration error.
+
+  Returns:
+    A JSON-ready dict: ``auroc`` and ``ap`` ({class name: value, None for a
+    class without positives, or for AUROC without negatives}),
+    ``macro_auroc`` (the mean over the classes that have one), ``ece`` and
+    ``calibration`` (the bins of `calibration`).
+  """
+  probabilities, labels = _check_scores(probabilities, labels)
+  if probabilities.shape[1] != len(class_names):
+    raise ValueError(
+      f'probabilities have {probabilities.shape[1]} classes, class_names {len(class_names)}.'
+    )
+  auroc = {n: roc_auc(probabilities[:, k], labels == k) for k, n in enumerate(class_names)}
+  ap = {n: average_precision(probabilities[:, k], labels == k) for k, n in enumerate(class_names)}
+  present = [v for v in auroc.values() if v is not None]
+  calibrated = calibration(probabilities, labels, num_bins=num_bins)
+  return {
+    'auroc': auroc,
+    'ap': ap,
+    'macro_auroc': float(np.mean(present)) if present else None,
+    'ece': calibrated['ece'],
+    'calibration': calibrated['bins'],
+  }
+
+
 def _attention_inputs(
   maps: jax.typing.ArrayLike, masks: jax.typing.ArrayLike
 ) -> tuple[jax.Array, jax.Array]:

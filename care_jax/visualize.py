@@ -14,7 +14,8 @@ with CARE" side by side, confusion matrix, training curves, per-class recall.
   outlined in magenta. Columns are labelled from each run's ``care.alpha``
   ("without CARE (alpha=0)", "with CARE (alpha=0.5)"); each panel gives the
   run's prediction and the share of the map's mass inside the box.
-* ``confusion_<split>.png``, ``recall_<split>.png``: from each run's
+* ``confusion_<split>.png``, ``recall_<split>.png``, ``reliability_<split>.png``
+  (accuracy against confidence, with each run's ECE): from each run's
   ``metrics.json``.
 * ``training_curves.png``: loss, CE, CARE loss and accuracy from each run's
   ``train_log.jsonl``.
@@ -56,6 +57,7 @@ denormalize = figures.denormalize
 overlay = figures.overlay
 overlay_strip = figures.overlay_strip
 recall_figure = figures.recall_figure
+reliability_figure = figures.reliability_figure
 select_examples = examples_lib.select_examples
 training_curves_figure = figures.training_curves_figure
 BOX_COLOR = figures.BOX_COLOR
@@ -202,6 +204,11 @@ def write_figures(
       ),
       f'recall_{split}.png',
     )
+    calibrations = {
+      t: {**r['calibration'], 'ece': r.get('ece')} for t, r in results.items() if 'calibration' in r
+    }
+    if len(calibrations) == len(runs):  # Runs of 0.1 have no calibration bins.
+      save(figures.reliability_figure(calibrations), f'reliability_{split}.png')
 
   logs = {}
   for run in runs:

@@ -230,7 +230,8 @@ V0_1_RUN = os.path.join(os.path.dirname(__file__), 'fixtures', 'v0_1_run')
 def test_load_model_reads_a_run_written_by_0_1():
   config, model, variables = checkpoint.load_model(V0_1_RUN, which='latest')
   with open(os.path.join(V0_1_RUN, 'config.json')) as f:
-    assert config_lib.differences(json.load(f), config_lib.to_json(config)) == {}
+    differences = config_lib.differences(json.load(f), config_lib.to_json(config))
+  assert differences == {'train.test_checkpoint': ('<missing>', 'last')}  # Added since.
   with open(os.path.join(V0_1_RUN, 'metrics.json')) as f:
     classes = json.load(f)['classes']
   assert model.head.num_classes == len(classes) == 5

@@ -51,6 +51,10 @@ def test_train_and_evaluate_writes_the_metrics_contract(tmp_path):
     assert set(block['recall']) == set(block['precision']) == set(metrics['classes'])
     confusion = np.array(block['confusion'])
     assert confusion.shape == (5, 5) and confusion.sum() == size
+    assert set(block['auroc']) == set(block['ap']) == set(metrics['classes'])
+    assert all(0.0 <= v <= 1.0 for v in (*block['auroc'].values(), *block['ap'].values()))
+    assert 0.0 <= block['macro_auroc'] <= 1.0 and 0.0 <= block['ece'] <= 1.0
+    assert sum(block['calibration']['count']) == size
   log = [json.loads(line) for line in open(workdir / 'train_log.jsonl')]
   assert [r['step'] for r in log] == [2, 4, 6]
   assert all(np.isfinite(r['loss']) and r['boxed'] >= 0 for r in log)
@@ -167,6 +171,7 @@ def test_compare_fails_fast_on_a_missing_config(tmp_path):
     ('compare', '--workdir', 'care_jax/compare.py'),
     ('boxes', '--method', 'care_jax/boxes/__main__.py'),
     ('predict', '--attention_dir', 'care_jax/predict.py'),
+    ('evaluate', '--split', 'care_jax/evaluate.py'),
   ],
 )
 def test_care_jax_command_dispatches_to_its_subcommand(command, flag, source):

@@ -268,3 +268,62 @@ def test_attention_quality_bad_arguments_raise():
     metrics.attention_iou(maps, np.zeros((2, 14, 14)), threshold=1.5)
   with pytest.raises(ValueError, match='valid must have shape'):
     metrics.attention_quality(maps, np.zeros((2, 14, 14)), valid=np.ones(3, bool))
+
+
+# Scores: AUROC, AP, calibration (against scikit-learn and a direct numpy ECE) -------------------
+
+
+def _scores(seed, n=200, k=4, ties=False):
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, k, n)
+  logits = rng.normal(size=(n, k)) + 1.5 * np.eye(k)[labels]
+  if ties:  # Coarse probabilities: many equal scores.
+    logits = np.round(logits)
+  probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+  return probabilities.astype(np.float32), labels
+
+
+@pytest.mark.parametrize('seed, ties', [(0, False), (1, True), (2, True)])
+def test_auroc_and_ap_equal_scikit_learn(seed, ties):
+  from sklearn import metrics as sk  # pylint: disable=g-import-not-at-top
+
+  probabilities, labels = _scores(seed, ties=ties)
+  names = ['a', 'b', 'c', 'd']
+  result = metrics.score_metrics(probabilities, labels, class_names=names)
+  for k, name in enumerate(names):
+    positive = labels == k
+    assert abs(result['auroc'][name] - sk.roc_auc_score(positive, probabilities[:, k])) < 1e-6
+    ap = sk.average_precision_score(positive, probabilities[:, k])
+    assert abs(result['ap'][name] - ap) < 1e-6
+  macro = sk.roc_auc_score(
+    labels, probabilities.astype(np.float64), multi_class='ovr', average='macro'
+  )
+  assert abs(result['macro_auroc'] - macro) < 1e-6
+
+
+def test_ece_equals_a_direct_computation_over_15_bins():
+  probabilities, labels = _scores(3)
+  confidence = probabilities.max(1).astype(np.float64)
+  correct = probabilities.argmax(1) == labels
+  ece = 0.0
+  for b in range(15):
+    inside = (confidence > b / 15) & (confidence <= (b + 1) / 15)
+    if inside.any():
+      ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+  result = metrics.calibration(probabilities, labels)
+  assert abs(result['ece'] - ece) < 1e-6
+  assert sum(result['bins']['count']) == len(labels) and len(result['bins']['count']) == 15
+
+
+def test_score_metrics_of_absent_classes_and_no_examples():
+  probabilities = np.array([[0.7, 0.3, 0.0], [0.2, 0.8, 0.0]], np.float32)
+  result = metrics.score_metrics(probabilities, [0, 0], class_names=['a', 'b', 'c'])
+  assert result['auroc'] == {'a': None, 'b': None, 'c': None}  # One class only: no negatives.
+  assert result['ap']['a'] == 1.0 and result['ap']['b'] is None
+  assert result['macro_auroc'] is None
+  empty = metrics.calibration(np.zeros((0, 3)), np.zeros(0, int))
+  assert empty['ece'] is None and empty['bins']['count'] == [0] * 15
+  with pytest.raises(ValueError, match='labels must lie in'):
+    metrics.score_metrics(probabilities, [0, 3], class_names=['a', 'b', 'c'])
+  with pytest.raises(ValueError, match=r'probabilities must be \[N, K\]'):
+    metrics.calibration(probabilities[0], [0])

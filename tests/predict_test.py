@@ -19,6 +19,7 @@ import pytest
 from care_jax import checkpoint
 from care_jax import config as config_lib
 from care_jax import inference
+from care_jax import metrics as metrics_lib
 from care_jax import predict
 from care_jax import training
 
@@ -55,18 +56,13 @@ def _write_dataset(root: pathlib.Path) -> list[tuple[str, str, str]]:
   return rows
 
 
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  """(workdir, data folder, labels rows, metrics.json) of a 6-step run on the folder data."""
-  root = tmp_path_factory.mktemp('data')
-  rows = _write_dataset(root)
-  work = tmp_path_factory.mktemp('run')
-  config = config_lib.apply_overrides(
+def _config(root: pathlib.Path, cache: pathlib.Path, *extra: str):
+  return config_lib.apply_overrides(
     config_lib.default_config(),
     [
       "data.name='folder'",
       f"data.dir='{root}'",
-      f"data.cache_dir='{work / 'tfds'}'",
+      f"data.cache_dir='{cache}'",
       'data.image_size=16',
       'data.folder.stored_size=24',  # The 40 x 30 files are stored shrunk to 24 x 18.
       'care.alpha=0.0',
@@ -77,9 +73,18 @@ def trained(tmp_path_factory):
       'train.progress=False',
       'checkpoint.every_steps=3',
       'checkpoint.keep=3',
+      *extra,
     ],
   )
-  metrics = training.train_and_evaluate(config, str(work / 'run'))
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """(workdir, data folder, labels rows, metrics.json) of a 6-step run on the folder data."""
+  root = tmp_path_factory.mktemp('data')
+  rows = _write_dataset(root)
+  work = tmp_path_factory.mktemp('run')
+  metrics = training.train_and_evaluate(_config(root, work / 'tfds'), str(work / 'run'))
   return work / 'run', root, rows, metrics
 
 
@@ -110,6 +115,36 @@ def test_predict_on_the_test_images_reproduces_the_test_confusion_matrix(trained
     assert abs(sum(probabilities) - 1) < 1e-5
     assert row['prediction'] == CLASSES[int(np.argmax(probabilities))]
   assert confusion.tolist() == metrics['test']['confusion']
+  # The test block's scores are those of the same probabilities.
+  probabilities = np.array([[float(row[f'p_{c}']) for c in CLASSES] for row in predicted])
+  truth = np.array([CLASSES.index(labels[row['image']]) for row in predicted])
+  scores = metrics_lib.score_metrics(probabilities, truth, class_names=CLASSES)
+  for key in ('auroc', 'ap'):
+    for name in CLASSES:
+      assert abs(scores[key][name] - metrics['test'][key][name]) < 1e-5, (key, name)
+  assert abs(scores['ece'] - metrics['test']['ece']) < 1e-5
+
+
+def _confusion(root, rows, preds_csv, relative_to) -> list[list[int]]:
+  labels = {os.path.relpath(root / name, relative_to): label for name, label, _ in rows}
+  confusion = np.zeros((3, 3), int)
+  with open(preds_csv, newline='') as f:
+    for row in csv.DictReader(f):
+      confusion[CLASSES.index(labels[row['image']]), CLASSES.index(row['prediction'])] += 1
+  return confusion.tolist()
+
+
+def test_the_test_block_can_score_the_best_checkpoint(trained, tmp_path):
+  _, root, rows, last = trained
+  workdir = tmp_path / 'best'
+  config = _config(root, tmp_path / 'tfds', "train.test_checkpoint='best'")
+  metrics = training.train_and_evaluate(config, str(workdir))
+  best = checkpoint.load_run(str(workdir), which='best').step
+  assert metrics['test_checkpoint'] == {'which': 'best', 'step': best}
+  assert last['test_checkpoint'] == {'which': 'last', 'step': 6}
+  _test_csv(root, rows, tmp_path / 'test.csv')
+  predict.predict(str(workdir), str(tmp_path / 'test.csv'), str(tmp_path / 'p.csv'))
+  assert _confusion(root, rows, tmp_path / 'p.csv', tmp_path) == metrics['test']['confusion']
 
 
 def test_a_folder_input_is_searched_recursively_and_named_relative_to_it(trained, tmp_path):
@@ -210,3 +245,24 @@ def test_a_csv_without_an_image_column_is_refused(tmp_path):
     predict.list_images(str(tmp_path / 'in.csv'))
   with pytest.raises(ValueError, match='does not exist'):
     predict.list_images(str(tmp_path / 'missing'))
+
+
+def test_evaluate_scores_a_checkpoint_as_the_run_scored_its_test_block(trained, tmp_path):
+  from care_jax import evaluate  # pylint: disable=g-import-not-at-top
+
+  workdir, _, _, metrics = trained
+  block, path = evaluate.evaluate(str(workdir), split='test', checkpoint='latest')
+  assert path == os.path.join(str(workdir), 'evaluation_test_step6.json')
+  with open(path) as f:
+    assert json.load(f) == json.loads(json.dumps(block))
+  assert (block['step'], block['checkpoint'], block['split']) == (6, 'latest', 'test')
+  assert block['confusion'] == metrics['test']['confusion']
+  for key in ('accuracy', 'mca', 'macro_auroc', 'ece'):
+    assert block[key] == pytest.approx(metrics['test'][key], abs=1e-6), key
+  assert block['auroc'] == pytest.approx(metrics['test']['auroc'], abs=1e-6)
+  validation, _ = evaluate.evaluate(
+    str(workdir), split='validation', checkpoint=3, output=str(tmp_path / 'v.json')
+  )
+  assert validation['step'] == 3 and sum(map(sum, validation['confusion'])) == 6
+  with pytest.raises(ValueError, match=r"split 'tset' does not exist; splits: \['test', 'train'"):
+    evaluate.evaluate(str(workdir), split='tset')

@@ -205,7 +205,7 @@ def test_data_parallel_eval_counts_every_valid_example_once(parallel):
   batch = _batch()
   batch['valid'] = np.arange(16) < 11
   batch['lesion_mask'], batch['has_lesion_mask'] = batch['mask'], batch['has_mask']
-  single_confusion, single_quality = jax.jit(
+  single_confusion, single_quality, single_rows = jax.jit(
     training.make_eval_step(model, num_classes=NUM_CLASSES)
   )(state, batch)
   runner = training.make_parallel(
@@ -216,10 +216,15 @@ def test_data_parallel_eval_counts_every_valid_example_once(parallel):
     ),
   )
   with runner.scope():
-    confusion, quality = runner.fetch(
+    confusion, quality, rows = runner.fetch(
       runner.eval_step(runner.put_state(state), runner.put_batch(batch))
     )
   np.testing.assert_array_equal(confusion, single_confusion)
+  # The rows of the global batch in its order, gathered from every device.
+  np.testing.assert_array_equal(rows['label'], batch['label'])
+  np.testing.assert_array_equal(rows['valid'], batch['valid'])
+  np.testing.assert_allclose(rows['probabilities'], single_rows['probabilities'], rtol=1e-5)
+  np.testing.assert_allclose(rows['probabilities'].sum(-1), 1.0, rtol=1e-5)
   assert confusion.sum() == 11
   # Attention quality: the valid rows with a lesion mask, summed over devices.
   assert quality.compute()['num_images'] == int(np.sum(batch['valid'] & batch['has_mask'])) > 0

@@ -212,6 +212,17 @@ def test_recall_figure_bars_are_the_recalls():
   assert _png_array(fig).shape == (340, round(100 * (1.0 + 1.1 * 2)), 3)
 
 
+def test_reliability_figure_draws_the_filled_bins_with_the_ece():
+  bins = {'confidence': [None, 0.4, 0.9], 'accuracy': [None, 0.5, 0.7], 'count': [0, 3, 5]}
+  fig = visualize.reliability_figure({'run': {**bins, 'ece': 0.1625}})
+  ax = fig.axes[0]
+  diagonal, line = ax.lines
+  np.testing.assert_allclose(line.get_xdata(), [0.4, 0.9])
+  np.testing.assert_allclose(line.get_ydata(), [0.5, 0.7])
+  assert line.get_label() == 'run (ECE 0.163)' and diagonal.get_label() == 'calibrated'
+  assert _png_array(fig).shape == (400, 420, 3)
+
+
 def test_training_curves_from_a_fabricated_train_log(tmp_path):
   log = tmp_path / 'train_log.jsonl'
   records = [
@@ -286,7 +297,13 @@ def test_write_figures_and_the_cli_for_two_trained_runs(tmp_path):
     runs[name] = str(tmp_path / name)
     training.train_and_evaluate(_run_config(tmp_path / 'data', alpha), runs[name])
   written = visualize.write_figures(runs['care'], compare=runs['baseline'], num_images=3)
-  names = ['attention_test.png', 'confusion_test.png', 'recall_test.png', 'training_curves.png']
+  names = [
+    'attention_test.png',
+    'confusion_test.png',
+    'recall_test.png',
+    'reliability_test.png',
+    'training_curves.png',
+  ]
   assert written == [os.path.join(runs['care'], 'figures', n) for n in names]
   with Image.open(written[0]) as image:
     assert image.size == (round(100 * (2.0 * 3 + 0.8)), round(100 * (2.0 * 3 + 0.4)))

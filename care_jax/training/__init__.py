@@ -8,7 +8,8 @@ module                                 what it owns
 `care_jax.training.step`               the pure train and eval steps
 `care_jax.training.guard`              the non-finite guard (device and host)
 `care_jax.training.parallel`           the mesh (jit) and pmap back-ends
-`care_jax.training.evaluation`         the metrics of a state on one split
+`care_jax.training.evaluation`         the metrics of a state on one split, and
+                                       of a saved checkpoint
 `care_jax.training.outputs`            the workdir's files (log, TensorBoard,
                                        metrics.json)
 `care_jax.training.inputs`             the input pipeline as the loop reads it
@@ -24,6 +25,7 @@ Example::
 """
 
 from care_jax.training.evaluation import evaluate
+from care_jax.training.evaluation import evaluate_checkpoint
 from care_jax.training.guard import check_nonfinite
 from care_jax.training.loop import Experiment
 from care_jax.training.loop import create_experiment
@@ -52,6 +54,7 @@ __all__ = [
   'create_optimizer',
   'create_train_state',
   'evaluate',
+  'evaluate_checkpoint',
   'Experiment',
   'make_eval_step',
   'make_parallel',

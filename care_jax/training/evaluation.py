@@ -1,12 +1,19 @@
-"""Metrics of a state on one split: every example exactly once."""
+"""Metrics of a state on one split (every example exactly once), and of a saved checkpoint."""
 
 from collections.abc import Iterable
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 import tqdm
 
+from care_jax import checkpoint as checkpoint_lib
+from care_jax import imbalance
 from care_jax import metrics as metrics_lib
+from care_jax.training import parallel as parallel_lib
+from care_jax.training import state as state_lib
+from care_jax.training import step as step_lib
 
 
 def evaluate(
@@ -34,10 +41,13 @@ def evaluate(
 
   Returns:
     `care_jax.metrics.classification_metrics` of the summed confusion
-    matrix, with ``'attention'``: the attention metrics of the maps.
+    matrix, with ``'attention'``: the attention metrics of the maps, and
+    `care_jax.metrics.score_metrics` of the probabilities (AUROC, AP,
+    calibration).
   """
   confusion = np.zeros((len(info.class_names),) * 2, np.int64)
   quality = metrics_lib.AttentionMetrics.empty()
+  probabilities, labels = [np.zeros((0, len(info.class_names)), np.float32)], [np.zeros(0, int)]
   for batch in tqdm.tqdm(
     batches,
     total=total,
@@ -48,13 +58,96 @@ def evaluate(
     disable=not progress,
   ):
     with parallel.scope():
-      batch_confusion, batch_quality = parallel.fetch(
+      batch_confusion, batch_quality, rows = parallel.fetch(
         parallel.eval_step(state, parallel.put_batch(batch))
       )
     confusion += np.asarray(batch_confusion)
     quality = quality.merge(batch_quality)
+    valid = np.asarray(rows['valid'], bool)
+    probabilities.append(np.asarray(rows['probabilities'])[valid])
+    labels.append(np.asarray(rows['label'])[valid])
   result = metrics_lib.classification_metrics(
     confusion, class_names=info.class_names, rare_classes=info.rare_classes
   )
   result['attention'] = quality.compute()
+  result.update(
+    metrics_lib.score_metrics(
+      np.concatenate(probabilities), np.concatenate(labels), class_names=info.class_names
+    )
+  )
   return result
+
+
+class _Variables(NamedTuple):
+  """The part of a train state that the eval step reads."""
+
+  params: Any
+  batch_stats: Any
+
+
+def evaluate_checkpoint(
+  workdir: str, split: str, *, which: str | int = 'best', batch_size: int | None = None
+) -> dict[str, Any]:
+  """The metrics block of a run's checkpoint on a split of its dataset.
+
+  The checkpoint's model scores every example of `split` once, with the
+  run's preprocessing and post-hoc adjustment, on all devices (the run's
+  ``config.parallel``).
+
+  Args:
+    workdir: the run.
+    split: 'test', 'validation' or 'train'.
+    which: 'best' (by validation MCA), 'latest' or a step.
+    batch_size: the global eval batch (default: the run's
+      ``train.eval_batch_size``).
+
+  Returns:
+    The block (as in metrics.json) with ``step`` and ``checkpoint`` (`which`).
+
+  Raises:
+    FileNotFoundError, ValueError: no such checkpoint; a split the dataset
+      lacks (the splits are named).
+  """
+  from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top  # TensorFlow
+
+  run = checkpoint_lib.load_run(workdir, which=which)
+  config = run.config.copy_and_resolve_references()
+  if batch_size is not None:
+    config.train.eval_batch_size = batch_size
+  info = pipeline.get_dataset_info(config.data)
+  if split not in info.split_sizes:
+    raise ValueError(f'split {split!r} does not exist; splits: {sorted(info.split_sizes)}.')
+  counts = np.asarray(run.train_class_counts or info.train_class_counts)
+  loss = imbalance.make_classification_loss(
+    **config.loss.to_dict(), class_counts=counts, num_steps=1
+  )
+  model = state_lib.create_model(config, len(run.class_names))
+  axis_name = parallel_lib.PMAP_AXIS if config.parallel == 'pmap' else None
+  eval_step = step_lib.make_eval_step(
+    model,
+    num_classes=len(run.class_names),
+    attention=config.care.attention,
+    predict_logits=loss.predict_logits,
+    axis_name=axis_name,
+  )
+  parallel = parallel_lib.make_parallel(config, lambda state, batch: (state, batch), eval_step)
+  parallel_lib.check_divisible(config.train.eval_batch_size, parallel, 'train.eval_batch_size')
+  state = parallel.put_state(_Variables(run.variables['params'], run.variables['batch_stats']))
+  size = config.train.eval_batch_size
+  batches = pipeline.eval_batches(
+    config.data,
+    split,
+    batch_size=size // jax.process_count(),
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  result = evaluate(
+    parallel,
+    state,
+    batches,
+    info=info,
+    total=math.ceil(info.split_sizes[split] / size),
+    desc=f'eval {split}',
+    progress=jax.process_index() == 0 and config.train.progress,
+  )
+  return {'step': run.step, 'checkpoint': which, 'split': split, **result}

@@ -337,5 +337,21 @@ def final_evaluation(context: _RunContext, state) -> dict[str, Any]:
       train_seconds=context.clock(),
     )
   if 'test' in info.split_sizes:
-    result['test'] = evaluate_and_log(context, state, 'test', num_steps)
+    state, step = _test_state(context, state)
+    result['test_checkpoint'] = {'which': experiment.config.train.test_checkpoint, 'step': step}
+    result['test'] = evaluate_and_log(context, state, 'test', step)
   return result
+
+
+def _test_state(context: _RunContext, state):
+  """``(state, step)`` that the test block scores: the last one, or the best saved one."""
+  experiment = context.experiment
+  best = None
+  if experiment.config.train.test_checkpoint == 'best':
+    best = context.checkpoints.best_step()
+  if best is None or best == experiment.num_steps:
+    return state, experiment.num_steps
+  parallel = experiment.parallel
+  best_state, _ = context.checkpoints.restore(best, parallel.abstract_state(experiment.state))
+  logging.info('test: scoring the best checkpoint by validation MCA, step %d', best)
+  return parallel.put_state(best_state), best

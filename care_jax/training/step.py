@@ -167,14 +167,17 @@ def make_eval_step(
   predict_logits: Callable[[jax.Array], jax.Array] | None = None,
   axis_name: str | None = None,
 ) -> Callable[[TrainState, dict], tuple]:
-  """Returns `eval_step(state, batch) -> (confusion [K, K], AttentionMetrics)`.
+  """Returns `eval_step(state, batch) -> (confusion [K, K], AttentionMetrics, rows)`.
 
   Padding rows (``valid=False``) count nowhere. The attention quality of the
   true class's map is measured on the rows with a lesion mask (batches from
   `care_jax.data.pipeline.eval_batches` carry ``lesion_mask`` and
   ``has_lesion_mask``; batches without them give empty attention sums).
   `predict_logits` maps the logits to the scores whose argmax is the
-  prediction (post-hoc logit adjustment).
+  prediction (post-hoc logit adjustment). ``rows`` holds the global batch's
+  ``probabilities`` (softmax of the scores, [B, K]), ``label`` and ``valid``,
+  in the order of the global batch (gathered over the pmap axis), for the
+  metrics of the scores (`care_jax.metrics.score_metrics`).
   """
 
   def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple:
@@ -192,6 +195,13 @@ def make_eval_step(
       quality = metrics_lib.AttentionMetrics.from_batch(
         maps, batch['lesion_mask'], valid=batch['valid'] & batch['has_lesion_mask']
       )
-    return jax.tree.map(lambda x: global_sum(x, axis_name), (confusion, quality))
+    rows = {
+      'probabilities': jax.nn.softmax(scores.astype(jnp.float32), axis=-1),
+      'label': batch['label'],
+      'valid': batch['valid'],
+    }
+    if axis_name:
+      rows = jax.tree.map(lambda x: jax.lax.all_gather(x, axis_name, tiled=True), rows)
+    return (*jax.tree.map(lambda x: global_sum(x, axis_name), (confusion, quality)), rows)
 
   return eval_step
