@@ -11,6 +11,7 @@ COMMANDS = {
   'boxes': 'care_jax.boxes',
   'predict': 'care_jax.predict',
   'evaluate': 'care_jax.evaluate',
+  'export': 'care_jax.export',
 }
 
 

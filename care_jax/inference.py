@@ -5,7 +5,8 @@ evaluation used: the model, the class names, the run's own evaluation
 preprocessing (`care_jax.data.pipeline.file_batches`, the same code as its
 eval batches) and, for runs trained with ``loss.posthoc_tau``, the post-hoc
 logit adjustment of its predictions. ``care-jax predict`` (`care_jax.predict`)
-is the command around it.
+is the command around it; `export` writes a `jax.export` artifact of a
+checkpoint that runs without care-jax (``care-jax export``).
 
 Example::
 
@@ -18,6 +19,8 @@ Example::
 from collections.abc import Sequence
 import dataclasses
 import functools
+import json
+import os
 from typing import Any
 
 import jax
@@ -170,3 +173,62 @@ class Predictor:
       maps=np.concatenate(parts['maps']) if attention else None,
       images=np.concatenate(parts['images']) if keep_images else None,
     )
+
+
+EXPORT_MODEL = 'model.stablehlo'
+EXPORT_META = 'model.json'
+
+
+def export(
+  predictor: Predictor, directory: str, *, platforms: Sequence[str] = ('cpu', 'cuda', 'tpu')
+) -> dict[str, Any]:
+  """Writes a `jax.export` artifact of ``predictor``: preprocessed images -> probabilities.
+
+  ``directory/model.stablehlo`` holds the serialized function (StableHLO
+  with the weights inside; the batch size is symbolic), ``model.json`` what
+  it needs: class names, input shape, ``mean``/``std`` and how the images
+  were preprocessed. Loading it needs only jax (README, "Export")::
+
+    exported = jax.export.deserialize(open('model.stablehlo', 'rb').read())
+    probabilities = exported.call(images)  # float32 [N, S, S, C] -> [N, K]
+
+  Args:
+    predictor: the checkpoint to export (`Predictor.from_workdir`).
+    directory: created if needed.
+    platforms: the backends the artifact runs on.
+
+  Returns:
+    The metadata written to ``model.json``.
+  """
+  data = predictor.config.data
+  size = data.image_size
+  bias = None if predictor.posthoc_bias is None else jnp.asarray(predictor.posthoc_bias)
+
+  def probabilities(images):
+    logits, _ = predictor.model.apply(predictor.variables, images, train=False)
+    return jax.nn.softmax(logits if bias is None else logits - bias, axis=-1)
+
+  (batch,) = jax.export.symbolic_shape('batch')
+  exported = jax.export.export(jax.jit(probabilities), platforms=tuple(platforms))(
+    jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+  )
+  meta = {
+    'class_names': list(predictor.class_names),
+    'input_shape': ['batch', size, size, 3],
+    'mean': list(np.broadcast_to(np.asarray(data.mean, np.float64), (3,))),
+    'std': list(np.broadcast_to(np.asarray(data.std, np.float64), (3,))),
+    'preprocessing': (
+      'RGB uint8 pixels x, resized to image_size x image_size (bilinear, antialiased), '
+      '(x / 255 - mean) / std per channel'
+    ),
+    'image_size': size,
+    'step': predictor.step,
+    'platforms': list(exported.platforms),
+    'output': 'class probabilities [batch, len(class_names)]',
+  }
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, EXPORT_MODEL), 'wb') as f:
+    f.write(exported.serialize())
+  with open(os.path.join(directory, EXPORT_META), 'w') as f:
+    json.dump(meta, f, indent=2)
+  return meta

@@ -45,6 +45,7 @@ LAYERS = (
       'care_jax.train',
       'care_jax.predict',
       'care_jax.evaluate',
+      'care_jax.export',
     ),
   ),
 )

@@ -172,6 +172,7 @@ def test_compare_fails_fast_on_a_missing_config(tmp_path):
     ('boxes', '--method', 'care_jax/boxes/__main__.py'),
     ('predict', '--attention_dir', 'care_jax/predict.py'),
     ('evaluate', '--split', 'care_jax/evaluate.py'),
+    ('export', '--platforms', 'care_jax/export.py'),
   ],
 )
 def test_care_jax_command_dispatches_to_its_subcommand(command, flag, source):

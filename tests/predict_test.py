@@ -266,3 +266,26 @@ def test_evaluate_scores_a_checkpoint_as_the_run_scored_its_test_block(trained, 
   assert validation['step'] == 3 and sum(map(sum, validation['confusion'])) == 6
   with pytest.raises(ValueError, match=r"split 'tset' does not exist; splits: \['test', 'train'"):
     evaluate.evaluate(str(workdir), split='tset')
+
+
+def test_the_exported_artifact_reproduces_the_predictor(trained, tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+
+  workdir, root, rows, _ = trained
+  predictor = inference.Predictor.from_workdir(str(workdir), checkpoint='latest')
+  meta = inference.export(predictor, str(tmp_path / 'export'))
+  assert meta['class_names'] == list(CLASSES) and meta['input_shape'] == ['batch', 16, 16, 3]
+  assert meta['platforms'] == ['cpu', 'cuda', 'tpu'] and meta['step'] == 6
+  files = [str(root / n) for n, _, s in rows if s == 'test']
+  expected = predictor.predict_files(files, keep_images=True)
+  # The README's loader: jax alone.
+  with open(tmp_path / 'export' / 'model.stablehlo', 'rb') as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+  np.testing.assert_allclose(exported.call(expected.images), expected.probabilities, atol=1e-5)
+  assert exported.call(expected.images[:1]).shape == (1, 3)  # Any batch size.
+  with open(tmp_path / 'export' / 'model.json') as f:
+    loaded = json.load(f)
+  image = np.asarray(Image.open(files[0]).convert('RGB').resize((16, 16), Image.BILINEAR))
+  x = ((image / 255.0 - np.asarray(loaded['mean'])) / np.asarray(loaded['std']))[None]
+  probabilities = np.asarray(exported.call(x.astype(np.float32)))
+  assert probabilities.shape == (1, 3) and abs(probabilities.sum() - 1) < 1e-5
