@@ -289,3 +289,33 @@ def test_the_exported_artifact_reproduces_the_predictor(trained, tmp_path):
   x = ((image / 255.0 - np.asarray(loaded['mean'])) / np.asarray(loaded['std']))[None]
   probabilities = np.asarray(exported.call(x.astype(np.float32)))
   assert probabilities.shape == (1, 3) and abs(probabilities.sum() - 1) < 1e-5
+
+
+def test_the_run_writes_the_test_predictions_as_predict_does(trained, tmp_path):
+  workdir, root, rows, _ = trained
+  with open(workdir / 'predictions_test.csv', newline='') as f:
+    written = list(csv.DictReader(f))
+  names = [name for name, _, split in rows if split == 'test']
+  assert sorted(r['image'] for r in written) == sorted(names)  # Paths relative to data.dir.
+  result = inference.Predictor.from_workdir(str(workdir), checkpoint='latest').predict_files(
+    [str(root / r['image']) for r in written]
+  )
+  for row, probabilities, predicted in zip(written, result.probabilities, result.predictions):
+    assert row['prediction'] == CLASSES[predicted]
+    np.testing.assert_allclose([float(row[f'p_{c}']) for c in CLASSES], probabilities, atol=1e-5)
+
+
+@pytest.mark.parametrize('processes, global_batch, size', [(1, 8, 21), (2, 8, 21), (4, 8, 30)])
+def test_split_positions_follow_the_eval_sharding_of_several_processes(
+  processes, global_batch, size
+):
+  from care_jax.training import evaluation  # pylint: disable=g-import-not-at-top
+
+  # eval_batches: pad to a multiple of the global batch, process p takes every
+  # P-th example from p on, batches its share; a global batch concatenates them.
+  padded = np.arange(-(-size // global_batch) * global_batch)
+  local = global_batch // processes
+  shares = [padded[p::processes] for p in range(processes)]
+  for k in range(len(padded) // global_batch):
+    batch = np.concatenate([share[k * local : (k + 1) * local] for share in shares])
+    np.testing.assert_array_equal(evaluation.split_positions(k, global_batch, processes), batch)

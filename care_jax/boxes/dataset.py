@@ -84,15 +84,7 @@ def image_ids(builder: Any, split: str = 'train') -> np.ndarray:
   long as the prepared dataset exists (``tfds.ReadConfig(add_tfds_id=True)``
   reads it back).
   """
-  key = 'image/filename' if 'image/filename' in builder.info.features else 'tfds_id'
-  ds = builder.as_dataset(
-    split=split,
-    shuffle_files=False,
-    decoders={'image': tfds.decode.SkipDecoding()},
-    read_config=tfds.ReadConfig(options=pipeline.read_options(), add_tfds_id=True),
-  )
-  ds = ds.map(lambda ex: ex[key])
-  return np.array([i.decode() for i in tfds.as_numpy(ds)], dtype=object)
+  return pipeline.example_ids(builder, split, keys=('image/filename',))
 
 
 def _model_input_chunks(builder, data_config, encoded, labels, size):

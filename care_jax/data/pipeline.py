@@ -628,3 +628,25 @@ def file_batches(
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).batch(len(encoded))
     images = next(iter(tfds.as_numpy(ds.with_options(read_options()))))
     yield {'image': images, 'index': np.asarray(index, np.int64)}
+
+
+def example_ids(
+  builder: tfds.core.DatasetBuilder, split: str, *, keys: Sequence[str] = ('image_id',)
+) -> np.ndarray:
+  """Stable identifiers of a split's examples, in the order the pipeline reads them.
+
+  The first of ``keys`` that the dataset has as a feature (the file datasets'
+  ``image_id``: the image's path relative to ``data.dir``), else the
+  example's ``tfds_id`` (e.g. ``synthetic_lesions-train.tfrecord-00000-of-
+  00001__12``: shard file and position in it), which names the example for
+  as long as the prepared dataset exists.
+  """
+  key = next((k for k in keys if k in builder.info.features), 'tfds_id')
+  ds = builder.as_dataset(
+    split=split,
+    shuffle_files=False,
+    decoders={'image': tfds.decode.SkipDecoding()},
+    read_config=tfds.ReadConfig(options=read_options(), add_tfds_id=True),
+  )
+  ds = ds.map(lambda ex: ex[key])
+  return np.array([i.decode() for i in tfds.as_numpy(ds)], dtype=object)

@@ -25,7 +25,8 @@ def evaluate(
   total: int | None = None,
   desc: str = 'eval',
   progress: bool = False,
-) -> dict[str, Any]:
+  with_rows: bool = False,
+) -> dict[str, Any] | tuple[dict[str, Any], dict[str, np.ndarray]]:
   """Classification and attention metrics of `state` over eval `batches`.
 
   Args:
@@ -38,24 +39,30 @@ def evaluate(
     total: the number of batches, for the progress bar.
     desc: the progress bar's label.
     progress: show a progress bar.
+    with_rows: also return the examples' probabilities.
 
   Returns:
     `care_jax.metrics.classification_metrics` of the summed confusion
     matrix, with ``'attention'``: the attention metrics of the maps, and
     `care_jax.metrics.score_metrics` of the probabilities (AUROC, AP,
-    calibration).
+    calibration). With `with_rows`, also ``{'position': int64 [N],
+    'probabilities': [N, K], 'label': [N]}``: ``position`` is each example's
+    place in the split, in the order `eval_batches` reads it.
   """
   confusion = np.zeros((len(info.class_names),) * 2, np.int64)
   quality = metrics_lib.AttentionMetrics.empty()
   probabilities, labels = [np.zeros((0, len(info.class_names)), np.float32)], [np.zeros(0, int)]
-  for batch in tqdm.tqdm(
-    batches,
-    total=total,
-    desc=desc,
-    unit='batch',
-    leave=False,
-    dynamic_ncols=True,
-    disable=not progress,
+  positions = [np.zeros(0, np.int64)]
+  for index, batch in enumerate(
+    tqdm.tqdm(
+      batches,
+      total=total,
+      desc=desc,
+      unit='batch',
+      leave=False,
+      dynamic_ncols=True,
+      disable=not progress,
+    )
   ):
     with parallel.scope():
       batch_confusion, batch_quality, rows = parallel.fetch(
@@ -66,16 +73,32 @@ def evaluate(
     valid = np.asarray(rows['valid'], bool)
     probabilities.append(np.asarray(rows['probabilities'])[valid])
     labels.append(np.asarray(rows['label'])[valid])
+    positions.append(split_positions(index, valid.shape[0], jax.process_count())[valid])
   result = metrics_lib.classification_metrics(
     confusion, class_names=info.class_names, rare_classes=info.rare_classes
   )
   result['attention'] = quality.compute()
+  rows = {
+    'position': np.concatenate(positions),
+    'probabilities': np.concatenate(probabilities),
+    'label': np.concatenate(labels),
+  }
   result.update(
-    metrics_lib.score_metrics(
-      np.concatenate(probabilities), np.concatenate(labels), class_names=info.class_names
-    )
+    metrics_lib.score_metrics(rows['probabilities'], rows['label'], class_names=info.class_names)
   )
-  return result
+  return (result, rows) if with_rows else result
+
+
+def split_positions(batch_index: int, global_batch: int, processes: int) -> np.ndarray:
+  """The split positions of the rows of a global eval batch.
+
+  Process p holds the examples p, p + P, p + 2P, ... of the padded split and
+  contributes rows [p b, (p + 1) b) of each global batch (b = G / P rows per
+  process, `care_jax.data.pipeline.eval_batches`).
+  """
+  local = global_batch // processes
+  row = np.arange(global_batch)
+  return (batch_index * local + row % local) * processes + row // local
 
 
 class _Variables(NamedTuple):

@@ -1,10 +1,10 @@
 """The input pipeline of a config, as the training loop reads it (tf.data).
 
-The loop asks its inputs for four things only (`Inputs`): the dataset's
-`DatasetInfo`, training batches from a step on, evaluation batches of a split
-and a few evaluation examples to draw. `PipelineInputs` answers from
-`care_jax.data.pipeline`; other sources (e.g. in-memory arrays) only need the
-same four members.
+The loop asks its inputs for five things only (`Inputs`): the dataset's
+`DatasetInfo`, training batches from a step on, evaluation batches of a split,
+a few evaluation examples to draw and the identifiers of a split's examples.
+`PipelineInputs` answers from `care_jax.data.pipeline`; other sources (e.g.
+in-memory arrays) only need the same five members.
 """
 
 from collections.abc import Callable, Iterator
@@ -31,6 +31,9 @@ class Inputs(Protocol):
 
   def examples(self, split: str, *, num_images: int) -> dict[str, np.ndarray]:
     """A few examples of `split` to draw (`care_jax.data.examples.select_examples`)."""
+
+  def example_ids(self, split: str) -> np.ndarray:
+    """The identifiers of the examples of `split`, in the order of `eval_batches`."""
 
 
 class PipelineInputs:
@@ -74,3 +77,6 @@ class PipelineInputs:
     return examples.select_examples(
       self._data_config, split, num_images=num_images, rare_classes=self.info.rare_classes
     )
+
+  def example_ids(self, split: str) -> np.ndarray:
+    return pipeline.example_ids(pipeline.prepared_builder(self._data_config), split)

@@ -215,8 +215,13 @@ class _RunContext:
   clock: Clock
 
 
-def evaluate_and_log(context: _RunContext, state, split: str, step: int) -> dict[str, Any]:
-  """The metrics of `state` on `split`, also written to TensorBoard."""
+def evaluate_and_log(
+  context: _RunContext, state, split: str, step: int, *, with_rows: bool = False
+) -> dict[str, Any]:
+  """The metrics of `state` on `split`, also written to TensorBoard.
+
+  With `with_rows`, the examples' predictions go to ``predictions_<split>.csv``.
+  """
   experiment = context.experiment
   config, parallel = experiment.config, experiment.parallel
   batch_size = config.train.eval_batch_size
@@ -228,9 +233,16 @@ def evaluate_and_log(context: _RunContext, state, split: str, step: int) -> dict
     total=math.ceil(experiment.info.split_sizes[split] / batch_size),
     desc=f'eval {split}',
     progress=jax.process_index() == 0 and config.train.progress,
+    with_rows=with_rows,
   )
+  if with_rows:
+    result, rows = result
   if context.outputs.is_chief:
     context.outputs.log_eval(split, result, parallel.get_state(state), step)
+    if with_rows:
+      context.outputs.write_predictions(
+        split, context.inputs.example_ids(split), rows, experiment.info.class_names
+      )
   return result
 
 
@@ -339,7 +351,7 @@ def final_evaluation(context: _RunContext, state) -> dict[str, Any]:
   if 'test' in info.split_sizes:
     state, step = _test_state(context, state)
     result['test_checkpoint'] = {'which': experiment.config.train.test_checkpoint, 'step': step}
-    result['test'] = evaluate_and_log(context, state, 'test', step)
+    result['test'] = evaluate_and_log(context, state, 'test', step, with_rows=True)
   return result
 
 

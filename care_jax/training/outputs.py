@@ -6,14 +6,18 @@
                                  step; evaluation metrics and attention
                                  overlays at every evaluation
     WORKDIR/metrics.json         the final validation and test metrics
+    WORKDIR/predictions_test.csv the test images' predictions and probabilities
 
 (``WORKDIR/checkpoints`` is `care_jax.checkpoint`'s.) On the other
 processes of a multi-process run every method is a no-op.
 """
 
+import csv
 import json
 import os
 from typing import Any
+
+import numpy as np
 
 from care_jax import checkpoint as checkpoint_lib
 from care_jax import figures
@@ -22,6 +26,7 @@ from care_jax import summary
 TRAIN_LOG = 'train_log.jsonl'
 METRICS = 'metrics.json'
 CONFIG = 'config.json'
+PREDICTIONS = 'predictions_{split}.csv'
 
 
 class RunOutputs:
@@ -99,6 +104,27 @@ class RunOutputs:
     if self._attention_summaries is not None:
       self._writer.image('attention', self._attention_summaries(host_state), step)
     self._writer.flush()
+
+  def write_predictions(self, split: str, example_ids, rows: dict[str, Any], class_names) -> None:
+    """``predictions_<split>.csv``: ``image,prediction,p_<class>...`` (as ``care-jax predict``).
+
+    One row per example of the split, in the split's order; ``image`` is the
+    example's identifier (`care_jax.data.pipeline.example_ids`).
+    """
+    if not self.is_chief:
+      return
+    order = np.argsort(rows['position'], kind='stable')
+    with open(os.path.join(self.workdir, PREDICTIONS.format(split=split)), 'w', newline='') as f:
+      writer = csv.writer(f)
+      writer.writerow(['image', 'prediction', *(f'p_{name}' for name in class_names)])
+      for position, probabilities in zip(rows['position'][order], rows['probabilities'][order]):
+        writer.writerow(
+          [
+            example_ids[position],
+            class_names[int(np.argmax(probabilities))],
+            *(f'{p:.6g}' for p in probabilities),
+          ]
+        )
 
   def write_metrics(self, result: dict[str, Any]) -> None:
     if self.is_chief:
