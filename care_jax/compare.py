@@ -70,17 +70,18 @@ def mean_std(values: Sequence[float | None]) -> dict[str, float | None]:
   return {'mean': float(np.mean(values)), 'std': std}
 
 
+# The metrics of a split that summaries and reports average over seeds (runs
+# of 0.1 have no macro_auroc and ece: None).
+SUMMARY_METRICS = ('rare_recall', 'mca', 'macro_auroc', 'ece')
+
+
 def summarize(results: dict[str, list[dict]], split: str) -> dict[str, dict]:
-  """{config name: {'rare_recall': {mean, std}, 'mca': {mean, std}, 'runs': [...]}}."""
+  """{config name: {metric: {mean, std} for `SUMMARY_METRICS`, 'runs': [...]}}."""
   summary = {}
   for name, runs in results.items():
     summary[name] = {
-      'rare_recall': mean_std([r[split]['rare_recall'] for r in runs]),
-      'mca': mean_std([r[split]['mca'] for r in runs]),
-      'runs': [
-        {'seed': r['seed'], 'rare_recall': r[split]['rare_recall'], 'mca': r[split]['mca']}
-        for r in runs
-      ],
+      **{m: mean_std([r[split].get(m) for r in runs]) for m in SUMMARY_METRICS},
+      'runs': [{'seed': r['seed'], **{m: r[split].get(m) for m in SUMMARY_METRICS}} for r in runs],
     }
   return summary
 

@@ -315,7 +315,16 @@ def format_report(report: dict) -> str:
     ),
     '',
   ]
+  # Macro AUROC and ECE, when the runs scored them (care-jax >= 0.2).
+  scored = [
+    m
+    for m in ('macro_auroc', 'ece')
+    if any(r.get(m, {}).get('mean') is not None for r in rows.values())
+  ]
   header = ['method', f'rare recall ({split}, %)', f'MCA ({split}, %)']
+  header += [
+    {'macro_auroc': f'macro AUROC ({split}, %)', 'ece': f'ECE ({split}, %)'}[m] for m in scored
+  ]
   if with_paper:
     header += ['paper rare recall (%)', 'paper MCA (%)']
   lines += ['| ' + ' | '.join(header + ['seeds']) + ' |', '|' + '---|' * (len(header) + 1)]
@@ -324,6 +333,7 @@ def format_report(report: dict) -> str:
     for metric, _ in _METRICS:
       text = compare.format_stat(row[metric])
       cells.append(f'**{text}**' if name in best[metric] else text)
+    cells += [compare.format_stat(row.get(m, {'mean': None})) for m in scored]
     if with_paper:
       paper = row['paper']
       cells += (

@@ -285,3 +285,23 @@ def test_smoke_suite_end_to_end_through_the_care_jax_command(tmp_path):
   assert '| CARE vs baseline | 1 |' in (workdir / 'report.md').read_text()
   assert (workdir / 'report.png').stat().st_size > 0
   assert '| CARE vs baseline |' in proc.stdout  # the report is printed too
+
+
+def test_the_report_shows_macro_auroc_and_ece_of_runs_that_scored_them():
+  runs = {
+    'baseline': [
+      {'seed': s, 'test': {'rare_recall': 0.2, 'mca': 0.6, 'macro_auroc': a, 'ece': 0.1}}
+      for s, a in ((0, 0.7), (1, 0.8))
+    ],
+    'CARE': [
+      {'seed': s, 'test': {'rare_recall': 0.5, 'mca': 0.7, 'macro_auroc': 0.9, 'ece': e}}
+      for s, e in ((0, 0.05), (1, 0.15))
+    ],
+  }
+  rows = experiments.select_rows('smoke')
+  report = experiments.build_report('smoke', rows, runs, dataset='synthetic_lesions')
+  assert report['rows']['baseline']['macro_auroc']['mean'] == pytest.approx(0.75)
+  table = experiments.format_report(report)
+  assert '| method | rare recall (test, %) | MCA (test, %) | macro AUROC (test, %) | ' in table
+  assert '| baseline | 20.00 ± 0.00 | 60.00 ± 0.00 | 75.00 ± 7.07 | 10.00 ± 0.00 | 2 |' in table
+  assert '| CARE | **50.00 ± 0.00** | **70.00 ± 0.00** | 90.00 ± 0.00 | 10.00 ± 7.07 | 2 |' in table
