@@ -197,7 +197,10 @@ def test_care_jax_command_without_a_subcommand_prints_usage():
     timeout=300,
   )
   assert proc.returncode != 0
-  assert 'usage: care-jax {train, compare, experiments, visualize, boxes}' in proc.stderr
+  assert (
+    'usage: care-jax {train, compare, experiments, visualize, boxes, predict, evaluate, export}'
+    in proc.stderr
+  )
 
 
 @pytest.mark.parametrize(

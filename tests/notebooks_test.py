@@ -150,5 +150,5 @@ def test_own_data_notebook_trains_on_the_folder_it_writes(tmp_path):
   assert metrics['step'] == 6
   assert metrics['rare_classes'] == ['dotted', 'striped']
   assert sum(sum(row) for row in metrics['test']['confusion']) == 10
-  # The example images, four figures, the attention of one predicted file.
-  assert _images(nb) == 6
+  # The example images, five figures, the attention of one predicted file.
+  assert _images(nb) == 7

@@ -328,11 +328,12 @@ def test_write_figures_and_the_cli_for_two_trained_runs(tmp_path):
   with Image.open(paths[0]) as image:  # one run: image | map
     assert image.size == (round(100 * (2.0 * 2 + 0.8)), round(100 * (2.0 * 2 + 0.4)))
   os.remove(os.path.join(runs['baseline'], 'train_log.jsonl'))
+  # No training curves without both logs; the other four figures.
   assert (
     len(
       visualize.write_figures(
         runs['care'], compare=runs['baseline'], num_images=1, out_dir=str(tmp_path / 'x')
       )
     )
-    == 3
+    == 4
   )

@@ -49,44 +49,55 @@ def evaluate(
     'probabilities': [N, K], 'label': [N]}``: ``position`` is each example's
     place in the split, in the order `eval_batches` reads it.
   """
-  confusion = np.zeros((len(info.class_names),) * 2, np.int64)
-  quality = metrics_lib.AttentionMetrics.empty()
-  probabilities, labels = [np.zeros((0, len(info.class_names)), np.float32)], [np.zeros(0, int)]
-  positions = [np.zeros(0, np.int64)]
-  for index, batch in enumerate(
-    tqdm.tqdm(
-      batches,
-      total=total,
-      desc=desc,
-      unit='batch',
-      leave=False,
-      dynamic_ncols=True,
-      disable=not progress,
-    )
-  ):
-    with parallel.scope():
-      batch_confusion, batch_quality, rows = parallel.fetch(
-        parallel.eval_step(state, parallel.put_batch(batch))
-      )
-    confusion += np.asarray(batch_confusion)
-    quality = quality.merge(batch_quality)
-    valid = np.asarray(rows['valid'], bool)
-    probabilities.append(np.asarray(rows['probabilities'])[valid])
-    labels.append(np.asarray(rows['label'])[valid])
-    positions.append(split_positions(index, valid.shape[0], jax.process_count())[valid])
-  result = metrics_lib.classification_metrics(
-    confusion, class_names=info.class_names, rare_classes=info.rare_classes
+  totals = _Totals(len(info.class_names))
+  progress_bar = tqdm.tqdm(
+    batches,
+    total=total,
+    desc=desc,
+    unit='batch',
+    leave=False,
+    dynamic_ncols=True,
+    disable=not progress,
   )
-  result['attention'] = quality.compute()
-  rows = {
-    'position': np.concatenate(positions),
-    'probabilities': np.concatenate(probabilities),
-    'label': np.concatenate(labels),
-  }
+  for index, batch in enumerate(progress_bar):
+    with parallel.scope():
+      totals.add(index, *parallel.fetch(parallel.eval_step(state, parallel.put_batch(batch))))
+  result = metrics_lib.classification_metrics(
+    totals.confusion, class_names=info.class_names, rare_classes=info.rare_classes
+  )
+  result['attention'] = totals.quality.compute()
+  rows = totals.rows()
   result.update(
     metrics_lib.score_metrics(rows['probabilities'], rows['label'], class_names=info.class_names)
   )
   return (result, rows) if with_rows else result
+
+
+class _Totals:
+  """The sums of an evaluation so far, and its valid rows."""
+
+  def __init__(self, num_classes: int):
+    self.confusion = np.zeros((num_classes, num_classes), np.int64)
+    self.quality = metrics_lib.AttentionMetrics.empty()
+    self._rows = {
+      'position': [np.zeros(0, np.int64)],
+      'probabilities': [np.zeros((0, num_classes), np.float32)],
+      'label': [np.zeros(0, np.int64)],
+    }
+
+  def add(self, index: int, confusion, quality, rows) -> None:
+    """Adds the outputs of the eval step on global batch `index`."""
+    self.confusion += np.asarray(confusion)
+    self.quality = self.quality.merge(quality)
+    valid = np.asarray(rows['valid'], bool)
+    self._rows['position'].append(
+      split_positions(index, valid.shape[0], jax.process_count())[valid]
+    )
+    self._rows['probabilities'].append(np.asarray(rows['probabilities'])[valid])
+    self._rows['label'].append(np.asarray(rows['label'])[valid])
+
+  def rows(self) -> dict[str, np.ndarray]:
+    return {key: np.concatenate(parts) for key, parts in self._rows.items()}
 
 
 def split_positions(batch_index: int, global_batch: int, processes: int) -> np.ndarray:
@@ -140,21 +151,7 @@ def evaluate_checkpoint(
   info = pipeline.get_dataset_info(config.data)
   if split not in info.split_sizes:
     raise ValueError(f'split {split!r} does not exist; splits: {sorted(info.split_sizes)}.')
-  counts = np.asarray(run.train_class_counts or info.train_class_counts)
-  loss = imbalance.make_classification_loss(
-    **config.loss.to_dict(), class_counts=counts, num_steps=1
-  )
-  model = state_lib.create_model(config, len(run.class_names))
-  axis_name = parallel_lib.PMAP_AXIS if config.parallel == 'pmap' else None
-  eval_step = step_lib.make_eval_step(
-    model,
-    num_classes=len(run.class_names),
-    attention=config.care.attention,
-    predict_logits=loss.predict_logits,
-    axis_name=axis_name,
-  )
-  parallel = parallel_lib.make_parallel(config, lambda state, batch: (state, batch), eval_step)
-  parallel_lib.check_divisible(config.train.eval_batch_size, parallel, 'train.eval_batch_size')
+  parallel = _eval_parallel(run, config, info)
   state = parallel.put_state(_Variables(run.variables['params'], run.variables['batch_stats']))
   size = config.train.eval_batch_size
   batches = pipeline.eval_batches(
@@ -174,3 +171,23 @@ def evaluate_checkpoint(
     progress=jax.process_index() == 0 and config.train.progress,
   )
   return {'step': run.step, 'checkpoint': which, 'split': split, **result}
+
+
+def _eval_parallel(run: checkpoint_lib.TrainedRun, config, info):
+  """The data-parallel back-end with the eval step of a saved run (no train step)."""
+  counts = np.asarray(run.train_class_counts or info.train_class_counts)
+  loss = imbalance.make_classification_loss(
+    **config.loss.to_dict(), class_counts=counts, num_steps=1
+  )
+  model = state_lib.create_model(config, len(run.class_names))
+  axis_name = parallel_lib.PMAP_AXIS if config.parallel == 'pmap' else None
+  eval_step = step_lib.make_eval_step(
+    model,
+    num_classes=len(run.class_names),
+    attention=config.care.attention,
+    predict_logits=loss.predict_logits,
+    axis_name=axis_name,
+  )
+  parallel = parallel_lib.make_parallel(config, lambda state, batch: (state, batch), eval_step)
+  parallel_lib.check_divisible(config.train.eval_batch_size, parallel, 'train.eval_batch_size')
+  return parallel
