@@ -7,11 +7,8 @@ of ``config.data.box_source``, as before (with the new API, pass
 """
 
 import importlib
-import math
 from typing import Any
 import warnings
-
-import jax
 
 from care_jax import boxes
 from care_jax import training
@@ -45,25 +42,11 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
 def _evaluate(parallel, state, config, split: str, info) -> dict[str, Any]:
   # The old signature: the eval batches of config.data's split, read here.
-  from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top  # TensorFlow
+  from care_jax.training import inputs  # pylint: disable=g-import-not-at-top  # TensorFlow
 
-  batch_size = config.train.eval_batch_size
-  training.parallel.check_divisible(batch_size, parallel, 'train.eval_batch_size')
-  batches = pipeline.eval_batches(
-    config.data,
-    split,
-    batch_size=batch_size // jax.process_count(),
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
-  return training.evaluate(
-    parallel,
-    state,
-    batches,
-    info=info,
-    total=math.ceil(info.split_sizes[split] / batch_size),
-    desc=f'eval {split}',
-    progress=jax.process_index() == 0 and config.train.progress,
+  training.parallel.check_divisible(config.train.eval_batch_size, parallel, 'train.eval_batch_size')
+  return training.evaluation.evaluate_split(
+    parallel, state, config, info, split, inputs.PipelineInputs(config).eval_batches
   )
 
 

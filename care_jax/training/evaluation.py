@@ -100,6 +100,31 @@ class _Totals:
     return {key: np.concatenate(parts) for key, parts in self._rows.items()}
 
 
+def evaluate_split(
+  parallel, state, config, info, split: str, eval_batches, *, with_rows: bool = False
+):
+  """`evaluate` over one pass of `split` in global batches of ``train.eval_batch_size``.
+
+  Args:
+    parallel, state, info, with_rows: as for `evaluate`.
+    config: the run's config (``train.eval_batch_size``, ``train.progress``).
+    split: the split to score.
+    eval_batches: ``f(split, *, batch_size) -> batches`` of this process's
+      share (`care_jax.training.inputs.Inputs.eval_batches`).
+  """
+  size = config.train.eval_batch_size
+  return evaluate(
+    parallel,
+    state,
+    eval_batches(split, batch_size=size // jax.process_count()),
+    info=info,
+    total=math.ceil(info.split_sizes[split] / size),
+    desc=f'eval {split}',
+    progress=jax.process_index() == 0 and config.train.progress,
+    with_rows=with_rows,
+  )
+
+
 def split_positions(batch_index: int, global_batch: int, processes: int) -> np.ndarray:
   """The split positions of the rows of a global eval batch.
 
@@ -142,34 +167,19 @@ def evaluate_checkpoint(
     FileNotFoundError, ValueError: no such checkpoint; a split the dataset
       lacks (the splits are named).
   """
-  from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top  # TensorFlow
+  # The input pipeline loads TensorFlow: only when a checkpoint is scored.
+  from care_jax.training import inputs as inputs_lib  # pylint: disable=g-import-not-at-top
 
   run = checkpoint_lib.load_run(workdir, which=which)
   config = run.config.copy_and_resolve_references()
   if batch_size is not None:
     config.train.eval_batch_size = batch_size
-  info = pipeline.get_dataset_info(config.data)
-  if split not in info.split_sizes:
-    raise ValueError(f'split {split!r} does not exist; splits: {sorted(info.split_sizes)}.')
-  parallel = _eval_parallel(run, config, info)
+  inputs = inputs_lib.PipelineInputs(config)
+  if split not in inputs.info.split_sizes:
+    raise ValueError(f'split {split!r} does not exist; splits: {sorted(inputs.info.split_sizes)}.')
+  parallel = _eval_parallel(run, config, inputs.info)
   state = parallel.put_state(_Variables(run.variables['params'], run.variables['batch_stats']))
-  size = config.train.eval_batch_size
-  batches = pipeline.eval_batches(
-    config.data,
-    split,
-    batch_size=size // jax.process_count(),
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
-  result = evaluate(
-    parallel,
-    state,
-    batches,
-    info=info,
-    total=math.ceil(info.split_sizes[split] / size),
-    desc=f'eval {split}',
-    progress=jax.process_index() == 0 and config.train.progress,
-  )
+  result = evaluate_split(parallel, state, config, inputs.info, split, inputs.eval_batches)
   return {'step': run.step, 'checkpoint': which, 'split': split, **result}
 
 

@@ -16,7 +16,6 @@ Example (a notebook)::
 
 from collections.abc import Callable
 import dataclasses
-import math
 import os
 import time
 from typing import Any
@@ -223,22 +222,19 @@ def evaluate_and_log(
   With `with_rows`, the examples' predictions go to ``predictions_<split>.csv``.
   """
   experiment = context.experiment
-  config, parallel = experiment.config, experiment.parallel
-  batch_size = config.train.eval_batch_size
-  result = evaluation.evaluate(
-    parallel,
+  result = evaluation.evaluate_split(
+    experiment.parallel,
     state,
-    context.inputs.eval_batches(split, batch_size=batch_size // jax.process_count()),
-    info=experiment.info,
-    total=math.ceil(experiment.info.split_sizes[split] / batch_size),
-    desc=f'eval {split}',
-    progress=jax.process_index() == 0 and config.train.progress,
+    experiment.config,
+    experiment.info,
+    split,
+    context.inputs.eval_batches,
     with_rows=with_rows,
   )
   if with_rows:
     result, rows = result
   if context.outputs.is_chief:
-    context.outputs.log_eval(split, result, parallel.get_state(state), step)
+    context.outputs.log_eval(split, result, experiment.parallel.get_state(state), step)
     if with_rows:
       context.outputs.write_predictions(
         split, context.inputs.example_ids(split), rows, experiment.info.class_names
