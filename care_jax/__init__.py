@@ -16,6 +16,7 @@ from care_jax.attention import minmax_normalize
 from care_jax.losses import care_loss
 from care_jax.losses import care_loss_per_example
 from care_jax.losses import cross_entropy
+from care_jax.losses import distance_outer_mask
 from care_jax.losses import inverse_frequency_weights
 from care_jax.losses import weighted_cross_entropy_loss
 from care_jax.metrics import classification_metrics
@@ -30,6 +31,7 @@ __all__ = [
   'classification_metrics',
   'confusion_matrix',
   'cross_entropy',
+  'distance_outer_mask',
   'grad_cam',
   'inverse_frequency_weights',
   'minmax_normalize',

@@ -109,8 +109,11 @@ def grad_cam(
   through the min/max of the normalisation).
 
   The vjp of the summed target logits gives per-image gradients only if the
-  head treats examples independently: apply heads with BatchNorm in
-  inference mode (running statistics) when computing attention.
+  head treats examples independently (BatchNorm in inference mode, running
+  statistics). A head in training mode (batch statistics, as in the train
+  step: ``Classifier.attention_maps(train=True)``) adds the cross-example
+  terms of the statistics, as the official CARE code's ``backward()`` of the
+  summed target logits in train mode does.
 
   Args:
     head_fn: maps features [B, h, w, C] to logits [B, K], e.g. a closure over

@@ -295,7 +295,7 @@ def load_run(workdir: str, *, which: str | int = 'best') -> TrainedRun:
     config.model.name,
     num_classes=len(meta['class_names']),
     dtype=jnp.float32,
-    head=None if config.model.head == 'default' else config.model.head,
+    head=models.resolve_head(config.model.head, loss=config.loss.name),
   )
   counts = meta.get('train_class_counts')
   return TrainedRun(
@@ -377,18 +377,33 @@ class RunCheckpoints:
       checkpoints.save(step, state, validation_mca=0.8)
   """
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict, *, meta: Mapping[str, Any]):
+  def __init__(
+    self,
+    workdir: str,
+    config: ml_collections.ConfigDict,
+    *,
+    meta: Mapping[str, Any],
+    name: str = CHECKPOINT_DIR,
+    keep: int | None = None,
+    keep_best: int | None = None,
+  ):
+    """The run's checkpoints in ``workdir/<name>``.
+
+    ``keep`` and ``keep_best`` default to ``config.checkpoint``'s; another
+    `name` holds other states of the run (the best stage-1 state of the two
+    stages: `care_jax.training.stages`), which `load_model` never reads.
+    """
     check_writable(workdir)
-    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    self.directory = os.path.join(os.path.abspath(workdir), name)
     settings = config.checkpoint
     self._every_steps = settings.every_steps
-    self._keep_best = settings.keep_best
+    self._keep_best = settings.keep_best if keep_best is None else keep_best
     self._config = config_lib.to_json(config)
     self._meta = dict(meta)
     self._manager = _manager(
       self.directory,
-      keep=settings.keep,
-      keep_best=settings.keep_best,
+      keep=settings.keep if keep is None else keep,
+      keep_best=self._keep_best,
       async_save=settings.async_save,
     )
     self._pending = None  # Step of an asynchronous save not yet awaited.
@@ -417,6 +432,11 @@ class RunCheckpoints:
     return bool(
       (self._every_steps and step % self._every_steps == 0) or (validated and self._keep_best)
     )
+
+  def meta(self, step: int) -> dict[str, Any]:
+    """The meta saved with `step` (after pending saves)."""
+    self.wait()
+    return _read_json(self._manager, step)[1]
 
   def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
     """The state of `step` restored onto `target`'s shardings, and the step's meta.
@@ -460,16 +480,25 @@ class RunCheckpoints:
     return state, meta
 
   def save(
-    self, step: int, state: Any, *, validation_mca: float | None = None, train_seconds: float = 0.0
+    self,
+    step: int,
+    state: Any,
+    *,
+    validation_mca: float | None = None,
+    train_seconds: float = 0.0,
+    extra_meta: Mapping[str, Any] | None = None,
   ) -> None:
     """Saves `state` (asynchronously when `checkpoint.async_save`).
+
+    ``extra_meta`` (JSON values) is saved in the step's meta besides the
+    run's (`meta` reads it back).
 
     Raises:
       OSError: this or the previous pending write failed (e.g. a full disk);
         the message names the step and the last complete checkpoint.
     """
     metrics = None if validation_mca is None else {BEST_METRIC: float(validation_mca)}
-    meta = dict(self._meta, train_seconds=round(train_seconds, 3), step=step)
+    meta = dict(self._meta, **(extra_meta or {}), train_seconds=round(train_seconds, 3), step=step)
     # An asynchronous failure of the previous save surfaces here: name it.
     self.wait()
     self._pending = step

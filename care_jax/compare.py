@@ -7,7 +7,9 @@
 (also `care-jax compare ...`). Each run goes to `WORKDIR/<config name>/seed_<s>`;
 runs whose `metrics.json` exists are not repeated, so an interrupted comparison
 resumes. Prints a table of test rare-class recall and MCA (mean ± std over
-seeds) and writes it to `WORKDIR/summary.md` and `WORKDIR/summary.json`.
+seeds), each seed's rare recall, and (for two or more configs) each config
+against the first seed by seed: mean difference, paired t-test and the seeds
+it wins; writes them to `WORKDIR/summary.md` and `WORKDIR/summary.json`.
 
 The pieces that run and tabulate seeds (:func:`run_seeds`, :func:`summarize`,
 :func:`load_config`) are shared with the suites of `care_jax.experiments`.
@@ -22,6 +24,7 @@ from absl import app
 from absl import flags
 import ml_collections
 import numpy as np
+from scipy import stats
 
 from care_jax import boxes
 from care_jax import config as config_lib
@@ -95,6 +98,35 @@ def format_stat(stat: dict[str, float | None]) -> str:
   return f'{100 * stat["mean"]:.2f} ± {100 * stat["std"]:.2f}'
 
 
+def format_seeds(summary: dict[str, dict]) -> str:
+  """Markdown: each seed's rare recall (%) under every config, and the paired comparisons.
+
+  With two or more configs, the first is the control: every other one is
+  compared with it seed by seed (`paired_comparison`).
+  """
+  names = list(summary)
+  rare = {n: {r['seed']: r['rare_recall'] for r in summary[n]['runs']} for n in names}
+  seeds = sorted({seed for n in names for seed in rare[n]})
+  cell = lambda v: 'n/a' if v is None else f'{100 * v:.2f}'
+  lines = ['| seed | ' + ' | '.join(names) + ' |', '|---' * (len(names) + 1) + '|']
+  lines += [f'| {s} | ' + ' | '.join(cell(rare[n].get(s)) for n in names) + ' |' for s in seeds]
+  if len(names) > 1:
+    lines += [
+      '',
+      '| treatment vs control | seeds | mean difference (pp) | p (paired t-test) | wins |',
+      '|---|---|---|---|---|',
+    ]
+    for name in names[1:]:
+      paired = paired_comparison(summary[names[0]]['runs'], summary[name]['runs'])
+      diff, p = paired['mean_difference'], paired['p_value']
+      lines.append(
+        f'| {name} vs {names[0]} | {len(paired["seeds"])} | '
+        f'{"n/a" if diff is None else f"{100 * diff:+.2f}"} | '
+        f'{"n/a" if p is None else f"{p:.3g}"} | {paired["wins"]}/{len(paired["seeds"])} |'
+      )
+  return '\n'.join(lines)
+
+
 def format_table(summary: dict[str, dict], split: str) -> str:
   lines = [f'| method | rare recall ({split}, %) | MCA ({split}, %) | seeds |', '|---|---|---|---|']
   for name, s in summary.items():
@@ -103,6 +135,35 @@ def format_table(summary: dict[str, dict], split: str) -> str:
       f'| {name} | {format_stat(s["rare_recall"])} | {format_stat(s["mca"])} | {seeds} |'
     )
   return '\n'.join(lines)
+
+
+def paired_comparison(control: Sequence[dict], treatment: Sequence[dict]) -> dict:
+  """Rare-recall difference treatment - control over the seeds both have.
+
+  Returns:
+    `{'seeds': [...], 'mean_difference': f | None, 'p_value': f | None,
+    'wins': int}`: the mean paired difference, the two-sided paired t-test
+    p-value (`scipy.stats.ttest_rel`; None for fewer than 2 seeds or a
+    constant difference, where t is undefined) and the number of seeds where
+    the treatment's rare recall is strictly higher.
+  """
+  by_seed = {r['seed']: r['rare_recall'] for r in control}
+  seeds, ctrl, treat = [], [], []
+  for run in treatment:
+    if run['rare_recall'] is not None and by_seed.get(run['seed']) is not None:
+      seeds.append(run['seed'])
+      ctrl.append(by_seed[run['seed']])
+      treat.append(run['rare_recall'])
+  diffs = np.asarray(treat, np.float64) - np.asarray(ctrl, np.float64)
+  p_value = None
+  if diffs.size >= 2 and np.ptp(diffs) > 1e-12:
+    p_value = float(stats.ttest_rel(treat, ctrl).pvalue)
+  return {
+    'seeds': seeds,
+    'mean_difference': float(diffs.mean()) if diffs.size else None,
+    'p_value': p_value,
+    'wins': int(np.sum(diffs > 0)),
+  }
 
 
 def _check_same_config(config: ml_collections.ConfigDict, run_dir: str) -> None:
@@ -164,7 +225,7 @@ def compare(
     name: run_seeds(config, seeds, os.path.join(workdir, name)) for name, config in configs.items()
   }
   summary = summarize(results, split)
-  table = format_table(summary, split)
+  table = format_table(summary, split) + '\n\n' + format_seeds(summary)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'summary.md'), 'w') as f:
     f.write(table + '\n')
@@ -178,7 +239,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   seeds = [int(s) for s in FLAGS.seeds]
   summary = compare(FLAGS.configs, seeds, FLAGS.workdir, overrides=FLAGS.set, split=FLAGS.split)
-  print(format_table(summary, FLAGS.split))
+  print(format_table(summary, FLAGS.split) + '\n\n' + format_seeds(summary))
 
 
 def run():

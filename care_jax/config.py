@@ -39,6 +39,10 @@ SCHEDULES = ('constant', 'cosine', 'step')
 PARALLEL = ('mesh', 'pmap')
 DTYPES = ('float32', 'bfloat16')
 HEADS = ('default', *models.HEAD_NAMES)
+CARE_PROTOCOLS = ('from_step', 'two_stage')
+# Validation metrics (higher is better) that can end stage 1.
+STAGE1_METRICS = ('mca', 'rare_recall', 'accuracy', 'macro_auroc')
+CARE_OUTER = ('uniform', 'distance')
 # The samplers of `care_jax.data.sampling` (a module that imports TensorFlow,
 # so not imported here; a test keeps the two lists equal).
 SAMPLING = ('instance', 'class_balanced', 'sqrt')
@@ -180,7 +184,15 @@ def default_loss_config() -> ml_collections.ConfigDict:
       (inverse-frequency class weights normalised to sum 1, the official CARE
       CSL); 'focal'; 'class_balanced' (CE weighted by effective numbers);
       'logit_adjusted'; 'balanced_softmax'; 'ldam_drw' (LDAM, re-weighted by
-      effective numbers from ``drw_start`` on).
+      effective numbers from ``drw_start`` on). With 'ldam_drw',
+      ``model.head = 'default'`` builds the cosine head 'normed_linear'
+      (LDAM-DRW's ``NormedLinear``: ``ldam_s`` scales cosine logits; see
+      `care_jax.models.resolve_head`); set ``model.head`` to keep another.
+      The batch loss is a mean over the batch, ``sum_i w_i l_i / B``, for
+      'class_balanced' and the focal ``focal_alpha`` (as their official
+      codes), and the weighted mean ``sum_i w_i l_i / sum_i w_i`` for
+      'weighted_ce' and the DRW phase of 'ldam_drw' (PyTorch's
+      ``cross_entropy(weight=w)``, as theirs): see `care_jax.imbalance`.
     gamma: focal focusing parameter (Lin et al.: 2).
     focal_alpha: None (no class weights in the focal loss),
       'inverse_frequency' or 'class_balanced' (effective numbers with
@@ -222,7 +234,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = 'tiny_cnn'
   # 'linear' (GAP + Dense) keeps Grad-CAM in closed form; 'bn_linear' is the
-  # official code's head; 'default' picks the architecture's own head.
+  # official code's head; 'normed_linear' a cosine classifier (LDAM-DRW's);
+  # 'default' picks the architecture's own head, or 'normed_linear' with
+  # loss.name = 'ldam_drw' (`care_jax.models.resolve_head`).
   config.model.head = 'default'
   # A local torchvision/timm checkpoint (.safetensors, or .pth with torch
   # installed) to start from; set data.mean/std to models.IMAGENET_MEAN/STD.
@@ -232,10 +246,30 @@ def default_config() -> ml_collections.ConfigDict:
   config.care.alpha = 0.5  # 0 disables the attention loss (CE baseline).
   config.care.tau = 0.5
   config.care.lam = 0.7
-  config.care.start_step = 0  # Stage 2 starts here; CE only before it.
+  # When the attention loss starts. 'from_step': CE alone before
+  # care.start_step, CE + attention loss from it on. 'two_stage' (the paper's
+  # protocol): CE alone (stage 1) until the validation care.stage1_metric
+  # (validated every train.eval_every_steps) has not improved for
+  # care.stage1_patience validations, or care.stage1_max_fraction of training
+  # has passed; then CE + attention loss from the best stage-1 state
+  # (`care_jax.training.stages`; without validations, from the last one).
+  config.care.protocol = 'from_step'
+  config.care.start_step = 0
+  config.care.stage1_metric = 'mca'
+  config.care.stage1_patience = 3
+  config.care.stage1_max_fraction = 0.5
+  # M_out: 'uniform' (1 outside the box, the official code) or 'distance'
+  # (outer_start + outer_delta * the city-block distance in mask pixels to the
+  # box, the paper's distance-weighted mask: `care_jax.distance_outer_mask`).
+  config.care.outer = 'uniform'
+  config.care.outer_start = 1.0
+  config.care.outer_delta = 0.1
   # 'auto': closed-form CAM for GAP + linear heads, Grad-CAM via the head's
   # VJP otherwise. Both give the same normalised map for linear heads.
   config.care.attention = 'auto'
+  # Whose evidence the map shows: 'logit' (z_y, the paper's) or 'contrast'
+  # (z_y - mean_k z_k, also the evidence against the other classes).
+  config.care.target = 'logit'
   config.care.reduction = 'mean'
 
   # The classification term: 'ce', 'weighted_ce' (CSL), 'focal', ... (see
@@ -247,10 +281,11 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.num_steps = 1000  # > 0 wins over num_epochs.
   config.train.num_epochs = 0.0
   config.train.optimizer = 'adam'
-  # The paper fine-tunes a pretrained ResNet-50 with Adam 1e-4; the tiny CNN
-  # trained from scratch needs 1e-3 (at 1e-4 it never learns the rare classes
-  # in 1000 steps, with or without CARE).
-  config.train.learning_rate = 1e-3
+  # None: the recipe's rate (`resolve_recipe`): 1e-4 with model.pretrained
+  # (the paper fine-tunes a pretrained ResNet-50 with Adam 1e-4), 1e-3 for a
+  # model trained from scratch (at 1e-4 the tiny CNN never learns the rare
+  # classes in 1000 steps, with or without CARE).
+  config.train.learning_rate = config_dict.placeholder(float)
   config.train.momentum = 0.9  # SGD only.
   config.train.weight_decay = 0.0
   config.train.schedule = 'constant'
@@ -291,9 +326,12 @@ def paper_config(
   """The paper's recipe on `dataset`: the base of the real-data configs.
 
   An ImageNet-pretrained ResNet-50 (pass `model.pretrained`) at 224x224 with
-  ImageNet mean/std, Adam 1e-4, batch 32, `num_epochs` epochs, validation every
-  1000 steps; CARE with alpha 0.5, tau 0.5 and `lam` (0.7 skin, 0.5 X-ray)
-  when `care`, else the CE baseline (alpha 0).
+  ImageNet mean/std, Adam at the recipe's rate (1e-4 with `model.pretrained`,
+  1e-3 from scratch: `resolve_recipe`), batch 32, `num_epochs` epochs,
+  validation every 1000 steps; with `care`, the paper's two stages (CE until
+  the validation MCA has not improved for 3 evaluations, at most half of
+  training, then CE + attention loss from the best stage-1 state) with alpha
+  0.5, tau 0.5 and `lam` (0.7 skin, 0.5 X-ray); else the CE baseline (alpha 0).
   """
   config = default_config()
   config.data.name = dataset
@@ -302,14 +340,33 @@ def paper_config(
   config.data.std = models.IMAGENET_STD
   config.model.name = 'resnet50'
   config.train.optimizer = 'adam'
-  config.train.learning_rate = 1e-4
   config.train.batch_size = 32
   config.train.num_steps = 0
   config.train.num_epochs = num_epochs
   config.train.eval_every_steps = 1000
   config.care.alpha = 0.5 if care else 0.0
+  config.care.protocol = 'two_stage' if care else 'from_step'
   config.care.tau = 0.5
   config.care.lam = lam
+  return config
+
+
+def resolve_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` with the fields left to the recipe (None) filled in.
+
+  ``train.learning_rate = None`` becomes 1e-4 when ``model.pretrained`` is set
+  (the paper's rate for fine-tuning an ImageNet-pretrained model) and 1e-3
+  otherwise (a model trained from scratch: at 1e-4 the tiny CNN does not learn
+  the rare classes of the demo in 1000 steps). A rate given explicitly is
+  kept. Training resolves its config first, so the saved config (and
+  metrics.json) holds the rate that was used.
+
+  >>> resolve_recipe(default_config()).train.learning_rate
+  0.001
+  """
+  config = config.copy_and_resolve_references()
+  if config.train.learning_rate is None:
+    config.train.learning_rate = 1e-4 if config.model.pretrained else 1e-3
   return config
 
 
@@ -360,12 +417,35 @@ def _validate_care(check: _Checker, care: ml_collections.ConfigDict) -> None:
   check(care.tau > 0, 'care.tau', 'must be > 0')
   check(care.lam >= 0, 'care.lam', 'must be >= 0')
   check(care.start_step >= 0, 'care.start_step', 'must be >= 0')
+  check(care.protocol in CARE_PROTOCOLS, 'care.protocol', f'must be one of {CARE_PROTOCOLS}')
+  check(
+    care.protocol == 'from_step' or care.start_step == 0,
+    'care.start_step',
+    "applies to care.protocol='from_step' only (the two stages find their own switch step)",
+  )
+  check(
+    care.stage1_metric in STAGE1_METRICS, 'care.stage1_metric', f'must be one of {STAGE1_METRICS}'
+  )
+  check(care.stage1_patience >= 1, 'care.stage1_patience', 'must be >= 1 (validations)')
+  check(
+    0 < care.stage1_max_fraction < 1,
+    'care.stage1_max_fraction',
+    'must lie in (0, 1): stage 2 needs steps left',
+  )
+  check(care.outer in CARE_OUTER, 'care.outer', f'must be one of {CARE_OUTER}')
+  check(care.outer_start >= 0, 'care.outer_start', 'must be >= 0')
+  check(care.outer_delta >= 0, 'care.outer_delta', 'must be >= 0')
   check(
     care.attention in models.ATTENTION_METHODS,
     'care.attention',
     f'must be one of {models.ATTENTION_METHODS}',
   )
   check(care.reduction in ('mean', 'sum'), 'care.reduction', "must be 'mean' or 'sum'")
+  check(
+    care.target in models.ATTENTION_TARGETS,
+    'care.target',
+    f'must be one of {models.ATTENTION_TARGETS}',
+  )
 
 
 def _validate_train(check: _Checker, train: ml_collections.ConfigDict) -> None:
@@ -376,7 +456,11 @@ def _validate_train(check: _Checker, train: ml_collections.ConfigDict) -> None:
     'set train.num_steps or train.num_epochs to a positive number',
   )
   check(train.optimizer in OPTIMIZERS, 'train.optimizer', f'must be one of {OPTIMIZERS}')
-  check(train.learning_rate > 0, 'train.learning_rate', 'must be > 0')
+  check(
+    train.learning_rate is None or train.learning_rate > 0,
+    'train.learning_rate',
+    'must be > 0 (or None: the recipe of resolve_recipe)',
+  )
   check(train.schedule in SCHEDULES, 'train.schedule', f'must be one of {SCHEDULES}')
   check(train.warmup_steps >= 0, 'train.warmup_steps', 'must be >= 0')
   check(

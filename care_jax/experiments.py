@@ -37,7 +37,6 @@ from absl import flags
 from absl import logging
 import ml_collections
 import numpy as np
-from scipy import stats
 
 from care_jax import compare
 from care_jax import config as config_lib
@@ -220,35 +219,6 @@ def row_configs(
   return configs
 
 
-def paired_comparison(control: Sequence[dict], treatment: Sequence[dict]) -> dict:
-  """Rare-recall difference treatment - control over the seeds both have.
-
-  Returns:
-    `{'seeds': [...], 'mean_difference': f | None, 'p_value': f | None,
-    'wins': int}`: the mean paired difference, the two-sided paired t-test
-    p-value (`scipy.stats.ttest_rel`; None for fewer than 2 seeds or a
-    constant difference, where t is undefined) and the number of seeds where
-    the treatment's rare recall is strictly higher.
-  """
-  by_seed = {r['seed']: r['rare_recall'] for r in control}
-  seeds, ctrl, treat = [], [], []
-  for run in treatment:
-    if run['rare_recall'] is not None and by_seed.get(run['seed']) is not None:
-      seeds.append(run['seed'])
-      ctrl.append(by_seed[run['seed']])
-      treat.append(run['rare_recall'])
-  diffs = np.asarray(treat, np.float64) - np.asarray(ctrl, np.float64)
-  p_value = None
-  if diffs.size >= 2 and np.ptp(diffs) > 1e-12:
-    p_value = float(stats.ttest_rel(treat, ctrl).pvalue)
-  return {
-    'seeds': seeds,
-    'mean_difference': float(diffs.mean()) if diffs.size else None,
-    'p_value': p_value,
-    'wins': int(np.sum(diffs > 0)),
-  }
-
-
 def build_report(
   suite_name: str,
   rows: dict[str, tuple[str, ...]],
@@ -271,7 +241,11 @@ def build_report(
       else {'rare_recall': published[0] / 100, 'mca': published[1] / 100},
     }
   pairs = [
-    {'control': c, 'treatment': t, **paired_comparison(summary[c]['runs'], summary[t]['runs'])}
+    {
+      'control': c,
+      'treatment': t,
+      **compare.paired_comparison(summary[c]['runs'], summary[t]['runs']),
+    }
     for c, t in SUITES[suite_name].pairs
     if c in rows and t in rows
   ]

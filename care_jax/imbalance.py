@@ -17,12 +17,22 @@ of samples) and :func:`class_priors`.
 :func:`make_classification_loss` builds the classification term of the train
 step from a loss name (:data:`LOSS_NAMES`) and keyword hyperparameters: a
 :class:`ClassificationLoss` that returns per-example ``(values, weights)``
-whose batch loss is ``sum(weights * values) / sum(weights)``. Class weights
-always enter through ``weights``, i.e. as a weighted mean (PyTorch's
-``CrossEntropyLoss(weight=w)``, which the official CARE code used for CSL and
-the official LDAM-DRW code for DRW), so that sums over devices reproduce the
-single-device loss and the scale of the classification term next to CARE's
-attention loss stays that of a mean.
+whose batch loss is ``sum(weights * values) / sum(weights)`` (sums over the
+global batch, so that sums over devices reproduce the single-device loss).
+Each loss normalises its class weights ``w`` as its official code does:
+
+============================  ==============================  ======================================
+loss name                     batch loss over B examples      as the official code
+============================  ==============================  ======================================
+'class_balanced'              ``sum_i w[y_i] CE_i / B``       Cui et al. 2019 (TF, ``CB_loss``)
+'focal' with ``focal_alpha``  ``sum_i alpha[y_i] FL_i / B``   Lin et al. 2017, Cui et al. 2019
+'weighted_ce' (CSL)           ``sum_i w[y_i] CE_i / sum w``   CARE ``CrossEntropyLoss(weight=w)``
+'ldam_drw' from drw_start     ``sum_i w[y_i] l_i / sum w``    LDAM-DRW ``F.cross_entropy(weight=w)``
+the others (DRW before it)    ``sum_i l_i / B``               the mean
+============================  ==============================  ======================================
+
+For a batch mean the class weight is part of the per-example ``values``
+(``weights`` are 1); for a weighted mean it is the ``weights``.
 """
 
 from collections.abc import Callable, Mapping
@@ -402,6 +412,9 @@ class ClassificationLoss:
   ``loss(logits, labels, step) -> (values, weights)``, both [B] float32; the
   batch loss is ``sum(weights * values) / sum(weights)`` (sums over the global
   batch under data parallelism). Jittable; hold it as a constant of the step.
+  Class weights of a batch mean (``sum_i w[y_i] l_i / B``) are folded into
+  ``values_fn`` (weights 1); ``class_weights`` are those of a weighted mean
+  (``/ sum_i w[y_i]``): see the module docstring's table.
 
   Attributes:
     name: the loss name (one of :data:`LOSS_NAMES`) it was built from.
@@ -477,19 +490,28 @@ def make_classification_loss(
 
   Args:
     name: one of :data:`LOSS_NAMES`. 'ce'; 'weighted_ce' (inverse-frequency
-      class weights normalised to sum 1, the official CARE CSL); 'focal';
-      'class_balanced' (CE weighted by effective numbers); 'logit_adjusted';
-      'balanced_softmax'; 'ldam_drw' (LDAM, re-weighted by effective numbers
-      from ``drw_start`` on). Deprecated (removed in 0.3): a ``config.loss``
-      ConfigDict or mapping of all the arguments below but the counts and
-      steps, which is expanded into them (with a DeprecationWarning).
+      class weights normalised to sum 1, the official CARE CSL; weighted mean
+      ``sum_i w l_i / sum_i w``); 'focal' (with ``focal_alpha``:
+      ``sum_i alpha[y_i] FL_i / B``); 'class_balanced' (CE weighted by
+      effective numbers, ``sum_i w[y_i] CE_i / B`` as Cui et al.'s code);
+      'logit_adjusted'; 'balanced_softmax'; 'ldam_drw' (LDAM, re-weighted by
+      effective numbers from ``drw_start`` on, as the weighted mean of
+      ``F.cross_entropy(weight=w)``; LDAM's ``ldam_s`` is meant for cosine
+      logits: a config's ``model.head = 'default'`` then builds the cosine
+      head 'normed_linear', `care_jax.models.resolve_head`). Deprecated
+      (removed in 0.3): a ``config.loss`` ConfigDict or mapping of all the
+      arguments below but the counts and steps, which is expanded into them
+      (with a DeprecationWarning).
     class_counts: [K] training examples per class (all positive).
     num_steps: total optimisation steps (places ``drw_start``).
     gamma: focal focusing parameter ``>= 0`` (Lin et al.: 2).
     focal_alpha: None (no class weights in the focal loss), or one of
       :data:`FOCAL_ALPHAS`: 'inverse_frequency' or 'class_balanced'
       (effective numbers with ``beta``: the class-balanced focal loss of
-      Cui et al.).
+      Cui et al.). The batch loss is ``sum_i alpha[y_i] FL_i / B``: the
+      'inverse_frequency' alphas sum to 1 (the CSL weights), so that loss is
+      on the order of ``1 / K`` of the unweighted one (the 'class_balanced'
+      alphas sum to K).
     beta: effective-number beta in ``[0, 1)`` of 'class_balanced', of the DRW
       weights of 'ldam_drw' and of ``focal_alpha='class_balanced'`` (Cui et
       al. and Cao et al.: 0.9999).
@@ -507,7 +529,9 @@ def make_classification_loss(
 
   Returns:
     The loss; ``'ce'`` gives weights 1 and ``'weighted_ce'`` the
-    inverse-frequency weights of the labels (the CSL of the official code).
+    inverse-frequency weights of the labels (the CSL of the official code);
+    'class_balanced' and 'focal' give the class-weighted per-example values
+    and weights 1 (a batch mean).
 
   Raises:
     ValueError: for an unknown ``name`` or a hyperparameter out of range
@@ -564,13 +588,17 @@ def make_classification_loss(
   if name == 'weighted_ce':
     class_weights = losses.inverse_frequency_weights(counts)
   elif name == 'class_balanced':
-    class_weights = class_balanced_weights(counts, beta=beta)
+    # w[y] CE in the values, weights 1: the batch mean of Cui et al.'s code (divide by B).
+    values_fn = functools.partial(
+      losses.cross_entropy, class_weights=class_balanced_weights(counts, beta=beta)
+    )
   elif name == 'focal':
-    values_fn = functools.partial(focal_loss, gamma=gamma)
+    alpha = None  # alpha[y] FL in the values, weights 1: the batch mean (divide by B).
     if focal_alpha == 'inverse_frequency':
-      class_weights = losses.inverse_frequency_weights(counts)
+      alpha = losses.inverse_frequency_weights(counts)
     elif focal_alpha == 'class_balanced':
-      class_weights = class_balanced_weights(counts, beta=beta)
+      alpha = class_balanced_weights(counts, beta=beta)
+    values_fn = functools.partial(focal_loss, gamma=gamma, alpha=alpha)
   elif name == 'logit_adjusted':
     values_fn = functools.partial(logit_adjusted_loss, class_priors=class_priors(counts), tau=tau)
   elif name == 'balanced_softmax':

@@ -8,10 +8,12 @@ fine-tunes a pretrained model; pass its weights as a local file:
     python -m care_jax.main --config=configs/rsna_pneumonia_care.py --workdir=runs/rsna_care \\
         --config.data.dir=/data/rsna --config.model.pretrained=/path/to/resnet50.safetensors
 
-The paper's two stages: train configs/rsna_pneumonia_baseline.py first (stage 1, CE until it
-plateaus), then start this run from it with `--config.init_from=runs/rsna_baseline` instead of
-`--config.model.pretrained`; or, in one run, `--config.care.start_step=N` trains CE alone for the
-first N steps.
+The paper's two stages, in one run (`care.protocol='two_stage'`): CE alone until the
+validation MCA (every 1000 steps) has not improved for 3 validations or half of training has
+passed, then CE + attention loss from the best stage-1 state; `--config.care.stage1_patience`,
+`.stage1_metric` and `.stage1_max_fraction` change that. As two runs instead: train
+configs/rsna_pneumonia_baseline.py first, then start this one from it with
+`--config.init_from=runs/rsna_baseline --config.care.protocol=from_step`.
 """
 
 from care_jax.config import paper_config

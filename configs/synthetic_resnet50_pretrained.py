@@ -6,8 +6,9 @@ The weights come from a local file you already have (nothing is downloaded), e.g
     python -m care_jax.main --config=configs/synthetic_resnet50_pretrained.py \\
         --workdir=runs/r50_care --config.model.pretrained=/path/to/resnet50.safetensors
 
-Inputs are normalised with ImageNet's mean/std, as the checkpoint expects; Adam 1e-4 and
-224x224 inputs as in the paper (the generated images are upsampled from 64x64).
+Inputs are normalised with ImageNet's mean/std, as the checkpoint expects; Adam 1e-4 (the recipe
+of a pretrained start) and 224x224 inputs as in the paper (the generated images are upsampled
+from 64x64).
 """
 
 from care_jax.config import default_config
@@ -21,6 +22,5 @@ def get_config():
   config.data.image_size = 224
   config.data.mean = IMAGENET_MEAN
   config.data.std = IMAGENET_STD
-  config.train.learning_rate = 1e-4
   config.train.batch_size = 16
   return config

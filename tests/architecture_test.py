@@ -187,13 +187,42 @@ def test_config_checkpoint_training_and_models_load_no_tensorflow():
   assert out.strip() == '[]', out
 
 
-# Config keys added after 0.1 and their defaults (older runs load and resume with them).
-ADDED_SINCE_0_1 = {'train.test_checkpoint': 'last'}
+# Config keys added after 0.1, with the defaults that keep 0.1's behaviour: runs of
+# 0.1 load and resume with them.
+ADDED_SINCE_0_1 = {
+  'train.test_checkpoint': 'last',
+  'care.protocol': 'from_step',
+  'care.stage1_metric': 'mca',
+  'care.stage1_patience': 3,
+  'care.stage1_max_fraction': 0.5,
+  'care.outer': 'uniform',
+  'care.outer_start': 1.0,
+  'care.outer_delta': 0.1,
+  'care.target': 'logit',
+}
+# Values that every packaged config changed since 0.1 (runs of 0.1 saved theirs).
+CHANGED_SINCE_0_1 = {
+  # Left to the recipe: 1e-4 with model.pretrained, 1e-3 from scratch (resolve_recipe).
+  'train.learning_rate': None
+}
+# And those that single configs changed.
+CONFIG_CHANGED_SINCE_0_1 = {
+  # The two stages end stage 1 on validations (0.1 validated at the end only).
+  'folder.py': {'train.eval_every_steps': 100},
+  'synthetic_care.py': {'train.eval_every_steps': 50},
+}
 
 
 def _packaged_configs() -> dict:
   with open(REPO / 'tests' / 'fixtures' / 'v0_1_configs.json') as f:
     return json.load(f)
+
+
+def test_the_keys_added_since_0_1_default_to_the_behaviour_of_0_1():
+  from care_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  defaults = config_lib.flatten(config_lib.to_json(config_lib.default_config()))
+  assert {key: defaults[key] for key in ADDED_SINCE_0_1} == ADDED_SINCE_0_1
 
 
 @pytest.mark.parametrize('name', sorted(_packaged_configs()))
@@ -206,9 +235,12 @@ def test_every_config_builds_the_tree_of_0_1_plus_the_keys_added_since(name):
     if name == 'default_config'
     else compare.load_config(str(REPO / 'configs' / name))
   )
-  # The keys added since, with their defaults: the only differences.
-  assert config_lib.differences(_packaged_configs()[name], config_lib.to_json(built)) == {
-    key: ('<missing>', value) for key, value in ADDED_SINCE_0_1.items()
+  diffs = config_lib.differences(_packaged_configs()[name], config_lib.to_json(built))
+  # The keys added since (with this config's values), and the values changed in every config.
+  assert {k for k, (old, _) in diffs.items() if old == '<missing>'} == set(ADDED_SINCE_0_1)
+  assert {k: new for k, (old, new) in diffs.items() if old != '<missing>'} == {
+    **CHANGED_SINCE_0_1,
+    **CONFIG_CHANGED_SINCE_0_1.get(name, {}),
   }
 
 

@@ -192,6 +192,22 @@ def test_warped_mask_of_the_identity_is_rasterize_boxes():
     np.testing.assert_array_equal(mask, pipeline.rasterize_boxes(boxes, 13))
 
 
+@pytest.mark.parametrize('size', [8, 13, 24])
+def test_warped_mask_of_the_identity_is_rasterize_boxes_with_edges_on_pixel_centres(size):
+  # Edges on pixel centres and pixel edges (multiples of 1 / 2S): the
+  # half-open ties must fall the same way in both.
+  rng = np.random.default_rng(size)
+  edges = np.sort(rng.integers(0, 2 * size + 1, (40, 2, 2)), axis=-1) / (2.0 * size)
+  boxes = np.stack([edges[:, 0, 0], edges[:, 1, 0], edges[:, 0, 1], edges[:, 1, 1]], -1)
+  boxes = boxes.astype(np.float32)
+  for box in boxes:
+    mask = augment.warp_boxes_mask(box[None], tf.eye(3), size=size).numpy()
+    np.testing.assert_array_equal(mask, pipeline.rasterize_boxes(box[None], size), str(box))
+  # A box [0, 0.5) x [0, 0.25) on 4 x 4 is rows 0-1 of column 0, as rasterize_boxes.
+  mask = augment.warp_boxes_mask([[0.0, 0.0, 0.5, 0.25]], tf.eye(3), size=4).numpy()
+  np.testing.assert_array_equal(mask, np.pad(np.ones((2, 1)), ((0, 2), (0, 3))))
+
+
 def test_warped_mask_tests_each_mapped_pixel_centre_against_the_boxes():
   # Numpy reference: map every output pixel centre, test it box by box.
   boxes = np.array([[0.1, 0.2, 0.5, 0.6], [0.55, 0.55, 0.9, 0.8]], np.float32)
@@ -202,7 +218,7 @@ def test_warped_mask_tests_each_mapped_pixel_centre_against_the_boxes():
     for row in range(20):
       for col in range(20):
         vx, vy, _ = geometry.numpy() @ [(col + 0.5) / 20, (row + 0.5) / 20, 1]
-        expected[row, col] = any(b[0] <= vy <= b[2] and b[1] <= vx <= b[3] for b in boxes)
+        expected[row, col] = any(b[0] <= vy < b[2] and b[1] <= vx < b[3] for b in boxes)
     assert np.abs(mask - expected).sum() <= 1  # float32 ties on an edge.
   assert set(np.unique(mask)) <= {0.0, 1.0}
 

@@ -8,12 +8,14 @@ import os
 import shutil
 import signal
 
+from architecture_test import ADDED_SINCE_0_1
 import jax
 import numpy as np
 import pytest
 
 from care_jax import checkpoint
 from care_jax import config as config_lib
+from care_jax import models
 from care_jax import training
 
 CLASSES = ['a', 'b', 'c']
@@ -83,6 +85,24 @@ def test_load_model_returns_the_runs_config_and_falls_back_to_latest(tmp_path):
   _assert_tree_equal(variables['params'], states[2].params)
   logits, _ = model.apply(variables, np.zeros((1, 16, 16, 3), np.float32), train=False)
   assert logits.shape == (1, 2)
+
+
+def test_an_ldam_drw_run_is_rebuilt_with_its_cosine_head(tmp_path):
+  """loss.name='ldam_drw' with model.head='default' trains and loads the 'normed_linear' head."""
+  config = _config("loss.name='ldam_drw'", 'data.image_size=16')
+  trained = training.create_model(config, 3)
+  assert isinstance(trained.head, models.NormedLinearHead)
+  states = _save_run(tmp_path, config, [(1, None)])
+  _, model, variables = checkpoint.load_model(str(tmp_path))
+  assert model == trained  # the same module, head included
+  _assert_tree_equal(variables['params'], states[1].params)
+  images = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
+  logits, _ = model.apply(variables, images, train=False)
+  expected, _ = trained.apply(
+    {'params': states[1].params, 'batch_stats': states[1].batch_stats}, images, train=False
+  )
+  np.testing.assert_array_equal(logits, expected)
+  assert np.all(np.abs(logits) <= 1.0 + 1e-6)  # cosine logits
 
 
 def test_load_model_without_a_checkpoint_says_so(tmp_path):
@@ -231,7 +251,8 @@ def test_load_model_reads_a_run_written_by_0_1():
   config, model, variables = checkpoint.load_model(V0_1_RUN, which='latest')
   with open(os.path.join(V0_1_RUN, 'config.json')) as f:
     differences = config_lib.differences(json.load(f), config_lib.to_json(config))
-  assert differences == {'train.test_checkpoint': ('<missing>', 'last')}  # Added since.
+  # The keys added since, with defaults that keep 0.1's behaviour.
+  assert differences == {k: ('<missing>', v) for k, v in ADDED_SINCE_0_1.items()}
   with open(os.path.join(V0_1_RUN, 'metrics.json')) as f:
     classes = json.load(f)['classes']
   assert model.head.num_classes == len(classes) == 5

@@ -82,7 +82,13 @@ def np_inverse_frequency(n):
 
 
 def _weighted_mean(values, weights):
+  """PyTorch's cross_entropy(weight=w) reduction: sum_i w_i l_i / sum_i w_i."""
   return float(np.sum(np.asarray(weights) * np.asarray(values)) / np.sum(weights))
+
+
+def _batch_mean(values, weights):
+  """Cui et al.'s and Lin et al.'s reduction of class-weighted losses: sum_i w_i l_i / B."""
+  return float(np.sum(np.asarray(weights) * np.asarray(values)) / len(values))
 
 
 # The pure losses.
@@ -324,7 +330,8 @@ def _np_batch_loss(name, logits, labels, step, num_steps, **fields):
   if name == 'weighted_ce':
     return _weighted_mean(np_ce(logits, labels), np_inverse_frequency(COUNTS)[labels])
   if name == 'class_balanced':
-    return _weighted_mean(
+    # Cui et al.'s code: the effective-number weight of each example, averaged over the batch.
+    return _batch_mean(
       np_ce(logits, labels), np_class_balanced_weights(COUNTS, config.beta)[labels]
     )
   if name == 'focal':
@@ -333,10 +340,8 @@ def _np_batch_loss(name, logits, labels, step, num_steps, **fields):
       'inverse_frequency': np_inverse_frequency(COUNTS),
       'class_balanced': np_class_balanced_weights(COUNTS, config.beta),
     }[config.focal_alpha]
-    # alpha_y FL_y, normalised by the total alpha of the batch.
-    return _weighted_mean(
-      np_focal(logits, labels, config.gamma), ones if alpha is None else alpha[labels]
-    )
+    # alpha_y FL_y averaged over the batch (Lin et al.; Cui et al.'s CB focal loss divides by B).
+    return _batch_mean(np_focal(logits, labels, config.gamma, alpha), ones)
   if name == 'logit_adjusted':
     return _weighted_mean(
       np_logit_adjusted(logits, labels, COUNTS / COUNTS.sum(), config.tau), ones

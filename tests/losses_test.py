@@ -355,6 +355,227 @@ def test_care_loss_rejects_unknown_reduction():
 
 
 # ---------------------------------------------------------------------------
+# The distance-weighted outer mask.
+# ---------------------------------------------------------------------------
+
+
+def np_distance_outer_mask(mask, start, delta):
+  """Brute force: for every pixel, min over all pixels > 0.5 of |dy| + |dx|."""
+  mask = np.asarray(mask, np.float64)
+  out = np.zeros(mask.shape)
+  ys, xs = np.meshgrid(np.arange(mask.shape[1]), np.arange(mask.shape[2]), indexing='ij')
+  for b in range(mask.shape[0]):
+    box_y, box_x = np.nonzero(mask[b] > 0.5)
+    if not box_y.size:
+      continue  # No box: zeros.
+    d = np.abs(ys[..., None] - box_y).astype(np.float64) + np.abs(xs[..., None] - box_x)
+    out[b] = np.where(mask[b] > 0.5, 0.0, start + delta * d.min(axis=-1))
+  return out
+
+
+def random_multi_box_masks(rng, b, h, w):
+  """Several boxes of random sizes per image."""
+  m = np.zeros((b, h, w), np.float32)
+  for i in range(b):
+    for _ in range(rng.integers(1, 5)):
+      y0, x0 = rng.integers(0, h), rng.integers(0, w)
+      y1 = rng.integers(y0 + 1, min(h, y0 + h // 2 + 1) + 1)
+      x1 = rng.integers(x0 + 1, min(w, x0 + w // 2 + 1) + 1)
+      m[i, y0:y1, x0:x1] = 1.0
+  return m
+
+
+def random_soft_blob_masks(rng, b, h, w):
+  """Soft masks in [0, 1]: a few Gaussian blobs, scattered pixels and some exact 0.5s."""
+  ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing='ij')
+  m = np.zeros((b, h, w))
+  for i in range(b):
+    for _ in range(rng.integers(1, 4)):
+      cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+      sy, sx = rng.uniform(0.5, h / 4), rng.uniform(0.5, w / 4)
+      m[i] += np.exp(-0.5 * (((ys - cy) / sy) ** 2 + ((xs - cx) / sx) ** 2))
+    m[i] += (rng.uniform(size=(h, w)) < 0.02) * rng.uniform(0.0, 1.0, size=(h, w))
+  m = np.clip(m, 0.0, 1.0)
+  m[rng.uniform(size=m.shape) < 0.05] = 0.5  # Exactly 0.5 is not inside.
+  return m.astype(np.float32)
+
+
+DISTANCE_PARAMS = [(1.0, 0.1), (0.0, 1.0), (2.5, 0.0), (0.3, 0.75)]
+
+
+@pytest.mark.parametrize('start,delta', DISTANCE_PARAMS)
+@pytest.mark.parametrize('shape', [(9, 9), (13, 29), (31, 7), (1, 12), (48, 64)])
+def test_distance_outer_mask_equals_brute_force_on_random_boxes(shape, start, delta):
+  rng = np.random.default_rng(1000 * shape[0] + shape[1])
+  m = random_multi_box_masks(rng, 3, *shape)
+  got = losses.distance_outer_mask(m, start=start, delta=delta)
+  assert got.shape == m.shape and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, np_distance_outer_mask(m, start, delta), rtol=1e-6, atol=1e-6)
+
+
+def test_distance_outer_mask_equals_brute_force_at_input_resolution():
+  # 224x224 with small boxes, so that the brute force stays cheap; distances up to ~440.
+  m = np.zeros((2, 224, 224), np.float32)
+  m[0, 3:9, 200:210] = 1.0
+  m[0, 100:104, 50:52] = 1.0
+  m[1, 220:224, 0:5] = 1.0
+  got = losses.distance_outer_mask(m, start=1.0, delta=0.1)
+  np.testing.assert_allclose(got, np_distance_outer_mask(m, 1.0, 0.1), rtol=1e-6)
+  assert float(got[1, 0, 223]) == pytest.approx(1.0 + 0.1 * (220 + 219), rel=1e-6)
+
+
+@pytest.mark.parametrize('start,delta', DISTANCE_PARAMS)
+@pytest.mark.parametrize('shape', [(16, 16), (20, 33), (40, 11)])
+def test_distance_outer_mask_equals_brute_force_on_soft_irregular_masks(shape, start, delta):
+  rng = np.random.default_rng(sum(shape))
+  m = random_soft_blob_masks(rng, 4, *shape)
+  assert np.any((m > 0) & (m <= 0.5))  # Soft pixels that do not count as the box.
+  got = losses.distance_outer_mask(m, start=start, delta=delta)
+  np.testing.assert_allclose(got, np_distance_outer_mask(m, start, delta), rtol=1e-6, atol=1e-6)
+
+
+def test_distance_outer_mask_single_pixel_is_the_city_block_distance():
+  m = np.zeros((1, 5, 7), np.float32)
+  m[0, 1, 2] = 1.0
+  ys, xs = np.mgrid[:5, :7]
+  expected = np.where(m[0] > 0, 0.0, 1.0 + 0.1 * (np.abs(ys - 1) + np.abs(xs - 2)))
+  got = losses.distance_outer_mask(m, start=1.0, delta=0.1)
+  np.testing.assert_allclose(got[0], expected, rtol=1e-6)
+
+
+def test_distance_outer_mask_of_empty_and_full_masks_is_zero():
+  m = np.zeros((3, 6, 9), np.float32)
+  m[1] = 1.0  # Full.
+  m[2] = 0.5  # Soft, but no pixel > 0.5: empty.
+  m[0, 2, 3] = 0.4  # Empty too.
+  got = losses.distance_outer_mask(m, start=1.0, delta=0.1)
+  np.testing.assert_array_equal(got, 0.0)
+  assert np.all(np.isfinite(got))
+
+
+@pytest.mark.parametrize('mask_shape', [(7, 7), (28, 28)])
+def test_care_loss_with_distance_outer_mask_is_finite_for_empty_and_full_masks(mask_shape):
+  f = random_maps(np.random.default_rng(20), 4, 7, 7)
+  f[3] = 0.5  # Constant map.
+  m = np.zeros((4, *mask_shape), np.float32)
+  m[0] = 1.0  # Full mask.
+  m[2, 3:6, 1:4] = 1.0
+  m[3, 0:2, 0:2] = 1.0
+  # m[1] is empty.
+
+  def loss(x, y, **kwargs):
+    outer = losses.distance_outer_mask(y, start=1.0, delta=0.1)
+    return losses.care_loss(x, y, outer_mask=outer, **kwargs)
+
+  for kwargs in ({}, {'has_mask': np.array([True, True, True, False])}):
+    value, (grad_f, grad_m) = jax.value_and_grad(loss, argnums=(0, 1))(f, m, **kwargs)
+    assert np.isfinite(value)
+    assert np.all(np.isfinite(grad_f)) and np.all(np.isfinite(grad_m))
+    np.testing.assert_array_equal(grad_f[1], 0.0)  # No box: no gradient.
+  np.testing.assert_allclose(
+    loss(f, m), np_care_loss(f, m, np_distance_outer_mask(m, 1.0, 0.1)), rtol=1e-5
+  )
+
+  # Only empty or only full masks.
+  for fill in (0.0, 1.0):
+    m_edge = np.full((2, *mask_shape), fill, np.float32)
+    value, grad_f = jax.value_and_grad(loss)(f[:2], m_edge)
+    assert np.isfinite(value) and np.all(np.isfinite(grad_f))
+    if fill == 0.0:
+      assert float(value) == 0.0
+      np.testing.assert_array_equal(grad_f, 0.0)
+
+
+@pytest.mark.parametrize('map_shape,mask_shape', [((4, 4), (16, 16)), ((4, 5), (16, 23))])
+def test_care_loss_with_distance_outer_mask_matches_brute_force_on_upsampled_map(
+  map_shape, mask_shape
+):
+  rng = np.random.default_rng(21)
+  b = 4
+  f = random_maps(rng, b, *map_shape)
+  m = random_multi_box_masks(rng, b, *mask_shape)
+  m[2] = 0.0  # No box: left out of the mean.
+  start, delta, tau, lam = 1.0, 0.1, 0.4, 0.6
+  got = losses.care_loss(
+    f, m, tau=tau, lam=lam, outer_mask=losses.distance_outer_mask(m, start=start, delta=delta)
+  )
+
+  up = np.asarray(jax.image.resize(f, (b, *mask_shape), 'bilinear'), np.float64)
+  m_out = np_distance_outer_mask(m, start, delta)
+  terms = []
+  for i in range(b):
+    if m[i].sum() == 0:
+      continue
+    l_in = -min((m[i] * up[i]).sum() / m[i].sum(), tau)
+    l_out = (m_out[i] * up[i]).sum() / m_out[i].sum()
+    terms.append(l_in + lam * l_out)
+  np.testing.assert_allclose(got, np.mean(terms), rtol=1e-5)
+
+
+def test_distance_outer_mask_under_jit_and_vmap():
+  rng = np.random.default_rng(22)
+  m = random_soft_blob_masks(rng, 6, 12, 17)
+  m[4] = 0.0
+  expected = np_distance_outer_mask(m, 1.0, 0.1)
+
+  jitted = jax.jit(lambda x: losses.distance_outer_mask(x, start=1.0, delta=0.1))
+  np.testing.assert_allclose(jitted(m), expected, rtol=1e-6)
+  # start and delta may be traced too.
+  traced = jax.jit(lambda x, s, d: losses.distance_outer_mask(x, start=s, delta=d))
+  np.testing.assert_allclose(traced(m, 1.0, 0.1), expected, rtol=1e-6)
+
+  stacked = m.reshape(2, 3, 12, 17)
+  vmapped = jax.jit(jax.vmap(lambda x: losses.distance_outer_mask(x, start=1.0, delta=0.1)))
+  np.testing.assert_allclose(vmapped(stacked), expected.reshape(2, 3, 12, 17), rtol=1e-6)
+  per_delta = jax.vmap(lambda d: losses.distance_outer_mask(m, start=1.0, delta=d))
+  np.testing.assert_allclose(
+    per_delta(jnp.array([0.1, 0.2]))[1], np_distance_outer_mask(m, 1.0, 0.2), rtol=1e-6
+  )
+
+
+def test_distance_outer_mask_bfloat16_bool_and_int_masks_give_float32():
+  rng = np.random.default_rng(23)
+  m = random_multi_box_masks(rng, 3, 10, 14)
+  expected = np_distance_outer_mask(m, 1.0, 0.1)
+  for dtype in (jnp.bfloat16, bool, np.uint8, np.int32):
+    got = losses.distance_outer_mask(jnp.asarray(m).astype(dtype), start=1.0, delta=0.1)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_distance_outer_mask_is_exported():
+  import care_jax  # pylint: disable=g-import-not-at-top
+
+  assert care_jax.distance_outer_mask is losses.distance_outer_mask
+  assert 'distance_outer_mask' in care_jax.__all__
+  assert 'distance_outer_mask' in losses.__all__
+
+
+@pytest.mark.parametrize(
+  'shape,kwargs,match',
+  [
+    ((7, 7), {}, r'mask .*shape \(7, 7\)'),
+    ((2, 7, 7, 1), {}, r'mask .*shape \(2, 7, 7, 1\)'),
+    ((2, 7, 7), {'start': -1.0}, r'start must be .*>= 0, got -1\.0'),
+    ((2, 7, 7), {'delta': -0.1}, r'delta must be .*>= 0, got -0\.1'),
+    ((2, 7, 7), {'delta': float('nan')}, r'delta must be .*>= 0, got nan'),
+    ((2, 7, 7), {'start': np.ones(2)}, r'start must be a scalar'),
+  ],
+)
+def test_distance_outer_mask_rejects_bad_rank_and_negative_weights(shape, kwargs, match):
+  kwargs = {'start': 1.0, 'delta': 0.1, **kwargs}
+  with pytest.raises(ValueError, match=match):
+    losses.distance_outer_mask(np.zeros(shape), **kwargs)
+
+
+def test_distance_outer_mask_rejects_masks_outside_unit_range():
+  m = np.zeros((1, 4, 4), np.float32)
+  m[0, 1, 2] = 255.0
+  with pytest.raises(ValueError, match=r'mask values must lie in \[0, 1\].*index \(0, 1, 2\)'):
+    losses.distance_outer_mask(m, start=1.0, delta=0.1)
+
+
+# ---------------------------------------------------------------------------
 # Class weights and cross-entropy.
 # ---------------------------------------------------------------------------
 

@@ -136,6 +136,20 @@ def test_batch_size_must_split_over_the_devices(tmp_path):
     training.train_and_evaluate(config, str(tmp_path / 'w'))
 
 
+def test_compare_lists_each_seed_and_tests_each_config_against_the_first_paired():
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
+  control, treatment = [0.4, 0.5, 0.3], [0.6, 0.45, 0.7]
+  summary = {
+    name: {'runs': [{'seed': s, 'rare_recall': v} for s, v in enumerate(values)]}
+    for name, values in (('base', control), ('care', treatment))
+  }
+  text = compare.format_seeds(summary)
+  assert '| 0 | 40.00 | 60.00 |' in text and '| 1 | 50.00 | 45.00 |' in text
+  p = stats.ttest_rel(treatment, control).pvalue
+  assert f'| care vs base | 3 | +18.33 | {p:.3g} | 2/3 |' in text
+
+
 @pytest.mark.slow
 def test_compare_tabulates_every_config_and_resumes(tmp_path):
   configs = [os.path.join(REPO, 'configs', f'synthetic_{n}.py') for n in ('baseline', 'care')]

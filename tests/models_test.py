@@ -21,10 +21,12 @@ from care_jax.models import BatchNormLinearHead
 from care_jax.models import Bottleneck
 from care_jax.models import Classifier
 from care_jax.models import LinearHead
+from care_jax.models import NormedLinearHead
 from care_jax.models import ResNet
 from care_jax.models import VGGHead
 from care_jax.models import adaptive_avg_pool
 from care_jax.models import get_model
+from care_jax.models import resolve_head
 
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
 # Input size / feature map size, as documented by each backbone.
@@ -575,6 +577,41 @@ def test_attention_maps_of_other_heads_are_grad_cam_of_the_head(name, head):
     np.testing.assert_array_equal(maps, expected)
 
 
+def _minmax(x):
+  low, high = x.min(axis=(1, 2), keepdims=True), x.max(axis=(1, 2), keepdims=True)
+  return (x - low) / (high - low)
+
+
+def test_contrast_maps_of_a_linear_head_weigh_the_true_column_against_the_others():
+  model, variables, features, labels = _attention_case('tiny_cnn', 'linear')
+  kernel = np.asarray(variables['params']['head']['fc']['kernel'], np.float64)  # [C, K]
+  a = np.asarray(features, np.float64)
+  others = [[k for k in range(kernel.shape[1]) if k != y] for y in np.asarray(labels)]
+  weights = np.stack(
+    [kernel[:, y] - kernel[:, o].mean(axis=1) for y, o in zip(np.asarray(labels), others)]
+  )
+  expected = _minmax(np.einsum('bhwc,bc->bhw', a, weights))
+  for method in ('cam', 'grad_cam'):
+    maps = model.attention_maps(variables, features, labels, method=method, target='contrast')
+    np.testing.assert_allclose(maps, expected, atol=1e-5)
+
+
+def test_contrast_maps_of_other_heads_are_grad_cam_of_the_centred_logits():
+  model, variables, features, labels = _attention_case('tiny_cnn', 'bn_linear')
+  head_fn = _head_fn(model, variables)
+  centred = lambda f: head_fn(f) - jnp.mean(head_fn(f), axis=-1, keepdims=True)
+  expected = attention.grad_cam(centred, features, labels)
+  maps = model.attention_maps(variables, features, labels, target='contrast')
+  np.testing.assert_allclose(maps, expected, atol=1e-6)
+  assert not np.allclose(maps, model.attention_maps(variables, features, labels), atol=1e-3)
+
+
+def test_attention_maps_unknown_target_lists_the_valid_ones():
+  model, variables, features, labels = _attention_case('tiny_cnn', 'linear')
+  with pytest.raises(ValueError, match=r"'margin'.*logit, contrast"):
+    model.attention_maps(variables, features, labels, target='margin')
+
+
 def test_attention_maps_cam_needs_a_linear_head():
   model, variables, features, labels = _attention_case('tiny_cnn', 'bn_linear')
   with pytest.raises(ValueError, match=r'GAP \+ linear head'):
@@ -650,3 +687,171 @@ def test_apply_head_rejects_features_not_rank_4():
   variables = _fake_variables(model, _images())
   with pytest.raises(ValueError, match=r'features must be rank 4.*\(2, 128\)'):
     model.apply(variables, np.zeros((2, 128), np.float32), method=Classifier.apply_head)
+
+
+# ---------------------------------------------------------------- normed (cosine) head
+
+
+def _np_normalize(x: np.ndarray, axis: int) -> np.ndarray:
+  """torch.nn.functional.normalize: x / max(||x||_2, 1e-12)."""
+  x = np.asarray(x, np.float64)
+  return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+
+
+def test_normed_linear_head_is_the_cosine_of_the_pooled_feature_and_each_class_column():
+  """LDAM-DRW's NormedLinear: F.normalize(x, dim=1).mm(F.normalize(W, dim=0)) on GAP(A)."""
+  features = np.random.default_rng(5).normal(size=(3, 3, 5, 8)).astype(np.float32)
+  features[2] = 0.0  # a zero feature vector: F.normalize's eps gives cosines 0, not NaN
+  head = NormedLinearHead(num_classes=4)
+  variables = _fake_variables(head, features)
+  assert set(variables['params']) == {'kernel'}  # no bias
+  kernel = np.asarray(variables['params']['kernel'], np.float64)
+  assert kernel.shape == (8, 4)
+
+  expected = _np_normalize(features.mean(axis=(1, 2)), 1) @ _np_normalize(kernel, 0)
+  logits = head.apply(variables, features)
+  assert logits.dtype == jnp.float32
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(logits[2], 0.0)
+  assert np.all(np.abs(logits) <= 1.0 + 1e-6)
+  # Finite gradients also at the zero feature vector (where d||x|| / dx is 0 / 0).
+  grads = jax.grad(lambda f: jnp.sum(head.apply(variables, f) * jnp.arange(4.0)))(features)
+  assert np.all(np.isfinite(grads))
+  # bfloat16 features: still a float32 cosine.
+  bf16 = NormedLinearHead(num_classes=4, dtype=jnp.bfloat16).apply(
+    variables, jnp.asarray(features, jnp.bfloat16)
+  )
+  assert bf16.dtype == jnp.float32
+  np.testing.assert_allclose(bf16, expected, atol=2e-2)
+
+
+def test_normed_linear_init_is_uniform_with_unit_norm_class_columns():
+  """weight.uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5): every column W[:, k] has norm 1."""
+  head = NormedLinearHead(num_classes=5)
+  kernel = head.init(KEY, jnp.zeros((1, 2, 2, 64)))['params']['kernel']
+  assert kernel.shape == (64, 5) and kernel.dtype == jnp.float32
+  np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), 1.0, rtol=1e-6)
+  # Directions of U(-1, 1)^64: a column scaled back by its norm spans (-1, 1), mean ~ 0.
+  raw = np.asarray(kernel) * np.sqrt(64 / 3)  # E||u||^2 = 64 / 3 for u ~ U(-1, 1)^64
+  assert np.abs(raw).max() < 1.5 and abs(raw.mean()) < 0.1
+
+
+@pytest.mark.parametrize('name', ['tiny_cnn', 'resnet18', 'vgg19'])
+def test_get_model_builds_the_normed_linear_head_for_every_model(name):
+  model = get_model(name, num_classes=3, head='normed_linear')
+  assert isinstance(model.head, NormedLinearHead)
+  images = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+  variables = _abstract_variables(model, images)
+  assert set(variables['params']['head']) == {'kernel'}
+  channels = {'tiny_cnn': 128, 'resnet18': 512, 'vgg19': 512}[name]
+  assert variables['params']['head']['kernel'].shape == (channels, 3)
+  logits, _ = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
+  assert logits.shape == (2, 3) and logits.dtype == jnp.float32
+
+
+def test_tiny_cnn_with_the_normed_linear_head_gives_the_cosine_of_its_features():
+  model = get_model('tiny_cnn', num_classes=3, head='normed_linear')
+  images = _images(size=32)
+  variables = _fake_variables(model, images)
+  logits, inter = model.apply(variables, images, train=False)
+  kernel = variables['params']['head']['kernel']
+  expected = _np_normalize(np.asarray(inter['features']).mean(axis=(1, 2)), 1) @ _np_normalize(
+    kernel, 0
+  )
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_maps_of_the_normed_linear_head_are_grad_cam_and_refuse_cam():
+  model, variables, features, labels = _attention_case('tiny_cnn', 'normed_linear')
+  expected = attention.grad_cam(_head_fn(model, variables), features, labels)
+  for method in ('auto', 'grad_cam'):
+    maps = model.attention_maps(variables, features, labels, method=method)
+    assert maps.shape == (2, 4, 4) and maps.dtype == jnp.float32
+    np.testing.assert_array_equal(maps, expected)
+  # Train mode: the head has no train-dependent layer, so the same maps.
+  np.testing.assert_allclose(
+    model.attention_maps(variables, features, labels, train=True), expected, atol=1e-6
+  )
+  with pytest.raises(ValueError, match=r'GAP \+ linear head'):
+    model.attention_maps(variables, features, labels, method='cam')
+
+
+def test_resolve_head_gives_ldam_drw_the_cosine_head_for_default():
+  assert resolve_head('default', loss='ldam_drw') == 'normed_linear'
+  assert resolve_head(None, loss='ldam_drw') == 'normed_linear'
+  for loss in ('ce', 'weighted_ce', 'focal', 'class_balanced', None):
+    assert resolve_head('default', loss=loss) is None  # the architecture's own head
+  for head in ('linear', 'bn_linear', 'vgg', 'normed_linear'):  # an explicit head is kept
+    assert resolve_head(head, loss='ldam_drw') == head
+
+
+# ---------------------------------------------------------------- train-mode Grad-CAM
+
+
+def _np_grad_cam_train(model, variables, features, labels, key):
+  """Grad-CAM of the head in train mode written out: VJP of the summed true-class logits."""
+
+  def head(f):
+    logits, _ = model.apply(
+      variables,
+      f,
+      train=True,
+      method=Classifier.apply_head,
+      mutable=['batch_stats'],
+      rngs={'dropout': key},
+    )
+    return logits
+
+  logits, vjp = jax.vjp(head, features)
+  (grads,) = vjp(jax.nn.one_hot(labels, logits.shape[1]))  # d sum_b logits[b, y_b] / dA
+  weights = np.asarray(grads, np.float64).mean(axis=(1, 2))  # [B, C]
+  maps = np.einsum('bhwc,bc->bhw', np.asarray(features, np.float64), weights)
+  low = maps.min(axis=(1, 2), keepdims=True)
+  high = maps.max(axis=(1, 2), keepdims=True)
+  return (maps - low) / (high - low), logits
+
+
+@pytest.mark.parametrize('head', ['bn_linear', 'vgg'])
+def test_train_mode_attention_maps_are_grad_cam_of_the_head_in_the_training_pass(head):
+  model, variables, _, labels = _attention_case('tiny_cnn', head)
+  images = _images(size=32, seed=3)
+  key = jax.random.key(11)
+  # The training forward pass: its logits, features and the head's dropout masks.
+  (logits, inter), _ = model.apply(
+    variables, images, train=True, mutable=['batch_stats'], rngs={'dropout': key}
+  )
+  features = inter['features']
+  expected, head_logits = _np_grad_cam_train(model, variables, features, labels, key)
+  # The head alone, with the pass's rngs, reproduces the pass's logits: the same dropout masks
+  # (flax derives the head's keys from its module path) and the same batch statistics.
+  np.testing.assert_allclose(head_logits, logits, rtol=1e-5, atol=1e-6)
+
+  maps = model.attention_maps(
+    variables, features, labels, method='auto', train=True, rngs={'dropout': key}
+  )
+  assert maps.shape == features.shape[:3] and maps.dtype == jnp.float32
+  np.testing.assert_allclose(maps, expected, atol=1e-5)
+  # Train mode matters: running statistics / no dropout give other maps.
+  eval_maps = model.attention_maps(variables, features, labels)
+  assert not np.allclose(maps, eval_maps, atol=1e-3)
+  if head == 'vgg':  # another dropout key, other masks, other maps
+    other = model.attention_maps(
+      variables, features, labels, train=True, rngs={'dropout': jax.random.key(12)}
+    )
+    assert not np.allclose(maps, other, atol=1e-3)
+
+
+def test_train_mode_attention_maps_under_jit_and_grad():
+  model, variables, features, labels = _attention_case('tiny_cnn', 'bn_linear')
+  eager = model.attention_maps(variables, features, labels, train=True)
+  jitted = jax.jit(lambda v, f, y: model.attention_maps(v, f, y, train=True))
+  # Batch statistics of two examples amplify the rounding differences of the compiled program.
+  np.testing.assert_allclose(jitted(variables, features, labels), eager, atol=2e-4)
+
+  def inside(f):  # what the train step's attention loss does
+    return jnp.sum(
+      model.attention_maps(variables, f, labels, train=True) * jnp.arange(16.0).reshape(4, 4)
+    )
+
+  grads = jax.grad(inside)(features)
+  assert np.all(np.isfinite(grads)) and np.any(grads != 0)

@@ -63,11 +63,11 @@ def _denormalise(image):
 
 
 def _raster(boxes, size):
-  """Numpy reference of the box union, pixel by pixel."""
+  """Numpy reference of the box union, pixel by pixel (half-open boxes)."""
   mask = np.zeros((size, size), np.float32)
   for ymin, xmin, ymax, xmax in boxes:
     for i, j in itertools.product(range(size), repeat=2):
-      if ymin * size <= i + 0.5 <= ymax * size and (xmin * size <= j + 0.5 <= xmax * size):
+      if ymin * size <= i + 0.5 < ymax * size and (xmin * size <= j + 0.5 < xmax * size):
         mask[i, j] = 1.0
   return mask
 
@@ -97,10 +97,37 @@ def test_rasterize_box_covers_pixels_whose_centres_are_inside():
   assert mask.dtype == np.float32
 
 
-def test_rasterize_box_edges_through_pixel_centres_are_inclusive():
-  # ymin * 8 = 0.5 and ymax * 8 = 2.5 are the centres of rows 0 and 2.
+def test_rasterize_docstring_example():
+  # Half-open: row centres 0.5, 1.5 < 0.5 * 4 = 2, column centre 0.5 < 0.25 * 4 = 1.
+  mask = pipeline.rasterize_boxes([[0.0, 0.0, 0.5, 0.25]], 4).numpy()
+  expected = np.zeros((4, 4), np.float32)
+  expected[0:2, 0] = 1.0
+  np.testing.assert_array_equal(mask, expected)
+
+
+def test_rasterize_box_edges_through_pixel_centres_are_half_open():
+  # ymin * 8 = 0.5 and ymax * 8 = 2.5 are the centres of rows 0 and 2: row 0
+  # is in (min edge inclusive), row 2 is out (max edge exclusive).
   mask = pipeline.rasterize_boxes([[0.0625, 0.0, 0.3125, 1.0]], 8).numpy()
-  np.testing.assert_array_equal(mask.any(1), np.arange(8) <= 2)
+  np.testing.assert_array_equal(mask.any(1), np.arange(8) < 2)
+  # Same along columns: xmin * 8 = 3.5 keeps column 3, xmax * 8 = 5.5 drops 5.
+  mask = pipeline.rasterize_boxes([[0.0, 0.4375, 1.0, 0.6875]], 8).numpy()
+  np.testing.assert_array_equal(mask.any(0), (np.arange(8) >= 3) & (np.arange(8) < 5))
+
+
+def test_rasterize_boxes_that_tile_the_image_cover_each_pixel_once():
+  # Edges through pixel centres: each centre lies in exactly one tile.
+  edges = np.array([0.0, 0.3125, 0.5625, 1.0], np.float32)  # 0, 2.5, 4.5, 8 on 8 px.
+  total = np.zeros((8, 8), np.float32)
+  for (y0, y1), (x0, x1) in itertools.product(zip(edges[:-1], edges[1:]), repeat=2):
+    total += pipeline.rasterize_boxes([[y0, x0, y1, x1]], 8).numpy()
+  np.testing.assert_array_equal(total, np.ones((8, 8)))
+
+
+def test_rasterize_box_between_pixel_centres_covers_nothing():
+  # [0.55, 0.95) x [1.6, 1.9) on a 4 x 4 grid holds no centre (k + 0.5).
+  mask = pipeline.rasterize_boxes([[0.1375, 0.4, 0.2375, 0.475]], 4).numpy()
+  np.testing.assert_array_equal(mask, np.zeros((4, 4)))
 
 
 def test_rasterize_matches_numpy_reference_on_random_boxes():
@@ -111,6 +138,21 @@ def test_rasterize_matches_numpy_reference_on_random_boxes():
     boxes = np.stack([ys[:, 0], xs[:, 0], ys[:, 1], xs[:, 1]], axis=-1)
     boxes = boxes.reshape(n, 4).astype(np.float32)
     np.testing.assert_array_equal(pipeline.rasterize_boxes(boxes, 13).numpy(), _raster(boxes, 13))
+
+
+def test_rasterize_box_area_is_the_number_of_centres_in_the_half_open_box():
+  rng = np.random.default_rng(1)
+  for size in (5, 8, 13, 32):
+    ys = np.sort(rng.uniform(0, 1, (50, 2)), axis=1).astype(np.float32)
+    xs = np.sort(rng.uniform(0, 1, (50, 2)), axis=1).astype(np.float32)
+    # Some row edges exactly on pixel centres or pixel edges (multiples of 1 / 2S).
+    ys[:10] = np.sort(rng.integers(0, 2 * size + 1, (10, 2)), axis=1) / np.float32(2 * size)
+    centres = np.arange(size) + 0.5
+    for (y0, y1), (x0, x1) in zip(ys, xs):
+      box = np.array([[y0, x0, y1, x1]], np.float32)
+      count = lambda lo, hi: np.sum((lo * size <= centres) & (centres < hi * size))
+      area = pipeline.rasterize_boxes(box, size).numpy().sum()
+      assert area == count(box[0, 0], box[0, 2]) * count(box[0, 1], box[0, 3]), (size, box)
 
 
 def test_rasterize_empty_box_list_gives_zero_mask():
@@ -131,6 +173,57 @@ def test_rasterize_non_square_and_bad_shape():
   assert mask.shape == (4, 6) and mask.sum() == 2 * 3
   with pytest.raises(ValueError, match=r'\[N, 4\]'):
     pipeline.rasterize_boxes(np.zeros((2, 3), np.float32), 4)
+
+
+# example_fn: has_mask ----------------------------------------------------------
+
+# A box between pixel centres on an 8 x 8 grid: rows [2.6, 2.9), columns [5.2, 5.4).
+TINY_BOX = [[0.325, 0.65, 0.3625, 0.675]]
+IDENTITY_AUGMENT = dict(
+  rotation=0.0,
+  hflip=False,
+  vflip=False,
+  brightness=0.0,
+  contrast=0.0,
+  saturation=0.0,
+  hue=0.0,
+  crop_scale=(1.0, 1.0),
+  crop_ratio=(1.0, 1.0),
+)
+
+
+def _example(boxes, augment_settings=None, seed=(0, 0)):
+  config = fx.data_config()
+  config.image_size = 8
+  make = pipeline.example_fn(config, 3, augment_settings=augment_settings)
+  image = np.full((8, 8, 3), 128, np.uint8)
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  key = np.asarray(seed, np.int64) if augment_settings is not None else None
+  return {k: v.numpy() for k, v in make(image, 1, boxes, key).items()}
+
+
+@pytest.mark.parametrize('augment_settings', [None, IDENTITY_AUGMENT], ids=['plain', 'augmented'])
+def test_has_mask_is_false_when_the_boxes_cover_no_pixel_centre(augment_settings):
+  row = _example(TINY_BOX, augment_settings)
+  assert row['has_mask'].dtype == bool and not row['has_mask']
+  np.testing.assert_array_equal(row['mask'], np.zeros((8, 8)))
+  # A box over a centre, and no box at all, on the same path.
+  row = _example([[0.25, 0.25, 0.5, 0.5]], augment_settings)
+  assert row['has_mask'] and row['mask'].sum() == 4
+  row = _example(np.zeros((0, 4)), augment_settings)
+  assert not row['has_mask'] and not row['mask'].any()
+
+
+def test_has_mask_is_the_non_empty_mask_under_random_augmentation():
+  settings = dict(IDENTITY_AUGMENT, rotation=180.0, hflip=True, vflip=True, crop_scale=(0.3, 1.0))
+  settings['crop_ratio'] = (0.75, 1.333)
+  seen = set()
+  for seed in range(20):
+    for boxes in (TINY_BOX, [[0.0, 0.0, 0.25, 0.25]]):
+      row = _example(boxes, settings, seed=(seed, 1))
+      assert row['has_mask'] == row['mask'].any()
+      seen.add(bool(row['has_mask']))
+  assert seen == {False, True}
 
 
 # train_batches ---------------------------------------------------------------

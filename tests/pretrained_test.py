@@ -260,6 +260,21 @@ def test_bn_linear_head_has_no_torch_counterpart_and_is_initialised(tmp_path):
   )
 
 
+def test_normed_linear_head_has_no_torch_counterpart_and_is_initialised(tmp_path):
+  """The cosine head of loss.name='ldam_drw': a fresh head on the pretrained backbone."""
+  state = _resnet_state_dict(RESNET18)
+  model, variables, report = load_pretrained(
+    'resnet18', _save(tmp_path, state), num_classes=3, head='normed_linear', return_report=True
+  )
+  assert report.initialised == ('head',) and report.ignored == ('fc.bias', 'fc.weight')
+  kernel = variables['params']['head']['kernel']
+  assert kernel.shape == (512, 3)
+  np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), 1.0, rtol=1e-6)
+  np.testing.assert_array_equal(
+    variables['params']['backbone']['conv1']['kernel'], _torch_to_flax(state['conv1.weight'])
+  )
+
+
 # ---------------------------------------------------------------- wrappers, prefixes, readers
 
 

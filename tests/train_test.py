@@ -14,6 +14,7 @@ from care_jax import attention
 from care_jax import config as config_lib
 from care_jax import imbalance
 from care_jax import losses
+from care_jax import models
 from care_jax import training
 
 NUM_CLASSES = 3
@@ -338,3 +339,149 @@ def test_consecutive_non_finite_steps_freeze_the_state_and_stop_with_a_diagnosti
     'before the first of these steps. Lower train.learning_rate or check the data.'
   )
   training.check_nonfinite(recent[:1], fetcher, limit=2)  # A finite step passes.
+
+
+# ---------------------------------------------------------------- class-weighted losses in the step
+
+TRAIN_COUNTS = np.array([60, 25, 5])
+
+
+def _np_log_softmax(z):
+  z = np.asarray(z, np.float64)
+  z = z - z.max(axis=1, keepdims=True)
+  return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _np_effective_number_weights(counts, beta):
+  """Cui et al. 2019: (1 - beta) / (1 - beta^n), normalised to sum K."""
+  w = (1.0 - beta) / (1.0 - np.power(beta, np.asarray(counts, np.float64)))
+  return w / w.sum() * len(counts)
+
+
+def _np_official_ce(name, fields, logits, labels):
+  """The classification term of a batch, written from each loss's official code."""
+  rows = np.arange(len(labels))
+  log_p = _np_log_softmax(logits)[rows, labels]
+  beta = fields.get('beta', 0.9999)
+  inverse = (1.0 / TRAIN_COUNTS) / np.sum(1.0 / TRAIN_COUNTS)
+  if name == 'class_balanced':  # Cui et al.: mean over the batch of w_y CE (divide by B)
+    return np.mean(_np_effective_number_weights(TRAIN_COUNTS, beta)[labels] * -log_p)
+  if name == 'focal':  # Lin et al.: mean over the batch of -alpha_y (1 - p)^gamma log p
+    alpha = {
+      'inverse_frequency': inverse,
+      'class_balanced': _np_effective_number_weights(TRAIN_COUNTS, beta),
+    }[fields['focal_alpha']]
+    return np.mean(alpha[labels] * -((1.0 - np.exp(log_p)) ** 2) * log_p)
+  if name == 'weighted_ce':  # CARE: nn.CrossEntropyLoss(weight=w), sum w l / sum w
+    w = inverse[labels]
+    return np.sum(w * -log_p) / np.sum(w)
+  if name == 'ldam_drw':  # LDAM-DRW, DRW phase: F.cross_entropy(s * (z - m_y), weight=w)
+    margins = TRAIN_COUNTS**-0.25
+    margins = margins * (0.5 / margins.max())
+    z = np.asarray(logits, np.float64).copy()
+    z[rows, labels] -= margins[labels]
+    ldam = -_np_log_softmax(30.0 * z)[rows, labels]
+    w = _np_effective_number_weights(TRAIN_COUNTS, beta)[labels]
+    return np.sum(w * ldam) / np.sum(w)
+  raise AssertionError(name)
+
+
+def _loss_setup(name, fields, head, *, parallel=None):
+  config = _config(alpha=0.5)
+  config.model.head = head
+  config.loss.name = name
+  config.parallel = parallel or 'mesh'
+  model = training.create_model(config, NUM_CLASSES)
+  state = training.create_train_state(config, model, (IMAGE, IMAGE, 3), 10, jax.random.key(0))
+  loss = imbalance.make_classification_loss(name, class_counts=TRAIN_COUNTS, num_steps=10, **fields)
+  step = training.make_train_step(
+    model,
+    training.StepConfig.from_config(config),
+    classification_loss=loss,
+    axis_name=training.PMAP_AXIS if parallel == 'pmap' else None,
+  )
+  return config, model, state, step
+
+
+_STEP_LOSS_CASES = [
+  ('class_balanced', {'beta': 0.99}, 'bn_linear'),
+  ('focal', {'focal_alpha': 'inverse_frequency'}, 'default'),
+  ('focal', {'focal_alpha': 'class_balanced', 'beta': 0.99}, 'default'),
+  ('weighted_ce', {}, 'default'),
+  # drw_start = 0: the DRW phase from step 0; 'default' is the cosine head 'normed_linear'.
+  ('ldam_drw', {'drw_start': 0.0, 'beta': 0.99}, 'default'),
+]
+
+
+@pytest.mark.parametrize('name, fields, head', _STEP_LOSS_CASES)
+def test_step_ce_term_is_the_official_batch_loss(name, fields, head):
+  """What `_loss` finally computes: sum w l / B (CB, focal alpha) or / sum w (CSL, DRW)."""
+  _, model, state, step = _loss_setup(name, fields, head)
+  if name == 'ldam_drw':
+    assert isinstance(model.head, models.NormedLinearHead)
+  batch = _batch()
+  _, metrics = jax.jit(step)(state, batch)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  (logits, _), _ = model.apply(variables, batch['image'], train=True, mutable=['batch_stats'])
+  expected = _np_official_ce(name, fields, logits, batch['label'])
+  np.testing.assert_allclose(metrics['ce'], expected, rtol=2e-5)
+
+
+@pytest.mark.parametrize('parallel', ['mesh', 'pmap'])
+@pytest.mark.parametrize('case', [0, 4], ids=['class_balanced_bn_linear', 'ldam_drw_normed'])
+def test_data_parallel_class_weighted_step_matches_one_device(parallel, case):
+  """Batch means over the global batch, and the train-mode Grad-CAM of BatchNorm/cosine heads."""
+  name, fields, head = _STEP_LOSS_CASES[case]
+  _, _, state, step = _loss_setup(name, fields, head)
+  expected_state, expected = jax.device_get(jax.jit(step)(state, _batch()))
+
+  config, model, state, step = _loss_setup(name, fields, head, parallel=parallel)
+  eval_step = training.make_eval_step(
+    model, num_classes=NUM_CLASSES, axis_name=training.PMAP_AXIS if parallel == 'pmap' else None
+  )
+  runner = training.make_parallel(config, step, eval_step)
+  with runner.scope():
+    placed, metrics = runner.train_step(runner.put_state(state), runner.put_batch(_batch()))
+  metrics = runner.fetch(metrics)
+  for key in ('loss', 'ce', 'care', 'accuracy'):
+    np.testing.assert_allclose(metrics[key], expected[key], rtol=1e-5, err_msg=key)
+  chex.assert_trees_all_close(
+    runner.get_state(placed).params, expected_state.params, rtol=1e-5, atol=1e-5
+  )
+
+
+def test_grad_cam_of_the_step_uses_the_heads_training_pass_and_dropout_key():
+  """A VGG head (dropout): the attention loss is that of the train-mode Grad-CAM, same masks."""
+  model = models.Classifier(
+    backbone=models.VGG(blocks=((8,), (8,), (16,), (16,), (16,))),
+    head=models.VGGHead(num_classes=NUM_CLASSES, hidden_size=32),
+  )
+  config = _config(alpha=0.5, attention='auto')
+  state = training.create_train_state(config, model, (IMAGE, IMAGE, 3), 10, jax.random.key(0))
+  step = training.make_train_step(model, training.StepConfig.from_config(config))
+  batch = _batch()
+  _, metrics = jax.jit(step)(state, batch)
+
+  # train_step's dropout key of this step, written out.
+  key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  (logits, inter), _ = model.apply(
+    variables, batch['image'], train=True, mutable=['batch_stats'], rngs={'dropout': key}
+  )
+  labels = jnp.asarray(batch['label'])
+
+  def head(f):
+    return model.apply(
+      variables, f, train=True, method=models.Classifier.apply_head, rngs={'dropout': key}
+    )
+
+  head_logits, vjp = jax.vjp(head, inter['features'])
+  np.testing.assert_allclose(head_logits, logits, rtol=1e-5, atol=1e-6)  # the same masks
+  (grads,) = vjp(jax.nn.one_hot(labels, NUM_CLASSES))
+  maps = jnp.einsum('bhwc,bc->bhw', inter['features'], grads.mean(axis=(1, 2)))
+  maps = attention.minmax_normalize(maps)
+  care = losses.care_loss(maps, batch['mask'], tau=config.care.tau, lam=config.care.lam)
+  np.testing.assert_allclose(metrics['care'], care, rtol=1e-4, atol=1e-6)
+  eval_maps = model.attention_maps(variables, inter['features'], labels)
+  eval_care = losses.care_loss(eval_maps, batch['mask'], tau=config.care.tau, lam=config.care.lam)
+  assert abs(float(eval_care) - float(care)) > 1e-4  # eval-mode maps would give another loss

@@ -34,8 +34,8 @@ reflection, never puts a mirrored copy of the lesion outside its box.
 The mask is rasterised at the output resolution *after* the transform, by
 `warp_boxes_mask`: each output pixel centre is mapped through the same map
 and tested against the input boxes. This is the exact rasterisation of the
-rotated, flipped and cropped boxes by pixel centres (the convention of
-`care_jax.data.pipeline.rasterize_boxes`, which it equals for the identity
+rotated, flipped and cropped boxes by pixel centres (the half-open convention
+of `care_jax.data.pipeline.rasterize_boxes`, which it equals for the identity
 map), stays binary and costs a few comparisons per pixel; warping a rendered
 mask instead would need a second interpolation and a threshold, and its edge
 would depend on the interpolation.
@@ -203,8 +203,13 @@ def warp_boxes_mask(boxes: tf.Tensor, geometry: tf.Tensor, *, size: int) -> tf.T
   """Rasterises the boxes as they appear after the warp by ``geometry``.
 
   Output pixel (i, j) is 1 when its centre, mapped through ``geometry``, lies
-  in at least one box (edges inclusive): ``ymin <= v_y <= ymax`` and ``xmin
-  <= v_x <= xmax`` with ``v = geometry @ ((j + 0.5) / S, (i + 0.5) / S, 1)``.
+  in at least one half-open box ``[ymin, ymax) x [xmin, xmax)``, as in
+  `care_jax.data.pipeline.rasterize_boxes`: ``ymin <= v_y < ymax`` and
+  ``xmin <= v_x < xmax`` with ``v = geometry @ ((j + 0.5) / S, (i + 0.5) /
+  S, 1)``. The test runs in output pixel units (``ymin S <= S v_y < ymax
+  S``, with ``S v`` computed from the centres ``i + 0.5``, ``j + 0.5``), so
+  for the identity map it is `rasterize_boxes` to the bit, ties on an edge
+  included.
 
   Args:
     boxes: float32 [N, 4] normalised (ymin, xmin, ymax, xmax) of the input.
@@ -214,13 +219,16 @@ def warp_boxes_mask(boxes: tf.Tensor, geometry: tf.Tensor, *, size: int) -> tf.T
   Returns:
     float32 [S, S] binary mask (all 0 for N = 0).
   """
-  centres = (tf.range(size, dtype=tf.float32) + 0.5) / size
+  # Pixel units: S v w = A[:2] (j + 0.5, i + 0.5, S) and w = A[2] (u, 1); the
+  # identity gives S v = the centres exactly, as rasterize_boxes compares.
+  centres = tf.range(size, dtype=tf.float32) + 0.5
   x, y = centres[None, :], centres[:, None]  # Broadcast to [S, S].
-  mapped = lambda r: geometry[r, 0] * x + geometry[r, 1] * y + geometry[r, 2]
-  vx, vy = mapped(0) / mapped(2), mapped(1) / mapped(2)
+  mapped = lambda r: geometry[r, 0] * x + geometry[r, 1] * y + geometry[r, 2] * size
+  weight = geometry[2, 0] * (x / size) + geometry[2, 1] * (y / size) + geometry[2, 2]
+  vx, vy = mapped(0) / weight, mapped(1) / weight
   boxes = tf.reshape(tf.convert_to_tensor(boxes, tf.float32), [-1, 4])
-  corner = lambda k: boxes[:, k, None, None]
-  inside = (corner(0) <= vy) & (vy <= corner(2)) & (corner(1) <= vx) & (vx <= corner(3))
+  corner = lambda k: boxes[:, k, None, None] * size
+  inside = (corner(0) <= vy) & (vy < corner(2)) & (corner(1) <= vx) & (vx < corner(3))
   return tf.cast(tf.reduce_any(inside, axis=0), tf.float32)
 
 

@@ -13,9 +13,11 @@ key            dtype, shape                content
 ``mask``       float32 [B, S, S]           ``M_in``: union of the example's
                                            boxes rasterised at S x S, zeros
                                            without a box (`rasterize_boxes`)
-``has_mask``   bool [B]                    the example has >= 1 box (with
-                                           augmentation: ``mask`` is not
-                                           empty, a crop may drop the box)
+``has_mask``   bool [B]                    ``mask`` is not all zeros (with
+                                           or without augmentation: a crop
+                                           may drop the box, and a box
+                                           narrower than a pixel may cover
+                                           no pixel centre)
 ``valid``      bool [B]                    eval batches only: False on the
                                            padding rows of the last batch
 =============  ==========================  =================================
@@ -274,12 +276,16 @@ def rasterize_boxes(boxes: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
   """Rasterises the union of normalised boxes into a binary mask.
 
   Pixel ``(i, j)`` of an ``H x W`` mask is inside box ``(ymin, xmin, ymax,
-  xmax)`` when its centre is: ``ymin H <= i + 0.5 <= ymax H`` and ``xmin W <=
-  j + 0.5 <= xmax W`` (the tfds convention, coordinates in [0, 1]). Apply it
-  after any geometric augmentation, to the transformed boxes.
+  xmax)`` (the tfds convention, coordinates in [0, 1]) when its centre lies
+  in the half-open box ``[ymin, ymax) x [xmin, xmax)``: ``ymin H <= i + 0.5 <
+  ymax H`` and ``xmin W <= j + 0.5 < xmax W``. So an edge through a pixel
+  centre keeps that pixel at ``min`` and drops it at ``max``, boxes that tile
+  the image cover every pixel exactly once, and a box between two pixel
+  centres (narrower than a pixel) covers none. Apply it after any geometric
+  augmentation, to the transformed boxes.
 
   Example: ``rasterize_boxes([[0.0, 0.0, 0.5, 0.25]], 4)`` is 1 on rows 0-1
-  of column 0 only.
+  of column 0 only (row centres 0.5, 1.5 < 2; column centre 0.5 < 1).
 
   Args:
     boxes: [N, 4] normalised (ymin, xmin, ymax, xmax); N may be 0.
@@ -294,8 +300,8 @@ def rasterize_boxes(boxes: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
     raise ValueError(f'boxes must have shape [N, 4], got {boxes.shape}.')
   rows = tf.range(height, dtype=tf.float32) + 0.5
   cols = tf.range(width, dtype=tf.float32) + 0.5
-  in_rows = (boxes[:, 0:1] * height <= rows) & (rows <= boxes[:, 2:3] * height)
-  in_cols = (boxes[:, 1:2] * width <= cols) & (cols <= boxes[:, 3:4] * width)
+  in_rows = (boxes[:, 0:1] * height <= rows) & (rows < boxes[:, 2:3] * height)
+  in_cols = (boxes[:, 1:2] * width <= cols) & (cols < boxes[:, 3:4] * width)
   inside = in_rows[:, :, None] & in_cols[:, None, :]
   return tf.cast(tf.reduce_any(inside, axis=0), tf.float32)
 
@@ -324,14 +330,14 @@ def example_fn(
     if augment_settings is None:
       image = (image / 255.0 - mean) / std
       mask = rasterize_boxes(boxes, size)
-      has_mask = tf.shape(boxes)[0] > 0
     else:
       image, mask = augment.augment_example(
         image / 255.0, boxes, key, size=size, **augment_settings
       )
       image = (image - mean) / std
-      # A crop can move every box out of view: nothing left to supervise.
-      has_mask = tf.reduce_any(mask > 0)
+    # A box may cover no pixel centre (a tiny box, or one a crop moved out of
+    # view): then there is nothing to supervise, on both paths.
+    has_mask = tf.reduce_any(mask > 0)
     return dict(image=image, label=tf.cast(label, tf.int32), mask=mask, has_mask=has_mask)
 
   return example

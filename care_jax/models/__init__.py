@@ -4,12 +4,16 @@ Models know no optimizer and no files. See ``get_model`` for the entry point.
 """
 
 from care_jax.models.classifier import ATTENTION_METHODS
+from care_jax.models.classifier import ATTENTION_TARGETS
 from care_jax.models.classifier import HEAD_NAMES
+from care_jax.models.classifier import LOSS_DEFAULT_HEADS
 from care_jax.models.classifier import MODEL_NAMES
 from care_jax.models.classifier import Classifier
 from care_jax.models.classifier import get_model
+from care_jax.models.classifier import resolve_head
 from care_jax.models.heads import BatchNormLinearHead
 from care_jax.models.heads import LinearHead
+from care_jax.models.heads import NormedLinearHead
 from care_jax.models.heads import VGGHead
 from care_jax.models.heads import adaptive_avg_pool
 from care_jax.models.pretrained import IMAGENET_MEAN
@@ -26,6 +30,7 @@ from care_jax.models.vgg import VGG
 __all__ = (
   'adaptive_avg_pool',
   'ATTENTION_METHODS',
+  'ATTENTION_TARGETS',
   'BasicBlock',
   'BatchNormLinearHead',
   'Bottleneck',
@@ -37,8 +42,11 @@ __all__ = (
   'LinearHead',
   'load_pretrained',
   'LoadReport',
+  'LOSS_DEFAULT_HEADS',
   'MODEL_NAMES',
+  'NormedLinearHead',
   'PRETRAINED_MODEL_NAMES',
+  'resolve_head',
   'ResNet',
   'TinyCNN',
   'VGG',

@@ -9,6 +9,9 @@ Example::
   features = intermediates['features']                       # layer4 output, [B, 7, 7, 512]
   head_logits = model.apply(variables, features, method=Classifier.apply_head)
   maps = model.attention_maps(variables, features, labels)   # [B, 7, 7] in [0, 1]
+  # In the train step: the head as in that training pass (batch statistics, its dropout masks).
+  train_maps = model.attention_maps(
+      variables, features, labels, train=True, rngs={'dropout': key3})
 """
 
 from typing import Any
@@ -33,10 +36,16 @@ MODEL_NAMES: tuple[str, ...] = (
   'resnet152',
   'vgg19',
 )
-HEAD_NAMES: tuple[str, ...] = ('linear', 'bn_linear', 'vgg')
+HEAD_NAMES: tuple[str, ...] = ('linear', 'bn_linear', 'vgg', 'normed_linear')
+# The head that a config's model.head = 'default' means for a loss, where the loss needs one:
+# LDAM's scale s (30) is meant for cosine logits (Cao et al. 2019's NormedLinear head).
+LOSS_DEFAULT_HEADS: dict[str, str] = {'ldam_drw': 'normed_linear'}
 # How Classifier.attention_maps computes the maps: 'cam' (closed form, GAP + linear heads only),
 # 'grad_cam' (VJP of the head) or 'auto' ('cam' whenever the head allows it).
 ATTENTION_METHODS: tuple[str, ...] = ('auto', 'cam', 'grad_cam')
+# Whose evidence a class's map shows: 'logit' (Grad-CAM of the class's logit z_y, the paper's)
+# or 'contrast' (of z_y - mean_k z_k: also the evidence *against* the other classes).
+ATTENTION_TARGETS: tuple[str, ...] = ('logit', 'contrast')
 
 
 class Classifier(nn.Module):
@@ -69,41 +78,96 @@ class Classifier(nn.Module):
     labels: jax.typing.ArrayLike,
     *,
     method: str = 'auto',
+    target: str = 'logit',
+    train: bool = False,
+    rngs: dict[str, jax.Array] | None = None,
   ) -> jax.Array:
     """Min-max normalised class attention maps [B, h, w] of ``labels`` on a feature map.
 
     Call it on the unbound module (as returned by ``get_model``), also inside ``jax.jit``,
     ``jax.grad`` or ``jax.pmap`` with the model closed over or static. 'cam' uses the closed form
     of a GAP + linear head (one einsum with the classifier column of the true class, see
-    ``attention.cam``); 'grad_cam' takes the VJP of the head alone (``attention.grad_cam``, the
-    head in inference mode); 'auto' picks 'cam' whenever the head allows it. For a linear head
-    both give the same normalised map.
+    ``attention.cam``); 'grad_cam' takes the VJP of the head alone (``attention.grad_cam``);
+    'auto' picks 'cam' whenever the head allows it. For a linear head both give the same
+    normalised map.
+
+    ``target='contrast'`` maps ``z_y - mean_k z_k`` instead of the logit ``z_y``: for a linear
+    head the CAM of the class-centred kernel ``W[:, y] - mean_k W[:, k]``, i.e. (up to the scale
+    that min-max normalisation removes) ``W[:, y]`` minus the mean of the other columns. Evidence
+    that lowers the other classes' logits (a shortcut that argues against the common classes)
+    then shows in the map of ``y`` too, where the attention loss can push it out of the image's
+    background.
+
+    With ``train=True`` (the train step) the Grad-CAM head runs as in the training forward pass
+    that produced ``features``: BatchNorm on this batch's statistics (their updates discarded) and
+    dropout drawn from ``rngs`` (pass the forward pass's ``rngs``: flax derives the head's dropout
+    keys from the module path, so the masks, and the logits, are those of that pass). The VJP of
+    the summed true-class logits then also holds the cross-example terms of the batch statistics,
+    as the official code's ``backward()`` in train mode. ``train=False`` (evaluation): running
+    statistics, no dropout.
 
     Args:
       variables: the model's variables (``params``, and ``batch_stats`` for BatchNorm heads).
       features: [B, h, w, C] feature map, ``intermediates['features']`` of ``__call__``.
       labels: [B] integer classes whose maps are wanted (the ground truth in CARE).
       method: one of ``ATTENTION_METHODS``: 'auto', 'cam' or 'grad_cam'.
+      target: one of ``ATTENTION_TARGETS``: 'logit' (the paper's) or 'contrast'.
+      train: apply the head in training mode (batch statistics, dropout) for 'grad_cam'.
+      rngs: the rngs of the head in training mode, e.g. ``{'dropout': key}`` of the forward pass.
 
     Returns:
       [B, h, w] float32 maps in [0, 1].
 
     Raises:
-      ValueError: for an unknown ``method`` (the valid ones are named), or 'cam' with a head that
-        is not ``LinearHead``.
+      ValueError: for an unknown ``method`` or ``target`` (the valid ones are named), or 'cam'
+        with a head that is not ``LinearHead``.
     """
     if method not in ATTENTION_METHODS:
       raise ValueError(
         f'Unknown attention method {method!r}; valid methods: {", ".join(ATTENTION_METHODS)}.'
       )
+    if target not in ATTENTION_TARGETS:
+      raise ValueError(
+        f'Unknown attention target {target!r}; valid targets: {", ".join(ATTENTION_TARGETS)}.'
+      )
+    centre = (lambda x: x - jnp.mean(x, axis=-1, keepdims=True)) if target == 'contrast' else None
     is_linear = isinstance(self.head, heads_lib.LinearHead)
     if method == 'cam' or (method == 'auto' and is_linear):
       if not is_linear:
         raise ValueError(f"care.attention='cam' needs a GAP + linear head, not {self.head}")
       # The one place that knows where the CAM kernel lives (LinearHead's Dense 'fc').
-      return attention.cam(features, variables['params']['head']['fc']['kernel'], labels)
-    head_fn = lambda f: self.apply(variables, f, train=False, method=Classifier.apply_head)
+      kernel = variables['params']['head']['fc']['kernel']
+      return attention.cam(features, kernel if centre is None else centre(kernel), labels)
+    if train:
+
+      def head_fn(f):
+        logits, _ = self.apply(
+          variables, f, train=True, method=Classifier.apply_head, mutable=['batch_stats'], rngs=rngs
+        )
+        return logits
+
+    else:
+      head_fn = lambda f: self.apply(variables, f, train=False, method=Classifier.apply_head)
+    if centre is not None:
+      logit_fn = head_fn
+      head_fn = lambda f: centre(logit_fn(f))
     return attention.grad_cam(head_fn, features, labels)
+
+
+def resolve_head(head: str | None, *, loss: str | None = None) -> str | None:
+  """The ``get_model`` head of a config's ``model.head`` and ``loss.name``.
+
+  'default' (or None) is the loss's head in ``LOSS_DEFAULT_HEADS`` ('normed_linear' for
+  'ldam_drw': LDAM's ``s`` scales cosine logits), else None (the architecture's own head); any
+  other name is returned as is. Used wherever a model is built from a config (training, loading a
+  run), so that a trained model is rebuilt with the head it was trained with.
+
+  Example: ``resolve_head('default', loss='ldam_drw') == 'normed_linear'``, and
+  ``resolve_head('default', loss='ce') is None``.
+  """
+  if head is None or head == 'default':
+    return LOSS_DEFAULT_HEADS.get(loss)
+  return head
 
 
 def _make_head(
@@ -113,6 +177,8 @@ def _make_head(
     return heads_lib.LinearHead(num_classes=num_classes, dtype=dtype)
   if head == 'bn_linear':
     return heads_lib.BatchNormLinearHead(num_classes=num_classes, dtype=dtype, axis_name=axis_name)
+  if head == 'normed_linear':
+    return heads_lib.NormedLinearHead(num_classes=num_classes, dtype=dtype)
   return heads_lib.VGGHead(num_classes=num_classes, dtype=dtype)
 
 
@@ -131,9 +197,10 @@ def get_model(
     num_classes: number of logits K (> 0).
     dtype: computation dtype (e.g. ``jnp.bfloat16`` for mixed precision). Parameters are float32,
       activations and features ``dtype``, logits always float32.
-    head: 'linear' (GAP + Dense), 'bn_linear' (GAP + BatchNorm + Dense, the official CARE head) or,
-      for 'vgg19' only, 'vgg' (torchvision's VGG classifier). None picks the model's own head:
-      'vgg' for 'vgg19', 'linear' for the others.
+    head: 'linear' (GAP + Dense), 'bn_linear' (GAP + BatchNorm + Dense, the official CARE head),
+      'normed_linear' (GAP + cosine classifier, LDAM-DRW's ``NormedLinear``) or, for 'vgg19'
+      only, 'vgg' (torchvision's VGG classifier). None picks the model's own head: 'vgg' for
+      'vgg19', 'linear' for the others (``resolve_head`` maps a config's ``model.head``).
     axis_name: pmap/vmap axis name given to every BatchNorm, so that batch statistics are averaged
       over devices in the ``jax.pmap`` path. None for ``jax.jit`` (single device or sharded mesh).
 
@@ -147,7 +214,7 @@ def get_model(
     raise ValueError(f'Unknown model name {name!r}; valid names: {", ".join(MODEL_NAMES)}.')
   if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f'num_classes must be a positive int; got {num_classes!r}.')
-  valid_heads = HEAD_NAMES if name == 'vgg19' else ('linear', 'bn_linear')
+  valid_heads = HEAD_NAMES if name == 'vgg19' else ('linear', 'bn_linear', 'normed_linear')
   if head is None:
     head = 'vgg' if name == 'vgg19' else 'linear'
   if head not in valid_heads:

@@ -5,6 +5,8 @@
   ``params['head']['fc']['kernel']`` (the only code that reads it).
 - ``BatchNormLinearHead``: global average pool + BatchNorm1d + Dense (the official CARE head).
 - ``VGGHead``: torchvision's VGG classifier on the last conv block (before its final maxpool).
+- ``NormedLinearHead``: global average pool + cosine classifier (LDAM-DRW's ``NormedLinear``),
+  logits in [-1, 1] for a loss that scales them (``ldam_loss``'s ``s``).
 """
 
 from typing import Sequence
@@ -148,3 +150,70 @@ class VGGHead(nn.Module):
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     logits = dense(self.num_classes, 'fc3')(x)
     return logits.astype(jnp.float32)
+
+
+# torch.nn.functional.normalize's default eps: x / max(||x||_2, eps).
+NORMALIZE_EPSILON = 1e-12
+
+
+def l2_normalize(x: jax.Array, *, axis: int, eps: float = NORMALIZE_EPSILON) -> jax.Array:
+  """``torch.nn.functional.normalize(x, dim=axis)``: ``x / max(||x||_2, eps)`` along ``axis``.
+
+  Written as ``x * rsqrt(max(sum x^2, eps^2))`` (the same value), whose gradient stays finite at
+  ``x = 0``, where the gradient of ``||x||_2`` is 0 / 0.
+
+  Example: ``l2_normalize(jnp.array([[3.0, 4.0]]), axis=1)`` is ``[[0.6, 0.8]]``.
+  """
+  x = jnp.asarray(x)
+  squared_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(squared_norm, jnp.asarray(eps, x.dtype) ** 2))
+
+
+def normed_linear_kernel_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+  """LDAM-DRW's ``NormedLinear`` init: U(-1, 1), then every class column [C] scaled to norm 1.
+
+  The official ``weight.data.uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)`` renormalises each
+  column ``weight[:, k]`` of the [C, K] weight to norm 1e-5 and multiplies by 1e5.
+  """
+  kernel = jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0)
+  return (kernel / jnp.linalg.norm(kernel, axis=0, keepdims=True)).astype(dtype)
+
+
+class NormedLinearHead(nn.Module):
+  """Global average pool, then the cosine of the feature with each class column (no bias).
+
+  ``logits[b, k] = <g_b / ||g_b||, W[:, k] / ||W[:, k]||>`` with ``g = mean_hw(A)`` [B, C] and
+  ``W = params['kernel']`` [C, K]; each norm is ``max(||.||_2, 1e-12)``, as ``F.normalize``.
+  Logits lie in [-1, 1]: the loss scales them (LDAM's ``s = 30``). Computed in float32 whatever
+  ``dtype`` (a bfloat16 cosine times 30 would be off by ~0.1). Attention maps of this head use the
+  Grad-CAM VJP path (it is not GAP + linear).
+
+  Reference: Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss",
+  NeurIPS 2019, Sec. 4 and the official code (github.com/kaidic/LDAM-DRW,
+  ``models/resnet_cifar.py`` ``NormedLinear``:
+  ``F.normalize(x, dim=1).mm(F.normalize(self.weight, dim=0))``).
+
+  Example::
+
+    head = NormedLinearHead(num_classes=3)
+    variables = head.init(key, jnp.zeros((2, 7, 7, 512)))
+    logits = head.apply(variables, features)   # [2, 3] cosines in [-1, 1]
+  """
+
+  num_classes: int
+  dtype: layers.Dtype = jnp.float32
+  param_dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: jax.Array, *, train: bool = False) -> jax.Array:
+    del train  # no train-dependent layers; accepted so every head has the same signature
+    layers.check_nhwc(features, name='features')
+    pooled = jnp.mean(features, axis=(1, 2), dtype=jnp.float32)
+    kernel = self.param(
+      'kernel', normed_linear_kernel_init, (features.shape[-1], self.num_classes), self.param_dtype
+    )
+    return jnp.matmul(
+      l2_normalize(pooled, axis=1),
+      l2_normalize(kernel.astype(jnp.float32), axis=0),
+      precision=jax.lax.Precision.HIGHEST,
+    )

@@ -15,6 +15,7 @@ Example (a notebook)::
 """
 
 from collections.abc import Callable
+import contextlib
 import dataclasses
 import os
 import time
@@ -23,6 +24,7 @@ from typing import Any
 from absl import logging
 import jax
 import ml_collections
+import numpy as np
 import tqdm
 
 from care_jax import checkpoint as checkpoint_lib
@@ -33,6 +35,7 @@ from care_jax.training import evaluation
 from care_jax.training import guard
 from care_jax.training import outputs as outputs_lib
 from care_jax.training import parallel as parallel_lib
+from care_jax.training import stages as stages_lib
 from care_jax.training import state as state_lib
 from care_jax.training import step as step_lib
 
@@ -48,6 +51,8 @@ class Experiment:
     model: the classifier.
     parallel: the data-parallel back-end holding the jitted steps.
     state: the freshly initialised train state, on the host.
+    two_stage: when stage 1 ends (`care.protocol='two_stage'`), else None.
+    stage1_step: the jitted CE-only step of stage 1 (None without two stages).
   """
 
   config: ml_collections.ConfigDict
@@ -56,25 +61,32 @@ class Experiment:
   model: models.Classifier
   parallel: Any
   state: state_lib.TrainState
+  two_stage: stages_lib.TwoStage | None = None
+  stage1_step: Callable[..., Any] | None = None
 
 
 def create_experiment(config: ml_collections.ConfigDict, info) -> Experiment:
-  """The model, loss, steps, back-end and fresh state of `config` on a dataset `info`."""
+  """The model, loss, steps, back-end and fresh state of `config` on a dataset `info`.
+
+  The fields `config` leaves to the recipe are filled in first
+  (`care_jax.config.resolve_recipe`): ``experiment.config`` is what the run saves.
+  """
+  config = config_lib.resolve_recipe(config)
   num_classes = len(info.class_names)
   num_steps = state_lib.num_train_steps(config, info.split_sizes['train'])
+  two_stage = stages_lib.TwoStage.from_config(config, num_steps)
   classification_loss = imbalance.make_classification_loss(
     **config.loss.to_dict(), class_counts=info.train_class_counts, num_steps=num_steps
   )
   model = state_lib.create_model(config, num_classes)
   axis_name = parallel_lib.PMAP_AXIS if config.parallel == 'pmap' else None
+  step_config = step_lib.StepConfig.from_config(config)
+  make_step = lambda step_config: step_lib.make_train_step(
+    model, step_config, classification_loss=classification_loss, axis_name=axis_name
+  )
   parallel = parallel_lib.make_parallel(
     config,
-    step_lib.make_train_step(
-      model,
-      step_lib.StepConfig.from_config(config),
-      classification_loss=classification_loss,
-      axis_name=axis_name,
-    ),
+    make_step(step_config),
     step_lib.make_eval_step(
       model,
       num_classes=num_classes,
@@ -90,7 +102,13 @@ def create_experiment(config: ml_collections.ConfigDict, info) -> Experiment:
   state = state_lib.create_train_state(
     config, model, image_shape, num_steps, jax.random.key(config.seed)
   )
-  return Experiment(config, info, num_steps, model, parallel, state)
+  stage1_step = None
+  if two_stage:
+    # Stage 1 compiles without the attention term: it costs nothing there.
+    stage1_step = parallel.compile_train_step(
+      make_step(dataclasses.replace(step_config, alpha=0.0))
+    )
+  return Experiment(config, info, num_steps, model, parallel, state, two_stage, stage1_step)
 
 
 def train_and_evaluate(
@@ -141,6 +159,11 @@ def run(experiment: Experiment, inputs, workdir: str) -> dict[str, Any]:
   with (
     checkpoint_lib.RunCheckpoints(workdir, config, meta=meta) as checkpoints,
     checkpoint_lib.PreemptionWatch(checkpoints) as preemption,
+    (
+      stages_lib.Stage1Best(workdir, config, meta=meta)
+      if experiment.two_stage
+      else contextlib.nullcontext()
+    ) as stage1_best,
   ):
     state, start_step, clock = initial_state(experiment, checkpoints)
     summaries = _attention_summaries(experiment, inputs) if is_chief else None
@@ -148,7 +171,7 @@ def run(experiment: Experiment, inputs, workdir: str) -> dict[str, Any]:
       workdir, is_chief=is_chief, start_step=start_step, attention_summaries=summaries
     ) as outputs:
       outputs.write_config(config)
-      context = _RunContext(experiment, inputs, checkpoints, outputs, clock)
+      context = _RunContext(experiment, inputs, checkpoints, outputs, clock, stage1_best)
       state = train(context, state, start_step=start_step, preemption=preemption)
       result = final_evaluation(context, state)
   result['train_seconds'] = round(clock(), 3)
@@ -212,6 +235,13 @@ class _RunContext:
   checkpoints: checkpoint_lib.RunCheckpoints
   outputs: outputs_lib.RunOutputs
   clock: Clock
+  # The best stage-1 state of the two stages; None for care.protocol='from_step'.
+  stage1_best: stages_lib.Stage1Best | None = None
+
+  def in_stage1(self, step: int) -> bool:
+    """Whether step `step` trains with the CE-only step of stage 1."""
+    two_stage = self.experiment.two_stage
+    return bool(two_stage) and step <= two_stage.switch_step(self.stage1_best.step)
 
 
 def evaluate_and_log(
@@ -257,6 +287,8 @@ def train(
     batch_size=config.train.batch_size // jax.process_count(), start_step=start_step
   )
   recent = []  # (step, metrics on device) since the last non-finite check.
+  # Resumed from the checkpoint of the step that ends stage 1: switch again.
+  state = _maybe_start_stage2(context, state, start_step)
   with tqdm.tqdm(
     total=num_steps,
     initial=start_step,
@@ -266,18 +298,43 @@ def train(
   ) as progress:
     for step in range(start_step + 1, num_steps + 1):
       batch = parallel.put_batch(next(batches))
+      train_step = experiment.stage1_step if context.in_stage1(step) else parallel.train_step
       with parallel.scope():
-        state, step_metrics = parallel.train_step(state, batch)
+        state, step_metrics = train_step(state, batch)
       recent.append((step, step_metrics))
       progress.update(1)
-      _after_step(context, state, step, step_metrics, recent, preemption, progress)
+      state = _after_step(context, state, step, step_metrics, recent, preemption, progress)
   return state
 
 
-def _after_step(
-  context: _RunContext, state, step: int, step_metrics, recent, preemption, progress
-) -> None:
-  """Logs, validates, saves and stops (preemption, non-finite run) as step `step` asks."""
+def _maybe_start_stage2(context: _RunContext, state, step: int):
+  """The best stage-1 state (on the devices, at `step`) if `step` ends stage 1, else `state`."""
+  two_stage = context.experiment.two_stage
+  if not two_stage or not step or step != two_stage.switch_step(context.stage1_best.step):
+    return state
+  if context.stage1_best.step is None:
+    logging.info('stage 2 (CE + attention loss) from step %d: no validation to go back to', step)
+    return state
+  parallel = context.experiment.parallel
+  best = context.stage1_best.restore(parallel.abstract_state(context.experiment.state))
+  logging.info(
+    'stage 2 (CE + attention loss) from step %d, with the best stage-1 state (step %d, '
+    'validation %s %.4f)',
+    step,
+    context.stage1_best.step,
+    two_stage.metric,
+    context.stage1_best.score,
+  )
+  # The step counter goes on: the schedule and the batches continue as planned.
+  return parallel.put_state(best.replace(step=np.asarray(step, best.step.dtype)))
+
+
+def _after_step(context: _RunContext, state, step: int, step_metrics, recent, preemption, progress):
+  """Logs, validates, saves and stops (preemption, non-finite run) as step `step` asks.
+
+  Returns the state the next step starts from: the best stage-1 state when
+  `step` ends stage 1, else `state`.
+  """
   experiment = context.experiment
   config, parallel, num_steps = experiment.config, experiment.parallel, experiment.num_steps
   log_now = step % config.train.log_every_steps == 0 or step == num_steps
@@ -298,11 +355,7 @@ def _after_step(
     record = _log_record(step_metrics, parallel, step, context.clock())
     progress.set_postfix(loss=f'{record["loss"]:.4f}', care=f'{record.get("care", 0.0):.3f}')
     context.outputs.log_train(record)
-  val_mca = None
-  if validate_now:
-    val = evaluate_and_log(context, state, 'validation', step)
-    val_mca = val['mca']
-    logging.info('step %d validation mca %.4f rare recall %s', step, val['mca'], val['rare_recall'])
+  val_mca = _validate(context, state, step) if validate_now else None
   if save_now:
     context.checkpoints.save(
       step, parallel.get_state(state), validation_mca=val_mca, train_seconds=context.clock()
@@ -315,6 +368,22 @@ def _after_step(
     )
     logging.warning(message)
     raise checkpoint_lib.Preempted(message)
+  return _maybe_start_stage2(context, state, step)
+
+
+def _validate(context: _RunContext, state, step: int) -> float:
+  """Validates `state`, offers it as the best stage-1 state in stage 1; returns the MCA."""
+  val = evaluate_and_log(context, state, 'validation', step)
+  logging.info('step %d validation mca %.4f rare recall %s', step, val['mca'], val['rare_recall'])
+  if context.in_stage1(step):
+    # Before the checkpoint of this step: a run resumed from it knows its best.
+    context.stage1_best.offer(
+      step,
+      context.experiment.two_stage.score(val),
+      context.experiment.parallel.get_state(state),
+      train_seconds=context.clock(),
+    )
+  return val['mca']
 
 
 def _log_record(step_metrics: dict[str, Any], parallel, step: int, seconds: float) -> dict:
@@ -335,6 +404,15 @@ def final_evaluation(context: _RunContext, state) -> dict[str, Any]:
     'classes': list(info.class_names),
     'rare_classes': [info.class_names[k] for k in info.rare_classes],
   }
+  if experiment.two_stage:
+    best_step = context.stage1_best.step
+    result['stages'] = {
+      'protocol': 'two_stage',
+      'metric': experiment.two_stage.metric,
+      'stage1_best_step': best_step,
+      'stage1_best_score': context.stage1_best.score,
+      'stage2_start_step': experiment.two_stage.switch_step(best_step),
+    }
   if 'validation' in info.split_sizes:
     result['validation'] = evaluate_and_log(context, state, 'validation', num_steps)
   if context.checkpoints.latest_step() != num_steps:

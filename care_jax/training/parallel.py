@@ -7,7 +7,8 @@
 * ``config.parallel = 'pmap'``: `jax.pmap` over the local devices with the
   BatchNorm statistics averaged over the 'batch' axis.
 
-Both back-ends have the same methods: `put_state` / `get_state` move the
+Both back-ends have the same methods: `compile_train_step` jits or pmaps a
+further train step as `train_step` is, `put_state` / `get_state` move the
 state onto the devices and back to the host, `put_batch` a host batch,
 `abstract_state` gives the restore target of a checkpoint, `scope` is the
 context the steps run in and `fetch` reads replicated outputs.
@@ -36,14 +37,18 @@ class MeshParallel:
     replicated = jax.NamedSharding(self.mesh, jax.P())
     self._batch_sharding = jax.NamedSharding(self.mesh, jax.P(MESH_AXIS))
     self._replicated = replicated
-    self.train_step = jax.jit(
-      train_step,
-      in_shardings=(replicated, self._batch_sharding),
-      out_shardings=(replicated, replicated),
-      donate_argnums=0,
-    )
+    self.train_step = self.compile_train_step(train_step)
     self.eval_step = jax.jit(
       eval_step, in_shardings=(replicated, self._batch_sharding), out_shardings=replicated
+    )
+
+  def compile_train_step(self, train_step):
+    """`train_step(state, batch)` jitted as `self.train_step` is (e.g. stage 1's CE step)."""
+    return jax.jit(
+      train_step,
+      in_shardings=(self._replicated, self._batch_sharding),
+      out_shardings=(self._replicated, self._replicated),
+      donate_argnums=0,
     )
 
   @property
@@ -90,8 +95,12 @@ class PmapParallel:
 
   def __init__(self, train_step, eval_step):
     self.num_local_shards = jax.local_device_count()
-    self.train_step = jax.pmap(train_step, axis_name=PMAP_AXIS, donate_argnums=0)
+    self.train_step = self.compile_train_step(train_step)
     self.eval_step = jax.pmap(eval_step, axis_name=PMAP_AXIS)
+
+  def compile_train_step(self, train_step):
+    """`train_step(state, batch)` pmapped as `self.train_step` is (e.g. stage 1's CE step)."""
+    return jax.pmap(train_step, axis_name=PMAP_AXIS, donate_argnums=0)
 
   @property
   def num_shards(self) -> int:

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from care_jax import config as config_lib
 from care_jax import models
 from care_jax.training import parallel as parallel_lib
 
@@ -28,7 +29,7 @@ class TrainState(train_state.TrainState):
 def _model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return {
     'dtype': jnp.dtype(config.dtype),
-    'head': None if config.model.head == 'default' else config.model.head,
+    'head': models.resolve_head(config.model.head, loss=config.loss.name),
     'axis_name': parallel_lib.PMAP_AXIS if config.parallel == 'pmap' else None,
   }
 
@@ -49,6 +50,11 @@ def num_train_steps(config: ml_collections.ConfigDict, num_train_examples: int) 
 def create_learning_rate(train_config: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
   """Warm-up followed by a constant, cosine or step schedule."""
   lr = train_config.learning_rate
+  if lr is None:
+    raise ValueError(
+      'train.learning_rate is None (left to the recipe): resolve the config first with '
+      'care_jax.config.resolve_recipe (create_train_state does).'
+    )
   warmup = min(train_config.warmup_steps, num_steps)
   decay_steps = max(num_steps - warmup, 1)
   if train_config.schedule == 'constant':
@@ -113,7 +119,7 @@ def create_train_state(
     apply_fn=model.apply,
     params=variables['params'],
     batch_stats=variables.get('batch_stats', {}),
-    tx=create_optimizer(config.train, num_steps),
+    tx=create_optimizer(config_lib.resolve_recipe(config).train, num_steps),
     dropout_key=jax.random.key_data(dropout_key),
     skipped_steps=np.zeros((), np.int32),
     consecutive_nonfinite=np.zeros((), np.int32),

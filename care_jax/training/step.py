@@ -40,7 +40,12 @@ class StepConfig:
   lam: float = 0.7
   start_step: int = 0
   attention: str = 'auto'
+  target: str = 'logit'
   reduction: str = 'mean'
+  # M_out: 'uniform' (1 - mask) or 'distance' (`losses.distance_outer_mask`).
+  outer: str = 'uniform'
+  outer_start: float = 1.0
+  outer_delta: float = 0.1
   max_consecutive_nonfinite: int = 5
 
   @classmethod
@@ -52,7 +57,11 @@ class StepConfig:
       lam=care.lam,
       start_step=care.start_step,
       attention=care.attention,
+      target=care.target,
       reduction=care.reduction,
+      outer=care.outer,
+      outer_start=care.outer_start,
+      outer_delta=care.outer_delta,
       max_consecutive_nonfinite=config.train.max_consecutive_nonfinite,
     )
 
@@ -62,13 +71,36 @@ def global_sum(x: jax.Array, axis_name: str | None) -> jax.Array:
   return jax.lax.psum(x, axis_name) if axis_name else x
 
 
-def _care_term(model, variables, intermediates, batch, step, step_config, axis_name):
-  """The attention loss of the batch, alpha at this step, and the global boxed count."""
+def _care_term(
+  model, variables, intermediates, batch, step, step_config, axis_name, *, dropout_key
+):
+  """The attention loss of the batch, alpha at this step, and the global boxed count.
+
+  The Grad-CAM head runs as in the forward pass (train mode, its dropout key).
+  """
   maps = model.attention_maps(
-    variables, intermediates['features'], batch['label'], method=step_config.attention
+    variables,
+    intermediates['features'],
+    batch['label'],
+    method=step_config.attention,
+    target=step_config.target,
+    train=True,
+    rngs={'dropout': dropout_key},
   )
+  outer_mask = None
+  if step_config.outer == 'distance':
+    # Built on the device from the augmented mask: a few cumulative minima per
+    # row and column, cheaper than shipping a second [B, S, S] array.
+    outer_mask = losses.distance_outer_mask(
+      batch['mask'], start=step_config.outer_start, delta=step_config.outer_delta
+    )
   per_example = losses.care_loss_per_example(
-    maps, batch['mask'], tau=step_config.tau, lam=step_config.lam, has_mask=batch['has_mask']
+    maps,
+    batch['mask'],
+    tau=step_config.tau,
+    lam=step_config.lam,
+    outer_mask=outer_mask,
+    has_mask=batch['has_mask'],
   )
   num_boxed = global_sum(jnp.sum(batch['has_mask'].astype(jnp.float32)), axis_name)
   if step_config.reduction == 'mean':
@@ -94,7 +126,14 @@ def _loss(model, step_config, classification_loss, axis_name, params, state, bat
   loss = ce_loss
   if step_config.alpha > 0:
     care, alpha, num_boxed = _care_term(
-      model, variables, intermediates, batch, state.step, step_config, axis_name
+      model,
+      variables,
+      intermediates,
+      batch,
+      state.step,
+      step_config,
+      axis_name,
+      dropout_key=dropout_key,
     )
     loss = (1.0 - alpha) * ce_loss + alpha * care
     terms.update(care=care, alpha=alpha, boxed=num_boxed)
