@@ -27,6 +27,10 @@ FAKE = {
 }
 
 
+# A CARE row: the paper's alpha and its two stages, as configs/synthetic_care.py.
+CARE = ('care.alpha=0.5', 'care.protocol=two_stage', 'train.eval_every_steps=50')
+
+
 def _fake_train(calls):
   """Stands in for training.train_and_evaluate: writes config.json and metrics.json."""
 
@@ -75,13 +79,13 @@ def test_table1_rows_cross_care_with_csl_fl_and_da():
     'CARE+DA',
   ]
   assert suite.rows['baseline'] == ('care.alpha=0.0',)
-  assert suite.rows['CARE'] == ('care.alpha=0.5',)
-  assert suite.rows['CARE+CSL'] == ('loss.name=weighted_ce', 'care.alpha=0.5')
+  assert suite.rows['CARE'] == CARE
+  assert suite.rows['CARE+CSL'] == ('loss.name=weighted_ce', *CARE)
   assert suite.rows['FL'] == ('loss.name=focal', 'care.alpha=0.0')
   assert set(suite.rows['CARE+DA']) == {
     'data.augment.enabled=True',
     'data.sampling=class_balanced',
-    'care.alpha=0.5',
+    *CARE,
   }
   assert suite.pairs == (
     ('baseline', 'CARE'),
@@ -92,13 +96,13 @@ def test_table1_rows_cross_care_with_csl_fl_and_da():
 
 
 @pytest.mark.parametrize('name', ['table1', 'modern', 'backbones', 'smoke'])
-def test_care_rows_differ_from_their_control_only_in_alpha(name):
+def test_care_rows_differ_from_their_control_in_alpha_and_the_two_stages(name):
   suite = experiments.SUITES[name]
   assert len(suite.pairs) * 2 == len(suite.rows)
   for control, treatment in suite.pairs:
     assert treatment in ('CARE', f'CARE+{control}')
     assert suite.rows[control][-1] == 'care.alpha=0.0'
-    assert suite.rows[treatment] == (*suite.rows[control][:-1], 'care.alpha=0.5')
+    assert suite.rows[treatment] == (*suite.rows[control][:-1], *CARE)
 
 
 def test_modern_backbones_box_scale_alpha_and_smoke_rows():
@@ -120,11 +124,11 @@ def test_modern_backbones_box_scale_alpha_and_smoke_rows():
   box = experiments.SUITES['box_scale']
   assert box.rows['baseline'] == ('care.alpha=0.0',)
   assert [box.rows[r] for r in box.rows][1:] == [
-    ('care.alpha=0.5', f'data.box_scale={s}') for s in (0.7, 0.9, 1.0, 1.1, 1.3)
+    (*CARE, f'data.box_scale={s}') for s in (0.7, 0.9, 1.0, 1.1, 1.3)
   ]
   alpha = experiments.SUITES['alpha']
-  assert [alpha.rows[r] for r in alpha.rows] == [
-    (f'care.alpha={a}',) for a in (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
+  assert [alpha.rows[r] for r in alpha.rows] == [('care.alpha=0.0',)] + [
+    (f'care.alpha={a}', *CARE[1:]) for a in (0.1, 0.3, 0.5, 0.7, 0.9)
   ]
   assert alpha.pairs[0] == ('alpha_0.0', 'alpha_0.1') and len(alpha.pairs) == 5
   assert list(experiments.SUITES['smoke'].rows) == ['baseline', 'CARE']
@@ -190,7 +194,9 @@ def test_report_of_fabricated_runs_with_hand_checked_numbers(tmp_path, monkeypat
   assert '| baseline | 20.00 ± 10.00 | **60.00 ± 10.00** | 47.83 | 75.75 | 3 |' in table
   assert '| CARE | **35.00 ± 5.00** | **60.00 ± 5.00** | 52.17 | 76.16 | 3 |' in table
   assert '| CARE vs baseline | 3 | +15.00 | 0.0351 | 3/3 |' in table
-  assert '| CARE | `care.alpha=0.5` |' in table
+  assert (
+    '| CARE | `care.alpha=0.5`, `care.protocol=two_stage`, `train.eval_every_steps=50` |' in table
+  )
   assert json.loads((tmp_path / 'report.json').read_text()) == json.loads(json.dumps(report))
   with Image.open(tmp_path / 'report.png') as image:
     assert image.format == 'PNG' and image.size[0] > 300
