@@ -194,7 +194,8 @@ def run_seeds(
   for seed in seeds:
     run_dir = os.path.join(directory, f'seed_{seed}')
     metrics_path = os.path.join(run_dir, 'metrics.json')
-    seeded = config.copy_and_resolve_references()
+    # As training saves it: with the recipe's fields filled in.
+    seeded = config_lib.resolve_recipe(config)
     seeded.seed = seed
     if os.path.exists(metrics_path):
       _check_same_config(seeded, run_dir)

@@ -32,7 +32,12 @@ CARE = ('care.alpha=0.5', 'care.protocol=two_stage', 'train.eval_every_steps=50'
 
 
 def _fake_train(calls):
-  """Stands in for training.train_and_evaluate: writes config.json and metrics.json."""
+  """Stands in for training.train_and_evaluate: writes config.json and metrics.json.
+
+  config.json is written as training writes it, with the recipe resolved
+  (``train.learning_rate`` None becomes a number): a finished run must still
+  count as the same config.
+  """
 
   def fake(config, workdir, *, boxes_fn):
     assert boxes_fn is boxes.replace_boxes  # The commands wire in the generated boxes.
@@ -41,7 +46,7 @@ def _fake_train(calls):
     metrics = {'step': 1, 'classes': ['a', 'b'], 'test': {'rare_recall': rare, 'mca': mca}}
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+      f.write(config_lib.resolve_recipe(config).to_json_best_effort(indent=2))
     with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
       json.dump(metrics, f)
     return metrics
