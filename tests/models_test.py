@@ -845,8 +845,13 @@ def test_train_mode_attention_maps_under_jit_and_grad():
   model, variables, features, labels = _attention_case('tiny_cnn', 'bn_linear')
   eager = model.attention_maps(variables, features, labels, train=True)
   jitted = jax.jit(lambda v, f, y: model.attention_maps(v, f, y, train=True))
-  # Batch statistics of two examples amplify the rounding differences of the compiled program.
-  np.testing.assert_allclose(jitted(variables, features, labels), eager, atol=2e-4)
+  # Channels that ReLU left constant over the batch have zero batch variance: their 1/sqrt(eps)
+  # amplifies the compiled program's rounding to ~1e-3 on some CPUs. Eval-mode statistics would
+  # move the maps by far more (~0.8), so this tolerance still tells the two modes apart.
+  maps = jitted(variables, features, labels)
+  np.testing.assert_allclose(maps, eager, atol=1e-2)
+  eval_maps = model.attention_maps(variables, features, labels, train=False)
+  assert np.abs(maps - eval_maps).max() > 0.1
 
   def inside(f):  # what the train step's attention loss does
     return jnp.sum(

@@ -52,7 +52,12 @@ def _wait(proc):
 
 @pytest.mark.slow
 def test_two_processes_follow_the_single_process_loss_trajectory(tmp_path):
-  overrides = TINY_DATA + [f'data.dir={tmp_path / "tfds"}', 'train.num_steps=6']
+  # The attention loss from step 0, so the six steps exercise all of it.
+  overrides = TINY_DATA + [
+    f'data.dir={tmp_path / "tfds"}',
+    'train.num_steps=6',
+    'care.protocol=from_step',
+  ]
   # Generate the data once, so the processes only read it.
   pipeline.get_dataset_info(config_lib.apply_overrides(config_lib.default_config(), overrides).data)
   flags = [f'--config.{o}' for o in overrides]
