@@ -22,7 +22,7 @@ from care_jax.losses import weighted_cross_entropy_loss
 from care_jax.metrics import classification_metrics
 from care_jax.metrics import confusion_matrix
 
-__version__ = '0.1.0'
+__version__ = '0.2.0.dev0'
 
 __all__ = [
   'cam',

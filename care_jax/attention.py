@@ -48,7 +48,7 @@ def minmax_normalize(maps: ArrayLike, *, eps: float = 0.0) -> jax.Array:
   Returns:
     [B, h, w] float32 maps in [0, 1].
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> maps = jnp.array([[[1.0, 3.0], [2.0, 5.0]], [[4.0, 4.0], [4.0, 4.0]]])
     >>> minmax_normalize(maps)
@@ -134,7 +134,7 @@ def grad_cam(
   Returns:
     [B, h, w] float32 maps.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> kernel = jnp.array([[1.0, -1.0], [0.0, 2.0]])   # [C, K]
     >>> head = lambda a: a.mean(axis=(1, 2)) @ kernel    # GAP + linear
@@ -188,7 +188,7 @@ def cam(
   Returns:
     [B, h, w] float32 maps.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> kernel = jnp.array([[1.0, -1.0], [0.0, 2.0]])
     >>> feats = jnp.arange(8.0).reshape(1, 2, 2, 2)

@@ -1,10 +1,11 @@
 """Trains several configurations over several seeds and tabulates them.
 
-    python -m care_jax.compare --workdir=runs/demo \\
-        --configs=configs/synthetic_baseline.py,configs/synthetic_care.py --seeds=0,1,2 \\
-        [--set=train.num_steps=500 ...]
+    care-jax compare --workdir=runs/demo --configs=synthetic_baseline,synthetic_care \\
+        --seeds=0-2 [--config.train.num_steps=500 ...]
 
-(also `care-jax compare ...`). Each run goes to `WORKDIR/<config name>/seed_<s>`;
+(also `python -m care_jax.compare ...`). `--configs` takes packaged config names or config
+files; every `--config.KEY=VALUE` overrides KEY of every config; `--seeds` lists seeds and ranges
+(`0-4`, `0,5,7`, `0-2,9`; :func:`parse_seeds`). Each run goes to `WORKDIR/<config name>/seed_<s>`;
 runs whose `metrics.json` exists are not repeated, so an interrupted comparison
 resumes. Prints a table of test rare-class recall and MCA (mean ± std over
 seeds), each seed's rare recall, and (for two or more configs) each config
@@ -19,13 +20,17 @@ from collections.abc import Sequence
 import importlib.util
 import json
 import os
+import re
+import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 import ml_collections
 import numpy as np
 from scipy import stats
 
+from care_jax import _app
 from care_jax import boxes
 from care_jax import config as config_lib
 from care_jax import training
@@ -39,20 +44,49 @@ def _define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'Output directory.', required=True)
   flags.DEFINE_list(
     'configs',
-    ['configs/synthetic_baseline.py', 'configs/synthetic_care.py'],
-    'Config files to compare (each defines get_config()).',
+    ['synthetic_baseline', 'synthetic_care'],
+    'Configs to compare: packaged names (care-jax configs) or files defining get_config().',
   )
-  flags.DEFINE_list('seeds', ['0'], 'Seeds (config.seed) to run each config with.')
+  flags.DEFINE_string(
+    'seeds', '0', 'Seeds (config.seed) to run each config with: e.g. 0-4, 0,5,7 or 0-2,9.'
+  )
   flags.DEFINE_multi_string(
-    'set', [], 'key=value override applied to every config, e.g. train.num_steps=200.'
+    'set',
+    [],
+    'Deprecated spelling of --config.KEY=VALUE (removed in 0.3): --set=KEY=VALUE overrides '
+    'KEY of every config.',
   )
   flags.DEFINE_string('split', 'test', 'Split whose metrics are tabulated.')
 
 
+def parse_seeds(text: str) -> list[int]:
+  """The seeds of a `--seeds` flag: `'0-4'` -> [0..4]; `'0,5,7'`; `'0-2,9'`; `'3'` -> [3].
+
+  Raises:
+    ValueError: for text that is not a comma list of seeds and ranges `a-b` (`a <= b`), for no
+      seeds, and for a seed given twice.
+  """
+  seeds = []
+  for item in text.split(','):
+    match = re.fullmatch(r'\s*(\d+)\s*(?:-\s*(\d+)\s*)?', item)
+    if not match or (match[2] is not None and int(match[2]) < int(match[1])):
+      if item.strip():
+        raise ValueError(
+          f'--seeds={text!r}: give seeds and ranges separated by commas, e.g. 0-4 or 0,5,7'
+        )
+      continue
+    first, last = int(match[1]), int(match[2] if match[2] is not None else match[1])
+    seeds.extend(range(first, last + 1))
+  if not seeds:
+    raise ValueError(f'--seeds={text!r}: no seeds to run')
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f'--seeds={text!r}: a seed is repeated')
+  return seeds
+
+
 def load_config(path: str) -> ml_collections.ConfigDict:
-  """Calls `get_config()` of a config file given by path."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'config file {path!r} does not exist')
+  """Calls `get_config()` of a config file, given by path or packaged name."""
+  path = config_lib.config_file(path)
   spec = importlib.util.spec_from_file_location(
     f'care_jax_config_{os.path.splitext(os.path.basename(path))[0]}', path
   )
@@ -235,17 +269,38 @@ def compare(
   return summary
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parser, with `--config.KEY=VALUE` taken as an override of every config."""
+  if any(re.match(r'--?set(=|$)', arg) for arg in argv[1:]):
+    logging.warning('--set=KEY=VALUE is deprecated (removed in 0.3): pass --config.KEY=VALUE')
+  rewritten = [argv[0]]
+  for arg in argv[1:]:
+    match = re.fullmatch(r'--?config\.([\w.]+)=(.*)', arg, flags=re.DOTALL)
+    if match:
+      rewritten.append(f'--set={match[1]}={match[2]}')
+    elif re.match(r'--?config\.', arg):
+      sys.stderr.write(f'FATAL Flags parsing error: {arg!r}: give --config.KEY=VALUE\n')
+      sys.exit(1)
+    else:
+      rewritten.append(arg)
+  return app.parse_flags_with_usage(rewritten)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  seeds = [int(s) for s in FLAGS.seeds]
-  summary = compare(FLAGS.configs, seeds, FLAGS.workdir, overrides=FLAGS.set, split=FLAGS.split)
+  try:
+    seeds = parse_seeds(FLAGS.seeds)
+    config_paths = [config_lib.config_file(c) for c in FLAGS.configs]
+  except (ValueError, FileNotFoundError) as e:
+    raise app.UsageError(str(e)) from None
+  summary = compare(config_paths, seeds, FLAGS.workdir, overrides=FLAGS.set, split=FLAGS.split)
   print(format_table(summary, FLAGS.split) + '\n\n' + format_seeds(summary))
 
 
 def run():
   _define_flags()
-  app.run(main)
+  _app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == '__main__':

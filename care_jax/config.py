@@ -21,6 +21,8 @@ import ast
 from collections.abc import Mapping, Sequence
 import json
 import math
+import os
+import pathlib
 import re
 import sys
 from typing import Any
@@ -34,6 +36,8 @@ from care_jax import imbalance
 from care_jax import models
 from care_jax.boxes import generators as box_generators
 
+# The configs that ship with the package (a clone's `configs/` points here), named by file stem.
+CONFIGS_DIR = pathlib.Path(__file__).with_name('configs')
 OPTIMIZERS = ('adam', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'step')
 PARALLEL = ('mesh', 'pmap')
@@ -693,14 +697,73 @@ def apply_overrides(
   return config
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """`app.run`'s flag parser, with unknown `--config.KEY=...` reported as usage errors.
+def packaged_configs() -> dict[str, str]:
+  """The packaged configs: name -> the first line of its docstring, sorted by name."""
+  configs = {}
+  for path in sorted(CONFIGS_DIR.glob('*.py')):
+    if path.stem != '__init__':
+      docstring = ast.get_docstring(ast.parse(path.read_text())) or ''
+      configs[path.stem] = docstring.partition('\n')[0]
+  return configs
 
+
+def config_file(name_or_path: str) -> str:
+  """The config file that `--config=` names: an existing path, or a packaged config's name.
+
+  Args:
+    name_or_path: a path to a `.py` file that defines `get_config()`, or the name of a packaged
+      config (`synthetic_care` for `care_jax/configs/synthetic_care.py`; see
+      :func:`packaged_configs`).
+
+  Returns:
+    The path of the config file.
+
+  Raises:
+    FileNotFoundError: for a path that does not exist or an unknown name; the message lists the
+      packaged names.
+  """
+  if os.path.isfile(name_or_path):
+    return name_or_path
+  names = packaged_configs()
+  if name_or_path in names:
+    return str(CONFIGS_DIR / f'{name_or_path}.py')
+  what = 'config file' if name_or_path.endswith('.py') or os.sep in name_or_path else 'config'
+  raise FileNotFoundError(
+    f'{what} {name_or_path!r} does not exist; the packaged configs are: {", ".join(names)}'
+  )
+
+
+def _resolve_config_flag(argv: list[str]) -> list[str]:
+  """`argv` with `--config=NAME[:ARGS]` (or `--config NAME`) turned into the config's path."""
+  argv = list(argv)
+  for i, arg in enumerate(argv):
+    if re.fullmatch(r'--?config', arg) and i + 1 < len(argv):
+      target, prefix, value = i + 1, '', argv[i + 1]
+    elif re.match(r'--?config=', arg):
+      target, (flag, _, value) = i, arg.partition('=')
+      prefix = flag + '='
+    else:
+      continue
+    # ml_collections passes `path:ARGS` to get_config(ARGS); a path itself never holds ':' here.
+    name, colon, config_args = value.partition(':')
+    try:
+      argv[target] = prefix + config_file(name) + colon + config_args
+    except FileNotFoundError as e:
+      sys.stderr.write(f'FATAL Flags parsing error: --config: {e}\n')
+      sys.exit(1)
+  return argv
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """`app.run`'s flag parser: `--config=` takes a packaged name, unknown keys are usage errors.
+
+  `--config=synthetic_care` names `care_jax/configs/synthetic_care.py` (:func:`config_file`).
   ml_collections raises a bare AttributeError (a traceback ending in
   `AttributeError: "'alphaa'"`) for an override of a key the config lacks;
   absl only reports its own flag errors cleanly. Use as
   `app.run(main, flags_parser=config.parse_flags)`.
   """
+  argv = _resolve_config_flag(argv)
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as e:

@@ -17,6 +17,7 @@ import sys
 from absl import app
 from absl import flags
 
+from care_jax import _app
 from care_jax import training
 
 FLAGS = flags.FLAGS
@@ -77,7 +78,7 @@ def main(argv):
 
 def run():
   _define_flags()
-  app.run(main)
+  _app.run(main)
 
 
 if __name__ == '__main__':

@@ -1,12 +1,13 @@
 """Suites of experiments: CARE crossed with the other imbalance methods.
 
     python -m care_jax.experiments --suite=table1 --config.data.name=isic2018 \\
-        --seeds=3 --workdir=runs/table1 [--config.a.b=value ...] [--rows=baseline,CARE]
+        --seeds=0-2 --workdir=runs/table1 [--config.a.b=value ...] [--rows=baseline,CARE]
 
 (also `care-jax experiments ...`). A suite is a set of rows, each a list of
-config overrides applied on top of the base config (`--config`, default
-`configs/default.py`, with its `--config.a.b=value` overrides; a row's own
-overrides win over them). Suites (see `SUITES`):
+config overrides applied on top of the base config (`--config`, a packaged name or a
+file, default `default`, with its `--config.a.b=value` overrides; a row's own
+overrides win over them), for each of the seeds `--seeds` lists (as in `care-jax compare`:
+`0-2`, `0,5,7`). Suites (see `SUITES`):
 
 * `table1`: baseline, CARE, CSL, CARE+CSL, FL, CARE+FL, DA, CARE+DA (paper Table 1);
 * `modern`: logit adjustment (trained and post-hoc), balanced softmax,
@@ -38,14 +39,12 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from care_jax import _app
 from care_jax import compare
 from care_jax import config as config_lib
 
 FLAGS = flags.FLAGS
-# The repository's configs/default.py (this package's sibling).
-_DEFAULT_CONFIG = os.path.join(
-  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'default.py'
-)
+_DEFAULT_CONFIG = str(config_lib.CONFIGS_DIR / 'default.py')
 
 _BASELINE = ('care.alpha=0.0',)
 # The paper's protocol as configs/synthetic_care.py runs it: CE until the
@@ -161,24 +160,6 @@ PAPER_RESULTS: dict[str, dict[str, tuple[float, float]]] = {
 }
 
 _METRICS = (('rare_recall', 'rare recall'), ('mca', 'MCA'))
-
-
-def parse_seeds(text: str) -> list[int]:
-  """`'3'` -> [0, 1, 2]; `'0,5,7'` -> [0, 5, 7]; `'5,'` -> [5]."""
-  try:
-    if ',' in text:
-      seeds = [int(t) for t in text.split(',') if t.strip()]
-    else:
-      seeds = list(range(int(text)))
-  except ValueError:
-    raise ValueError(
-      f'--seeds={text!r}: give a number of seeds N (seeds 0..N-1) or a comma list of seeds'
-    ) from None
-  if not seeds:
-    raise ValueError(f'--seeds={text!r}: no seeds to run')
-  if len(set(seeds)) != len(seeds):
-    raise ValueError(f'--seeds={text!r}: a seed is repeated')
-  return seeds
 
 
 def select_rows(suite_name: str, rows: Sequence[str] | None = None) -> dict[str, tuple[str, ...]]:
@@ -440,9 +421,7 @@ def _define_flags() -> None:
   flags.DEFINE_string(
     'workdir', None, 'Output directory of the runs and the report.', required=True
   )
-  flags.DEFINE_string(
-    'seeds', '3', 'N (seeds 0..N-1) or a comma list of seeds, e.g. 0,5,7 (a single seed s: "s,").'
-  )
+  flags.DEFINE_string('seeds', '0-2', 'Seeds (config.seed) of every row: e.g. 0-4, 0,5,7 or 0-2,9.')
   flags.DEFINE_list('rows', [], 'Run only these rows of the suite (default: all).')
   flags.DEFINE_string('split', 'test', "Split reported: 'test' or 'validation'.")
   flags.DEFINE_multi_string(
@@ -468,9 +447,18 @@ def main(argv):
       raise app.UsageError(f'--pretrained={item!r} is not of the form MODEL=PATH')
     pretrained[model] = path
   try:
-    seeds = parse_seeds(FLAGS.seeds)
+    seeds = compare.parse_seeds(FLAGS.seeds)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  if FLAGS.seeds.strip().isdigit():
+    # Until 0.2 a bare number here counted seeds (`--seeds=3`: seeds 0-2), unlike `compare`.
+    logging.warning(
+      '--seeds=%s runs seed %s alone; for seeds 0..%d pass --seeds=0-%d',
+      FLAGS.seeds,
+      FLAGS.seeds,
+      max(seeds[0] - 1, 0),
+      max(seeds[0] - 1, 0),
+    )
   report = run_suite(
     FLAGS.suite,
     FLAGS.config,
@@ -485,7 +473,7 @@ def main(argv):
 
 def run():
   _define_flags()
-  app.run(main, flags_parser=config_lib.parse_flags)
+  _app.run(main, flags_parser=config_lib.parse_flags)
 
 
 if __name__ == '__main__':

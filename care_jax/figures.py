@@ -45,10 +45,10 @@ def denormalize(
 
   Args:
     images: float [..., C] normalised images.
-    mean, std: the run's ``config.data.mean`` and ``config.data.std`` (one
-      value, or one per channel).
+    mean: the run's ``config.data.mean`` (one value, or one per channel).
+    std: the run's ``config.data.std`` (one value, or one per channel).
 
-  Example:
+  Examples:
     >>> denormalize(np.zeros((1, 1, 3)), mean=(0.5,), std=(0.5,))
     array([[[128, 128, 128]]], dtype=uint8)
   """
@@ -62,7 +62,7 @@ def box_outline(mask: np.ndarray, *, width: int = 1) -> np.ndarray:
   Any union of boxes keeps its exact shape; the image border counts as
   outside, so a box touching it is outlined there too.
 
-  Example:
+  Examples:
     >>> box_outline(np.pad(np.ones((3, 3)), 1)).astype(int)[1:4, 1:4]
     array([[1, 1, 1],
            [1, 0, 1],

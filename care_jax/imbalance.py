@@ -119,7 +119,7 @@ def focal_loss(
   Returns:
     [B] float32 losses.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> logits = jnp.array([[2.0, 0.0], [0.0, 2.0]])
     >>> print([f'{v:.4f}' for v in focal_loss(logits, jnp.array([0, 0]))])
@@ -164,7 +164,7 @@ def logit_adjusted_loss(
   Returns:
     [B] float32 losses.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> loss = logit_adjusted_loss(jnp.zeros((1, 2)), jnp.array([1]),
     ...                            class_priors=jnp.array([0.8, 0.2]))
@@ -196,7 +196,7 @@ def posthoc_logit_adjustment(
   Returns:
     [B, K] float32 adjusted logits.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> z = posthoc_logit_adjustment(jnp.array([[1.0, 0.0]]),
     ...                              class_priors=jnp.array([0.9, 0.1]))
@@ -228,7 +228,7 @@ def balanced_softmax_loss(
   Returns:
     [B] float32 losses.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> loss = balanced_softmax_loss(jnp.zeros((1, 2)), jnp.array([1]),
     ...                              class_counts=jnp.array([80, 20]))
@@ -262,7 +262,7 @@ def ldam_loss(
   Returns:
     [B] float32 losses.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> loss = ldam_loss(jnp.array([[1.0, 0.0]]), jnp.array([0]),
     ...                  margins=jnp.array([0.5, 0.2]), s=2.0)
@@ -296,7 +296,7 @@ def drw_weights(
   Returns:
     [B] float32 per-example weights.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> w = jnp.array([0.5, 1.5])
     >>> labels = jnp.array([0, 1])
@@ -326,7 +326,7 @@ def class_balanced_weights(class_counts: ArrayLike, *, beta: float = 0.9999) -> 
   Returns:
     [K] float32 numpy weights summing to K.
 
-  Example:
+  Examples:
     >>> print(class_balanced_weights([100, 10], beta=0.9).round(4))
     [0.7889 1.2111]
   """
@@ -342,7 +342,7 @@ def class_balanced_weights(class_counts: ArrayLike, *, beta: float = 0.9999) -> 
 def class_priors(class_counts: ArrayLike) -> np.ndarray:
   """Training class frequencies ``pi_k = n_k / sum_j n_j`` (float32, host-side).
 
-  Example:
+  Examples:
     >>> print(class_priors([30, 10]))
     [0.75 0.25]
   """
@@ -363,7 +363,7 @@ def ldam_margins(class_counts: ArrayLike, *, max_margin: float = 0.5) -> np.ndar
   Returns:
     [K] float32 numpy margins.
 
-  Example:
+  Examples:
     >>> print(ldam_margins([16, 1], max_margin=0.5))
     [0.25 0.5 ]
   """
@@ -538,7 +538,7 @@ def make_classification_loss(
       (the argument and its value are named), ``num_steps < 1``, or class
       counts that are not all positive.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> loss = make_classification_loss('ce', class_counts=np.array([90, 10]), num_steps=100)
     >>> values, weights = loss(jnp.zeros((2, 2)), jnp.array([0, 1]), step=0)

@@ -128,7 +128,7 @@ def care_loss_per_example(
       ``feature_map`` gives a NaN loss (the trainer's non-finite guard skips
       such steps).
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> f = jnp.array([[[1.0, 0.0], [0.0, 0.0]], [[0.5, 0.5], [0.5, 0.5]]])
     >>> m = jnp.array([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
@@ -208,7 +208,7 @@ def care_loss(
   Returns:
     Scalar float32 loss.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> f = jnp.zeros((2, 7, 7)).at[:, 2:4, 2:4].set(1.0)
     >>> m = jnp.zeros((2, 224, 224)).at[0, 64:128, 64:128].set(1.0)
@@ -300,7 +300,7 @@ def distance_outer_mask(mask: ArrayLike, *, start: float, delta: float) -> jax.A
       when ``mask`` is concrete, for a mask value outside [0, 1] or
       non-finite, with its index.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> m = jnp.array([[[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
     >>> print(distance_outer_mask(m, start=1.0, delta=0.5))
@@ -351,7 +351,7 @@ def cross_entropy(
   Returns:
     [B] float32 losses.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> ce = cross_entropy(jnp.zeros((2, 4)), jnp.array([0, 3]),
     ...                    class_weights=jnp.array([1.0, 1.0, 1.0, 2.0]))
@@ -388,7 +388,7 @@ def weighted_cross_entropy_loss(
   Returns:
     Scalar float32 loss.
 
-  Example:
+  Examples:
     >>> import jax.numpy as jnp
     >>> logits = jnp.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
     >>> loss = weighted_cross_entropy_loss(
@@ -444,7 +444,7 @@ def inverse_frequency_weights(class_counts: ArrayLike) -> np.ndarray:
     ValueError: if the counts are not a non-empty 1-D array, or a class has a
       count <= 0 (its weight would be infinite); the class index is named.
 
-  Example:
+  Examples:
     >>> print(inverse_frequency_weights([100, 300, 600]))
     [0.6666667  0.22222222 0.11111111]
   """

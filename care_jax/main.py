@@ -21,13 +21,19 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
+from care_jax import _app
 from care_jax import boxes
 from care_jax import config as config_lib
 from care_jax import training
 
 FLAGS = flags.FLAGS
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for metrics and logs.', required=True)
-config_flags.DEFINE_config_file('config', None, 'Path to a configs/*.py file.', lock_config=True)
+config_flags.DEFINE_config_file(
+  'config',
+  None,
+  'A packaged config (care-jax configs lists them) or a config file; --config.KEY=VALUE overrides.',
+  lock_config=True,
+)
 _MULTIHOST = flags.DEFINE_bool(
   'multihost',
   False,
@@ -66,7 +72,7 @@ def main(argv):
 
 def run():
   flags.mark_flags_as_required(['config'])
-  app.run(main, flags_parser=config_lib.parse_flags)
+  _app.run(main, flags_parser=config_lib.parse_flags)
 
 
 if __name__ == '__main__':

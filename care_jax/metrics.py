@@ -58,7 +58,7 @@ def confusion_matrix(
       checked: an out-of-range row is left out of the matrix (the trainer's
       labels come from the dataset's class list, always in range).
 
-  Example:
+  Examples:
     >>> confusion_matrix(jnp.array([0, 1, 1]), jnp.array([0, 0, 1]), num_classes=2)
     Array([[1, 0],
            [1, 1]], dtype=int32)
@@ -101,7 +101,7 @@ def classification_metrics(
     ``precision`` ({class name: value}), ``confusion`` (list of int lists) and
     ``num_examples``.
 
-  Example:
+  Examples:
     >>> m = classification_metrics([[3, 1], [1, 1]], class_names=['a', 'b'],
     ...                            rare_classes=[1])
     >>> m['accuracy'], m['mca'], m['rare_recall']
@@ -159,7 +159,7 @@ def roc_auc(scores: Any, positive: Any) -> float | None:
   (what ``sklearn.metrics.roc_auc_score`` computes). None without positives
   or without negatives.
 
-  Example:
+  Examples:
     >>> roc_auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True])
     0.75
   """
@@ -187,7 +187,7 @@ def average_precision(scores: Any, positive: Any) -> float | None:
   each distinct score taken as the threshold (from the highest), no
   interpolation. None without positives.
 
-  Example:
+  Examples:
     >>> average_precision([0.1, 0.4, 0.35, 0.8], [False, False, True, True])
     0.8333333333333333
   """
@@ -219,7 +219,7 @@ def calibration(probabilities: Any, labels: Any, *, num_bins: int = 15) -> dict[
     'count': [int]}}``: the bins' mean confidence and accuracy (None when
     empty), for a reliability diagram. ``ece`` is None without examples.
 
-  Example:
+  Examples:
     >>> calibration([[0.9, 0.1], [0.6, 0.4]], [0, 1], num_bins=2)['ece']  # |0.5 - 0.75|
     0.25
   """
@@ -322,7 +322,7 @@ def attention_mass_inside(maps: jax.typing.ArrayLike, masks: jax.typing.ArrayLik
   Returns:
     [B] float32 fractions in [0, 1] (0 for an empty mask).
 
-  Example:
+  Examples:
     >>> f = jnp.array([[[1.0, 0.0], [0.0, 0.0]]])
     >>> m = jnp.zeros((1, 4, 4)).at[0, :2, :2].set(1.0)
     >>> print(attention_mass_inside(f, m))  # up(F) = outer([1, .75, .25, 0])
@@ -356,7 +356,7 @@ def pointing_game(maps: jax.typing.ArrayLike, masks: jax.typing.ArrayLike) -> ja
   Returns:
     [B] float32 of 0.0 / 1.0 (0.0 for an empty mask).
 
-  Example:
+  Examples:
     >>> f = jnp.array([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 1.0]]])
     >>> m = jnp.zeros((2, 4, 4)).at[:, :2, :2].set(1.0)
     >>> print(pointing_game(f, m))
@@ -387,7 +387,7 @@ def attention_iou(
   Returns:
     [B] float32 IoUs in [0, 1] (0 for an empty mask).
 
-  Example:
+  Examples:
     >>> f = jnp.array([[[1.0, 0.0], [0.0, 0.0]]])
     >>> m = jnp.zeros((1, 4, 4)).at[0, :2, :2].set(1.0)
     >>> print(attention_iou(f, m, threshold=0.2))  # 6 pixels >= 0.2, 4 in the box
@@ -424,7 +424,7 @@ def attention_quality(
     :func:`attention_mass_inside`, :func:`pointing_game`,
     :func:`attention_iou`; ``'valid'``: [B] bool, the images to average over.
 
-  Example:
+  Examples:
     >>> f = jnp.array([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 1.0], [0.0, 0.0]]])
     >>> m = jnp.zeros((2, 4, 4)).at[0, :2, :2].set(1.0)
     >>> attention_quality(f, m)['valid']
@@ -452,7 +452,7 @@ class AttentionMetrics(NamedTuple):
   (:meth:`from_batch`), ``psum`` it under ``pmap``, add the batches with
   :meth:`merge` (on device or host) and read the means with :meth:`compute`.
 
-  Example:
+  Examples:
     >>> f = jnp.array([[[1.0, 0.0], [0.0, 0.0]]])
     >>> m = jnp.zeros((1, 4, 4)).at[0, :2, :2].set(1.0)
     >>> total = AttentionMetrics.empty().merge(AttentionMetrics.from_batch(f, m))

@@ -27,6 +27,7 @@ from absl import app
 from absl import flags
 from PIL import Image
 
+from care_jax import _app
 from care_jax import figures
 from care_jax import inference
 
@@ -166,7 +167,7 @@ def main(argv):
 
 def run():
   _define_flags()
-  app.run(main)
+  _app.run(main)
 
 
 if __name__ == '__main__':

@@ -62,7 +62,7 @@ _TABLE = _crc32c_table()
 def crc32c(data: bytes) -> int:
   """CRC-32C (Castagnoli) of ``data``, as TFRecord files use.
 
-  Example:
+  Examples:
     >>> hex(crc32c(b'123456789'))  # the standard check value
     '0xe3069283'
   """

@@ -40,6 +40,7 @@ from matplotlib.figure import Figure
 import ml_collections
 import numpy as np
 
+from care_jax import _app
 from care_jax import checkpoint
 from care_jax import config as config_lib
 from care_jax import figures
@@ -266,7 +267,7 @@ def main(argv):
 
 def run():
   _define_flags()
-  app.run(main)
+  _app.run(main)
 
 
 if __name__ == '__main__':

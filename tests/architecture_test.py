@@ -20,7 +20,10 @@ REPO = PACKAGE.parent
 
 # Lowest first. A name ending in '.*' stands for every module below that package.
 LAYERS = (
-  ('private helpers', ('care_jax._checks', 'care_jax._numerics', 'care_jax.summary')),
+  (
+    'private helpers',
+    ('care_jax._app', 'care_jax._checks', 'care_jax._numerics', 'care_jax.summary'),
+  ),
   (
     'math',
     ('care_jax', 'care_jax.losses', 'care_jax.attention', 'care_jax.imbalance', 'care_jax.metrics'),
@@ -29,6 +32,7 @@ LAYERS = (
   ('model tools', ('care_jax.boxes.generators', 'care_jax.figures')),
   ('data', ('care_jax.data', 'care_jax.data.*')),
   ('config', ('care_jax.config',)),
+  ('configs', ('care_jax.configs', 'care_jax.configs.*')),
   ('checkpoint', ('care_jax.checkpoint',)),
   ('inference', ('care_jax.inference',)),
   ('training', ('care_jax.training', 'care_jax.training.*')),

@@ -10,6 +10,7 @@ from PIL import Image
 import pytest
 
 from care_jax import boxes
+from care_jax import compare
 from care_jax import config as config_lib
 from care_jax import experiments
 from care_jax import training
@@ -62,13 +63,20 @@ def _base(dataset='isic2018'):
   return config_lib.apply_overrides(config_lib.default_config(), [f'data.name={dataset}'])
 
 
-def test_parse_seeds():
-  assert experiments.parse_seeds('3') == [0, 1, 2]
-  assert experiments.parse_seeds('0,5,7') == [0, 5, 7]
-  assert experiments.parse_seeds('5,') == [5]
-  for bad, message in (('x', 'number of seeds'), ('0', 'no seeds'), ('1,1', 'repeated')):
+def test_seeds_are_lists_and_ranges_with_one_meaning_in_every_command():
+  assert compare.parse_seeds('3') == [3]
+  assert compare.parse_seeds('0-4') == [0, 1, 2, 3, 4]
+  assert compare.parse_seeds('0,5,7') == [0, 5, 7]
+  assert compare.parse_seeds(' 0-2, 9 ,') == [0, 1, 2, 9]
+  for bad, message in (
+    ('x', 'seeds and ranges'),
+    ('3-1', 'seeds and ranges'),
+    ('-1', 'seeds and ranges'),
+    (',', 'no seeds'),
+    ('1,0-2', 'repeated'),
+  ):
     with pytest.raises(ValueError, match=message):
-      experiments.parse_seeds(bad)
+      compare.parse_seeds(bad)
 
 
 def test_table1_rows_cross_care_with_csl_fl_and_da():
@@ -272,7 +280,7 @@ def test_smoke_suite_end_to_end_through_the_care_jax_command(tmp_path):
       'care_jax.cli',
       'experiments',
       '--suite=smoke',
-      '--seeds=1',
+      '--seeds=0',
       f'--workdir={workdir}',
       *[f'--config.{o}' for o in tiny],
     ],

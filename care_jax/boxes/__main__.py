@@ -12,12 +12,16 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from care_jax import _app
 from care_jax import config as config_lib
 from care_jax.boxes import dataset
 from care_jax.boxes import generators
 
 _CONFIG = config_flags.DEFINE_config_file(
-  'config', None, 'Path to a configs/*.py file (its data config is used).', lock_config=True
+  'config',
+  None,
+  'A packaged config name or a config file (its data config is used).',
+  lock_config=True,
 )
 _METHOD = flags.DEFINE_enum('method', None, generators.METHODS, 'Box generator.')
 _OUT = flags.DEFINE_string('out', None, 'The boxes.csv file to write.')
@@ -56,7 +60,7 @@ def main(argv):
 
 def run():
   flags.mark_flags_as_required(['config', 'method', 'out'])
-  app.run(main, flags_parser=config_lib.parse_flags)
+  _app.run(main, flags_parser=config_lib.parse_flags)
 
 
 if __name__ == '__main__':

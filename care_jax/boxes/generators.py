@@ -144,7 +144,7 @@ def boxes_from_foreground(
     ``(boxes, found)``: float32 [N, 4] normalised (ymin, xmin, ymax, xmax),
     all zero where ``found`` (bool [N]) is False (no foreground).
 
-  Example:
+  Examples:
     >>> mask = np.zeros((1, 4, 8), bool); mask[0, 1:3, 2:6] = True
     >>> boxes_from_foreground(mask)[0]
     array([[0.25, 0.25, 0.75, 0.75]], dtype=float32)
@@ -179,7 +179,7 @@ def box_iou(a: ArrayLike, b: ArrayLike) -> jax.Array:
   ``|a n b| / |a u b|``, 0 where the union is empty. Works on normalised or
   pixel coordinates alike (both boxes in the same units).
 
-  Example:
+  Examples:
     >>> float(box_iou([0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 3.0]))  # 1 / 7
     0.1428...
   """
@@ -399,7 +399,8 @@ def chunked_boxes(
     chunks: tuples of arrays with a leading axis of at most ``chunk_size``
       (images, and for 'grad_cam' their labels).
     chunk_size: rows of every call of ``foreground`` (>= 1).
-    largest_component, margin: see `boxes_from_foreground`.
+    largest_component: see `boxes_from_foreground`.
+    margin: see `boxes_from_foreground`.
 
   Returns:
     ``(boxes, found)`` of all chunks' rows, in order.
@@ -440,7 +441,8 @@ def foreground_fn(
     method: 'otsu', 'spectral_residual' or 'grad_cam' ('mask' reads files:
       see `mask_boxes`).
     num_channels: C of the images it will see (checked against the method).
-    model, variables: the classifier of 'grad_cam' and its variables.
+    model: the classifier of 'grad_cam'.
+    variables: the classifier's variables.
     **params: all of the method's parameters, the keywords of its
       ``*_boxes`` function: ``contrast``, ``sigma``, ``num_bins`` (otsu);
       ``work_size``, ``sigma``, ``k`` (spectral_residual); ``fraction``,
@@ -541,14 +543,15 @@ def otsu_boxes(
     sigma: standard deviation of the Gaussian blur, as a fraction of the
       image's shorter side (0: none).
     num_bins: Otsu histogram bins.
-    largest_component, margin: see `boxes_from_foreground`.
+    largest_component: see `boxes_from_foreground`.
+    margin: see `boxes_from_foreground`.
     batch_size: images per jitted chunk.
 
   Returns:
     ``(boxes, found)``: float32 [N, 4] normalised (ymin, xmin, ymax, xmax),
     bool [N].
 
-  Example:
+  Examples:
     >>> images = np.full((1, 16, 16, 3), (220, 190, 170), np.uint8)
     >>> images[0, 4:10, 6:12] = (120, 60, 50)  # a dark, reddish lesion on skin
     >>> boxes, found = otsu_boxes(images, sigma=0.0)
@@ -655,9 +658,14 @@ def grad_cam_boxes(
   chosen on a development copy of `synthetic_lesions` (seed 1).
 
   Args:
-    model, variables, images, labels, attention: see `grad_cam_maps`.
+    model: see `grad_cam_maps`.
+    variables: see `grad_cam_maps`.
+    images: see `grad_cam_maps`.
+    labels: see `grad_cam_maps`.
+    attention: see `grad_cam_maps`.
     fraction: threshold relative to each map's maximum, in (0, 1].
-    largest_component, margin: see `boxes_from_foreground`.
+    largest_component: see `boxes_from_foreground`.
+    margin: see `boxes_from_foreground`.
     batch_size: images per jitted chunk.
 
   Returns:
@@ -691,7 +699,8 @@ def mask_boxes(
   Args:
     masks: [N, H, W] or [N, H, W, C] (a pixel is lesion where any channel is
       nonzero), e.g. HAM10000's ``*_segmentation.png`` (0 / 255).
-    largest_component, margin: see `boxes_from_foreground`.
+    largest_component: see `boxes_from_foreground`.
+    margin: see `boxes_from_foreground`.
 
   Returns:
     ``(boxes, found)``: float32 [N, 4] normalised (ymin, xmin, ymax, xmax),

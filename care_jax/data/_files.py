@@ -65,6 +65,8 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from care_jax.data import _local
+
 SPLITS = ('train', 'validation', 'test')
 # The columns of a pixel box in the box files.
 BOX_COLUMNS = ('xmin', 'ymin', 'xmax', 'ymax')
@@ -754,7 +756,7 @@ def example_features(class_names: Sequence[str], encoding: str) -> tfds.features
   )
 
 
-class FilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class FilesBuilder(_local.LocalData, tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """A tfds builder over the user's files (see the module docstring).
 
   Subclasses define `_read_records` (read and check the annotation files and

@@ -57,6 +57,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from care_jax.data import _local
+
 CLASS_NAMES = ('brown', 'dark', 'dotted', 'pink', 'striped')
 RARE_CLASS_NAMES = ('dotted', 'striped')
 SPLITS = ('train', 'validation', 'test')
@@ -359,7 +361,7 @@ def generate_example(config: SyntheticLesionsConfig, split: str, index: int) -> 
   )
 
 
-class SyntheticLesions(tfds.core.GeneratorBasedBuilder):
+class SyntheticLesions(_local.LocalData, tfds.core.GeneratorBasedBuilder):
   """Seeded synthetic lesion images with a train-only spurious ruler cue.
 
   See the module docstring for the design. Pass a config from

@@ -17,11 +17,11 @@ from care_jax.training import step as step_lib
 
 
 def evaluate(
-  parallel,
-  state,
+  parallel: parallel_lib.MeshParallel | parallel_lib.PmapParallel,
+  state: state_lib.TrainState,
   batches: Iterable[dict[str, np.ndarray]],
   *,
-  info,
+  info: Any,  # care_jax.data.DatasetInfo: data loads TensorFlow, which this module must not
   total: int | None = None,
   desc: str = 'eval',
   progress: bool = False,

@@ -1,0 +1,75 @@
+"""What every command does around `absl.app.run`: quiet logs, and `--help` that exits 0.
+
+absl exits with status 1 after printing `--help`, and the libraries under us (orbax, tfds, jax)
+log hundreds of INFO lines per run. A command run through :func:`run` shows the INFO lines of
+care-jax itself (one per evaluation, resuming, the stage switch), every warning and error, and
+the other libraries' INFO lines only when asked for with `--verbosity=0` (or `-v 0`; absl's
+levels: -1 warnings, 0 info, 1 debug).
+"""
+
+from collections.abc import Callable, Sequence
+import logging
+import os
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging as absl_logging
+
+# absl's help flags; each prints its text and exits with status 1.
+_HELP_FLAGS = frozenset(
+  f'{dashes}{name}'
+  for dashes in ('-', '--')
+  for name in ('help', 'helpshort', 'helpfull', 'helpxml', 'h', '?')
+)
+_PACKAGE_DIR = str(pathlib.Path(__file__).parent)
+
+
+class _OursOrWarnings(logging.Filter):
+  """Passes warnings and errors, and the INFO lines logged from care-jax's own code.
+
+  Two warnings of the libraries under us say nothing a user can act on, and are dropped too:
+  tfds's "Using custom data configuration", since every dataset here builds its config from
+  `config.data` (and hashes it into the name), and TensorFlow's deprecation notices for calls
+  inside tfds.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.pathname.startswith(_PACKAGE_DIR):
+      return True
+    if record.levelno < logging.WARNING:
+      return False
+    message = record.getMessage()
+    if message.startswith('Using custom data configuration'):
+      return False
+    return not (
+      record.pathname.endswith(os.path.join('util', 'deprecation.py'))
+      and f'{os.sep}tensorflow_datasets{os.sep}' in message
+    )
+
+
+def asks_for_help(argv: Sequence[str]) -> bool:
+  """Whether the command line holds one of absl's help flags."""
+  return any(arg in _HELP_FLAGS for arg in argv[1:])
+
+
+def run(
+  main: Callable[[list[str]], None],
+  *,
+  flags_parser: Callable[[list[str]], list[str]] = app.parse_flags_with_usage,
+) -> None:
+  """`absl.app.run(main, flags_parser=...)`, quiet unless `--verbosity` is given."""
+
+  def parse(argv: list[str]) -> list[str]:
+    rest = flags_parser(argv)
+    if not flags.FLAGS['verbosity'].present:
+      absl_logging.get_absl_handler().addFilter(_OursOrWarnings())
+    return rest
+
+  try:
+    app.run(main, flags_parser=parse)
+  except SystemExit as e:
+    if e.code == 1 and asks_for_help(sys.argv):
+      sys.exit(0)  # Help was asked for and given: not an error.
+    raise
