@@ -257,11 +257,9 @@ def test_care_jax_command_without_a_subcommand_prints_usage():
   assert all(f'  {command} ' in proc.stderr for command in cli.COMMANDS)
 
 
-@pytest.mark.parametrize(
-  'name', sorted(f for f in os.listdir(os.path.join(REPO, 'configs')) if f.endswith('.py'))
-)
+@pytest.mark.parametrize('name', list(config_lib.packaged_configs()))
 def test_every_config_file_loads_and_validates(name):
-  config = compare.load_config(os.path.join(REPO, 'configs', name))
+  config = compare.load_config(os.path.join(REPO, 'configs', f'{name}.py'))
   config_lib.validate(config)
   assert set(config.keys()) == set(config_lib.default_config().keys())
 
