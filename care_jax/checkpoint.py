@@ -194,6 +194,8 @@ def _manager(
     enable_async_checkpointing=async_save,
     cleanup_tmp_directories=not read_only,
     read_only=read_only,
+    # orbax warns when a read-only manager keeps its default save interval.
+    save_interval_steps=0 if read_only else 1,
     create=not read_only,
   )
   # Named handlers, so that item metadata can be read before any restore.

@@ -67,15 +67,13 @@ def parse_seeds(text: str) -> list[int]:
       seeds, and for a seed given twice.
   """
   seeds = []
-  for item in text.split(','):
+  for item in filter(str.strip, text.split(',')):
     match = re.fullmatch(r'\s*(\d+)\s*(?:-\s*(\d+)\s*)?', item)
-    if not match or (match[2] is not None and int(match[2]) < int(match[1])):
-      if item.strip():
-        raise ValueError(
-          f'--seeds={text!r}: give seeds and ranges separated by commas, e.g. 0-4 or 0,5,7'
-        )
-      continue
-    first, last = int(match[1]), int(match[2] if match[2] is not None else match[1])
+    first, last = (int(match[1]), int(match[2] or match[1])) if match else (0, -1)
+    if last < first:
+      raise ValueError(
+        f'--seeds={text!r}: give seeds and ranges separated by commas, e.g. 0-4 or 0,5,7'
+      )
     seeds.extend(range(first, last + 1))
   if not seeds:
     raise ValueError(f'--seeds={text!r}: no seeds to run')

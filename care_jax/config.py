@@ -724,12 +724,13 @@ def config_file(name_or_path: str) -> str:
   """
   if os.path.isfile(name_or_path):
     return name_or_path
-  names = packaged_configs()
-  if name_or_path in names:
-    return str(CONFIGS_DIR / f'{name_or_path}.py')
+  packaged = CONFIGS_DIR / f'{name_or_path}.py'
+  if name_or_path.isidentifier() and name_or_path != '__init__' and packaged.is_file():
+    return str(packaged)
   what = 'config file' if name_or_path.endswith('.py') or os.sep in name_or_path else 'config'
+  names = ', '.join(packaged_configs())
   raise FileNotFoundError(
-    f'{what} {name_or_path!r} does not exist; the packaged configs are: {", ".join(names)}'
+    f'{what} {name_or_path!r} does not exist; the packaged configs are: {names}'
   )
 
 

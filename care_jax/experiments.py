@@ -450,14 +450,14 @@ def main(argv):
     seeds = compare.parse_seeds(FLAGS.seeds)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  if FLAGS.seeds.strip().isdigit():
-    # Until 0.2 a bare number here counted seeds (`--seeds=3`: seeds 0-2), unlike `compare`.
+  if FLAGS.seeds.strip().isdigit() and seeds[0] > 0:
+    # Until 0.2 a bare number N here counted seeds (`--seeds=3`: seeds 0-2), unlike `compare`.
     logging.warning(
-      '--seeds=%s runs seed %s alone; for seeds 0..%d pass --seeds=0-%d',
-      FLAGS.seeds,
-      FLAGS.seeds,
-      max(seeds[0] - 1, 0),
-      max(seeds[0] - 1, 0),
+      '--seeds=%d runs seed %d alone; for seeds 0..%d pass --seeds=0-%d',
+      seeds[0],
+      seeds[0],
+      seeds[0] - 1,
+      seeds[0] - 1,
     )
   report = run_suite(
     FLAGS.suite,
