@@ -19,6 +19,7 @@ Example::
 
 import ast
 from collections.abc import Mapping, Sequence
+import copy
 import json
 import math
 import os
@@ -29,8 +30,10 @@ from typing import Any
 import warnings
 
 from absl import app
+from absl import flags
 import ml_collections
 from ml_collections import config_dict
+from ml_collections import config_flags
 
 from care_jax import imbalance
 from care_jax import models
@@ -665,35 +668,40 @@ def differences(
 def apply_overrides(
   config: ml_collections.ConfigDict, overrides: Sequence[str]
 ) -> ml_collections.ConfigDict:
-  """Applies `key=value` strings (as on the command line) to a copy of config.
+  """Applies `key=value` strings to a copy of config, each read as `--config.key=value` is.
 
-  Values are parsed as Python literals when they can be (`0.3`, `True`,
-  `(0.5, 0.75)`) and kept as strings otherwise; ml_collections then enforces
-  the field's type, and unknown keys raise KeyError naming the key.
+  ml_collections' own flag parser (`config_flags`) reads each value by its
+  field's type, so an override means here what it means to `care-jax train`:
+  `care.alpha=1` is the float 1.0, `train.step_boundaries=(0.3, 0.6)` a tuple,
+  `care.protocol=two_stage` a string (quotes would be part of it),
+  `model.pretrained=PATH` sets a typed placeholder. Later overrides of a key
+  win.
+
+  Raises:
+    ValueError: for an override without ``=``.
+    KeyError: ``unknown config key 'KEY'``.
+    TypeError: for a value the field's type cannot take, naming the override.
   """
-  config = config.copy_and_resolve_references()
+  # deepcopy, not copy_and_resolve_references: a resolved placeholder becomes a
+  # plain None, whose type config_flags cannot override.
+  config = copy.deepcopy(config)
   for override in overrides:
-    key, sep, raw = override.partition('=')
+    key, sep, _ = override.partition('=')
     if not sep:
       raise ValueError(f'override {override!r} is not of the form key=value')
+    # One parser per override, so an error names the override that caused it.
+    argv = ['apply_overrides', f'--config.{override}']
+    flag_values = flags.FlagValues()
     try:
-      value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-      value = raw
-    *parents, leaf = key.split('.')
-    try:
-      node = get(config, '.'.join(parents)) if parents else config
-    except (KeyError, TypeError):  # A missing or non-dict parent.
-      node = None
-    if not isinstance(node, config_dict.ConfigDict) or leaf not in node:
-      raise KeyError(f'unknown config key {key!r}')
-    # Integers are fine where floats are expected (alpha=1).
-    if isinstance(node[leaf], float) and isinstance(value, int):
-      value = float(value)
-    try:
-      node[leaf] = value
-    except TypeError as e:  # ml_collections names only the leaf.
+      config_flags.DEFINE_config_dict(
+        'config', config, flag_values=flag_values, sys_argv=argv, lock_config=False
+      )
+      flag_values(argv)
+    except (KeyError, AttributeError, flags.UnrecognizedFlagError):
+      raise KeyError(f'unknown config key {key!r}') from None
+    except flags.IllegalFlagValueError as e:
       raise TypeError(f'config override {override!r}: {e}') from None
+    config = flag_values.config
   return config
 
 

@@ -142,7 +142,7 @@ def overlay_strip(
 ) -> np.ndarray:
   """`overlay` of each image, side by side with white gaps: one uint8 image.
 
-  For TensorBoard (`care_jax.summary.SummaryWriter.image`) at each evaluation.
+  For TensorBoard (`care_jax.training.summary.SummaryWriter.image`) at each evaluation.
 
   Args:
     images: uint8 [N, H, W, C].

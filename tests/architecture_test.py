@@ -20,10 +20,7 @@ REPO = PACKAGE.parent
 
 # Lowest first. A name ending in '.*' stands for every module below that package.
 LAYERS = (
-  (
-    'private helpers',
-    ('care_jax._app', 'care_jax._checks', 'care_jax._numerics', 'care_jax.summary'),
-  ),
+  ('private helpers', ('care_jax._app', 'care_jax._checks', 'care_jax._numerics')),
   (
     'math',
     ('care_jax', 'care_jax.losses', 'care_jax.attention', 'care_jax.imbalance', 'care_jax.metrics'),

@@ -77,7 +77,7 @@ def test_keeps_the_latest_and_the_best_and_finds_the_best(tmp_path):
 
 
 def test_load_model_returns_the_runs_config_and_falls_back_to_latest(tmp_path):
-  config = _config('care.lam=0.3', "model.head='bn_linear'", 'data.image_size=16')
+  config = _config('care.lam=0.3', 'model.head=bn_linear', 'data.image_size=16')
   states = _save_run(tmp_path, config, [(1, None), (2, None)], num_classes=2)
   loaded, model, variables = checkpoint.load_model(str(tmp_path))  # No scores: latest.
   assert loaded.care.lam == 0.3 and loaded.data.mean == (0.5, 0.5, 0.5)
@@ -89,7 +89,7 @@ def test_load_model_returns_the_runs_config_and_falls_back_to_latest(tmp_path):
 
 def test_an_ldam_drw_run_is_rebuilt_with_its_cosine_head(tmp_path):
   """loss.name='ldam_drw' with model.head='default' trains and loads the 'normed_linear' head."""
-  config = _config("loss.name='ldam_drw'", 'data.image_size=16')
+  config = _config('loss.name=ldam_drw', 'data.image_size=16')
   trained = training.create_model(config, 3)
   assert isinstance(trained.head, models.NormedLinearHead)
   states = _save_run(tmp_path, config, [(1, None)])
@@ -135,7 +135,7 @@ def test_resume_refuses_an_incompatible_config_naming_the_keys(tmp_path):
 
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
   _save_run(tmp_path, _config(), [(2, None)])
-  other = _config("model.name='resnet18'")
+  other = _config('model.name=resnet18')
   with checkpoint.RunCheckpoints(str(tmp_path), other, meta={}) as ckpts:
     with pytest.raises(
       ValueError,
@@ -147,13 +147,10 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
 
 @pytest.mark.parametrize('schedule, resumable', [('constant', True), ('cosine', False)])
 def test_run_length_may_change_on_resume_only_with_a_constant_learning_rate(schedule, resumable):
-  saved = config_lib.to_json(_config(f"train.schedule='{schedule}'"))
+  saved = config_lib.to_json(_config(f'train.schedule={schedule}'))
   longer = config_lib.to_json(
     _config(
-      f"train.schedule='{schedule}'",
-      'train.num_steps=5000',
-      "data.dir='/elsewhere'",
-      "parallel='pmap'",
+      f'train.schedule={schedule}', 'train.num_steps=5000', 'data.dir=/elsewhere', 'parallel=pmap'
     )
   )
   expected = {} if resumable else {'train.num_steps': (1000, 5000)}

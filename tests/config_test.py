@@ -62,21 +62,38 @@ def test_validate_loss_names_the_key(key, value):
   ],
 )
 def test_validate_names_the_key_of_a_meaningless_value(key, value, message):
-  config = config_lib.apply_overrides(config_lib.default_config(), [f'{key}={value!r}'])
+  config = config_lib.apply_overrides(config_lib.default_config(), [f'{key}={value}'])
   with pytest.raises(ValueError, match=message):
     config_lib.validate(config)
 
 
-def test_apply_overrides_parses_literals_and_rejects_unknown_keys():
+def test_apply_overrides_parses_by_field_type_and_rejects_unknown_keys():
+  default = config_lib.default_config()
   config = config_lib.apply_overrides(
-    config_lib.default_config(), ['care.alpha=1', 'train.step_boundaries=(0.3, 0.6)']
+    default,
+    [
+      'care.alpha=1',
+      'train.step_boundaries=(0.3, 0.6)',
+      'care.protocol=two_stage',
+      'checkpoint.async_save=false',
+      'model.pretrained=/weights/resnet50.npz',  # a typed placeholder
+      'train.learning_rate=1e-3',
+      'care.lam=0.1',
+      'care.lam=0.2',  # the last one wins
+    ],
   )
   assert config.care.alpha == 1.0 and isinstance(config.care.alpha, float)
   assert config.train.step_boundaries == (0.3, 0.6)
+  assert (config.care.protocol, config.checkpoint.async_save) == ('two_stage', False)
+  assert (config.model.pretrained, config.train.learning_rate) == ('/weights/resnet50.npz', 1e-3)
+  assert config.care.lam == 0.2
+  assert (default.care.alpha, default.model.pretrained) == (0.5, None)  # a copy was changed
+  # Placeholders stay overridable in the result.
+  assert config_lib.apply_overrides(config, ['model.pretrained=b.npz']).model.pretrained == 'b.npz'
   with pytest.raises(KeyError, match="unknown config key 'care.alphaa'"):
-    config_lib.apply_overrides(config, ['care.alphaa=0.3'])
-  with pytest.raises(TypeError, match=r'config override .care\.alpha=.high..: Could not override'):
-    config_lib.apply_overrides(config, ["care.alpha='high'"])
+    config_lib.apply_overrides(config, ['care.alphaa=1'])
+  with pytest.raises(TypeError, match=r"config override 'train\.num_steps=2\.5'"):
+    config_lib.apply_overrides(config, ['train.num_steps=2.5'])
   with pytest.raises(ValueError, match='not of the form key=value'):
     config_lib.apply_overrides(config, ['care.alpha'])
 

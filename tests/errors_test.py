@@ -191,8 +191,8 @@ def test_apply_overrides_names_an_unknown_parent_and_a_mistyped_value():
   with pytest.raises(
     TypeError,
     match=re.escape(
-      "config override 'care.alpha=abc': Could not override field 'alpha' (reference). abc is "
-      "of original type <class 'str'> and cannot be casted to type <class 'float'>"
+      "config override 'care.alpha=abc': flag --config.care.alpha=abc: could not convert string "
+      "to float: 'abc'"
     ),
   ):
     config_lib.apply_overrides(config, ['care.alpha=abc'])

@@ -117,11 +117,11 @@ def test_cli_rejects_a_wrongly_typed_value(tmp_path):
   [
     ('care.alpha=1.5', 'care.alpha'),
     ('care.tau=0.0', 'care.tau'),
-    ("loss.name='focal_typo'", 'loss.name'),
-    ("model.name='resnet9'", 'model.name'),
-    ("parallel='xmap'", 'parallel'),
+    ('loss.name=focal_typo', 'loss.name'),
+    ('model.name=resnet9', 'model.name'),
+    ('parallel=xmap', 'parallel'),
     ('train.num_steps=0', 'train.num_steps'),
-    ("dtype='float16'", 'dtype'),
+    ('dtype=float16', 'dtype'),
   ],
 )
 def test_validate_names_the_offending_key(override, key):
@@ -295,7 +295,7 @@ def test_bfloat16_training_converges_like_float32(tmp_path):
   curves = {}
   for dtype in ('float32', 'bfloat16'):
     config = _tiny_config(
-      tmp_path, f"dtype='{dtype}'", 'train.num_steps=40', 'train.log_every_steps=5'
+      tmp_path, f'dtype={dtype}', 'train.num_steps=40', 'train.log_every_steps=5'
     )
     training.train_and_evaluate(config, str(tmp_path / dtype))
     curves[dtype] = [json.loads(line)['ce'] for line in open(tmp_path / dtype / 'train_log.jsonl')]

@@ -60,9 +60,9 @@ def _config(root: pathlib.Path, cache: pathlib.Path, *extra: str):
   return config_lib.apply_overrides(
     config_lib.default_config(),
     [
-      "data.name='folder'",
-      f"data.dir='{root}'",
-      f"data.cache_dir='{cache}'",
+      'data.name=folder',
+      f'data.dir={root}',
+      f'data.cache_dir={cache}',
       'data.image_size=16',
       'data.folder.stored_size=24',  # The 40 x 30 files are stored shrunk to 24 x 18.
       'care.alpha=0.0',
@@ -137,7 +137,7 @@ def _confusion(root, rows, preds_csv, relative_to) -> list[list[int]]:
 def test_the_test_block_can_score_the_best_checkpoint(trained, tmp_path):
   _, root, rows, last = trained
   workdir = tmp_path / 'best'
-  config = _config(root, tmp_path / 'tfds', "train.test_checkpoint='best'")
+  config = _config(root, tmp_path / 'tfds', 'train.test_checkpoint=best')
   metrics = training.train_and_evaluate(config, str(workdir))
   best = checkpoint.load_run(str(workdir), which='best').step
   assert metrics['test_checkpoint'] == {'which': 'best', 'step': best}

@@ -570,11 +570,11 @@ def test_fine_tuning_from_a_checkpoint_on_synthetic_lesions_lowers_the_loss(
   config = config_lib.apply_overrides(
     config_lib.default_config(),
     [
-      "model.name='resnet18'",
-      f"model.pretrained='{torch_exports / 'resnet18.safetensors'}'",
+      'model.name=resnet18',
+      f'model.pretrained={torch_exports / "resnet18.safetensors"}',
       f'data.mean={IMAGENET_MEAN}',
       f'data.std={IMAGENET_STD}',
-      f"data.dir='{tmp_path / 'tfds'}'",
+      f'data.dir={tmp_path / "tfds"}',
       'data.image_size=32',
       'data.synthetic.image_size=32',
       'data.synthetic.train_counts=(24, 24, 8, 24, 8)',

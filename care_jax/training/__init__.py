@@ -12,6 +12,8 @@ module                                 what it owns
                                        of a saved checkpoint
 `care_jax.training.outputs`            the workdir's files (log, TensorBoard,
                                        metrics.json)
+`care_jax.training.summary`            `SummaryWriter`: TensorBoard scalars and
+                                       images (TensorFlow's event writer)
 `care_jax.training.inputs`             the input pipeline as the loop reads it
                                        (tf.data; imported on first use)
 `care_jax.training.loop`               `train_and_evaluate`, `run`,

@@ -21,7 +21,7 @@ import numpy as np
 
 from care_jax import checkpoint as checkpoint_lib
 from care_jax import figures
-from care_jax import summary
+from care_jax.training import summary
 
 TRAIN_LOG = 'train_log.jsonl'
 METRICS = 'metrics.json'
