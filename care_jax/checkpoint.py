@@ -30,14 +30,14 @@ from collections.abc import Callable, Mapping
 import contextlib
 import dataclasses
 import json
-import os
 import signal
-import tempfile
 import threading
 from typing import Any
+import uuid
 import warnings
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -130,31 +130,46 @@ def shape_differences(expected: Any, found: Any) -> list[str]:
   return lines
 
 
-def check_writable(workdir: str) -> None:
-  """Creates `workdir` and writes a probe file, so a bad path fails before training."""
+def checkpoint_dir(workdir: epath.PathLike, name: str = CHECKPOINT_DIR) -> epath.Path:
+  """``workdir/name`` as orbax takes it: absolute for a local path, a URL (``gs://``) as given."""
+  path = epath.Path(workdir) / name
+  # resolve() would make 'gs://b/run' a local '<cwd>/gs:/b/run'.
+  return path if '://' in str(workdir) else path.resolve()
+
+
+def check_writable(workdir: epath.PathLike) -> None:
+  """Creates `workdir` and writes a probe file, so a bad path fails before training.
+
+  `workdir` may be any path `etils.epath` opens (local, ``gs://``, ...).
+  """
+  path = epath.Path(workdir)
+  probe = path / f'.write_probe_{uuid.uuid4().hex}'
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_probe_'):
-      pass
-  except OSError as e:
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_text('')
+    probe.unlink()
+  # Remote file systems raise their own errors (tf.errors.OpError, google.api_core's), not OSError.
+  except Exception as e:  # pylint: disable=broad-except
     raise OSError(
-      e.errno,
-      f'workdir {workdir!r} is not writable ({e.strerror or e}); choose a writable --workdir',
+      getattr(e, 'errno', None),
+      f'workdir {str(workdir)!r} is not writable ({getattr(e, "strerror", None) or e}); '
+      'choose a writable --workdir',
     ) from e
 
 
-def truncate_log(path: str, step: int) -> None:
+def truncate_log(path: epath.PathLike, step: int) -> None:
   """Keeps the records of steps <= `step` in the JSON-lines log at `path`.
 
   A resumed run appends to its log; records written after the checkpoint it
   resumes from (before the kill) would otherwise appear twice.
   """
-  if not os.path.exists(path):
+  path = epath.Path(path)
+  if not path.exists():
     return
-  with open(path) as f:
-    lines = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
-  with open(path, 'w') as f:
-    f.writelines(lines)
+  lines = path.read_text().splitlines(keepends=True)
+  path.write_text(
+    ''.join(line for line in lines if line.strip() and json.loads(line)['step'] <= step)
+  )
 
 
 def abstract_tree(tree: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
@@ -171,7 +186,7 @@ def abstract_tree(tree: Any, sharding: jax.sharding.Sharding | None = None) -> A
 
 
 def _manager(
-  directory: str,
+  path: epath.Path,
   *,
   keep: int = 1,
   keep_best: int = 0,
@@ -204,7 +219,7 @@ def _manager(
     config=ocp.JsonCheckpointHandler(),
     meta=ocp.JsonCheckpointHandler(),
   )
-  return ocp.CheckpointManager(directory, options=options, handler_registry=registry)
+  return ocp.CheckpointManager(path, options=options, handler_registry=registry)
 
 
 def _step_of(manager: ocp.CheckpointManager, which: str | int) -> int:
@@ -240,16 +255,16 @@ def _restore_host_state(manager: ocp.CheckpointManager, step: int) -> dict[str, 
   ]
 
 
-def _open_existing(workdir: str) -> ocp.CheckpointManager:
-  directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-  if not os.path.isdir(directory):
+def _open_existing(workdir: epath.PathLike) -> ocp.CheckpointManager:
+  checkpoints = checkpoint_dir(workdir)
+  if not checkpoints.is_dir():
     raise FileNotFoundError(
-      f'no checkpoint in {workdir!r}: {directory} does not exist '
-      '(train with `python -m care_jax.main --workdir=...` first)'
+      f'no checkpoint in {str(workdir)!r}: {checkpoints} does not exist '
+      '(train with `care-jax train --workdir=...` first)'
     )
-  manager = _manager(directory, read_only=True)
+  manager = _manager(checkpoints, read_only=True)
   if manager.latest_step() is None:
-    raise FileNotFoundError(f'no complete checkpoint in {directory}')
+    raise FileNotFoundError(f'no complete checkpoint in {checkpoints}')
   return manager
 
 
@@ -396,7 +411,7 @@ class RunCheckpoints:
     stages: `care_jax.training.stages`), which `load_model` never reads.
     """
     check_writable(workdir)
-    self.directory = os.path.join(os.path.abspath(workdir), name)
+    self.directory = checkpoint_dir(workdir, name)
     settings = config.checkpoint
     self._every_steps = settings.every_steps
     self._keep_best = settings.keep_best if keep_best is None else keep_best

@@ -26,6 +26,7 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import ml_collections
 import numpy as np
 from scipy import stats
@@ -198,10 +199,9 @@ def paired_comparison(control: Sequence[dict], treatment: Sequence[dict]) -> dic
   }
 
 
-def _check_same_config(config: ml_collections.ConfigDict, run_dir: str) -> None:
+def _check_same_config(config: ml_collections.ConfigDict, run_dir: epath.Path) -> None:
   """Refuses to reuse a finished run that was trained with another config."""
-  with open(os.path.join(run_dir, 'config.json')) as f:
-    previous = json.load(f)
+  previous = json.loads((run_dir / 'config.json').read_text())
   differ = list(config_lib.differences(previous, config_lib.to_json(config)))
   if differ:
     raise ValueError(
@@ -211,7 +211,7 @@ def _check_same_config(config: ml_collections.ConfigDict, run_dir: str) -> None:
 
 
 def run_seeds(
-  config: ml_collections.ConfigDict, seeds: Sequence[int], directory: str
+  config: ml_collections.ConfigDict, seeds: Sequence[int], directory: epath.PathLike
 ) -> list[dict]:
   """Runs `config` once per seed in `directory/seed_<s>` unless already finished.
 
@@ -224,17 +224,16 @@ def run_seeds(
   """
   runs = []
   for seed in seeds:
-    run_dir = os.path.join(directory, f'seed_{seed}')
-    metrics_path = os.path.join(run_dir, 'metrics.json')
+    run_dir = epath.Path(directory) / f'seed_{seed}'
+    metrics_path = run_dir / 'metrics.json'
     # As training saves it: with the recipe's fields filled in.
     seeded = config_lib.resolve_recipe(config)
     seeded.seed = seed
-    if os.path.exists(metrics_path):
+    if metrics_path.exists():
       _check_same_config(seeded, run_dir)
-      with open(metrics_path) as f:
-        metrics = json.load(f)
+      metrics = json.loads(metrics_path.read_text())
     else:
-      metrics = training.train_and_evaluate(seeded, run_dir, boxes_fn=boxes.replace_boxes)
+      metrics = training.train_and_evaluate(seeded, str(run_dir), boxes_fn=boxes.replace_boxes)
     runs.append({'seed': seed, **metrics})
   return runs
 
@@ -242,7 +241,7 @@ def run_seeds(
 def compare(
   config_paths: Sequence[str],
   seeds: Sequence[int],
-  workdir: str,
+  workdir: epath.PathLike,
   *,
   overrides: Sequence[str] = (),
   split: str = 'test',
@@ -255,15 +254,14 @@ def compare(
     config_lib.validate(config)  # Fail before any training, not in the 5th run.
     configs[name] = config
   results = {
-    name: run_seeds(config, seeds, os.path.join(workdir, name)) for name, config in configs.items()
+    name: run_seeds(config, seeds, epath.Path(workdir) / name) for name, config in configs.items()
   }
   summary = summarize(results, split)
   table = format_table(summary, split) + '\n\n' + format_seeds(summary)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'summary.md'), 'w') as f:
-    f.write(table + '\n')
-  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / 'summary.md').write_text(table + '\n')
+  (workdir / 'summary.json').write_text(json.dumps(summary, indent=2))
   return summary
 
 

@@ -11,11 +11,11 @@ attention metrics) with its ``step`` to ``--output`` (default
 """
 
 import json
-import os
 import sys
 
 from absl import app
 from absl import flags
+from etils import epath
 
 from care_jax import _app
 from care_jax import training
@@ -47,11 +47,10 @@ def evaluate(
 ) -> tuple[dict, str]:
   """Writes the metrics block of a checkpoint; returns it and the file's path."""
   block = training.evaluate_checkpoint(workdir, split, which=checkpoint, batch_size=batch_size)
-  output = output or os.path.join(workdir, f'evaluation_{split}_step{block["step"]}.json')
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  with open(output, 'w') as f:
-    json.dump(block, f, indent=2)
-  return block, output
+  path = epath.Path(output or epath.Path(workdir) / f'evaluation_{split}_step{block["step"]}.json')
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(block, indent=2))
+  return block, str(path)
 
 
 def main(argv):

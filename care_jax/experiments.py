@@ -31,11 +31,11 @@ paired CARE+X vs X comparisons), `WORKDIR/report.json` and a bar chart
 from collections.abc import Sequence
 import dataclasses
 import json
-import os
 
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import ml_collections
 import numpy as np
 
@@ -326,7 +326,7 @@ def format_report(report: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def plot_report(report: dict, path: str) -> None:
+def plot_report(report: dict, path: epath.PathLike) -> None:
   """Bar chart of rare recall and MCA per row (std error bars, paper values as markers)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
 
@@ -366,18 +366,18 @@ def plot_report(report: dict, path: str) -> None:
   )
   ax.legend(fontsize='small')
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with epath.Path(path).open('wb') as f:  # matplotlib would write a gs:// name locally
+    fig.savefig(f, format='png', dpi=120)
   plt.close(fig)
 
 
-def write_report(report: dict, workdir: str) -> None:
+def write_report(report: dict, workdir: epath.PathLike) -> None:
   """`workdir/report.md`, `report.json` and `report.png`."""
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'report.md'), 'w') as f:
-    f.write(format_report(report))
-  with open(os.path.join(workdir, 'report.json'), 'w') as f:
-    json.dump(report, f, indent=2)
-  plot_report(report, os.path.join(workdir, 'report.png'))
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / 'report.md').write_text(format_report(report))
+  (workdir / 'report.json').write_text(json.dumps(report, indent=2))
+  plot_report(report, workdir / 'report.png')
 
 
 def run_suite(
@@ -406,7 +406,7 @@ def run_suite(
   results = {}
   for name, config in configs.items():
     logging.info('suite %s: row %s, seeds %s', suite_name, name, list(seeds))
-    results[name] = compare.run_seeds(config, seeds, os.path.join(workdir, name))
+    results[name] = compare.run_seeds(config, seeds, epath.Path(workdir) / name)
   report = build_report(suite_name, selected, results, dataset=base_config.data.name, split=split)
   write_report(report, workdir)
   return report

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 import dataclasses
 import functools
 import json
-import os
 from typing import Any
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -194,7 +194,7 @@ def export(
 
   Args:
     predictor: the checkpoint to export (`Predictor.from_workdir`).
-    directory: created if needed.
+    directory: created if needed; local or any URL `etils.epath` opens (``gs://``).
     platforms: the backends the artifact runs on.
 
   Returns:
@@ -226,9 +226,8 @@ def export(
     'platforms': list(exported.platforms),
     'output': 'class probabilities [batch, len(class_names)]',
   }
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, EXPORT_MODEL), 'wb') as f:
-    f.write(exported.serialize())
-  with open(os.path.join(directory, EXPORT_META), 'w') as f:
-    json.dump(meta, f, indent=2)
+  directory = epath.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / EXPORT_MODEL).write_bytes(exported.serialize())
+  (directory / EXPORT_META).write_text(json.dumps(meta, indent=2))
   return meta

@@ -19,12 +19,12 @@ predicted class over the image (``<image path>.png`` below that folder).
 """
 
 import csv
-import os
 import pathlib
 import sys
 
 from absl import app
 from absl import flags
+from etils import epath
 from PIL import Image
 
 from care_jax import _app
@@ -93,10 +93,17 @@ def list_images(path: str) -> tuple[list[str], list[str]]:
   return names, [str(root.parent / name) for name in names]
 
 
-def write_predictions(path: str, names, result: inference.Predictions, class_names) -> None:
-  """``image,prediction,p_<class>...``, one row per image read, in the input's order."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'w', newline='') as f:
+def write_predictions(
+  path: epath.PathLike, names, result: inference.Predictions, class_names
+) -> None:
+  """``image,prediction,p_<class>...``, one row per image read, in the input's order.
+
+  `path` may be local or any URL `etils.epath` opens (``gs://``).
+  """
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  # csv's own '\r\n' line ends, untranslated on POSIX (epath opens files without newline=).
+  with path.open('w') as f:
     writer = csv.writer(f)
     writer.writerow(['image', 'prediction', *(f'p_{name}' for name in class_names)])
     for position, predicted, probabilities in zip(
@@ -107,13 +114,16 @@ def write_predictions(path: str, names, result: inference.Predictions, class_nam
       )
 
 
-def write_overlays(directory: str, names, result: inference.Predictions, data_config) -> None:
+def write_overlays(
+  directory: epath.PathLike, names, result: inference.Predictions, data_config
+) -> None:
   """The attention map of the predicted class over each image, as ``<name>.png``."""
   pixels = figures.denormalize(result.images, mean=data_config.mean, std=data_config.std)
   for position, image, attention_map in zip(result.index, pixels, result.maps):
-    target = os.path.join(directory, f'{names[position]}.png')
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    Image.fromarray(figures.overlay(image, attention_map)).save(target)
+    target = epath.Path(directory) / f'{names[position]}.png'
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open('wb') as f:
+      Image.fromarray(figures.overlay(image, attention_map)).save(f, format='PNG')
 
 
 def predict(

@@ -31,11 +31,11 @@ figures, no files; its names are also available here, e.g.
 
 from collections.abc import Mapping
 import json
-import os
 
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 from matplotlib.figure import Figure
 import ml_collections
 import numpy as np
@@ -68,10 +68,10 @@ CMAP = figures.CMAP
 # Runs --------------------------------------------------------------------------
 
 
-def read_train_log(path: str) -> list[dict[str, float]]:
+def read_train_log(path: epath.PathLike) -> list[dict[str, float]]:
   """The records of a ``train_log.jsonl`` (one JSON object per line)."""
   records = []
-  with open(path) as f:
+  with epath.Path(path).open() as f:
     for number, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -136,17 +136,18 @@ def write_figures(
   loaded = {run: checkpoint.load_model(run, which=which) for run in runs}
   titles = {run: run_title(loaded[run][0]) for run in runs}
   if len(set(titles.values())) < len(runs):  # e.g. two CARE runs: tell them apart.
-    titles = {run: f'{t}, {os.path.basename(os.path.normpath(run))}' for run, t in titles.items()}
+    titles = {run: f'{t}, {epath.Path(run).name}' for run, t in titles.items()}
   if compare:
     _check_same_data({run: loaded[run][0] for run in runs})
-  out_dir = out_dir or os.path.join(workdir, 'figures')
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = epath.Path(out_dir or epath.Path(workdir) / 'figures')
+  out_dir.mkdir(parents=True, exist_ok=True)
   written = []
 
   def save(fig: Figure, name: str) -> None:
-    path = os.path.join(out_dir, name)
-    fig.savefig(path, dpi=100)
-    written.append(path)
+    path = out_dir / name
+    with path.open('wb') as f:  # matplotlib would write a gs:// name locally
+      fig.savefig(f, format='png', dpi=100)
+    written.append(str(path))
 
   data_config = loaded[workdir][0].data
   info = pipeline.get_dataset_info(data_config)
@@ -181,12 +182,11 @@ def write_figures(
 
   results = {}
   for run in runs:
-    path = os.path.join(run, 'metrics.json')
-    if not os.path.exists(path):
+    path = epath.Path(run) / 'metrics.json'
+    if not path.exists():
       logging.warning('%s does not exist: no confusion matrix or recall figure.', path)
       continue
-    with open(path) as f:
-      result = json.load(f)
+    result = json.loads(path.read_text())
     if split not in result:
       raise ValueError(f'{path} has no {split!r} metrics (it has {sorted(result)}).')
     results[titles[run]] = result[split]
@@ -213,8 +213,8 @@ def write_figures(
 
   logs = {}
   for run in runs:
-    path = os.path.join(run, 'train_log.jsonl')
-    if os.path.exists(path):
+    path = epath.Path(run) / 'train_log.jsonl'
+    if path.exists():
       logs[titles[run]] = read_train_log(path)
     else:
       logging.warning('%s does not exist: no training curves.', path)

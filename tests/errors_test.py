@@ -256,7 +256,7 @@ def test_visualize_without_a_checkpoint_says_how_to_make_one(tmp_path):
     FileNotFoundError,
     match=re.escape(
       f"no checkpoint in '{tmp_path}': {tmp_path / 'checkpoints'} does not exist (train with "
-      '`python -m care_jax.main --workdir=...` first)'
+      '`care-jax train --workdir=...` first)'
     ),
   ):
     visualize.write_figures(str(tmp_path))

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+from etils import epath
 import numpy as np
 from PIL import Image
 import pytest
@@ -45,11 +46,13 @@ def _fake_train(calls):
     calls.append((config.care.alpha, config.seed))
     rare, mca = FAKE[(config.care.alpha, config.seed)]
     metrics = {'step': 1, 'classes': ['a', 'b'], 'test': {'rare_recall': rare, 'mca': mca}}
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config_lib.resolve_recipe(config).to_json_best_effort(indent=2))
-    with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
-      json.dump(metrics, f)
+    # Through epath, as training writes: tests/filesystems_test.py runs it on gs://.
+    run = epath.Path(workdir)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / 'config.json').write_text(
+      config_lib.resolve_recipe(config).to_json_best_effort(indent=2)
+    )
+    (run / 'metrics.json').write_text(json.dumps(metrics))
     return metrics
 
   return fake

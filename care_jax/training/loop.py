@@ -17,7 +17,6 @@ Example (a notebook)::
 from collections.abc import Callable
 import contextlib
 import dataclasses
-import os
 import time
 from typing import Any
 
@@ -292,7 +291,7 @@ def train(
   with tqdm.tqdm(
     total=num_steps,
     initial=start_step,
-    desc=f'train {os.path.basename(context.outputs.workdir)}',
+    desc=f'train {context.outputs.workdir.name}',
     dynamic_ncols=True,
     disable=not (context.outputs.is_chief and config.train.progress),
   ) as progress:

@@ -12,11 +12,12 @@
 processes of a multi-process run every method is a no-op.
 """
 
+import contextlib
 import csv
 import json
-import os
 from typing import Any
 
+from etils import epath
 import numpy as np
 
 from care_jax import checkpoint as checkpoint_lib
@@ -33,7 +34,8 @@ class RunOutputs:
   """The workdir's files of one run (a context manager).
 
   Args:
-    workdir: the run's directory.
+    workdir: the run's directory: a local path or any URL `etils.epath`
+      opens (``gs://`` on a TPU VM).
     is_chief: whether this process writes (process 0).
     start_step: the step the run starts (or resumes) at: later records of the
       training log, written before a kill, are dropped.
@@ -42,37 +44,35 @@ class RunOutputs:
 
   def __init__(
     self,
-    workdir: str,
+    workdir: epath.PathLike,
     *,
     is_chief: bool,
     start_step: int,
     attention_summaries: 'AttentionSummaries | None' = None,
   ):
-    self.workdir = workdir
+    self.workdir = epath.Path(workdir)
     self.is_chief = is_chief
     self._start_step = start_step
     self._attention_summaries = attention_summaries
+    self._files = contextlib.ExitStack()
     self._log_file = None
     self._writer = None
 
   def __enter__(self) -> 'RunOutputs':
     if self.is_chief:
-      log_path = os.path.join(self.workdir, TRAIN_LOG)
+      log_path = self.workdir / TRAIN_LOG
       checkpoint_lib.truncate_log(log_path, self._start_step)
-      self._log_file = open(log_path, 'a')
-      self._writer = summary.SummaryWriter(self.workdir)
+      # enter_context: epath's TensorFlow back-end (gs://) opens files as context managers.
+      self._log_file = self._files.enter_context(log_path.open('a'))
+      self._writer = self._files.enter_context(summary.SummaryWriter(str(self.workdir)))
     return self
 
   def __exit__(self, *exc_info) -> None:
-    if self._writer:
-      self._writer.close()
-    if self._log_file:
-      self._log_file.close()
+    self._files.close()
 
   def write_config(self, config) -> None:
     if self.is_chief:
-      with open(os.path.join(self.workdir, CONFIG), 'w') as f:
-        f.write(config.to_json_best_effort(indent=2))
+      (self.workdir / CONFIG).write_text(config.to_json_best_effort(indent=2))
 
   def log_train(self, record: dict[str, Any]) -> None:
     """Appends a training record (`step`, `seconds` and metrics) to the log and TensorBoard."""
@@ -114,7 +114,8 @@ class RunOutputs:
     if not self.is_chief:
       return
     order = np.argsort(rows['position'], kind='stable')
-    with open(os.path.join(self.workdir, PREDICTIONS.format(split=split)), 'w', newline='') as f:
+    # csv's own '\r\n' line ends, untranslated on POSIX (epath opens files without newline=).
+    with (self.workdir / PREDICTIONS.format(split=split)).open('w') as f:
       writer = csv.writer(f)
       writer.writerow(['image', 'prediction', *(f'p_{name}' for name in class_names)])
       for position, probabilities in zip(rows['position'][order], rows['probabilities'][order]):
@@ -128,8 +129,7 @@ class RunOutputs:
 
   def write_metrics(self, result: dict[str, Any]) -> None:
     if self.is_chief:
-      with open(os.path.join(self.workdir, METRICS), 'w') as f:
-        json.dump(result, f, indent=2)
+      (self.workdir / METRICS).write_text(json.dumps(result, indent=2))
 
 
 class AttentionSummaries:
