@@ -50,9 +50,11 @@ def bucket(tmp_path, monkeypatch):
   root = tmp_path / 'bucket'
   (tmp_path / 'cwd').mkdir()
   monkeypatch.chdir(tmp_path / 'cwd')
-  # With TensorFlow installed epath sends gs:// to tf.io.gfile past the mock; EPATH_USE_TF is
-  # epath's own switch to its other back-ends, which mock_epath replaces.
-  monkeypatch.setenv('EPATH_USE_TF', 'false')
+  # With TensorFlow installed epath sends gs:// to tf.io.gfile before it looks at the back-end
+  # table that mock_epath replaces. Its switch, EPATH_USE_TF, is read once and cached by
+  # `_is_tf_installed` (an earlier test in this process may have asked already), so the cached
+  # check itself is replaced.
+  monkeypatch.setattr(epath.gpath, '_is_tf_installed', lambda: False)
 
   def local(path):
     path = os.fspath(path)

@@ -16,9 +16,14 @@ import nbclient
 import nbformat
 import pytest
 
+import care_jax
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / 'notebooks'
 NAMES = ('quickstart', 'care_loss', 'own_data')
+# Figures each notebook draws: the map, its gradient and the tau sweep in care_loss; the data,
+# the training curves, the metrics and the attention maps in the others.
+IMAGES = {'care_loss': 3, 'quickstart': 5, 'own_data': 7}
 CELL_TIMEOUT_S = 600
 BADGE = (
   '[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]'
@@ -79,15 +84,30 @@ def test_notebook_is_a_clean_colab_notebook(name):
   assert nb.nbformat == 4
   assert nb.metadata.kernelspec.name == 'python3'
   assert BADGE.format(name) in nb.cells[0].source
-  assert not _outputs(nb), 'outputs are stored: clear them before committing'
-  assert all(c.execution_count is None for c in _code_cells(nb))
   install, params = _code_cells(nb)[:2]
-  # Installs from the repository only where care_jax is missing.
-  assert install.source.startswith('# Installs care-jax')
+  # Installs a release tag of the repository, only where care_jax is missing.
+  release = care_jax.__version__.split('.dev')[0]
+  assert install.source.startswith(f'# Installs care-jax {release} ')
   assert 'except ImportError:' in install.source
-  assert 'git+https://github.com/care-jax/care-jax' in install.source
+  assert f'git+https://github.com/care-jax/care-jax@v{release}"' in install.source
   assert params.metadata.get('tags') == ['parameters']
   assert "os.environ.get('CARE_JAX_SMOKE') == '1'" in params.source
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_notebook_stores_the_small_outputs_of_a_clean_full_run(name):
+  # scripts/run_notebooks.py: what a reader on GitHub sees, the figures included.
+  nb = _read(name)
+  assert (NOTEBOOKS / f'{name}.ipynb').stat().st_size < 1_000_000
+  assert _images(nb) == IMAGES[name]
+  assert not _outputs(nb, 'error')
+  assert all(o.name == 'stdout' for o in _outputs(nb, 'stream')), 'progress bars or logs stored'
+  assert not any(
+    'application/vnd.jupyter.widget-view+json' in o.get('data', {}) for o in _outputs(nb)
+  )
+  counts = [c.execution_count for c in _code_cells(nb)]
+  assert counts == list(range(1, len(counts) + 1)), 'not one clean run top to bottom'
+  assert 'CARE_JAX_SMOKE' not in _text(nb)
 
 
 def test_kernel_runs_this_python():
@@ -116,7 +136,7 @@ def test_care_loss_notebook_runs_and_checks_the_loss_by_hand(tmp_path):
   grad_error = float(re.search(r'max \|jax.grad - by hand\| = (\S+)', text).group(1))
   assert grad_error < 1e-5
   assert 'no box      : loss = +0.000000, |grad| = 0.000000, finite: True' in text
-  assert _images(nb) == 3  # The map, its gradient, the tau sweep.
+  assert _images(nb) == IMAGES['care_loss']
 
 
 @pytest.mark.slow
@@ -133,7 +153,7 @@ def test_quickstart_notebook_trains_both_runs_and_shows_the_figures(tmp_path):
     == 0.0
   )
   # The data examples, then attention, confusion, recall and training curves.
-  assert _images(nb) == 5
+  assert _images(nb) == IMAGES['quickstart']
   assert re.search(r'^baseline .*%\n^CARE .*%', _text(nb), re.M)
 
 
@@ -151,4 +171,4 @@ def test_own_data_notebook_trains_on_the_folder_it_writes(tmp_path):
   assert metrics['rare_classes'] == ['dotted', 'striped']
   assert sum(sum(row) for row in metrics['test']['confusion']) == 10
   # The example images, five figures, the attention of one predicted file.
-  assert _images(nb) == 7
+  assert _images(nb) == IMAGES['own_data']
