@@ -182,10 +182,25 @@ def test_gpu_benchmark_runs_on_cpu_and_prints_the_ratio_last():
   assert any(line.startswith('achieved TFLOP/s') for line in lines)
 
 
+def test_conv_forms_times_each_convolution_of_the_model_and_prints_the_ratio_last():
+  # ResNet-18 at 32x32: layer4's 3x3 convolutions have 1x1 outputs (patch form), the stem and
+  # layer1 large ones (XLA's form); 1x1 shortcuts take the patch form.
+  lines = _run(
+    'conv_forms.py', '--model', 'resnet18', '--image-size', '32', '--batch', '2', '--repeats', '1'
+  )
+  _ratio(lines[-1], 'conv time, xla form / chosen forms')
+  rows = [line.split() for line in lines if line.endswith((' xla', ' patch'))]
+  chosen = {' '.join(row[:4]): row[-1] for row in rows}
+  assert len(rows) == 11  # The distinct convolutions of ResNet-18.
+  assert chosen['32x32x3 -> 64, 7x7/2'] == 'xla'
+  assert chosen['1x1x512 -> 512, 3x3/1'] == 'patch'
+  assert chosen['4x4x128 -> 256, 1x1/2'] == 'patch'
+
+
 def test_benchmarks_import_no_tensorflow():
   # gpu.py must run on accelerator images that have no TensorFlow.
   code = (
-    'import sys; sys.path.insert(0, sys.argv[1]); import gpu, step_overhead; '
+    'import sys; sys.path.insert(0, sys.argv[1]); import conv_forms, gpu, step_overhead; '
     "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
     "('tensorflow', 'tensorflow_datasets', 'torch')); "
     'assert not bad, bad'

@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from care_jax.models import convolution
+
 Dtype = Any
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
@@ -65,7 +67,8 @@ def conv_for(
   """A square conv with torch's symmetric padding ``kernel_size // 2`` and torchvision's init.
 
   Computes in ``module.dtype`` with ``module.param_dtype`` parameters (the module that calls it
-  from its compact ``__call__`` owns the conv); the bias, if any, starts at 0.
+  from its compact ``__call__`` owns the conv); the bias, if any, starts at 0. The convolution
+  takes the form that is fastest for its shapes (`care_jax.models.convolution`).
   """
   return nn.Conv(
     features,
@@ -77,6 +80,7 @@ def conv_for(
     bias_init=nn.initializers.zeros,
     dtype=module.dtype,
     param_dtype=module.param_dtype,
+    conv_general_dilated=convolution.convolution,
     name=name,
   )
 

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from care_jax.models import layers
+from care_jax.models import pooling
 
 
 class _Block(nn.Module):
@@ -109,7 +110,7 @@ class ResNet(nn.Module):
     x = layers.conv_for(self, self.widths[0], 7, stride=2, use_bias=False, name='conv1')(x)
     x = nn.relu(layers.batch_norm_for(self, train=train, name='bn1')(x))
     # Flax pools pad with the reduction's identity (-inf for max), as torch's MaxPool2d(padding=1).
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = pooling.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, (num_blocks, planes) in enumerate(zip(self.stage_sizes, self.widths)):
       for index in range(num_blocks):
         x = self.block_cls(

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from care_jax.models import layers
+from care_jax.models import pooling
 
 # Channels of each conv block; blocks are separated by a 2x2/2 maxpool (none after the last).
 VGG19_BLOCKS: tuple[tuple[int, ...], ...] = (
@@ -51,7 +52,7 @@ class VGG(nn.Module):
     x = layers.check_nhwc(x, name='images')
     for block, channels in enumerate(self.blocks):
       if block > 0:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+        x = pooling.max_pool(x, (2, 2), strides=(2, 2), padding=((0, 0), (0, 0)))
       for index, features in enumerate(channels):
         name = f'conv{block + 1}_{index + 1}'
         x = nn.relu(layers.conv_for(self, features, 3, use_bias=True, name=name)(x))

@@ -1,0 +1,141 @@
+r"""Each convolution of a model, XLA's form against the patch form, forward and backward.
+
+For every distinct convolution of ``--model`` at ``--image-size`` and ``--batch`` (input shape,
+kernel, stride, padding; found by tracing the model's init), times the jitted gradient of
+``sum(conv(x, w) * g)`` with respect to ``x`` and ``w`` -- the work a train step does for that
+layer -- once with `jax.lax.conv_general_dilated` and once with
+`care_jax.models.convolution.patch_convolution`, the two run in turn (`_common.time_alternating`).
+The table gives the median milliseconds of each (ratio: xla / patch), the number of such layers
+in the model, and the form `care_jax.models.convolution.uses_patch_form` picks. The last line
+is the model's total over its convolutions, XLA's form / the chosen forms::
+
+    conv time, xla form / chosen forms: X
+
+Usage::
+
+  .venv/bin/python benchmarks/conv_forms.py --model resnet18 --image-size 64 --batch 32
+  .venv/bin/python benchmarks/conv_forms.py --model resnet50 --image-size 224 --batch 16
+"""
+
+import argparse
+import collections
+import statistics
+
+import _common
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+from care_jax import models
+from care_jax.models import convolution
+
+FORMS = ('xla', 'patch')
+
+
+def model_convolutions(model_name: str, image_size: int, batch: int) -> collections.Counter:
+  """(input shape, kernel shape, strides, padding) -> count, for each nn.Conv of the model."""
+  found = collections.Counter()
+
+  def record(next_fun, args, kwargs, context):
+    module = context.module
+    if isinstance(module, nn.Conv) and context.method_name == '__call__':
+      x = args[0]
+      kernel = (*module.kernel_size, x.shape[-1], module.features)
+      strides = tuple(module.strides) if module.strides else (1, 1)
+      padding = tuple(tuple(p) for p in module.padding)
+      found[(tuple(x.shape), kernel, strides, padding)] += 1
+    return next_fun(*args, **kwargs)
+
+  model = models.get_model(model_name, num_classes=7)
+  images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+  return found
+
+
+def _gradient(form: str, strides, padding):
+  def conv(x, w):
+    if form == 'patch':
+      return convolution.patch_convolution(x, w, strides, padding)
+    return lax.conv_general_dilated(
+      x, w, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    )
+
+  def loss(x, w, g):
+    return jnp.sum(conv(x, w) * g)
+
+  return jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+
+def time_convolution(x_shape, kernel, strides, padding, *, repeats: int) -> dict[str, float]:
+  """Median seconds of the gradient of one convolution in each of `FORMS`."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(x_shape, dtype=np.float32))
+  w = jnp.asarray(rng.standard_normal(kernel, dtype=np.float32))
+  out = jax.eval_shape(
+    lambda x, w: lax.conv_general_dilated(
+      x, w, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    ),
+    x,
+    w,
+  )
+  g = jnp.asarray(rng.standard_normal(out.shape, dtype=np.float32))
+  steps = {}
+  for form in FORMS:
+    fn = _gradient(form, strides, padding).lower(x, w, g).compile()
+    steps[form] = (fn, lambda: (x, w, g))
+  timings = _common.time_alternating(steps, repeats=repeats, warmup=1)
+  return {form: statistics.median(t.wall) for form, t in timings.items()}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--model', default='resnet18', choices=models.MODEL_NAMES)
+  parser.add_argument('--image-size', type=int, default=64)
+  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--repeats', type=int, default=10)
+  args = parser.parse_args()
+
+  rows, totals = [], {'xla': 0.0, 'patch': 0.0, 'chosen': 0.0}
+  for (x_shape, kernel, strides, padding), count in model_convolutions(
+    args.model, args.image_size, args.batch
+  ).items():
+    seconds = time_convolution(x_shape, kernel, strides, padding, repeats=args.repeats)
+    patch = convolution.uses_patch_form(
+      x_shape, kernel, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    )
+    chosen = seconds['patch' if patch else 'xla']
+    for form in FORMS:
+      totals[form] += count * seconds[form]
+    totals['chosen'] += count * chosen
+    rows.append(
+      [
+        f'{x_shape[1]}x{x_shape[2]}x{kernel[2]} -> {kernel[3]}, '
+        f'{kernel[0]}x{kernel[1]}/{strides[0]}',
+        str(count),
+        f'{seconds["xla"] * 1e3:.2f}',
+        f'{seconds["patch"] * 1e3:.2f}',
+        f'{seconds["xla"] / seconds["patch"]:.2f}',
+        'patch' if patch else 'xla',
+      ]
+    )
+  print(
+    f'{args.model}, {args.image_size}x{args.image_size}, batch {args.batch}, float32: gradient '
+    f'of each convolution (w.r.t. input and kernel), median of {args.repeats}; '
+    f'{_common.environment()}'
+  )
+  print(
+    _common.format_table(
+      ['input HxWxC -> C_out, kernel/stride', 'layers', 'xla ms', 'patch ms', 'ratio', 'chosen'],
+      rows,
+    )
+  )
+  for name, seconds in totals.items():
+    print(f'total over the model, {name} form(s): {seconds * 1e3:.1f} ms')
+  print(f'conv time, xla form / chosen forms: {totals["xla"] / totals["chosen"]:.3f}')
+
+
+if __name__ == '__main__':
+  main()

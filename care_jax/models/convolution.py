@@ -1,0 +1,185 @@
+"""The convolution of every model, in the form that is fastest for its static shapes.
+
+XLA's CPU convolution is slow in two places that ResNets hit: on tiny feature maps (a 3x3
+convolution of a 2x2 map with 512 channels, ResNet layer4 at 64x64 input, runs 33 times slower,
+forward and backward, than the same product written as a matmul) and on 1x1 kernels (2 to 5.6
+times slower than the matmul they are, on ResNet-50's bottlenecks at 224x224). Written as
+patches times a matrix -- the ``kh * kw`` shifted slices of the padded input side by side, then
+one matrix product with the kernel reshaped to ``[kh * kw * C_in, C_out]`` -- both become plain
+matmuls, which XLA runs at full speed, and the gradient is slices, pads and matmuls again. For a
+1x1 kernel the patches are the input itself (strided for stride 2): nothing is copied. For a
+larger kernel on a larger map the patch form copies the input ``kh * kw`` times and loses to
+XLA's own, so the form is chosen at trace time from the static shapes (`uses_patch_form`), as
+measured by ``benchmarks/conv_forms.py`` (docs/benchmarks.md).
+
+`convolution` has `jax.lax.conv_general_dilated`'s signature, so it plugs into
+``flax.linen.Conv(conv_general_dilated=convolution)``; the parameters keep Flax's layout (HWIO
+kernels), so checkpoints and torchvision weights load unchanged.
+
+Example::
+
+  y = convolution(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))   # == lax.conv_general_dilated
+"""
+
+from collections.abc import Sequence
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+# Kernels larger than 1x1 take the patch form on CPU for output maps of at most this many
+# pixels (H_out * W_out). Measured on the ResNet-18/50 shapes (docs/benchmarks.md): the patch
+# form wins 1.2x to 33x at 4x4 and 2x2 outputs and loses up to 2.4x at 8x8 to 56x56 (stride 1).
+PATCH_FORM_MAX_OUTPUT_PIXELS = 16
+
+_NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ('NHWC', 'HWIO', 'NHWC'))
+
+
+def _explicit_padding(padding, lhs_shape, rhs_shape, strides) -> tuple[tuple[int, int], ...] | None:
+  if isinstance(padding, str):
+    try:
+      return tuple(lax.padtype_to_pads(lhs_shape[1:3], rhs_shape[:2], strides, padding))
+    except (TypeError, ValueError):
+      return None
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _output_size(size: int, kernel: int, stride: int, pads: tuple[int, int]) -> int:
+  return (size + pads[0] + pads[1] - kernel) // stride + 1
+
+
+def uses_patch_form(
+  lhs_shape: Sequence[int],
+  rhs_shape: Sequence[int],
+  window_strides: Sequence[int],
+  padding,
+  *,
+  lhs_dilation: Sequence[int] | None = None,
+  rhs_dilation: Sequence[int] | None = None,
+  dimension_numbers=None,
+  feature_group_count: int = 1,
+  batch_group_count: int = 1,
+  backend: str | None = None,
+) -> bool:
+  """Whether `convolution` computes this convolution as patches times a matrix.
+
+  True on the CPU backend for a 2-D NHWC/HWIO convolution without dilation or groups whose
+  kernel is 1x1 (a matmul whatever the map) or whose output map has at most
+  `PATCH_FORM_MAX_OUTPUT_PIXELS` pixels; accelerators keep their own convolution (cuDNN and the
+  TPU have no such slowdowns to work around).
+  """
+  backend = jax.default_backend() if backend is None else backend
+  if backend != 'cpu' or len(lhs_shape) != 4 or len(rhs_shape) != 4:
+    return False
+  if lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers) != _NHWC:
+    return False
+  if any(d != 1 for d in (*(lhs_dilation or (1, 1)), *(rhs_dilation or (1, 1)))):
+    return False
+  if feature_group_count != 1 or batch_group_count != 1:
+    return False
+  strides = tuple(window_strides)
+  pads = _explicit_padding(padding, lhs_shape, rhs_shape, strides)
+  if pads is None or any(p < 0 for pair in pads for p in pair):
+    return False
+  out = [_output_size(lhs_shape[1 + i], rhs_shape[i], strides[i], pads[i]) for i in range(2)]
+  if out[0] < 1 or out[1] < 1:
+    return False
+  return tuple(rhs_shape[:2]) == (1, 1) or out[0] * out[1] <= PATCH_FORM_MAX_OUTPUT_PIXELS
+
+
+def patch_convolution(
+  lhs: jax.Array,
+  rhs: jax.Array,
+  window_strides: Sequence[int],
+  padding: Sequence[tuple[int, int]],
+  *,
+  precision=None,
+  preferred_element_type=None,
+) -> jax.Array:
+  """An NHWC input with an HWIO kernel, as patches times a matrix; equals lax's convolution.
+
+  The patch of output pixel (i, j) is the concatenation over kernel taps (u, v) of the padded
+  input at (i * s_h + u, j * s_w + v): ``[B, H_out, W_out, kh * kw * C_in]`` in the order of
+  the HWIO kernel's reshape to ``[kh * kw * C_in, C_out]``.
+  """
+  kh, kw, c_in, c_out = rhs.shape
+  (sh, sw), pads = tuple(window_strides), tuple(tuple(p) for p in padding)
+  x = jnp.pad(lhs, ((0, 0), pads[0], pads[1], (0, 0)))
+  h_out = (x.shape[1] - kh) // sh + 1
+  w_out = (x.shape[2] - kw) // sw + 1
+  taps = [
+    lax.slice(
+      x,
+      (0, u, v, 0),
+      (x.shape[0], u + (h_out - 1) * sh + 1, v + (w_out - 1) * sw + 1, c_in),
+      (1, sh, sw, 1),
+    )
+    for u in range(kh)
+    for v in range(kw)
+  ]
+  patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+  return lax.dot_general(
+    patches,
+    rhs.reshape(kh * kw * c_in, c_out),
+    (((3,), (0,)), ((), ())),
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
+
+
+def convolution(
+  lhs: jax.Array,
+  rhs: jax.Array,
+  window_strides: Sequence[int],
+  padding,
+  lhs_dilation: Sequence[int] | None = None,
+  rhs_dilation: Sequence[int] | None = None,
+  dimension_numbers=None,
+  feature_group_count: int = 1,
+  batch_group_count: int = 1,
+  precision=None,
+  preferred_element_type=None,
+  **kwargs,
+) -> jax.Array:
+  """`jax.lax.conv_general_dilated`, as patches times a matrix where that is faster.
+
+  Same arguments and result (up to float round-off) as `jax.lax.conv_general_dilated`; see
+  `uses_patch_form` for when the patch form is taken. Other keyword arguments (e.g. lax's
+  ``out_sharding``) go to lax.
+  """
+  lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+  if not kwargs and uses_patch_form(
+    lhs.shape,
+    rhs.shape,
+    window_strides,
+    padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    batch_group_count=batch_group_count,
+  ):
+    pads = _explicit_padding(padding, lhs.shape, rhs.shape, tuple(window_strides))
+    return patch_convolution(
+      lhs,
+      rhs,
+      window_strides,
+      pads,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+    )
+  return lax.conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    batch_group_count=batch_group_count,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+    **kwargs,
+  )
