@@ -29,10 +29,12 @@ _PACKAGE_DIR = str(pathlib.Path(__file__).parent)
 class _OursOrWarnings(logging.Filter):
   """Passes warnings and errors, and the INFO lines logged from care-jax's own code.
 
-  Two warnings of the libraries under us say nothing a user can act on, and are dropped too:
+  Three warnings of the libraries under us say nothing a user can act on, and are dropped too:
   tfds's "Using custom data configuration", since every dataset here builds its config from
-  `config.data` (and hashes it into the name), and TensorFlow's deprecation notices for calls
-  inside tfds.
+  `config.data` (and hashes it into the name); TensorFlow's deprecation notices for calls
+  inside tfds; and orbax's "Requested `tracked_metric`; did not provide metrics" at every
+  checkpoint saved between validations, which by design carry no score (`care_jax.checkpoint`
+  keeps them by recency, the scored ones by validation MCA).
   """
 
   def filter(self, record: logging.LogRecord) -> bool:
@@ -41,7 +43,7 @@ class _OursOrWarnings(logging.Filter):
     if record.levelno < logging.WARNING:
       return False
     message = record.getMessage()
-    if message.startswith('Using custom data configuration'):
+    if message.startswith(('Using custom data configuration', 'Requested `tracked_metric`')):
       return False
     return not (
       record.pathname.endswith(os.path.join('util', 'deprecation.py'))

@@ -103,6 +103,8 @@ def test_quiet_logs_keep_our_info_and_everyones_warnings():
   assert not quiet.filter(
     _record(tfds, logging.WARNING, 'Using custom data configuration: %s', ('c',))
   )
+  unscored = 'Requested `tracked_metric`; did not provide metrics.'
+  assert not quiet.filter(_record(theirs, logging.WARNING, unscored))
   deprecation = '/site-packages/tensorflow/python/util/deprecation.py'
   from_tfds = 'From /site-packages/tensorflow_datasets/core/reader.py:102: CounterV2 is deprecated'
   assert not quiet.filter(_record(deprecation, logging.WARNING, from_tfds))

@@ -373,7 +373,9 @@ def _after_step(context: _RunContext, state, step: int, step_metrics, recent, pr
 def _validate(context: _RunContext, state, step: int) -> float:
   """Validates `state`, offers it as the best stage-1 state in stage 1; returns the MCA."""
   val = evaluate_and_log(context, state, 'validation', step)
-  logging.info('step %d validation mca %.4f rare recall %s', step, val['mca'], val['rare_recall'])
+  rare = val['rare_recall']  # None without rare classes.
+  rare = 'n/a' if rare is None else f'{rare:.4f}'
+  logging.info('step %d validation mca %.4f rare recall %s', step, val['mca'], rare)
   if context.in_stage1(step):
     # Before the checkpoint of this step: a run resumed from it knows its best.
     context.stage1_best.offer(
