@@ -55,18 +55,17 @@ def model_convolutions(model_name: str, image_size: int, batch: int) -> collecti
   return found
 
 
+def _convolution(form: str, strides, padding):
+  if form == 'patch':
+    return lambda x, w: convolution.patch_convolution(x, w, strides, padding)
+  return lambda x, w: lax.conv_general_dilated(
+    x, w, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
+
+
 def _gradient(form: str, strides, padding):
-  def conv(x, w):
-    if form == 'patch':
-      return convolution.patch_convolution(x, w, strides, padding)
-    return lax.conv_general_dilated(
-      x, w, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
-    )
-
-  def loss(x, w, g):
-    return jnp.sum(conv(x, w) * g)
-
-  return jax.jit(jax.grad(loss, argnums=(0, 1)))
+  conv = _convolution(form, strides, padding)
+  return jax.jit(jax.grad(lambda x, w, g: jnp.sum(conv(x, w) * g), argnums=(0, 1)))
 
 
 def time_convolution(x_shape, kernel, strides, padding, *, repeats: int) -> dict[str, float]:
@@ -74,13 +73,7 @@ def time_convolution(x_shape, kernel, strides, padding, *, repeats: int) -> dict
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal(x_shape, dtype=np.float32))
   w = jnp.asarray(rng.standard_normal(kernel, dtype=np.float32))
-  out = jax.eval_shape(
-    lambda x, w: lax.conv_general_dilated(
-      x, w, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
-    ),
-    x,
-    w,
-  )
+  out = jax.eval_shape(_convolution('xla', strides, padding), x, w)
   g = jnp.asarray(rng.standard_normal(out.shape, dtype=np.float32))
   steps = {}
   for form in FORMS:

@@ -28,6 +28,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from care_jax.models import _windows
+
 # Kernels larger than 1x1 take the patch form on CPU for output maps of at most this many
 # pixels (H_out * W_out). Measured on the ResNet-18/50 shapes (docs/benchmarks.md): the patch
 # form wins 1.2x to 33x at 4x4 and 2x2 outputs and loses up to 2.4x at 8x8 to 56x56 (stride 1).
@@ -43,10 +45,6 @@ def _explicit_padding(padding, lhs_shape, rhs_shape, strides) -> tuple[tuple[int
     except (TypeError, ValueError):
       return None
   return tuple((int(lo), int(hi)) for lo, hi in padding)
-
-
-def _output_size(size: int, kernel: int, stride: int, pads: tuple[int, int]) -> int:
-  return (size + pads[0] + pads[1] - kernel) // stride + 1
 
 
 def uses_patch_form(
@@ -82,7 +80,10 @@ def uses_patch_form(
   pads = _explicit_padding(padding, lhs_shape, rhs_shape, strides)
   if pads is None or any(p < 0 for pair in pads for p in pair):
     return False
-  out = [_output_size(lhs_shape[1 + i], rhs_shape[i], strides[i], pads[i]) for i in range(2)]
+  out = [
+    _windows.output_size(lhs_shape[1 + i] + sum(pads[i]), rhs_shape[i], strides[i])
+    for i in range(2)
+  ]
   if out[0] < 1 or out[1] < 1:
     return False
   return tuple(rhs_shape[:2]) == (1, 1) or out[0] * out[1] <= PATCH_FORM_MAX_OUTPUT_PIXELS
@@ -104,20 +105,9 @@ def patch_convolution(
   the HWIO kernel's reshape to ``[kh * kw * C_in, C_out]``.
   """
   kh, kw, c_in, c_out = rhs.shape
-  (sh, sw), pads = tuple(window_strides), tuple(tuple(p) for p in padding)
+  pads = tuple(tuple(p) for p in padding)
   x = jnp.pad(lhs, ((0, 0), pads[0], pads[1], (0, 0)))
-  h_out = (x.shape[1] - kh) // sh + 1
-  w_out = (x.shape[2] - kw) // sw + 1
-  taps = [
-    lax.slice(
-      x,
-      (0, u, v, 0),
-      (x.shape[0], u + (h_out - 1) * sh + 1, v + (w_out - 1) * sw + 1, c_in),
-      (1, sh, sw, 1),
-    )
-    for u in range(kh)
-    for v in range(kw)
-  ]
+  taps = [tap for _, tap in _windows.taps(x, (kh, kw), window_strides)]
   patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
   return lax.dot_general(
     patches,

@@ -1,13 +1,13 @@
 """Max pooling whose backward pass is fast on CPU (the ResNet stem's 3x3/2 pool).
 
 Flax's `flax.linen.max_pool` is one XLA reduce-window; its gradient on CPU tracks the position
-of each window's maximum with index arrays and scatters into the input, which takes about five
-times the forward pass's time on ResNet-50's stem at 224x224 (252 ms forward and backward for a
-batch of 16, against 50 ms written as below; docs/benchmarks.md). `max_pool` writes the pool as
-the maximum of the ``kh * kw`` strided slices of the padded input, and its gradient by hand: each
-window's cotangent goes to the first tap (row-major order) that holds the window's maximum, as
-XLA's and torch's max pool do, by strided pads of the masked cotangent. Accelerators keep
-`flax.linen.max_pool`.
+of each window's maximum with index arrays and scatters into the input: 252 to 342 ms forward
+and backward on ResNet-50's stem at 224x224 (batch 16), against 14 ms forward alone, and 72 ms
+written as below (docs/benchmarks.md). `max_pool` writes the pool as the maximum of the
+``kh * kw`` strided slices of the padded input, and its gradient by hand: each window's
+cotangent goes to the first tap (row-major order) that holds the window's maximum, as XLA's and
+torch's max pool do; the taps' masked cotangents are summed on one grid per stride residue and
+interleaved once. Accelerators keep `flax.linen.max_pool`.
 
 Example::
 
@@ -19,42 +19,25 @@ import functools
 
 import flax.linen as nn
 import jax
-from jax import lax
 import jax.numpy as jnp
+
+from care_jax.models import _windows
 
 Window = tuple[int, int]
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
-def _taps(x_padded: jax.Array, window: Window, strides: Window, out_hw: Window):
-  """The padded input's slice under each window tap (u, v), row-major, each [B, Ho, Wo, C]."""
-  (ho, wo), (sh, sw) = out_hw, strides
-  batch, channels = x_padded.shape[0], x_padded.shape[3]
-  for u in range(window[0]):
-    for v in range(window[1]):
-      yield (
-        (u, v),
-        lax.slice(
-          x_padded,
-          (0, u, v, 0),
-          (batch, u + (ho - 1) * sh + 1, v + (wo - 1) * sw + 1, channels),
-          (1, sh, sw, 1),
-        ),
-      )
-
-
 def _geometry(shape, window: Window, strides: Window, padding: Padding):
   padded = tuple(shape[1 + i] + padding[i][0] + padding[i][1] for i in range(2))
-  out_hw = tuple((padded[i] - window[i]) // strides[i] + 1 for i in range(2))
+  out_hw = tuple(_windows.output_size(padded[i], window[i], strides[i]) for i in range(2))
   return padded, out_hw
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _slice_max_pool(x: jax.Array, window: Window, strides: Window, padding: Padding) -> jax.Array:
-  _, out_hw = _geometry(x.shape, window, strides, padding)
   x_padded = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
   out = None
-  for _, tap in _taps(x_padded, window, strides, out_hw):
+  for _, tap in _windows.taps(x_padded, window, strides):
     out = tap if out is None else jnp.maximum(out, tap)
   return out
 
@@ -75,7 +58,7 @@ def _slice_max_pool_bwd(window, strides, padding, residuals, cotangent):
   rows, cols = out_hw[0] + (window[0] - 1) // sh, out_hw[1] + (window[1] - 1) // sw
   grids = {}
   unclaimed = jnp.ones(out.shape, bool)
-  for (u, v), tap in _taps(x_padded, window, strides, out_hw):
+  for (u, v), tap in _windows.taps(x_padded, window, strides):
     first = unclaimed & (tap == out)  # The first tap holding the maximum takes the cotangent.
     unclaimed = unclaimed & ~first
     du, dv = u // sh, v // sw
