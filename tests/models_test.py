@@ -29,8 +29,9 @@ from care_jax.models import get_model
 from care_jax.models import resolve_head
 
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
+DENSENETS = ('densenet121', 'densenet161', 'densenet169', 'densenet201')
 # Input size / feature map size, as documented by each backbone.
-FEATURE_STRIDE = {'tiny_cnn': 8, 'vgg19': 16, **{name: 32 for name in RESNETS}}
+FEATURE_STRIDE = {'tiny_cnn': 8, 'vgg19': 16, **{name: 32 for name in RESNETS + DENSENETS}}
 KEY = jax.random.key(0)
 
 

@@ -35,6 +35,8 @@ TORCH_VENV = REPO / '.torch-venv'
 TORCH_REQUIREMENTS = ('torch==2.13.0', 'safetensors', 'numpy')
 REFERENCE_SCRIPT = pathlib.Path(__file__).with_name('torch_reference.py')
 ARCHITECTURES = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'vgg19')
+# Tested in densenet_test.py (its own torch reference export).
+DENSENETS = ('densenet121', 'densenet161', 'densenet169', 'densenet201')
 RESNET18 = (2, 2, 2, 2)
 RESNET34 = (3, 4, 6, 3)
 
@@ -381,7 +383,7 @@ def test_unsupported_model_name_lists_the_supported_ones(tmp_path, name):
   assert repr(name) in str(error.value)
   for supported in ARCHITECTURES:
     assert supported in str(error.value)
-  assert PRETRAINED_MODEL_NAMES == ARCHITECTURES
+  assert PRETRAINED_MODEL_NAMES == (*ARCHITECTURES, *DENSENETS)
 
 
 def test_resnet18_weights_into_resnet34_name_the_first_missing_key(tmp_path):

@@ -244,3 +244,150 @@ if __name__ == '__main__':
   if len(sys.argv) != 2:
     sys.exit(f'usage: {sys.argv[0]} OUTDIR')
   main(pathlib.Path(sys.argv[1]))
+
+
+# ---------------------------------------------------------------- DenseNet (tests/densenet_test.py)
+#
+# torchvision's DenseNet layout, written from the paper (Huang et al. 2017, DenseNet-BC): keys
+# ``features.conv0.weight``, ``features.denseblock1.denselayer1.norm1.weight``,
+# ``features.transition1.conv.weight``, ``features.norm5.running_var``, ``classifier.weight``.
+# ``main`` does not export these; densenet_test.py calls ``export_densenet`` through ``-c``:
+#
+#     .torch-venv/bin/python -c 'import sys; sys.path.insert(0, "tests"); import torch_reference;
+#         torch_reference.export_densenet("densenet121", 72, pathlib.Path(OUTDIR))'
+
+
+class DenseLayer(nn.Module):
+  """BN-ReLU-conv1x1 (bn_size * growth channels), BN-ReLU-conv3x3 (growth channels)."""
+
+  def __init__(self, in_channels: int, growth_rate: int, bn_size: int):
+    super().__init__()
+    self.norm1 = nn.BatchNorm2d(in_channels)
+    self.relu1 = nn.ReLU(inplace=True)
+    self.conv1 = nn.Conv2d(in_channels, bn_size * growth_rate, 1, bias=False)
+    self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
+    self.relu2 = nn.ReLU(inplace=True)
+    self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, 3, padding=1, bias=False)
+
+  def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+    y = self.conv1(self.relu1(self.norm1(torch.cat(inputs, 1))))
+    return self.conv2(self.relu2(self.norm2(y)))
+
+
+class DenseBlock(nn.ModuleDict):
+  """``denselayer1 ... denselayerN``, each fed the concatenation of all earlier outputs."""
+
+  def __init__(self, num_layers: int, in_channels: int, growth_rate: int, bn_size: int):
+    super().__init__()
+    for index in range(num_layers):
+      layer = DenseLayer(in_channels + index * growth_rate, growth_rate, bn_size)
+      self.add_module(f'denselayer{index + 1}', layer)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    outputs = [x]
+    for layer in self.values():
+      outputs.append(layer(outputs))
+    return torch.cat(outputs, 1)
+
+
+class Transition(nn.Sequential):
+  """norm, relu, conv (1x1), pool (AvgPool2d 2x2/2)."""
+
+  def __init__(self, in_channels: int, out_channels: int):
+    super().__init__()
+    self.add_module('norm', nn.BatchNorm2d(in_channels))
+    self.add_module('relu', nn.ReLU(inplace=True))
+    self.add_module('conv', nn.Conv2d(in_channels, out_channels, 1, bias=False))
+    self.add_module('pool', nn.AvgPool2d(2, stride=2))
+
+
+class DenseNet(nn.Module):
+  """``features`` (stem, blocks, transitions, norm5), ReLU, global average pool, ``classifier``."""
+
+  def __init__(
+    self,
+    block_sizes: tuple[int, ...],
+    growth_rate: int = 32,
+    num_init_features: int = 64,
+    bn_size: int = 4,
+  ):
+    super().__init__()
+    self.features = nn.Sequential()
+    self.features.add_module(
+      'conv0', nn.Conv2d(3, num_init_features, 7, stride=2, padding=3, bias=False)
+    )
+    self.features.add_module('norm0', nn.BatchNorm2d(num_init_features))
+    self.features.add_module('relu0', nn.ReLU(inplace=True))
+    self.features.add_module('pool0', nn.MaxPool2d(3, stride=2, padding=1))
+    channels = num_init_features
+    for block, num_layers in enumerate(block_sizes):
+      self.features.add_module(
+        f'denseblock{block + 1}', DenseBlock(num_layers, channels, growth_rate, bn_size)
+      )
+      channels += num_layers * growth_rate
+      if block < len(block_sizes) - 1:
+        self.features.add_module(f'transition{block + 1}', Transition(channels, channels // 2))
+        channels //= 2
+    self.features.add_module('norm5', nn.BatchNorm2d(channels))
+    self.classifier = nn.Linear(channels, NUM_CLASSES)
+
+  def last_stage(self, x: torch.Tensor) -> torch.Tensor:
+    """ReLU(features(x)): the map our DenseNet backbone returns."""
+    return torch.relu(self.features(x))
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    pooled = nn.functional.adaptive_avg_pool2d(self.last_stage(x), (1, 1))
+    return self.classifier(torch.flatten(pooled, 1))
+
+
+DENSENET_ARCHITECTURES = {
+  'densenet121': lambda: DenseNet((6, 12, 24, 16)),
+  'densenet161': lambda: DenseNet((6, 12, 36, 24), growth_rate=48, num_init_features=96),
+  'densenet169': lambda: DenseNet((6, 12, 32, 32)),
+  'densenet201': lambda: DenseNet((6, 12, 48, 32)),
+}
+
+
+def calibrate_batch_norm(model: nn.Module, images: torch.Tensor) -> None:
+  """Running statistics of one train-mode pass over ``images``, then perturbed.
+
+  DenseNet has no residual sums to keep activations in scale: with random running statistics
+  every dense layer multiplies the scale of its output, and 58 layers overflow float32. Measured
+  statistics (as a trained model has) keep eval-mode activations near unit scale; the random
+  perturbation keeps them different from the batch statistics of the test images.
+  """
+  batch_norms = [module for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
+  for module in batch_norms:
+    module.reset_running_stats()
+    module.momentum = None  # a cumulative average: after one batch, that batch's statistics
+  model.train()
+  with torch.no_grad():
+    model(images)
+    for module in batch_norms:
+      module.running_mean.add_(torch.randn_like(module.running_mean) * 0.1)
+      module.running_var.mul_(torch.empty_like(module.running_var).uniform_(0.8, 1.25))
+      module.num_batches_tracked.fill_(1000)
+      module.momentum = 0.1
+  model.eval()
+
+
+def export_densenet(name: str, image_size: int, out_dir: pathlib.Path) -> None:
+  """Writes {name}.safetensors, {name}_inputs.npy (NHWC [2, S, S, 3]), {name}_logits.npy (eval
+  mode) and {name}_features.npy (NHWC ReLU(norm5) map) into ``out_dir``."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  torch.manual_seed(sorted(DENSENET_ARCHITECTURES).index(name))
+  model = DENSENET_ARCHITECTURES[name]()
+  randomize(model)
+  rng = np.random.default_rng(1)
+  images = rng.normal(size=(2, image_size, image_size, 3)).astype(np.float32)
+  calibration = rng.normal(size=(8, image_size, image_size, 3)).astype(np.float32)
+  calibrate_batch_norm(model, torch.from_numpy(calibration).permute(0, 3, 1, 2).contiguous())
+  images_nchw = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+  with torch.no_grad():
+    logits = model(images_nchw)
+    features = model.last_stage(images_nchw)
+  state = {key: value.contiguous() for key, value in model.state_dict().items()}
+  save_file(state, out_dir / f'{name}.safetensors')
+  np.save(out_dir / f'{name}_inputs.npy', images)
+  np.save(out_dir / f'{name}_logits.npy', logits.numpy())
+  np.save(out_dir / f'{name}_features.npy', features.permute(0, 2, 3, 1).contiguous().numpy())

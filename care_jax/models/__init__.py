@@ -11,6 +11,7 @@ from care_jax.models.classifier import MODEL_NAMES
 from care_jax.models.classifier import Classifier
 from care_jax.models.classifier import get_model
 from care_jax.models.classifier import resolve_head
+from care_jax.models.densenet import DenseNet
 from care_jax.models.heads import BatchNormLinearHead
 from care_jax.models.heads import LinearHead
 from care_jax.models.heads import NormedLinearHead
@@ -35,6 +36,7 @@ __all__ = (
   'BatchNormLinearHead',
   'Bottleneck',
   'Classifier',
+  'DenseNet',
   'get_model',
   'HEAD_NAMES',
   'IMAGENET_MEAN',

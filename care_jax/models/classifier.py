@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from care_jax import attention
+from care_jax.models import densenet
 from care_jax.models import heads as heads_lib
 from care_jax.models import layers
 from care_jax.models import resnet
@@ -35,6 +36,10 @@ MODEL_NAMES: tuple[str, ...] = (
   'resnet101',
   'resnet152',
   'vgg19',
+  'densenet121',
+  'densenet161',
+  'densenet169',
+  'densenet201',
 )
 HEAD_NAMES: tuple[str, ...] = ('linear', 'bn_linear', 'vgg', 'normed_linear')
 # The head that a config's model.head = 'default' means for a loss, where the loss needs one:
@@ -109,19 +114,29 @@ class Classifier(nn.Module):
     Args:
       variables: the model's variables (``params``, and ``batch_stats`` for BatchNorm heads).
       features: [B, h, w, C] feature map, ``intermediates['features']`` of ``__call__``.
-      labels: [B] integer classes whose maps are wanted (the ground truth in CARE).
+      labels: [B] integer classes whose maps are wanted (the ground truth in CARE), or [B, P].
       method: one of ``ATTENTION_METHODS``: 'auto', 'cam' or 'grad_cam'.
       target: one of ``ATTENTION_TARGETS``: 'logit' (the paper's) or 'contrast'.
       train: apply the head in training mode (batch statistics, dropout) for 'grad_cam'.
       rngs: the rngs of the head in training mode, e.g. ``{'dropout': key}`` of the forward pass.
 
     Returns:
-      [B, h, w] float32 maps in [0, 1].
+      [B, h, w] float32 maps in [0, 1]; [B, P, h, w] for [B, P] ``labels`` (one map per image
+      and class, e.g. every finding of a multi-label task).
 
     Raises:
       ValueError: for an unknown ``method`` or ``target`` (the valid ones are named), or 'cam'
         with a head that is not ``LinearHead``.
     """
+    labels = jnp.asarray(labels)
+    if labels.ndim == 2:
+      # [B, P] classes: the maps of each column, side by side (one batched einsum for CAM).
+      def column_maps(column):
+        return self.attention_maps(
+          variables, features, column, method=method, target=target, train=train, rngs=rngs
+        )
+
+      return jax.vmap(column_maps, in_axes=1, out_axes=1)(labels)
     if method not in ATTENTION_METHODS:
       raise ValueError(
         f'Unknown attention method {method!r}; valid methods: {", ".join(ATTENTION_METHODS)}.'
@@ -224,6 +239,10 @@ def get_model(
     backbone = tiny.TinyCNN(dtype=dtype, axis_name=axis_name)
   elif name == 'vgg19':
     backbone = vgg.VGG(dtype=dtype)
+  elif name in densenet.DENSENET_CONFIGS:
+    backbone = densenet.DenseNet(
+      **densenet.DENSENET_CONFIGS[name], dtype=dtype, axis_name=axis_name
+    )
   else:
     stage_sizes, block_cls = resnet.RESNET_CONFIGS[name]
     backbone = resnet.ResNet(

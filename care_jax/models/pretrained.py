@@ -1,4 +1,4 @@
-"""ImageNet-pretrained backbones from PyTorch checkpoints (torchvision and timm ResNets, VGG-19).
+"""ImageNet-pretrained backbones from PyTorch checkpoints: torchvision/timm ResNets, DenseNets, VGG.
 
 ``load_pretrained`` builds a ``Classifier`` with ``get_model`` and fills its variables from a local
 state dict, so that ``model.apply(variables, images, train=False)`` gives the PyTorch model's
@@ -21,6 +21,14 @@ Layer mapping (torch -> Flax; '.' block indices become '_'):
   are rejected with a hint.
 - VGG-19: ``features.{0, 2, 5, ..., 34}`` -> ``conv1_1 ... conv5_4``; ``classifier.0/3/6`` ->
   ``head/fc1``/``fc2``/``fc3``.
+- DenseNet-121/161/169/201: ``features.X`` -> ``backbone/X`` with '.' -> '/' (``features.conv0``,
+  ``features.denseblock1.denselayer1.norm1``, ``features.transition1.conv``, ``features.norm5``),
+  ``classifier`` -> ``head/fc``. timm's plain ``densenet121`` ... ``densenet201`` (e.g.
+  ``densenet121.ra_in1k``, ``.tv_in1k``) use these names too (its ``BatchNormAct2d`` holds
+  BatchNorm's parameters under the same names). The files torchvision downloads
+  (``densenet121-a639ec97.pth``) still carry the legacy names ``denselayer1.norm.1``,
+  ``conv.2``, ...; they are read as ``norm1``, ``conv2``, as torchvision and timm do. timm's
+  deep-stem variants (``densenetblur121d``, ``densenet264d``) are rejected with a hint.
 
 The classifier is optional: it is loaded when ``num_classes`` is None or equals the checkpoint's
 class count, and freshly initialised otherwise (or when the checkpoint has none); VGG's hidden
@@ -52,6 +60,7 @@ import ml_dtypes
 import numpy as np
 
 from care_jax.models import classifier as classifier_lib
+from care_jax.models import densenet
 from care_jax.models import heads as heads_lib
 from care_jax.models import layers
 from care_jax.models import vgg
@@ -96,6 +105,20 @@ _TIMM_VARIANT_HINTS = (
   (r'\.downsample\.2\.', "an avg-pool shortcut ('downsample.1/2'): timm's resnet*d/e/t variants"),
   (r'\.se\.', "squeeze-excitation layers ('.se.'): timm's SE-ResNets"),
 )
+_RESNET_SUPPORTED = 'only the plain 7x7-stem ResNets (torchvision, timm resnet18 ... resnet152)'
+# The same for timm's DenseNet variants.
+_TIMM_DENSENET_HINTS = (
+  (
+    r'^features\.(conv|norm)[12]\.',
+    "a deep 3x3 stem ('features.conv1', 'features.conv2'): timm's densenetblur121d and "
+    'densenet264d',
+  ),
+)
+_DENSENET_SUPPORTED = (
+  'only the plain 7x7-stem DenseNets (torchvision, timm densenet121/161/169/201)'
+)
+# torchvision's own DenseNet files: 'denselayer1.norm.1.weight' for today's 'denselayer1.norm1'.
+_DENSENET_LEGACY_KEY = re.compile(r'(\.denselayer\d+\.(?:norm|relu|conv))\.([12])\.')
 
 _log = logging.getLogger(__name__)
 
@@ -297,10 +320,12 @@ def _torch_module(model_name: str, head: nn.Module, layer: tuple[str, ...]) -> s
     if model_name == 'vgg19' and isinstance(head, heads_lib.VGGHead):
       return _VGG_HEAD[rest[0]]
     if model_name != 'vgg19' and isinstance(head, heads_lib.LinearHead):
-      return rest[0]  # 'fc'
+      return _classifier_modules(model_name)[-1]  # 'fc' ('classifier' for DenseNets)
     return None
   if model_name == 'vgg19':
     return f'features.{_vgg_feature_indices()[rest[0]]}'
+  if _is_densenet(model_name):
+    return '.'.join(('features', *rest))
   names = []
   for name in rest:
     block = re.fullmatch(r'(layer\d+)_(\d+)', name)
@@ -334,9 +359,26 @@ def _natural_key(key: str) -> list[Any]:
   return [int(token) if token.isdigit() else token for token in re.split(r'(\d+)', key)]
 
 
+def _is_densenet(model_name: str) -> bool:
+  return model_name in densenet.DENSENET_CONFIGS
+
+
 def _classifier_modules(model_name: str) -> tuple[str, ...]:
   """The torch architecture's classifier modules, the last one producing the logits."""
-  return tuple(_VGG_HEAD.values()) if model_name == 'vgg19' else ('fc',)
+  if model_name == 'vgg19':
+    return tuple(_VGG_HEAD.values())
+  return ('classifier',) if _is_densenet(model_name) else ('fc',)
+
+
+def _rename_densenet_legacy_keys(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """torchvision's downloadable DenseNet files' 'denselayer1.norm.1.weight' -> 'norm1.weight'."""
+  renamed = {}
+  for key, value in state.items():
+    new_key = _DENSENET_LEGACY_KEY.sub(r'\1\2.', key)
+    if new_key != key and new_key in state:
+      raise ValueError(f'Checkpoint has both {key!r} and {new_key!r}.')
+    renamed[new_key] = value
+  return renamed
 
 
 def _mismatch_error(
@@ -355,12 +397,14 @@ def _mismatch_error(
     lines.append(f'  shape mismatch for {key!r}: checkpoint {got}, expected {expected}')
   if len(mismatched) > 5:
     lines.append(f'  ... and {len(mismatched) - 5} more shape mismatches')
-  for pattern, description in _TIMM_VARIANT_HINTS:
+  hints, supported = (
+    (_TIMM_DENSENET_HINTS, _DENSENET_SUPPORTED)
+    if _is_densenet(model_name)
+    else (_TIMM_VARIANT_HINTS, _RESNET_SUPPORTED)
+  )
+  for pattern, description in hints:
     if any(re.search(pattern, key) for key in unexpected):
-      lines.append(
-        f'  The checkpoint has {description}; only the plain 7x7-stem ResNets '
-        '(torchvision, timm resnet18 ... resnet152) are supported.'
-      )
+      lines.append(f'  The checkpoint has {description}; {supported} are supported.')
   return ValueError('\n'.join(lines))
 
 
@@ -417,6 +461,8 @@ def load_pretrained(
     )
   path = pathlib.Path(path)
   state = load_state_dict(path)
+  if _is_densenet(model_name):
+    state = _rename_densenet_legacy_keys(state)
   final_module = _classifier_modules(model_name)[-1]
   final_weight = state.get(f'{final_module}.weight')
   has_classifier = final_weight is not None and final_weight.ndim > 0
