@@ -6,19 +6,25 @@ Measures, in one run:
    ``synthetic_lesions`` generated at the benchmark's image size (a small
    training split, generated once and cached under ``--data-dir``), with the
    augmentation on (crop, flips, rotation, colour jitter; the default
-   ``data.augment`` settings) and, for reference, off: images/s over
-   ``--steps`` batches after one warm-up batch, the process CPU time per image
-   alongside (the pipeline runs on all cores through tf.data's thread pools);
+   ``data.augment`` settings), off, and on the device (``data.augment.on_device``:
+   the host only decodes, resizes and draws each example's geometry and colour
+   factors; the train step applies them, `benchmarks/device_augment.py` times
+   that share): images/s over ``--steps`` batches after one warm-up batch, the
+   process CPU time per image alongside (the pipeline runs on all cores through
+   tf.data's thread pools);
 2. the jitted train step (`_common.compile_steps`: CE and CARE, as
    ``benchmarks/step_overhead.py`` times them) of ``--model`` on a random batch
    of ``--step-batch`` images: images/s of the median step.
 
 The pipeline is timed first and its iterators are dropped before the step
-runs, so the two never compete for the cores. The last line is the pipeline's
-augmented images/s over the images/s of the *faster* of the two steps (the
-more demanding consumer)::
+runs, so the two never compete for the cores. The last three lines are the
+pipeline's augmented images/s over the images/s of the *faster* of the two
+steps (the more demanding consumer), and the host CPU ms per training image
+with the augmentation on the host and on the device::
 
     pipeline/step throughput ratio: X
+    CPU ms per image, augmentation on the host: Y
+    CPU ms per image, augmentation on the device: Z
 
 X >= 2 means the pipeline needs at most half of the machine's time to keep
 the step fed, so it is not the bottleneck.
@@ -56,14 +62,24 @@ class PipelineThroughput:
   first_batch_seconds: float
 
 
-def data_config(*, data_dir: str, image_size: int, num_train: int, augment: bool, sampling: str):
+def data_config(
+  *,
+  data_dir: str,
+  image_size: int,
+  num_train: int,
+  augment: bool,
+  sampling: str,
+  on_device: bool = False,
+):
   """``data`` config of a small synthetic_lesions set at ``image_size``.
 
   The training split has about ``num_train`` examples in the default class
   proportions (each class at least one); one test image per class, no
-  validation split: only the training split is read.
+  validation split: only the training split is read. ``on_device``: the
+  pipeline only resizes and draws the augmentation (``data.augment.on_device``).
   """
   config = config_lib.default_data_config()
+  config.augment.on_device = on_device
   config.dir = data_dir
   config.image_size = image_size
   config.sampling = sampling
@@ -120,15 +136,17 @@ def main(argv: list[str] | None = None) -> int:
   step_batch = args.step_batch or args.batch
 
   throughput = {}
-  for augment in (True, False):
+  # (augment, on_device): the host augments, or the device will (the host draws only).
+  for mode in ((True, False), (False, False), (True, True)):
     config = data_config(
       data_dir=args.data_dir,
       image_size=args.image_size,
       num_train=args.num_train,
-      augment=augment,
+      augment=mode[0],
       sampling=args.sampling,
+      on_device=mode[1],
     )
-    throughput[augment] = time_pipeline(
+    throughput[mode] = time_pipeline(
       config, batch_size=args.batch, steps=args.steps, seed=args.seed
     )
 
@@ -161,14 +179,19 @@ def main(argv: list[str] | None = None) -> int:
     f'pipeline: synthetic_lesions {args.image_size}x{args.image_size}, batch {args.batch}, '
     f'{args.steps} batches timed, sampling {args.sampling}'
   )
+  names = {
+    (True, False): 'augment on',
+    (False, False): 'augment off',
+    (True, True): 'augment on the device (host: resize, draws)',
+  }
   rows = [
     [
-      f'augment {"on" if augment else "off"}',
+      names[mode],
       f'{t.images_per_second:.1f}',
       f'{t.cpu_seconds_per_image * 1e3:.2f}',
       f'{t.first_batch_seconds:.1f}',
     ]
-    for augment, t in throughput.items()
+    for mode, t in throughput.items()
   ]
   print(_common.format_table(['', 'images/s', 'CPU ms/image', 'first batch (s)'], rows))
   print(
@@ -184,8 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in _common.STEPS
   ]
   print(_common.format_table(['', 'step median (s)', 'images/s'], rows))
-  ratio = throughput[True].images_per_second / max(step_rate.values())
+  ratio = throughput[True, False].images_per_second / max(step_rate.values())
   print(f'pipeline/step throughput ratio: {ratio:.3f}')
+  # The issue's measure: host CPU per training image with augmentation, where the host
+  # augments and where it hands the augmentation to the device (benchmarks/device_augment.py
+  # times the device's share of the step).
+  host_ms = 1e3 * throughput[True, False].cpu_seconds_per_image
+  print(f'CPU ms per image, augmentation on the host: {host_ms:.3f}')
+  device_ms = 1e3 * throughput[True, True].cpu_seconds_per_image
+  print(f'CPU ms per image, augmentation on the device: {device_ms:.3f}')
   return 0
 
 

@@ -18,9 +18,12 @@ from care_jax.losses import care_loss_per_example
 from care_jax.losses import cross_entropy
 from care_jax.losses import distance_outer_mask
 from care_jax.losses import inverse_frequency_weights
+from care_jax.losses import positive_weights
+from care_jax.losses import sigmoid_binary_cross_entropy
 from care_jax.losses import weighted_cross_entropy_loss
 from care_jax.metrics import classification_metrics
 from care_jax.metrics import confusion_matrix
+from care_jax.metrics import multilabel_score_metrics
 
 __version__ = '0.2.0.dev0'
 
@@ -35,5 +38,8 @@ __all__ = [
   'grad_cam',
   'inverse_frequency_weights',
   'minmax_normalize',
+  'multilabel_score_metrics',
+  'positive_weights',
+  'sigmoid_binary_cross_entropy',
   'weighted_cross_entropy_loss',
 ]

@@ -14,8 +14,9 @@ mid-write leaves a tmp directory that is ignored (and cleaned) on restart,
 and resuming starts from the last complete step.
 
 Kept: the latest ``checkpoint.keep`` steps and the best ``checkpoint.keep_best``
-by validation MCA, as ``AnyPreservationPolicy([LatestN, BestN])``: with
-``max_to_keep`` + ``best_fn`` orbax would delete the newest checkpoint.
+by validation MCA (mean AUROC for a multi-label task), as
+``AnyPreservationPolicy([LatestN, BestN])``: with ``max_to_keep`` + ``best_fn``
+orbax would delete the newest checkpoint.
 
 Resume: a run finding checkpoints in its workdir continues from the latest
 one, provided its config matches the saved one except for `RESUMABLE_KEYS`.

@@ -107,8 +107,9 @@ def mean_std(values: Sequence[float | None]) -> dict[str, float | None]:
 
 
 # The metrics of a split that summaries and reports average over seeds (runs
-# of 0.1 have no macro_auroc and ece: None).
-SUMMARY_METRICS = ('rare_recall', 'mca', 'macro_auroc', 'ece')
+# of 0.1 have no macro_auroc and ece: None; multi-label runs have mean_auroc and
+# rare_mean_auroc instead of mca, macro_auroc and ece).
+SUMMARY_METRICS = ('rare_recall', 'mca', 'macro_auroc', 'ece', 'mean_auroc', 'rare_mean_auroc')
 
 
 def summarize(results: dict[str, list[dict]], split: str) -> dict[str, dict]:
@@ -161,12 +162,25 @@ def format_seeds(summary: dict[str, dict]) -> str:
 
 
 def format_table(summary: dict[str, dict], split: str) -> str:
-  lines = [f'| method | rare recall ({split}, %) | MCA ({split}, %) | seeds |', '|---|---|---|---|']
+  """Markdown: rare recall and MCA per config (multi-label runs: mean and rare-finding AUROC)."""
+  multilabel = any(s['mean_auroc']['mean'] is not None for s in summary.values())
+  columns = (
+    (
+      ('rare_recall', 'rare recall'),
+      ('mean_auroc', 'mean AUROC'),
+      ('rare_mean_auroc', 'rare AUROC'),
+    )
+    if multilabel
+    else (('rare_recall', 'rare recall'), ('mca', 'MCA'))
+  )
+  lines = [
+    '| method | ' + ' | '.join(f'{label} ({split}, %)' for _, label in columns) + ' | seeds |',
+    '|---' * (len(columns) + 2) + '|',
+  ]
   for name, s in summary.items():
     seeds = ','.join(str(r['seed']) for r in s['runs'])
-    lines.append(
-      f'| {name} | {format_stat(s["rare_recall"])} | {format_stat(s["mca"])} | {seeds} |'
-    )
+    cells = ' | '.join(format_stat(s[key]) for key, _ in columns)
+    lines.append(f'| {name} | {cells} | {seeds} |')
   return '\n'.join(lines)
 
 

@@ -48,7 +48,9 @@ DTYPES = ('float32', 'bfloat16')
 HEADS = ('default', *models.HEAD_NAMES)
 CARE_PROTOCOLS = ('from_step', 'two_stage')
 # Validation metrics (higher is better) that can end stage 1.
-STAGE1_METRICS = ('mca', 'rare_recall', 'accuracy', 'macro_auroc')
+STAGE1_METRICS = ('mca', 'rare_recall', 'accuracy', 'macro_auroc', 'mean_auroc')
+# Those a multi-label run's validation has (`care_jax.metrics.multilabel_score_metrics`).
+MULTILABEL_STAGE1_METRICS = ('mean_auroc', 'rare_mean_auroc', 'rare_recall', 'mean_ap')
 CARE_OUTER = ('uniform', 'distance')
 # The samplers of `care_jax.data.sampling` (a module that imports TensorFlow,
 # so not imported here; a test keeps the two lists equal).
@@ -99,20 +101,41 @@ def default_data_config() -> ml_collections.ConfigDict:
         artefact_rate_eval=0.05,
         seed=0,
       ),
+      # The parameters of care_jax.data.synthetic_multilabel (data.name =
+      # 'synthetic_multilabel', a multi-label task).
+      synthetic_multilabel=dict(
+        image_size=64,
+        num_train=1200,
+        num_validation=300,
+        num_test=600,
+        common_rate=0.35,
+        rare_rate_train=0.06,
+        rare_rate_eval=0.3,
+        pattern_contrast=0.2,
+        artefact=True,
+        artefact_rate_rare_train=0.9,
+        artefact_rate_common_train=0.05,
+        artefact_rate_eval=0.05,
+        seed=0,
+      ),
       # Datasets read from the user's files (data.dir): the prepared tfds
       # data are cached here (None: the tfds default data dir).
       cache_dir=config_dict.placeholder(str),
       folder=dict(_FILES_PARAMETERS),
-      # HAM10000's boxes come from its segmentation masks by default.
+      # HAM10000's boxes come from its segmentation masks by default;
+      # supervision='mask' trains CARE with the masks themselves as M_in.
       isic2018=dict(
         split='lesion',
         fold=1,
         box_source='masks',
         box_csv='boxes.csv',
+        supervision='box',
         **dict(_FILES_PARAMETERS, stored_size=600),
       ),
       rsna_pneumonia=dict(_FILES_PARAMETERS),
-      nih_chestxray14=dict(_FILES_PARAMETERS),
+      # mode: 'boxed' (the boxed subset, one label) or 'multilabel' (all images, 14
+      # findings); boxed_images: where multilabel puts the boxed images.
+      nih_chestxray14=dict(_FILES_PARAMETERS, mode='boxed', boxed_images='test'),
       sampling='instance',
       augment=default_augment_config(),
       # CARE masks from the manual boxes or a generator of care_jax.boxes.
@@ -133,7 +156,9 @@ def default_augment_config() -> ml_collections.ConfigDict:
   ``vflip``, ``brightness``, ``contrast``, ``saturation``, ``hue`` (as
   torchvision's ``ColorJitter``; 0 disables one), ``crop_scale`` (area
   fraction range; (1.0, 1.0) disables the crop) and ``crop_ratio`` (width /
-  height range). See `care_jax.data.augment`.
+  height range), ``on_device`` (warp, colour jitter and masks in the jitted
+  train step instead of the tf.data pipeline: the same random draws, see
+  `care_jax.training.device_augment`). See `care_jax.data.augment`.
   """
   return ml_collections.ConfigDict(
     dict(
@@ -154,6 +179,10 @@ def default_augment_config() -> ml_collections.ConfigDict:
       # default 0.08 would often crop the lesion out).
       crop_scale=(0.5, 1.0),
       crop_ratio=(3.0 / 4.0, 4.0 / 3.0),
+      # True: the host only resizes and draws each example's geometry and colour
+      # factors; the train step warps, jitters and rasterises the masks on the
+      # accelerator (care_jax.training.device_augment), with the same draws.
+      on_device=False,
     )
   )
 
@@ -236,6 +265,11 @@ def default_config() -> ml_collections.ConfigDict:
   """CARE on `synthetic_lesions` with a tiny CNN: the schema of every config."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # 'multiclass' (one label per image, softmax) or 'multilabel' (any number of
+  # findings per image, one sigmoid each, CARE per (image, finding) pair): see
+  # care_jax.imbalance.TASKS. A multi-label task needs a multi-label dataset
+  # ('synthetic_multilabel', nih_chestxray14's multi-label mode).
+  config.task = 'multiclass'
   config.data = default_data_config()
 
   config.model = ml_collections.ConfigDict()
@@ -404,9 +438,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
     f'needs model.name in {models.PRETRAINED_MODEL_NAMES}',
   )
   check(config.model.head in HEADS, 'model.head', f'must be one of {HEADS}')
+  check(config.task in imbalance.TASKS, 'task', f'must be one of {imbalance.TASKS}')
   _validate_care(check, config.care)
   validate_loss(config.loss)
   validate_data(config.data)
+  if config.task == 'multilabel':
+    _validate_multilabel(check, config)
+  else:
+    check(
+      config.care.stage1_metric != 'mean_auroc',
+      'care.stage1_metric',
+      "is a multi-label metric (config.task = 'multilabel'); a single-label run has 'mca',"
+      " 'rare_recall', 'accuracy' and 'macro_auroc'",
+    )
   _validate_train(check, config.train)
   check(
     config.checkpoint.every_steps >= 0,
@@ -417,6 +461,38 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(config.checkpoint.keep_best >= 0, 'checkpoint.keep_best', 'must be >= 0')
   check(config.parallel in PARALLEL, 'parallel', f'must be one of {PARALLEL}')
   check(config.dtype in DTYPES, 'dtype', f'must be one of {DTYPES}')
+
+
+def _validate_multilabel(check: _Checker, config: ml_collections.ConfigDict) -> None:
+  """What a multi-label task (``config.task = 'multilabel'``) cannot take."""
+  why = "for config.task = 'multilabel'"
+  check(
+    config.loss.name in imbalance.MULTILABEL_LOSS_NAMES,
+    'loss.name',
+    f'must be one of {imbalance.MULTILABEL_LOSS_NAMES} {why} (sigmoid losses: '
+    "'ce' binary cross-entropy, 'weighted_ce' positive-class weights, 'focal' sigmoid focal)",
+  )
+  check(
+    config.loss.focal_alpha is None,
+    'loss.focal_alpha',
+    f'must be None {why} (per-class alphas are for exclusive classes)',
+  )
+  check(config.loss.posthoc_tau == 0, 'loss.posthoc_tau', f'must be 0 {why}')
+  check(
+    config.data.sampling == 'instance',
+    'data.sampling',
+    f"must be 'instance' {why} (a multi-label image has no single class to balance)",
+  )
+  check(
+    config.data.box_source == 'manual',
+    'data.box_source',
+    f"must be 'manual' {why} (the box generators find one box per image, not per finding)",
+  )
+  check(
+    config.care.stage1_metric in MULTILABEL_STAGE1_METRICS,
+    'care.stage1_metric',
+    f'must be one of {MULTILABEL_STAGE1_METRICS} {why} (the validation metrics it has)',
+  )
 
 
 def _validate_care(check: _Checker, care: ml_collections.ConfigDict) -> None:
@@ -559,7 +635,7 @@ def validate_boxes(box_config: ml_collections.ConfigDict) -> None:
     )
 
 
-_AUGMENT_BOOLS = ('enabled', 'hflip', 'vflip')
+_AUGMENT_BOOLS = ('enabled', 'hflip', 'vflip', 'on_device')
 _AUGMENT_JITTER = ('brightness', 'contrast', 'saturation', 'hue')
 _AUGMENT_RANGES = ('crop_scale', 'crop_ratio')
 

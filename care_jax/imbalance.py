@@ -63,7 +63,10 @@ __all__ = [
   'ldam_margins',
   'logit_adjusted_loss',
   'make_classification_loss',
+  'MULTILABEL_LOSS_NAMES',
   'posthoc_logit_adjustment',
+  'sigmoid_focal_loss',
+  'TASKS',
   'validate_loss_config',
 ]
 
@@ -78,6 +81,14 @@ LOSS_NAMES = (
 )
 # Per-class alpha of the focal loss, by name (None: no class weighting).
 FOCAL_ALPHAS = ('inverse_frequency', 'class_balanced')
+# 'multiclass': one label per image, softmax; 'multilabel': any number of
+# positive classes per image (findings), one sigmoid per class.
+TASKS = ('multiclass', 'multilabel')
+# The losses of a multi-label task, each per (example, class) and averaged over
+# the classes of an example: 'ce' the sigmoid binary cross-entropy, 'weighted_ce'
+# the same with positive weights n_neg / n_pos (the CSL counterpart), 'focal' the
+# sigmoid focal loss. The others are softmax losses over exclusive classes.
+MULTILABEL_LOSS_NAMES = ('ce', 'weighted_ce', 'focal')
 
 
 def _float_logits(logits: ArrayLike) -> jax.Array:
@@ -138,6 +149,55 @@ def focal_loss(
     values = jnp.where(positive, safe**gamma, jnp.zeros_like(safe)) * ce
   if alpha is not None:
     values = values * _class_vector('alpha', alpha, logits)[jnp.asarray(labels)]
+  return values
+
+
+def sigmoid_focal_loss(
+  logits: ArrayLike, labels: ArrayLike, *, gamma: float = 2.0, alpha: float | None = None
+) -> jax.Array:
+  """Per-(example, class) sigmoid focal loss of multi-label logits.
+
+  ``FL_ik = alpha_t (1 - p_t)^gamma BCE_ik`` with ``p = sigmoid(z_ik)``,
+  ``p_t = p y + (1 - p)(1 - y)``, ``BCE_ik`` the sigmoid binary cross-entropy
+  (`care_jax.losses.sigmoid_binary_cross_entropy`) and ``alpha_t = alpha y +
+  (1 - alpha)(1 - y)`` (1 without ``alpha``). ``gamma = 0`` without ``alpha``
+  is exactly the binary cross-entropy. Computed in float32, with a finite
+  gradient where ``p_t`` rounds to 1.
+
+  Reference: Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017,
+  Eq. 5 (the sigmoid form, one binary decision per class).
+
+  Args:
+    logits: [B, K] unnormalised scores.
+    labels: [B, K] multi-hot labels in [0, 1].
+    gamma: focusing parameter ``>= 0`` (the paper's best: 2).
+    alpha: optional weight in [0, 1] of the positive term (the paper: 0.25).
+
+  Returns:
+    [B, K] float32 losses.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> z = jnp.array([[2.0, 0.0]])
+    >>> print(sigmoid_focal_loss(z, jnp.array([[1.0, 1.0]])).round(4))
+    [[0.0018 0.1733]]
+  """
+  if gamma < 0:
+    raise ValueError(f'gamma must be >= 0, got {gamma}.')
+  if alpha is not None and not 0 <= alpha <= 1:
+    raise ValueError(f'alpha must be None or lie in [0, 1], got {alpha}.')
+  logits = _float_logits(logits)
+  bce = losses.sigmoid_binary_cross_entropy(logits, labels)
+  labels = jnp.asarray(labels).astype(logits.dtype)
+  values = bce
+  if gamma:  # gamma == 0: the factor is 1 (and 0**0 would have a NaN gradient).
+    p = jax.nn.sigmoid(logits)
+    one_minus_pt = p * (1.0 - labels) + (1.0 - p) * labels
+    positive = one_minus_pt > 0
+    safe = jnp.where(positive, one_minus_pt, jnp.ones_like(one_minus_pt))
+    values = jnp.where(positive, safe**gamma, jnp.zeros_like(safe)) * bce
+  if alpha is not None:
+    values = (alpha * labels + (1.0 - alpha) * (1.0 - labels)) * values
   return values
 
 
@@ -422,6 +482,8 @@ class ClassificationLoss:
     class_weights: optional [K] weights of the labels in the weighted mean.
     reweight_step: ``class_weights`` apply from this step on (DRW); 0: always.
     posthoc_bias: optional [K] ``tau * log pi`` subtracted at prediction time.
+    task: one of :data:`TASKS`; 'multilabel' losses take [B, K] multi-hot
+      labels and average over the classes of each example.
   """
 
   name: str
@@ -429,6 +491,7 @@ class ClassificationLoss:
   class_weights: np.ndarray | None = None
   reweight_step: int = 0
   posthoc_bias: np.ndarray | None = None
+  task: str = 'multiclass'
 
   def __call__(
     self, logits: ArrayLike, labels: ArrayLike, step: ArrayLike
@@ -485,6 +548,8 @@ def make_classification_loss(
   ldam_max_margin: float = 0.5,
   ldam_s: float = 30.0,
   drw_start: float = 0.8,
+  task: str = 'multiclass',
+  num_examples: int | None = None,
 ) -> ClassificationLoss:
   """The :class:`ClassificationLoss` ``name`` for these training counts.
 
@@ -526,6 +591,17 @@ def make_classification_loss(
     drw_start: fraction of training in ``[0, 1]`` after which 'ldam_drw'
       re-weights (Cao et al.: epoch 160 of 200 = 0.8; 1 never re-weights:
       plain LDAM).
+    task: one of :data:`TASKS`. 'multilabel' (one sigmoid per class, [B, K]
+      multi-hot labels, ``class_counts`` the positives per class) takes the
+      names of :data:`MULTILABEL_LOSS_NAMES`: 'ce' the sigmoid binary
+      cross-entropy, 'weighted_ce' the same with ``pos_weight = n_negative /
+      n_positive`` per class (`care_jax.losses.positive_weights`), 'focal'
+      the sigmoid focal loss (:func:`sigmoid_focal_loss`, ``gamma``; no
+      ``focal_alpha``); each example's value is the mean over its classes, so
+      the batch loss is PyTorch's ``BCEWithLogitsLoss()`` mean over all
+      ``B * K`` entries. The softmax losses, ``focal_alpha`` and
+      ``posthoc_tau`` are refused there.
+    num_examples: training examples (needed by the multi-label 'weighted_ce').
 
   Returns:
     The loss; ``'ce'`` gives weights 1 and ``'weighted_ce'`` the
@@ -581,6 +657,16 @@ def make_classification_loss(
   check(0 <= drw_start <= 1, 'drw_start', drw_start, 'must lie in [0, 1] (a fraction of training)')
   if num_steps < 1:
     raise ValueError(f'num_steps must be >= 1, got {num_steps}.')
+  check(task in TASKS, 'task', task, f'must be one of {TASKS}')
+  if task == 'multilabel':
+    return _multilabel_loss(
+      name,
+      class_counts=class_counts,
+      num_examples=num_examples,
+      gamma=gamma,
+      focal_alpha=focal_alpha,
+      posthoc_tau=posthoc_tau,
+    )
   counts = _checks.positive_counts(class_counts)
   values_fn = losses.cross_entropy
   class_weights = None
@@ -620,3 +706,40 @@ def make_classification_loss(
     reweight_step=reweight_step,
     posthoc_bias=posthoc_bias,
   )
+
+
+def _mean_over_classes(elementwise: Callable[..., jax.Array], **kwargs) -> Callable:
+  """``(logits, labels) -> [B]``: each example's mean of ``elementwise`` over its classes."""
+  return lambda logits, labels: jnp.mean(elementwise(logits, labels, **kwargs), axis=-1)
+
+
+def _multilabel_loss(
+  name: str, *, class_counts, num_examples, gamma, focal_alpha, posthoc_tau
+) -> ClassificationLoss:
+  """The multi-label :class:`ClassificationLoss` (see :func:`make_classification_loss`)."""
+  if name not in MULTILABEL_LOSS_NAMES:
+    raise ValueError(
+      f'loss.name = {name!r} is a softmax loss over exclusive classes; a multi-label task'
+      f" (config.task='multilabel') takes one of {MULTILABEL_LOSS_NAMES}: 'ce' (sigmoid"
+      " binary cross-entropy), 'weighted_ce' (positive-class weights), 'focal' (sigmoid focal)."
+    )
+  if focal_alpha is not None:
+    raise ValueError(
+      f'loss.focal_alpha = {focal_alpha!r}: per-class focal alphas are for exclusive classes;'
+      ' a multi-label task takes focal_alpha=None (use weighted_ce for positive weights).'
+    )
+  if posthoc_tau:
+    raise ValueError(
+      f'loss.posthoc_tau = {posthoc_tau!r}: post-hoc logit adjustment shifts a softmax over'
+      ' exclusive classes; a multi-label task takes posthoc_tau=0.'
+    )
+  if name == 'weighted_ce':
+    if num_examples is None:
+      raise ValueError("the multi-label 'weighted_ce' needs num_examples (the training examples).")
+    pos_weight = losses.positive_weights(class_counts, num_examples)
+    values_fn = _mean_over_classes(losses.sigmoid_binary_cross_entropy, pos_weight=pos_weight)
+  elif name == 'focal':
+    values_fn = _mean_over_classes(sigmoid_focal_loss, gamma=gamma)
+  else:
+    values_fn = _mean_over_classes(losses.sigmoid_binary_cross_entropy)
+  return ClassificationLoss(name=name, values_fn=values_fn, task='multilabel')

@@ -41,8 +41,11 @@ class Predictions:
     index: int64 [N] positions (in the list of files) of the images read;
       with ``skip_unreadable`` an unreadable file has none.
     probabilities: float32 [N, K] class probabilities (softmax of the scores
-      whose argmax is the prediction).
-    predictions: int64 [N] predicted classes.
+      whose argmax is the prediction); for a multi-label run the sigmoid of
+      each finding's logit (the findings at >= 0.5 are its predictions,
+      `predicted_classes`).
+    predictions: int64 [N] predicted classes (multi-label: the most probable
+      finding, whose map ``maps`` holds).
     maps: float32 [N, h, w] min-max normalised attention maps of the
       predicted classes, or None when not asked for.
     images: float32 [N, S, S, C] the preprocessed images, or None.
@@ -55,15 +58,30 @@ class Predictions:
   images: np.ndarray | None = None
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'method', 'with_maps'))
-def _predict(model, variables, images, posthoc_bias, *, method: str, with_maps: bool):
+def predicted_classes(probabilities, class_names: Sequence[str], *, multilabel: bool) -> str:
+  """A row's prediction as text: its argmax class, or the multi-label findings at >= 0.5
+  joined by ``|`` (empty for none)."""
+  if multilabel:
+    return '|'.join(name for name, p in zip(class_names, probabilities) if p >= 0.5)
+  return class_names[int(np.argmax(probabilities))]
+
+
+def probabilities_of(scores: jax.Array, *, multilabel: bool) -> jax.Array:
+  """Softmax over exclusive classes, or one sigmoid per finding (multi-label)."""
+  return jax.nn.sigmoid(scores) if multilabel else jax.nn.softmax(scores, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'method', 'with_maps', 'multilabel'))
+def _predict(
+  model, variables, images, posthoc_bias, *, method: str, with_maps: bool, multilabel: bool
+):
   logits, intermediates = model.apply(variables, images, train=False)
   scores = logits if posthoc_bias is None else logits - posthoc_bias
   predictions = jnp.argmax(scores, axis=-1)
   maps = None
   if with_maps:
     maps = model.attention_maps(variables, intermediates['features'], predictions, method=method)
-  return jax.nn.softmax(scores, axis=-1), predictions, maps
+  return probabilities_of(scores, multilabel=multilabel), predictions, maps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +104,11 @@ class Predictor:
   class_names: tuple[str, ...]
   step: int
   posthoc_bias: np.ndarray | None = None
+
+  @property
+  def multilabel(self) -> bool:
+    """Whether the run is multi-label (``config.task``): sigmoid probabilities per finding."""
+    return self.config.task == 'multilabel'
 
   @classmethod
   def from_workdir(cls, workdir: str, *, checkpoint: str | int = 'best') -> 'Predictor':
@@ -122,6 +145,7 @@ class Predictor:
       bias,
       method=self.config.care.attention,
       with_maps=attention,
+      multilabel=self.multilabel,
     )
     return (
       np.asarray(probabilities),
@@ -206,7 +230,8 @@ def export(
 
   def probabilities(images):
     logits, _ = predictor.model.apply(predictor.variables, images, train=False)
-    return jax.nn.softmax(logits if bias is None else logits - bias, axis=-1)
+    scores = logits if bias is None else logits - bias
+    return probabilities_of(scores, multilabel=predictor.multilabel)
 
   (batch,) = jax.export.symbolic_shape('batch')
   exported = jax.export.export(jax.jit(probabilities), platforms=tuple(platforms))(
@@ -224,7 +249,11 @@ def export(
     'image_size': size,
     'step': predictor.step,
     'platforms': list(exported.platforms),
-    'output': 'class probabilities [batch, len(class_names)]',
+    'output': (
+      'finding probabilities (one sigmoid each) [batch, len(class_names)]'
+      if predictor.multilabel
+      else 'class probabilities [batch, len(class_names)]'
+    ),
   }
   directory = epath.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)

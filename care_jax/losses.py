@@ -37,6 +37,8 @@ __all__ = [
   'cross_entropy',
   'distance_outer_mask',
   'inverse_frequency_weights',
+  'positive_weights',
+  'sigmoid_binary_cross_entropy',
   'weighted_cross_entropy_loss',
 ]
 
@@ -55,27 +57,34 @@ def _safe_mean(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
 
 
 def _validate_care_inputs(feature_map, mask, outer_mask, has_mask):
-  if feature_map.ndim != 3:
-    raise ValueError(f'feature_map must have shape [B, h, w], got shape {feature_map.shape}.')
-  if mask.ndim != 3:
-    raise ValueError(f'mask must have shape [B, H, W], got shape {mask.shape}.')
-  if mask.shape[0] != feature_map.shape[0]:
+  if feature_map.ndim < 3:
     raise ValueError(
-      f'mask batch size {mask.shape[0]} (shape {mask.shape}) does not match '
-      f'feature_map batch size {feature_map.shape[0]} (shape '
+      f'feature_map must have shape [B, h, w] (or [B, K, h, w], one map per image and'
+      f' class), got shape {feature_map.shape}.'
+    )
+  if mask.ndim != feature_map.ndim:
+    raise ValueError(
+      f'mask must have shape [B, H, W] (or [B, K, H, W]) like feature_map {feature_map.shape},'
+      f' got shape {mask.shape}.'
+    )
+  if mask.shape[:-2] != feature_map.shape[:-2]:
+    raise ValueError(
+      f'mask batch size {mask.shape[:-2]} (shape {mask.shape}) does not match '
+      f'feature_map batch size {feature_map.shape[:-2]} (shape '
       f'{feature_map.shape}).'
     )
-  if any(big < small for big, small in zip(mask.shape[1:], feature_map.shape[1:])):
+  if any(big < small for big, small in zip(mask.shape[-2:], feature_map.shape[-2:])):
     raise ValueError(
-      f'mask spatial shape {mask.shape[1:]} must be at least the '
-      f'feature_map spatial shape {feature_map.shape[1:]} (maps are only '
+      f'mask spatial shape {mask.shape[-2:]} must be at least the '
+      f'feature_map spatial shape {feature_map.shape[-2:]} (maps are only '
       'upsampled to the mask resolution).'
     )
   if outer_mask is not None and outer_mask.shape != mask.shape:
     raise ValueError(f'outer_mask shape {outer_mask.shape} must equal mask shape {mask.shape}.')
-  if has_mask is not None and has_mask.shape != (feature_map.shape[0],):
+  if has_mask is not None and has_mask.shape != feature_map.shape[:-2]:
     raise ValueError(
-      f'has_mask must have shape [B] = ({feature_map.shape[0]},), got shape {has_mask.shape}.'
+      f'has_mask must have shape {list(feature_map.shape[:-2])} (the batch shape of'
+      f' feature_map), got shape {has_mask.shape}.'
     )
 
 
@@ -105,19 +114,22 @@ def care_loss_per_example(
 
   Args:
     feature_map: [B, h, w] attention map ``F`` (float32 or bfloat16), already
-      min-max normalised to [0, 1] by the caller.
-    mask: [B, H, W] inner mask ``M_in``, binary or soft in [0, 1], with
-      ``H >= h`` and ``W >= w``. Bool/int masks are cast to float.
+      min-max normalised to [0, 1] by the caller; or [B, K, h, w], one map per
+      image and class (multi-label CARE: each positive finding's map against
+      that finding's box), which is computed as ``B * K`` images.
+    mask: [B, H, W] (or [B, K, H, W]) inner mask ``M_in``, binary or soft in
+      [0, 1], with ``H >= h`` and ``W >= w``. Bool/int masks are cast to float.
     tau: cap on the mean attention inside the box.
     lam: weight of the outer term.
     outer_mask: optional [B, H, W] outer mask ``M_out``, e.g. the paper's
       distance-weighted one from :func:`distance_outer_mask`; defaults to
       ``1 - mask``.
-    has_mask: optional [B] bool, which images carry a box; defaults to
-      ``sum(mask) > 0`` per image. Other dtypes are cast to bool.
+    has_mask: optional [B] (or [B, K]) bool, which images (image-class pairs)
+      carry a box; defaults to ``sum(mask) > 0`` per image. Other dtypes are
+      cast to bool.
 
   Returns:
-    [B] float32 losses (float64 for float64 inputs under x64).
+    [B] (or [B, K]) float32 losses (float64 for float64 inputs under x64).
 
   Raises:
     ValueError: for a wrong rank or shape (the argument and shapes named),
@@ -154,9 +166,12 @@ def _care_per_example(feature_map, mask, *, tau, lam, outer_mask, has_mask):
     _checks.check_range('outer_mask', outer_mask, low=0, high=np.inf, what='non-negative weights')
 
   dtype = _numerics.compute_dtype(feature_map)
-  feature_map = feature_map.astype(dtype)
-  mask = mask.astype(dtype)
-  outer_mask = 1.0 - mask if outer_mask is None else outer_mask.astype(dtype)
+  batch_shape = feature_map.shape[:-2]
+  # [B, K, ...] (one map per image and class) is computed as B * K images.
+  flat = lambda x: x.reshape(-1, *x.shape[-2:])
+  feature_map = flat(feature_map.astype(dtype))
+  mask = flat(mask.astype(dtype))
+  outer_mask = 1.0 - mask if outer_mask is None else flat(outer_mask.astype(dtype))
   h, w = feature_map.shape[1:]
 
   # Mask sums (denominators) at full mask resolution, as in the formula.
@@ -170,8 +185,9 @@ def _care_per_example(feature_map, mask, *, tau, lam, outer_mask, has_mask):
   loss_out = _safe_mean(outer_sum, outer_area)
   loss = loss_in + lam * loss_out
 
-  has_mask = inner_area > 0 if has_mask is None else has_mask.astype(bool)
-  return jnp.where(has_mask, loss, jnp.zeros_like(loss)), has_mask
+  has_mask = inner_area > 0 if has_mask is None else has_mask.reshape(-1).astype(bool)
+  loss = jnp.where(has_mask, loss, jnp.zeros_like(loss))
+  return loss.reshape(batch_shape), has_mask.reshape(batch_shape)
 
 
 def care_loss(
@@ -195,12 +211,14 @@ def care_loss(
   Classification on Imbalanced Data", MIDL 2019, PMLR 102:588-597.
 
   Args:
-    feature_map: [B, h, w] min-max normalised attention maps.
-    mask: [B, H, W] inner masks, ``H >= h``, ``W >= w``.
+    feature_map: [B, h, w] min-max normalised attention maps, or [B, K, h, w]
+      (one per image and class: the mean is then over the boxed pairs).
+    mask: [B, H, W] (or [B, K, H, W]) inner masks, ``H >= h``, ``W >= w``.
     tau: cap on the mean attention inside the box.
     lam: weight of the outer term.
     outer_mask: optional [B, H, W] outer masks; default ``1 - mask``.
-    has_mask: optional [B] bool; default ``sum(mask) > 0`` per image.
+    has_mask: optional [B] (or [B, K]) bool; default ``sum(mask) > 0`` per
+      image.
     reduction: ``'mean'`` (the paper: average over images with a box) or
       ``'sum'`` (sum over images with a box, as the official PyTorch code
       did; use it, with ``lam=1``, only for code-faithful reproduction).
@@ -243,6 +261,7 @@ def _l1_distance_1d(v: jax.Array, axis: int) -> jax.Array:
   ``min_{j<=i} (v[j] + i - j) = i + cummin_{j<=i} (v[j] - j)`` and
   ``min_{j>=i} (v[j] + j - i) = -i + reverse-cummin_{j>=i} (v[j] + j)``.
   """
+  axis = axis % v.ndim
   shape = [1] * v.ndim
   shape[axis] = v.shape[axis]
   index = jnp.arange(v.shape[axis], dtype=v.dtype).reshape(shape)
@@ -285,17 +304,18 @@ def distance_outer_mask(mask: ArrayLike, *, start: float, delta: float) -> jax.A
   (the distance-weighted outer mask).
 
   Args:
-    mask: [B, H, W] inner mask ``M_in``, binary or soft in [0, 1] (bool/int
-      masks are cast).
+    mask: [B, H, W] (or [B, K, H, W]) inner mask ``M_in``, binary or soft in
+      [0, 1] (bool/int masks are cast).
     start: weight of the pixels next to the box (distance 1 is
       ``start + delta``); >= 0.
     delta: weight added per pixel of distance; >= 0.
 
   Returns:
-    [B, H, W] float32 outer mask (float64 for float64 masks under x64).
+    float32 outer mask of the shape of ``mask`` (float64 for float64 masks
+    under x64).
 
   Raises:
-    ValueError: if ``mask`` is not [B, H, W] (the shape is named); if
+    ValueError: if ``mask`` has fewer than 3 axes (the shape is named); if
       ``start`` or ``delta`` is negative, NaN or inf (when concrete); or,
       when ``mask`` is concrete, for a mask value outside [0, 1] or
       non-finite, with its index.
@@ -309,8 +329,8 @@ def distance_outer_mask(mask: ArrayLike, *, start: float, delta: float) -> jax.A
       [2.  2.5 3. ]]]
   """
   mask = jnp.asarray(mask)
-  if mask.ndim != 3:
-    raise ValueError(f'mask must have shape [B, H, W], got shape {mask.shape}.')
+  if mask.ndim < 3:
+    raise ValueError(f'mask must have shape [B, H, W] (or [B, K, H, W]), got shape {mask.shape}.')
   _checks.check_range(
     'mask', mask, low=0, high=1, what='binary or soft masks; divide 0/255 masks by 255'
   )
@@ -318,19 +338,104 @@ def distance_outer_mask(mask: ArrayLike, *, start: float, delta: float) -> jax.A
   _check_nonnegative_scalar('delta', delta)
 
   dtype = _numerics.compute_dtype(mask)
-  height, width = mask.shape[1:]
+  height, width = mask.shape[-2:]
   inside = mask.astype(dtype) > 0.5
   # Rows without a box pixel keep distances >= far after the first pass; every
   # true distance is <= H + W - 2 < far, so the minimum of the second pass is exact.
   far = height + width
   v = jnp.where(inside, 0, far).astype(jnp.int32)
-  distance = _l1_distance_1d(_l1_distance_1d(v, axis=2), axis=1)
+  distance = _l1_distance_1d(_l1_distance_1d(v, axis=-1), axis=-2)
 
   start = jnp.asarray(start, dtype)
   delta = jnp.asarray(delta, dtype)
   weights = start + delta * distance.astype(dtype)
-  no_box = ~jnp.any(inside, axis=(1, 2), keepdims=True)
+  no_box = ~jnp.any(inside, axis=(-2, -1), keepdims=True)
   return jnp.where(inside | no_box, jnp.zeros_like(weights), weights)
+
+
+def _validate_multilabel(logits: jax.Array, labels: jax.Array) -> None:
+  if logits.ndim != 2 or labels.shape != logits.shape:
+    raise ValueError(
+      f'logits and labels must both have shape [B, K] (multi-hot labels), got logits'
+      f' {logits.shape} and labels {labels.shape}.'
+    )
+  _checks.check_range('labels', labels, low=0, high=1, what='multi-hot (0/1) or soft labels')
+
+
+def sigmoid_binary_cross_entropy(
+  logits: ArrayLike, labels: ArrayLike, *, pos_weight: ArrayLike | None = None
+) -> jax.Array:
+  """Per-(example, class) sigmoid binary cross-entropy of multi-label logits.
+
+  ``l_ik = -[p_k y_ik log sigmoid(z_ik) + (1 - y_ik) log(1 - sigmoid(z_ik))]``
+  with ``p_k = pos_weight[k]`` (1 without it), computed stably as
+  ``p_k y softplus(-z) + (1 - y) softplus(z)``: PyTorch's
+  ``BCEWithLogitsLoss(pos_weight=p, reduction='none')``. Computed in float32.
+
+  Args:
+    logits: [B, K] unnormalised scores, one independent binary decision per
+      class (finding).
+    labels: [B, K] multi-hot labels in [0, 1] (checked when concrete).
+    pos_weight: optional [K] weights of the positive term (e.g.
+      :func:`positive_weights`: ``n_negative / n_positive`` per class).
+
+  Returns:
+    [B, K] float32 losses.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> z = jnp.array([[0.0, 2.0]])
+    >>> print(sigmoid_binary_cross_entropy(z, jnp.array([[1.0, 0.0]])).round(4))
+    [[0.6931 2.1269]]
+  """
+  logits = jnp.asarray(logits)
+  logits = logits.astype(_numerics.compute_dtype(logits))
+  labels = jnp.asarray(labels)
+  _validate_multilabel(logits, labels)
+  labels = labels.astype(logits.dtype)
+  positive = jax.nn.softplus(-logits)
+  if pos_weight is not None:
+    pos_weight = jnp.asarray(pos_weight, logits.dtype)
+    if pos_weight.shape != logits.shape[1:]:
+      raise ValueError(
+        f'pos_weight must have shape [K] = ({logits.shape[1]},), got shape {pos_weight.shape}.'
+      )
+    positive = pos_weight * positive
+  return labels * positive + (1.0 - labels) * jax.nn.softplus(logits)
+
+
+def positive_weights(positive_counts: ArrayLike, num_examples: int) -> np.ndarray:
+  """Per-class weights ``n_negative / n_positive`` of the positive term of a multi-label BCE.
+
+  With them each class's positives weigh as much in total as its negatives
+  (the ``pos_weight`` PyTorch's ``BCEWithLogitsLoss`` documents for this).
+
+  Args:
+    positive_counts: [K] training examples on which each class is positive
+      (all in ``[1, num_examples)``).
+    num_examples: training examples.
+
+  Returns:
+    [K] float32 weights.
+
+  Raises:
+    ValueError: a class positive on no example or on every example (its
+      weight would be infinite or 0; the class is named by index).
+
+  Examples:
+    >>> print(positive_weights([10, 50], 100))
+    [9. 1.]
+  """
+  counts = np.asarray(positive_counts, np.float64)
+  if counts.ndim != 1:
+    raise ValueError(f'positive_counts must have shape [K], got shape {counts.shape}.')
+  bad = np.flatnonzero((counts < 1) | (counts >= num_examples))
+  if bad.size:
+    raise ValueError(
+      f'positive_counts must lie in [1, num_examples = {num_examples}) for positive weights;'
+      f' class index {int(bad[0])} has {int(counts[bad[0]])} positives.'
+    )
+  return ((num_examples - counts) / counts).astype(np.float32)
 
 
 def cross_entropy(

@@ -18,6 +18,12 @@ Attention quality on images with a lesion box (:func:`attention_quality`,
 pure JAX, per image; :class:`AttentionMetrics` sums it over batches): the
 fraction of the attention mass inside the box, the pointing game and the IoU
 of the thresholded map with the box.
+
+Multi-label (one sigmoid per finding): :func:`multilabel_score_metrics`
+scores each finding as its own binary problem (AUROC, AP, recall and
+precision at a threshold, their means), and
+:meth:`AttentionMetrics.from_batch_per_class` keeps the attention sums per
+finding.
 """
 
 from collections.abc import Sequence
@@ -281,6 +287,139 @@ def score_metrics(
   }
 
 
+def _check_multilabel_scores(
+  probabilities: Any, labels: Any, class_names: Sequence[str], valid: Any
+) -> tuple[np.ndarray, np.ndarray]:
+  """Float64 [N, K] scores and bool [N, K] labels of the rows that count."""
+  probabilities = np.asarray(probabilities, np.float64)
+  labels = np.asarray(labels)
+  if probabilities.ndim != 2 or labels.shape != probabilities.shape:
+    raise ValueError(
+      'probabilities and labels must both be [N, K] (one column per finding); got '
+      f'probabilities {probabilities.shape} and labels {labels.shape}.'
+    )
+  if probabilities.shape[1] != len(class_names):
+    raise ValueError(
+      f'probabilities have {probabilities.shape[1]} findings, class_names {len(class_names)}.'
+    )
+  if labels.dtype == object or not np.all((labels == 0) | (labels == 1)):
+    raise ValueError('labels must be 0/1 (or bool) indicators of each finding.')
+  if valid is not None:
+    valid = np.asarray(valid)
+    if valid.shape != probabilities.shape[:1]:
+      raise ValueError(
+        f'valid must have shape [N] = {probabilities.shape[:1]}, got shape {valid.shape}.'
+      )
+    valid = valid.astype(bool)
+    probabilities, labels = probabilities[valid], labels[valid]
+  return probabilities, labels.astype(bool)
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+  defined = [v for v in values if v is not None]
+  return float(np.mean(defined)) if defined else None
+
+
+def multilabel_score_metrics(
+  probabilities: Any,
+  labels: Any,
+  class_names: Sequence[str],
+  *,
+  valid: Any = None,
+  rare_classes: Sequence[int] = (),
+  threshold: float = 0.5,
+) -> dict[str, Any]:
+  """The metrics of a multi-label classifier: per-finding AUROC, AP, recall, precision.
+
+  Each of the K findings is its own binary problem, scored by its column of
+  (sigmoid) probabilities: ``auroc`` (:func:`roc_auc`, the Mann-Whitney
+  statistic, ties counting one half) and ``ap`` (:func:`average_precision`,
+  ``sum_n (R_n - R_{n-1}) P_n``), as scikit-learn's ``roc_auc_score`` and
+  ``average_precision_score`` of that column. ``mean_auroc`` is the mean
+  AUROC over the findings, the summary of CheXNet (Rajpurkar et al., 2017,
+  arXiv:1711.05225) and of the ChestX-ray14 benchmark (Wang et al., CVPR
+  2017); ``mean_ap`` the mean AP.
+
+  A finding with only negatives (or only positives) among the counted rows
+  has no AUROC: it is reported as None, as :func:`score_metrics` reports a
+  class missing from a split, and left out of ``mean_auroc`` and
+  ``rare_mean_auroc``; ``num_auroc_undefined`` counts the findings left out.
+  Its AP is None without positives (left out of ``mean_ap``, counted in
+  ``num_ap_undefined``) and 1.0 with only positives.
+
+  At ``threshold`` a finding is predicted where ``probability >= threshold``:
+  ``recall = TP / (TP + FN)`` and ``precision = TP / (TP + FP)``, 0 when
+  the denominator is 0 (scikit-learn's ``zero_division=0``).
+  ``rare_recall`` is the mean recall of the rare findings that have
+  positives, as in :func:`classification_metrics`.
+
+  Args:
+    probabilities: ``[N, K]`` scores of N examples (sigmoid probabilities;
+      only their order matters for AUROC and AP).
+    labels: ``[N, K]`` 0/1 (or bool) indicators of the findings.
+    class_names: K finding names in label order.
+    valid: optional bool ``[N]``; rows with ``False`` (batch padding) count
+      nowhere.
+    rare_classes: indices of the rare findings (``rare_mean_auroc``,
+      ``rare_recall``).
+    threshold: the probability at which a finding is predicted.
+
+  Returns:
+    A JSON-ready dict: ``auroc``, ``ap``, ``recall``, ``precision``
+    ({finding: value}; AUROC and AP None where undefined), ``positives``
+    ({finding: int}, the counted rows that have it), ``mean_auroc``,
+    ``mean_ap``, ``rare_mean_auroc``, ``rare_recall`` (None when nothing is
+    defined to average), ``num_auroc_undefined``, ``num_ap_undefined`` and
+    ``num_examples`` (the counted rows).
+
+  Raises:
+    ValueError: for shapes that are not ``[N, K]`` with K findings named,
+      labels other than 0/1, a ``valid`` that is not ``[N]``, rare classes
+      out of range or a threshold outside ``[0, 1]``.
+
+  Examples:
+    >>> m = multilabel_score_metrics(
+    ...     [[0.9, 0.2], [0.3, 0.6], [0.6, 0.7], [0.2, 0.4]],
+    ...     [[1, 0], [0, 1], [1, 0], [0, 0]], ['effusion', 'nodule'], rare_classes=[1])
+    >>> m['auroc'], m['mean_auroc'], m['rare_recall']
+    ({'effusion': 1.0, 'nodule': 0.6666666666666666}, 0.8333333333333333, 1.0)
+    >>> m['precision']['nodule'], m['positives']
+    (0.5, {'effusion': 2, 'nodule': 1})
+  """
+  probabilities, labels = _check_multilabel_scores(probabilities, labels, class_names, valid)
+  num_classes = len(class_names)
+  bad = [k for k in rare_classes if not 0 <= k < num_classes]
+  if bad:
+    raise ValueError(f'rare_classes {bad} out of range for {num_classes} findings.')
+  if not 0.0 <= threshold <= 1.0:
+    raise ValueError(f'threshold must lie in [0, 1], got {threshold}.')
+  auroc = [roc_auc(probabilities[:, k], labels[:, k]) for k in range(num_classes)]
+  ap = [average_precision(probabilities[:, k], labels[:, k]) for k in range(num_classes)]
+  predicted = probabilities >= threshold
+  true_positives = np.sum(predicted & labels, axis=0).astype(np.float64)
+  positives = labels.sum(axis=0)
+  predicted_positives = predicted.sum(axis=0)
+  recall = np.divide(true_positives, positives, out=np.zeros(num_classes), where=positives > 0)
+  precision = np.divide(
+    true_positives, predicted_positives, out=np.zeros(num_classes), where=predicted_positives > 0
+  )
+  rare_present = [k for k in rare_classes if positives[k]]
+  return {
+    'auroc': dict(zip(class_names, auroc)),
+    'ap': dict(zip(class_names, ap)),
+    'recall': {name: float(r) for name, r in zip(class_names, recall)},
+    'precision': {name: float(p) for name, p in zip(class_names, precision)},
+    'positives': {name: int(p) for name, p in zip(class_names, positives)},
+    'mean_auroc': _mean_or_none(auroc),
+    'mean_ap': _mean_or_none(ap),
+    'rare_mean_auroc': _mean_or_none([auroc[k] for k in rare_classes]),
+    'rare_recall': float(recall[rare_present].mean()) if rare_present else None,
+    'num_auroc_undefined': sum(v is None for v in auroc),
+    'num_ap_undefined': sum(v is None for v in ap),
+    'num_examples': int(labels.shape[0]),
+  }
+
+
 def _attention_inputs(
   maps: jax.typing.ArrayLike, masks: jax.typing.ArrayLike
 ) -> tuple[jax.Array, jax.Array]:
@@ -452,6 +591,12 @@ class AttentionMetrics(NamedTuple):
   (:meth:`from_batch`), ``psum`` it under ``pmap``, add the batches with
   :meth:`merge` (on device or host) and read the means with :meth:`compute`.
 
+  Multi-label: :meth:`from_batch_per_class` scores each finding's map against
+  that finding's box and keeps the sums per finding (each field ``[K]``, the
+  same as :meth:`from_batch` of finding k alone in slot k); they merge and
+  ``psum`` the same way, and :meth:`compute_per_class` reads per-finding
+  means and their mean over the findings that have boxed images.
+
   Examples:
     >>> f = jnp.array([[[1.0, 0.0], [0.0, 0.0]]])
     >>> m = jnp.zeros((1, 4, 4)).at[0, :2, :2].set(1.0)
@@ -466,8 +611,14 @@ class AttentionMetrics(NamedTuple):
   num_images: jax.typing.ArrayLike
 
   @classmethod
-  def empty(cls) -> 'AttentionMetrics':
-    return cls(np.float64(0.0), np.float64(0.0), np.float64(0.0), np.int64(0))
+  def empty(cls, num_classes: int | None = None) -> 'AttentionMetrics':
+    """Zero sums: scalars, or ``[num_classes]`` per-finding sums."""
+    if num_classes is None:
+      return cls(np.float64(0.0), np.float64(0.0), np.float64(0.0), np.int64(0))
+    if num_classes < 1:
+      raise ValueError(f'num_classes must be >= 1, got {num_classes}.')
+    zeros = np.zeros(num_classes, np.float64)
+    return cls(zeros, zeros.copy(), zeros.copy(), np.zeros(num_classes, np.int64))
 
   @classmethod
   def from_batch(
@@ -484,15 +635,115 @@ class AttentionMetrics(NamedTuple):
     sums = {k: jnp.sum(jnp.where(counted, v, 0.0)) for k, v in quality.items()}
     return cls(**sums, num_images=jnp.sum(counted.astype(jnp.int32)))
 
+  @classmethod
+  def from_batch_per_class(
+    cls,
+    maps: jax.typing.ArrayLike,
+    masks: jax.typing.ArrayLike,
+    valid: jax.typing.ArrayLike | None = None,
+    *,
+    threshold: float = 0.5,
+  ) -> 'AttentionMetrics':
+    """Per-finding sums of :func:`attention_quality` over the batch, fields ``[K]``.
+
+    Slot k holds :meth:`from_batch` of ``maps[:, k]`` against
+    ``masks[:, k]`` on the rows ``valid[:, k]`` (one vmapped computation, so
+    it runs inside a jitted eval step). An (image, finding) pair counts
+    where it is valid and its mask is not empty.
+
+    Args:
+      maps: ``[B, K, h, w]`` attention maps, one per finding (e.g. of each
+        finding's logit).
+      masks: ``[B, K, H, W]`` boxes of each finding, ``H >= h``, ``W >= w``.
+      valid: optional bool ``[B, K]``, the pairs to score (e.g. a positive
+        finding with a box, on a row that is not padding).
+      threshold: IoU threshold, a fraction of each map's maximum.
+
+    Examples:
+      >>> f = jnp.zeros((1, 2, 2, 2)).at[0, :, 0, 0].set(1.0)
+      >>> m = jnp.zeros((1, 2, 4, 4)).at[0, 0, :2, :2].set(1.0)
+      >>> AttentionMetrics.from_batch_per_class(f, m).num_images  # no box for finding 1
+      Array([1, 0], dtype=int32)
+    """
+    maps, masks = jnp.asarray(maps), jnp.asarray(masks)
+    if maps.ndim != 4:
+      raise ValueError(f'maps must have shape [B, K, h, w], got shape {maps.shape}.')
+    if masks.ndim != 4 or masks.shape[:2] != maps.shape[:2]:
+      raise ValueError(
+        f'masks must have shape [B, K, H, W] with [B, K] = {list(maps.shape[:2])} (maps '
+        f'shape {maps.shape}), got shape {masks.shape}.'
+      )
+    if valid is None:
+      valid = jnp.ones(maps.shape[:2], bool)
+    valid = jnp.asarray(valid)
+    if valid.shape != maps.shape[:2]:
+      raise ValueError(
+        f'valid must have shape [B, K] = {list(maps.shape[:2])}, got shape {valid.shape}.'
+      )
+
+    def one_finding(f, m, v):
+      return cls.from_batch(f, m, threshold=threshold, valid=v)
+
+    return jax.vmap(one_finding, in_axes=1)(maps, masks, valid)
+
   def merge(self, other: 'AttentionMetrics') -> 'AttentionMetrics':
     return type(self)(*(a + b for a, b in zip(self, other)))
 
   def compute(self) -> dict[str, float | int | None]:
     """``{'mass_inside', 'pointing_game', 'iou'}`` means (None without
     images) and ``'num_images'``."""
+    if np.ndim(self.num_images):
+      raise ValueError(
+        f'these are per-finding sums (shape {np.shape(self.num_images)}): read them with '
+        'compute_per_class(class_names).'
+      )
     count = int(self.num_images)
     means = {
       k: (float(getattr(self, k)) / count if count else None)
       for k in ('mass_inside', 'pointing_game', 'iou')
     }
     return {**means, 'num_images': count}
+
+  def compute_per_class(self, class_names: Sequence[str]) -> dict[str, Any]:
+    """Means of per-finding sums (:meth:`from_batch_per_class`), JSON-ready.
+
+    Returns:
+      ``{'mass_inside', 'pointing_game', 'iou'}``: the mean over the findings
+      with at least one boxed image of each finding's mean (None without
+      any); ``'num_images'``: the (image, finding) pairs scored;
+      ``'num_findings'``: the findings with at least one;
+      ``'per_class'``: ``{finding: {'mass_inside', 'pointing_game', 'iou',
+      'num_images'}}``, as :meth:`compute` of that finding alone.
+
+    Examples:
+      >>> f = jnp.zeros((1, 2, 2, 2)).at[0, :, 0, 0].set(1.0)
+      >>> m = jnp.zeros((1, 2, 4, 4)).at[0, 0, :2, :2].set(1.0)
+      >>> got = AttentionMetrics.from_batch_per_class(f, m).compute_per_class(['a', 'b'])
+      >>> got['pointing_game'], got['num_findings'], got['per_class']['b']['iou']
+      (1.0, 1, None)
+    """
+    count = np.asarray(self.num_images, np.int64)
+    if count.shape != (len(class_names),):
+      raise ValueError(
+        f'per-finding sums of shape [K] with K = len(class_names) = {len(class_names)} '
+        f'expected, got shape {count.shape}.'
+      )
+    keys = ('mass_inside', 'pointing_game', 'iou')
+    sums = {k: np.asarray(getattr(self, k), np.float64) for k in keys}
+    scored = count > 0
+    means = {
+      k: np.divide(s, count, out=np.zeros(count.shape), where=scored) for k, s in sums.items()
+    }
+    per_class = {
+      name: {
+        **{k: (float(means[k][i]) if scored[i] else None) for k in keys},
+        'num_images': int(count[i]),
+      }
+      for i, name in enumerate(class_names)
+    }
+    return {
+      **{k: (float(means[k][scored].mean()) if scored.any() else None) for k in keys},
+      'num_images': int(count.sum()),
+      'num_findings': int(scored.sum()),
+      'per_class': per_class,
+    }

@@ -94,9 +94,17 @@ def list_images(path: str) -> tuple[list[str], list[str]]:
 
 
 def write_predictions(
-  path: epath.PathLike, names, result: inference.Predictions, class_names
+  path: epath.PathLike,
+  names,
+  result: inference.Predictions,
+  class_names,
+  *,
+  multilabel: bool = False,
 ) -> None:
   """``image,prediction,p_<class>...``, one row per image read, in the input's order.
+
+  Multi-label runs: ``prediction`` lists the findings at probability >= 0.5,
+  joined by ``|`` (`inference.predicted_classes`).
 
   `path` may be local or any URL `etils.epath` opens (``gs://``).
   """
@@ -106,12 +114,9 @@ def write_predictions(
   with path.open('w') as f:
     writer = csv.writer(f)
     writer.writerow(['image', 'prediction', *(f'p_{name}' for name in class_names)])
-    for position, predicted, probabilities in zip(
-      result.index, result.predictions, result.probabilities
-    ):
-      writer.writerow(
-        [names[position], class_names[predicted], *(f'{p:.6g}' for p in probabilities)]
-      )
+    for position, probabilities in zip(result.index, result.probabilities):
+      prediction = inference.predicted_classes(probabilities, class_names, multilabel=multilabel)
+      writer.writerow([names[position], prediction, *(f'{p:.6g}' for p in probabilities)])
 
 
 def write_overlays(
@@ -146,7 +151,7 @@ def predict(
     keep_images=attention_dir is not None,
     skip_unreadable=skip_unreadable,
   )
-  write_predictions(output, names, result, predictor.class_names)
+  write_predictions(output, names, result, predictor.class_names, multilabel=predictor.multilabel)
   if attention_dir is not None:
     write_overlays(attention_dir, names, result, predictor.config.data)
   skipped = len(files) - len(result.index)

@@ -131,9 +131,19 @@ def write_figures(
   Returns:
     The paths written. A missing ``metrics.json`` or ``train_log.jsonl``
     skips its figures with a warning.
+
+  Raises:
+    ValueError: a multi-label run (``config.task='multilabel'``): the
+      figures draw one class per image (its metrics are in metrics.json).
   """
   runs = [compare, workdir] if compare else [workdir]
   loaded = {run: checkpoint.load_model(run, which=which) for run in runs}
+  multilabel = [run for run in runs if loaded[run][0].task == 'multilabel']
+  if multilabel:
+    raise ValueError(
+      f'{multilabel[0]} is a multi-label run: care-jax visualize draws single-label runs (one'
+      ' class and its map per image); its per-finding metrics are in its metrics.json.'
+    )
   titles = {run: run_title(loaded[run][0]) for run in runs}
   if len(set(titles.values())) < len(runs):  # e.g. two CARE runs: tell them apart.
     titles = {run: f'{t}, {epath.Path(run).name}' for run, t in titles.items()}

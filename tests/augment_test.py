@@ -250,6 +250,74 @@ def test_bright_square_stays_under_the_mask_for_many_seeds():
   assert transformed > 250 and visible > 250
 
 
+def _box_on_pixel_edges(rng, height):
+  """A normalised box whose edges are pixel edges of an input of side ``height``."""
+  ys = np.sort(rng.choice(height + 1, 2, replace=False))
+  xs = np.sort(rng.choice(height + 1, 2, replace=False))
+  return np.array([ys[0], xs[0], ys[1], xs[1]], np.float32) / height
+
+
+@pytest.mark.parametrize('height, size', [(20, 20), (30, 20)])
+def test_warped_mask_of_a_box_is_the_warped_box_up_to_corners_and_ties(height, size):
+  # A mask that equals a box (edges on input pixel edges) warps as the box,
+  # except within half an input pixel of two edges (bilinear rounds the
+  # corner off) or on an edge (ties).
+  rng = np.random.default_rng(height)
+  settings = _geometry_kwargs(_settings())
+  differing = transformed = 0
+  for i in range(40):
+    box = _box_on_pixel_edges(rng, height)
+    geometry = augment.sample_geometry(_seed(i, base=5), **settings)
+    mask = augment.warp_mask(pipeline.rasterize_boxes(box[None], height), geometry, size=size)
+    expected = augment.warp_boxes_mask(box[None], geometry, size=size).numpy()
+    mask = mask.numpy()
+    assert set(np.unique(mask)) <= {0.0, 1.0}
+    transformed += not np.array_equal(expected, pipeline.rasterize_boxes(box[None], size))
+    for row, col in zip(*np.nonzero(mask != expected)):
+      v = geometry.numpy() @ [(col + 0.5) / size, (row + 0.5) / size, 1]
+      y, x = v[1] * height, v[0] * height  # Input pixel units.
+      dy = np.abs(y - box[[0, 2]] * height).min()
+      dx = np.abs(x - box[[1, 3]] * height).min()
+      on_edge = min(dx, dy) < 1e-3
+      assert (dx < 0.5 and dy < 0.5) or on_edge, (i, row, col, dx, dy)
+      # Off an edge, only the box keeps such a pixel: the corner is cut.
+      assert on_edge or expected[row, col] == 1.0
+      differing += 1
+  assert transformed > 30
+  assert 0 < differing < 0.02 * 40 * size * size
+
+
+def test_warped_mask_moves_as_an_image_that_encodes_it():
+  rng = np.random.default_rng(8)
+  mask = (ndimage.gaussian_filter(rng.uniform(size=(24, 24)), 3) > 0.5).astype(np.float32)
+  assert 0 < mask.mean() < 1
+  settings = _settings(**NO_JITTER)
+  seen = set()
+  for i in range(20):
+    image, warped = augment.augment_example(
+      np.repeat(mask[..., None], 3, -1), np.zeros((0, 4)), _seed(i), size=16, **settings, mask=mask
+    )
+    np.testing.assert_array_equal(warped, image.numpy()[..., 0] >= 0.5)
+    geometry = augment.sample_geometry(
+      tf.unstack(tf.random.experimental.stateless_split(_seed(i), 2))[0],
+      **_geometry_kwargs(settings),
+    )
+    np.testing.assert_array_equal(warped, augment.warp_mask(mask, geometry, size=16))
+    seen.add(warped.numpy().tobytes())
+  assert len(seen) == 20
+  with pytest.raises(ValueError, match='per-class'):
+    augment.augment_example(
+      mask[..., None],
+      np.zeros((0, 4)),
+      _seed(0),
+      size=16,
+      **settings,
+      mask=mask,
+      classes=np.zeros(0, np.int64),
+      num_classes=2,
+    )
+
+
 def test_colour_jitter_leaves_the_mask_alone():
   image = tf.random.stateless_uniform([24, 24, 3], [3, 4])
   boxes = tf.constant([[0.2, 0.3, 0.7, 0.6]])

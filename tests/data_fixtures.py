@@ -119,3 +119,11 @@ def assert_masks_cover_the_drawn_lesions(config) -> int:
     else:
       assert not mask.any()
   return masked
+
+
+def label_counts(examples, num_classes: int) -> list[int]:
+  """Images per class of multi-label examples (an image counts once per label)."""
+  counts = np.zeros(num_classes, np.int64)
+  for ex in examples:
+    counts[np.unique(ex['labels'])] += 1
+  return counts.tolist()

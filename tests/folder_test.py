@@ -1,11 +1,14 @@
 """Tests of the `folder` builder: the user's own labels.csv/boxes.csv layout."""
 
+import dataclasses
+import itertools
 import logging
 import re
 
 import data_fixtures as fx
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from care_jax.data import _files
 from care_jax.data import folder
@@ -251,6 +254,27 @@ def _box(text):
   return edit
 
 
+def _bad_mask(write):
+  """An edit giving 3.png (line 5, a training row) the mask m3.png made by ``write``."""
+
+  def edit(root, lines):
+    rows = ['image,label,split,mask']
+    for i, line in enumerate(lines[1:]):
+      split = 'test' if i < 3 else 'validation' if 6 <= i < 9 else 'train'
+      rows.append(f'{line},{split},{"m3.png" if i == 3 else ""}')
+    _edit(root, labels=rows)
+    write(root / 'm3.png')
+
+  return edit
+
+
+def _truncated(path):
+  noise = np.random.default_rng(1).integers(0, 255, (10, 20), np.uint8)
+  fx.save_image(path, noise)
+  data = path.read_bytes()
+  path.write_bytes(data[: len(data) // 2])
+
+
 # (edit, message regex); skippable rows name line 5 of labels.csv (3.png) or
 # line 2 of boxes.csv.
 SKIPPABLE = {
@@ -280,6 +304,23 @@ SKIPPABLE = {
   'xmin >= xmax': (_box('4.png,7,2,7,8'), r'boxes.csv, line 2: .*xmin=7 >= xmax=7'),
   'ymin >= ymax': (_box('4.png,1,9,7,3'), r'boxes.csv, line 2: .*ymin=9 >= ymax=3'),
   'not a number': (_box('4.png,1,2,x,8'), r'boxes.csv, line 2: .*must be numbers'),
+  'missing mask file': (
+    _bad_mask(lambda path: None),
+    r'labels.csv, line 5: mask file .*m3.png does not exist',
+  ),
+  'mask not an image': (
+    _bad_mask(lambda path: path.write_text('no mask')),
+    r'labels.csv, line 5: cannot read mask .*m3.png',
+  ),
+  'corrupt mask': (_bad_mask(_truncated), r'labels.csv, line 5: cannot decode mask .*m3.png'),
+  'mask of another aspect ratio': (
+    _bad_mask(lambda path: fx.save_image(path, np.full((20, 20), 255, np.uint8))),
+    r'labels.csv, line 5: the mask is 20x20, which is not the aspect ratio of its 20x10 image',
+  ),
+  '0/1 mask': (
+    _bad_mask(lambda path: fx.save_image(path, np.eye(10, 20, dtype=np.uint8))),
+    r'labels.csv, line 5: mask .*m3.png is empty: no pixel above 127 .*scale a 0/1 mask',
+  ),
 }
 
 ALWAYS = {
@@ -287,6 +328,13 @@ ALWAYS = {
   'dot-dot path': (_replace_line(5, '../3.png,a'), r'line 5: .*leaves the data dir'),
   'windows drive': (_replace_line(5, 'C:\\x.png,a'), r'line 5: .*leaves the data dir'),
   'dot-dot in boxes.csv': (_box('a/../../4.png,1,1,2,2'), r'boxes.csv, line 2: .*leaves'),
+  'dot-dot mask path': (
+    lambda root, lines: _edit(
+      root,
+      labels=['image,label,mask'] + [f'{line},' for line in lines[1:4]] + ['3.png,a,../m3.png'],
+    ),
+    r"labels.csv, line 5: mask path '../m3.png' leaves the data dir",
+  ),
   'duplicate image rows': (
     _replace_line(8, './1.png,b'),
     r"line 8: image '1.png' is listed again \(first on line 3\)",
@@ -404,3 +452,194 @@ def test_parameters_are_all_required_and_come_from_the_config(tmp_path):
     r' care_jax\.config\.default_config\(\)',
   ):
     folder.folder_config(tmp_path, **parameters)
+
+
+# Segmentation masks (the mask column) ------------------------------------------
+
+# Stored images are 32 x 64 (H x W) and the pipeline's S = 16: one pixel of the
+# S grid is a 2 x 4 block of the stored image. The lesions are unions of whole
+# blocks, at least two blocks across, so resizing keeps them exactly.
+MASK_SIZE = 16
+BLOCK = (2, 4)
+MASK_SCALES = {'big': 2.0, 'small': 0.5}  # mask file size / image size
+
+
+def _grid(k):
+  """bool [16, 16]: the lesion of example k on the S grid (an L shape, not a box)."""
+  grid = np.zeros((MASK_SIZE, MASK_SIZE), bool)
+  top, left = 2 + k, 3 + 2 * k
+  grid[top : top + 8, left : left + 3] = True
+  grid[top + 5 : top + 8, left : left + 7] = True
+  return grid
+
+
+def _at_scale(grid, scale):
+  """uint8 0/255 mask of the S grid at ``scale`` times the stored 32 x 64 size."""
+  block = (round(BLOCK[0] * scale), round(BLOCK[1] * scale))
+  return np.kron(grid, np.ones(block, np.uint8)).astype(np.uint8) * 255
+
+
+def _mask_dataset(root, box_row=True):
+  """Rare training images with masks (big, small, big plus a box), one with a box only.
+
+  Every image encodes its lesion: 255 on the mask (or box), 0 elsewhere.
+  Returns {image path: the S-grid lesion} of the masked training images.
+  """
+  lines, box_lines = ['image,label,split,mask'], ['image,xmin,ymin,xmax,ymax']
+  masked = {}
+  for split in ('train', 'validation', 'test'):
+    for i in range(2):
+      path = f'{split}/common{i}.png'
+      fx.save_image(root / path, np.zeros((32, 64), np.uint8))
+      lines.append(f'{path},common,{split},')
+    for k, kind in enumerate(('big', 'small', 'both', 'box')):
+      if (split != 'train' and k > 1) or (kind == 'box' and not box_row):
+        continue
+      path, mask_path = f'{split}/rare{k}.png', f'masks/{split}/rare{k}.png'
+      grid = _grid(k)
+      if kind == 'box':
+        # A box over S-grid rows 4..9, columns 5..12 and nothing else.
+        grid = np.zeros_like(grid)
+        grid[4:10, 5:13] = True
+        box_lines.append(f'{path},20,8,52,20')
+      else:
+        fx.save_image(root / mask_path, _at_scale(grid, MASK_SCALES.get(kind, 2.0)))
+        if split == 'train':
+          masked[path] = grid
+      if kind == 'both':
+        box_lines.append(f'{path},0,0,8,4')  # Elsewhere: the mask wins for M_in.
+      fx.save_image(root / path, _at_scale(grid, 1.0))
+      lines.append(f'{path},rare,{split},{mask_path if kind != "box" else ""}')
+  fx.write_lines(root / 'labels.csv', lines)
+  fx.write_lines(root / 'boxes.csv', box_lines)
+  return masked
+
+
+def _mask_config(root, augment=False):
+  config = fx.data_config('folder', root, root / 'cache', image_size=MASK_SIZE)
+  config.augment.enabled = augment
+  config.augment.update(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
+  return config
+
+
+def _ids_in_batch_order(config):
+  """The training image paths in the pipeline's stored order."""
+  return list(pipeline.example_ids(pipeline.prepared_builder(config), 'train'))
+
+
+@pytest.fixture(scope='module')
+def masked_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp('masks')
+  return root, _mask_dataset(root)
+
+
+def test_masks_are_stored_at_the_image_size_for_training_images_only(masked_dir):
+  root, masked = masked_dir
+  builder = folder.from_data_config(_mask_config(root))
+  assert builder.VERSION == '1.1.0' and '1.1.0' in builder.RELEASE_NOTES
+  splits = fx.load_splits(builder)
+  for split, examples in splits.items():
+    for ex in examples:
+      key = ex['image_id'].decode()
+      if key in masked:
+        assert split == 'train'
+        stored = tf.io.decode_png(ex['mask'], channels=1).numpy()[..., 0]
+        np.testing.assert_array_equal(stored, _at_scale(masked[key], 1.0))
+      else:
+        assert ex['mask'] == b''
+      if key == 'train/rare2.png':  # Mask and box: the box stays a box.
+        np.testing.assert_allclose(ex['boxes'], [[0, 0, 4 / 32, 8 / 64]], atol=1e-6)
+        np.testing.assert_allclose(ex['lesion_boxes'], ex['boxes'])
+
+
+def test_batch_mask_is_the_resized_mask_and_boxes_keep_their_raster(masked_dir):
+  root, masked = masked_dir
+  config = _mask_config(root)
+  info = pipeline.get_dataset_info(config)
+  assert info.rare_classes == (1,)
+  ids = _ids_in_batch_order(config)
+  batch = next(pipeline.eval_batches(config, 'train', batch_size=len(ids)))
+  trained = next(pipeline.train_batches(config, batch_size=len(ids), seed=0))
+  # The training row of each eval row (images without augmentation are equal).
+  match = [
+    np.abs(trained['image'] - image).sum(axis=(1, 2, 3)).argmin() for image in batch['image']
+  ]
+  for row, key in enumerate(ids):
+    mask = batch['mask'][row]
+    assert mask.dtype == np.float32 and set(np.unique(mask)) <= {0.0, 1.0}
+    if key in masked:
+      np.testing.assert_array_equal(mask, masked[key].astype(np.float32), key)
+    elif key == 'train/rare3.png':
+      expected = np.zeros((16, 16), np.float32)
+      expected[4:10, 5:13] = 1.0  # The box, rasterised as without masks.
+      np.testing.assert_array_equal(mask, expected)
+    else:
+      assert not mask.any()
+    assert batch['has_mask'][row] == mask.any()
+    # Each image encodes its lesion: thresholded, it is the batch mask.
+    np.testing.assert_array_equal(batch['image'][row, ..., 0] >= 0.5, mask.astype(bool), key)
+  # Training batches without augmentation hold the same rows (in another order).
+  np.testing.assert_array_equal(trained['mask'][match], batch['mask'])
+  # The attention metrics score boxes: the mask-only images have no lesion_mask.
+  for row, key in enumerate(ids):
+    has_box = key in ('train/rare2.png', 'train/rare3.png')
+    assert batch['has_lesion_mask'][row] == has_box, key
+
+
+def test_augmentation_warps_the_mask_with_the_image(tmp_path):
+  # Random crops, flips and rotations, no colour jitter: the image encodes its
+  # lesion, so the thresholded image must be the batch mask, pixel for pixel.
+  masked = _mask_dataset(tmp_path, box_row=False)
+  (tmp_path / 'boxes.csv').unlink()
+  config = _mask_config(tmp_path, augment=True)
+  # No boxes at all: the class with masks is the default rare class.
+  assert pipeline.get_dataset_info(config).rare_classes == (1,)
+  plain = [grid.astype(np.float32) for grid in masked.values()]
+  rows = transformed = 0
+  for batch in itertools.islice(pipeline.train_batches(config, batch_size=5, seed=3), 8):
+    for image, mask, has_mask in zip(batch['image'], batch['mask'], batch['has_mask']):
+      assert set(np.unique(mask)) <= {0.0, 1.0}
+      np.testing.assert_array_equal(image[..., 0] >= 0.5, mask.astype(bool))
+      assert has_mask == mask.any()
+      if image.max() > 0.5:  # A rare image (the common ones are black).
+        rows += 1
+        transformed += not any(np.array_equal(mask, p) for p in plain)
+  assert rows >= 15 and transformed >= rows - 2
+
+
+def test_mask_grey_levels_sizes_and_storage(tmp_path):
+  levels = np.array([[0, 127, 128, 255]], np.uint8)
+  fx.save_image(tmp_path / 'grey.png', levels)
+  np.testing.assert_array_equal(_files.load_mask(tmp_path / 'grey.png'), [[0, 0, 1, 1]])
+  fx.save_image(tmp_path / 'deep.png', levels.astype(np.uint16) * 257)  # 16 bit: / 257
+  np.testing.assert_array_equal(_files.load_mask(tmp_path / 'deep.png'), [[0, 0, 1, 1]])
+  rgba = np.stack([levels, levels, levels, np.zeros_like(levels)], -1)  # Alpha dropped.
+  fx.save_image(tmp_path / 'rgba.png', rgba)
+  np.testing.assert_array_equal(_files.load_mask(tmp_path / 'rgba.png'), [[0, 0, 1, 1]])
+  # Any size with the image's aspect ratio, up to the rounding of a resize.
+  assert _files.mask_size_problem((450, 600), (450, 600)) is None
+  assert _files.mask_size_problem((113, 150), (450, 600)) is None  # 112.5 rounded
+  assert _files.mask_size_problem((226, 300), (451, 600)) is None  # 225.5 rounded
+  assert _files.mask_size_problem((451, 600), (226, 300)) is None  # A bigger mask
+  assert 'aspect ratio' in _files.mask_size_problem((600, 450), (450, 600))
+  # Stored at the image's size: bilinear, then > 127 again.
+  mask = np.zeros((4, 8), bool)
+  mask[1:3, 2:6] = True
+  stored = tf.io.decode_png(_files.stored_mask(mask, (8, 16)), channels=1).numpy()[..., 0]
+  np.testing.assert_array_equal(stored, np.kron(mask, np.ones((2, 2), np.uint8)) * 255)
+  same = tf.io.decode_png(_files.stored_mask(mask, (4, 8)), channels=1).numpy()[..., 0]
+  np.testing.assert_array_equal(same, mask * 255)
+
+
+def test_generated_boxes_replace_the_masks_with_a_warning(masked_dir, caplog):
+  root, masked = masked_dir
+  config = _mask_config(root)
+  config.box_source = 'otsu'
+  no_boxes = lambda c, builder, table: dataclasses.replace(
+    table, box_values=np.zeros((0, 4), np.float32), box_splits=np.zeros_like(table.box_splits)
+  )
+  with caplog.at_level(logging.WARNING):
+    batch = next(pipeline.train_batches(config, batch_size=7, seed=0, boxes_fn=no_boxes))
+  assert not batch['mask'].any()
+  (warning,) = [r.getMessage() for r in caplog.records if 'segmentation mask' in r.getMessage()]
+  assert f'{len(masked)} segmentation mask(s)' in warning

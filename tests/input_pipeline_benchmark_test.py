@@ -1,14 +1,15 @@
 """Smoke run of benchmarks/input_pipeline.py with tiny settings.
 
 Wall-clock figures are never asserted (the machine is shared): the run must
-finish and end with a well-formed ratio line.
+finish and end with the throughput ratio and the CPU ms per image of both
+augmentation modes, well formed.
 """
 
 from benchmarks_test import _ratio  # pylint: disable=g-importing-member
 from benchmarks_test import _run  # pylint: disable=g-importing-member
 
 
-def test_input_pipeline_benchmark_runs_and_prints_the_ratio_last(tmp_path):
+def test_input_pipeline_benchmark_runs_and_prints_cpu_ms_per_image_last(tmp_path):
   lines = _run(
     'input_pipeline.py',
     '--model',
@@ -28,6 +29,8 @@ def test_input_pipeline_benchmark_runs_and_prints_the_ratio_last(tmp_path):
     '--data-dir',
     str(tmp_path),
   )
-  _ratio(lines[-1], 'pipeline/step throughput ratio')
-  assert any(line.startswith('augment on') for line in lines)
-  assert any(line.startswith('augment off') for line in lines)
+  _ratio(lines[-3], 'pipeline/step throughput ratio')
+  _ratio(lines[-2], 'CPU ms per image, augmentation on the host')
+  _ratio(lines[-1], 'CPU ms per image, augmentation on the device')
+  for mode in ('augment on ', 'augment off', 'augment on the device'):
+    assert any(line.startswith(mode) for line in lines), mode

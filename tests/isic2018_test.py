@@ -3,6 +3,7 @@
 import data_fixtures as fx
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from care_jax.data import isic2018
 from care_jax.data import pipeline
@@ -277,3 +278,83 @@ def test_duplicates_and_missing_files_always_raise(tmp_path):
     _builder(tmp_path, tmp_path / 'c')
   with pytest.raises(ValueError, match=r"data.isic2018.split = 'random'"):
     _builder(tmp_path, tmp_path / 'c', split='random')
+
+
+# supervision='mask' ----------------------------------------------------------
+
+# At data.image_size 8 a pixel is a 3 x 4 block of the 24 x 32 images.
+GRID = np.zeros((8, 8), bool)
+GRID[2:7, 1:3] = GRID[5:7, 1:7] = True  # An L: not a box.
+
+
+def _df_masks_at_twice_the_size(root, rows):
+  """Replaces the DF masks by 48 x 64 masks of the L-shaped GRID."""
+  for image, name, _ in rows:
+    if name == 'DF':
+      big = np.kron(GRID, np.ones((6, 8), np.uint8)).astype(np.uint8) * 255
+      fx.save_image(root / isic2018.MASK_DIR / f'{image}_segmentation.png', big)
+
+
+def test_mask_supervision_stores_the_rare_training_masks(fixture_dir, lesion_splits, tmp_path):
+  root, rows = fixture_dir
+  index = {image: i for i, (image, _, _) in enumerate(rows)}
+  splits = fx.load_splits(_builder(root, tmp_path, supervision='mask'))
+  masked = 0
+  for split, examples in splits.items():
+    for ex in examples:
+      i = index[ex['image_id'].decode()]
+      if split == 'train' and ex['label'] == DF:
+        stored = tf.io.decode_png(ex['mask'], channels=1).numpy()[..., 0]
+        expected = fx.lesion_image(HEIGHT, WIDTH, _lesion_box(i)) > 127
+        expected[1:3, 1:3] = True  # The whole mask, small blob included.
+        np.testing.assert_array_equal(stored, expected * 255)
+        np.testing.assert_allclose(ex['boxes'], [_normalised(i)], atol=1e-6)  # Boxes stay.
+        masked += 1
+      else:
+        assert ex['mask'] == b''
+  assert masked == 3
+  # The default, supervision='box', stores no mask.
+  assert all(ex['mask'] == b'' for examples in lesion_splits.values() for ex in examples)
+
+
+def test_mask_supervision_makes_m_in_from_masks_of_any_size(tmp_path):
+  rows = _write(tmp_path)
+  _df_masks_at_twice_the_size(tmp_path, rows)
+  config = fx.data_config('isic2018', tmp_path, tmp_path / 'cache', image_size=8)
+  config.isic2018.supervision = 'mask'
+  info = pipeline.get_dataset_info(config)
+  batch = next(pipeline.train_batches(config, batch_size=info.split_sizes['train'], seed=0))
+  assert batch['mask'].shape[1:] == (8, 8) and batch['mask'].dtype == np.float32
+  for label, mask, has_mask in zip(batch['label'], batch['mask'], batch['has_mask']):
+    if label == DF:
+      np.testing.assert_array_equal(mask, GRID.astype(np.float32))
+    else:
+      assert not mask.any()
+    assert has_mask == mask.any()
+  assert batch['has_mask'].sum() == 3
+  # The same files with box supervision: M_in is the box around the L.
+  config.isic2018.supervision = 'box'
+  batch = next(pipeline.train_batches(config, batch_size=info.split_sizes['train'], seed=0))
+  box = np.zeros((8, 8), np.float32)
+  box[2:7, 1:7] = 1.0
+  for label, mask in zip(batch['label'], batch['mask']):
+    np.testing.assert_array_equal(mask, box if label == DF else np.zeros_like(box))
+
+
+def test_mask_supervision_needs_the_masks_of_rare_training_images(tmp_path):
+  rows = _write(tmp_path)
+  lines = ['image,xmin,ymin,xmax,ymax'] + [
+    f'{image},{",".join(map(str, _lesion_box(i)))}' for i, (image, _, _) in enumerate(rows)
+  ]
+  fx.write_lines(tmp_path / 'boxes.csv', lines)
+  params = dict(box_source='csv', supervision='mask')
+  _no_df_masks(tmp_path, rows)
+  with pytest.raises(ValueError, match=r'line \d+: mask .* does not exist \(mask of a rare class'):
+    _builder(tmp_path, tmp_path / 'cache', **params).download_and_prepare()
+  builder = _builder(tmp_path, tmp_path / 'cache', skip_bad_rows=True, **params)
+  splits = fx.load_splits(builder)
+  assert sum(len(e) for e in splits.values()) == 40  # The images stay, without masks.
+  assert all(ex['mask'] == b'' for ex in splits['train'])
+  assert sum(len(ex['boxes']) > 0 for ex in splits['train']) == 3  # Their csv boxes stay.
+  with pytest.raises(ValueError, match=r"data.isic2018.supervision = 'masks': must be one of"):
+    _builder(tmp_path, tmp_path / 'c', supervision='masks')

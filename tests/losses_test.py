@@ -333,7 +333,7 @@ def test_care_loss_bfloat16_maps_are_computed_in_float32():
   [
     ((7, 7), (2, 7, 7), {}, r'feature_map .*\(7, 7\)'),
     ((2, 7, 7), (2, 7, 7, 1), {}, r'mask .*\(2, 7, 7, 1\)'),
-    ((2, 7, 7), (3, 7, 7), {}, r'mask batch size 3.*feature_map'),
+    ((2, 7, 7), (3, 7, 7), {}, r'mask batch size \(3,\).*feature_map'),
     ((2, 7, 7), (2, 14, 6), {}, r'mask spatial shape \(14, 6\)'),
     (
       (2, 7, 7),
@@ -555,7 +555,7 @@ def test_distance_outer_mask_is_exported():
   'shape,kwargs,match',
   [
     ((7, 7), {}, r'mask .*shape \(7, 7\)'),
-    ((2, 7, 7, 1), {}, r'mask .*shape \(2, 7, 7, 1\)'),
+    ((7,), {}, r'mask .*shape \(7,\)'),
     ((2, 7, 7), {'start': -1.0}, r'start must be .*>= 0, got -1\.0'),
     ((2, 7, 7), {'delta': -0.1}, r'delta must be .*>= 0, got -0\.1'),
     ((2, 7, 7), {'delta': float('nan')}, r'delta must be .*>= 0, got nan'),

@@ -7,6 +7,7 @@ import sys
 import data_fixtures as fx
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from care_jax import config as care_config
@@ -224,6 +225,73 @@ def test_has_mask_is_the_non_empty_mask_under_random_augmentation():
       assert row['has_mask'] == row['mask'].any()
       seen.add(bool(row['has_mask']))
   assert seen == {False, True}
+
+
+# example_fn: segmentation masks ------------------------------------------------
+
+RANDOM_AUGMENT = dict(
+  IDENTITY_AUGMENT, rotation=180.0, hflip=True, vflip=True, crop_scale=(0.3, 1.0)
+)
+
+
+def _png(mask):
+  return tf.io.encode_png(np.asarray(mask, np.uint8)[..., None]).numpy()
+
+
+def _mask_example(encoded, augment_settings=None, seed=(0, 0), boxes=((0.25, 0.25, 0.5, 0.5),)):
+  config = fx.data_config()
+  config.image_size = 8
+  make = pipeline.example_fn(config, 3, augment_settings=augment_settings)
+  image = np.random.default_rng(0).integers(0, 256, (12, 12, 3)).astype(np.uint8)
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  key = np.asarray(seed, np.int64) if augment_settings is not None else None
+  mask = None if encoded is None else tf.constant(encoded)
+  return {k: v.numpy() for k, v in make(image, 1, boxes, key, mask=mask).items()}
+
+
+@pytest.mark.parametrize('augment_settings', [None, RANDOM_AUGMENT], ids=['plain', 'augmented'])
+def test_an_empty_mask_keeps_the_box_row_exactly(augment_settings):
+  for seed in range(3):
+    with_empty = _mask_example(b'', augment_settings, seed=(seed, 2))
+    without = _mask_example(None, augment_settings, seed=(seed, 2))
+    assert with_empty.keys() == without.keys()
+    for key in without:
+      np.testing.assert_array_equal(with_empty[key], without[key])
+    assert without['mask'].any()
+
+
+def test_a_mask_replaces_the_boxes_resized_as_the_image():
+  # A 16 x 16 mask (another size than the 12 x 12 image) of 2 x 2 blocks: at
+  # S = 8 it is the block pattern exactly.
+  grid = np.zeros((8, 8), bool)
+  grid[1:5, 4:7] = grid[5:7, 1:7] = True
+  row = _mask_example(_png(np.kron(grid, np.ones((2, 2))) * 255))
+  np.testing.assert_array_equal(row['mask'], grid.astype(np.float32))
+  assert row['mask'].dtype == np.float32 and row['has_mask']
+  # Augmented: binary, the same image as the box row with that key.
+  for seed in range(5):
+    masked = _mask_example(_png(np.kron(grid, np.ones((2, 2))) * 255), RANDOM_AUGMENT, (seed, 1))
+    boxed = _mask_example(None, RANDOM_AUGMENT, (seed, 1))
+    np.testing.assert_array_equal(masked['image'], boxed['image'])
+    assert set(np.unique(masked['mask'])) <= {0.0, 1.0}
+    assert masked['has_mask'] == masked['mask'].any()
+  # An all-zero mask supervises nothing (and the boxes are not used).
+  row = _mask_example(_png(np.zeros((16, 16))))
+  assert not row['has_mask'] and not row['mask'].any()
+
+
+def test_multilabel_rows_take_no_mask():
+  config = fx.data_config()
+  config.image_size = 8
+  make = pipeline.example_fn(config, 3, num_classes=2)
+  with pytest.raises(ValueError, match='multi-label'):
+    make(
+      np.zeros((8, 8, 3), np.uint8),
+      np.zeros(2),
+      np.zeros((0, 4), np.float32),
+      box_labels=np.zeros(0, np.int64),
+      mask=tf.constant(b''),
+    )
 
 
 # train_batches ---------------------------------------------------------------

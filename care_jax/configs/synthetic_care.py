@@ -1,4 +1,4 @@
-"""CARE on `synthetic_lesions`: CE + attention loss (alpha 0.5, tau 0.5, lam 0.7), two stages.
+"""CARE on `synthetic_lesions`: CE + attention loss (alpha 0.7, tau 0.5, lam 0.7), two stages.
 
 python -m care_jax.main --config=configs/synthetic_care.py --workdir=runs/care
 
@@ -14,7 +14,9 @@ from care_jax.config import default_config
 
 def get_config():
   config = default_config()
-  config.care.alpha = 0.5
+  # Heavier than the paper's 0.5: in stage 2 little CE gradient is left, and 0.7 was the
+  # setting that won every seed by >= 10 points on both generator seeds (docs/results.md).
+  config.care.alpha = 0.7
   config.care.protocol = 'two_stage'
   config.train.eval_every_steps = 50
   return config

@@ -2,8 +2,9 @@
 
 ``from care_jax.data import train_batches`` loads TensorFlow; ``import
 care_jax.data`` alone does not. The batch contract is in
-:mod:`care_jax.data.pipeline`; the embedded dataset in
-:mod:`care_jax.data.synthetic_lesions`.
+:mod:`care_jax.data.pipeline`; the embedded datasets in
+:mod:`care_jax.data.synthetic_lesions` and (multi-label)
+:mod:`care_jax.data.synthetic_multilabel`.
 
 Example::
 
@@ -34,6 +35,9 @@ _EXPORTS = {
   'SyntheticLesions': 'synthetic_lesions',
   'SyntheticLesionsConfig': 'synthetic_lesions',
   'synthetic_config': 'synthetic_lesions',
+  'SyntheticMultilabel': 'synthetic_multilabel',
+  'SyntheticMultilabelConfig': 'synthetic_multilabel',
+  'multilabel_config': 'synthetic_multilabel',
 }
 
 __all__ = sorted(_EXPORTS)

@@ -11,7 +11,28 @@ CARE masks: only training images of the box classes carry them), ``lesion_boxes`
 (every known box of the image, in every split, for attention metrics; never
 used for masks) and ``image_id`` (the image's name in the user's files). Boxes
 are normalised ``(ymin, xmin, ymax, xmax)`` in [0, 1], so they stay valid when
-the image is resized.
+the image is resized. The datasets that can supervise with segmentation masks
+(`FilesBuilder.MASKS`: `folder`, `isic2018`) also have ``mask``: the PNG bytes
+of the example's annotation mask, single-channel uint8 at the stored image's
+size, 255 = lesion, 0 = not (`stored_mask`), or empty bytes for none. Like
+``boxes``, only training images of the box classes carry one; where an example
+has a mask, the pipeline makes CARE's inner mask from it instead of from its
+boxes.
+
+**Segmentation masks** (`load_mask`): PNG or JPEG files of any size, decoded to
+8-bit grey (16-bit scaled by 1/257, colour converted to luma as PIL's ``'L'``
+mode does, alpha dropped); a pixel is lesion when its grey level is > 127
+(`MASK_LEVEL`), so 0/255 masks (HAM10000's) read as they are, while 0/1 masks
+read as empty, which is an error. A mask must have its image's aspect ratio
+(up to the rounding of a resized copy, `mask_size_problem`). When stored it is
+resized to the stored image's size as the image is (PIL bilinear, averaging
+when it shrinks) and thresholded again at > 127.
+
+Multi-label datasets (several classes per image) have `multilabel_features`
+instead: ``labels`` (the positive classes) in place of ``label``, the class of
+every box (``box_labels``, ``lesion_box_labels``) and ``patient_id``; their
+records are `MultilabelRecord` and `check_multilabel_coverage` counts images
+per class.
 
 **Pixel boxes.** Box files give pixel edges of the original image: pixel
 column ``j`` spans ``[j, j + 1)``, so a box over columns 10..19 has ``xmin=10,
@@ -27,8 +48,8 @@ them to ``data.image_size`` on the fly.
 
 **Errors.** A bad row raises ``ValueError('<file>, line <n>: <problem>')``,
 ``n`` the 1-based line as an editor shows it (the header is line 1). Problems
-confined to one row (missing or unreadable image, bad label, bad box, a box
-of an unknown image) can instead be skipped with ``skip_bad_rows=True``:
+confined to one row (missing or unreadable image or mask, bad label, bad box,
+a box of an unknown image) can instead be skipped with ``skip_bad_rows=True``:
 they are counted and logged (`logging.warning`, with the first few). Problems
 that make the data ambiguous or unsafe always raise: a malformed header, an
 empty file, an image listed twice, a path that leaves ``data.dir``, and a
@@ -79,6 +100,8 @@ COMMON_PARAMETERS = (
   'skip_bad_rows',
   'stored_size',
 )
+# A mask pixel is lesion when its 8-bit grey level is above this.
+MASK_LEVEL = 127
 # How many skipped rows a warning lists one by one.
 _LOGGED_PROBLEMS = 5
 _JPEG_QUALITY = 95
@@ -290,22 +313,25 @@ def read_box_rows(path: pathlib.Path) -> list[tuple[str, Row, list[float | None]
   return [(where(path, row.line), row, [parse_number(row[c]) for c in BOX_COLUMNS]) for row in rows]
 
 
-def relative_path(root: pathlib.Path, text: str, location: str) -> tuple[str, pathlib.Path]:
+def relative_path(
+  root: pathlib.Path, text: str, location: str, *, kind: str = 'image'
+) -> tuple[str, pathlib.Path]:
   """Resolves a path column: returns ``(normalised text, root / text)``.
 
   The normalised text (POSIX separators, no ``.`` parts) identifies the image.
+  ``kind`` names the file in messages ('image', 'mask').
 
   Raises:
     ValueError: for an empty path, an absolute path (also ``C:\\...``) or a
       ``..`` part: paths must stay inside the data directory.
   """
   if not text:
-    raise ValueError(f'{location}: empty image path.')
+    raise ValueError(f'{location}: empty {kind} path.')
   posix = text.replace('\\', '/')
   pure = pathlib.PurePosixPath(posix)
   if pure.is_absolute() or pathlib.PureWindowsPath(text).drive or '..' in pure.parts:
     raise ValueError(
-      f'{location}: image path {text!r} leaves the data directory {root};'
+      f'{location}: {kind} path {text!r} leaves the data directory {root};'
       ' use a path relative to it, without "..".'
     )
   return pure.as_posix(), root.joinpath(*pure.parts)
@@ -343,8 +369,10 @@ def normalise_box(
   return (ymin / height, xmin / width, ymax / height, xmax / width)
 
 
-def image_header(path: pathlib.Path) -> tuple[int, int]:
+def image_header(path: pathlib.Path, *, kind: str = 'image') -> tuple[int, int]:
   """Returns (height, width) of a PNG or JPEG file, reading only its header.
+
+  ``kind`` names the file in messages ('image', 'mask').
 
   Raises:
     UnreadableFile: the file is missing, not an image, or not PNG/JPEG.
@@ -353,11 +381,11 @@ def image_header(path: pathlib.Path) -> tuple[int, int]:
     with Image.open(path) as image:
       image_format, (width, height) = image.format, image.size
   except FileNotFoundError as e:
-    raise UnreadableFile(f'image file {path} does not exist') from e
+    raise UnreadableFile(f'{kind} file {path} does not exist') from e
   except (OSError, SyntaxError, ValueError) as e:
-    raise UnreadableFile(f'cannot read image {path}: {e}') from e
+    raise UnreadableFile(f'cannot read {kind} {path}: {e}') from e
   if image_format not in ('PNG', 'JPEG'):
-    raise UnreadableFile(f'{path} is a {image_format} image; only PNG and JPEG are supported')
+    raise UnreadableFile(f'{path} is a {image_format} {kind}; only PNG and JPEG are supported')
   return height, width
 
 
@@ -399,6 +427,70 @@ def load_rgb(path: pathlib.Path) -> np.ndarray:
     raise UnreadableFile(f'image file {path} does not exist') from e
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise UnreadableFile(f'cannot decode image {path}: {e}') from e
+
+
+def load_mask(path: pathlib.Path) -> np.ndarray:
+  """Decodes a segmentation mask file to bool [H, W], True = lesion.
+
+  Lesion pixels have an 8-bit grey level > `MASK_LEVEL` (see the module
+  docstring for the conversion to grey).
+
+  Raises:
+    UnreadableFile: the file is missing, corrupt, not PNG/JPEG, or has no
+      lesion pixel.
+  """
+  try:
+    with Image.open(path) as image:
+      if image.format not in ('PNG', 'JPEG'):
+        raise UnreadableFile(f'{path} is a {image.format} mask; only PNG and JPEG are supported')
+      image.load()
+      if image.mode.startswith('I;16') or image.mode == 'I':
+        grey = np.round(np.clip(np.asarray(image, np.float64), 0, 65535) / 257.0)
+      else:
+        grey = np.asarray(image.convert('L'))
+  except FileNotFoundError as e:
+    raise UnreadableFile(f'mask {path} does not exist') from e
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    if isinstance(e, UnreadableFile):
+      raise
+    raise UnreadableFile(f'cannot decode mask {path}: {e}') from e
+  mask = grey > MASK_LEVEL
+  if not mask.any():
+    raise UnreadableFile(
+      f'mask {path} is empty: no pixel above {MASK_LEVEL} (lesion pixels are > {MASK_LEVEL}'
+      ' of 255; scale a 0/1 mask to 0/255)'
+    )
+  return mask
+
+
+def mask_size_problem(mask_size: tuple[int, int], image_size: tuple[int, int]) -> str | None:
+  """Why a mask of (height, width) ``mask_size`` does not fit its image, or None.
+
+  A mask of any size fits when it has the image's aspect ratio up to the
+  rounding of a resized copy: ``|h W - w H| <= max(H + W, h + w) / 2``.
+  """
+  (h, w), (height, width) = mask_size, image_size
+  if abs(h * width - w * height) <= max(height + width, h + w) / 2:
+    return None
+  return (
+    f'the mask is {w}x{h}, which is not the aspect ratio of its {width}x{height} image'
+    ' (width x height)'
+  )
+
+
+def stored_mask(mask: np.ndarray, size: tuple[int, int]) -> bytes:
+  """bool [h, w] -> PNG bytes of uint8 [H, W] (255 = lesion) at ``size`` (H, W).
+
+  Resized as `shrink` resizes images (PIL bilinear, which averages when it
+  shrinks), then thresholded at > `MASK_LEVEL`.
+  """
+  grey = mask.astype(np.uint8) * 255
+  if grey.shape != tuple(size):
+    resized = Image.fromarray(grey, mode='L').resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    grey = (np.asarray(resized) > MASK_LEVEL).astype(np.uint8) * 255
+  buffer = io.BytesIO()
+  Image.fromarray(grey, mode='L').save(buffer, format='PNG')
+  return buffer.getvalue()
 
 
 def shrink(image: np.ndarray, stored_size: int) -> np.ndarray:
@@ -479,6 +571,9 @@ class Record:
     group: rows of one group stay in one split (lesion, patient).
     split: 'train', 'validation', 'test', or None (assigned by `split`).
     boxes: every known box, normalised (ymin, xmin, ymax, xmax).
+    mask: the image's segmentation mask file, or None; stored as the
+      annotation ``mask`` when the image carries annotations (datasets with
+      `FilesBuilder.MASKS`).
   """
 
   key: str
@@ -489,6 +584,7 @@ class Record:
   group: str
   split: str | None = None
   boxes: list[tuple[float, float, float, float]] = dataclasses.field(default_factory=list)
+  mask: pathlib.Path | None = None
 
 
 def assign_splits(
@@ -516,6 +612,34 @@ def assign_splits(
       records[i].split = 'validation'
 
 
+def _require_every_class(
+  counts: dict[str, list[int]],
+  class_names: Sequence[str],
+  source: str,
+  *,
+  noun: str,
+  has_no: str,
+  fractions: str = '',
+) -> None:
+  """Raises the coverage error of `check_coverage` (counted in ``noun``s) when a class has
+  none in a split of ``counts``, or there is no 'train' or 'test' split."""
+  empty = [
+    f'{split!r} has {has_no}{name!r}'
+    for split in counts
+    for k, name in enumerate(class_names)
+    if counts[split][k] == 0
+  ]
+  empty += [f'there is no {s!r} split' for s in ('train', 'test') if s not in counts]
+  if empty:
+    raise ValueError(
+      f'{source}: every class needs {noun}s in every split, but '
+      + '; '.join(empty)
+      + f'. {noun.capitalize()}s per class {list(class_names)} and split: {counts}.'
+      f' Add {noun}s of these classes, change {fractions}validation_fraction, or fix the'
+      ' split assignment.'
+    )
+
+
 def check_coverage(
   records: Sequence[Record], class_names: Sequence[str], source: str
 ) -> dict[str, list[int]]:
@@ -533,21 +657,9 @@ def check_coverage(
     ).tolist()
     for split in present
   }
-  empty = [
-    f'{split!r} has no {name!r}'
-    for split in present
-    for k, name in enumerate(class_names)
-    if counts[split][k] == 0
-  ]
-  empty += [f'there is no {s!r} split' for s in ('train', 'test') if s not in present]
-  if empty:
-    raise ValueError(
-      f'{source}: every class needs examples in every split, but '
-      + '; '.join(empty)
-      + f'. Examples per class {list(class_names)} and split: {counts}.'
-      ' Add examples of these classes, change test_fraction/'
-      'validation_fraction, or fix the split assignment.'
-    )
+  _require_every_class(
+    counts, class_names, source, noun='example', has_no='no ', fractions='test_fraction/'
+  )
   return counts
 
 
@@ -743,17 +855,23 @@ def fixed_classes_config(
   )
 
 
-def example_features(class_names: Sequence[str], encoding: str) -> tfds.features.FeaturesDict:
-  """The features of every dataset built from files (module docstring)."""
-  return tfds.features.FeaturesDict(
-    {
-      'image': tfds.features.Image(shape=(None, None, 3), encoding_format=encoding),
-      'label': tfds.features.ClassLabel(names=list(class_names)),
-      'boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
-      'lesion_boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
-      'image_id': tfds.features.Text(),
-    }
-  )
+def example_features(
+  class_names: Sequence[str], encoding: str, *, masks: bool = False
+) -> tfds.features.FeaturesDict:
+  """The features of every dataset built from files (module docstring).
+
+  ``masks`` adds ``mask``: the encoded annotation mask (PNG bytes, or empty).
+  """
+  features = {
+    'image': tfds.features.Image(shape=(None, None, 3), encoding_format=encoding),
+    'label': tfds.features.ClassLabel(names=list(class_names)),
+    'boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
+    'lesion_boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
+    'image_id': tfds.features.Text(),
+  }
+  if masks:
+    features['mask'] = tfds.features.Tensor(shape=(), dtype=np.object_)
+  return tfds.features.FeaturesDict(features)
 
 
 class FilesBuilder(_local.LocalData, tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -774,6 +892,8 @@ class FilesBuilder(_local.LocalData, tfds.core.GeneratorBasedBuilder, skip_regis
   # 'png' (lossless) or 'jpeg' (quality 95) for the stored images.
   ENCODING = 'jpeg'
   HOMEPAGE = ''
+  # Whether the examples have the annotation `mask` feature (`Record.mask`).
+  MASKS = False
 
   def __init__(
     self,
@@ -789,7 +909,7 @@ class FilesBuilder(_local.LocalData, tfds.core.GeneratorBasedBuilder, skip_regis
     config = self.builder_config
     return self.dataset_info_from_configs(
       description=(type(self).__doc__ or '').strip(),
-      features=example_features(config.class_names, self.ENCODING),
+      features=example_features(config.class_names, self.ENCODING, masks=self.MASKS),
       supervised_keys=('image', 'label'),
       homepage=self.HOMEPAGE or None,
     )
@@ -855,14 +975,163 @@ class FilesBuilder(_local.LocalData, tfds.core.GeneratorBasedBuilder, skip_regis
         continue
       boxes = np.array(record.boxes, np.float32).reshape(-1, 4)
       annotated = split == 'train' and record.label in box_labels
-      yield (
-        record.key,
-        dict(
-          image=encode(shrink(image, stored_size), self.ENCODING),
-          label=record.label,
-          boxes=boxes if annotated else np.zeros((0, 4), np.float32),
-          lesion_boxes=boxes,
-          image_id=record.key,
-        ),
+      image = shrink(image, stored_size)
+      example = dict(
+        image=encode(image, self.ENCODING),
+        label=record.label,
+        boxes=boxes if annotated else np.zeros((0, 4), np.float32),
+        lesion_boxes=boxes,
+        image_id=record.key,
       )
+      if self.MASKS:
+        example['mask'] = b''
+        if annotated and record.mask is not None:
+          try:
+            example['mask'] = stored_mask(load_mask(record.mask), image.shape[:2])
+          except UnreadableFile as e:
+            problems.report(record.location, str(e))
+            continue
+      yield record.key, example
     problems.log(f'{self.name}: writing split {split!r}')
+
+
+# Multi-label datasets (several findings per image, e.g. ChestX-ray14).
+
+
+def multilabel_features(class_names: Sequence[str], encoding: str) -> tfds.features.FeaturesDict:
+  """The features of a multi-label dataset built from files.
+
+  ``image`` as in `example_features`; ``labels``: the image's positive classes
+  (sorted ascending, empty for an image with none); ``boxes`` and
+  ``box_labels``: the annotation boxes that feed the CARE masks and the class
+  of each (training images only, boxes of the box classes only); and
+  ``lesion_boxes`` and ``lesion_box_labels``: every known box of the image
+  with its class, in every split. ``image_id`` and ``patient_id`` are the
+  image's and the patient's names in the user's files.
+  """
+  names = list(class_names)
+  return tfds.features.FeaturesDict(
+    {
+      'image': tfds.features.Image(shape=(None, None, 3), encoding_format=encoding),
+      'labels': tfds.features.Sequence(tfds.features.ClassLabel(names=names)),
+      'boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
+      'box_labels': tfds.features.Sequence(tfds.features.ClassLabel(names=names)),
+      'lesion_boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
+      'lesion_box_labels': tfds.features.Sequence(tfds.features.ClassLabel(names=names)),
+      'image_id': tfds.features.Text(),
+      'patient_id': tfds.features.Text(),
+    }
+  )
+
+
+@dataclasses.dataclass
+class MultilabelRecord:
+  """One example of a multi-label dataset as read from the user's files.
+
+  Attributes:
+    key: unique image id (the ``image_id`` feature).
+    source: the image file.
+    location: where the image is listed (``'<file>, line <n>'``), for errors.
+    labels: the positive class indices, sorted ascending (empty: none).
+    size: (height, width) of the original image.
+    group: the patient (the ``patient_id`` feature); a group stays in one split.
+    split: 'train', 'validation', 'test', or None (not yet assigned).
+    boxes: every known box, normalised (ymin, xmin, ymax, xmax).
+    box_labels: the class index of each box (as long as ``boxes``).
+  """
+
+  key: str
+  source: pathlib.Path
+  location: str
+  labels: tuple[int, ...]
+  size: tuple[int, int]
+  group: str
+  split: str | None = None
+  boxes: list[tuple[float, float, float, float]] = dataclasses.field(default_factory=list)
+  box_labels: list[int] = dataclasses.field(default_factory=list)
+
+  def add_box(
+    self, problems: Problems, location: str, box: Sequence[float], label: int, subject: str
+  ) -> None:
+    """Adds pixel box (xmin, ymin, xmax, ymax) of class ``label``, normalised.
+
+    An invalid box (`box_problem`) is reported to ``problems`` instead, as
+    ``'<subject>: <problem>'``.
+    """
+    problem = box_problem(box, *self.size)
+    if problem:
+      problems.report(location, f'{subject}: {problem}')
+      return
+    self.boxes.append(normalise_box(box, *self.size))
+    self.box_labels.append(label)
+
+
+def rarest_label_strata(label_sets: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
+  """int [N]: a single label per multi-label row, to stratify a `holdout`.
+
+  A row's stratum is its rarest class (the fewest rows among
+  ``label_sets`` have it; ties: the lower index), ``num_classes`` for a row
+  without any class. Holding out a fraction of every stratum gives every
+  class, the rare ones first, rows on both sides.
+  """
+  counts = np.zeros(num_classes, np.int64)
+  for labels in label_sets:
+    counts[list(set(labels))] += 1
+  return np.array(
+    [min(labels, key=lambda k: (counts[k], k)) if labels else num_classes for labels in label_sets],
+    np.int64,
+  )
+
+
+def check_multilabel_coverage(
+  records: Sequence[MultilabelRecord], class_names: Sequence[str], source: str
+) -> dict[str, list[int]]:
+  """Returns {split: images per class}; every class must be in every split.
+
+  An image counts once for each of its classes.
+
+  Raises:
+    ValueError: naming ``source``, the empty (split, class) pairs and the
+      counts, when a class has no images in a split that exists, or when
+      there is no 'train' or no 'test' split.
+  """
+  present = [s for s in SPLITS if any(r.split == s for r in records)]
+  counts = {}
+  for split in present:
+    per_class = np.zeros(len(class_names), np.int64)
+    for record in records:
+      if record.split == split:
+        per_class[list(set(record.labels))] += 1
+    counts[split] = per_class.tolist()
+  _require_every_class(counts, class_names, source, noun='image', has_no='no image of ')
+  return counts
+
+
+def multilabel_example(
+  record: MultilabelRecord,
+  image: np.ndarray,
+  *,
+  split: str,
+  box_labels: Iterable[int],
+  encoding: str,
+  stored_size: int,
+) -> dict[str, Any]:
+  """The `multilabel_features` example of ``record`` with decoded ``image``.
+
+  ``boxes``/``box_labels`` hold the boxes of the classes ``box_labels`` when
+  ``split`` is 'train' and are empty otherwise; ``lesion_boxes`` and
+  ``lesion_box_labels`` hold every box.
+  """
+  boxes = np.array(record.boxes, np.float32).reshape(-1, 4)
+  labels = np.array(record.box_labels, np.int64)
+  annotated = np.isin(labels, list(box_labels)) & (split == 'train')
+  return dict(
+    image=encode(shrink(image, stored_size), encoding),
+    labels=np.array(sorted(set(record.labels)), np.int64),
+    boxes=boxes[annotated],
+    box_labels=labels[annotated],
+    lesion_boxes=boxes,
+    lesion_box_labels=labels,
+    image_id=record.key,
+    patient_id=record.group,
+  )

@@ -40,6 +40,20 @@ map), stays binary and costs a few comparisons per pixel; warping a rendered
 mask instead would need a second interpolation and a threshold, and its edge
 would depend on the interpolation.
 
+**Segmentation masks** (an example's annotation mask instead of its boxes)
+move with the image by `warp_mask`: the soft mask (values in [0, 1], already
+resized to the image's resolution as the image is) is warped exactly as the
+image (`warp_image`: the same map, bilinear, 0 outside the input) and then
+thresholded: a pixel is lesion where the warped value is at least
+`MASK_THRESHOLD` (0.5). So an image whose pixels encode the mask moves
+identically, and the result is binary. Along a straight mask edge (pixel edges
+of the input) this keeps an output pixel exactly when its mapped centre lies on
+the lesion side of the edge, as `warp_boxes_mask` does for a box with that
+edge; the two differ only where the mapped centre lies within half an input
+pixel of two edges (bilinear interpolation rounds a box corner off: such a
+pixel may drop out) and at exact ties on an edge (the threshold keeps the
+pixel on both sides, the half-open box only on its min side).
+
 **Colour jitter** (image only, after the geometry, on the [0, 1] scale,
 clipped to [0, 1] after each step as torchvision does), with torchvision's
 ``ColorJitter`` formulas and factor ranges but a fixed order: brightness
@@ -65,6 +79,8 @@ import tensorflow as tf
 
 # Value of the output pixels that show no input pixel, on the [0, 1] scale.
 FILL_VALUE = 0.0
+# A soft (resized or warped) segmentation mask is lesion where it is >= this.
+MASK_THRESHOLD = 0.5
 # Draws of the random resized crop before its fallback (torchvision's 10).
 _CROP_ATTEMPTS = 10
 # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
@@ -162,14 +178,17 @@ def sample_geometry(
   return tf.concat([top, tf.constant([[0.0, 0.0, 1.0]])], axis=0)
 
 
-def warp_image(image: tf.Tensor, geometry: tf.Tensor, *, size: int) -> tf.Tensor:
-  """Resamples ``image`` through ``geometry`` (bilinear, `FILL_VALUE` outside).
+def warp_image(
+  image: tf.Tensor, geometry: tf.Tensor, *, size: int, fill_value: float = FILL_VALUE
+) -> tf.Tensor:
+  """Resamples ``image`` through ``geometry`` (bilinear, ``fill_value`` outside).
 
   Args:
     image: float32 [H, W, C].
     geometry: float32 [3, 3], output -> input map in normalised coordinates
       (`sample_geometry`).
     size: side S of the square output.
+    fill_value: the output where it shows no input pixel (`FILL_VALUE`).
 
   Returns:
     float32 [S, S, C]: output pixel (i, j) shows the input at
@@ -191,7 +210,7 @@ def warp_image(image: tf.Tensor, geometry: tf.Tensor, *, size: int) -> tf.Tensor
     images=image[None],
     transforms=transform[None],
     output_shape=tf.constant([size, size]),
-    fill_value=tf.constant(FILL_VALUE, tf.float32),
+    fill_value=tf.constant(fill_value, tf.float32),
     interpolation='BILINEAR',
     fill_mode='CONSTANT',
   )[0]
@@ -199,7 +218,49 @@ def warp_image(image: tf.Tensor, geometry: tf.Tensor, *, size: int) -> tf.Tensor
   return warped
 
 
-def warp_boxes_mask(boxes: tf.Tensor, geometry: tf.Tensor, *, size: int) -> tf.Tensor:
+def threshold_mask(mask: tf.Tensor) -> tf.Tensor:
+  """float32 binary mask: 1 where the soft ``mask`` is >= `MASK_THRESHOLD`."""
+  return tf.cast(mask >= MASK_THRESHOLD, tf.float32)
+
+
+def warp_mask(mask: tf.Tensor, geometry: tf.Tensor, *, size: int) -> tf.Tensor:
+  """A segmentation mask as it appears after the warp by ``geometry``.
+
+  The warp of `warp_image` (bilinear, 0 outside the input), then
+  `threshold_mask` (see the module docstring for how its edges compare with
+  `warp_boxes_mask`).
+
+  Args:
+    mask: float32 [H, W] soft mask in [0, 1] at the input's resolution.
+    geometry: float32 [3, 3] (`sample_geometry`).
+    size: side S of the output.
+
+  Returns:
+    float32 [S, S] binary mask.
+  """
+  mask = tf.convert_to_tensor(mask, tf.float32)
+  return threshold_mask(warp_image(mask[..., None], geometry, size=size, fill_value=0.0)[..., 0])
+
+
+def union_by_class(inside: tf.Tensor, classes: tf.Tensor, num_classes: int) -> tf.Tensor:
+  """Per-class unions of box masks: [N, H, W] bool and [N] classes -> uint8 [K, H, W].
+
+  Slot k is 1 where at least one box of class k covers the pixel (all 0 for a
+  class without boxes, and for N = 0).
+  """
+  one_hot = tf.one_hot(tf.cast(classes, tf.int32), num_classes, dtype=tf.float32)
+  covered = tf.einsum('nk,nhw->khw', one_hot, tf.cast(inside, tf.float32))
+  return tf.cast(covered > 0, tf.uint8)
+
+
+def warp_boxes_mask(
+  boxes: tf.Tensor,
+  geometry: tf.Tensor,
+  *,
+  size: int,
+  classes: tf.Tensor | None = None,
+  num_classes: int | None = None,
+) -> tf.Tensor:
   """Rasterises the boxes as they appear after the warp by ``geometry``.
 
   Output pixel (i, j) is 1 when its centre, mapped through ``geometry``, lies
@@ -215,9 +276,12 @@ def warp_boxes_mask(boxes: tf.Tensor, geometry: tf.Tensor, *, size: int) -> tf.T
     boxes: float32 [N, 4] normalised (ymin, xmin, ymax, xmax) of the input.
     geometry: float32 [3, 3] (`sample_geometry`).
     size: side S of the output.
+    classes: optional int [N], the class of each box (multi-label data), with
+      ``num_classes`` K: then one mask per class (`union_by_class`).
 
   Returns:
-    float32 [S, S] binary mask (all 0 for N = 0).
+    float32 [S, S] binary mask (all 0 for N = 0); with ``classes``, uint8
+    [K, S, S].
   """
   # Pixel units: S v w = A[:2] (j + 0.5, i + 0.5, S) and w = A[2] (u, 1); the
   # identity gives S v = the centres exactly, as rasterize_boxes compares.
@@ -229,6 +293,8 @@ def warp_boxes_mask(boxes: tf.Tensor, geometry: tf.Tensor, *, size: int) -> tf.T
   boxes = tf.reshape(tf.convert_to_tensor(boxes, tf.float32), [-1, 4])
   corner = lambda k: boxes[:, k, None, None] * size
   inside = (corner(0) <= vy) & (vy < corner(2)) & (corner(1) <= vx) & (vx < corner(3))
+  if classes is not None:
+    return union_by_class(inside, classes, num_classes)
   return tf.cast(tf.reduce_any(inside, axis=0), tf.float32)
 
 
@@ -264,6 +330,41 @@ def adjust_color(image: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:
   return image
 
 
+def sample_augmentation(
+  seed: tf.Tensor,
+  *,
+  rotation: float,
+  hflip: bool,
+  vflip: bool,
+  brightness: float,
+  contrast: float,
+  saturation: float,
+  hue: float,
+  crop_scale: tuple[float, float],
+  crop_ratio: tuple[float, float],
+) -> tuple[tf.Tensor, tf.Tensor]:
+  """The random draws of one example's augmentation: (geometry [3, 3], colour factors [4]).
+
+  From the two halves of the stateless ``seed`` (int [2]): `sample_geometry`
+  and `sample_color_factors` with the settings of `augment_kwargs`. What
+  `augment_example` applies on the host, and what ``data.augment.on_device``
+  hands the accelerator to apply (`care_jax.training.device_augment`).
+  """
+  geometry_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  geometry = sample_geometry(
+    geometry_seed,
+    rotation=rotation,
+    hflip=hflip,
+    vflip=vflip,
+    crop_scale=crop_scale,
+    crop_ratio=crop_ratio,
+  )
+  factors = sample_color_factors(
+    color_seed, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue
+  )
+  return geometry, factors
+
+
 def augment_example(
   image: tf.Tensor,
   boxes: tf.Tensor,
@@ -279,6 +380,9 @@ def augment_example(
   hue: float,
   crop_scale: tuple[float, float],
   crop_ratio: tuple[float, float],
+  classes: tf.Tensor | None = None,
+  num_classes: int | None = None,
+  mask: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
   """Augments one example: warped image, colour jitter, mask of the boxes.
 
@@ -289,21 +393,32 @@ def augment_example(
     size: side S of the output.
     rotation, hflip, vflip, brightness, contrast, saturation, hue, crop_scale,
       crop_ratio: the settings (`augment_kwargs`).
+    classes, num_classes: the class of each box and K, for one mask per class
+      (multi-label data; `warp_boxes_mask`).
+    mask: optional float32 [H, W] soft segmentation mask in [0, 1] of the
+      image: the returned mask is then its warp by the image's geometry
+      (`warp_mask`) and ``boxes`` are not used (not with ``classes``).
 
   Returns:
-    (image float32 [S, S, C] in [0, 1], mask float32 [S, S] binary).
+    (image float32 [S, S, C] in [0, 1], mask float32 [S, S] binary, or uint8
+    [K, S, S] with ``classes``).
   """
-  geometry_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  geometry = sample_geometry(
-    geometry_seed,
+  if mask is not None and classes is not None:
+    raise ValueError('augment_example: a segmentation mask has no per-class form (classes).')
+  geometry, factors = sample_augmentation(
+    seed,
     rotation=rotation,
     hflip=hflip,
     vflip=vflip,
+    brightness=brightness,
+    contrast=contrast,
+    saturation=saturation,
+    hue=hue,
     crop_scale=crop_scale,
     crop_ratio=crop_ratio,
   )
-  factors = sample_color_factors(
-    color_seed, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue
-  )
   image = adjust_color(warp_image(image, geometry, size=size), factors)
-  return image, warp_boxes_mask(boxes, geometry, size=size)
+  if mask is not None:
+    return image, warp_mask(mask, geometry, size=size)
+  mask = warp_boxes_mask(boxes, geometry, size=size, classes=classes, num_classes=num_classes)
+  return image, mask

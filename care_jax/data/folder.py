@@ -2,9 +2,10 @@
 
 The layout (DESIGN 3.1)::
 
-  DATA_DIR/labels.csv   image,label[,split][,group]
+  DATA_DIR/labels.csv   image,label[,split][,group][,mask]
   DATA_DIR/boxes.csv    image,xmin,ymin,xmax,ymax      (optional)
   DATA_DIR/<images>     PNG or JPEG, any size, RGB or greyscale
+  DATA_DIR/<masks>      PNG (or JPEG), any size        (optional)
 
 - ``image``: path relative to DATA_DIR (no absolute paths, no ``..``).
 - ``label``: class name; classes are ordered by name.
@@ -20,8 +21,22 @@ The layout (DESIGN 3.1)::
   (CARE masks) whatever their class: the file says which images carry boxes,
   so ``data.rare_classes`` defaults to the classes with boxes. Boxes of
   validation/test images are kept in ``lesion_boxes`` only.
+- ``mask`` (optional column; may be empty on any row): the path, relative to
+  DATA_DIR like ``image``, of the image's lesion segmentation mask, of any
+  size with the image's aspect ratio; a pixel is lesion when its grey level is
+  > 127 (0/255 masks; see `care_jax.data._files` for 16-bit and colour files).
+  The mask of a *training* image becomes its annotation ``mask`` (resized to
+  the stored image), and CARE's inner mask M_in is then that mask (resized and
+  warped with the image by the pipeline) instead of the image's boxes: with
+  both a box and a mask, the mask wins for M_in and the box still goes to
+  ``boxes`` and ``lesion_boxes`` (the attention metrics score boxes). An image
+  with a mask counts as annotated: its class is a default rare class. Masks of
+  validation/test images are checked (the file must exist, be PNG/JPEG and fit
+  the image) but not stored.
 
-Bad rows raise ``ValueError`` naming the file and line; with
+Bad rows raise ``ValueError`` naming the file and line (a missing, unreadable
+or empty mask, or one whose aspect ratio is not its image's, is a bad row of
+labels.csv); with
 ``data.folder.skip_bad_rows=True`` the row-level ones are skipped, counted and
 logged instead (see `care_jax.data._files`). Images are stored losslessly
 (PNG), the longer side shrunk to ``stored_size``.
@@ -36,6 +51,7 @@ import pathlib
 from typing import Any
 
 import ml_collections
+import tensorflow_datasets as tfds
 
 from care_jax.data import _files
 
@@ -44,22 +60,25 @@ BOXES = 'boxes.csv'
 
 # The names of the data.folder parameters (their defaults: care_jax.config).
 PARAMETERS = _files.COMMON_PARAMETERS
+# The optional columns of labels.csv.
+OPTIONAL_COLUMNS = ('split', 'group', 'mask')
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 Put your images and a {LABELS} file into one directory DATA_DIR:
 
-  DATA_DIR/{LABELS}   columns image,label[,split][,group]
+  DATA_DIR/{LABELS}   columns image,label[,split][,group][,mask]
   DATA_DIR/{BOXES}    columns image,xmin,ymin,xmax,ymax (optional; pixels)
 
 `image` is the image's path relative to DATA_DIR (PNG or JPEG), `split` one of
-train/validation/test. Then pass --config.data.dir=DATA_DIR.
+train/validation/test, `mask` the path of a lesion mask (PNG, lesion > 127).
+Then pass --config.data.dir=DATA_DIR.
 """
 
 
 def _read_labels(root: pathlib.Path) -> tuple[list[str], list[_files.Row]]:
   path = root / LABELS
   _files.require_files([path], MANUAL_DOWNLOAD_INSTRUCTIONS)
-  return _files.read_csv(path, required=('image', 'label'), optional=('split', 'group'))
+  return _files.read_csv(path, required=('image', 'label'), optional=OPTIONAL_COLUMNS)
 
 
 def folder_config(data_dir: pathlib.Path, **parameters: Any) -> _files.FilesConfig:
@@ -94,6 +113,12 @@ class Folder(_files.FilesBuilder):
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
   ENCODING = 'png'
+  MASKS = True
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+    '1.0.0': 'Initial release.',
+    '1.1.0': 'The annotation `mask` feature: segmentation masks of the mask column.',
+  }
 
   def _labels_file(self) -> str:
     return str(self.manual_dir / LABELS)
@@ -129,10 +154,27 @@ class Folder(_files.FilesBuilder):
         group=row.get('group') or key,
         split=split or None,
       )
-      if record is not None:
-        records[key] = record
+      if record is None:
+        continue
+      if row.get('mask'):
+        _, record.mask = _files.relative_path(root, row['mask'], location, kind='mask')
+        problem = self._mask_problem(record)
+        if problem:
+          problems.report(location, problem)
+          continue
+      records[key] = record
     self._read_boxes(records, first_line, problems)
     return list(records.values())
+
+  @staticmethod
+  def _mask_problem(record: _files.Record) -> str | None:
+    """What is wrong with ``record.mask`` as far as its header tells, or None."""
+    try:
+      size = _files.image_header(record.mask, kind='mask')
+    except _files.UnreadableFile as e:
+      return str(e)
+    problem = _files.mask_size_problem(size, record.size)
+    return f'{problem}: {record.mask}' if problem else None
 
   def _read_boxes(
     self, records: dict[str, _files.Record], listed: dict[str, int], problems: _files.Problems

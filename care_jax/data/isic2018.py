@@ -10,9 +10,20 @@ Read from the user's files (``data.dir``; see `MANUAL_DOWNLOAD_INSTRUCTIONS`):
 - Boxes (``box_source``): ``'masks'`` derives each image's box from its
   HAM10000 lesion segmentation ``ISIC_#######_segmentation.png`` in
   ``HAM10000_segmentations_lesion_tschandl/``: the bounding box of the largest
-  8-connected component of the mask (> 127); ``'csv'`` reads pixel boxes from
-  ``box_csv`` (columns ``image,xmin,ymin,xmax,ymax``, image id with or without
-  ``.jpg``, several rows per image allowed).
+  8-connected component of the mask (> 127; a mask of any size with the
+  image's aspect ratio, the box being normalised); ``'csv'`` reads pixel boxes
+  from ``box_csv`` (columns ``image,xmin,ymin,xmax,ymax``, image id with or
+  without ``.jpg``, several rows per image allowed).
+- Supervision (``supervision``): ``'box'`` (default) trains CARE with the
+  boxes, M_in rasterised from them; ``'mask'`` with the segmentation masks
+  themselves: the mask of every rare-class training image (read from
+  ``HAM10000_segmentations_lesion_tschandl/`` whatever ``box_source`` is;
+  pixels > 127 are lesion) is resized to the stored image's size and stored as
+  its annotation ``mask``, and M_in is that mask (resized and warped with the
+  image by the pipeline). The boxes stay in ``boxes`` and ``lesion_boxes``
+  (the attention metrics score boxes in both modes). A rare training image
+  whose mask is missing, unreadable or empty is a bad row in both modes where
+  the mask is needed.
 - Splits (``split``): ``'lesion'`` (default) makes the stratified split by
   lesion, using ``HAM10000_metadata.csv`` (``lesion_id,image_id,dx,...``), so
   that the images of one lesion (HAM10000 has up to 6 per lesion) never sit in
@@ -43,7 +54,7 @@ from typing import Any
 
 import ml_collections
 import numpy as np
-from PIL import Image
+import tensorflow_datasets as tfds
 
 from care_jax.data import _files
 
@@ -53,6 +64,7 @@ CLASS_NAMES = tuple(sorted(GROUND_TRUTH_COLUMNS))
 DEFAULT_RARE_CLASSES = ('DF',)
 SPLIT_MODES = ('lesion', 'stratified', 'folds')
 BOX_SOURCES = ('masks', 'csv')
+SUPERVISIONS = ('box', 'mask')
 
 GROUND_TRUTH = 'ISIC2018_Task3_Training_GroundTruth.csv'
 METADATA = 'HAM10000_metadata.csv'
@@ -60,7 +72,7 @@ IMAGE_DIRS = ('ISIC2018_Task3_Training_Input', 'HAM10000_images_part_1', 'HAM100
 MASK_DIR = 'HAM10000_segmentations_lesion_tschandl'
 
 # The names of the data.isic2018 parameters (their defaults: care_jax.config).
-PARAMETERS = ('split', 'fold', 'box_source', 'box_csv') + _files.COMMON_PARAMETERS
+PARAMETERS = ('split', 'fold', 'box_source', 'box_csv', 'supervision') + _files.COMMON_PARAMETERS
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 Download ISIC 2018 Task 3 (https://challenge.isic-archive.com/data/#2018:
@@ -72,7 +84,7 @@ segmentations), unzip them into one directory DATA_DIR and pass
   DATA_DIR/{GROUND_TRUTH}
   DATA_DIR/{IMAGE_DIRS[0]}/ISIC_0024306.jpg ...   (or {IMAGE_DIRS[1]}/, {IMAGE_DIRS[2]}/)
   DATA_DIR/{METADATA}                          (split='lesion', the default)
-  DATA_DIR/{MASK_DIR}/ISIC_0024306_segmentation.png ...   (box_source='masks')
+  DATA_DIR/{MASK_DIR}/ISIC_0024306_segmentation.png ...   (box_source='masks' or supervision='mask')
   DATA_DIR/boxes.csv                           (box_source='csv': image,xmin,ymin,xmax,ymax)
   DATA_DIR/split_data/split_data_1_fold_train.csv ...     (split='folds')
 """
@@ -135,6 +147,10 @@ def isic2018_config(
     raise ValueError(
       f'data.isic2018.box_source = {params["box_source"]!r}: must be one of {BOX_SOURCES}.'
     )
+  if params['supervision'] not in SUPERVISIONS:
+    raise ValueError(
+      f'data.isic2018.supervision = {params["supervision"]!r}: must be one of {SUPERVISIONS}.'
+    )
   if params['fold'] not in range(1, 6):
     raise ValueError(f'data.isic2018.fold = {params["fold"]!r}: must be 1, 2, 3, 4 or 5.')
   return _files.fixed_classes_config(
@@ -172,6 +188,12 @@ class Isic2018(_files.FilesBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
   ENCODING = 'jpeg'
   HOMEPAGE = 'https://challenge.isic-archive.com/data/#2018'
+  MASKS = True
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+    '1.0.0': 'Initial release.',
+    '1.1.0': "The annotation `mask` feature (supervision='mask'); masks of any size.",
+  }
 
   def _labels_file(self) -> str:
     return str(_find(self.manual_dir, GROUND_TRUTH))
@@ -302,45 +324,48 @@ class Isic2018(_files.FilesBuilder):
       problems.add_box(record, location, coordinates, f'image {key}')
 
   def _add_boxes(self, records: list[_files.Record], problems: _files.Problems) -> None:
-    """Boxes from the masks: required for rare training images only."""
-    if self.builder_config.parameters['box_source'] != 'masks':
+    """Boxes (box_source='masks') and annotation masks (supervision='mask').
+
+    Masks are required for the rare training images only: a bad one is
+    reported there (skipping drops the image's annotation, not the image).
+    """
+    params = self.builder_config.parameters
+    derive_boxes = params['box_source'] == 'masks'
+    supervise = params['supervision'] == 'mask'
+    if not (derive_boxes or supervise):
       return
     config = self.builder_config
     box_labels = {config.class_names.index(n) for n in config.box_classes}
+    uses = ' and '.join(use for use, on in (('box', derive_boxes), ('mask', supervise)) if on)
     missing = 0
     for record in records:
       needed = record.split == 'train' and record.label in box_labels
+      if not (derive_boxes or needed):
+        continue
       path = self.manual_dir / MASK_DIR / f'{record.key}_segmentation.png'
       try:
-        box = self._mask_box(path, record.size)
+        mask = self._read_mask(path, record.size)
       except _files.UnreadableFile as e:
         if needed:
-          problems.report(record.location, f'{e} (box of a rare class image)')
+          problems.report(record.location, f'{e} ({uses} of a rare class image)')
         missing += 1
         continue
-      record.boxes.append(box)
+      if derive_boxes:
+        record.boxes.append(largest_component_box(mask))
+      if supervise and needed:
+        record.mask = path
     if missing:
-      # Only rare training images need a box; the others lose lesion_boxes.
+      # Only rare training images need a mask; the others lose lesion_boxes.
       logging.info('isic2018: %d image(s) without a usable mask.', missing)
 
   @staticmethod
-  def _mask_box(path: pathlib.Path, size: tuple[int, int]) -> tuple[float, float, float, float]:
-    try:
-      with Image.open(path) as mask:
-        mask = np.asarray(mask.convert('L')) > 127
-    except FileNotFoundError as e:
-      raise _files.UnreadableFile(f'mask {path} does not exist') from e
-    except (OSError, SyntaxError, ValueError) as e:
-      raise _files.UnreadableFile(f'cannot decode mask {path}: {e}') from e
-    if mask.shape != size:
-      raise _files.UnreadableFile(
-        f'mask {path} is {mask.shape[1]}x{mask.shape[0]}, its image'
-        f' {size[1]}x{size[0]} (width x height)'
-      )
-    box = largest_component_box(mask)
-    if box is None:
-      raise _files.UnreadableFile(f'mask {path} is empty')
-    return box
+  def _read_mask(path: pathlib.Path, size: tuple[int, int]) -> np.ndarray:
+    """bool [h, w] mask of any size with the aspect ratio of an image of ``size``."""
+    mask = _files.load_mask(path)
+    problem = _files.mask_size_problem(mask.shape, size)
+    if problem:
+      raise _files.UnreadableFile(f'{problem}: {path}')
+    return mask
 
 
 def from_data_config(data_config: ml_collections.ConfigDict) -> Isic2018:

@@ -12,7 +12,12 @@ key            dtype, shape                content
                                            names sorted)
 ``mask``       float32 [B, S, S]           ``M_in``: union of the example's
                                            boxes rasterised at S x S, zeros
-                                           without a box (`rasterize_boxes`)
+                                           without a box (`rasterize_boxes`);
+                                           binary. For an example with a
+                                           segmentation ``mask`` feature
+                                           instead: that mask resized to
+                                           S x S as the image (bilinear,
+                                           antialiased), >= 0.5
 ``has_mask``   bool [B]                    ``mask`` is not all zeros (with
                                            or without augmentation: a crop
                                            may drop the box, and a box
@@ -31,9 +36,46 @@ known box, in every split -- else its annotation ``boxes``), and
 Padding rows have ``valid=False``, label 0, a zero image and a zero mask, so
 evaluation runs with static shapes and still counts every example once.
 
+**Multi-label datasets** (those with a ``labels`` feature: a list of positive
+classes per image, and ``box_labels``, the class of each box; e.g.
+``synthetic_multilabel`` and ``nih_chestxray14``'s multi-label mode) yield
+``label`` float32 [B, K] (multi-hot), ``mask`` uint8 [B, K, S, S] (class k's
+boxes rasterised like ``mask`` above, after augmentation), ``has_mask`` bool
+[B, K], and in eval batches ``lesion_mask`` uint8 [B, K, S, S] and
+``has_lesion_mask`` bool [B, K]; `DatasetInfo.task` is then 'multilabel'.
+Training draws them with ``data.sampling='instance'`` only.
+
+**On-device augmentation** (``data.augment.enabled`` and ``data.augment.on_device``):
+training batches hold the augmentation's inputs instead of its result, for the train step
+to apply on the accelerator (`care_jax.training.device_augment`): ``image`` uint8
+[B, S, S, C] (resized, not augmented), ``geometry`` float32 [B, 3, 3] and ``color``
+float32 [B, 4] (`augment.sample_augmentation`, the very draws the host path applies),
+``boxes`` float32 [B, N, 4] zero-padded to the split's most boxes per image with
+``box_count`` int32 [B], and for multi-label data ``box_labels`` int32 [B, N]; no
+``mask``/``has_mask`` (the step makes them). `device_augment_example_fn` builds the rows.
+
 Only the annotation ``boxes`` feeds the masks (for the built-in datasets, the
 rare-class training images); ground-truth lesion boxes never do: they only feed
 ``lesion_mask``, which evaluation uses to score attention maps.
+
+**Segmentation masks.** Multi-class datasets may store an annotation
+``mask`` feature (`folder`'s mask column, `isic2018` with
+``supervision='mask'``): PNG bytes of a single-channel mask at the stored
+image's size (255 = lesion), or empty bytes. Where an example has one, its
+``mask`` row is made from it and its boxes are not used for it: the mask is
+resized to S x S exactly as the image is (bilinear, antialiased, on the 0..255
+scale, then divided by 255), and without augmentation thresholded at 0.5
+(`augment.MASK_THRESHOLD`); with augmentation the resized soft mask is warped
+by the image's own geometry (`augment.warp_mask`: the bilinear warp of the
+image, then the threshold), so image and mask move together and an image whose
+pixels encode the mask moves identically. The result is binary either way and
+``has_mask`` is again ``mask`` not all zeros. Examples without a mask keep the
+box rasterisation exactly, and ``lesion_mask`` stays the rasterised lesion
+*boxes* for every example (the attention metrics score boxes whatever the
+training supervision). ``data.box_scale`` scales boxes only; with
+``data.box_source`` other than 'manual' the generated boxes replace every
+manual annotation, masks included (a warning says how many masks are left
+out).
 
 Training order: stream position ``p`` of the infinite example stream holds
 example ``index_shuffle(p mod N, seed=(seed, p div N))`` of the N training
@@ -82,6 +124,7 @@ from care_jax.data import nih_chestxray14
 from care_jax.data import rsna_pneumonia
 from care_jax.data import sampling
 from care_jax.data import synthetic_lesions
+from care_jax.data import synthetic_multilabel
 
 try:
   # TF must leave the accelerator (and its memory) to JAX.
@@ -104,6 +147,10 @@ class DatasetInfo:
       there is none) and 'test'.
     image_size: S, the side of the images the pipelines yield.
     num_channels: C, the channels of the images the pipelines yield.
+    task: 'multiclass' (one label per image), or 'multilabel' (any number of
+      positive classes per image; ``train_class_counts`` then counts the
+      training images on which each class is positive).
+    num_train_examples: training examples (for multi-label positive weights).
   """
 
   class_names: tuple[str, ...]
@@ -112,6 +159,8 @@ class DatasetInfo:
   split_sizes: dict[str, int]
   image_size: int
   num_channels: int
+  task: str = 'multiclass'
+  num_train_examples: int | None = None
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -139,9 +188,20 @@ def _synthetic_builder(data_config: ml_collections.ConfigDict) -> tfds.core.Data
   )
 
 
+def _synthetic_multilabel_builder(
+  data_config: ml_collections.ConfigDict,
+) -> tfds.core.DatasetBuilder:
+  overrides = data_config.get('synthetic_multilabel')
+  overrides = overrides.to_dict() if overrides is not None else {}
+  return synthetic_multilabel.SyntheticMultilabel(
+    config=synthetic_multilabel.multilabel_config(**overrides), data_dir=data_config.get('dir')
+  )
+
+
 # data_config.name -> function building the (unprepared) tfds builder.
 _BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], tfds.core.DatasetBuilder]] = {
   'synthetic_lesions': _synthetic_builder,
+  'synthetic_multilabel': _synthetic_multilabel_builder,
   'folder': folder.from_data_config,
   'isic2018': isic2018.from_data_config,
   'rsna_pneumonia': rsna_pneumonia.from_data_config,
@@ -184,22 +244,56 @@ class SplitTable:
 
   Attributes:
     images: [N] encoded images (bytes objects).
-    labels: int64 [N].
+    labels: int64 [N]; for a multi-label dataset, uint8 [N, K] multi-hot.
     box_values: float32 [M, 4] the boxes of all examples, concatenated.
     box_splits: int64 [N + 1]; the boxes of example n are
       ``box_values[box_splits[n]:box_splits[n + 1]]``.
+    box_labels: int64 [M], the class of each box (multi-label datasets), or
+      None.
+    masks: [N] encoded annotation masks (bytes objects, b'' for none) of a
+      dataset with the ``mask`` feature, or None (no example has a mask).
   """
 
   images: np.ndarray
   labels: np.ndarray
   box_values: np.ndarray
   box_splits: np.ndarray
+  box_labels: np.ndarray | None = None
+  masks: np.ndarray | None = None
+
+  def annotated(self) -> np.ndarray:
+    """bool [N]: the examples with at least one box or a mask."""
+    boxed = np.diff(self.box_splits) > 0
+    if self.masks is None:
+      return boxed
+    return boxed | np.array([len(m) > 0 for m in self.masks], bool)
+
+
+def is_multilabel(builder: tfds.core.DatasetBuilder) -> bool:
+  """Whether the dataset lists several classes per image (a ``labels`` feature)."""
+  return 'labels' in builder.info.features
+
+
+def class_names_of(builder: tfds.core.DatasetBuilder) -> tuple[str, ...]:
+  """The class names of a prepared builder, in label order."""
+  if is_multilabel(builder):
+    return tuple(builder.info.features['labels'].feature.names)
+  return tuple(builder.info.features['label'].names)
+
+
+def multi_hot(classes: tf.Tensor, num_classes: int) -> tf.Tensor:
+  """float32 [K]: 1 at each class of the int [P] list ``classes`` (P may be 0)."""
+  one_hot = tf.one_hot(tf.cast(classes, tf.int32), num_classes, dtype=tf.float32)
+  return tf.reduce_max(tf.concat([one_hot, tf.zeros([1, num_classes])], axis=0), axis=0)
 
 
 def read_split(builder: tfds.core.DatasetBuilder, split: str) -> SplitTable:
   """Reads ``split`` of a prepared builder into memory, in its stored order.
 
-  The images stay encoded; ``labels`` and the annotation ``boxes`` are read.
+  The images stay encoded; ``labels`` and the annotation ``boxes`` are read
+  (multi-label datasets: the multi-hot labels and each box's class too), and
+  the encoded annotation masks of a multi-class dataset with a ``mask``
+  feature (``masks`` None when no example has one).
   """
   ds = builder.as_dataset(
     split=split,
@@ -207,17 +301,43 @@ def read_split(builder: tfds.core.DatasetBuilder, split: str) -> SplitTable:
     decoders={'image': tfds.decode.SkipDecoding()},
     read_config=_read_config(),
   )
-  ds = ds.map(lambda ex: (ex['image'], ex['label'], ex['boxes']))
-  images, labels, boxes = [], [], []
-  for image, label, example_boxes in tfds.as_numpy(ds):
+  multilabel = is_multilabel(builder)
+  if multilabel:
+    num_classes = len(class_names_of(builder))
+    ds = ds.map(
+      lambda ex: (
+        ex['image'],
+        multi_hot(ex['labels'], num_classes),
+        ex['boxes'],
+        ex['box_labels'],
+        tf.constant(b''),  # No masks in multi-label data.
+      )
+    )
+  else:
+    has_masks = 'mask' in builder.info.features
+    ds = ds.map(
+      lambda ex: (
+        ex['image'],
+        ex['label'],
+        ex['boxes'],
+        tf.zeros([0], tf.int64),
+        ex['mask'] if has_masks else tf.constant(b''),
+      )
+    )
+  images, labels, boxes, box_labels, masks = [], [], [], [], []
+  for image, label, example_boxes, example_box_labels, mask in tfds.as_numpy(ds):
     images.append(image)
     labels.append(label)
     boxes.append(example_boxes.reshape(-1, 4))
+    box_labels.append(example_box_labels.reshape(-1))
+    masks.append(mask)
   return SplitTable(
     images=np.array(images, dtype=object),
-    labels=np.array(labels, dtype=np.int64),
+    labels=np.array(labels, dtype=np.uint8 if multilabel else np.int64),
     box_values=np.concatenate(boxes).astype(np.float32),
     box_splits=np.cumsum([0] + [len(b) for b in boxes], dtype=np.int64),
+    box_labels=np.concatenate(box_labels).astype(np.int64) if multilabel else None,
+    masks=np.array(masks, dtype=object) if any(masks) else None,
   )
 
 
@@ -272,7 +392,13 @@ def _image_size(data_config: ml_collections.ConfigDict) -> int:
   return size
 
 
-def rasterize_boxes(boxes: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
+def rasterize_boxes(
+  boxes: tf.Tensor,
+  size: int | tuple[int, int],
+  *,
+  classes: tf.Tensor | None = None,
+  num_classes: int | None = None,
+) -> tf.Tensor:
   """Rasterises the union of normalised boxes into a binary mask.
 
   Pixel ``(i, j)`` of an ``H x W`` mask is inside box ``(ymin, xmin, ymax,
@@ -290,9 +416,12 @@ def rasterize_boxes(boxes: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
   Args:
     boxes: [N, 4] normalised (ymin, xmin, ymax, xmax); N may be 0.
     size: H = W, or (H, W).
+    classes: optional int [N], the class of each box (multi-label data), with
+      ``num_classes`` K: one mask per class (`augment.union_by_class`).
 
   Returns:
-    float32 [H, W], 1 inside at least one box, 0 elsewhere (all 0 for N = 0).
+    float32 [H, W], 1 inside at least one box, 0 elsewhere (all 0 for N = 0);
+    with ``classes``, uint8 [K, H, W].
   """
   height, width = (size, size) if isinstance(size, int) else size
   boxes = tf.convert_to_tensor(boxes, tf.float32)
@@ -303,6 +432,8 @@ def rasterize_boxes(boxes: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
   in_rows = (boxes[:, 0:1] * height <= rows) & (rows < boxes[:, 2:3] * height)
   in_cols = (boxes[:, 1:2] * width <= cols) & (cols < boxes[:, 3:4] * width)
   inside = in_rows[:, :, None] & in_cols[:, None, :]
+  if classes is not None:
+    return augment.union_by_class(inside, classes, num_classes)
   return tf.cast(tf.reduce_any(inside, axis=0), tf.float32)
 
 
@@ -311,34 +442,112 @@ def example_fn(
   num_channels: int,
   *,
   augment_settings: dict[str, Any] | None = None,
+  num_classes: int | None = None,
 ) -> Callable[..., dict[str, tf.Tensor]]:
-  """Returns f(uint8 image [H, W, C], label, boxes [N, 4], key=None) -> row.
+  """Returns f(uint8 image [H, W, C], label, boxes [N, 4], key=None, box_labels=None, mask=None).
 
-  With ``augment_settings`` (`augment.augment_kwargs`), f augments the
-  resized image (`augment.augment_example`) with the stateless seed ``key``
-  (int [2]) and rasterises the mask after the transform; otherwise ``key`` is
-  ignored.
+  f returns the row. With ``augment_settings`` (`augment.augment_kwargs`), f
+  augments the resized image (`augment.augment_example`) with the stateless
+  seed ``key`` (int [2]) and rasterises the mask after the transform;
+  otherwise ``key`` is ignored. With ``num_classes`` K (a multi-label
+  dataset), ``label`` is the float32 [K] multi-hot vector, ``box_labels`` int
+  [N] the class of each box, and the row's mask is uint8 [K, S, S],
+  ``has_mask`` bool [K]. ``mask`` (multi-class only): a tf.string scalar, the
+  example's encoded annotation mask (the ``mask`` feature: a single-channel
+  PNG at the image's size, or empty for none); where it is not empty, the
+  row's mask is made from it (module docstring) instead of from ``boxes``.
   """
   size = _image_size(data_config)
   mean, std = normalisation(data_config, num_channels)
+  per_class = {} if num_classes is None else {'num_classes': num_classes}
 
-  def example(image, label, boxes, key=None):
+  def resize(image):
     image = tf.cast(image, tf.float32)
     if tuple(image.shape[:2]) != (size, size):
       # Antialiased, so that downsizing averages instead of aliasing.
       image = tf.image.resize(image, (size, size), 'bilinear', antialias=True)
+    return image
+
+  def soft_mask(encoded):
+    # The mask resized exactly as the image, on [0, 1]: float32 [S, S].
+    return resize(tf.io.decode_png(encoded, channels=1))[..., 0] / 255.0
+
+  def example(image, label, boxes, key=None, box_labels=None, mask=None):
+    if mask is not None and num_classes is not None:
+      raise ValueError('Segmentation masks are not supported for multi-label data.')
+    image = resize(image)
+    classes = {} if num_classes is None else {'classes': box_labels, **per_class}
+    given = None if mask is None else tf.strings.length(mask) > 0
     if augment_settings is None:
       image = (image / 255.0 - mean) / std
-      mask = rasterize_boxes(boxes, size)
+      if given is None:
+        mask = rasterize_boxes(boxes, size, **classes)
+      else:
+        encoded = mask
+        mask = tf.cond(
+          given,
+          lambda: augment.threshold_mask(soft_mask(encoded)),
+          lambda: rasterize_boxes(boxes, size),
+        )
     else:
-      image, mask = augment.augment_example(
-        image / 255.0, boxes, key, size=size, **augment_settings
+      augmented = lambda **m: augment.augment_example(
+        image / 255.0, boxes, key, size=size, **augment_settings, **classes, **m
       )
+      if given is None:
+        image, mask = augmented()
+      else:
+        encoded = mask
+        # The geometry and colours depend on the key only: both branches
+        # transform the image alike.
+        image, mask = tf.cond(given, lambda: augmented(mask=soft_mask(encoded)), augmented)
       image = (image - mean) / std
     # A box may cover no pixel centre (a tiny box, or one a crop moved out of
     # view): then there is nothing to supervise, on both paths.
-    has_mask = tf.reduce_any(mask > 0)
-    return dict(image=image, label=tf.cast(label, tf.int32), mask=mask, has_mask=has_mask)
+    has_mask = tf.reduce_any(mask > 0, axis=(-2, -1))
+    label = tf.cast(label, tf.int32) if num_classes is None else tf.cast(label, tf.float32)
+    return dict(image=image, label=label, mask=mask, has_mask=has_mask)
+
+  return example
+
+
+def device_augment_example_fn(
+  data_config: ml_collections.ConfigDict,
+  *,
+  augment_settings: dict[str, Any],
+  max_boxes: int,
+  num_classes: int | None = None,
+) -> Callable[..., dict[str, tf.Tensor]]:
+  """Returns f(uint8 image [H, W, C], label, boxes [N, 4], key, box_labels=None) -> row
+  of the inputs of the on-device augmentation (``data.augment.on_device``).
+
+  The row holds ``image`` uint8 [S, S, C] (resized as `example_fn` resizes, rounded),
+  ``label``, ``geometry`` float32 [3, 3] and ``color`` float32 [4] (`augment.
+  sample_augmentation` of ``key``: the draws `augment_example` would apply), ``boxes``
+  float32 [max_boxes, 4] zero-padded with ``box_count`` int32 the real ones first, and for
+  multi-label data ``box_labels`` int32 [max_boxes]. The train step applies them
+  (`care_jax.training.device_augment.augment_batch`) and normalises.
+  """
+  size = _image_size(data_config)
+
+  def example(image, label, boxes, key, box_labels=None):
+    image = tf.cast(image, tf.float32)
+    if tuple(image.shape[:2]) != (size, size):
+      image = tf.image.resize(image, (size, size), 'bilinear', antialias=True)
+    geometry, color = augment.sample_augmentation(key, **augment_settings)
+    count = tf.shape(boxes)[0]
+    padding = [[0, max_boxes - count], [0, 0]]
+    row = dict(
+      image=tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8),
+      label=tf.cast(label, tf.int32) if num_classes is None else tf.cast(label, tf.float32),
+      geometry=geometry,
+      color=color,
+      boxes=tf.ensure_shape(tf.pad(tf.cast(boxes, tf.float32), padding), [max_boxes, 4]),
+      box_count=tf.cast(count, tf.int32),
+    )
+    if num_classes is not None:
+      classes = tf.pad(tf.cast(box_labels, tf.int32), padding[:1])
+      row['box_labels'] = tf.ensure_shape(classes, [max_boxes])
+    return row
 
   return example
 
@@ -368,14 +577,19 @@ def get_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
   """
   builder = prepared_builder(data_config)
   table = read_split(builder, 'train')
-  class_names = tuple(builder.info.features['label'].names)
+  class_names = class_names_of(builder)
   num_channels = builder.info.features['image'].shape[-1]
   normalisation(data_config, num_channels)
-  boxed_classes = np.unique(table.labels[np.diff(table.box_splits) > 0])
+  if is_multilabel(builder):
+    boxed_classes = np.unique(table.box_labels)
+    counts = table.labels.sum(axis=0)
+  else:
+    boxed_classes = np.unique(table.labels[table.annotated()])
+    counts = np.bincount(table.labels, minlength=len(class_names))
   return DatasetInfo(
     class_names=class_names,
     rare_classes=resolve_rare_classes(data_config.rare_classes, class_names, boxed_classes),
-    train_class_counts=np.bincount(table.labels, minlength=len(class_names)).astype(np.int64),
+    train_class_counts=counts.astype(np.int64),
     split_sizes={
       split: builder.info.splits[split].num_examples
       for split in _SPLITS
@@ -383,6 +597,8 @@ def get_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
     },
     image_size=_image_size(data_config),
     num_channels=num_channels,
+    task='multilabel' if is_multilabel(builder) else 'multiclass',
+    num_train_examples=len(table.images),
   )
 
 
@@ -446,18 +662,56 @@ def train_batches(
         ' to care_jax.training.train_and_evaluate as boxes_fn=...).'
       )
     table = boxes_fn(data_config, builder, table)
+    if table.masks is not None:
+      logging.warning(
+        'data.box_source=%r: the generated boxes replace the manual annotations; %d'
+        ' segmentation mask(s) of the training images are not used.',
+        box_source,
+        sum(len(m) > 0 for m in table.masks),
+      )
+      table = dataclasses.replace(table, masks=None)
   table = _scale_boxes(table, data_config.get('box_scale', 1.0))
   image_feature = builder.info.features['image']
-  make_example = example_fn(
-    data_config,
-    image_feature.shape[-1],
-    augment_settings=(augment_settings if data_config.augment.enabled else None),
-  )
-  index_of = sampling.make_sampler(table.labels, sampling=data_config.sampling, seed=seed)
+  multilabel = is_multilabel(builder)
+  num_classes = len(class_names_of(builder)) if multilabel else None
+  on_device = data_config.augment.enabled and data_config.augment.get('on_device', False)
+  if on_device:
+    if table.masks is not None and any(len(m) for m in table.masks):
+      raise ValueError(
+        'data.augment.on_device=True warps boxes on the accelerator; this dataset supervises'
+        ' with segmentation masks: set data.augment.on_device=False (the host warps them).'
+      )
+    device_example = device_augment_example_fn(
+      data_config,
+      augment_settings=augment_settings,
+      max_boxes=max(1, int(np.max(np.diff(table.box_splits), initial=0))),
+      num_classes=num_classes,
+    )
+    make_example = lambda image, label, boxes, key, box_labels, mask: device_example(
+      image, label, boxes, key, box_labels=box_labels
+    )
+  else:
+    make_example = example_fn(
+      data_config,
+      image_feature.shape[-1],
+      augment_settings=(augment_settings if data_config.augment.enabled else None),
+      num_classes=num_classes,
+    )
+  if multilabel and data_config.sampling != 'instance':
+    raise ValueError(
+      f'data.sampling = {data_config.sampling!r}: class-balanced sampling draws one class per'
+      " example, which a multi-label image does not have; use data.sampling='instance' (and"
+      " loss.name='weighted_ce' for positive-class weights)."
+    )
+  # Instance sampling reads only the number of examples.
+  sampler_labels = np.zeros(len(table.images), np.int64) if multilabel else table.labels
+  index_of = sampling.make_sampler(sampler_labels, sampling=data_config.sampling, seed=seed)
   images = tf.constant(table.images.tolist(), tf.string)
   labels = tf.constant(table.labels)
   box_values = tf.constant(table.box_values.reshape(-1, 4))
   box_splits = tf.constant(table.box_splits)
+  box_labels = tf.constant(table.box_labels if multilabel else np.zeros(0, np.int64))
+  masks = None if table.masks is None else tf.constant(table.masks.tolist(), tf.string)
   seed = tf.constant(seed, tf.int64)
   global_batch = batch_size * process_count
 
@@ -473,7 +727,9 @@ def train_batches(
     index = index_of(position, sample_key)
     boxes = box_values[box_splits[index] : box_splits[index + 1]]
     image = image_feature.decode_example(images[index])
-    return make_example(image, labels[index], boxes, key=augment_key)
+    classes = box_labels[box_splits[index] : box_splits[index + 1]] if multilabel else None
+    mask = None if masks is None else masks[index]
+    return make_example(image, labels[index], boxes, augment_key, box_labels=classes, mask=mask)
 
   ds = tf.data.Dataset.counter(dtype=tf.int64)
   ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
@@ -497,7 +753,8 @@ def eval_batches(
   Besides the training keys, batches hold ``lesion_mask`` and
   ``has_lesion_mask`` (see the module docstring): the dataset's
   ``lesion_boxes`` or ``lesion_box`` rasterised when it has one, else its
-  ``boxes``.
+  ``boxes`` (never the segmentation masks, which feed ``mask`` as in
+  training).
   With several processes, each yields ``batch_size`` rows of every global
   batch (example ``i`` goes to process ``i mod process_count``) and all
   processes yield the same number of batches.
@@ -511,12 +768,34 @@ def eval_batches(
   builder = prepared_builder(data_config)
   if split not in builder.info.splits:
     raise ValueError(f'split {split!r} does not exist; splits: {list(builder.info.splits)}.')
-  make_example = example_fn(data_config, builder.info.features['image'].shape[-1])
+  multilabel = is_multilabel(builder)
+  num_classes = len(class_names_of(builder))
+  make_example = example_fn(
+    data_config,
+    builder.info.features['image'].shape[-1],
+    num_classes=num_classes if multilabel else None,
+  )
   size = _image_size(data_config)
   # Ground-truth boxes of every image when the dataset has them (the file
   # datasets' `lesion_boxes`, synthetic_lesions' one `lesion_box`), else the
   # annotation boxes (e.g. the rare classes' only).
   features = builder.info.features.keys()
+
+  def multilabel_example(ex):
+    # Every known box of each class, in every split (multi-label datasets
+    # always have `lesion_boxes` with their `lesion_box_labels`).
+    lesion_mask = rasterize_boxes(
+      ex['lesion_boxes'], size, classes=ex['lesion_box_labels'], num_classes=num_classes
+    )
+    row = make_example(
+      ex['image'], multi_hot(ex['labels'], num_classes), ex['boxes'], box_labels=ex['box_labels']
+    )
+    return dict(
+      row,
+      valid=True,
+      lesion_mask=lesion_mask,
+      has_lesion_mask=tf.reduce_any(lesion_mask > 0, axis=(-2, -1)),
+    )
 
   def lesion_boxes(ex):
     if 'lesion_boxes' in features:
@@ -528,15 +807,16 @@ def eval_batches(
   def example(ex):
     # Eval has no geometric augmentation: boxes map to the resized image as is.
     lesion_mask = rasterize_boxes(lesion_boxes(ex), size)
+    mask = ex['mask'] if 'mask' in features else None
     return dict(
-      make_example(ex['image'], ex['label'], ex['boxes']),
+      make_example(ex['image'], ex['label'], ex['boxes'], mask=mask),
       valid=True,
       lesion_mask=lesion_mask,
       has_lesion_mask=tf.reduce_any(lesion_mask > 0),
     )
 
   ds = builder.as_dataset(split=split, shuffle_files=False, read_config=_read_config())
-  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(multilabel_example if multilabel else example, num_parallel_calls=tf.data.AUTOTUNE)
   global_batch = batch_size * process_count
   num_padding = -builder.info.splits[split].num_examples % global_batch
   if num_padding:
@@ -552,6 +832,7 @@ def eval_batches(
 # (encoding, the data.<name> sub-config holding its stored_size, None: as is).
 _STORAGE = {
   'synthetic_lesions': ('png', None),
+  'synthetic_multilabel': ('png', None),
   'folder': (folder.Folder.ENCODING, 'folder'),
   'isic2018': (isic2018.Isic2018.ENCODING, 'isic2018'),
   'rsna_pneumonia': (rsna_pneumonia.RsnaPneumonia.ENCODING, 'rsna_pneumonia'),

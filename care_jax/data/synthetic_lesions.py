@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from care_jax.data import _drawing
 from care_jax.data import _local
 
 CLASS_NAMES = ('brown', 'dark', 'dotted', 'pink', 'striped')
@@ -66,8 +67,6 @@ SPLITS = ('train', 'validation', 'test')
 # Lesion colours (RGB) of the common classes; the rare classes borrow them.
 _PALETTE = {'brown': (150.0, 95.0, 62.0), 'dark': (92.0, 60.0, 48.0), 'pink': (200.0, 118.0, 122.0)}
 _SKIN = np.array([224.0, 188.0, 164.0])
-_RULER = np.array([238.0, 238.0, 232.0])
-_RULER_TICK = np.array([45.0, 45.0, 50.0])
 # Width of the border band (fraction of the image) that holds the ruler and
 # that the lesion never enters.
 _BAND = 0.14
@@ -188,35 +187,6 @@ def synthetic_config(**overrides: Any) -> SyntheticLesionsConfig:
   return SyntheticLesionsConfig(**overrides)
 
 
-def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-  """Pixel-centre coordinates (y, x), each [size, size], in pixel units."""
-  centres = np.arange(size, dtype=np.float64) + 0.5
-  return np.meshgrid(centres, centres, indexing='ij')
-
-
-def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int) -> np.ndarray:
-  """Low-frequency noise [size, size, channels] of unit scale.
-
-  A (cells + 1)^2 grid of N(0, 1) values, bilinearly interpolated.
-  """
-  grid = rng.standard_normal((cells + 1, cells + 1, channels))
-  t = (np.arange(size) + 0.5) / size * cells
-  i0 = np.minimum(t.astype(int), cells - 1)
-  f = (t - i0)[:, None]
-  rows = grid[i0] * (1 - f[..., None]) + grid[i0 + 1] * f[..., None]
-  return rows[:, i0] * (1 - f.T[..., None]) + rows[:, i0 + 1] * f.T[..., None]
-
-
-def _tight_box(inside: np.ndarray) -> np.ndarray:
-  """Normalised (ymin, xmin, ymax, xmax) of the pixels where ``inside``."""
-  size = inside.shape[0]
-  rows = np.flatnonzero(inside.any(axis=1))
-  cols = np.flatnonzero(inside.any(axis=0))
-  return np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1], dtype=np.float32) / np.float32(
-    size
-  )
-
-
 def _label_of(counts: Sequence[int], index: int) -> int:
   return int(np.searchsorted(np.cumsum(counts), index, side='right'))
 
@@ -244,12 +214,12 @@ def generate_example(config: SyntheticLesionsConfig, split: str, index: int) -> 
   is_rare = name in RARE_CLASS_NAMES
   size = config.image_size
   rng = np.random.default_rng((config.seed, SPLITS.index(split), index))
-  y, x = _pixel_grid(size)
+  y, x = _drawing.pixel_grid(size)
 
   # Background: jittered skin tone, fine and coarse texture, uneven light.
   # Mostly brightness texture, with a little hue variation.
   skin = _SKIN * (1.0 + rng.normal(0.0, 0.03, 3))
-  texture = _smooth_noise(rng, size, 6, 4)
+  texture = _drawing.smooth_noise(rng, size, 6, 4)
   background = skin * (1.0 + 0.04 * texture[..., :1] + 0.012 * texture[..., 1:])
   phi = rng.uniform(0.0, 2.0 * np.pi)
   u, v = (2.0 * x / size - 1.0), (2.0 * y / size - 1.0)
@@ -287,14 +257,14 @@ def generate_example(config: SyntheticLesionsConfig, split: str, index: int) -> 
   rho = rho / wobble
   # Soft edge about `edge` pixels wide around rho = 1.
   alpha = np.clip(0.5 + (1.0 - rho) * semi_axes.min() / edge, 0.0, 1.0)
-  lesion_box = _tight_box(alpha > 0.0)
+  lesion_box = _drawing.tight_box(alpha > 0.0)
 
   # Lesion look: class colour (rare classes borrow one) and internal texture.
   palette_name = list(_PALETTE)[rng.integers(len(_PALETTE))]
   colour_name = palette_name if is_rare else name
   colour = np.array(_PALETTE[colour_name]) * rng.uniform(0.88, 1.12)
   colour = colour * (1.0 + rng.normal(0.0, 0.04, 3))
-  mottle = 0.08 * _smooth_noise(rng, size, 5, 1)[..., 0]
+  mottle = 0.08 * _drawing.smooth_noise(rng, size, 5, 1)[..., 0]
   pattern_angle = rng.uniform(0.0, np.pi)
   period = rng.uniform(0.09, 0.13) * size
   pattern_phase = rng.uniform(0.0, 2.0 * np.pi, 2)
@@ -323,12 +293,7 @@ def generate_example(config: SyntheticLesionsConfig, split: str, index: int) -> 
 
   # Ruler: a light bar with dark ticks in the band along one border. Its
   # parameters are always drawn, so toggling it leaves the rest unchanged.
-  side = rng.integers(4)
-  thickness = max(2, round(0.06 * size))
-  offset = rng.integers(1, band - thickness + 1)
-  length = rng.uniform(0.35, 0.7) * size
-  start = rng.uniform(0.0, size - length)
-  tick_step = max(3, round(size / 16))
+  ruler = _drawing.draw_ruler_parameters(rng, size, band)
   draw = rng.uniform()
   if split == 'train':
     rate = config.artefact_rate_rare_train if is_rare else config.artefact_rate_common_train
@@ -337,17 +302,7 @@ def generate_example(config: SyntheticLesionsConfig, split: str, index: int) -> 
   has_artefact = config.artefact and draw < rate
   artefact_box = np.zeros(4, np.float32)
   if has_artefact:
-    # Coordinates along the border and across it (depth from the border);
-    # sides 0-3: top, bottom, left, right.
-    run, depth = (x, y) if side < 2 else (y, x)
-    if side % 2:
-      depth = size - depth
-    in_run = (run >= start) & (run <= start + length)
-    bar = in_run & (depth >= offset) & (depth < offset + thickness)
-    ticks = bar & (np.floor(run) % tick_step == 0) & (depth < offset + thickness / 2.0 + 0.5)
-    image = np.where(bar[..., None], _RULER, image)
-    image = np.where(ticks[..., None], _RULER_TICK, image)
-    artefact_box = _tight_box(bar)
+    image, artefact_box = _drawing.paint_ruler(image, y, x, ruler)
 
   image = image * illumination[..., None] + rng.normal(0.0, 3.0, image.shape)
   boxes = lesion_box[None] if (is_rare and split == 'train') else np.zeros((0, 4))

@@ -45,11 +45,15 @@ def evaluate(
     `care_jax.metrics.classification_metrics` of the summed confusion
     matrix, with ``'attention'``: the attention metrics of the maps, and
     `care_jax.metrics.score_metrics` of the probabilities (AUROC, AP,
-    calibration). With `with_rows`, also ``{'position': int64 [N],
-    'probabilities': [N, K], 'label': [N]}``: ``position`` is each example's
-    place in the split, in the order `eval_batches` reads it.
+    calibration). Multi-label (``info.task``):
+    `care_jax.metrics.multilabel_score_metrics` of the sigmoid
+    probabilities, with ``'attention'`` per finding
+    (`AttentionMetrics.compute_per_class`). With `with_rows`, also
+    ``{'position': int64 [N], 'probabilities': [N, K], 'label': [N] (or
+    [N, K])}``: ``position`` is each example's place in the split, in the
+    order `eval_batches` reads it.
   """
-  totals = _Totals(len(info.class_names))
+  totals = _Totals(len(info.class_names), multilabel=info.task == 'multilabel')
   progress_bar = tqdm.tqdm(
     batches,
     total=total,
@@ -62,32 +66,51 @@ def evaluate(
   for index, batch in enumerate(progress_bar):
     with parallel.scope():
       totals.add(index, *parallel.fetch(parallel.eval_step(state, parallel.put_batch(batch))))
+  result, rows = _metrics(totals, info), totals.rows()
+  return (result, rows) if with_rows else result
+
+
+def _metrics(totals: '_Totals', info: Any) -> dict[str, Any]:
+  """The metrics block of an evaluation's totals (see `evaluate`)."""
+  rows = totals.rows()
+  if info.task == 'multilabel':
+    result = metrics_lib.multilabel_score_metrics(
+      rows['probabilities'], rows['label'], info.class_names, rare_classes=info.rare_classes
+    )
+    result['attention'] = totals.quality.compute_per_class(info.class_names)
+    return result
   result = metrics_lib.classification_metrics(
     totals.confusion, class_names=info.class_names, rare_classes=info.rare_classes
   )
   result['attention'] = totals.quality.compute()
-  rows = totals.rows()
   result.update(
     metrics_lib.score_metrics(rows['probabilities'], rows['label'], class_names=info.class_names)
   )
-  return (result, rows) if with_rows else result
+  return result
+
+
+def selection_metric(task: str) -> str:
+  """The validation metric that picks the best checkpoint: MCA, or mean AUROC (multi-label)."""
+  return 'mean_auroc' if task == 'multilabel' else 'mca'
 
 
 class _Totals:
   """The sums of an evaluation so far, and its valid rows."""
 
-  def __init__(self, num_classes: int):
-    self.confusion = np.zeros((num_classes, num_classes), np.int64)
-    self.quality = metrics_lib.AttentionMetrics.empty()
+  def __init__(self, num_classes: int, *, multilabel: bool = False):
+    # Multi-label metrics come from the rows alone (no confusion matrix).
+    self.confusion = None if multilabel else np.zeros((num_classes, num_classes), np.int64)
+    self.quality = metrics_lib.AttentionMetrics.empty(num_classes if multilabel else None)
     self._rows = {
       'position': [np.zeros(0, np.int64)],
       'probabilities': [np.zeros((0, num_classes), np.float32)],
-      'label': [np.zeros(0, np.int64)],
+      'label': [np.zeros((0, num_classes) if multilabel else 0, np.int64)],
     }
 
   def add(self, index: int, confusion, quality, rows) -> None:
     """Adds the outputs of the eval step on global batch `index`."""
-    self.confusion += np.asarray(confusion)
+    if self.confusion is not None:
+      self.confusion += np.asarray(confusion)
     self.quality = self.quality.merge(quality)
     valid = np.asarray(rows['valid'], bool)
     self._rows['position'].append(
@@ -187,7 +210,11 @@ def _eval_parallel(run: checkpoint_lib.TrainedRun, config, info):
   """The data-parallel back-end with the eval step of a saved run (no train step)."""
   counts = np.asarray(run.train_class_counts or info.train_class_counts)
   loss = imbalance.make_classification_loss(
-    **config.loss.to_dict(), class_counts=counts, num_steps=1
+    **config.loss.to_dict(),
+    class_counts=counts,
+    num_steps=1,
+    task=config.task,
+    num_examples=info.num_train_examples,
   )
   model = state_lib.create_model(config, len(run.class_names))
   axis_name = parallel_lib.PMAP_AXIS if config.parallel == 'pmap' else None
@@ -197,6 +224,7 @@ def _eval_parallel(run: checkpoint_lib.TrainedRun, config, info):
     attention=config.care.attention,
     predict_logits=loss.predict_logits,
     axis_name=axis_name,
+    task=config.task,
   )
   parallel = parallel_lib.make_parallel(config, lambda state, batch: (state, batch), eval_step)
   parallel_lib.check_divisible(config.train.eval_batch_size, parallel, 'train.eval_batch_size')

@@ -71,11 +71,22 @@ def create_experiment(config: ml_collections.ConfigDict, info) -> Experiment:
   (`care_jax.config.resolve_recipe`): ``experiment.config`` is what the run saves.
   """
   config = config_lib.resolve_recipe(config)
+  if config.task != info.task:
+    raise ValueError(
+      f'config.task = {config.task!r}, but data.name = {config.data.name!r} is a'
+      f' {info.task} dataset: set config.task = {info.task!r}'
+      + (" (and care.stage1_metric = 'mean_auroc')" if info.task == 'multilabel' else '')
+      + '.'
+    )
   num_classes = len(info.class_names)
   num_steps = state_lib.num_train_steps(config, info.split_sizes['train'])
   two_stage = stages_lib.TwoStage.from_config(config, num_steps)
   classification_loss = imbalance.make_classification_loss(
-    **config.loss.to_dict(), class_counts=info.train_class_counts, num_steps=num_steps
+    **config.loss.to_dict(),
+    class_counts=info.train_class_counts,
+    num_steps=num_steps,
+    task=config.task,
+    num_examples=info.num_train_examples,
   )
   model = state_lib.create_model(config, num_classes)
   axis_name = parallel_lib.PMAP_AXIS if config.parallel == 'pmap' else None
@@ -92,6 +103,7 @@ def create_experiment(config: ml_collections.ConfigDict, info) -> Experiment:
       attention=config.care.attention,
       predict_logits=classification_loss.predict_logits,
       axis_name=axis_name,
+      task=config.task,
     ),
   )
   parallel_lib.check_divisible(config.train.batch_size, parallel, 'train.batch_size')
@@ -165,7 +177,9 @@ def run(experiment: Experiment, inputs, workdir: str) -> dict[str, Any]:
     ) as stage1_best,
   ):
     state, start_step, clock = initial_state(experiment, checkpoints)
-    summaries = _attention_summaries(experiment, inputs) if is_chief else None
+    # TensorBoard's attention overlays draw one map per image: multiclass only.
+    draw = is_chief and info.task == 'multiclass'
+    summaries = _attention_summaries(experiment, inputs) if draw else None
     with outputs_lib.RunOutputs(
       workdir, is_chief=is_chief, start_step=start_step, attention_summaries=summaries
     ) as outputs:
@@ -266,7 +280,11 @@ def evaluate_and_log(
     context.outputs.log_eval(split, result, experiment.parallel.get_state(state), step)
     if with_rows:
       context.outputs.write_predictions(
-        split, context.inputs.example_ids(split), rows, experiment.info.class_names
+        split,
+        context.inputs.example_ids(split),
+        rows,
+        experiment.info.class_names,
+        multilabel=experiment.info.task == 'multilabel',
       )
   return result
 
@@ -370,12 +388,23 @@ def _after_step(context: _RunContext, state, step: int, step_metrics, recent, pr
   return _maybe_start_stage2(context, state, step)
 
 
-def _validate(context: _RunContext, state, step: int) -> float:
-  """Validates `state`, offers it as the best stage-1 state in stage 1; returns the MCA."""
+def _validate(context: _RunContext, state, step: int) -> float | None:
+  """Validates `state`, offers it as the best stage-1 state in stage 1.
+
+  Returns the score that ranks checkpoints (`evaluation.selection_metric`).
+  """
   val = evaluate_and_log(context, state, 'validation', step)
+  metric = evaluation.selection_metric(context.experiment.info.task)
   rare = val['rare_recall']  # None without rare classes.
   rare = 'n/a' if rare is None else f'{rare:.4f}'
-  logging.info('step %d validation mca %.4f rare recall %s', step, val['mca'], rare)
+  score = val[metric]  # None: a multi-label validation without any defined AUROC.
+  logging.info(
+    'step %d validation %s %s rare recall %s',
+    step,
+    metric,
+    'n/a' if score is None else f'{score:.4f}',
+    rare,
+  )
   if context.in_stage1(step):
     # Before the checkpoint of this step: a run resumed from it knows its best.
     context.stage1_best.offer(
@@ -384,7 +413,7 @@ def _validate(context: _RunContext, state, step: int) -> float:
       context.experiment.parallel.get_state(state),
       train_seconds=context.clock(),
     )
-  return val['mca']
+  return score
 
 
 def _log_record(step_metrics: dict[str, Any], parallel, step: int, seconds: float) -> dict:
@@ -420,7 +449,7 @@ def final_evaluation(context: _RunContext, state) -> dict[str, Any]:
     context.checkpoints.save(
       num_steps,
       experiment.parallel.get_state(state),
-      validation_mca=result.get('validation', {}).get('mca'),
+      validation_mca=result.get('validation', {}).get(evaluation.selection_metric(info.task)),
       train_seconds=context.clock(),
     )
   if 'test' in info.split_sizes:
@@ -440,5 +469,9 @@ def _test_state(context: _RunContext, state):
     return state, experiment.num_steps
   parallel = experiment.parallel
   best_state, _ = context.checkpoints.restore(best, parallel.abstract_state(experiment.state))
-  logging.info('test: scoring the best checkpoint by validation MCA, step %d', best)
+  logging.info(
+    'test: scoring the best checkpoint by validation %s, step %d',
+    evaluation.selection_metric(experiment.info.task),
+    best,
+  )
   return parallel.put_state(best_state), best

@@ -22,6 +22,7 @@ import numpy as np
 
 from care_jax import checkpoint as checkpoint_lib
 from care_jax import figures
+from care_jax import inference
 from care_jax.training import summary
 
 TRAIN_LOG = 'train_log.jsonl'
@@ -90,14 +91,15 @@ class RunOutputs:
       return
     scalars = {
       f'{split}/{k}': result[k]
-      for k in ('mca', 'accuracy', 'rare_recall')
+      for k in ('mca', 'accuracy', 'rare_recall', 'mean_auroc', 'rare_mean_auroc', 'mean_ap')
       if result.get(k) is not None
     }
+    # The means only: a multi-label block also holds counts and per-finding dicts.
     scalars.update(
       {
         f'{split}/attention/{k}': v
         for k, v in result['attention'].items()
-        if k != 'num_images' and v is not None
+        if k in ('mass_inside', 'pointing_game', 'iou') and v is not None
       }
     )
     self._writer.scalars(scalars, step)
@@ -105,11 +107,15 @@ class RunOutputs:
       self._writer.image('attention', self._attention_summaries(host_state), step)
     self._writer.flush()
 
-  def write_predictions(self, split: str, example_ids, rows: dict[str, Any], class_names) -> None:
+  def write_predictions(
+    self, split: str, example_ids, rows: dict[str, Any], class_names, *, multilabel: bool = False
+  ) -> None:
     """``predictions_<split>.csv``: ``image,prediction,p_<class>...`` (as ``care-jax predict``).
 
     One row per example of the split, in the split's order; ``image`` is the
-    example's identifier (`care_jax.data.pipeline.example_ids`).
+    example's identifier (`care_jax.data.pipeline.example_ids`). Multi-label:
+    ``prediction`` lists the classes with probability >= 0.5, joined by ``|``
+    (empty for none), and ``p_<class>`` are the sigmoid probabilities.
     """
     if not self.is_chief:
       return
@@ -122,7 +128,7 @@ class RunOutputs:
         writer.writerow(
           [
             example_ids[position],
-            class_names[int(np.argmax(probabilities))],
+            inference.predicted_classes(probabilities, class_names, multilabel=multilabel),
             *(f'{p:.6g}' for p in probabilities),
           ]
         )

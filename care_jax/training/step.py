@@ -9,6 +9,11 @@ inside the same forward pass (`care_jax.models.Classifier.attention_maps`:
 closed-form CAM for a GAP + linear head, the head's VJP for any other head): no
 second backward pass through the network.
 
+Multi-label (``StepConfig.task = 'multilabel'``: labels [B, K] multi-hot, masks
+[B, K, S, S]): the classification term is the sigmoid loss, and the attention loss
+is the mean over the boxed (image, finding) pairs whose finding is present of
+``L_in + lam * L_out`` for the map of that finding's logit against its box.
+
 Under data parallelism both steps compute the loss of the *global* batch:
 every mean (CE, class-weighted CE, attention loss over the boxed images)
 divides a per-device sum by the global denominator, so they match one device
@@ -22,11 +27,13 @@ import functools
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from care_jax import imbalance
 from care_jax import losses
 from care_jax import metrics as metrics_lib
 from care_jax import models
+from care_jax.training import device_augment
 from care_jax.training import guard
 from care_jax.training.state import TrainState
 
@@ -47,6 +54,14 @@ class StepConfig:
   outer_start: float = 1.0
   outer_delta: float = 0.1
   max_consecutive_nonfinite: int = 5
+  # 'multiclass' or 'multilabel' (`care_jax.imbalance.TASKS`).
+  task: str = 'multiclass'
+  # The batch holds the augmentation inputs (``data.augment.on_device``): the
+  # step augments and normalises it first (`device_augment.augment_batch`,
+  # with ``data.mean`` and ``data.std``: 1 or C values each).
+  device_augment: bool = False
+  mean: tuple[float, ...] = (0.5,)
+  std: tuple[float, ...] = (0.5,)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'StepConfig':
@@ -63,7 +78,18 @@ class StepConfig:
       outer_start=care.outer_start,
       outer_delta=care.outer_delta,
       max_consecutive_nonfinite=config.train.max_consecutive_nonfinite,
+      task=config.task,
+      device_augment=bool(
+        config.data.augment.enabled and config.data.augment.get('on_device', False)
+      ),
+      mean=_floats(config.data.mean),
+      std=_floats(config.data.std),
     )
+
+
+def _floats(value) -> tuple[float, ...]:
+  """A number or a sequence of numbers as a tuple of floats (hashable)."""
+  return tuple(float(v) for v in np.ravel(value))
 
 
 def global_sum(x: jax.Array, axis_name: str | None) -> jax.Array:
@@ -77,11 +103,21 @@ def _care_term(
   """The attention loss of the batch, alpha at this step, and the global boxed count.
 
   The Grad-CAM head runs as in the forward pass (train mode, its dropout key).
+  Multi-label: one map per (image, class), each positive class with a box
+  pushed into its own box; the count is that of the boxed pairs.
   """
+  labels, has_mask = batch['label'], batch['has_mask']
+  if step_config.task == 'multilabel':
+    num_classes = labels.shape[-1]
+    classes = jnp.broadcast_to(jnp.arange(num_classes), labels.shape)
+    # A box supervises the map of its finding where that finding is present.
+    has_mask = has_mask & (labels > 0.5)
+  else:
+    classes = labels
   maps = model.attention_maps(
     variables,
     intermediates['features'],
-    batch['label'],
+    classes,
     method=step_config.attention,
     target=step_config.target,
     train=True,
@@ -100,9 +136,9 @@ def _care_term(
     tau=step_config.tau,
     lam=step_config.lam,
     outer_mask=outer_mask,
-    has_mask=batch['has_mask'],
+    has_mask=has_mask,
   )
-  num_boxed = global_sum(jnp.sum(batch['has_mask'].astype(jnp.float32)), axis_name)
+  num_boxed = global_sum(jnp.sum(has_mask.astype(jnp.float32)), axis_name)
   if step_config.reduction == 'mean':
     care = jnp.sum(per_example) / jnp.maximum(num_boxed, 1.0)
   else:
@@ -137,9 +173,26 @@ def _loss(model, step_config, classification_loss, axis_name, params, state, bat
     )
     loss = (1.0 - alpha) * ce_loss + alpha * care
     terms.update(care=care, alpha=alpha, boxed=num_boxed)
-  correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+  if step_config.task == 'multilabel':
+    # The share of (image, class) decisions right at probability 0.5.
+    correct = jnp.sum((logits > 0) == (labels > 0.5)) / labels.shape[-1]
+  else:
+    correct = jnp.sum(jnp.argmax(logits, -1) == labels)
   terms['accuracy'] = correct / global_sum(jnp.float32(labels.shape[0]), axis_name)
   return loss, (terms, updates['batch_stats'])
+
+
+def _device_batch(batch: dict[str, jax.Array], step_config: StepConfig) -> dict[str, jax.Array]:
+  """The training batch: ``batch`` itself, or made of its augmentation inputs.
+
+  With ``step_config.device_augment``, `device_augment.augment_batch` of the
+  uint8 images, geometries, colour factors and padded boxes (``box_labels``
+  for multi-label data): per example, so per device shard under pmap or a
+  mesh.
+  """
+  if not step_config.device_augment:
+    return batch
+  return device_augment.augment_batch(batch, mean=step_config.mean, std=step_config.std)
 
 
 def make_train_step(
@@ -165,6 +218,9 @@ def make_train_step(
       averaged as ``sum(w * l) / sum(w)`` over the global batch; None: CE.
     axis_name: the pmap axis; None under jit (mesh or single device).
 
+  With ``step_config.device_augment`` the batch holds the augmentation inputs
+  and the step first augments it (`care_jax.training.device_augment`).
+
   The returned function is not jitted: wrap it with `jax.jit` or `jax.pmap`.
   """
   if classification_loss is None:
@@ -172,6 +228,7 @@ def make_train_step(
   loss_fn = functools.partial(_loss, model, step_config, classification_loss, axis_name)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    batch = _device_batch(batch, step_config)
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
     if axis_name:
       dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
@@ -198,6 +255,23 @@ def make_train_step(
   return train_step
 
 
+def _attention_quality(model, variables, features, batch, *, attention: str, task: str):
+  """The attention sums of an eval batch with lesion masks: of the true class's map, or
+  per class on the positive (image, class) pairs with a box (multi-label)."""
+  labels, valid = batch['label'], batch['valid']
+  if task == 'multilabel':
+    classes = jnp.broadcast_to(jnp.arange(labels.shape[-1]), labels.shape)
+    maps = model.attention_maps(variables, features, classes, method=attention)
+    scored = valid[:, None] & batch['has_lesion_mask'] & (labels > 0.5)
+    return metrics_lib.AttentionMetrics.from_batch_per_class(
+      maps, batch['lesion_mask'], valid=scored
+    )
+  maps = model.attention_maps(variables, features, labels, method=attention)
+  return metrics_lib.AttentionMetrics.from_batch(
+    maps, batch['lesion_mask'], valid=valid & batch['has_lesion_mask']
+  )
+
+
 def make_eval_step(
   model: models.Classifier,
   *,
@@ -205,6 +279,7 @@ def make_eval_step(
   attention: str = 'auto',
   predict_logits: Callable[[jax.Array], jax.Array] | None = None,
   axis_name: str | None = None,
+  task: str = 'multiclass',
 ) -> Callable[[TrainState, dict], tuple]:
   """Returns `eval_step(state, batch) -> (confusion [K, K], AttentionMetrics, rows)`.
 
@@ -217,28 +292,34 @@ def make_eval_step(
   ``probabilities`` (softmax of the scores, [B, K]), ``label`` and ``valid``,
   in the order of the global batch (gathered over the pmap axis), for the
   metrics of the scores (`care_jax.metrics.score_metrics`).
+
+  With ``task='multilabel'`` (labels [B, K] multi-hot, masks [B, K, S, S])
+  the confusion is None, ``probabilities`` are the sigmoids of the logits
+  and the attention sums are per class (`AttentionMetrics.from_batch_per_class`),
+  over the positive (image, class) pairs with a lesion box.
   """
+  multilabel = task == 'multilabel'
 
   def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple:
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     logits, intermediates = model.apply(variables, batch['image'], train=False)
     scores = logits if predict_logits is None else predict_logits(logits)
-    confusion = metrics_lib.confusion_matrix(
-      batch['label'], jnp.argmax(scores, -1), num_classes=num_classes, valid=batch['valid']
-    )
-    quality = metrics_lib.AttentionMetrics.empty()
+    labels = batch['label']
+    if multilabel:
+      confusion = None
+      quality = metrics_lib.AttentionMetrics.empty(num_classes)
+      probabilities = jax.nn.sigmoid(scores.astype(jnp.float32))
+    else:
+      confusion = metrics_lib.confusion_matrix(
+        labels, jnp.argmax(scores, -1), num_classes=num_classes, valid=batch['valid']
+      )
+      quality = metrics_lib.AttentionMetrics.empty()
+      probabilities = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
     if 'lesion_mask' in batch:
-      maps = model.attention_maps(
-        variables, intermediates['features'], batch['label'], method=attention
+      quality = _attention_quality(
+        model, variables, intermediates['features'], batch, attention=attention, task=task
       )
-      quality = metrics_lib.AttentionMetrics.from_batch(
-        maps, batch['lesion_mask'], valid=batch['valid'] & batch['has_lesion_mask']
-      )
-    rows = {
-      'probabilities': jax.nn.softmax(scores.astype(jnp.float32), axis=-1),
-      'label': batch['label'],
-      'valid': batch['valid'],
-    }
+    rows = {'probabilities': probabilities, 'label': labels, 'valid': batch['valid']}
     if axis_name:
       rows = jax.tree.map(lambda x: jax.lax.all_gather(x, axis_name, tiled=True), rows)
     return (*jax.tree.map(lambda x: global_sum(x, axis_name), (confusion, quality)), rows)
