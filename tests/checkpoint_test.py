@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 
+from architecture_test import ADDED_SECTIONS_SINCE_0_1
 from architecture_test import ADDED_SINCE_0_1
 import jax
 import numpy as np
@@ -248,7 +249,11 @@ def test_load_model_reads_a_run_written_by_0_1():
   config, model, variables = checkpoint.load_model(V0_1_RUN, which='latest')
   with open(os.path.join(V0_1_RUN, 'config.json')) as f:
     differences = config_lib.differences(json.load(f), config_lib.to_json(config))
-  # The keys added since, with defaults that keep 0.1's behaviour.
+  # The keys added since, with defaults that keep 0.1's behaviour (and the sections of
+  # datasets 0.1 did not have).
+  new_sections = {k for k in differences if k.startswith(ADDED_SECTIONS_SINCE_0_1)}
+  assert new_sections and all(differences[k][0] == '<missing>' for k in new_sections)
+  differences = {k: v for k, v in differences.items() if k not in new_sections}
   assert differences == {k: ('<missing>', v) for k, v in ADDED_SINCE_0_1.items()}
   with open(os.path.join(V0_1_RUN, 'metrics.json')) as f:
     classes = json.load(f)['classes']
