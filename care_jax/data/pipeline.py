@@ -437,6 +437,15 @@ def rasterize_boxes(
   return tf.cast(tf.reduce_any(inside, axis=0), tf.float32)
 
 
+def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
+  """float32 [S, S, C]: ``image`` resized as every pipeline path resizes it."""
+  image = tf.cast(image, tf.float32)
+  if tuple(image.shape[:2]) != (size, size):
+    # Antialiased, so that downsizing averages instead of aliasing.
+    image = tf.image.resize(image, (size, size), 'bilinear', antialias=True)
+  return image
+
+
 def example_fn(
   data_config: ml_collections.ConfigDict,
   num_channels: int,
@@ -461,21 +470,14 @@ def example_fn(
   mean, std = normalisation(data_config, num_channels)
   per_class = {} if num_classes is None else {'num_classes': num_classes}
 
-  def resize(image):
-    image = tf.cast(image, tf.float32)
-    if tuple(image.shape[:2]) != (size, size):
-      # Antialiased, so that downsizing averages instead of aliasing.
-      image = tf.image.resize(image, (size, size), 'bilinear', antialias=True)
-    return image
-
   def soft_mask(encoded):
     # The mask resized exactly as the image, on [0, 1]: float32 [S, S].
-    return resize(tf.io.decode_png(encoded, channels=1))[..., 0] / 255.0
+    return _resize(tf.io.decode_png(encoded, channels=1), size)[..., 0] / 255.0
 
   def example(image, label, boxes, key=None, box_labels=None, mask=None):
     if mask is not None and num_classes is not None:
       raise ValueError('Segmentation masks are not supported for multi-label data.')
-    image = resize(image)
+    image = _resize(image, size)
     classes = {} if num_classes is None else {'classes': box_labels, **per_class}
     given = None if mask is None else tf.strings.length(mask) > 0
     if augment_settings is None:
@@ -530,9 +532,7 @@ def device_augment_example_fn(
   size = _image_size(data_config)
 
   def example(image, label, boxes, key, box_labels=None):
-    image = tf.cast(image, tf.float32)
-    if tuple(image.shape[:2]) != (size, size):
-      image = tf.image.resize(image, (size, size), 'bilinear', antialias=True)
+    image = _resize(image, size)
     geometry, color = augment.sample_augmentation(key, **augment_settings)
     count = tf.shape(boxes)[0]
     padding = [[0, max_boxes - count], [0, 0]]

@@ -66,13 +66,13 @@ def evaluate(
   for index, batch in enumerate(progress_bar):
     with parallel.scope():
       totals.add(index, *parallel.fetch(parallel.eval_step(state, parallel.put_batch(batch))))
-  result, rows = _metrics(totals, info), totals.rows()
+  rows = totals.rows()
+  result = _metrics(totals, rows, info)
   return (result, rows) if with_rows else result
 
 
-def _metrics(totals: '_Totals', info: Any) -> dict[str, Any]:
-  """The metrics block of an evaluation's totals (see `evaluate`)."""
-  rows = totals.rows()
+def _metrics(totals: '_Totals', rows: dict[str, np.ndarray], info: Any) -> dict[str, Any]:
+  """The metrics block of an evaluation's totals and valid rows (see `evaluate`)."""
   if info.task == 'multilabel':
     result = metrics_lib.multilabel_score_metrics(
       rows['probabilities'], rows['label'], info.class_names, rare_classes=info.rare_classes
