@@ -21,6 +21,11 @@ request round trip, under a millisecond). Figures are medians over the rounds. T
 
 with ``X = (torch official CARE / torch CE) / (ours CARE / ours CE)``.
 
+Ours runs with `care_jax.host_memory.keep_freed_memory` (as the commands do), and by default the
+torch process gets the same glibc settings through the environment (``--torch-malloc=same``;
+``default`` leaves torch on glibc's defaults): both then reuse freed memory instead of
+page-faulting it in at every step.
+
 ``--check`` instead compares the losses (and gradients) of the steps on one batch with identical
 weights: torch's official and vectorised steps, and our step with the
 official code's lam = 1 and summed attention loss, all in float64; the weights and the torch
@@ -60,6 +65,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import optax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from care_jax import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
 from care_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from care_jax import training  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -124,8 +130,11 @@ class TorchSteps:
       '--threads',
       str(len(os.sched_getaffinity(0))),
     ]
+    env = dict(os.environ)
+    if args.torch_malloc == 'same' and _common.KEEPS_FREED_MEMORY:
+      env.update(host_memory.ENVIRONMENT)
     self._process = subprocess.Popen(
-      command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+      command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
     )
     self.info = self._reply()
 
@@ -156,6 +165,12 @@ def overhead_ratio(seconds: dict[str, float]) -> float:
   return official / ours
 
 
+def _torch_malloc(args: argparse.Namespace) -> str:
+  if args.torch_malloc == 'same' and _common.KEEPS_FREED_MEMORY:
+    return 'as ours (' + ' '.join(f'{k}={v}' for k, v in host_memory.ENVIRONMENT.items()) + ')'
+  return "glibc's defaults"
+
+
 def report(
   times: dict[str, list[float]], *, args: argparse.Namespace, boxed: int, torch_info: dict
 ) -> str:
@@ -178,7 +193,8 @@ def report(
     f'({boxed} boxed), {args.dtype}, {args.num_classes} classes, Adam 1e-4, alpha '
     f'{args.alpha}, tau {TAU}',
     f'{_common.environment()}, XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}',
-    f'torch {torch_info["torch"]} on {torch_info["device"]}, {torch_info["threads"]} threads',
+    f'torch {torch_info["torch"]} on {torch_info["device"]}, {torch_info["threads"]} threads, '
+    f'glibc malloc settings: {_torch_malloc(args)}',
     f'{args.repeats} alternating rounds after {args.warmup} warm-up runs; seconds per step',
     '',
     _common.format_table(['step', 'median s', 'min s', 'x own CE'], rows),
@@ -322,6 +338,13 @@ def main(argv: list[str] | None = None) -> None:
     type=pathlib.Path,
     default=REPO / '.torch-venv' / 'bin' / 'python',
     help='the Python of a venv with torch, safetensors and numpy',
+  )
+  parser.add_argument(
+    '--torch-malloc',
+    default='same',
+    choices=('same', 'default'),
+    help="'same': the torch process gets the glibc settings that ours runs with "
+    "(care_jax.host_memory.ENVIRONMENT), so both reuse freed memory; 'default': glibc's own",
   )
   parser.add_argument(
     '--check',

@@ -17,6 +17,8 @@ from absl import app
 from absl import flags
 from absl import logging as absl_logging
 
+from care_jax import host_memory
+
 # absl's help flags; each prints its text and exits with status 1.
 _HELP_FLAGS = frozenset(
   f'{dashes}{name}'
@@ -61,7 +63,12 @@ def run(
   *,
   flags_parser: Callable[[list[str]], list[str]] = app.parse_flags_with_usage,
 ) -> None:
-  """`absl.app.run(main, flags_parser=...)`, quiet unless `--verbosity` is given."""
+  """`absl.app.run(main, flags_parser=...)`, quiet unless `--verbosity` is given.
+
+  Also keeps freed host memory in the process on CPU hosts (`care_jax.host_memory`), unless
+  `care-jax` did so already.
+  """
+  host_memory.keep_freed_memory(only_on_cpu_hosts=True)
 
   def parse(argv: list[str]) -> list[str]:
     rest = flags_parser(argv)

@@ -20,7 +20,10 @@ REPO = PACKAGE.parent
 
 # Lowest first. A name ending in '.*' stands for every module below that package.
 LAYERS = (
-  ('private helpers', ('care_jax._app', 'care_jax._checks', 'care_jax._numerics')),
+  (
+    'private helpers',
+    ('care_jax._app', 'care_jax._checks', 'care_jax._numerics', 'care_jax.host_memory'),
+  ),
   (
     'math',
     ('care_jax', 'care_jax.losses', 'care_jax.attention', 'care_jax.imbalance', 'care_jax.metrics'),

@@ -80,6 +80,7 @@ def test_report_ends_with_the_overhead_ratio_of_the_median_times():
     alpha=0.5,
     repeats=3,
     warmup=1,
+    torch_malloc='same',
   )
   text = benchmark.report(
     times, args=args, boxed=1, torch_info={'torch': 'x', 'threads': 2, 'device': 'cpu'}
@@ -93,6 +94,10 @@ def test_report_ends_with_the_overhead_ratio_of_the_median_times():
   assert text.splitlines()[-1] == 'official overhead / our overhead: 1.455'
   assert 'official overhead / our overhead, from the minimums: 2.727' in text
   assert 'our CE step / torch CE step: 2.000' in text
+  # The torch process's glibc settings are named: ours when this process keeps freed memory.
+  keeps = benchmark._common.KEEPS_FREED_MEMORY  # pylint: disable=protected-access
+  expected = 'as ours (MALLOC_ARENA_MAX=1 ' if keeps else "glibc's defaults"
+  assert f'glibc malloc settings: {expected}' in text
 
 
 def test_missing_torch_venv_explains_how_to_make_it(tmp_path):
