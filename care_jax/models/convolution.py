@@ -9,9 +9,10 @@ one matrix product with the kernel reshaped to ``[kh * kw * C_in, C_out]`` -- bo
 matmuls, which XLA runs at full speed, and the gradient is slices, pads and matmuls again. The
 product is written in 2-D (``[B*H*W, kh*kw*C_in]`` times ``[kh*kw*C_in, C_out]``), so that its
 weight gradient is a plain contraction over rows. For a 1x1 kernel the patches are the input
-itself (strided for stride 2): nothing is copied. For a larger kernel on a larger map the patch form copies the input ``kh * kw`` times and loses to
-XLA's own, so the form is chosen at trace time from the static shapes (`uses_patch_form`), as
-measured by ``benchmarks/conv_forms.py`` (docs/benchmarks.md).
+itself (strided for stride 2): nothing is copied. For a larger kernel on a larger map the patch
+form copies the input ``kh * kw`` times and loses to XLA's own, so the form is chosen at trace
+time from the static shapes (`uses_patch_form`), as measured by ``benchmarks/conv_forms.py``
+(docs/benchmarks.md).
 
 `convolution` has `jax.lax.conv_general_dilated`'s signature, so it plugs into
 ``flax.linen.Conv(conv_general_dilated=convolution)``; the parameters keep Flax's layout (HWIO
