@@ -63,8 +63,11 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def _jax_backends_started() -> bool:
-  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-
+  """Whether jax has started its backends (False where this jax cannot tell)."""
+  try:
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  except ImportError:  # jax moved its private module: the settings are made, at worst in vain.
+    return False
   started = getattr(xla_bridge, 'backends_are_initialized', None)
   return bool(started and started())
 
