@@ -31,9 +31,10 @@ from care_jax import host_memory
 from care_jax import models
 from care_jax import training
 
-# As the commands do (before jax starts): the steps reuse their scratch memory instead of
-# page-faulting it in again at every call (care_jax.host_memory, docs/benchmarks.md).
-KEEPS_FREED_MEMORY = host_memory.keep_freed_memory(only_on_cpu_hosts=True)
+# Before jax starts: the steps reuse their scratch memory instead of page-faulting it in again
+# at every call (care_jax.host_memory, docs/benchmarks.md); CARE_JAX_KEEP_FREED_MEMORY=0 to
+# measure without.
+KEEPS_FREED_MEMORY = host_memory.keep_freed_memory_if_asked(default=True)
 
 MIB = 2.0**20
 STEPS = ('ce', 'care')

@@ -21,10 +21,10 @@ request round trip, under a millisecond). Figures are medians over the rounds. T
 
 with ``X = (torch official CARE / torch CE) / (ours CARE / ours CE)``.
 
-Ours runs with `care_jax.host_memory.keep_freed_memory` (as the commands do), and by default the
-torch process gets the same glibc settings through the environment (``--torch-malloc=same``;
-``default`` leaves torch on glibc's defaults): both then reuse freed memory instead of
-page-faulting it in at every step.
+Ours runs with `care_jax.host_memory.keep_freed_memory` (``CARE_JAX_KEEP_FREED_MEMORY=0``:
+without), and by default the torch process gets the same glibc settings through the
+environment (``--torch-malloc=same``; ``default`` leaves torch on glibc's defaults): both then
+reuse freed memory instead of page-faulting it in at every step.
 
 ``--check`` instead compares the losses (and gradients) of the steps on one batch with identical
 weights: torch's official and vectorised steps, and our step with the

@@ -65,10 +65,10 @@ def run(
 ) -> None:
   """`absl.app.run(main, flags_parser=...)`, quiet unless `--verbosity` is given.
 
-  Also keeps freed host memory in the process on CPU hosts (`care_jax.host_memory`), unless
-  `care-jax` did so already.
+  Also keeps freed host memory in the process if ``CARE_JAX_KEEP_FREED_MEMORY=1`` asks for it
+  (`care_jax.host_memory`), unless `care-jax` did so already.
   """
-  host_memory.keep_freed_memory(only_on_cpu_hosts=True)
+  host_memory.keep_freed_memory_if_asked()
 
   def parse(argv: list[str]) -> list[str]:
     rest = flags_parser(argv)

@@ -69,7 +69,7 @@ def main() -> None:
   # Before the command's imports start any threads (TensorFlow's, XLA's): see host_memory.
   from care_jax import host_memory  # pylint: disable=g-import-not-at-top
 
-  host_memory.keep_freed_memory(only_on_cpu_hosts=True)
+  host_memory.keep_freed_memory_if_asked()
   # absl parses sys.argv: present the subcommand as the program name. Running
   # the module as __main__ makes its flags and docstring those of --help.
   sys.argv = [f'care-jax {args[0]}'] + args[1:]

@@ -8,19 +8,23 @@ on a 2-core machine (docs/benchmarks.md). `keep_freed_memory` tells glibc to kee
 in the process instead (one heap for all threads, no ``mmap`` for large blocks, no trimming),
 after which the step allocates from pages it already holds.
 
-The cost: the process's resident memory stays at its peak instead of falling back between
-steps. The commands (``care-jax train`` and the others, through ``care_jax._app.run``) call it
-for you on CPU hosts; in a notebook, call it first, before anything runs on jax::
+The costs: the process's resident memory stays at its peak instead of falling back between
+steps, and all threads allocate from one heap, under one lock. The second makes training
+with small models slower (tests/main_test.py's bfloat16 training test, a tiny CNN fed by
+tf.data: 52 s with it against 32 s without; TensorFlow's and XLA's many threads contending for
+that lock is the likely cause), so it is off unless asked for. Ask for it where the steps are
+large (ResNet-50 at 224x224 on a CPU: a 1.3x faster step), before anything runs on jax: in a
+notebook or script, ::
 
   from care_jax import host_memory
   host_memory.keep_freed_memory()
 
-``CARE_JAX_KEEP_FREED_MEMORY=0`` in the environment turns it off everywhere.
+and for the commands (``care-jax train`` and the others), ``CARE_JAX_KEEP_FREED_MEMORY=1`` in
+the environment (`keep_freed_memory_if_asked`).
 """
 
 import ctypes
 import ctypes.util
-import importlib.util
 import os
 import sys
 import warnings
@@ -29,15 +33,6 @@ import warnings
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-# Installed jax plugins whose presence means the steps run on an accelerator, where host
-# memory is not on the step's path and the input pipeline's threads keep their own heaps.
-_ACCELERATOR_PLUGINS = (
-  'jax_cuda12_plugin',
-  'jax_cuda13_plugin',
-  'jax_rocm60_plugin',
-  'jax_rocm7_plugin',
-  'libtpu',
-)
 ENV_SWITCH = 'CARE_JAX_KEEP_FREED_MEMORY'
 # The same three settings as glibc's environment variables, which it reads at a process's
 # start: for a child process (benchmarks/vs_pytorch.py gives them to its torch process).
@@ -72,7 +67,7 @@ def _jax_backends_started() -> bool:
   return bool(started and started())
 
 
-def keep_freed_memory(*, only_on_cpu_hosts: bool = False) -> bool:
+def keep_freed_memory() -> bool:
   """Makes glibc keep freed memory in the process, for all threads; True if it now does.
 
   Sets ``mallopt(M_ARENA_MAX, 1)`` (every thread allocates from the main heap, which can grow
@@ -81,24 +76,15 @@ def keep_freed_memory(*, only_on_cpu_hosts: bool = False) -> bool:
   worker threads allocate the step's buffer, and a thread's own heap is capped at 64 MB, so
   without the first the block is still mapped and unmapped at every step.
 
-  Returns False, changing nothing, where it cannot help: not Linux with glibc; the
-  environment holds ``CARE_JAX_KEEP_FREED_MEMORY=0``; ``only_on_cpu_hosts`` and a jax
-  accelerator plugin is installed; or jax has already started its backends (its threads hold
-  heaps of their own by then; a `RuntimeWarning` says to call this first).
-
-  Args:
-    only_on_cpu_hosts: skip hosts with a jax GPU or TPU plugin installed (the commands pass
-      True: there the steps do not allocate host memory).
+  Returns False, changing nothing, where it cannot help: not Linux with glibc, or jax has
+  already started its backends (its threads hold heaps of their own by then; a
+  `RuntimeWarning` says to call this first).
   """
   global _kept
   if _kept:
     return True
-  if os.environ.get(ENV_SWITCH, '1').strip().lower() in ('0', 'false', 'no', 'off'):
-    return False
   libc = _glibc()
   if libc is None:
-    return False
-  if only_on_cpu_hosts and any(importlib.util.find_spec(p) for p in _ACCELERATOR_PLUGINS):
     return False
   if _jax_backends_started():
     warnings.warn(
@@ -117,3 +103,20 @@ def keep_freed_memory(*, only_on_cpu_hosts: bool = False) -> bool:
     ]
   )
   return _kept
+
+
+def keep_freed_memory_if_asked(*, default: bool = False) -> bool:
+  """`keep_freed_memory` if ``CARE_JAX_KEEP_FREED_MEMORY`` says so (``1``/``0``), else if
+  ``default``; True if freed memory is now kept.
+
+  The commands call it with ``default=False`` (off unless asked for), the benchmark scripts
+  with ``default=True`` (their steps are the large ones it speeds up; ``=0`` turns it off).
+  """
+  value = os.environ.get(ENV_SWITCH, '').strip().lower()
+  if value in ('1', 'true', 'yes', 'on'):
+    return keep_freed_memory()
+  if value in ('0', 'false', 'no', 'off'):
+    return False
+  if value:
+    raise ValueError(f'{ENV_SWITCH} must be 1 or 0, got {os.environ[ENV_SWITCH]!r}.')
+  return keep_freed_memory() if default else False

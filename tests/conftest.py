@@ -9,15 +9,10 @@ import pathlib
 
 import pytest
 
-from care_jax import host_memory
-
 if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (
     os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
   ).strip()
-# As the commands do, before TensorFlow or jax start threads: the steps of the tests reuse
-# their scratch memory instead of page-faulting it in at every call (care_jax.host_memory).
-host_memory.keep_freed_memory()
 # TensorFlow only feeds data: keep it off accelerators and quiet.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
