@@ -5,10 +5,10 @@ lesion shapes, another artefact) in the folder layout a user would bring
 (``labels.csv`` with a split column, ``boxes.csv``, PNG images), then trains the cross-entropy
 baseline and CARE on it the way a user does, with ``configs/folder.py``::
 
-  python -m care_jax.main --config=configs/folder.py --workdir=W/baseline/seed_S \
+  python -m care_jax.commands.train --config=configs/folder.py --workdir=W/baseline/seed_S \
       --config.data.dir=DIR --config.data.image_size=64 --config.model.name=tiny_cnn \
       --config.train.num_steps=1000 --config.seed=S --config.care.alpha=0
-  python -m care_jax.main --config=configs/folder.py --workdir=W/care/seed_S \
+  python -m care_jax.commands.train --config=configs/folder.py --workdir=W/care/seed_S \
       --config.data.dir=DIR --config.data.image_size=64 --config.model.name=tiny_cnn \
       --config.train.num_steps=1000 --config.seed=S
 
@@ -395,11 +395,11 @@ def train_command(
   image_size: int,
   model: str,
 ) -> list[str]:
-  """The `care_jax.main` command line of one run (baseline: ``care.alpha=0``)."""
+  """The `care_jax.commands.train` command line of one run (baseline: ``care.alpha=0``)."""
   command = [
     sys.executable,
     '-m',
-    'care_jax.main',
+    'care_jax.commands.train',
     f'--config={CONFIG}',
     f'--workdir={workdir}',
     f'--config.data.dir={data_dir}',

@@ -22,7 +22,7 @@ REPO = PACKAGE.parent
 LAYERS = (
   (
     'private helpers',
-    ('care_jax._app', 'care_jax._checks', 'care_jax._numerics', 'care_jax.host_memory'),
+    ('care_jax._checks', 'care_jax._deprecated', 'care_jax._numerics', 'care_jax.host_memory'),
   ),
   (
     'math',
@@ -37,8 +37,9 @@ LAYERS = (
   ('inference', ('care_jax.inference',)),
   ('training', ('care_jax.training', 'care_jax.training.*')),
   ('box generation', ('care_jax.boxes', 'care_jax.boxes.dataset')),
+  ('commands', ('care_jax.commands', 'care_jax.commands.*')),
   (
-    'faces',
+    'deprecated aliases',
     (
       'care_jax.main',
       'care_jax.compare',
@@ -239,8 +240,8 @@ def test_the_keys_added_since_0_1_default_to_the_behaviour_of_0_1():
 
 @pytest.mark.parametrize('name', sorted(_packaged_configs()))
 def test_every_config_builds_the_tree_of_0_1_plus_the_keys_added_since(name):
-  from care_jax import compare  # pylint: disable=g-import-not-at-top
   from care_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from care_jax.commands import compare  # pylint: disable=g-import-not-at-top
 
   built = (
     config_lib.default_config()

@@ -327,7 +327,7 @@ def test_shortcut_folder_trains_with_configs_folder_and_only_the_named_overrides
   common = dict(data_dir='/d', seed=1, num_steps=10, image_size=64, model='tiny_cnn')
   base = shortcut_folder.train_command('baseline', workdir='/w/b', **common)
   care = shortcut_folder.train_command('care', workdir='/w/c', **common)
-  assert base[1:4] == ['-m', 'care_jax.main', f'--config={shortcut_folder.CONFIG}']
+  assert base[1:4] == ['-m', 'care_jax.commands.train', f'--config={shortcut_folder.CONFIG}']
   overrides = [
     '--config.data.dir=/d',
     '--config.data.image_size=64',

@@ -492,7 +492,7 @@ def test_cli_writes_a_boxes_csv(data_config, tmp_path):
   command = [
     sys.executable,
     '-m',
-    'care_jax.cli',
+    'care_jax.commands.cli',
     'boxes',
     '--method=otsu',
     f'--config={REPO / "configs" / "synthetic_care.py"}',

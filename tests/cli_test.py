@@ -9,14 +9,14 @@ from main_test import REPO
 import pytest
 
 import care_jax
-from care_jax import _app
-from care_jax import cli
 from care_jax import config as config_lib
+from care_jax.commands import _app
+from care_jax.commands import cli
 
 
 def _care_jax(*args):
   return subprocess.run(
-    [sys.executable, '-m', 'care_jax.cli', *args],
+    [sys.executable, '-m', 'care_jax.commands.cli', *args],
     cwd=REPO,
     capture_output=True,
     text=True,

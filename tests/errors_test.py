@@ -24,7 +24,7 @@ import pytest
 import care_jax
 from care_jax import config as config_lib
 from care_jax import training
-from care_jax import visualize
+from care_jax.commands import visualize
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DOC = REPO / 'docs' / 'errors.md'
@@ -285,7 +285,7 @@ def test_visualize_without_a_checkpoint_says_how_to_make_one(tmp_path):
 def test_cli_usage_errors_print_one_line_without_a_traceback(args, message):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu')
   proc = subprocess.run(
-    [sys.executable, '-m', 'care_jax.cli', *args],
+    [sys.executable, '-m', 'care_jax.commands.cli', *args],
     cwd=REPO,
     env=env,
     capture_output=True,

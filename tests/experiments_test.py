@@ -11,10 +11,10 @@ from PIL import Image
 import pytest
 
 from care_jax import boxes
-from care_jax import compare
 from care_jax import config as config_lib
-from care_jax import experiments
 from care_jax import training
+from care_jax.commands import compare
+from care_jax.commands import experiments
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -280,7 +280,7 @@ def test_smoke_suite_end_to_end_through_the_care_jax_command(tmp_path):
     [
       sys.executable,
       '-m',
-      'care_jax.cli',
+      'care_jax.commands.cli',
       'experiments',
       '--suite=smoke',
       '--seeds=0',

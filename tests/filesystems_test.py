@@ -19,10 +19,10 @@ import pytest
 
 from care_jax import checkpoint
 from care_jax import config as config_lib
-from care_jax import experiments
 from care_jax import inference
-from care_jax import predict
 from care_jax import training
+from care_jax.commands import experiments
+from care_jax.commands import predict
 from care_jax.training import outputs as outputs_lib
 
 URL = 'gs://bucket/runs/care'

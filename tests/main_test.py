@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from care_jax import cli
-from care_jax import compare
 from care_jax import config as config_lib
 from care_jax import training
+from care_jax.commands import cli
+from care_jax.commands import compare
 from care_jax.training import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +65,7 @@ def test_train_and_evaluate_writes_the_metrics_contract(tmp_path):
 def _run_cli(*args, cwd=REPO, env=None):
   env = env or dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
   return subprocess.run(
-    [sys.executable, '-m', 'care_jax.main', *args],
+    [sys.executable, '-m', 'care_jax.commands.train', *args],
     cwd=cwd,
     env=env,
     capture_output=True,
@@ -196,7 +196,7 @@ def test_compare_command_takes_names_seed_ranges_and_config_overrides(tmp_path):
     [
       sys.executable,
       '-m',
-      'care_jax.cli',
+      'care_jax.commands.cli',
       'compare',
       f'--workdir={tmp_path / "cmp"}',
       '--configs=synthetic_baseline',
@@ -221,19 +221,19 @@ def test_compare_command_takes_names_seed_ranges_and_config_overrides(tmp_path):
 @pytest.mark.parametrize(
   'command, flag, source',
   [
-    ('train', '--workdir', 'care_jax/main.py'),
-    ('compare', '--workdir', 'care_jax/compare.py'),
-    ('experiments', '--suite', 'care_jax/experiments.py'),
-    ('visualize', '--num_images', 'care_jax/visualize.py'),
-    ('boxes', '--method', 'care_jax/boxes/__main__.py'),
-    ('predict', '--attention_dir', 'care_jax/predict.py'),
-    ('evaluate', '--split', 'care_jax/evaluate.py'),
-    ('export', '--platforms', 'care_jax/export.py'),
+    ('train', '--workdir', 'care_jax/commands/train.py'),
+    ('compare', '--workdir', 'care_jax/commands/compare.py'),
+    ('experiments', '--suite', 'care_jax/commands/experiments.py'),
+    ('visualize', '--num_images', 'care_jax/commands/visualize.py'),
+    ('boxes', '--method', 'care_jax/commands/boxes.py'),
+    ('predict', '--attention_dir', 'care_jax/commands/predict.py'),
+    ('evaluate', '--split', 'care_jax/commands/evaluate.py'),
+    ('export', '--platforms', 'care_jax/commands/export.py'),
   ],
 )
 def test_care_jax_command_help_shows_the_subcommands_flags_and_exits_0(command, flag, source):
   proc = subprocess.run(
-    [sys.executable, '-m', 'care_jax.cli', command, '--helpshort'],
+    [sys.executable, '-m', 'care_jax.commands.cli', command, '--helpshort'],
     cwd=REPO,
     capture_output=True,
     text=True,
@@ -246,7 +246,7 @@ def test_care_jax_command_help_shows_the_subcommands_flags_and_exits_0(command, 
 
 def test_care_jax_command_without_a_subcommand_prints_usage():
   proc = subprocess.run(
-    [sys.executable, '-m', 'care_jax.cli', 'fly'],
+    [sys.executable, '-m', 'care_jax.commands.cli', 'fly'],
     cwd=REPO,
     capture_output=True,
     text=True,

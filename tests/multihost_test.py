@@ -31,7 +31,7 @@ def _launch(flags, workdir, devices, *extra):
     [
       sys.executable,
       '-m',
-      'care_jax.main',
+      'care_jax.commands.train',
       '--config=configs/synthetic_care.py',
       f'--workdir={workdir}',
       *flags,
@@ -98,7 +98,7 @@ def test_manual_launch_flags_must_come_together(tmp_path):
     [
       sys.executable,
       '-m',
-      'care_jax.main',
+      'care_jax.commands.train',
       '--config=configs/default.py',
       f'--workdir={tmp_path}',
       '--coordinator_address=127.0.0.1:1234',

@@ -18,9 +18,9 @@ import pytest
 from care_jax import config as config_lib
 from care_jax import imbalance
 from care_jax import inference
-from care_jax import predict
 from care_jax import training
-from care_jax import visualize
+from care_jax.commands import predict
+from care_jax.commands import visualize
 from care_jax.data import augment
 from care_jax.data import pipeline
 from care_jax.data import synthetic_multilabel

@@ -20,8 +20,8 @@ from care_jax import checkpoint
 from care_jax import config as config_lib
 from care_jax import inference
 from care_jax import metrics as metrics_lib
-from care_jax import predict
 from care_jax import training
+from care_jax.commands import predict
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CLASSES = ('amber', 'blue', 'cherry')
@@ -215,7 +215,7 @@ def test_a_run_of_0_1_predicts(tmp_path):
 
 def _cli(*args):
   return subprocess.run(
-    [sys.executable, '-m', 'care_jax.cli', 'predict', *args],
+    [sys.executable, '-m', 'care_jax.commands.cli', 'predict', *args],
     cwd=REPO,
     capture_output=True,
     text=True,
@@ -248,7 +248,7 @@ def test_a_csv_without_an_image_column_is_refused(tmp_path):
 
 
 def test_evaluate_scores_a_checkpoint_as_the_run_scored_its_test_block(trained, tmp_path):
-  from care_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from care_jax.commands import evaluate  # pylint: disable=g-import-not-at-top
 
   workdir, _, _, metrics = trained
   block, path = evaluate.evaluate(str(workdir), split='test', checkpoint='latest')

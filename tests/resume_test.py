@@ -1,6 +1,6 @@
 """Killed runs resume exactly: SIGKILL after a checkpoint, SIGKILL during a write, SIGTERM.
 
-Every run is a `python -m care_jax.main` subprocess on the tiny synthetic data;
+Every run is a `python -m care_jax.commands.train` subprocess on the tiny synthetic data;
 the killed-and-resumed run must end with the same parameters (bitwise, CPU)
 and the same metrics.json as an uninterrupted run with the same seed.
 `train_seconds` (wall clock) and the `seconds` of the log are left out.
@@ -43,15 +43,15 @@ async def killing_finalize(self, *args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
   return await finalize(self, *args, **kwargs)
 atomicity.AtomicRenameTemporaryPath.finalize = killing_finalize
-from care_jax import main
-sys.argv = ['care_jax.main'] + sys.argv[1:]
-main.run()
+from care_jax.commands import train
+sys.argv = ['care_jax.commands.train'] + sys.argv[1:]
+train.run()
 """
 
 
 def _command(workdir, data_dir, *extra, code=None):
   flags = [f'--config.{o}' for o in RUN + [f'data.dir={data_dir}', *extra]]
-  head = [sys.executable, '-c', code] if code else [sys.executable, '-m', 'care_jax.main']
+  head = [sys.executable, '-c', code] if code else [sys.executable, '-m', 'care_jax.commands.train']
   return head + ['--config=configs/synthetic_care.py', f'--workdir={workdir}', *flags]
 
 

@@ -17,7 +17,7 @@ from care_jax import config as config_lib
 from care_jax import metrics
 from care_jax import models
 from care_jax import training
-from care_jax import visualize
+from care_jax.commands import visualize
 
 MAGENTA = np.array(visualize.BOX_COLOR)
 
@@ -313,7 +313,7 @@ def test_write_figures_and_the_cli_for_two_trained_runs(tmp_path):
     [
       sys.executable,
       '-m',
-      'care_jax.cli',
+      'care_jax.commands.cli',
       'visualize',
       f'--workdir={runs["care"]}',
       '--num-images=2',

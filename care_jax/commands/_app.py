@@ -25,7 +25,7 @@ _HELP_FLAGS = frozenset(
   for dashes in ('-', '--')
   for name in ('help', 'helpshort', 'helpfull', 'helpxml', 'h', '?')
 )
-_PACKAGE_DIR = str(pathlib.Path(__file__).parent)
+_PACKAGE_DIR = str(pathlib.Path(__file__).parent.parent)  # care_jax/
 
 
 class _OursOrWarnings(logging.Filter):
