@@ -1,4 +1,4 @@
-"""Deprecated alias of `care_jax.commands.cli` (removed in 0.3); see `care_jax._deprecated`."""
+"""Deprecated alias of `care_jax.commands.cli` (removed in 0.3; `care_jax._deprecated`)."""
 
 from care_jax import _deprecated
 
