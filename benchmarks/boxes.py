@@ -40,8 +40,12 @@ import numpy as np
 
 from care_jax import boxes
 from care_jax import config as config_lib
+from care_jax import trained_run
 from care_jax import training
+from care_jax.data import info as data_info
 from care_jax.data import pipeline
+from care_jax.data import reading
+from care_jax.data import registry
 
 
 def read_train_split(data_config) -> dict[str, np.ndarray]:
@@ -52,9 +56,9 @@ def read_train_split(data_config) -> dict[str, np.ndarray]:
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  builder = pipeline.prepared_builder(data_config)
+  builder = registry.prepared_builder(data_config)
   ds = builder.as_dataset(
-    split='train', shuffle_files=False, read_config=tfds.ReadConfig(options=pipeline.read_options())
+    split='train', shuffle_files=False, read_config=tfds.ReadConfig(options=reading.read_options())
   )
   rows = list(tfds.as_numpy(ds))
   split = {
@@ -135,15 +139,13 @@ def main(argv: list[str] | None = None) -> int:
   config.data.synthetic.test_counts = (1,) * 5
   with tempfile.TemporaryDirectory() as scratch:
     config.data.dir = args.data_dir or scratch
-    info = pipeline.get_dataset_info(config.data)
+    info = data_info.get_dataset_info(config.data)
     split = read_train_split(config.data)
     rare = np.isin(split['labels'], info.rare_classes)
     images, labels = split['images'], split['labels']
 
     if args.stage1_workdir:
-      from care_jax import checkpoint  # pylint: disable=g-import-not-at-top
-
-      _, model, variables = checkpoint.load_model(args.stage1_workdir)
+      _, model, variables = trained_run.load_model(args.stage1_workdir)
       stage1 = f'stage-1 model from {args.stage1_workdir}'
     else:
       model, variables = train_stage1(config, len(info.class_names), args.stage1_steps)

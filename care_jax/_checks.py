@@ -74,6 +74,37 @@ def check_labels(labels: jax.Array, *, like: jax.Array, like_name: str) -> None:
     raise ValueError(f'labels must be integer class indices, got dtype {labels.dtype}.')
 
 
+def cross_entropy_inputs(logits, labels, class_weights):
+  """The [B, K] logits, [B] labels and optional [K] class weights of a cross-entropy, as arrays.
+
+  Raises ValueError for a wrong shape or dtype, or a concrete label outside [0, K).
+  """
+  logits = jnp.asarray(logits)
+  labels = jnp.asarray(labels)
+  if logits.ndim != 2:
+    raise ValueError(f'logits must have shape [B, K], got shape {logits.shape}.')
+  check_labels(labels, like=logits, like_name='logits')
+  check_class_indices('labels', labels, logits.shape[1])
+  if class_weights is not None:
+    class_weights = jnp.asarray(class_weights)
+    if class_weights.shape != logits.shape[1:]:
+      raise ValueError(
+        f'class_weights must have shape [K] = ({logits.shape[1]},), got '
+        f'shape {class_weights.shape} (logits shape {logits.shape}).'
+      )
+  return logits, labels, class_weights
+
+
+def check_multilabel(logits: jax.Array, labels: jax.Array) -> None:
+  """Raises ValueError unless ``logits`` and ``labels`` are both [B, K], the labels in [0, 1]."""
+  if logits.ndim != 2 or labels.shape != logits.shape:
+    raise ValueError(
+      f'logits and labels must both have shape [B, K] (multi-hot labels), got logits'
+      f' {logits.shape} and labels {labels.shape}.'
+    )
+  check_range('labels', labels, low=0, high=1, what='multi-hot (0/1) or soft labels')
+
+
 def positive_counts(class_counts) -> np.ndarray:
   """Host-side [K] class counts as float64, all positive.
 

@@ -23,6 +23,23 @@ def compute_dtype(x: jax.Array) -> jnp.dtype:
   return jnp.promote_types(x.dtype, jnp.float32)
 
 
+def float_logits(logits) -> jax.Array:
+  """``logits`` as a jax array in the dtype to compute in (`compute_dtype`)."""
+  logits = jnp.asarray(logits)
+  return logits.astype(compute_dtype(logits))
+
+
+def safe_mean(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+  """numerator / denominator, and 0 where denominator == 0.
+
+  The "double where": dividing by a safe denominator keeps the untaken
+  branch finite, so the backward pass never forms 0 * inf = NaN.
+  """
+  positive = denominator > 0
+  safe = jnp.where(positive, denominator, jnp.ones_like(denominator))
+  return jnp.where(positive, numerator / safe, jnp.zeros_like(numerator))
+
+
 @functools.lru_cache(maxsize=64)
 def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
   """[out_size, in_size] half-pixel bilinear upsampling matrix (float64).

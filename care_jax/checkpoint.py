@@ -1,4 +1,4 @@
-"""The checkpoints of a training run: save, resume, start stage 2 from stage 1, load a model.
+"""Writing the checkpoints of a training run: save, resume, keep the latest and the best.
 
 Layout (orbax-checkpoint ``CheckpointManager``, v0 API)::
 
@@ -7,6 +7,8 @@ Layout (orbax-checkpoint ``CheckpointManager``, v0 API)::
                               /config   the run's config (JSON)
                               /meta     class names, rare classes, image shape,
                                         train seconds so far (JSON)
+                              /metrics  the selection score of a validated step
+                                        (JSON: ``{"validation_mca": ...}``)
 
 A step directory appears only once complete: orbax writes into
 ``<step>.orbax-checkpoint-tmp-*`` and renames it at the end, so a run killed
@@ -21,35 +23,29 @@ orbax would delete the newest checkpoint.
 Resume: a run finding checkpoints in its workdir continues from the latest
 one, provided its config matches the saved one except for `RESUMABLE_KEYS`.
 
-Example::
-
-  config, model, variables = load_model('runs/care')  # best by validation MCA
-  logits, _ = model.apply(variables, images, train=False)
+Reading a finished run (its model, or its weights for stage 2) is
+`care_jax.trained_run`'s.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 import contextlib
-import dataclasses
-import json
-import signal
-import threading
 from typing import Any
 import uuid
-import warnings
 
-from absl import logging
 from etils import epath
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from care_jax import _deprecated
 from care_jax import config as config_lib
-from care_jax import models
 
 CHECKPOINT_DIR = 'checkpoints'
-BEST_METRIC = 'validation_mca'
+# The score that ranks a run's checkpoints: validation MCA, or the mean AUROC of a multi-label
+# run (`care_jax.training.evaluation.selection_metric`). Saved under the key 'validation_mca',
+# the name of the runs of 0.1 and 0.2 (their best checkpoint is found by it): the key stays.
+SELECTION_SCORE = 'validation_mca'
 # Config keys that may differ between a run and the checkpoint it resumes:
 # how often to log/evaluate/save, where the data lives, how the work is split
 # over devices, and the guard's patience. Everything else (model, data, loss,
@@ -69,26 +65,6 @@ RESUMABLE_KEYS = (
 # The run's length may grow (or shrink) on resume only where the learning
 # rate does not depend on it: a constant schedule without warm-up.
 LENGTH_KEYS = ('train.num_steps', 'train.num_epochs')
-
-
-def flatten_config(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  """Deprecated alias of `care_jax.config.flatten` (removed in 0.3)."""
-  warnings.warn(
-    'care_jax.checkpoint.flatten_config is deprecated: use care_jax.config.flatten',
-    DeprecationWarning,
-    stacklevel=2,
-  )
-  return config_lib.flatten(tree, prefix)
-
-
-def config_to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Deprecated alias of `care_jax.config.to_json` (removed in 0.3)."""
-  warnings.warn(
-    'care_jax.checkpoint.config_to_json is deprecated: use care_jax.config.to_json',
-    DeprecationWarning,
-    stacklevel=2,
-  )
-  return config_lib.to_json(config)
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple]:
@@ -158,21 +134,6 @@ def check_writable(workdir: epath.PathLike) -> None:
     ) from e
 
 
-def truncate_log(path: epath.PathLike, step: int) -> None:
-  """Keeps the records of steps <= `step` in the JSON-lines log at `path`.
-
-  A resumed run appends to its log; records written after the checkpoint it
-  resumes from (before the kill) would otherwise appear twice.
-  """
-  path = epath.Path(path)
-  if not path.exists():
-    return
-  lines = path.read_text().splitlines(keepends=True)
-  path.write_text(
-    ''.join(line for line in lines if line.strip() and json.loads(line)['step'] <= step)
-  )
-
-
 def abstract_tree(tree: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
   """`jax.ShapeDtypeStruct`s of `tree` on `sharding` (None: restore as numpy)."""
 
@@ -186,7 +147,7 @@ def abstract_tree(tree: Any, sharding: jax.sharding.Sharding | None = None) -> A
   return jax.tree.map(abstract, tree)
 
 
-def _manager(
+def open_manager(
   path: epath.Path,
   *,
   keep: int = 1,
@@ -194,7 +155,11 @@ def _manager(
   async_save: bool = False,
   read_only: bool = False,
 ) -> ocp.CheckpointManager:
-  best_fn = lambda metrics: metrics[BEST_METRIC]
+  """The orbax manager of the checkpoints in `path`: keeps the latest `keep` and best `keep_best`.
+
+  ``read_only`` opens a finished run's checkpoints for reading (`care_jax.trained_run`).
+  """
+  best_fn = lambda metrics: metrics[SELECTION_SCORE]
   policies = [ocp.checkpoint_managers.LatestN(n=keep)]
   if keep_best:
     # Checkpoints saved without a validation score are kept by LatestN only.
@@ -223,7 +188,7 @@ def _manager(
   return ocp.CheckpointManager(path, options=options, handler_registry=registry)
 
 
-def _step_of(manager: ocp.CheckpointManager, which: str | int) -> int:
+def step_of(manager: ocp.CheckpointManager, which: str | int) -> int:
   """The step of 'best', 'latest' or a given step (an int or its digits)."""
   if isinstance(which, int) or (isinstance(which, str) and which.isdigit()):
     step, steps = int(which), sorted(manager.all_steps())
@@ -240,146 +205,12 @@ def _step_of(manager: ocp.CheckpointManager, which: str | int) -> int:
   return step
 
 
-def _read_json(manager: ocp.CheckpointManager, step: int) -> tuple[dict, dict]:
+def read_config_and_meta(manager: ocp.CheckpointManager, step: int) -> tuple[dict, dict]:
+  """The config and the meta saved with `step` (JSON dicts)."""
   items = manager.restore(
     step, args=ocp.args.Composite(config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore())
   )
   return items['config'], items['meta']
-
-
-def _restore_host_state(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
-  """The saved state as a dict of numpy arrays (no devices involved)."""
-  metadata = manager.item_metadata(step)['state']
-  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata.tree)
-  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))[
-    'state'
-  ]
-
-
-def _open_existing(workdir: epath.PathLike) -> ocp.CheckpointManager:
-  checkpoints = checkpoint_dir(workdir)
-  if not checkpoints.is_dir():
-    raise FileNotFoundError(
-      f'no checkpoint in {str(workdir)!r}: {checkpoints} does not exist '
-      '(train with `care-jax train --workdir=...` first)'
-    )
-  manager = _manager(checkpoints, read_only=True)
-  if manager.latest_step() is None:
-    raise FileNotFoundError(f'no complete checkpoint in {checkpoints}')
-  return manager
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainedRun:
-  """A trained model of a run and what it was trained on (`load_run`).
-
-  Attributes:
-    config: the run's config.
-    model: the float32 classifier without parallel axes.
-    variables: ``{'params', 'batch_stats'}`` as numpy arrays.
-    class_names: the classes in label order (the model's logits).
-    rare_classes: label indices of the rare classes.
-    step: the checkpoint's step.
-    train_class_counts: training examples per class (None for runs of 0.1).
-  """
-
-  config: ml_collections.ConfigDict
-  model: models.Classifier
-  variables: dict[str, Any]
-  class_names: tuple[str, ...]
-  rare_classes: tuple[int, ...]
-  step: int
-  train_class_counts: tuple[int, ...] | None = None
-
-
-def load_run(workdir: str, *, which: str | int = 'best') -> TrainedRun:
-  """The trained model of a run with its classes, for evaluation, figures or inference.
-
-  Args:
-    workdir: the run's `--workdir` (holding ``checkpoints/``).
-    which: 'best' (highest validation MCA; the latest checkpoint when none was
-      validated), 'latest', or a step (an int, or its digits as a string).
-
-  Raises:
-    FileNotFoundError: the workdir holds no complete checkpoint.
-    ValueError: `which` is none of these, or names a step without a checkpoint.
-  """
-  with contextlib.closing(_open_existing(workdir)) as manager:
-    step = _step_of(manager, which)
-    saved_config, meta = _read_json(manager, step)
-    state = _restore_host_state(manager, step)
-  config = config_lib.from_json(saved_config)
-  model = models.get_model(
-    config.model.name,
-    num_classes=len(meta['class_names']),
-    dtype=jnp.float32,
-    head=models.resolve_head(config.model.head, loss=config.loss.name),
-  )
-  counts = meta.get('train_class_counts')
-  return TrainedRun(
-    config=config,
-    model=model,
-    variables={'params': state['params'], 'batch_stats': state['batch_stats']},
-    class_names=tuple(meta['class_names']),
-    rare_classes=tuple(meta.get('rare_classes', ())),
-    step=step,
-    train_class_counts=None if counts is None else tuple(int(c) for c in counts),
-  )
-
-
-def load_model(
-  workdir: str, *, which: str | int = 'best'
-) -> tuple[ml_collections.ConfigDict, models.Classifier, dict]:
-  """The trained model of a run, for evaluation, figures or inference.
-
-  `load_run` gives the same with the class names and the step.
-
-  Args:
-    workdir: the run's `--workdir` (holding ``checkpoints/``).
-    which: 'best' (highest validation MCA; the latest checkpoint when none was
-      validated), 'latest', or a step.
-
-  Returns:
-    `(config, model, variables)`: the run's config, the float32 classifier
-    without parallel axes for the run's classes, and ``{'params',
-    'batch_stats'}`` as numpy arrays, so that
-    ``model.apply(variables, images, train=False)`` gives ``(logits, inter)``.
-
-  Raises:
-    FileNotFoundError: the workdir holds no complete checkpoint.
-    ValueError: `which` is none of 'best', 'latest' or a saved step.
-  """
-  run = load_run(workdir, which=which)
-  return run.config, run.model, run.variables
-
-
-def init_from(workdir: str, state: Any) -> Any:
-  """`state` with params and batch_stats of another run's best checkpoint.
-
-  For stage 2 started from a stage-1 run (``config.init_from=DIR``): the
-  optimizer state, step and counters of `state` stay fresh. The best
-  checkpoint by validation MCA is used, the latest when none was validated.
-
-  Raises:
-    FileNotFoundError: `workdir` holds no checkpoint.
-    ValueError: the checkpoint holds another model (paths and shapes named).
-  """
-  with contextlib.closing(_open_existing(workdir)) as manager:
-    step = _step_of(manager, 'best')
-    saved = _restore_host_state(manager, step)
-  ours = {'params': state.params, 'batch_stats': state.batch_stats}
-  theirs = {'params': saved['params'], 'batch_stats': saved['batch_stats']}
-  diffs = shape_differences(ours, theirs)
-  if diffs:
-    raise ValueError(
-      f'config.init_from = {workdir!r}: step {step} holds another model than '
-      'config.model builds for this data; differing parameters:\n  ' + '\n  '.join(diffs[:20])
-    )
-  logging.info('initialised params and batch_stats from %s step %d', workdir, step)
-  return state.replace(
-    params=jax.tree.map(np.asarray, theirs['params']),
-    batch_stats=jax.tree.map(np.asarray, theirs['batch_stats']),
-  )
 
 
 class RunCheckpoints:
@@ -392,7 +223,7 @@ class RunCheckpoints:
       if step:
         state, meta = checkpoints.restore(step, abstract_tree(state, sharding))
       ...
-      checkpoints.save(step, state, validation_mca=0.8)
+      checkpoints.save(step, state, selection_score=0.8)
   """
 
   def __init__(
@@ -409,7 +240,7 @@ class RunCheckpoints:
 
     ``keep`` and ``keep_best`` default to ``config.checkpoint``'s; another
     `name` holds other states of the run (the best stage-1 state of the two
-    stages: `care_jax.training.stages`), which `load_model` never reads.
+    stages: `care_jax.training.stages`), which `care_jax.trained_run.load_model` never reads.
     """
     check_writable(workdir)
     self.directory = checkpoint_dir(workdir, name)
@@ -418,7 +249,7 @@ class RunCheckpoints:
     self._keep_best = settings.keep_best if keep_best is None else keep_best
     self._config = config_lib.to_json(config)
     self._meta = dict(meta)
-    self._manager = _manager(
+    self._manager = open_manager(
       self.directory,
       keep=settings.keep if keep is None else keep,
       keep_best=self._keep_best,
@@ -454,7 +285,7 @@ class RunCheckpoints:
   def meta(self, step: int) -> dict[str, Any]:
     """The meta saved with `step` (after pending saves)."""
     self.wait()
-    return _read_json(self._manager, step)[1]
+    return read_config_and_meta(self._manager, step)[1]
 
   def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
     """The state of `step` restored onto `target`'s shardings, and the step's meta.
@@ -469,7 +300,7 @@ class RunCheckpoints:
         `RESUMABLE_KEYS` (all named, with both values), or its parameter
         shapes differ from `target`'s.
     """
-    saved_config, meta = _read_json(self._manager, step)
+    saved_config, meta = read_config_and_meta(self._manager, step)
     diffs = config_differences(saved_config, self._config)
     if diffs:
       listing = '\n  '.join(
@@ -502,20 +333,21 @@ class RunCheckpoints:
     step: int,
     state: Any,
     *,
-    validation_mca: float | None = None,
+    selection_score: float | None = None,
     train_seconds: float = 0.0,
     extra_meta: Mapping[str, Any] | None = None,
   ) -> None:
     """Saves `state` (asynchronously when `checkpoint.async_save`).
 
-    ``extra_meta`` (JSON values) is saved in the step's meta besides the
+    ``selection_score`` (None: not validated) ranks the step among the best
+    (`SELECTION_SCORE`). ``extra_meta`` (JSON values) is saved in the step's meta besides the
     run's (`meta` reads it back).
 
     Raises:
       OSError: this or the previous pending write failed (e.g. a full disk);
         the message names the step and the last complete checkpoint.
     """
-    metrics = None if validation_mca is None else {BEST_METRIC: float(validation_mca)}
+    metrics = None if selection_score is None else {SELECTION_SCORE: float(selection_score)}
     meta = dict(self._meta, **(extra_meta or {}), train_seconds=round(train_seconds, 3), step=step)
     # An asynchronous failure of the previous save surfaces here: name it.
     self.wait()
@@ -561,44 +393,4 @@ class RunCheckpoints:
       ) from e
 
 
-class Preempted(SystemExit):
-  """Raised after the checkpoint that a SIGTERM (preemption notice) asked for.
-
-  A `SystemExit` with status 143 (128 + SIGTERM), as schedulers expect of a
-  process that ended on SIGTERM; `str()` gives the message.
-  """
-
-  def __init__(self, message: str):
-    super().__init__(128 + signal.SIGTERM)
-    self.message = message
-
-  def __str__(self) -> str:
-    return self.message
-
-
-class PreemptionWatch:
-  """Notices a preemption notice, to checkpoint at the next step boundary.
-
-  One process: a SIGTERM handler (installed from the main thread only; the
-  previous handler returns on exit) sets a flag. Several processes: JAX's
-  preemption sync point, which makes every process stop at the same step.
-  """
-
-  def __init__(self, checkpoints: RunCheckpoints):
-    self._checkpoints = checkpoints
-    self._received = threading.Event()
-    self._previous: Callable | int | None = None
-
-  def __enter__(self) -> 'PreemptionWatch':
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self._received.set())
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-  def requested(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      return self._checkpoints.reached_preemption_sync_point(step)
-    return self._received.is_set()
+__getattr__ = _deprecated.getattr_of(__name__)

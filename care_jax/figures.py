@@ -180,7 +180,7 @@ def compute_attention(
   """Attention maps of the true classes and the predictions of a model.
 
   Args:
-    model: the classifier (e.g. from `care_jax.checkpoint.load_model`).
+    model: the classifier (e.g. from `care_jax.trained_run.load_model`).
     variables: its ``{'params', 'batch_stats'}``.
     images: float [B, S, S, C], normalised as the run's pipeline does.
     labels: int [B] true classes: whose maps are drawn.

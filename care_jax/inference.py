@@ -2,7 +2,7 @@
 
 `Predictor.from_workdir` loads a checkpoint of a run with everything its
 evaluation used: the model, the class names, the run's own evaluation
-preprocessing (`care_jax.data.pipeline.file_batches`, the same code as its
+preprocessing (`care_jax.data.file_input.file_batches`, the same code as its
 eval batches) and, for runs trained with ``loss.posthoc_tau``, the post-hoc
 logit adjustment of its predictions. ``care-jax predict`` (`care_jax.predict`)
 is the command around it; `export` writes a `jax.export` artifact of a
@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from care_jax import checkpoint as checkpoint_lib
 from care_jax import imbalance
 from care_jax import models
+from care_jax import trained_run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +119,7 @@ class Predictor:
       ValueError: no such checkpoint; or the run adjusts its predictions
         post hoc but was saved without its training class counts (0.1).
     """
-    run = checkpoint_lib.load_run(workdir, which=checkpoint)
+    run = trained_run.load_run(workdir, which=checkpoint)
     bias = None
     if run.config.loss.posthoc_tau:
       if run.train_class_counts is None:
@@ -136,7 +136,7 @@ class Predictor:
     self, images: np.ndarray, *, attention: bool = False
   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """``(probabilities [N, K], predictions [N], maps [N, h, w] or None)`` of
-    preprocessed images [N, S, S, C] (e.g. from `care_jax.data.pipeline.file_batches`)."""
+    preprocessed images [N, S, S, C] (e.g. from `care_jax.data.file_input.file_batches`)."""
     bias = None if self.posthoc_bias is None else jnp.asarray(self.posthoc_bias)
     probabilities, predictions, maps = _predict(
       self.model,
@@ -174,12 +174,12 @@ class Predictor:
     Raises:
       ValueError: no paths, or an unreadable file (named) unless skipped.
     """
-    from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top  # TensorFlow
+    from care_jax.data import file_input  # pylint: disable=g-import-not-at-top  # TensorFlow
 
     if not paths:
       raise ValueError('no images to predict: the list of files is empty.')
     parts = {'index': [], 'probabilities': [], 'predictions': [], 'maps': [], 'images': []}
-    for batch in pipeline.file_batches(
+    for batch in file_input.file_batches(
       self.config.data, paths, batch_size=batch_size, skip_unreadable=skip_unreadable
     ):
       probabilities, predictions, maps = self.predict(batch['image'], attention=attention)

@@ -1,4 +1,4 @@
-"""CARE attention loss and class-weighted cross-entropy.
+"""The CARE attention loss and its distance-weighted outer mask.
 
 The attention loss of CARE (Zhuang et al., "CARE: Class Attention to Regions
 of Lesion for Classification on Imbalanced Data", MIDL 2019, PMLR
@@ -21,6 +21,10 @@ computed exactly on device with separable cumulative minima.
 All functions are pure and work under ``jit``, ``vmap``, ``grad`` and inside
 ``pmap``/sharded steps. Computation happens in at least float32 (bfloat16
 inputs are upcast) and results are float32 for float32/bfloat16 inputs.
+
+The classification losses that CARE is combined with (cross-entropy, its
+class-weighted form, the sigmoid binary cross-entropy and their weights) are
+in `care_jax.imbalance`.
 """
 
 import jax
@@ -29,31 +33,12 @@ from jax.typing import ArrayLike
 import numpy as np
 
 from care_jax import _checks
+from care_jax import _deprecated
 from care_jax import _numerics
 
-__all__ = [
-  'care_loss',
-  'care_loss_per_example',
-  'cross_entropy',
-  'distance_outer_mask',
-  'inverse_frequency_weights',
-  'positive_weights',
-  'sigmoid_binary_cross_entropy',
-  'weighted_cross_entropy_loss',
-]
+__all__ = ['care_loss', 'care_loss_per_example', 'distance_outer_mask']
 
 _REDUCTIONS = ('mean', 'sum')
-
-
-def _safe_mean(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
-  """numerator / denominator, and 0 where denominator == 0.
-
-  The "double where": dividing by a safe denominator keeps the untaken
-  branch finite, so the backward pass never forms 0 * inf = NaN.
-  """
-  positive = denominator > 0
-  safe = jnp.where(positive, denominator, jnp.ones_like(denominator))
-  return jnp.where(positive, numerator / safe, jnp.zeros_like(numerator))
 
 
 def _validate_care_inputs(feature_map, mask, outer_mask, has_mask):
@@ -180,9 +165,9 @@ def _care_per_example(feature_map, mask, *, tau, lam, outer_mask, has_mask):
   inner_sum = jnp.sum(feature_map * _numerics.resize_adjoint(mask, h, w), axis=(1, 2))
   outer_sum = jnp.sum(feature_map * _numerics.resize_adjoint(outer_mask, h, w), axis=(1, 2))
 
-  inner_mean = _safe_mean(inner_sum, inner_area)
+  inner_mean = _numerics.safe_mean(inner_sum, inner_area)
   loss_in = jnp.where(inner_area > 0, -jnp.minimum(inner_mean, tau), jnp.zeros_like(inner_mean))
-  loss_out = _safe_mean(outer_sum, outer_area)
+  loss_out = _numerics.safe_mean(outer_sum, outer_area)
   loss = loss_in + lam * loss_out
 
   has_mask = inner_area > 0 if has_mask is None else has_mask.reshape(-1).astype(bool)
@@ -241,7 +226,7 @@ def care_loss(
   total = jnp.sum(per_example)
   if reduction == 'sum':
     return total
-  return _safe_mean(total, jnp.sum(has_mask.astype(per_example.dtype)))
+  return _numerics.safe_mean(total, jnp.sum(has_mask.astype(per_example.dtype)))
 
 
 def _check_nonnegative_scalar(name: str, value) -> None:
@@ -353,206 +338,4 @@ def distance_outer_mask(mask: ArrayLike, *, start: float, delta: float) -> jax.A
   return jnp.where(inside | no_box, jnp.zeros_like(weights), weights)
 
 
-def _validate_multilabel(logits: jax.Array, labels: jax.Array) -> None:
-  if logits.ndim != 2 or labels.shape != logits.shape:
-    raise ValueError(
-      f'logits and labels must both have shape [B, K] (multi-hot labels), got logits'
-      f' {logits.shape} and labels {labels.shape}.'
-    )
-  _checks.check_range('labels', labels, low=0, high=1, what='multi-hot (0/1) or soft labels')
-
-
-def sigmoid_binary_cross_entropy(
-  logits: ArrayLike, labels: ArrayLike, *, pos_weight: ArrayLike | None = None
-) -> jax.Array:
-  """Per-(example, class) sigmoid binary cross-entropy of multi-label logits.
-
-  ``l_ik = -[p_k y_ik log sigmoid(z_ik) + (1 - y_ik) log(1 - sigmoid(z_ik))]``
-  with ``p_k = pos_weight[k]`` (1 without it), computed stably as
-  ``p_k y softplus(-z) + (1 - y) softplus(z)``: PyTorch's
-  ``BCEWithLogitsLoss(pos_weight=p, reduction='none')``. Computed in float32.
-
-  Args:
-    logits: [B, K] unnormalised scores, one independent binary decision per
-      class (finding).
-    labels: [B, K] multi-hot labels in [0, 1] (checked when concrete).
-    pos_weight: optional [K] weights of the positive term (e.g.
-      :func:`positive_weights`: ``n_negative / n_positive`` per class).
-
-  Returns:
-    [B, K] float32 losses.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> z = jnp.array([[0.0, 2.0]])
-    >>> print(sigmoid_binary_cross_entropy(z, jnp.array([[1.0, 0.0]])).round(4))
-    [[0.6931 2.1269]]
-  """
-  logits = jnp.asarray(logits)
-  logits = logits.astype(_numerics.compute_dtype(logits))
-  labels = jnp.asarray(labels)
-  _validate_multilabel(logits, labels)
-  labels = labels.astype(logits.dtype)
-  positive = jax.nn.softplus(-logits)
-  if pos_weight is not None:
-    pos_weight = jnp.asarray(pos_weight, logits.dtype)
-    if pos_weight.shape != logits.shape[1:]:
-      raise ValueError(
-        f'pos_weight must have shape [K] = ({logits.shape[1]},), got shape {pos_weight.shape}.'
-      )
-    positive = pos_weight * positive
-  return labels * positive + (1.0 - labels) * jax.nn.softplus(logits)
-
-
-def positive_weights(positive_counts: ArrayLike, num_examples: int) -> np.ndarray:
-  """Per-class weights ``n_negative / n_positive`` of the positive term of a multi-label BCE.
-
-  With them each class's positives weigh as much in total as its negatives
-  (the ``pos_weight`` PyTorch's ``BCEWithLogitsLoss`` documents for this).
-
-  Args:
-    positive_counts: [K] training examples on which each class is positive
-      (all in ``[1, num_examples)``).
-    num_examples: training examples.
-
-  Returns:
-    [K] float32 weights.
-
-  Raises:
-    ValueError: a class positive on no example or on every example (its
-      weight would be infinite or 0; the class is named by index).
-
-  Examples:
-    >>> print(positive_weights([10, 50], 100))
-    [9. 1.]
-  """
-  counts = np.asarray(positive_counts, np.float64)
-  if counts.ndim != 1:
-    raise ValueError(f'positive_counts must have shape [K], got shape {counts.shape}.')
-  bad = np.flatnonzero((counts < 1) | (counts >= num_examples))
-  if bad.size:
-    raise ValueError(
-      f'positive_counts must lie in [1, num_examples = {num_examples}) for positive weights;'
-      f' class index {int(bad[0])} has {int(counts[bad[0]])} positives.'
-    )
-  return ((num_examples - counts) / counts).astype(np.float32)
-
-
-def cross_entropy(
-  logits: ArrayLike, labels: ArrayLike, *, class_weights: ArrayLike | None = None
-) -> jax.Array:
-  """Per-example softmax cross-entropy with integer labels.
-
-  ``CE_i = logsumexp(z_i) - z_i[y_i]``, multiplied by ``w[y_i]`` when
-  ``class_weights`` is given. Computed in float32.
-
-  Args:
-    logits: [B, K] unnormalised scores.
-    labels: [B] integer labels in ``[0, K)``; checked when concrete (a
-      ValueError names the first bad one). Under ``jit`` they cannot be
-      checked: an out-of-range label gives a NaN or wrong loss.
-    class_weights: optional [K] per-class weights ``w``.
-
-  Returns:
-    [B] float32 losses.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> ce = cross_entropy(jnp.zeros((2, 4)), jnp.array([0, 3]),
-    ...                    class_weights=jnp.array([1.0, 1.0, 1.0, 2.0]))
-    >>> print(ce.round(4))
-    [1.3863 2.7726]
-  """
-  logits, labels, class_weights = _validate_ce_inputs(logits, labels, class_weights)
-  logits = logits.astype(_numerics.compute_dtype(logits))
-  label_logits = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
-  losses = jax.nn.logsumexp(logits, axis=1) - label_logits
-  if class_weights is not None:
-    losses = losses * class_weights.astype(losses.dtype)[labels]
-  return losses
-
-
-def weighted_cross_entropy_loss(
-  logits: ArrayLike, labels: ArrayLike, *, class_weights: ArrayLike, where: ArrayLike | None = None
-) -> jax.Array:
-  """Class-weighted cross-entropy, normalised by the total weight.
-
-  ``L = sum_i w[y_i] CE_i / sum_i w[y_i]`` over the valid examples: the
-  ``'mean'`` reduction of PyTorch's ``CrossEntropyLoss(weight=w)``, which the
-  official CARE code used for cost-sensitive learning (CSL). Returns 0.0 with
-  zero gradient when no example is valid.
-
-  Args:
-    logits: [B, K] unnormalised scores.
-    labels: [B] integer labels in ``[0, K)``.
-    class_weights: [K] per-class weights ``w``, e.g. from
-      :func:`inverse_frequency_weights`.
-    where: optional [B] bool, False for padded examples, which are left out
-      of both sums.
-
-  Returns:
-    Scalar float32 loss.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> logits = jnp.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
-    >>> loss = weighted_cross_entropy_loss(
-    ...     logits, jnp.array([0, 1, 1]), class_weights=jnp.array([0.2, 0.8]))
-    >>> print(f'{float(loss):.4f}')
-    1.0158
-  """
-  if class_weights is None:
-    raise ValueError('class_weights is required; use cross_entropy for an unweighted loss.')
-  weighted = cross_entropy(logits, labels, class_weights=class_weights)
-  weights = jnp.asarray(class_weights).astype(weighted.dtype)[jnp.asarray(labels)]
-  if where is not None:
-    where = jnp.asarray(where)
-    if where.shape != weighted.shape:
-      raise ValueError(f'where must have shape [B] = {weighted.shape}, got shape {where.shape}.')
-    where = where.astype(bool)
-    weighted = jnp.where(where, weighted, jnp.zeros_like(weighted))
-    weights = jnp.where(where, weights, jnp.zeros_like(weights))
-  return _safe_mean(jnp.sum(weighted), jnp.sum(weights))
-
-
-def _validate_ce_inputs(logits, labels, class_weights):
-  logits = jnp.asarray(logits)
-  labels = jnp.asarray(labels)
-  if logits.ndim != 2:
-    raise ValueError(f'logits must have shape [B, K], got shape {logits.shape}.')
-  _checks.check_labels(labels, like=logits, like_name='logits')
-  _checks.check_class_indices('labels', labels, logits.shape[1])
-  if class_weights is not None:
-    class_weights = jnp.asarray(class_weights)
-    if class_weights.shape != logits.shape[1:]:
-      raise ValueError(
-        f'class_weights must have shape [K] = ({logits.shape[1]},), got '
-        f'shape {class_weights.shape} (logits shape {logits.shape}).'
-      )
-  return logits, labels, class_weights
-
-
-def inverse_frequency_weights(class_counts: ArrayLike) -> np.ndarray:
-  """Inverse class frequencies normalised to sum 1 (the official CARE CSL).
-
-  ``w_k = (1 / n_k) / sum_j (1 / n_j)`` for training counts ``n_k``. This is a
-  host-side helper for concrete counts (call it once at setup, not under
-  ``jit``).
-
-  Args:
-    class_counts: [K] positive number of training examples per class.
-
-  Returns:
-    [K] float32 numpy array of weights summing to 1.
-
-  Raises:
-    ValueError: if the counts are not a non-empty 1-D array, or a class has a
-      count <= 0 (its weight would be infinite); the class index is named.
-
-  Examples:
-    >>> print(inverse_frequency_weights([100, 300, 600]))
-    [0.6666667  0.22222222 0.11111111]
-  """
-  counts = _checks.positive_counts(class_counts)
-  inverse = 1.0 / counts
-  return (inverse / inverse.sum()).astype(np.float32)
+__getattr__ = _deprecated.getattr_of(__name__)

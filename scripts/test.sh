@@ -9,5 +9,6 @@ CARE_JAX_EXTRAS='[test,docs]' source "$(dirname "$0")/venv.sh"
 # The documentation site, with its API reference from the docstrings: a warning fails it.
 .venv/bin/mkdocs build --strict --quiet
 exec .venv/bin/python -m pytest -n 2 --durations=15 tests \
-  --doctest-modules care_jax/losses.py care_jax/attention.py care_jax/metrics.py \
-  care_jax/imbalance.py care_jax/boxes/generators.py care_jax/figures.py "$@"
+  --doctest-modules care_jax/losses.py care_jax/attention.py care_jax/metrics \
+  care_jax/imbalance.py care_jax/classification_loss.py care_jax/boxes/generators.py \
+  care_jax/figures.py "$@"

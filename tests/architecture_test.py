@@ -26,17 +26,34 @@ LAYERS = (
   ),
   (
     'math',
-    ('care_jax', 'care_jax.losses', 'care_jax.attention', 'care_jax.imbalance', 'care_jax.metrics'),
+    (
+      'care_jax',
+      'care_jax.losses',
+      'care_jax.attention',
+      'care_jax.imbalance',
+      'care_jax.classification_loss',
+      'care_jax.metrics',
+      'care_jax.metrics.*',
+    ),
   ),
   ('models', ('care_jax.models', 'care_jax.models.*')),
-  ('model tools', ('care_jax.boxes.generators', 'care_jax.figures')),
+  (
+    'model tools',
+    (
+      'care_jax.boxes.geometry',
+      'care_jax.boxes.foreground',
+      'care_jax.boxes.generators',
+      'care_jax.figures',
+    ),
+  ),
   ('data', ('care_jax.data', 'care_jax.data.*')),
-  ('config', ('care_jax.config',)),
+  ('config', ('care_jax.config', 'care_jax.config.*')),
   ('configs', ('care_jax.configs', 'care_jax.configs.*')),
-  ('checkpoint', ('care_jax.checkpoint',)),
+  ('checkpoint', ('care_jax.checkpoint', 'care_jax.trained_run')),
   ('inference', ('care_jax.inference',)),
   ('training', ('care_jax.training', 'care_jax.training.*')),
   ('box generation', ('care_jax.boxes', 'care_jax.boxes.dataset')),
+  ('runs', ('care_jax.comparison', 'care_jax.suites', 'care_jax.run_figures')),
   ('commands', ('care_jax.commands', 'care_jax.commands.*')),
   (
     'deprecated aliases',
@@ -54,13 +71,6 @@ LAYERS = (
     ),
   ),
 )
-# Deprecated aliases of names that moved up to the config schema in 0.2: each
-# imports its new home inside the function that warns. Removed in 0.3.
-DEPRECATED_UPWARD = {
-  ('care_jax.imbalance', 'care_jax.config'),
-  ('care_jax.data.pipeline', 'care_jax.config'),
-  ('care_jax.data.augment', 'care_jax.config'),
-}
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -105,12 +115,9 @@ def _layer_of(module: str) -> int:
 
 
 def _graph() -> dict[str, set[str]]:
-  """Module -> the care_jax modules it imports, less the deprecated aliases' imports."""
+  """Module -> the care_jax modules it imports."""
   modules = _modules()
-  return {
-    name: {t for t in _imports(path, set(modules)) if (name, t) not in DEPRECATED_UPWARD}
-    for name, path in modules.items()
-  }
+  return {name: _imports(path, set(modules)) for name, path in modules.items()}
 
 
 def test_every_module_has_a_layer():
@@ -150,24 +157,10 @@ def test_the_import_graph_has_no_cycle():
 
 def test_the_math_modules_import_only_math_and_private_helpers():
   math_layer = _layer_of('care_jax.losses')
-  for module in LAYERS[math_layer][1]:
-    for target in _graph()[module]:
+  graph = _graph()
+  for module in [m for m in graph if _layer_of(m) == math_layer]:
+    for target in graph[module]:
       assert _layer_of(target) <= math_layer, f'{module} imports {target}'
-
-
-def test_deprecated_aliases_import_upward_only_inside_functions(tmp_path):
-  modules = _modules()
-  for module, target in DEPRECATED_UPWARD:
-    tree = ast.parse(modules[module].read_text())
-    top_level = ast.Module(
-      body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[]
-    )
-    path = tmp_path / 'top_level_imports.py'
-    path.write_text(ast.unparse(top_level))
-    assert target not in _imports(path, set(modules)), f'{module} imports {target} at the top'
-    assert target in _imports(modules[module], set(modules)), (
-      f'{module} no longer imports {target}: remove it from DEPRECATED_UPWARD'
-    )
 
 
 def test_the_checker_sees_an_upward_import_inside_a_function(tmp_path):
@@ -241,12 +234,11 @@ def test_the_keys_added_since_0_1_default_to_the_behaviour_of_0_1():
 @pytest.mark.parametrize('name', sorted(_packaged_configs()))
 def test_every_config_builds_the_tree_of_0_1_plus_the_keys_added_since(name):
   from care_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from care_jax.commands import compare  # pylint: disable=g-import-not-at-top
 
   built = (
     config_lib.default_config()
     if name == 'default_config'
-    else compare.load_config(str(REPO / 'configs' / name))
+    else config_lib.load_config(str(REPO / 'configs' / name))
   )
   diffs = config_lib.differences(_packaged_configs()[name], config_lib.to_json(built))
   # The keys added since (with this config's values), and the values changed in every config.

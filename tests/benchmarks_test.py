@@ -19,7 +19,7 @@ from PIL import Image
 import pytest
 
 from care_jax import models
-from care_jax.data import pipeline
+from care_jax.data import info as data_info
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / 'benchmarks'
 sys.path.insert(0, str(BENCHMARKS))
@@ -316,7 +316,7 @@ def test_shortcut_folder_writes_a_folder_dataset_with_a_train_only_shortcut(tmp_
   other = shortcut_folder.write_dataset(tmp_path / 'd', **{**kwargs, 'seed': 4})
   assert [r['lesion_box'] for r in other] != [r['lesion_box'] for r in records]
   # The library's folder reader opens it; the rare classes are those with boxes.
-  info = pipeline.get_dataset_info(fx.data_config('folder', root, tmp_path / 'cache'))
+  info = data_info.get_dataset_info(fx.data_config('folder', root, tmp_path / 'cache'))
   assert info.class_names == shortcut_folder.CLASS_NAMES
   assert [info.class_names[i] for i in info.rare_classes] == list(shortcut_folder.RARE_CLASSES)
   assert info.split_sizes == {split: sum(c.values()) for split, c in counts.items()}

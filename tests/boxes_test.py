@@ -19,6 +19,7 @@ from care_jax import boxes
 from care_jax import config as config_lib
 from care_jax import models
 from care_jax import training
+from care_jax.boxes import foreground
 from care_jax.boxes import generators
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -138,7 +139,7 @@ def test_otsu_threshold_matches_a_brute_force_reference():
 
 def test_gaussian_blur_matches_scipy():
   x = np.random.default_rng(0).normal(size=(2, 13, 17)).astype(np.float32)
-  ours = generators._separable_filter(jnp.asarray(x), 'gaussian', 1.7, 'reflect')
+  ours = foreground._separable_filter(jnp.asarray(x), 'gaussian', 1.7, 'reflect')
   ref = ndimage.gaussian_filter(x.astype(np.float64), sigma=(0, 1.7, 1.7), mode='reflect')
   np.testing.assert_allclose(ours, ref, atol=1e-5)
 
@@ -328,7 +329,7 @@ def test_pixel_boxes_scale_by_each_images_size():
 
 @pytest.fixture(scope='module')
 def data_config(tmp_path_factory):
-  from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from care_jax.data import info  # pylint: disable=g-import-not-at-top
 
   config = config_lib.default_data_config()
   config.dir = str(tmp_path_factory.mktemp('tfds'))
@@ -337,7 +338,7 @@ def data_config(tmp_path_factory):
   config.synthetic.train_counts = (3, 3, 4, 3, 4)
   config.synthetic.validation_counts = (0, 0, 0, 0, 0)
   config.synthetic.test_counts = (1, 1, 1, 1, 1)
-  pipeline.get_dataset_info(config)  # Prepares the data.
+  info.get_dataset_info(config)  # Prepares the data.
   return config
 
 
@@ -345,11 +346,12 @@ def _stored_train_split(data_config):
   """uint8 images and labels of the train split in the pipeline's order."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from care_jax.data import reading  # pylint: disable=g-import-not-at-top
+  from care_jax.data import registry  # pylint: disable=g-import-not-at-top
 
-  builder = pipeline.prepared_builder(data_config)
+  builder = registry.prepared_builder(data_config)
   ds = builder.as_dataset(
-    split='train', shuffle_files=False, read_config=tfds.ReadConfig(options=pipeline.read_options())
+    split='train', shuffle_files=False, read_config=tfds.ReadConfig(options=reading.read_options())
   )
   rows = list(tfds.as_numpy(ds))
   return np.stack([r['image'] for r in rows]), np.array([r['label'] for r in rows])
@@ -387,10 +389,11 @@ def test_generated_boxes_come_from_the_cache_the_second_time(data_config, tmp_pa
 
 
 def test_replace_boxes_swaps_manual_boxes_for_generated_ones(data_config, tmp_path):
-  from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from care_jax.data import reading  # pylint: disable=g-import-not-at-top
+  from care_jax.data import registry  # pylint: disable=g-import-not-at-top
 
-  builder = pipeline.prepared_builder(data_config)
-  table = pipeline.read_split(builder, 'train')
+  builder = registry.prepared_builder(data_config)
+  table = reading.read_split(builder, 'train')
   config = data_config.copy_and_resolve_references()
   assert boxes.replace_boxes(config, builder, table) is table  # no box_source: manual
   with config.unlocked():
@@ -413,10 +416,11 @@ def test_replace_boxes_swaps_manual_boxes_for_generated_ones(data_config, tmp_pa
 
 
 def test_generated_boxes_need_rare_classes_without_manual_boxes(data_config):
-  from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from care_jax.data import reading  # pylint: disable=g-import-not-at-top
+  from care_jax.data import registry  # pylint: disable=g-import-not-at-top
 
-  builder = pipeline.prepared_builder(data_config)
-  table = pipeline.read_split(builder, 'train')
+  builder = registry.prepared_builder(data_config)
+  table = reading.read_split(builder, 'train')
   unboxed = dataclasses.replace(
     table,
     box_values=np.zeros((0, 4), np.float32),
@@ -456,7 +460,7 @@ def test_mask_method_reads_masks_named_after_the_images(data_config, tmp_path):
 
 
 def test_grad_cam_method_uses_the_stage1_model(data_config, tiny_model, tmp_path, monkeypatch):
-  from care_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from care_jax import trained_run  # pylint: disable=g-import-not-at-top
   from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
   config, model, variables = tiny_model
@@ -468,7 +472,7 @@ def test_grad_cam_method_uses_the_stage1_model(data_config, tiny_model, tmp_path
     calls.append((workdir, which))
     return config, model, variables
 
-  monkeypatch.setattr(checkpoint, 'load_model', load_model)
+  monkeypatch.setattr(trained_run, 'load_model', load_model)
   box_config = config_lib.default_box_config()
   box_config.cache_dir = str(tmp_path)
   with pytest.raises(ValueError, match='stage1_workdir'):

@@ -11,6 +11,7 @@ import pytest
 import care_jax
 from care_jax import config as config_lib
 from care_jax.commands import _app
+from care_jax.commands import _flags
 from care_jax.commands import cli
 
 
@@ -70,7 +71,7 @@ def test_config_file_takes_a_path_or_a_packaged_name():
 
 def test_config_flag_resolves_names_and_keeps_paths_and_config_args():
   path = config_lib.config_file('default')
-  resolve = config_lib._resolve_config_flag  # pylint: disable=protected-access
+  resolve = _flags._resolve_config_flag  # pylint: disable=protected-access
   assert resolve(['prog', '--config=default', '--config.care.alpha=0.1']) == [
     'prog',
     f'--config={path}',

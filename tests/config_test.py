@@ -1,12 +1,13 @@
 """The config schema: defaults, checks naming the key, reading, writing and diffing configs."""
 
 import json
+import re
 
 import imbalance_test
 import pytest
 
+from care_jax import classification_loss
 from care_jax import config as config_lib
-from care_jax import imbalance
 from care_jax import models
 
 
@@ -22,7 +23,7 @@ def test_the_default_config_is_valid_and_its_parts_are_the_part_builders():
 def test_the_loss_defaults_are_the_keywords_of_make_classification_loss():
   import inspect  # pylint: disable=g-import-not-at-top
 
-  parameters = inspect.signature(imbalance.make_classification_loss).parameters
+  parameters = inspect.signature(classification_loss.make_classification_loss).parameters
   for key, value in config_lib.default_loss_config().items():
     if key != 'name':
       assert parameters[key].default == value, key
@@ -41,30 +42,43 @@ def test_validate_loss_names_the_key(key, value):
 
 
 @pytest.mark.parametrize(
-  'key, value, message',
+  'key, value, why',
   [
-    ('model.name', 'resnet19', 'model.name'),
-    ('model.head', 'mlp', 'model.head'),
-    ('care.alpha', 1.5, r'care\.alpha = 1\.5: must lie in \[0, 1\]'),
-    ('care.attention', 'gradcam', 'care.attention'),
-    ('train.optimizer', 'lamb', 'train.optimizer'),
-    ('checkpoint.keep', 0, 'resuming needs one'),
-    ('data.sampling', 'balanced', r'data\.sampling must be one of'),
-    ('data.box_source', 'magic', r'data\.box_source'),
-    ('data.box_scale', 0.0, r'data\.box_scale must be a positive number'),
-    ('data.image_size', 0, r'data\.image_size must be a positive int'),
-    ('data.augment.hue', 0.7, r'data\.augment\.hue must be \[0, 0\.5\]'),
-    ('data.boxes.margin', -0.1, r'data\.boxes\.margin must be >= 0'),
-    ('data.boxes.batch_size', 0, r'data\.boxes\.batch_size must be >= 1'),
-    ('data.boxes.otsu.contrast', 'redness', r'data\.boxes\.otsu\.contrast must be one of'),
-    ('data.boxes.grad_cam.fraction', 1.5, r'data\.boxes\.grad_cam\.fraction must lie in'),
-    ('data.boxes.grad_cam.which', 'first', r'data\.boxes\.grad_cam\.which'),
+    ('model.name', 'resnet19', 'must be one of'),
+    ('model.head', 'mlp', 'must be one of'),
+    ('care.alpha', 1.5, r'must lie in \[0, 1\]'),
+    ('care.attention', 'gradcam', 'must be one of'),
+    ('train.optimizer', 'lamb', 'must be one of'),
+    ('checkpoint.keep', 0, r'must be >= 1 \(resuming needs one\)'),
+    ('data.sampling', 'balanced', 'must be one of'),
+    ('data.box_source', 'magic', 'must be one of'),
+    ('data.box_scale', 0.0, 'must be a positive number'),
+    ('data.image_size', 0, 'must be a positive int'),
+    ('data.augment.hue', 0.7, r'must lie in \[0, 0\.5\]'),
+    ('data.augment.rotation', 200.0, r'must lie in \[0, 180\] degrees'),
+    ('data.augment.crop_scale', (0.5, 1.5), 'must satisfy 0 < min <= max <= 1'),
+    ('data.boxes.margin', -0.1, 'must be >= 0'),
+    ('data.boxes.batch_size', 0, 'must be >= 1'),
+    ('data.boxes.otsu.contrast', 'redness', 'must be one of'),
+    ('data.boxes.grad_cam.fraction', 1.5, r'must lie in \(0, 1\]'),
+    ('data.boxes.grad_cam.which', 'first', "must be 'best' or 'latest'"),
+    ('loss.gamma', -1.0, 'must be >= 0'),
   ],
 )
-def test_validate_names_the_key_of_a_meaningless_value(key, value, message):
+def test_validate_names_the_key_its_value_and_why_in_one_form(key, value, why):
   config = config_lib.apply_overrides(config_lib.default_config(), [f'{key}={value}'])
-  with pytest.raises(ValueError, match=message):
+  shown = re.escape(repr(config_lib.get(config, key)))
+  with pytest.raises(ValueError, match=rf'^config\.{re.escape(key)} = {shown}: {why}'):
     config_lib.validate(config)
+
+
+def test_validate_augment_names_unknown_and_missing_keys():
+  augment = config_lib.default_augment_config().to_dict()
+  with pytest.raises(ValueError, match=r'^config\.data\.augment\.zoom = 2: unknown key; valid: \['):
+    config_lib.validate_augment({**augment, 'zoom': 2})
+  del augment['hue']
+  with pytest.raises(ValueError, match=r'^config\.data\.augment\.hue is missing; valid keys'):
+    config_lib.validate_augment(augment)
 
 
 def test_apply_overrides_parses_by_field_type_and_rejects_unknown_keys():

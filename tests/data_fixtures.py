@@ -14,6 +14,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from care_jax import config as care_config
+from care_jax.data import info as info_lib
 from care_jax.data import pipeline
 
 BACKGROUND = 20
@@ -103,7 +104,7 @@ def assert_masks_cover_the_drawn_lesions(config) -> int:
   brighter than mid-grey (the lesion drawn where the box is), and that every
   other example has an empty mask. Returns the number of masked examples.
   """
-  info = pipeline.get_dataset_info(config)
+  info = info_lib.get_dataset_info(config)
   size = info.split_sizes['train']
   batch = next(pipeline.train_batches(config, batch_size=size, seed=0))
   assert sorted(batch['label'].tolist()) == sorted(

@@ -23,20 +23,27 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from care_jax import classification_loss  # noqa: E402
 from care_jax import config as config_lib  # noqa: E402
-from care_jax import imbalance  # noqa: E402
 from care_jax import training  # noqa: E402
 from care_jax.data import augment  # noqa: E402
 from care_jax.training import device_augment  # noqa: E402
 
-DEFAULT = augment.augment_kwargs(config_lib.default_augment_config())
+DEFAULT = augment.augment_settings(config_lib.default_augment_config())
 _OFF = dict(rotation=0.0, hflip=False, vflip=False, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+
+
+def _geometry(**overrides):
+  """The default settings with the geometry off but for ``overrides``."""
+  return dataclasses.replace(DEFAULT, **dict(_OFF, **overrides))
+
+
 GEOMETRIES = {
-  'default': {k: DEFAULT[k] for k in _OFF},
-  'rotation': dict(_OFF, rotation=180.0),
-  'crop': dict(_OFF, crop_scale=(0.3, 1.0), crop_ratio=(0.5, 2.0)),
-  'flips': dict(_OFF, hflip=True, vflip=True),
-  'off': _OFF,
+  'default': DEFAULT,
+  'rotation': _geometry(rotation=180.0),
+  'crop': _geometry(crop_scale=(0.3, 1.0), crop_ratio=(0.5, 2.0)),
+  'flips': _geometry(hflip=True, vflip=True),
+  'off': _geometry(),
 }
 # (input side H, output side S): equal, downscaling, upscaling by a non-integer factor.
 SIZES = [(32, 32), (48, 32), (20, 36)]
@@ -46,7 +53,7 @@ COLOR_ATOL = 1e-5
 
 def _geometries(settings, count, seed):
   return np.stack(
-    [augment.sample_geometry(tf.constant([seed, i]), **settings).numpy() for i in range(count)]
+    [augment.sample_geometry(tf.constant([seed, i]), settings).numpy() for i in range(count)]
   )
 
 
@@ -153,7 +160,8 @@ def _color_factors(count, seed, hue=0.5):
   return np.stack(
     [
       augment.sample_color_factors(
-        tf.constant([seed, i]), brightness=0.4, contrast=0.4, saturation=0.6, hue=hue
+        tf.constant([seed, i]),
+        dataclasses.replace(DEFAULT, brightness=0.4, contrast=0.4, saturation=0.6, hue=hue),
       ).numpy()
       for i in range(count)
     ]
@@ -236,14 +244,8 @@ def _raw_batch(*, multilabel, batch_size=16, seed=0, settings=DEFAULT):
   geometry, color = [], []
   for s in seeds:
     geometry_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(s, 2))
-    geometry.append(
-      augment.sample_geometry(geometry_seed, **{k: settings[k] for k in GEOMETRIES['default']})
-    )
-    color.append(
-      augment.sample_color_factors(
-        color_seed, **{k: settings[k] for k in ('brightness', 'contrast', 'saturation', 'hue')}
-      )
-    )
+    geometry.append(augment.sample_geometry(geometry_seed, settings))
+    color.append(augment.sample_color_factors(color_seed, settings))
   batch = {
     'image': images,
     'geometry': np.stack(geometry).astype(np.float32),
@@ -280,7 +282,7 @@ def _cpu_augmented(batch, seeds, *, settings=DEFAULT):
       tf.constant(batch['boxes'][i, :n]),
       tf.constant(seed),
       size=SIZE,
-      **settings,
+      settings=settings,
       **classes,
     )
     images.append(((image - np.float32(MEAN)) / np.float32(STD)).numpy())
@@ -315,7 +317,9 @@ def test_augment_batch_equals_augment_example_per_example(multilabel):
 
 
 def test_augment_batch_with_the_augmentation_off_is_the_plain_normalisation():
-  settings = dict(DEFAULT, **_OFF, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
+  settings = dataclasses.replace(
+    DEFAULT, **_OFF, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0
+  )
   batch, _ = _raw_batch(multilabel=False, settings=settings)
   got = jax.device_get(device_augment.augment_batch(batch, mean=(0.5,), std=(0.25,)))
   # The identity map samples each pixel centre (S = 32: the index transform is exact), and
@@ -359,7 +363,7 @@ def _step_setup(multilabel, parallel):
     config.care.stage1_metric = 'mean_auroc'
   model = training.create_model(config, NUM_CLASSES)
   state = training.create_train_state(config, model, (SIZE, SIZE, 3), 10, jax.random.key(0))
-  loss = imbalance.make_classification_loss(
+  loss = classification_loss.make_classification_loss(
     'ce',
     class_counts=[1] * NUM_CLASSES,
     num_steps=10,

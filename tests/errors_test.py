@@ -23,8 +23,10 @@ import pytest
 
 import care_jax
 from care_jax import config as config_lib
+from care_jax import run_figures
 from care_jax import training
-from care_jax.commands import visualize
+from care_jax.commands import _flags
+from care_jax.data import info as data_info
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DOC = REPO / 'docs' / 'errors.md'
@@ -206,7 +208,7 @@ def _parse_config_flags(argv, capsys, monkeypatch):
   if name not in flags.FLAGS:  # A flag of its own, unlike any of the entry points'.
     config_flags.DEFINE_config_file(name, None, 'errors_test', lock_config=True)
   with pytest.raises(SystemExit) as exit_info:
-    config_lib.parse_flags(argv)
+    _flags.parse_flags(argv)
   return exit_info.value.code, capsys.readouterr().err
 
 
@@ -241,14 +243,13 @@ def test_config_flags_report_unknown_keys_and_bad_values_as_usage_errors(
 
 @pytest.mark.parametrize('name', ['isic2018', 'rsna_pneumonia', 'nih_chestxray14', 'folder'])
 def test_a_missing_data_dir_names_it(tmp_path, name):
-  from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
   config = config_lib.default_config().data
   config.name, config.dir = name, str(tmp_path / 'nope')
   with pytest.raises(
     ValueError, match=re.escape(f"data.dir='{tmp_path / 'nope'}' is not a directory.")
   ):
-    pipeline.get_dataset_info(config)
+    data_info.get_dataset_info(config)
 
 
 def test_visualize_without_a_checkpoint_says_how_to_make_one(tmp_path):
@@ -259,7 +260,7 @@ def test_visualize_without_a_checkpoint_says_how_to_make_one(tmp_path):
       '`care-jax train --workdir=...` first)'
     ),
   ):
-    visualize.write_figures(str(tmp_path))
+    run_figures.write_figures(str(tmp_path))
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ import pytest
 
 from care_jax import boxes
 from care_jax import config as config_lib
+from care_jax import suites
 from care_jax import training
-from care_jax.commands import compare
-from care_jax.commands import experiments
+from care_jax.commands import _flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,10 +67,10 @@ def _base(dataset='isic2018'):
 
 
 def test_seeds_are_lists_and_ranges_with_one_meaning_in_every_command():
-  assert compare.parse_seeds('3') == [3]
-  assert compare.parse_seeds('0-4') == [0, 1, 2, 3, 4]
-  assert compare.parse_seeds('0,5,7') == [0, 5, 7]
-  assert compare.parse_seeds(' 0-2, 9 ,') == [0, 1, 2, 9]
+  assert _flags.parse_seeds('3') == [3]
+  assert _flags.parse_seeds('0-4') == [0, 1, 2, 3, 4]
+  assert _flags.parse_seeds('0,5,7') == [0, 5, 7]
+  assert _flags.parse_seeds(' 0-2, 9 ,') == [0, 1, 2, 9]
   for bad, message in (
     ('x', 'seeds and ranges'),
     ('3-1', 'seeds and ranges'),
@@ -79,11 +79,11 @@ def test_seeds_are_lists_and_ranges_with_one_meaning_in_every_command():
     ('1,0-2', 'repeated'),
   ):
     with pytest.raises(ValueError, match=message):
-      compare.parse_seeds(bad)
+      _flags.parse_seeds(bad)
 
 
 def test_table1_rows_cross_care_with_csl_fl_and_da():
-  suite = experiments.SUITES['table1']
+  suite = suites.SUITES['table1']
   assert list(suite.rows) == [
     'baseline',
     'CARE',
@@ -113,7 +113,7 @@ def test_table1_rows_cross_care_with_csl_fl_and_da():
 
 @pytest.mark.parametrize('name', ['table1', 'modern', 'backbones', 'smoke'])
 def test_care_rows_differ_from_their_control_in_alpha_and_the_two_stages(name):
-  suite = experiments.SUITES[name]
+  suite = suites.SUITES[name]
   assert len(suite.pairs) * 2 == len(suite.rows)
   for control, treatment in suite.pairs:
     assert treatment in ('CARE', f'CARE+{control}')
@@ -122,7 +122,7 @@ def test_care_rows_differ_from_their_control_in_alpha_and_the_two_stages(name):
 
 
 def test_modern_backbones_box_scale_alpha_and_smoke_rows():
-  modern = experiments.SUITES['modern'].rows
+  modern = suites.SUITES['modern'].rows
   assert {modern[r][0] for r in ('LA', 'BS', 'LDAM-DRW', 'CB', 'LA-posthoc')} == {
     'loss.name=logit_adjusted',
     'loss.name=balanced_softmax',
@@ -130,42 +130,42 @@ def test_modern_backbones_box_scale_alpha_and_smoke_rows():
     'loss.name=class_balanced',
     'loss.posthoc_tau=1.0',
   }
-  backbones = experiments.SUITES['backbones'].rows
+  backbones = suites.SUITES['backbones'].rows
   assert [backbones[r][0] for r in backbones][::2] == [
     'model.name=resnet18',
     'model.name=resnet50',
     'model.name=resnet152',
     'model.name=vgg19',
   ]
-  box = experiments.SUITES['box_scale']
+  box = suites.SUITES['box_scale']
   assert box.rows['baseline'] == ('care.alpha=0.0',)
   assert [box.rows[r] for r in box.rows][1:] == [
     (*CARE, f'data.box_scale={s}') for s in (0.7, 0.9, 1.0, 1.1, 1.3)
   ]
-  alpha = experiments.SUITES['alpha']
+  alpha = suites.SUITES['alpha']
   assert [alpha.rows[r] for r in alpha.rows] == [('care.alpha=0.0',)] + [
     (f'care.alpha={a}', *CARE[1:]) for a in (0.1, 0.3, 0.5, 0.7, 0.9)
   ]
   assert alpha.pairs[0] == ('alpha_0.0', 'alpha_0.1') and len(alpha.pairs) == 5
-  assert list(experiments.SUITES['smoke'].rows) == ['baseline', 'CARE']
+  assert list(suites.SUITES['smoke'].rows) == ['baseline', 'CARE']
 
 
 @pytest.mark.parametrize('name', ['table1', 'modern', 'box_scale', 'backbones', 'alpha', 'smoke'])
 def test_every_row_validates(name):
-  configs = experiments.row_configs(_base(), experiments.SUITES[name].rows)
-  assert list(configs) == list(experiments.SUITES[name].rows)
+  configs = suites.row_configs(_base(), suites.SUITES[name].rows)
+  assert list(configs) == list(suites.SUITES[name].rows)
 
 
 def test_data_augmentation_rows_validate():
-  rows = experiments.select_rows('table1', ['DA', 'CARE+DA'])
-  configs = experiments.row_configs(_base(), rows)
+  rows = suites.select_rows('table1', ['DA', 'CARE+DA'])
+  configs = suites.row_configs(_base(), rows)
   assert configs['CARE+DA'].data.augment.enabled and configs['DA'].care.alpha == 0.0
   assert configs['DA'].data.sampling == 'class_balanced'
 
 
 def test_pretrained_weights_go_to_the_rows_of_their_model():
-  configs = experiments.row_configs(
-    _base(), experiments.SUITES['backbones'].rows, pretrained={'resnet50': '/w/r50.safetensors'}
+  configs = suites.row_configs(
+    _base(), suites.SUITES['backbones'].rows, pretrained={'resnet50': '/w/r50.safetensors'}
   )
   assert configs['CARE+resnet50'].model.pretrained == '/w/r50.safetensors'
   assert configs['resnet50'].model.pretrained == '/w/r50.safetensors'
@@ -173,19 +173,19 @@ def test_pretrained_weights_go_to_the_rows_of_their_model():
 
 
 def test_rows_and_suites_are_checked_by_name():
-  assert list(experiments.select_rows('table1', ['CARE', 'baseline'])) == ['baseline', 'CARE']
+  assert list(suites.select_rows('table1', ['CARE', 'baseline'])) == ['baseline', 'CARE']
   with pytest.raises(ValueError, match=r"suite 'table1' has no rows \['CARE\+XL'\]"):
-    experiments.select_rows('table1', ['CARE+XL'])
+    suites.select_rows('table1', ['CARE+XL'])
   with pytest.raises(ValueError, match="unknown suite 'tabel1'"):
-    experiments.select_rows('tabel1')
+    suites.select_rows('tabel1')
   with pytest.raises(ValueError, match=r"row 'baseline'.*care\.alpha"):
-    experiments.row_configs(_base(), {'baseline': ('care.alpha=2.0',)})
+    suites.row_configs(_base(), {'baseline': ('care.alpha=2.0',)})
 
 
 def test_report_of_fabricated_runs_with_hand_checked_numbers(tmp_path, monkeypatch):
   calls = []
   monkeypatch.setattr(training, 'train_and_evaluate', _fake_train(calls))
-  report = experiments.run_suite('smoke', _base('isic2018'), [0, 1, 2], str(tmp_path))
+  report = suites.run_suite('smoke', _base('isic2018'), [0, 1, 2], str(tmp_path))
   assert sorted(calls) == sorted(FAKE)
   rows = report['rows']
   # rare recall: baseline 10, 20, 30 -> 20 ± 10 (sample std); CARE 30, 35, 40 -> 35 ± 5.
@@ -222,7 +222,7 @@ def test_one_seed_reports_no_spread_and_no_p_value_and_no_paper_for_other_data(
   tmp_path, monkeypatch
 ):
   monkeypatch.setattr(training, 'train_and_evaluate', _fake_train([]))
-  experiments.run_suite('smoke', _base('synthetic_lesions'), [1], str(tmp_path))
+  suites.run_suite('smoke', _base('synthetic_lesions'), [1], str(tmp_path))
   table = (tmp_path / 'report.md').read_text()
   assert '| baseline | 20.00 | **60.00** | 1 |' in table
   assert '| CARE | **35.00** | **60.00** | 1 |' in table
@@ -233,22 +233,22 @@ def test_one_seed_reports_no_spread_and_no_p_value_and_no_paper_for_other_data(
 def test_finished_runs_are_not_repeated(tmp_path, monkeypatch):
   calls = []
   monkeypatch.setattr(training, 'train_and_evaluate', _fake_train(calls))
-  experiments.run_suite('smoke', _base(), [0, 1], str(tmp_path), rows=['baseline'])
+  suites.run_suite('smoke', _base(), [0, 1], str(tmp_path), rows=['baseline'])
   assert calls == [(0.0, 0), (0.0, 1)]
   report = (tmp_path / 'report.md').read_text()
   assert '| baseline |' in report and '| CARE |' not in report
   # The whole suite with one more seed trains only what is missing.
   calls.clear()
-  experiments.run_suite('smoke', _base(), [0, 1, 2], str(tmp_path))
+  suites.run_suite('smoke', _base(), [0, 1, 2], str(tmp_path))
   assert calls == [(0.0, 2), (0.5, 0), (0.5, 1), (0.5, 2)]
   monkeypatch.setattr(training, 'train_and_evaluate', _no_training)
-  report = experiments.run_suite('smoke', _base(), [0, 1, 2], str(tmp_path))
+  report = suites.run_suite('smoke', _base(), [0, 1, 2], str(tmp_path))
   assert report['rows']['CARE']['rare_recall']['mean'] == pytest.approx(0.35)
 
 
 def test_a_finished_run_of_another_config_is_refused(tmp_path, monkeypatch):
   monkeypatch.setattr(training, 'train_and_evaluate', _fake_train([]))
-  experiments.run_suite('smoke', _base(), [0], str(tmp_path))
+  suites.run_suite('smoke', _base(), [0], str(tmp_path))
   monkeypatch.setattr(training, 'train_and_evaluate', _no_training)
   other = config_lib.apply_overrides(_base(), ['care.lam=0.1'])
   with pytest.raises(
@@ -256,7 +256,7 @@ def test_a_finished_run_of_another_config_is_refused(tmp_path, monkeypatch):
     match=r'baseline.*seed_0 holds a run of another config.*'
     r'care\.lam',
   ):
-    experiments.run_suite('smoke', other, [0], str(tmp_path))
+    suites.run_suite('smoke', other, [0], str(tmp_path))
 
 
 @pytest.mark.slow
@@ -320,10 +320,10 @@ def test_the_report_shows_macro_auroc_and_ece_of_runs_that_scored_them():
       for s, e in ((0, 0.05), (1, 0.15))
     ],
   }
-  rows = experiments.select_rows('smoke')
-  report = experiments.build_report('smoke', rows, runs, dataset='synthetic_lesions')
+  rows = suites.select_rows('smoke')
+  report = suites.build_report('smoke', rows, runs, dataset='synthetic_lesions')
   assert report['rows']['baseline']['macro_auroc']['mean'] == pytest.approx(0.75)
-  table = experiments.format_report(report)
+  table = suites.format_report(report)
   assert '| method | rare recall (test, %) | MCA (test, %) | macro AUROC (test, %) | ' in table
   assert '| baseline | 20.00 ± 0.00 | 60.00 ± 0.00 | 75.00 ± 7.07 | 10.00 ± 0.00 | 2 |' in table
   assert '| CARE | **50.00 ± 0.00** | **70.00 ± 0.00** | 90.00 ± 0.00 | 10.00 ± 7.07 | 2 |' in table

@@ -20,8 +20,8 @@ import pytest
 from care_jax import checkpoint
 from care_jax import config as config_lib
 from care_jax import inference
+from care_jax import suites
 from care_jax import training
-from care_jax.commands import experiments
 from care_jax.commands import predict
 from care_jax.training import outputs as outputs_lib
 
@@ -154,7 +154,7 @@ def test_a_suite_runs_and_reports_into_a_gs_workdir(bucket, monkeypatch):
   calls = []
   monkeypatch.setattr(training, 'train_and_evaluate', experiments_test._fake_train(calls))
   base = experiments_test._base('synthetic_lesions')
-  report = experiments.run_suite('smoke', base, [0], URL)
+  report = suites.run_suite('smoke', base, [0], URL)
   assert sorted(calls) == [(0.0, 0), (0.5, 0)]
   suite = bucket / 'runs' / 'care'
   assert {'report.md', 'report.json', 'report.png', 'baseline', 'CARE'} <= set(os.listdir(suite))
@@ -163,7 +163,7 @@ def test_a_suite_runs_and_reports_into_a_gs_workdir(bucket, monkeypatch):
     assert image.format == 'PNG'
   # Finished runs on gs:// are read back, not trained again.
   monkeypatch.setattr(training, 'train_and_evaluate', experiments_test._no_training)
-  assert experiments.run_suite('smoke', base, [0], URL)['rows'] == report['rows']
+  assert suites.run_suite('smoke', base, [0], URL)['rows'] == report['rows']
 
 
 def test_predictions_and_overlays_write_to_gs(bucket):

@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from care_jax.data import _files
 from care_jax.data import folder
+from care_jax.data import info as info_lib
 from care_jax.data import pipeline
+from care_jax.data import reading
+from care_jax.data import registry
+from care_jax.data._files import images
+from care_jax.data._files import splits
 
 # Per class (10, 5, 10): test = round(0.2 n) -> (2, 1, 2); validation =
 # clip(round(0.1 * rest), 1, rest - 1) of the rest (8, 4, 8) -> (1, 1, 1).
@@ -123,7 +127,7 @@ def test_box_lands_on_its_pixels_through_the_pipeline(tmp_path):
   fx.write_lines(tmp_path / 'labels.csv', lines)
   fx.write_lines(tmp_path / 'boxes.csv', box_lines)
   config = fx.data_config('folder', tmp_path, tmp_path / 'cache', stored_size=32)
-  info = pipeline.get_dataset_info(config)
+  info = info_lib.get_dataset_info(config)
   assert info.class_names == ('common', 'rare')
   assert info.rare_classes == (1,)  # The class with boxes.
   assert info.split_sizes == {'train': 4, 'validation': 4, 'test': 4}
@@ -151,31 +155,31 @@ def test_greyscale_16_bit_rgba_and_jpeg_become_rgb(tmp_path):
   fx.save_image(tmp_path / 'deep.png', deep)
   fx.save_image(tmp_path / 'rgba.png', rgba)
   np.testing.assert_array_equal(
-    _files.load_rgb(tmp_path / 'grey.png'), np.repeat(grey[..., None], 3, -1)
+    images.load_rgb(tmp_path / 'grey.png'), np.repeat(grey[..., None], 3, -1)
   )
   np.testing.assert_array_equal(
-    _files.load_rgb(tmp_path / 'deep.png'), np.repeat(grey[..., None], 3, -1)
+    images.load_rgb(tmp_path / 'deep.png'), np.repeat(grey[..., None], 3, -1)
   )
-  np.testing.assert_array_equal(_files.load_rgb(tmp_path / 'rgba.png'), rgba[..., :3])
+  np.testing.assert_array_equal(images.load_rgb(tmp_path / 'rgba.png'), rgba[..., :3])
   fx.save_image(tmp_path / 'grey.jpg', grey, quality=100)
-  jpeg = _files.load_rgb(tmp_path / 'grey.jpg')
+  jpeg = images.load_rgb(tmp_path / 'grey.jpg')
   assert jpeg.shape == (6, 8, 3) and np.abs(jpeg - grey[..., None]).max() <= 3
 
 
 def test_shrink_keeps_aspect_and_never_enlarges():
   image = np.zeros((30, 100, 3), np.uint8)
-  assert _files.shrink(image, 50).shape == (15, 50, 3)
-  assert _files.shrink(image, 100).shape == (30, 100, 3)
-  assert _files.shrink(image, 0).shape == (30, 100, 3)
-  assert _files.shrink(image, 400).shape == (30, 100, 3)
+  assert images.shrink(image, 50).shape == (15, 50, 3)
+  assert images.shrink(image, 100).shape == (30, 100, 3)
+  assert images.shrink(image, 0).shape == (30, 100, 3)
+  assert images.shrink(image, 400).shape == (30, 100, 3)
 
 
 def test_holdout_is_stratified_and_grouped():
   labels = np.array([0] * 10 + [1] * 5 + [2] * 2)
-  held = _files.holdout(labels, [str(i) for i in range(17)], fraction=0.2, seed=0, salt=0)
+  held = splits.holdout(labels, [str(i) for i in range(17)], fraction=0.2, seed=0, salt=0)
   assert np.bincount(labels[held], minlength=3).tolist() == [2, 1, 1]
   groups = [str(i // 4) for i in range(16)]  # 4 groups of 4 rows, class 0.
-  held = _files.holdout(np.zeros(16, int), groups, fraction=0.5, seed=3, salt=0)
+  held = splits.holdout(np.zeros(16, int), groups, fraction=0.5, seed=3, salt=0)
   assert held.sum() == 8
   for g in range(4):
     assert len(set(held[g * 4 : g * 4 + 4])) == 1
@@ -524,7 +528,7 @@ def _mask_config(root, augment=False):
 
 def _ids_in_batch_order(config):
   """The training image paths in the pipeline's stored order."""
-  return list(pipeline.example_ids(pipeline.prepared_builder(config), 'train'))
+  return list(reading.example_ids(registry.prepared_builder(config), 'train'))
 
 
 @pytest.fixture(scope='module')
@@ -555,7 +559,7 @@ def test_masks_are_stored_at_the_image_size_for_training_images_only(masked_dir)
 def test_batch_mask_is_the_resized_mask_and_boxes_keep_their_raster(masked_dir):
   root, masked = masked_dir
   config = _mask_config(root)
-  info = pipeline.get_dataset_info(config)
+  info = info_lib.get_dataset_info(config)
   assert info.rare_classes == (1,)
   ids = _ids_in_batch_order(config)
   batch = next(pipeline.eval_batches(config, 'train', batch_size=len(ids)))
@@ -593,7 +597,7 @@ def test_augmentation_warps_the_mask_with_the_image(tmp_path):
   (tmp_path / 'boxes.csv').unlink()
   config = _mask_config(tmp_path, augment=True)
   # No boxes at all: the class with masks is the default rare class.
-  assert pipeline.get_dataset_info(config).rare_classes == (1,)
+  assert info_lib.get_dataset_info(config).rare_classes == (1,)
   plain = [grid.astype(np.float32) for grid in masked.values()]
   rows = transformed = 0
   for batch in itertools.islice(pipeline.train_batches(config, batch_size=5, seed=3), 8):
@@ -610,24 +614,24 @@ def test_augmentation_warps_the_mask_with_the_image(tmp_path):
 def test_mask_grey_levels_sizes_and_storage(tmp_path):
   levels = np.array([[0, 127, 128, 255]], np.uint8)
   fx.save_image(tmp_path / 'grey.png', levels)
-  np.testing.assert_array_equal(_files.load_mask(tmp_path / 'grey.png'), [[0, 0, 1, 1]])
+  np.testing.assert_array_equal(images.load_mask(tmp_path / 'grey.png'), [[0, 0, 1, 1]])
   fx.save_image(tmp_path / 'deep.png', levels.astype(np.uint16) * 257)  # 16 bit: / 257
-  np.testing.assert_array_equal(_files.load_mask(tmp_path / 'deep.png'), [[0, 0, 1, 1]])
+  np.testing.assert_array_equal(images.load_mask(tmp_path / 'deep.png'), [[0, 0, 1, 1]])
   rgba = np.stack([levels, levels, levels, np.zeros_like(levels)], -1)  # Alpha dropped.
   fx.save_image(tmp_path / 'rgba.png', rgba)
-  np.testing.assert_array_equal(_files.load_mask(tmp_path / 'rgba.png'), [[0, 0, 1, 1]])
+  np.testing.assert_array_equal(images.load_mask(tmp_path / 'rgba.png'), [[0, 0, 1, 1]])
   # Any size with the image's aspect ratio, up to the rounding of a resize.
-  assert _files.mask_size_problem((450, 600), (450, 600)) is None
-  assert _files.mask_size_problem((113, 150), (450, 600)) is None  # 112.5 rounded
-  assert _files.mask_size_problem((226, 300), (451, 600)) is None  # 225.5 rounded
-  assert _files.mask_size_problem((451, 600), (226, 300)) is None  # A bigger mask
-  assert 'aspect ratio' in _files.mask_size_problem((600, 450), (450, 600))
+  assert images.mask_size_problem((450, 600), (450, 600)) is None
+  assert images.mask_size_problem((113, 150), (450, 600)) is None  # 112.5 rounded
+  assert images.mask_size_problem((226, 300), (451, 600)) is None  # 225.5 rounded
+  assert images.mask_size_problem((451, 600), (226, 300)) is None  # A bigger mask
+  assert 'aspect ratio' in images.mask_size_problem((600, 450), (450, 600))
   # Stored at the image's size: bilinear, then > 127 again.
   mask = np.zeros((4, 8), bool)
   mask[1:3, 2:6] = True
-  stored = tf.io.decode_png(_files.stored_mask(mask, (8, 16)), channels=1).numpy()[..., 0]
+  stored = tf.io.decode_png(images.stored_mask(mask, (8, 16)), channels=1).numpy()[..., 0]
   np.testing.assert_array_equal(stored, np.kron(mask, np.ones((2, 2), np.uint8)) * 255)
-  same = tf.io.decode_png(_files.stored_mask(mask, (4, 8)), channels=1).numpy()[..., 0]
+  same = tf.io.decode_png(images.stored_mask(mask, (4, 8)), channels=1).numpy()[..., 0]
   np.testing.assert_array_equal(same, mask * 255)
 
 

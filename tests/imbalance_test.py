@@ -2,6 +2,7 @@
 
 import importlib
 import inspect
+import re
 import types
 import warnings
 
@@ -11,8 +12,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from care_jax import classification_loss
 from care_jax import imbalance
-from care_jax import losses
 
 COUNTS = np.array([500, 120, 30, 8])
 K = len(COUNTS)
@@ -119,7 +120,7 @@ def test_focal_loss_with_class_alpha():
 def test_focal_loss_with_gamma_zero_is_exactly_cross_entropy():
   logits, labels = _batch(2)
   np.testing.assert_array_equal(
-    imbalance.focal_loss(logits, labels, gamma=0.0), losses.cross_entropy(logits, labels)
+    imbalance.focal_loss(logits, labels, gamma=0.0), imbalance.cross_entropy(logits, labels)
   )
   np.testing.assert_allclose(
     imbalance.focal_loss(logits, labels, gamma=0.0), np_ce(logits, labels), rtol=1e-5, atol=1e-6
@@ -316,7 +317,7 @@ PUBLISHED_DEFAULTS = {
 
 
 def _loss(name='ce', *, num_steps=10, **fields):
-  return imbalance.make_classification_loss(
+  return classification_loss.make_classification_loss(
     name, class_counts=COUNTS, num_steps=num_steps, **fields
   )
 
@@ -391,9 +392,9 @@ def test_classification_loss_weighted_mean_is_the_published_batch_loss(name, fie
 def test_ce_and_weighted_ce_are_bitwise_todays_train_step():
   logits, labels = _batch(14)
   logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-  class_weights = losses.inverse_frequency_weights(COUNTS)
+  class_weights = imbalance.inverse_frequency_weights(COUNTS)
   # What make_train_step computed before the seam.
-  ce = losses.cross_entropy(logits, labels)
+  ce = imbalance.cross_entropy(logits, labels)
   for name, example_weight in (
     ('ce', jnp.ones_like(ce)),
     ('weighted_ce', jnp.asarray(class_weights, jnp.float32)[labels]),
@@ -466,11 +467,11 @@ def test_predict_logits_is_identity_without_posthoc_and_adjusts_with_it():
 
 
 def test_make_classification_loss_defaults_are_the_published_ones():
-  parameters = inspect.signature(imbalance.make_classification_loss).parameters
+  parameters = inspect.signature(classification_loss.make_classification_loss).parameters
   assert {key: parameters[key].default for key in PUBLISHED_DEFAULTS} == PUBLISHED_DEFAULTS
   for key in ('class_counts', 'num_steps', *PUBLISHED_DEFAULTS):
     assert parameters[key].kind is inspect.Parameter.KEYWORD_ONLY, key
-  assert imbalance.LOSS_NAMES == (
+  assert classification_loss.LOSS_NAMES == (
     'ce',
     'weighted_ce',
     'focal',
@@ -479,9 +480,9 @@ def test_make_classification_loss_defaults_are_the_published_ones():
     'balanced_softmax',
     'ldam_drw',
   )
-  assert imbalance.FOCAL_ALPHAS == ('inverse_frequency', 'class_balanced')
-  for name in imbalance.LOSS_NAMES:
-    for focal_alpha in (None, *imbalance.FOCAL_ALPHAS):
+  assert classification_loss.FOCAL_ALPHAS == ('inverse_frequency', 'class_balanced')
+  for name in classification_loss.LOSS_NAMES:
+    for focal_alpha in (None, *classification_loss.FOCAL_ALPHAS):
       assert _loss(name, focal_alpha=focal_alpha).name == name
 
 
@@ -502,14 +503,119 @@ BAD_ARGUMENTS = [
 def test_make_classification_loss_names_the_bad_argument(key, value):
   arguments = {'name': 'ce', key: value}
   with pytest.raises(ValueError, match=rf'^{key} = {value!r}: must'):
-    imbalance.make_classification_loss(**arguments, class_counts=COUNTS, num_steps=10)
+    classification_loss.make_classification_loss(**arguments, class_counts=COUNTS, num_steps=10)
 
 
 def test_make_classification_loss_checks_steps_and_counts():
   with pytest.raises(ValueError, match='num_steps must be >= 1, got 0'):
     _loss(num_steps=0)
   with pytest.raises(ValueError, match='class index 1 has count 0'):
-    imbalance.make_classification_loss('ce', class_counts=[3, 0], num_steps=10)
+    classification_loss.make_classification_loss('ce', class_counts=[3, 0], num_steps=10)
+
+
+# check_loss_hyperparameters and the table of builders.
+
+
+def _hyperparameters(**fields):
+  return {'name': 'ce', **PUBLISHED_DEFAULTS, **fields}
+
+
+def test_check_loss_hyperparameters_passes_the_defaults_and_takes_only_keywords():
+  assert classification_loss.check_loss_hyperparameters(**_hyperparameters()) is None
+  parameters = inspect.signature(classification_loss.check_loss_hyperparameters).parameters
+  assert list(parameters) == ['name', *PUBLISHED_DEFAULTS]
+  for parameter in parameters.values():
+    assert parameter.kind is inspect.Parameter.KEYWORD_ONLY, parameter.name
+    assert parameter.default is inspect.Parameter.empty, parameter.name
+
+
+@pytest.mark.parametrize('key, value', BAD_ARGUMENTS)
+def test_check_loss_hyperparameters_names_the_bad_argument_and_its_value(key, value):
+  with pytest.raises(ValueError, match=rf'^{key} = {re.escape(repr(value))}: must'):
+    classification_loss.check_loss_hyperparameters(**_hyperparameters(**{key: value}))
+
+
+def test_every_loss_name_has_a_builder_in_its_table():
+  assert tuple(classification_loss._LOSSES) == classification_loss.LOSS_NAMES
+  assert tuple(classification_loss._MULTILABEL_LOSSES) == classification_loss.MULTILABEL_LOSS_NAMES
+  # A multi-label name must pass the check of the names (the table of the multi-class losses).
+  assert set(classification_loss.MULTILABEL_LOSS_NAMES) <= set(classification_loss.LOSS_NAMES)
+  for name in classification_loss.LOSS_NAMES:
+    loss = _loss(name)
+    assert isinstance(loss, classification_loss.ClassificationLoss)
+    assert (loss.name, loss.task) == (name, 'multiclass')
+  for name in classification_loss.MULTILABEL_LOSS_NAMES:
+    loss = classification_loss.make_classification_loss(
+      name, class_counts=[3, 5], num_steps=10, task='multilabel', num_examples=10
+    )
+    assert (loss.name, loss.task) == (name, 'multilabel')
+
+
+def test_an_unknown_loss_name_is_refused_naming_the_valid_ones():
+  names = re.escape(repr(classification_loss.LOSS_NAMES))
+  with pytest.raises(ValueError, match=rf"^name = 'hinge': must be one of {names}$"):
+    _loss('hinge')
+  with pytest.raises(ValueError, match=r"^task = 'ranking': must be one of \('multiclass'"):
+    _loss('ce', task='ranking')
+
+
+# The names that moved from care_jax.imbalance (deprecated, removed in 0.3).
+
+MOVED_TO_CLASSIFICATION_LOSS = (
+  'ClassificationLoss',
+  'FOCAL_ALPHAS',
+  'LOSS_NAMES',
+  'MULTILABEL_LOSS_NAMES',
+  'TASKS',
+)
+
+
+@pytest.mark.parametrize('name', MOVED_TO_CLASSIFICATION_LOSS)
+def test_the_moved_names_of_imbalance_warn_and_are_those_of_classification_loss(name):
+  with pytest.warns(
+    DeprecationWarning,
+    match=rf'care_jax\.imbalance\.{name} is deprecated: use care_jax\.classification_loss\.{name}',
+  ):
+    assert getattr(imbalance, name) is getattr(classification_loss, name)
+
+
+def test_the_old_make_classification_loss_warns_and_builds_the_same_loss():
+  logits, labels = _batch(20, scale=0.3)
+  with pytest.warns(
+    DeprecationWarning,
+    match=r'care_jax\.imbalance\.make_classification_loss is deprecated: use '
+    r'care_jax\.classification_loss\.make_classification_loss',
+  ):
+    old_function = imbalance.make_classification_loss
+  new_function = classification_loss.make_classification_loss
+  # The old call keeps the new function's signature (and so its defaults).
+  assert inspect.signature(old_function).parameters.keys() == (
+    inspect.signature(new_function).parameters.keys()
+  )
+  for old_parameter, new_parameter in zip(
+    inspect.signature(old_function).parameters.values(),
+    inspect.signature(new_function).parameters.values(),
+  ):
+    assert (old_parameter.kind, old_parameter.default) == (
+      new_parameter.kind,
+      new_parameter.default,
+    ), old_parameter.name
+  with warnings.catch_warnings():
+    warnings.simplefilter('error', DeprecationWarning)  # The name call warns only on access.
+    old = old_function('ldam_drw', class_counts=COUNTS, num_steps=100, posthoc_tau=0.5)
+  new = new_function('ldam_drw', class_counts=COUNTS, num_steps=100, posthoc_tau=0.5)
+  assert (old.name, old.reweight_step, old.task) == (new.name, new.reweight_step, new.task)
+  np.testing.assert_array_equal(old.class_weights, new.class_weights)
+  np.testing.assert_array_equal(old.posthoc_bias, new.posthoc_bias)
+  for step in (0, 99):
+    for got, want in zip(old(logits, labels, step), new(logits, labels, step)):
+      assert np.asarray(got).tobytes() == np.asarray(want).tobytes()
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', DeprecationWarning)
+    multilabel = old_function(
+      'weighted_ce', class_counts=[3, 5], num_steps=10, task='multilabel', num_examples=10
+    )
+  assert multilabel.task == 'multilabel'
 
 
 def _legacy_config(**fields):
@@ -529,9 +635,11 @@ def _legacy_config(**fields):
 def test_deprecated_config_call_warns_and_gives_the_same_loss(name, fields):
   logits, labels = _batch(19, scale=0.3)
   new = _loss(name, num_steps=100, **fields)
+  with pytest.warns(DeprecationWarning, match=r'care_jax\.classification_loss'):
+    old_function = imbalance.make_classification_loss
   for config in (_legacy_config(name=name, **fields), dict(name=name, **fields)):
     with pytest.warns(DeprecationWarning, match='make_classification_loss.*keyword'):
-      old = imbalance.make_classification_loss(config, class_counts=COUNTS, num_steps=100)
+      old = old_function(config, class_counts=COUNTS, num_steps=100)
     assert old.name == new.name
     assert old.reweight_step == new.reweight_step
     for attribute in ('class_weights', 'posthoc_bias'):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from care_jax.data import info as info_lib
 from care_jax.data import isic2018
 from care_jax.data import pipeline
 
@@ -145,7 +146,7 @@ def test_rare_classes_choose_the_boxed_classes(fixture_dir, tmp_path):
 def test_box_lands_on_the_lesion_through_the_pipeline(fixture_dir, tmp_path):
   root, _ = fixture_dir
   config = fx.data_config('isic2018', root, tmp_path)
-  info = pipeline.get_dataset_info(config)
+  info = info_lib.get_dataset_info(config)
   assert info.class_names == NAMES and info.rare_classes == (DF,)
   assert sum(info.split_sizes.values()) == 40
   assert fx.assert_masks_cover_the_drawn_lesions(config) == 3
@@ -322,7 +323,7 @@ def test_mask_supervision_makes_m_in_from_masks_of_any_size(tmp_path):
   _df_masks_at_twice_the_size(tmp_path, rows)
   config = fx.data_config('isic2018', tmp_path, tmp_path / 'cache', image_size=8)
   config.isic2018.supervision = 'mask'
-  info = pipeline.get_dataset_info(config)
+  info = info_lib.get_dataset_info(config)
   batch = next(pipeline.train_batches(config, batch_size=info.split_sizes['train'], seed=0))
   assert batch['mask'].shape[1:] == (8, 8) and batch['mask'].dtype == np.float32
   for label, mask, has_mask in zip(batch['label'], batch['mask'], batch['has_mask']):

@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import care_jax
 from care_jax import _numerics
+from care_jax import imbalance
 from care_jax import losses
 
 TAU = 0.5
@@ -596,7 +598,7 @@ def np_torch_weighted_ce_mean(logits, labels, weights):
 
 def test_inverse_frequency_weights_match_numpy():
   counts = np.array([327, 4693, 115, 514, 1113, 6705, 142])  # ISIC-like.
-  got = losses.inverse_frequency_weights(counts)
+  got = imbalance.inverse_frequency_weights(counts)
   expected = (1 / counts) / np.sum(1 / counts)
   assert got.dtype == np.float32 and got.shape == (7,)
   np.testing.assert_allclose(got, expected, rtol=1e-6)
@@ -607,11 +609,11 @@ def test_inverse_frequency_weights_match_numpy():
 
 def test_inverse_frequency_weights_reject_empty_classes():
   with pytest.raises(ValueError, match='class index 2'):
-    losses.inverse_frequency_weights([10, 5, 0, 3])
+    imbalance.inverse_frequency_weights([10, 5, 0, 3])
   with pytest.raises(ValueError, match='class index 0'):
-    losses.inverse_frequency_weights([-1, 5])
+    imbalance.inverse_frequency_weights([-1, 5])
   with pytest.raises(ValueError, match='class_counts'):
-    losses.inverse_frequency_weights(np.ones((2, 2)))
+    imbalance.inverse_frequency_weights(np.ones((2, 2)))
 
 
 def test_cross_entropy_matches_numpy():
@@ -620,11 +622,11 @@ def test_cross_entropy_matches_numpy():
   labels = rng.integers(0, 4, size=6)
   weights = rng.uniform(0.1, 2.0, size=4).astype(np.float32)
   nll = -np_log_softmax(logits)[np.arange(6), labels]
-  np.testing.assert_allclose(losses.cross_entropy(logits, labels), nll, rtol=1e-5)
+  np.testing.assert_allclose(imbalance.cross_entropy(logits, labels), nll, rtol=1e-5)
   np.testing.assert_allclose(
-    losses.cross_entropy(logits, labels, class_weights=weights), weights[labels] * nll, rtol=1e-5
+    imbalance.cross_entropy(logits, labels, class_weights=weights), weights[labels] * nll, rtol=1e-5
   )
-  bf16 = losses.cross_entropy(jnp.asarray(logits, jnp.bfloat16), labels)
+  bf16 = imbalance.cross_entropy(jnp.asarray(logits, jnp.bfloat16), labels)
   assert bf16.dtype == jnp.float32
 
 
@@ -632,8 +634,8 @@ def test_weighted_cross_entropy_matches_torch_weighted_mean():
   rng = np.random.default_rng(16)
   logits = rng.normal(size=(8, 3)).astype(np.float32)
   labels = rng.integers(0, 3, size=8)
-  weights = losses.inverse_frequency_weights([50, 10, 3])
-  got = jax.jit(losses.weighted_cross_entropy_loss)(logits, labels, class_weights=weights)
+  weights = imbalance.inverse_frequency_weights([50, 10, 3])
+  got = jax.jit(imbalance.weighted_cross_entropy_loss)(logits, labels, class_weights=weights)
   np.testing.assert_allclose(got, np_torch_weighted_ce_mean(logits, labels, weights), rtol=1e-5)
 
 
@@ -643,7 +645,7 @@ def test_weighted_cross_entropy_where_drops_padded_examples():
   labels = rng.integers(0, 3, size=8)
   weights = np.array([0.2, 0.3, 0.5], np.float32)
   valid = np.array([True] * 5 + [False] * 3)
-  loss_fn = lambda z: losses.weighted_cross_entropy_loss(
+  loss_fn = lambda z: imbalance.weighted_cross_entropy_loss(
     z, labels, class_weights=weights, where=valid
   )
   value, grad = jax.value_and_grad(loss_fn)(logits)
@@ -653,7 +655,7 @@ def test_weighted_cross_entropy_where_drops_padded_examples():
   np.testing.assert_array_equal(grad[5:], 0.0)
   # No valid example: exactly zero with a zero gradient.
   value, grad = jax.value_and_grad(
-    lambda z: losses.weighted_cross_entropy_loss(
+    lambda z: imbalance.weighted_cross_entropy_loss(
       z, labels, class_weights=weights, where=np.zeros(8, bool)
     )
   )(logits)
@@ -673,6 +675,32 @@ def test_weighted_cross_entropy_where_drops_padded_examples():
 )
 def test_cross_entropy_shape_errors_name_the_argument(logits_shape, labels, weights, where, match):
   with pytest.raises(ValueError, match=match):
-    losses.weighted_cross_entropy_loss(
+    imbalance.weighted_cross_entropy_loss(
       np.zeros(logits_shape), labels, class_weights=weights, where=where
     )
+
+
+MOVED_TO_IMBALANCE = (
+  'cross_entropy',
+  'inverse_frequency_weights',
+  'positive_weights',
+  'sigmoid_binary_cross_entropy',
+  'weighted_cross_entropy_loss',
+)
+
+
+@pytest.mark.parametrize('name', MOVED_TO_IMBALANCE)
+def test_the_classification_losses_moved_to_imbalance_warn_and_are_the_same(name):
+  with pytest.warns(
+    DeprecationWarning,
+    match=rf'care_jax\.losses\.{name} is deprecated: use care_jax\.imbalance\.{name}',
+  ):
+    assert getattr(losses, name) is getattr(imbalance, name)
+  # The top-level exports keep their names, now those of imbalance (without a warning).
+  assert getattr(care_jax, name) is getattr(imbalance, name)
+  assert name not in losses.__all__ and name in imbalance.__all__
+
+
+def test_unknown_names_of_losses_raise_attribute_error():
+  with pytest.raises(AttributeError, match="module 'care_jax.losses' has no attribute"):
+    losses.no_such_loss  # noqa: B018

@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
+from care_jax import comparison
 from care_jax import config as config_lib
 from care_jax import training
 from care_jax.commands import cli
-from care_jax.commands import compare
 from care_jax.training import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,7 +153,7 @@ def test_compare_lists_each_seed_and_tests_each_config_against_the_first_paired(
     name: {'runs': [{'seed': s, 'rare_recall': v} for s, v in enumerate(values)]}
     for name, values in (('base', control), ('care', treatment))
   }
-  text = compare.format_seeds(summary)
+  text = comparison.format_seeds(summary)
   assert '| 0 | 40.00 | 60.00 |' in text and '| 1 | 50.00 | 45.00 |' in text
   p = stats.ttest_rel(treatment, control).pvalue
   assert f'| care vs base | 3 | +18.33 | {p:.3g} | 2/3 |' in text
@@ -164,7 +164,7 @@ def test_compare_tabulates_every_config_and_resumes(tmp_path):
   configs = [os.path.join(REPO, 'configs', f'synthetic_{n}.py') for n in ('baseline', 'care')]
   overrides = TINY_DATA + [f'data.dir={tmp_path / "tfds"}']
   workdir = str(tmp_path / 'cmp')
-  summary = compare.compare(configs, [0], workdir, overrides=overrides)
+  summary = comparison.compare(configs, [0], workdir, overrides=overrides)
   assert list(summary) == ['synthetic_baseline', 'synthetic_care']
   table = open(os.path.join(workdir, 'summary.md')).read()
   assert '| synthetic_baseline |' in table and '| synthetic_care |' in table
@@ -173,20 +173,20 @@ def test_compare_tabulates_every_config_and_resumes(tmp_path):
     assert summary[name]['runs'][0]['rare_recall'] == run['test']['rare_recall']
   # A second call finds the metrics and does not train again.
   mtime = os.path.getmtime(os.path.join(workdir, 'synthetic_care', 'seed_0', 'metrics.json'))
-  compare.compare(configs, [0], workdir, overrides=overrides)
+  comparison.compare(configs, [0], workdir, overrides=overrides)
   assert (
     os.path.getmtime(os.path.join(workdir, 'synthetic_care', 'seed_0', 'metrics.json')) == mtime
   )
   # Different settings in the same workdir are refused, naming the key.
   with pytest.raises(ValueError, match=r'care\.lam'):
-    compare.compare(configs, [0], workdir, overrides=overrides + ['care.lam=0.1'])
+    comparison.compare(configs, [0], workdir, overrides=overrides + ['care.lam=0.1'])
 
 
 def test_compare_fails_fast_on_a_missing_config(tmp_path):
   with pytest.raises(FileNotFoundError, match='nope.py'):
-    compare.compare(['configs/nope.py'], [0], str(tmp_path))
+    comparison.compare(['configs/nope.py'], [0], str(tmp_path))
   with pytest.raises(FileNotFoundError, match="config 'nope' does not exist.*synthetic_care"):
-    compare.compare(['nope'], [0], str(tmp_path))
+    comparison.compare(['nope'], [0], str(tmp_path))
 
 
 @pytest.mark.slow
@@ -259,7 +259,7 @@ def test_care_jax_command_without_a_subcommand_prints_usage():
 
 @pytest.mark.parametrize('name', list(config_lib.packaged_configs()))
 def test_every_config_file_loads_and_validates(name):
-  config = compare.load_config(os.path.join(REPO, 'configs', f'{name}.py'))
+  config = config_lib.load_config(os.path.join(REPO, 'configs', f'{name}.py'))
   config_lib.validate(config)
   assert set(config.keys()) == set(config_lib.default_config().keys())
 

@@ -1,6 +1,7 @@
 """Metrics against scikit-learn on random predictions; attention quality against numpy."""
 
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -327,3 +328,18 @@ def test_score_metrics_of_absent_classes_and_no_examples():
     metrics.score_metrics(probabilities, [0, 3], class_names=['a', 'b', 'c'])
   with pytest.raises(ValueError, match=r'probabilities must be \[N, K\]'):
     metrics.calibration(probabilities[0], [0])
+
+
+def test_the_package_re_exports_the_public_names_of_its_modules():
+  owners = [
+    importlib.import_module(f'care_jax.metrics.{module}')
+    for module in ('classification', 'scores', 'attention_metrics')
+  ]
+  exported = [name for module in owners for name in module.__all__]
+  assert sorted(exported) == sorted(metrics.__all__)
+  for module in owners:
+    for name in module.__all__:
+      assert getattr(metrics, name) is getattr(module, name), name
+  assert callable(metrics.attention_quality) and metrics.attention_quality.__name__ == (
+    'attention_quality'
+  )

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from care_jax import config as config_lib
-from care_jax.data import pipeline
+from care_jax.data import info as data_info
 
 
 def _free_port() -> int:
@@ -59,7 +59,9 @@ def test_two_processes_follow_the_single_process_loss_trajectory(tmp_path):
     'care.protocol=from_step',
   ]
   # Generate the data once, so the processes only read it.
-  pipeline.get_dataset_info(config_lib.apply_overrides(config_lib.default_config(), overrides).data)
+  data_info.get_dataset_info(
+    config_lib.apply_overrides(config_lib.default_config(), overrides).data
+  )
   flags = [f'--config.{o}' for o in overrides]
 
   _wait(_launch(flags, tmp_path / 'one', 4))

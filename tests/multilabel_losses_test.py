@@ -8,8 +8,10 @@ map of each pair).
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from care_jax import classification_loss
 from care_jax import imbalance
 from care_jax import losses
 
@@ -43,10 +45,10 @@ def test_sigmoid_bce_is_pytorchs_bce_with_logits_with_pos_weight():
   z, y = _random((6, 4))
   pos_weight = np.array([1.0, 3.0, 0.5, 9.0], np.float32)
   np.testing.assert_allclose(
-    losses.sigmoid_binary_cross_entropy(z, y), _numpy_bce(z, y), rtol=1e-5, atol=1e-6
+    imbalance.sigmoid_binary_cross_entropy(z, y), _numpy_bce(z, y), rtol=1e-5, atol=1e-6
   )
   np.testing.assert_allclose(
-    losses.sigmoid_binary_cross_entropy(z, y, pos_weight=pos_weight),
+    imbalance.sigmoid_binary_cross_entropy(z, y, pos_weight=pos_weight),
     _numpy_bce(z, y, pos_weight),
     rtol=1e-5,
     atol=1e-6,
@@ -56,29 +58,31 @@ def test_sigmoid_bce_is_pytorchs_bce_with_logits_with_pos_weight():
 def test_sigmoid_bce_is_stable_and_finite_for_extreme_logits_and_bf16():
   z = jnp.array([[-200.0, 200.0, 0.0]])
   y = jnp.array([[1.0, 0.0, 1.0]])
-  values = losses.sigmoid_binary_cross_entropy(z, y)
+  values = imbalance.sigmoid_binary_cross_entropy(z, y)
   np.testing.assert_allclose(values, [[200.0, 200.0, np.log(2)]], rtol=1e-6)
-  grads = jax.grad(lambda z: losses.sigmoid_binary_cross_entropy(z, y).sum())(z)
+  grads = jax.grad(lambda z: imbalance.sigmoid_binary_cross_entropy(z, y).sum())(z)
   assert np.all(np.isfinite(grads))
-  bf16 = losses.sigmoid_binary_cross_entropy(z.astype(jnp.bfloat16), y)
+  bf16 = imbalance.sigmoid_binary_cross_entropy(z.astype(jnp.bfloat16), y)
   assert bf16.dtype == jnp.float32
 
 
 def test_sigmoid_bce_rejects_bad_shapes_and_labels():
   with pytest.raises(ValueError, match=r'shape \[B, K\].*\(2, 3\).*\(2,\)'):
-    losses.sigmoid_binary_cross_entropy(np.zeros((2, 3)), np.zeros(2))
+    imbalance.sigmoid_binary_cross_entropy(np.zeros((2, 3)), np.zeros(2))
   with pytest.raises(ValueError, match=r'labels values must lie in \[0, 1\]'):
-    losses.sigmoid_binary_cross_entropy(np.zeros((1, 2)), np.array([[0.0, 2.0]]))
+    imbalance.sigmoid_binary_cross_entropy(np.zeros((1, 2)), np.array([[0.0, 2.0]]))
   with pytest.raises(ValueError, match=r'pos_weight must have shape \[K\] = \(3,\)'):
-    losses.sigmoid_binary_cross_entropy(np.zeros((1, 3)), np.zeros((1, 3)), pos_weight=np.ones(2))
+    imbalance.sigmoid_binary_cross_entropy(
+      np.zeros((1, 3)), np.zeros((1, 3)), pos_weight=np.ones(2)
+    )
 
 
 def test_positive_weights_are_negatives_over_positives():
-  np.testing.assert_allclose(losses.positive_weights([10, 50, 99], 100), [9.0, 1.0, 1 / 99])
+  np.testing.assert_allclose(imbalance.positive_weights([10, 50, 99], 100), [9.0, 1.0, 1 / 99])
   with pytest.raises(ValueError, match='class index 1 has 0 positives'):
-    losses.positive_weights([10, 0], 100)
+    imbalance.positive_weights([10, 0], 100)
   with pytest.raises(ValueError, match='class index 0 has 100 positives'):
-    losses.positive_weights([100, 3], 100)
+    imbalance.positive_weights([100, 3], 100)
 
 
 @pytest.mark.parametrize('gamma,alpha', [(0.0, None), (2.0, None), (2.0, 0.25), (0.5, 0.8)])
@@ -89,6 +93,26 @@ def test_sigmoid_focal_loss_matches_the_formula(gamma, alpha):
     _numpy_focal(z, y, gamma, alpha),
     rtol=1e-5,
     atol=1e-7,
+  )
+
+
+@pytest.mark.parametrize('gamma', [0.0, 0.5, 2.0])
+@pytest.mark.parametrize('alpha', [None, 0.25])
+def test_sigmoid_losses_agree_with_optax(gamma, alpha):
+  # Soft labels too: both take labels in [0, 1].
+  z, y = _random((8, 5), seed=3)
+  y = np.where(np.arange(5) == 4, 0.3, y).astype(np.float32)
+  np.testing.assert_allclose(
+    imbalance.sigmoid_binary_cross_entropy(z, y),
+    optax.losses.sigmoid_binary_cross_entropy(z, y),
+    rtol=1e-5,
+    atol=1e-6,
+  )
+  np.testing.assert_allclose(
+    imbalance.sigmoid_focal_loss(z, y, gamma=gamma, alpha=alpha),
+    optax.losses.sigmoid_focal_loss(z, y, alpha=alpha, gamma=gamma),
+    rtol=1e-5,
+    atol=1e-6,
   )
 
 
@@ -110,7 +134,7 @@ def test_multilabel_losses_average_each_example_over_its_classes():
     'focal': _numpy_focal(z, y, 2.0).mean(-1),
   }
   for name, want in expected.items():
-    loss = imbalance.make_classification_loss(
+    loss = classification_loss.make_classification_loss(
       name, class_counts=counts, num_steps=10, task='multilabel', num_examples=num_examples
     )
     values, weights = loss(z, y, step=0)
@@ -131,7 +155,7 @@ def test_multilabel_losses_average_each_example_over_its_classes():
 def test_multilabel_task_refuses_what_it_cannot_take(kwargs, match):
   kwargs = {'num_examples': 10, **kwargs}
   with pytest.raises(ValueError, match=match):
-    imbalance.make_classification_loss(
+    classification_loss.make_classification_loss(
       class_counts=np.array([3, 4]), num_steps=10, task='multilabel', **kwargs
     )
 

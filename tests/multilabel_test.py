@@ -15,14 +15,18 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from care_jax import classification_loss
 from care_jax import config as config_lib
-from care_jax import imbalance
 from care_jax import inference
+from care_jax import run_figures
 from care_jax import training
 from care_jax.commands import predict
-from care_jax.commands import visualize
 from care_jax.data import augment
+from care_jax.data import info as data_info
 from care_jax.data import pipeline
+from care_jax.data import preprocess
+from care_jax.data import reading
+from care_jax.data import registry
 from care_jax.data import synthetic_multilabel
 
 NUM_CLASSES = 4
@@ -105,12 +109,12 @@ def test_the_ruler_comes_with_the_rare_findings_in_training_only():
 
 def test_dataset_info_of_a_multilabel_dataset(tmp_path):
   data_config = _data_config(tmp_path)
-  info = pipeline.get_dataset_info(data_config)
+  info = data_info.get_dataset_info(data_config)
   assert info.task == 'multilabel'
   assert info.class_names == synthetic_multilabel.CLASS_NAMES
   assert info.rare_classes == (2, 4)  # The findings with boxes: dotted, striped.
-  builder = pipeline.prepared_builder(data_config)
-  table = pipeline.read_split(builder, 'train')
+  builder = registry.prepared_builder(data_config)
+  table = reading.read_split(builder, 'train')
   np.testing.assert_array_equal(info.train_class_counts, table.labels.sum(0))
   assert info.num_train_examples == SMALL['num_train']
 
@@ -119,8 +123,8 @@ def test_dataset_info_of_a_multilabel_dataset(tmp_path):
 def test_train_batches_hold_one_mask_per_finding(tmp_path, augmented):
   data_config = _data_config(tmp_path)
   data_config.augment.enabled = augmented
-  builder = pipeline.prepared_builder(data_config)
-  table = pipeline.read_split(builder, 'train')
+  builder = registry.prepared_builder(data_config)
+  table = reading.read_split(builder, 'train')
   batch = next(pipeline.train_batches(data_config, batch_size=8, seed=3))
   assert batch['label'].dtype == np.float32 and batch['label'].shape == (8, 5)
   assert batch['mask'].dtype == np.uint8 and batch['mask'].shape == (8, 5, 48, 48)
@@ -139,7 +143,7 @@ def test_train_batches_hold_one_mask_per_finding(tmp_path, augmented):
         )
         expected = np.zeros((5, 48, 48), np.uint8)
         for box, k in zip(boxes, classes):
-          expected[k] |= pipeline.rasterize_boxes(box[None], 48).numpy().astype(np.uint8)
+          expected[k] |= preprocess.rasterize_boxes(box[None], 48).numpy().astype(np.uint8)
         matches.append(np.array_equal(expected, batch['mask'][row]))
       assert any(matches), row
   # Boxes only where the finding is present, and only for the rare findings.
@@ -150,14 +154,18 @@ def test_train_batches_hold_one_mask_per_finding(tmp_path, augmented):
 def test_per_finding_masks_move_with_the_augmentation():
   boxes = np.array([[0.1, 0.1, 0.4, 0.5], [0.5, 0.5, 0.9, 0.8], [0.6, 0.1, 0.8, 0.3]], np.float32)
   classes = np.array([2, 0, 2])
-  geometry = augment.sample_geometry(
-    np.array([4, 9]),
+  settings = augment.AugmentSettings(
     rotation=30.0,
     hflip=True,
     vflip=True,
+    brightness=0.0,
+    contrast=0.0,
+    saturation=0.0,
+    hue=0.0,
     crop_scale=(0.6, 1.0),
     crop_ratio=(0.75, 1.33),
   )
+  geometry = augment.sample_geometry(np.array([4, 9]), settings)
   per_class = augment.warp_boxes_mask(boxes, geometry, size=32, classes=classes, num_classes=3)
   assert per_class.dtype == np.uint8 and per_class.shape == (3, 32, 32)
   for k in range(3):
@@ -167,7 +175,7 @@ def test_per_finding_masks_move_with_the_augmentation():
 
 def test_eval_batches_hold_every_lesion_of_every_finding(tmp_path):
   data_config = _data_config(tmp_path)
-  builder = pipeline.prepared_builder(data_config)
+  builder = registry.prepared_builder(data_config)
   batches = list(pipeline.eval_batches(data_config, 'test', batch_size=16))
   lesion_mask = np.concatenate([b['lesion_mask'] for b in batches])
   label = np.concatenate([b['label'] for b in batches])
@@ -223,7 +231,7 @@ def _batch(batch_size=16, seed=0):
 def _setup(config):
   model = training.create_model(config, NUM_CLASSES)
   state = training.create_train_state(config, model, (IMAGE, IMAGE, 3), 10, jax.random.key(0))
-  loss = imbalance.make_classification_loss(
+  loss = classification_loss.make_classification_loss(
     'ce', class_counts=[1] * 4, num_steps=10, task='multilabel'
   )
   axis_name = training.PMAP_AXIS if config.parallel == 'pmap' else None
@@ -394,7 +402,7 @@ def test_a_multilabel_run_writes_its_metrics_and_predictions(tmp_path):
   logits, _ = predictor.model.apply(predictor.variables, images, train=False)
   np.testing.assert_allclose(result.probabilities, jax.nn.sigmoid(logits), rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match='is a multi-label run: care-jax visualize'):
-    visualize.write_figures(str(workdir))
+    run_figures.write_figures(str(workdir))
 
 
 def test_a_multiclass_config_on_a_multilabel_dataset_names_the_fix(tmp_path):

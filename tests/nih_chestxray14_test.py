@@ -8,6 +8,7 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
+from care_jax.data import info as info_lib
 from care_jax.data import nih_chestxray14 as nih
 from care_jax.data import pipeline
 
@@ -115,7 +116,7 @@ def test_image_with_several_findings_is_left_out_and_logged(tmp_path, caplog):
 def test_boxes_land_on_the_lesions_through_the_pipeline(written, tmp_path):
   root, _, splits = written
   config = _config(root, tmp_path)  # Default: every finding carries boxes.
-  info = pipeline.get_dataset_info(config)
+  info = info_lib.get_dataset_info(config)
   assert info.class_names == NAMES and info.rare_classes == tuple(range(8))
   masked = fx.assert_masks_cover_the_drawn_lesions(config)
   assert masked == info.split_sizes['train']
@@ -699,7 +700,7 @@ def test_multilabel_mode_trains_through_the_pipeline_with_one_mask_per_finding(t
   config = _multilabel_config(
     root, tmp_path / 'cache', boxed_images='train', rare_classes=('Nodule',)
   )
-  info = pipeline.get_dataset_info(config)
+  info = info_lib.get_dataset_info(config)
   assert info.task == 'multilabel' and info.class_names == FINDINGS
   assert info.rare_classes == (FINDINGS.index('Nodule'),)
   size = info.split_sizes['train']

@@ -1,6 +1,9 @@
 """Tests of the tf.data input pipeline and its batch contract."""
 
+import dataclasses
+import importlib
 import itertools
+import re
 import subprocess
 import sys
 
@@ -10,12 +13,18 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from care_jax import _deprecated
 from care_jax import config as care_config
 from care_jax import data
+from care_jax.data import augment
 from care_jax.data import folder
+from care_jax.data import info as info_lib
 from care_jax.data import isic2018
 from care_jax.data import nih_chestxray14
 from care_jax.data import pipeline
+from care_jax.data import preprocess
+from care_jax.data import reading
+from care_jax.data import registry
 from care_jax.data import rsna_pneumonia
 from care_jax.data import synthetic_lesions as sl
 
@@ -91,7 +100,7 @@ def _assert_batches_equal(a, b):
 def test_rasterize_box_covers_pixels_whose_centres_are_inside():
   # Rows 2-5 (centres 2.5..5.5 in [2, 6]) and columns 1-3 (centres 1.5..3.5
   # in [1, 4]) of an 8 x 8 grid.
-  mask = pipeline.rasterize_boxes([[0.25, 0.125, 0.75, 0.5]], 8).numpy()
+  mask = preprocess.rasterize_boxes([[0.25, 0.125, 0.75, 0.5]], 8).numpy()
   expected = np.zeros((8, 8), np.float32)
   expected[2:6, 1:4] = 1.0
   np.testing.assert_array_equal(mask, expected)
@@ -100,7 +109,7 @@ def test_rasterize_box_covers_pixels_whose_centres_are_inside():
 
 def test_rasterize_docstring_example():
   # Half-open: row centres 0.5, 1.5 < 0.5 * 4 = 2, column centre 0.5 < 0.25 * 4 = 1.
-  mask = pipeline.rasterize_boxes([[0.0, 0.0, 0.5, 0.25]], 4).numpy()
+  mask = preprocess.rasterize_boxes([[0.0, 0.0, 0.5, 0.25]], 4).numpy()
   expected = np.zeros((4, 4), np.float32)
   expected[0:2, 0] = 1.0
   np.testing.assert_array_equal(mask, expected)
@@ -109,10 +118,10 @@ def test_rasterize_docstring_example():
 def test_rasterize_box_edges_through_pixel_centres_are_half_open():
   # ymin * 8 = 0.5 and ymax * 8 = 2.5 are the centres of rows 0 and 2: row 0
   # is in (min edge inclusive), row 2 is out (max edge exclusive).
-  mask = pipeline.rasterize_boxes([[0.0625, 0.0, 0.3125, 1.0]], 8).numpy()
+  mask = preprocess.rasterize_boxes([[0.0625, 0.0, 0.3125, 1.0]], 8).numpy()
   np.testing.assert_array_equal(mask.any(1), np.arange(8) < 2)
   # Same along columns: xmin * 8 = 3.5 keeps column 3, xmax * 8 = 5.5 drops 5.
-  mask = pipeline.rasterize_boxes([[0.0, 0.4375, 1.0, 0.6875]], 8).numpy()
+  mask = preprocess.rasterize_boxes([[0.0, 0.4375, 1.0, 0.6875]], 8).numpy()
   np.testing.assert_array_equal(mask.any(0), (np.arange(8) >= 3) & (np.arange(8) < 5))
 
 
@@ -121,13 +130,13 @@ def test_rasterize_boxes_that_tile_the_image_cover_each_pixel_once():
   edges = np.array([0.0, 0.3125, 0.5625, 1.0], np.float32)  # 0, 2.5, 4.5, 8 on 8 px.
   total = np.zeros((8, 8), np.float32)
   for (y0, y1), (x0, x1) in itertools.product(zip(edges[:-1], edges[1:]), repeat=2):
-    total += pipeline.rasterize_boxes([[y0, x0, y1, x1]], 8).numpy()
+    total += preprocess.rasterize_boxes([[y0, x0, y1, x1]], 8).numpy()
   np.testing.assert_array_equal(total, np.ones((8, 8)))
 
 
 def test_rasterize_box_between_pixel_centres_covers_nothing():
   # [0.55, 0.95) x [1.6, 1.9) on a 4 x 4 grid holds no centre (k + 0.5).
-  mask = pipeline.rasterize_boxes([[0.1375, 0.4, 0.2375, 0.475]], 4).numpy()
+  mask = preprocess.rasterize_boxes([[0.1375, 0.4, 0.2375, 0.475]], 4).numpy()
   np.testing.assert_array_equal(mask, np.zeros((4, 4)))
 
 
@@ -138,7 +147,7 @@ def test_rasterize_matches_numpy_reference_on_random_boxes():
     xs = np.sort(rng.uniform(0, 1, (n, 2)), axis=1)
     boxes = np.stack([ys[:, 0], xs[:, 0], ys[:, 1], xs[:, 1]], axis=-1)
     boxes = boxes.reshape(n, 4).astype(np.float32)
-    np.testing.assert_array_equal(pipeline.rasterize_boxes(boxes, 13).numpy(), _raster(boxes, 13))
+    np.testing.assert_array_equal(preprocess.rasterize_boxes(boxes, 13).numpy(), _raster(boxes, 13))
 
 
 def test_rasterize_box_area_is_the_number_of_centres_in_the_half_open_box():
@@ -152,35 +161,35 @@ def test_rasterize_box_area_is_the_number_of_centres_in_the_half_open_box():
     for (y0, y1), (x0, x1) in zip(ys, xs):
       box = np.array([[y0, x0, y1, x1]], np.float32)
       count = lambda lo, hi: np.sum((lo * size <= centres) & (centres < hi * size))
-      area = pipeline.rasterize_boxes(box, size).numpy().sum()
+      area = preprocess.rasterize_boxes(box, size).numpy().sum()
       assert area == count(box[0, 0], box[0, 2]) * count(box[0, 1], box[0, 3]), (size, box)
 
 
 def test_rasterize_empty_box_list_gives_zero_mask():
-  mask = pipeline.rasterize_boxes(np.zeros((0, 4), np.float32), 6).numpy()
+  mask = preprocess.rasterize_boxes(np.zeros((0, 4), np.float32), 6).numpy()
   np.testing.assert_array_equal(mask, np.zeros((6, 6)))
 
 
 def test_rasterize_union_of_two_boxes():
   a, b = [0.0, 0.0, 0.5, 0.5], [0.25, 0.25, 1.0, 0.75]
-  union = pipeline.rasterize_boxes([a, b], 8).numpy()
+  union = preprocess.rasterize_boxes([a, b], 8).numpy()
   expected = np.maximum(_raster([a], 8), _raster([b], 8))
   np.testing.assert_array_equal(union, expected)
   assert union.sum() < _raster([a], 8).sum() + _raster([b], 8).sum()
 
 
 def test_rasterize_non_square_and_bad_shape():
-  mask = pipeline.rasterize_boxes([[0.0, 0.0, 0.5, 0.5]], (4, 6)).numpy()
+  mask = preprocess.rasterize_boxes([[0.0, 0.0, 0.5, 0.5]], (4, 6)).numpy()
   assert mask.shape == (4, 6) and mask.sum() == 2 * 3
   with pytest.raises(ValueError, match=r'\[N, 4\]'):
-    pipeline.rasterize_boxes(np.zeros((2, 3), np.float32), 4)
+    preprocess.rasterize_boxes(np.zeros((2, 3), np.float32), 4)
 
 
 # example_fn: has_mask ----------------------------------------------------------
 
 # A box between pixel centres on an 8 x 8 grid: rows [2.6, 2.9), columns [5.2, 5.4).
 TINY_BOX = [[0.325, 0.65, 0.3625, 0.675]]
-IDENTITY_AUGMENT = dict(
+IDENTITY_AUGMENT = augment.AugmentSettings(
   rotation=0.0,
   hflip=False,
   vflip=False,
@@ -196,7 +205,7 @@ IDENTITY_AUGMENT = dict(
 def _example(boxes, augment_settings=None, seed=(0, 0)):
   config = fx.data_config()
   config.image_size = 8
-  make = pipeline.example_fn(config, 3, augment_settings=augment_settings)
+  make = preprocess.example_fn(config, 3, augment_settings=augment_settings)
   image = np.full((8, 8, 3), 128, np.uint8)
   boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
   key = np.asarray(seed, np.int64) if augment_settings is not None else None
@@ -216,8 +225,14 @@ def test_has_mask_is_false_when_the_boxes_cover_no_pixel_centre(augment_settings
 
 
 def test_has_mask_is_the_non_empty_mask_under_random_augmentation():
-  settings = dict(IDENTITY_AUGMENT, rotation=180.0, hflip=True, vflip=True, crop_scale=(0.3, 1.0))
-  settings['crop_ratio'] = (0.75, 1.333)
+  settings = dataclasses.replace(
+    IDENTITY_AUGMENT,
+    rotation=180.0,
+    hflip=True,
+    vflip=True,
+    crop_scale=(0.3, 1.0),
+    crop_ratio=(0.75, 1.333),
+  )
   seen = set()
   for seed in range(20):
     for boxes in (TINY_BOX, [[0.0, 0.0, 0.25, 0.25]]):
@@ -229,7 +244,7 @@ def test_has_mask_is_the_non_empty_mask_under_random_augmentation():
 
 # example_fn: segmentation masks ------------------------------------------------
 
-RANDOM_AUGMENT = dict(
+RANDOM_AUGMENT = dataclasses.replace(
   IDENTITY_AUGMENT, rotation=180.0, hflip=True, vflip=True, crop_scale=(0.3, 1.0)
 )
 
@@ -241,7 +256,7 @@ def _png(mask):
 def _mask_example(encoded, augment_settings=None, seed=(0, 0), boxes=((0.25, 0.25, 0.5, 0.5),)):
   config = fx.data_config()
   config.image_size = 8
-  make = pipeline.example_fn(config, 3, augment_settings=augment_settings)
+  make = preprocess.example_fn(config, 3, augment_settings=augment_settings)
   image = np.random.default_rng(0).integers(0, 256, (12, 12, 3)).astype(np.uint8)
   boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
   key = np.asarray(seed, np.int64) if augment_settings is not None else None
@@ -283,7 +298,7 @@ def test_a_mask_replaces_the_boxes_resized_as_the_image():
 def test_multilabel_rows_take_no_mask():
   config = fx.data_config()
   config.image_size = 8
-  make = pipeline.example_fn(config, 3, num_classes=2)
+  make = preprocess.example_fn(config, 3, num_classes=2)
   with pytest.raises(ValueError, match='multi-label'):
     make(
       np.zeros((8, 8, 3), np.uint8),
@@ -444,7 +459,7 @@ def test_eval_unknown_split_raises(config):
 
 
 def test_dataset_info(config):
-  info = pipeline.get_dataset_info(config)
+  info = info_lib.get_dataset_info(config)
   assert info.class_names == sl.CLASS_NAMES
   # Default rare classes: those with boxes in train.
   assert info.rare_classes == (2, 4)
@@ -457,15 +472,15 @@ def test_dataset_info(config):
 def test_rare_classes_override_and_unknown_name(config):
   override = config.copy_and_resolve_references()
   override.rare_classes = ('striped', 'brown')
-  assert pipeline.get_dataset_info(override).rare_classes == (0, 4)
+  assert info_lib.get_dataset_info(override).rare_classes == (0, 4)
   override.rare_classes = ('striped', 'spotted')
   with pytest.raises(ValueError, match=r"spotted.*'brown', 'dark'"):
-    pipeline.get_dataset_info(override)
+    info_lib.get_dataset_info(override)
 
 
 def test_missing_validation_split_is_left_out(tmp_path):
   config = _config(tmp_path, validation_counts=(0,) * 5)
-  assert 'validation' not in pipeline.get_dataset_info(config).split_sizes
+  assert 'validation' not in info_lib.get_dataset_info(config).split_sizes
   with pytest.raises(ValueError, match='validation'):
     pipeline.eval_batches(config, 'validation', batch_size=4)
 
@@ -474,7 +489,7 @@ def test_unknown_dataset_name_lists_the_supported_ones(config):
   bad = config.copy_and_resolve_references()
   bad.name = 'imagenet'
   for call in (
-    lambda: pipeline.get_dataset_info(bad),
+    lambda: info_lib.get_dataset_info(bad),
     lambda: pipeline.train_batches(bad, batch_size=2, seed=0),
     lambda: pipeline.eval_batches(bad, 'test', batch_size=2),
   ):
@@ -486,7 +501,7 @@ def test_mean_std_must_match_channels(config):
   bad = config.copy_and_resolve_references()
   bad.mean = (0.5, 0.5)
   with pytest.raises(ValueError, match='data.mean'):
-    pipeline.get_dataset_info(bad)
+    info_lib.get_dataset_info(bad)
 
 
 def test_rare_training_masks_cover_the_lesion(tmp_path):
@@ -579,9 +594,13 @@ class _LesionBoxes(_NoLesionBox):
 def _use_builder(monkeypatch, config, cls):
   config.name = cls.__name__
   monkeypatch.setitem(
-    pipeline._BUILDERS,
+    registry._DATASETS,
     cls.__name__,
-    lambda c: cls(config=sl.synthetic_config(**c.synthetic.to_dict()), data_dir=c.dir),
+    registry.RegisteredDataset(
+      lambda c: cls(config=sl.synthetic_config(**c.synthetic.to_dict()), data_dir=c.dir),
+      encoding='png',
+      stored_size_key=None,
+    ),
   )
 
 
@@ -675,7 +694,7 @@ def test_eval_never_augments(config):
 @pytest.mark.parametrize(
   'key, value, message',
   [
-    ('sampling', 'balanced', r'data\.sampling must be one of'),
+    ('sampling', 'balanced', r'data\.sampling\b.*must be one of'),
     ('augment.rotation', 360.0, r'data\.augment\.rotation'),
     ('augment.crop_scale', (0.5, 2.0), r'data\.augment\.crop_scale'),
   ],
@@ -694,19 +713,19 @@ def test_bad_sampling_or_augment_config_raises_naming_the_key(config, key, value
 
 
 def test_box_scale_scales_each_box_about_its_centre_and_clips_to_the_image():
-  table = pipeline.SplitTable(
+  table = reading.SplitTable(
     images=np.array([b'', b''], dtype=object),
     labels=np.array([0, 1]),
     box_values=np.array([[0.2, 0.4, 0.6, 0.8], [0.0, 0.0, 0.5, 0.3]], np.float32),
     box_splits=np.array([0, 1, 2]),
   )
-  half = pipeline._scale_boxes(table, 0.5).box_values
+  half = preprocess.scale_boxes(table, 0.5).box_values
   np.testing.assert_allclose(half, [[0.3, 0.5, 0.5, 0.7], [0.125, 0.075, 0.375, 0.225]], atol=1e-6)
-  double = pipeline._scale_boxes(table, 2.0).box_values
+  double = preprocess.scale_boxes(table, 2.0).box_values
   np.testing.assert_allclose(double, [[0.0, 0.2, 0.8, 1.0], [0.0, 0.0, 0.75, 0.45]], atol=1e-6)
-  assert pipeline._scale_boxes(table, 1.0) is table
+  assert preprocess.scale_boxes(table, 1.0) is table
   with pytest.raises(ValueError, match='data.box_scale must be a positive number'):
-    pipeline._scale_boxes(table, 0.0)
+    preprocess.scale_boxes(table, 0.0)
 
 
 def test_box_scale_reaches_the_training_masks(config):
@@ -736,12 +755,32 @@ def test_the_config_holds_every_dataset_parameter(module):
   assert set(fx.default_parameters(name)) == set(module.PARAMETERS)
 
 
-def test_default_data_config_is_a_deprecated_alias_of_the_configs():
+@pytest.mark.parametrize('module', [data, pipeline], ids=['data', 'pipeline'])
+def test_default_data_config_is_a_deprecated_alias_of_the_configs(module):
   message = (
-    r'care_jax\.data\.default_data_config is deprecated: use'
-    r' care_jax\.config\.default_data_config\(\)'
+    rf'{re.escape(module.__name__)}\.default_data_config is deprecated: use'
+    r' care_jax\.config\.default_data_config'
   )
-  for alias in (pipeline.default_data_config, data.default_data_config):
-    with pytest.warns(DeprecationWarning, match=message):
-      config = alias()
-    assert config.to_dict() == care_config.default_data_config().to_dict()
+  with pytest.warns(DeprecationWarning, match=message):
+    alias = module.default_data_config
+  assert alias().to_dict() == care_config.default_data_config().to_dict()
+
+
+MOVED_FROM_PIPELINE = sorted(
+  name for module, name in _deprecated.MOVED if module == 'care_jax.data.pipeline'
+)
+
+
+@pytest.mark.parametrize('name', MOVED_FROM_PIPELINE)
+def test_the_names_that_left_the_pipeline_module_warn_and_name_their_home(name):
+  new_module, _, new_name = _deprecated.MOVED['care_jax.data.pipeline', name].partition(':')
+  with pytest.warns(DeprecationWarning, match=rf'use {re.escape(new_module)}\.{new_name} '):
+    old = getattr(pipeline, name)
+  assert old is getattr(importlib.import_module(new_module), new_name)
+
+
+def test_unknown_names_of_the_data_package_raise_attribute_errors():
+  with pytest.raises(AttributeError, match="module 'care_jax.data' has no attribute 'nope'"):
+    data.nope  # noqa: B018
+  with pytest.raises(AttributeError, match="'care_jax.data.pipeline' has no attribute 'nope'"):
+    pipeline.nope  # noqa: B018

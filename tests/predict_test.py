@@ -16,10 +16,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from care_jax import checkpoint
 from care_jax import config as config_lib
 from care_jax import inference
 from care_jax import metrics as metrics_lib
+from care_jax import trained_run
 from care_jax import training
 from care_jax.commands import predict
 
@@ -139,7 +139,7 @@ def test_the_test_block_can_score_the_best_checkpoint(trained, tmp_path):
   workdir = tmp_path / 'best'
   config = _config(root, tmp_path / 'tfds', 'train.test_checkpoint=best')
   metrics = training.train_and_evaluate(config, str(workdir))
-  best = checkpoint.load_run(str(workdir), which='best').step
+  best = trained_run.load_run(str(workdir), which='best').step
   assert metrics['test_checkpoint'] == {'which': 'best', 'step': best}
   assert last['test_checkpoint'] == {'which': 'last', 'step': 6}
   _test_csv(root, rows, tmp_path / 'test.csv')
@@ -175,15 +175,15 @@ def test_the_predictor_scores_arrays_as_it_scores_files(trained):
 
 def test_checkpoints_are_chosen_by_name_or_step(trained):
   workdir = str(trained[0])
-  assert checkpoint.load_run(workdir, which='latest').step == 6
-  assert checkpoint.load_run(workdir, which=3).step == 3
-  assert checkpoint.load_run(workdir, which='3').step == 3
-  run = checkpoint.load_run(workdir, which='best')
+  assert trained_run.load_run(workdir, which='latest').step == 6
+  assert trained_run.load_run(workdir, which=3).step == 3
+  assert trained_run.load_run(workdir, which='3').step == 3
+  run = trained_run.load_run(workdir, which='best')
   assert run.class_names == CLASSES and run.train_class_counts == (8, 8, 8)
   with pytest.raises(ValueError, match=r'no checkpoint of step 4 .*its steps: \[3, 6\]'):
-    checkpoint.load_run(workdir, which=4)
+    trained_run.load_run(workdir, which=4)
   with pytest.raises(ValueError, match="which must be 'best', 'latest' or a step"):
-    checkpoint.load_run(workdir, which='first')
+    trained_run.load_run(workdir, which='first')
 
 
 def test_unreadable_images_are_named_or_skipped_and_counted(trained, tmp_path):

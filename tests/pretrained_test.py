@@ -1,4 +1,5 @@
-"""Tests for care_jax.models.pretrained: PyTorch checkpoints -> Flax variables.
+"""Tests for care_jax.models.pretrained (and its readers, care_jax.models.torch_files): PyTorch
+checkpoints -> Flax variables.
 
 Fast tests build torchvision-layout state dicts in numpy (written here from torchvision's naming,
 independently of the loader's mapping) and check every variable, the head handling, the readers
@@ -28,7 +29,7 @@ from care_jax.models import IMAGENET_MEAN
 from care_jax.models import IMAGENET_STD
 from care_jax.models import PRETRAINED_MODEL_NAMES
 from care_jax.models import load_pretrained
-from care_jax.models.pretrained import read_safetensors
+from care_jax.models.torch_files import read_safetensors
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TORCH_VENV = REPO / '.torch-venv'

@@ -21,7 +21,8 @@ import pytest
 
 from care_jax import checkpoint
 from care_jax import config as config_lib
-from care_jax.data import pipeline
+from care_jax import trained_run
+from care_jax.data import info
 
 NUM_STEPS = 60
 EVERY = 5
@@ -96,8 +97,8 @@ def _log(workdir):
 def _assert_same_run(workdir, reference):
   assert _metrics(workdir) == _metrics(reference)
   assert _log(workdir) == _log(reference)
-  _, _, got = checkpoint.load_model(str(workdir), which='latest')
-  _, _, expected = checkpoint.load_model(str(reference), which='latest')
+  _, _, got = trained_run.load_model(str(workdir), which='latest')
+  _, _, expected = trained_run.load_model(str(reference), which='latest')
   jax.tree.map(np.testing.assert_array_equal, got, expected)
 
 
@@ -106,7 +107,7 @@ def uninterrupted(tmp_path_factory):
   root = tmp_path_factory.mktemp('resume')
   data_dir = root / 'tfds'
   # Generate the data once, so the runs only read it.
-  pipeline.get_dataset_info(
+  info.get_dataset_info(
     config_lib.apply_overrides(config_lib.default_config(), RUN + [f'data.dir={data_dir}']).data
   )
   _finish(_start(root / 'uninterrupted', data_dir))

@@ -11,9 +11,9 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
 import pytest
 
-from care_jax.data import _files
-from care_jax.data import pipeline
+from care_jax.data import info as info_lib
 from care_jax.data import rsna_pneumonia as rsna
+from care_jax.data._files import images
 
 NAMES = rsna.CLASS_NAMES  # Lung Opacity, No Lung Opacity / Not Normal, Normal
 OPACITY, NOT_NORMAL, NORMAL = range(3)
@@ -97,18 +97,18 @@ def test_jpeg_compressed_dicom_decodes(tmp_path):
 
 def test_unreadable_dicoms_raise(tmp_path):
   (tmp_path / 'text.dcm').write_text('not a dicom')
-  with pytest.raises(_files.UnreadableFile, match='cannot read DICOM'):
+  with pytest.raises(images.UnreadableFile, match='cannot read DICOM'):
     rsna.dicom_header(tmp_path / 'text.dcm')
-  with pytest.raises(_files.UnreadableFile, match='cannot decode DICOM'):
+  with pytest.raises(images.UnreadableFile, match='cannot decode DICOM'):
     rsna.dicom_to_rgb(tmp_path / 'text.dcm')
   write_dicom(tmp_path / 'rgb.dcm', GREY, photometric='RGB')
-  with pytest.raises(_files.UnreadableFile, match='expected one MONOCHROME1/2 frame, got 1 frame'):
+  with pytest.raises(images.UnreadableFile, match='expected one MONOCHROME1/2 frame, got 1 frame'):
     rsna.dicom_to_rgb(tmp_path / 'rgb.dcm')
   _truncate_pixels(tmp_path / 'cut.dcm')
   assert rsna.dicom_header(tmp_path / 'cut.dcm') == (SIZE, SIZE)
-  with pytest.raises(_files.UnreadableFile, match='cannot decode DICOM'):
+  with pytest.raises(images.UnreadableFile, match='cannot decode DICOM'):
     rsna.dicom_to_rgb(tmp_path / 'cut.dcm')
-  with pytest.raises(_files.UnreadableFile, match='does not exist'):
+  with pytest.raises(images.UnreadableFile, match='does not exist'):
     rsna.dicom_to_rgb(tmp_path / 'none.dcm')
 
 
@@ -212,7 +212,7 @@ def test_every_dicom_variant_shows_the_lesions_bright(written):
 def test_boxes_land_on_the_lesions_through_the_pipeline(written, tmp_path):
   root, _, _ = written
   config = fx.data_config('rsna_pneumonia', root, tmp_path, stored_size=32)
-  info = pipeline.get_dataset_info(config)
+  info = info_lib.get_dataset_info(config)
   assert info.class_names == NAMES and info.rare_classes == (OPACITY,)
   assert info.split_sizes == {'train': 12, 'validation': 3, 'test': 3}
   assert fx.assert_masks_cover_the_drawn_lesions(config) == 4

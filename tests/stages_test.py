@@ -13,6 +13,7 @@ import pytest
 
 from care_jax import checkpoint
 from care_jax import config as config_lib
+from care_jax import trained_run
 from care_jax import training
 from care_jax.training import inputs as inputs_lib
 from care_jax.training import stages
@@ -153,7 +154,7 @@ def _train(config, workdir, crash_after=None):
 
 
 def _final_params(workdir):
-  return checkpoint.load_run(str(workdir), which=NUM_STEPS).variables
+  return trained_run.load_run(str(workdir), which=NUM_STEPS).variables
 
 
 def _without_times(metrics):
@@ -199,7 +200,7 @@ def test_stage2_continues_from_the_best_stage1_state(uninterrupted):
   batch = next(inputs.train_batches(batch_size=config.train.batch_size, start_step=start))
   with parallel.scope():
     after, _ = parallel.train_step(parallel.put_state(best), parallel.put_batch(batch))
-  saved = checkpoint.load_run(str(root / 'run'), which=start + 1).variables
+  saved = trained_run.load_run(str(root / 'run'), which=start + 1).variables
   chex.assert_trees_all_equal(parallel.get_state(after).params, saved['params'])
 
 

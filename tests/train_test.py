@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from care_jax import attention
+from care_jax import classification_loss
 from care_jax import config as config_lib
 from care_jax import imbalance
 from care_jax import losses
@@ -56,8 +57,8 @@ def _setup(config, *, parallel=None, class_weights=(0.2, 0.3, 0.5)):
   config.parallel = parallel or 'mesh'
   model = training.create_model(config, NUM_CLASSES)
   state = training.create_train_state(config, model, (IMAGE, IMAGE, 3), 10, jax.random.key(0))
-  weighted_ce = imbalance.ClassificationLoss(
-    'weighted_ce', losses.cross_entropy, class_weights=np.asarray(class_weights, np.float32)
+  weighted_ce = classification_loss.ClassificationLoss(
+    'weighted_ce', imbalance.cross_entropy, class_weights=np.asarray(class_weights, np.float32)
   )
   step = training.make_train_step(
     model,
@@ -393,7 +394,9 @@ def _loss_setup(name, fields, head, *, parallel=None):
   config.parallel = parallel or 'mesh'
   model = training.create_model(config, NUM_CLASSES)
   state = training.create_train_state(config, model, (IMAGE, IMAGE, 3), 10, jax.random.key(0))
-  loss = imbalance.make_classification_loss(name, class_counts=TRAIN_COUNTS, num_steps=10, **fields)
+  loss = classification_loss.make_classification_loss(
+    name, class_counts=TRAIN_COUNTS, num_steps=10, **fields
+  )
   step = training.make_train_step(
     model,
     training.StepConfig.from_config(config),

@@ -14,12 +14,14 @@ from PIL import Image
 import pytest
 
 from care_jax import config as config_lib
+from care_jax import figures
 from care_jax import metrics
 from care_jax import models
+from care_jax import run_figures
 from care_jax import training
-from care_jax.commands import visualize
+from care_jax.data import examples as examples_lib
 
-MAGENTA = np.array(visualize.BOX_COLOR)
+MAGENTA = np.array(figures.BOX_COLOR)
 
 
 def _np_upsample(small, height, width):
@@ -48,7 +50,7 @@ def test_denormalize_inverts_the_pipeline_normalisation():
   pixels = rng.integers(0, 256, (2, 5, 5, 3), dtype=np.uint8)
   mean, std = (0.2, 0.4, 0.6), (0.5, 0.25, 1.0)
   images = ((pixels / 255.0 - np.array(mean)) / np.array(std)).astype(np.float32)
-  np.testing.assert_array_equal(visualize.denormalize(images, mean=mean, std=std), pixels)
+  np.testing.assert_array_equal(figures.denormalize(images, mean=mean, std=std), pixels)
 
 
 def test_box_outline_is_the_inner_border_of_the_boxes():
@@ -56,19 +58,19 @@ def test_box_outline_is_the_inner_border_of_the_boxes():
   mask[2:7, 3:9] = 1.0
   expected = mask.astype(bool).copy()
   expected[3:6, 4:8] = False  # the interior, one pixel in
-  np.testing.assert_array_equal(visualize.box_outline(mask), expected)
+  np.testing.assert_array_equal(figures.box_outline(mask), expected)
   thick = mask.astype(bool).copy()
   thick[4:5, 5:7] = False  # two pixels in
-  np.testing.assert_array_equal(visualize.box_outline(mask, width=2), thick)
+  np.testing.assert_array_equal(figures.box_outline(mask, width=2), thick)
   # A box touching the image border is outlined along it; a union keeps its shape.
   union = np.zeros((6, 6))
   union[0:3, 0:6] = 1.0
   union[3:6, 0:2] = 1.0
-  outline = visualize.box_outline(union)
+  outline = figures.box_outline(union)
   assert outline[0].all() and outline[:, 0].all() and outline[5, :2].all()
   assert not outline[1, 1:5].any() and outline[2, 2:].all()
   with pytest.raises(ValueError, match='width'):
-    visualize.box_outline(mask, width=0)
+    figures.box_outline(mask, width=0)
 
 
 def test_overlay_blends_the_upsampled_map_and_paints_the_box_border():
@@ -77,7 +79,7 @@ def test_overlay_blends_the_upsampled_map_and_paints_the_box_border():
   small = rng.normal(size=(4, 4))
   mask = np.zeros((16, 16))
   mask[4:12, 5:13] = 1.0
-  out = visualize.overlay(image, small, mask, alpha=0.4)
+  out = figures.overlay(image, small, mask, alpha=0.4)
   normalised = (small - small.min()) / np.ptp(small)
   heat = matplotlib.colormaps['jet'](_np_upsample(normalised, 16, 16))[..., :3] * 255
   expected = np.round(0.6 * image + 0.4 * heat)
@@ -88,26 +90,26 @@ def test_overlay_blends_the_upsampled_map_and_paints_the_box_border():
   np.testing.assert_array_equal(out[border], np.broadcast_to(MAGENTA, (border.sum(), 3)))
   np.testing.assert_allclose(out[~border], expected[~border], atol=1.0)
   # Greyscale images and no mask: no outline at all.
-  grey = visualize.overlay(image[..., :1], small)
+  grey = figures.overlay(image[..., :1], small)
   assert not (grey == MAGENTA).all(axis=-1).any()
 
 
 def test_overlay_bad_arguments_raise():
   with pytest.raises(ValueError, match='uint8'):
-    visualize.overlay(np.zeros((8, 8, 3)), np.zeros((2, 2)))
+    figures.overlay(np.zeros((8, 8, 3)), np.zeros((2, 2)))
   with pytest.raises(ValueError, match='attention_map'):
-    visualize.overlay(np.zeros((8, 8, 3), np.uint8), np.zeros((1, 2, 2)))
+    figures.overlay(np.zeros((8, 8, 3), np.uint8), np.zeros((1, 2, 2)))
   with pytest.raises(ValueError, match='mask'):
-    visualize.overlay(np.zeros((8, 8, 3), np.uint8), np.zeros((2, 2)), np.zeros((4, 4)))
+    figures.overlay(np.zeros((8, 8, 3), np.uint8), np.zeros((2, 2)), np.zeros((4, 4)))
 
 
 def test_overlay_strip_places_panels_side_by_side():
   rng = np.random.default_rng(2)
   images = rng.integers(0, 256, (3, 8, 10, 3), dtype=np.uint8)
   maps = rng.normal(size=(3, 2, 2))
-  strip = visualize.overlay_strip(images, maps, gap=2)
+  strip = figures.overlay_strip(images, maps, gap=2)
   assert strip.shape == (8, 3 * 10 + 2 * 2, 3)
-  np.testing.assert_array_equal(strip[:, 12:22], visualize.overlay(images[1], maps[1]))
+  np.testing.assert_array_equal(strip[:, 12:22], figures.overlay(images[1], maps[1]))
   assert (strip[:, 10:12] == 255).all()
 
 
@@ -126,7 +128,7 @@ def test_compute_attention_is_the_cam_of_the_true_class(tiny_models):
   rng = np.random.default_rng(3)
   images = rng.normal(size=(4, 32, 32, 3)).astype(np.float32)
   labels = np.array([0, 2, 4, 1])
-  maps, predictions = visualize.compute_attention(model, variables, images, labels)
+  maps, predictions = figures.compute_attention(model, variables, images, labels)
   logits, inter = jax.jit(functools.partial(model.apply, train=False))(variables, images)
   kernel = np.asarray(variables['params']['head']['fc']['kernel'])
   raw = np.einsum('bhwc,bc->bhw', np.asarray(inter['features'], np.float64), kernel.T[labels])
@@ -146,11 +148,11 @@ def test_attention_figure_of_two_tiny_models_draws_the_boxes_where_they_are(tiny
   columns = []
   model, all_variables = tiny_models
   for variables, title in zip(all_variables, ('without CARE (alpha=0)', 'with CARE (alpha=0.5)')):
-    maps, predictions = visualize.compute_attention(model, variables, normalised, labels)
+    maps, predictions = figures.compute_attention(model, variables, normalised, labels)
     assert maps.shape == (3, 4, 4)
-    columns.append(visualize.AttentionColumn(title, maps, predictions))
+    columns.append(figures.AttentionColumn(title, maps, predictions))
   names = ('brown', 'dark', 'dotted', 'pink', 'striped')
-  fig = visualize.attention_figure(
+  fig = figures.attention_figure(
     images, labels, columns, class_names=names, masks=masks, rare_classes=(2, 4)
   )
   pixels = _png_array(fig)
@@ -188,7 +190,7 @@ def test_attention_figure_of_two_tiny_models_draws_the_boxes_where_they_are(tiny
 
 def test_confusion_figure_annotates_counts_and_colours_row_shares():
   confusion = np.array([[5, 1, 0], [2, 2, 0], [0, 0, 0]])
-  fig = visualize.confusion_figure(
+  fig = figures.confusion_figure(
     {'run a': confusion, 'run b': np.eye(3, dtype=int)}, class_names=['a', 'b', 'c']
   )
   ax = fig.axes[0]
@@ -199,12 +201,12 @@ def test_confusion_figure_annotates_counts_and_colours_row_shares():
   assert ax.get_title() == 'run a' and fig.axes[1].get_title() == 'run b'
   assert _png_array(fig).shape == (400, round(100 * (4.0 * 2 + 0.8)), 3)
   with pytest.raises(ValueError, match="'run a'"):
-    visualize.confusion_figure({'run a': np.zeros((2, 2))}, class_names=['a', 'b', 'c'])
+    figures.confusion_figure({'run a': np.zeros((2, 2))}, class_names=['a', 'b', 'c'])
 
 
 def test_recall_figure_bars_are_the_recalls():
   recalls = {'without': {'a': 0.9, 'b': 0.1}, 'with': {'a': 0.8, 'b': 0.6}}
-  fig = visualize.recall_figure(recalls, class_names=['a', 'b'], rare_classes=(1,))
+  fig = figures.recall_figure(recalls, class_names=['a', 'b'], rare_classes=(1,))
   ax = fig.axes[0]
   heights = [p.get_height() for p in ax.patches]
   assert heights == pytest.approx([0.9, 0.1, 0.8, 0.6])
@@ -214,7 +216,7 @@ def test_recall_figure_bars_are_the_recalls():
 
 def test_reliability_figure_draws_the_filled_bins_with_the_ece():
   bins = {'confidence': [None, 0.4, 0.9], 'accuracy': [None, 0.5, 0.7], 'count': [0, 3, 5]}
-  fig = visualize.reliability_figure({'run': {**bins, 'ece': 0.1625}})
+  fig = figures.reliability_figure({'run': {**bins, 'ece': 0.1625}})
   ax = fig.axes[0]
   diagonal, line = ax.lines
   np.testing.assert_allclose(line.get_xdata(), [0.4, 0.9])
@@ -231,8 +233,8 @@ def test_training_curves_from_a_fabricated_train_log(tmp_path):
   ]
   log.write_text(''.join(json.dumps(r) + '\n' for r in records) + '\n')
   baseline = [{k: v for k, v in r.items() if k != 'care'} for r in records]
-  logs = {'without CARE': baseline, 'with CARE': visualize.read_train_log(str(log))}
-  fig = visualize.training_curves_figure(logs)
+  logs = {'without CARE': baseline, 'with CARE': run_figures.read_train_log(str(log))}
+  fig = figures.training_curves_figure(logs)
   titles = [ax.get_title() for ax in fig.axes]
   assert titles == ['loss', 'ce', 'care', 'accuracy']
   care_ax = fig.axes[2]
@@ -242,9 +244,9 @@ def test_training_curves_from_a_fabricated_train_log(tmp_path):
   assert _png_array(fig).shape == (300, round(100 * 3.6 * 4), 3)
   log.write_text('{"step": 1}\nnot json\n')
   with pytest.raises(ValueError, match='line 2'):
-    visualize.read_train_log(str(log))
+    run_figures.read_train_log(str(log))
   with pytest.raises(ValueError, match='none of the metrics'):
-    visualize.training_curves_figure({'x': [{'step': 1, 'seconds': 2.0}]})
+    figures.training_curves_figure({'x': [{'step': 1, 'seconds': 2.0}]})
 
 
 # Runs on disk ------------------------------------------------------------------
@@ -276,7 +278,7 @@ def test_select_examples_puts_rare_boxed_images_first_in_turn(tmp_path):
     k: np.concatenate([b[k] for b in pipeline.eval_batches(config, 'test', batch_size=15)])
     for k in ('image', 'label', 'lesion_mask')
   }
-  chosen = visualize.select_examples(
+  chosen = examples_lib.select_examples(
     config, 'test', num_images=8, rare_classes=(2, 4), batch_size=4
   )
   # Every test image has a lesion box; 3 per class: the rare classes in turn,
@@ -286,7 +288,7 @@ def test_select_examples_puts_rare_boxed_images_first_in_turn(tmp_path):
   rows = [first(k)[i] for i in range(3) for k in (2, 4)] + [first(0)[0], first(1)[0]]
   np.testing.assert_array_equal(chosen['image'], every['image'][rows])
   np.testing.assert_array_equal(chosen['lesion_mask'], every['lesion_mask'][rows])
-  again = visualize.select_examples(config, 'test', num_images=3, rare_classes=(2, 4))
+  again = examples_lib.select_examples(config, 'test', num_images=3, rare_classes=(2, 4))
   np.testing.assert_array_equal(again['image'], every['image'][rows[:3]])
 
 
@@ -296,7 +298,7 @@ def test_write_figures_and_the_cli_for_two_trained_runs(tmp_path):
   for name, alpha in (('baseline', 0.0), ('care', 0.5)):
     runs[name] = str(tmp_path / name)
     training.train_and_evaluate(_run_config(tmp_path / 'data', alpha), runs[name])
-  written = visualize.write_figures(runs['care'], compare=runs['baseline'], num_images=3)
+  written = run_figures.write_figures(runs['care'], compare=runs['baseline'], num_images=3)
   names = [
     'attention_test.png',
     'confusion_test.png',
@@ -331,7 +333,7 @@ def test_write_figures_and_the_cli_for_two_trained_runs(tmp_path):
   # No training curves without both logs; the other four figures.
   assert (
     len(
-      visualize.write_figures(
+      run_figures.write_figures(
         runs['care'], compare=runs['baseline'], num_images=1, out_dir=str(tmp_path / 'x')
       )
     )

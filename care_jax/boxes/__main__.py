@@ -2,4 +2,5 @@
 
 from care_jax import _deprecated
 
-_deprecated.run_moved_module('care_jax.boxes.__main__')
+if __name__ == '__main__':
+  _deprecated.run_moved_module('care_jax.boxes.__main__')

@@ -28,10 +28,13 @@ from PIL import Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from care_jax import checkpoint
 from care_jax import config
+from care_jax import trained_run
 from care_jax.boxes import generators
-from care_jax.data import pipeline
+from care_jax.data import info as info_lib
+from care_jax.data import preprocess
+from care_jax.data import reading
+from care_jax.data import registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +44,7 @@ class GeneratedBoxes:
   Attributes:
     num_examples: N, the examples of the training split.
     indices: int64 [T] positions of the rare-class images in the split, in
-      the order `care_jax.data.pipeline.read_split` reads it (ascending).
+      the order `care_jax.data.reading.read_split` reads it (ascending).
     image_ids: [T] str identifiers (see `image_ids`).
     image_sizes: int64 [T, 2] (height, width) of the stored images.
     boxes: float32 [T, 4] normalised (ymin, xmin, ymax, xmax); zero rows
@@ -84,13 +87,13 @@ def image_ids(builder: Any, split: str = 'train') -> np.ndarray:
   long as the prepared dataset exists (``tfds.ReadConfig(add_tfds_id=True)``
   reads it back).
   """
-  return pipeline.example_ids(builder, split, keys=('image/filename',))
+  return reading.example_ids(builder, split, keys=('image/filename',))
 
 
 def _model_input_chunks(builder, data_config, encoded, labels, size):
   """Yields (images [n, S, S, C] as the pipeline feeds them, labels, sizes)."""
   feature = builder.info.features['image']
-  make_example = pipeline.example_fn(data_config, feature.shape[-1])
+  make_example = preprocess.example_fn(data_config, feature.shape[-1])
 
   def example(image_bytes, label):
     image = feature.decode_example(image_bytes)
@@ -162,6 +165,11 @@ def _cache_path(cache_dir: str, method: str, key: dict[str, Any]) -> str:
   return os.path.join(cache_dir, f'{method}-{digest}.npz')
 
 
+def _file_stamps(paths: Sequence[str]) -> list[tuple[str, int, int]]:
+  """``(absolute path, size, modification time)`` of each file: a cache key of its contents."""
+  return [(os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+
+
 def _read_cache(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   with np.load(path) as cached:
     return cached['image_sizes'], cached['boxes'], cached['found']
@@ -215,9 +223,9 @@ def generated_boxes(
   box_config = data_config.boxes if box_config is None else box_config
   config.validate_boxes(box_config)
   if builder is None:
-    builder = pipeline.prepared_builder(data_config)
+    builder = registry.prepared_builder(data_config)
   if table is None:
-    table = pipeline.read_split(builder, 'train')
+    table = reading.read_split(builder, 'train')
   class_names = tuple(builder.info.features['label'].names)
   rare = _rare_classes(data_config, class_names, table, method)
   indices = np.flatnonzero(np.isin(table.labels, rare)).astype(np.int64)
@@ -248,11 +256,7 @@ def generated_boxes(
   ids = image_ids(builder)[indices]
   if method == 'mask':
     params['paths'] = _mask_paths(params.pop('masks_dir'), ids)
-    key.update(
-      masks=[
-        (os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in params['paths']
-      ]
-    )
+    key.update(masks=_file_stamps(params['paths']))
   cache_dir = box_config.cache_dir or os.path.join(builder.data_dir, 'care_jax_boxes')
   path = _cache_path(cache_dir, method, key)
   if use_cache and os.path.isfile(path):
@@ -272,7 +276,7 @@ def _rare_classes(data_config, class_names, table, method) -> tuple[int, ...]:
       f' infer the rare classes from: set data.rare_classes (class names of'
       f' {list(class_names)}) to generate boxes with {method!r}.'
     )
-  return pipeline.resolve_rare_classes(data_config.rare_classes, class_names, boxed)
+  return info_lib.resolve_rare_classes(data_config.rare_classes, class_names, boxed)
 
 
 @dataclasses.dataclass
@@ -295,7 +299,7 @@ def _generate(
   num_channels = source.builder.info.features['image'].shape[-1]
   chunk = min(box_config.batch_size, max(len(source.indices), 1))
   # Classical methods see the pipeline's images back on the [0, 1] scale.
-  mean, std = pipeline.normalisation(source.input_config, num_channels)
+  mean, std = preprocess.normalisation(source.input_config, num_channels)
   sizes = [np.zeros((0, 2), np.int64)]
 
   def inputs():
@@ -332,7 +336,7 @@ def _stage1_model(grad_cam_config, data_config, *, num_classes):
       'box method grad_cam needs the stage-1 run: set'
       ' data.boxes.grad_cam.stage1_workdir (--stage1_workdir).'
     )
-  stage1_config, model, variables = checkpoint.load_model(workdir, which=grad_cam_config.which)
+  stage1_config, model, variables = trained_run.load_model(workdir, which=grad_cam_config.which)
   if model.head.num_classes != num_classes:
     raise ValueError(
       f'the stage-1 model in {workdir!r} has {model.head.num_classes} classes,'

@@ -12,10 +12,10 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from care_jax import config as config_lib
 from care_jax.boxes import dataset
 from care_jax.boxes import generators
 from care_jax.commands import _app
+from care_jax.commands import _flags
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config',
@@ -60,7 +60,7 @@ def main(argv):
 
 def run():
   flags.mark_flags_as_required(['config', 'method', 'out'])
-  _app.run(main, flags_parser=config_lib.parse_flags)
+  _app.run(main, flags_parser=_flags.parse_flags)
 
 
 if __name__ == '__main__':

@@ -22,9 +22,9 @@ import jax
 from ml_collections import config_flags
 
 from care_jax import boxes
-from care_jax import config as config_lib
 from care_jax import training
 from care_jax.commands import _app
+from care_jax.commands import _flags
 
 FLAGS = flags.FLAGS
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for metrics and logs.', required=True)
@@ -72,7 +72,7 @@ def main(argv):
 
 def run():
   flags.mark_flags_as_required(['config'])
-  _app.run(main, flags_parser=config_lib.parse_flags)
+  _app.run(main, flags_parser=_flags.parse_flags)
 
 
 if __name__ == '__main__':

@@ -2,7 +2,7 @@
 
 Every field a config can set is here (see care_jax/config.py). Run:
 
-    python -m care_jax.main --config=configs/default.py --workdir=runs/default
+    care-jax train --config=default --workdir=runs/default
 """
 
 from care_jax.config import default_config

@@ -3,7 +3,7 @@
     DATA_DIR/labels.csv   image,label[,split][,group]
     DATA_DIR/boxes.csv    image,xmin,ymin,xmax,ymax   (pixels; optional)
 
-    python -m care_jax.main --config=configs/folder.py --workdir=runs/mine \\
+    care-jax train --config=folder --workdir=runs/mine \\
         --config.data.dir=/path/to/DATA_DIR --config.model.pretrained=/path/to/resnet50.safetensors
 
 The paper's recipe: ImageNet-pretrained ResNet-50 at 224x224 with ImageNet mean/std, Adam 1e-4,

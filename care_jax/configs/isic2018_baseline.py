@@ -7,7 +7,7 @@ image-level split), 10% of train held out for validation, dermatofibroma (DF) th
 The paper fine-tunes a pretrained model: pass its weights as a local file, e.g. torchvision's
 `resnet50-11ad3fa6.pth` converted to safetensors:
 
-    python -m care_jax.main --config=configs/isic2018_baseline.py \\
+    care-jax train --config=isic2018_baseline \\
         --workdir=runs/isic2018_baseline --config.data.dir=/data/isic2018 \\
         --config.model.pretrained=/path/to/resnet50.safetensors
 

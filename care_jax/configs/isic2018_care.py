@@ -5,7 +5,7 @@ Adam 1e-4, batch 32, DF the rare class) plus the attention loss on the DF traini
 (derived from the HAM10000 lesion masks by default): alpha 0.5, lam 0.7 (skin), tau 0.5. The
 paper fine-tunes a pretrained model; pass its weights as a local file:
 
-    python -m care_jax.main --config=configs/isic2018_care.py --workdir=runs/isic2018_care \\
+    care-jax train --config=isic2018_care --workdir=runs/isic2018_care \\
         --config.data.dir=/data/isic2018 --config.model.pretrained=/path/to/resnet50.safetensors
 
 The paper's two stages, in one run (`care.protocol='two_stage'`): CE alone until the

@@ -7,7 +7,7 @@ the box list moved to training (`boxed_images='train'`), so that CARE pushes the
 their findings (the 8 with boxes) into that finding's box; alpha 0.5, lam 0.5 (X-ray), tau 0.5,
 the paper's two stages, stage 1 ending and checkpoints ranked on the validation mean AUROC:
 
-    python -m care_jax.main --config=configs/nih_chestxray14_care.py --workdir=runs/nih_care \\
+    care-jax train --config=nih_chestxray14_care --workdir=runs/nih_care \\
         --config.data.dir=/data/chestxray14 --config.model.pretrained=/path/to/densenet121.pth
 
 `--config.care.alpha=0` gives the baseline with the same data and schedule. With

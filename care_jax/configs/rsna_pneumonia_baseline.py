@@ -7,7 +7,7 @@ held out for validation, 'Lung Opacity' the rare class. The paper fine-tunes a p
 pass its weights as a local file, e.g. torchvision's `resnet50-11ad3fa6.pth` converted to
 safetensors:
 
-    python -m care_jax.main --config=configs/rsna_pneumonia_baseline.py \\
+    care-jax train --config=rsna_pneumonia_baseline \\
         --workdir=runs/rsna_baseline --config.data.dir=/data/rsna \\
         --config.model.pretrained=/path/to/resnet50.safetensors
 

@@ -5,7 +5,7 @@ mean/std, Adam 1e-4, batch 32, 'Lung Opacity' the rare class) plus the attention
 lung-opacity boxes of the training images: alpha 0.5, lam 0.5 (X-ray), tau 0.5. The paper
 fine-tunes a pretrained model; pass its weights as a local file:
 
-    python -m care_jax.main --config=configs/rsna_pneumonia_care.py --workdir=runs/rsna_care \\
+    care-jax train --config=rsna_pneumonia_care --workdir=runs/rsna_care \\
         --config.data.dir=/data/rsna --config.model.pretrained=/path/to/resnet50.safetensors
 
 The paper's two stages, in one run (`care.protocol='two_stage'`): CE alone until the

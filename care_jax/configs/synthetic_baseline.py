@@ -1,6 +1,6 @@
 """Cross-entropy baseline on `synthetic_lesions` (CARE off: alpha = 0).
 
-python -m care_jax.main --config=configs/synthetic_baseline.py --workdir=runs/baseline
+care-jax train --config=synthetic_baseline --workdir=runs/baseline
 """
 
 from care_jax.config import default_config

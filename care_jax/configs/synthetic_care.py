@@ -1,6 +1,6 @@
 """CARE on `synthetic_lesions`: CE + attention loss (alpha 0.7, tau 0.5, lam 0.7), two stages.
 
-python -m care_jax.main --config=configs/synthetic_care.py --workdir=runs/care
+care-jax train --config=synthetic_care --workdir=runs/care
 
 The paper's two stages in one run: CE alone until the validation MCA (every 50 steps) has not
 improved for 3 validations or half of the 1000 steps have passed, then CE + attention loss from

@@ -1,6 +1,6 @@
 """Multi-label baseline on `synthetic_multilabel`: sigmoid binary cross-entropy alone (alpha 0).
 
-python -m care_jax.main --config=configs/synthetic_multilabel_baseline.py --workdir=runs/ml_base
+care-jax train --config=synthetic_multilabel_baseline --workdir=runs/ml_base
 """
 
 from care_jax.configs import synthetic_multilabel_care

@@ -1,6 +1,6 @@
 """Multi-label CARE on `synthetic_multilabel`: sigmoid BCE + attention loss per (image, finding).
 
-python -m care_jax.main --config=configs/synthetic_multilabel_care.py --workdir=runs/ml_care
+care-jax train --config=synthetic_multilabel_care --workdir=runs/ml_care
 
 Each image shows up to four lesions, one per finding (three common, two rare); a ruler comes
 with the rare findings in training only. The attention map of every positive rare finding

@@ -3,7 +3,7 @@
 The weights come from a local file you already have (nothing is downloaded), e.g. torchvision's
 `resnet50-11ad3fa6.pth` converted to safetensors, or the `.pth` itself when torch is installed:
 
-    python -m care_jax.main --config=configs/synthetic_resnet50_pretrained.py \\
+    care-jax train --config=synthetic_resnet50_pretrained \\
         --workdir=runs/r50_care --config.model.pretrained=/path/to/resnet50.safetensors
 
 Inputs are normalised with ImageNet's mean/std, as the checkpoint expects; Adam 1e-4 (the recipe

@@ -15,17 +15,20 @@ Example::
   batch = next(data.train_batches(config, batch_size=32, seed=0))
 """
 
-import importlib
-from typing import Any
+import os
+
+from care_jax import _deprecated
+
+# TensorFlow's start-up INFO lines (oneDNN notices) are noise for our users: quiet them before
+# any module of the package imports TensorFlow (importing the package alone does not).
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 
 # Public name -> module that defines it, imported lazily (PEP 562).
 _EXPORTS = {
-  'DatasetInfo': 'pipeline',
-  # Deprecated (warns): care_jax.config.default_data_config. Remove in 0.3.
-  'default_data_config': 'pipeline',
+  'DatasetInfo': 'info',
   'eval_batches': 'pipeline',
-  'get_dataset_info': 'pipeline',
-  'rasterize_boxes': 'pipeline',
+  'get_dataset_info': 'info',
+  'rasterize_boxes': 'preprocess',
   'train_batches': 'pipeline',
   'Folder': 'folder',
   'Isic2018': 'isic2018',
@@ -42,12 +45,8 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-  if name not in _EXPORTS:
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-  module = importlib.import_module(f'{__name__}.{_EXPORTS[name]}')
-  return getattr(module, name)
+# The exports, and the deprecated names (e.g. default_data_config, now care_jax.config's).
+__getattr__ = _deprecated.getattr_of(__name__, lazy=_EXPORTS)
 
 
 def __dir__() -> list[str]:

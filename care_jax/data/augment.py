@@ -35,7 +35,7 @@ The mask is rasterised at the output resolution *after* the transform, by
 `warp_boxes_mask`: each output pixel centre is mapped through the same map
 and tested against the input boxes. This is the exact rasterisation of the
 rotated, flipped and cropped boxes by pixel centres (the half-open convention
-of `care_jax.data.pipeline.rasterize_boxes`, which it equals for the identity
+of `care_jax.data.preprocess.rasterize_boxes`, which it equals for the identity
 map), stays binary and costs a few comparisons per pixel; warping a rendered
 mask instead would need a second interpolation and a threshold, and its edge
 would depend on the interpolation.
@@ -66,16 +66,18 @@ clipped to [0, 1] after each step as torchvision does), with torchvision's
 Example::
 
   seed = tf.constant([0, 17], tf.int64)
-  image01, mask = augment_example(image01, boxes, seed, size=224,
-                                  **augment_kwargs(config.data.augment))
+  settings = augment_settings(config.data.augment)
+  image01, mask = augment_example(image01, boxes, seed, size=224, settings=settings)
 """
 
 from collections.abc import Mapping
+import dataclasses
 import math
 from typing import Any
-import warnings
 
 import tensorflow as tf
+
+from care_jax import _deprecated
 
 # Value of the output pixels that show no input pixel, on the [0, 1] scale.
 FILL_VALUE = 0.0
@@ -90,21 +92,38 @@ _JITTER_KEYS = ('brightness', 'contrast', 'saturation', 'hue')
 _RANGE_KEYS = ('crop_scale', 'crop_ratio')
 
 
-def default_config():
-  """Deprecated alias of `care_jax.config.default_augment_config` (removed in 0.3)."""
-  warnings.warn(
-    'care_jax.data.augment.default_config is deprecated: use '
-    'care_jax.config.default_augment_config()',
-    DeprecationWarning,
-    stacklevel=2,
-  )
-  from care_jax import config  # Deprecated alias: remove in 0.3.
+@dataclasses.dataclass(frozen=True)
+class AugmentSettings:
+  """The settings of the augmentation: ``config.data.augment`` less its switches.
 
-  return config.default_augment_config()
+  Built once by `augment_settings` and handed down whole (`sample_augmentation`,
+  `augment_example`); the module docstring says what each one does.
+
+  Attributes:
+    rotation: max |theta| in degrees.
+    hflip: flip x with probability 1/2.
+    vflip: flip y with probability 1/2.
+    brightness: the brightness factor lies in [max(0, 1 - brightness), 1 + brightness].
+    contrast: likewise, the contrast factor.
+    saturation: likewise, the saturation factor.
+    hue: the hue shift lies in [-hue, hue] (a fraction of the colour circle).
+    crop_scale: (min, max) area fraction of the crop, in (0, 1].
+    crop_ratio: (min, max) width / height of the crop.
+  """
+
+  rotation: float
+  hflip: bool
+  vflip: bool
+  brightness: float
+  contrast: float
+  saturation: float
+  hue: float
+  crop_scale: tuple[float, float]
+  crop_ratio: tuple[float, float]
 
 
-def augment_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
-  """`augment_example`'s keywords from a ``data.augment`` config.
+def augment_settings(config: Mapping[str, Any]) -> AugmentSettings:
+  """The `AugmentSettings` of a ``data.augment`` config.
 
   The config's values are checked by `care_jax.config.validate_augment`
   (as part of `care_jax.config.validate`); this only converts them.
@@ -113,7 +132,7 @@ def augment_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
   kwargs = {key: float(config[key]) for key in ('rotation', *_JITTER_KEYS)}
   kwargs.update({key: config[key] for key in ('hflip', 'vflip')})
   kwargs.update({key: (float(config[key][0]), float(config[key][1])) for key in _RANGE_KEYS})
-  return kwargs
+  return AugmentSettings(**kwargs)
 
 
 def _crop_size(
@@ -133,37 +152,27 @@ def _crop_size(
   return tf.where(tf.reduce_any(fits), sizes[first], fallback)
 
 
-def sample_geometry(
-  seed: tf.Tensor,
-  *,
-  rotation: float,
-  hflip: bool,
-  vflip: bool,
-  crop_scale: tuple[float, float],
-  crop_ratio: tuple[float, float],
-) -> tf.Tensor:
+def sample_geometry(seed: tf.Tensor, settings: AugmentSettings) -> tf.Tensor:
   """Draws the affine map of one example (see the module docstring).
 
   Args:
     seed: int32/int64 [2], the stateless seed.
-    rotation: max |theta| in degrees.
-    hflip: flip x with probability 1/2.
-    vflip: flip y with probability 1/2.
-    crop_scale: (min, max) area fraction of the crop, in (0, 1].
-    crop_ratio: (min, max) width / height of the crop.
+    settings: the augmentation's settings; the geometry reads ``rotation``,
+      ``hflip``, ``vflip``, ``crop_scale`` and ``crop_ratio``.
 
   Returns:
     float32 [3, 3] ``A`` with ``(v, 1) = A (u, 1)``: output point u -> input
     point v, both normalised (x, y). The identity for ``rotation=0``, no
     flips and ``crop_scale=crop_ratio=(1, 1)``.
   """
+  rotation = settings.rotation
   crop_seed, centre_seed, flip_seed, angle_seed = tf.unstack(
     tf.random.experimental.stateless_split(seed, 4)
   )
-  size = _crop_size(crop_seed, crop_scale, crop_ratio)
+  size = _crop_size(crop_seed, settings.crop_scale, settings.crop_ratio)
   centre = size / 2 + (1 - size) * tf.random.stateless_uniform([2], centre_seed)
   flip_draws = tf.random.stateless_uniform([2], flip_seed) < 0.5
-  flips = tf.where(flip_draws & tf.constant([hflip, vflip]), -1.0, 1.0)
+  flips = tf.where(flip_draws & tf.constant([settings.hflip, settings.vflip]), -1.0, 1.0)
   theta = tf.random.stateless_uniform([], angle_seed, minval=-rotation, maxval=rotation) * (
     math.pi / 180.0
   )
@@ -265,7 +274,7 @@ def warp_boxes_mask(
 
   Output pixel (i, j) is 1 when its centre, mapped through ``geometry``, lies
   in at least one half-open box ``[ymin, ymax) x [xmin, xmax)``, as in
-  `care_jax.data.pipeline.rasterize_boxes`: ``ymin <= v_y < ymax`` and
+  `care_jax.data.preprocess.rasterize_boxes`: ``ymin <= v_y < ymax`` and
   ``xmin <= v_x < xmax`` with ``v = geometry @ ((j + 0.5) / S, (i + 0.5) /
   S, 1)``. The test runs in output pixel units (``ymin S <= S v_y < ymax
   S``, with ``S v`` computed from the centres ``i + 0.5``, ``j + 0.5``), so
@@ -298,10 +307,13 @@ def warp_boxes_mask(
   return tf.cast(tf.reduce_any(inside, axis=0), tf.float32)
 
 
-def sample_color_factors(
-  seed: tf.Tensor, *, brightness: float, contrast: float, saturation: float, hue: float
-) -> tf.Tensor:
-  """Draws float32 [4] (b, c, s, delta) of `adjust_color` (module docstring)."""
+def sample_color_factors(seed: tf.Tensor, settings: AugmentSettings) -> tf.Tensor:
+  """Draws float32 [4] (b, c, s, delta) of `adjust_color` (module docstring).
+
+  The draws read ``settings.brightness``, ``contrast``, ``saturation`` and ``hue``.
+  """
+  brightness, contrast = settings.brightness, settings.contrast
+  saturation, hue = settings.saturation, settings.hue
   low = tf.constant(
     [max(0.0, 1 - brightness), max(0.0, 1 - contrast), max(0.0, 1 - saturation), -hue], tf.float32
   )
@@ -330,38 +342,17 @@ def adjust_color(image: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:
   return image
 
 
-def sample_augmentation(
-  seed: tf.Tensor,
-  *,
-  rotation: float,
-  hflip: bool,
-  vflip: bool,
-  brightness: float,
-  contrast: float,
-  saturation: float,
-  hue: float,
-  crop_scale: tuple[float, float],
-  crop_ratio: tuple[float, float],
-) -> tuple[tf.Tensor, tf.Tensor]:
+def sample_augmentation(seed: tf.Tensor, settings: AugmentSettings) -> tuple[tf.Tensor, tf.Tensor]:
   """The random draws of one example's augmentation: (geometry [3, 3], colour factors [4]).
 
   From the two halves of the stateless ``seed`` (int [2]): `sample_geometry`
-  and `sample_color_factors` with the settings of `augment_kwargs`. What
+  and `sample_color_factors` with ``settings`` (`augment_settings`). What
   `augment_example` applies on the host, and what ``data.augment.on_device``
   hands the accelerator to apply (`care_jax.training.device_augment`).
   """
   geometry_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  geometry = sample_geometry(
-    geometry_seed,
-    rotation=rotation,
-    hflip=hflip,
-    vflip=vflip,
-    crop_scale=crop_scale,
-    crop_ratio=crop_ratio,
-  )
-  factors = sample_color_factors(
-    color_seed, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue
-  )
+  geometry = sample_geometry(geometry_seed, settings)
+  factors = sample_color_factors(color_seed, settings)
   return geometry, factors
 
 
@@ -371,15 +362,7 @@ def augment_example(
   seed: tf.Tensor,
   *,
   size: int,
-  rotation: float,
-  hflip: bool,
-  vflip: bool,
-  brightness: float,
-  contrast: float,
-  saturation: float,
-  hue: float,
-  crop_scale: tuple[float, float],
-  crop_ratio: tuple[float, float],
+  settings: AugmentSettings,
   classes: tf.Tensor | None = None,
   num_classes: int | None = None,
   mask: tf.Tensor | None = None,
@@ -391,8 +374,7 @@ def augment_example(
     boxes: float32 [N, 4] normalised (ymin, xmin, ymax, xmax); N may be 0.
     seed: int32/int64 [2] stateless seed of this example.
     size: side S of the output.
-    rotation, hflip, vflip, brightness, contrast, saturation, hue, crop_scale,
-      crop_ratio: the settings (`augment_kwargs`).
+    settings: the augmentation's settings (`augment_settings`).
     classes, num_classes: the class of each box and K, for one mask per class
       (multi-label data; `warp_boxes_mask`).
     mask: optional float32 [H, W] soft segmentation mask in [0, 1] of the
@@ -405,20 +387,12 @@ def augment_example(
   """
   if mask is not None and classes is not None:
     raise ValueError('augment_example: a segmentation mask has no per-class form (classes).')
-  geometry, factors = sample_augmentation(
-    seed,
-    rotation=rotation,
-    hflip=hflip,
-    vflip=vflip,
-    brightness=brightness,
-    contrast=contrast,
-    saturation=saturation,
-    hue=hue,
-    crop_scale=crop_scale,
-    crop_ratio=crop_ratio,
-  )
+  geometry, factors = sample_augmentation(seed, settings)
   image = adjust_color(warp_image(image, geometry, size=size), factors)
   if mask is not None:
     return image, warp_mask(mask, geometry, size=size)
   mask = warp_boxes_mask(boxes, geometry, size=size, classes=classes, num_classes=num_classes)
   return image, mask
+
+
+__getattr__ = _deprecated.getattr_of(__name__)

@@ -24,7 +24,7 @@ The layout (DESIGN 3.1)::
 - ``mask`` (optional column; may be empty on any row): the path, relative to
   DATA_DIR like ``image``, of the image's lesion segmentation mask, of any
   size with the image's aspect ratio; a pixel is lesion when its grey level is
-  > 127 (0/255 masks; see `care_jax.data._files` for 16-bit and colour files).
+  > 127 (0/255 masks; see `care_jax.data._files.images` for 16-bit and colour files).
   The mask of a *training* image becomes its annotation ``mask`` (resized to
   the stored image), and CARE's inner mask M_in is then that mask (resized and
   warped with the image by the pipeline) instead of the image's boxes: with
@@ -38,12 +38,12 @@ Bad rows raise ``ValueError`` naming the file and line (a missing, unreadable
 or empty mask, or one whose aspect ratio is not its image's, is a bad row of
 labels.csv); with
 ``data.folder.skip_bad_rows=True`` the row-level ones are skipped, counted and
-logged instead (see `care_jax.data._files`). Images are stored losslessly
+logged instead (see `care_jax.data._files.rows`). Images are stored losslessly
 (PNG), the longer side shrunk to ``stored_size``.
 
 Example::
 
-  python -m care_jax.main --config=configs/folder.py --workdir=runs/mine \\
+  care-jax train --config=configs/folder.py --workdir=runs/mine \\
       --config.data.dir=/path/to/DATA_DIR
 """
 
@@ -53,13 +53,16 @@ from typing import Any
 import ml_collections
 import tensorflow_datasets as tfds
 
-from care_jax.data import _files
+from care_jax.data._files import builder
+from care_jax.data._files import images
+from care_jax.data._files import rows
+from care_jax.data._files import splits
 
 LABELS = 'labels.csv'
 BOXES = 'boxes.csv'
 
 # The names of the data.folder parameters (their defaults: care_jax.config).
-PARAMETERS = _files.COMMON_PARAMETERS
+PARAMETERS = builder.COMMON_PARAMETERS
 # The optional columns of labels.csv.
 OPTIONAL_COLUMNS = ('split', 'group', 'mask')
 
@@ -75,13 +78,13 @@ Then pass --config.data.dir=DATA_DIR.
 """
 
 
-def _read_labels(root: pathlib.Path) -> tuple[list[str], list[_files.Row]]:
+def _read_labels(root: pathlib.Path) -> tuple[list[str], list[rows.Row]]:
   path = root / LABELS
-  _files.require_files([path], MANUAL_DOWNLOAD_INSTRUCTIONS)
-  return _files.read_csv(path, required=('image', 'label'), optional=OPTIONAL_COLUMNS)
+  builder.require_files([path], MANUAL_DOWNLOAD_INSTRUCTIONS)
+  return rows.read_csv(path, required=('image', 'label'), optional=OPTIONAL_COLUMNS)
 
 
-def folder_config(data_dir: pathlib.Path, **parameters: Any) -> _files.FilesConfig:
+def folder_config(data_dir: pathlib.Path, **parameters: Any) -> builder.FilesConfig:
   """The builder config of DATA_DIR: classes from labels.csv, parameters.
 
   Args:
@@ -93,22 +96,22 @@ def folder_config(data_dir: pathlib.Path, **parameters: Any) -> _files.FilesConf
     ValueError: for unknown, missing or bad parameters, a missing/empty
       labels.csv or a labels.csv without any label.
   """
-  params = _files.check_parameters('folder', parameters, PARAMETERS)
-  _, rows = _read_labels(data_dir)
-  class_names = sorted({row['label'] for row in rows if row['label']})
+  params = builder.check_parameters('folder', parameters, PARAMETERS)
+  _, csv_rows = _read_labels(data_dir)
+  class_names = sorted({row['label'] for row in csv_rows if row['label']})
   if not class_names:
     raise ValueError(f'{data_dir / LABELS}: no row has a label.')
-  return _files.FilesConfig(
+  return builder.FilesConfig(
     tag='folder',
     class_names=class_names,
     # The user's boxes.csv decides which (training) images carry boxes.
     box_classes=class_names,
     parameters=params,
-    files_fingerprint=_files.fingerprint(data_dir, [data_dir / LABELS, data_dir / BOXES]),
+    files_fingerprint=builder.fingerprint(data_dir, [data_dir / LABELS, data_dir / BOXES]),
   )
 
 
-class Folder(_files.FilesBuilder):
+class Folder(builder.FilesBuilder):
   """Images, labels and lesion boxes from the user's own directory."""
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
@@ -123,16 +126,16 @@ class Folder(_files.FilesBuilder):
   def _labels_file(self) -> str:
     return str(self.manual_dir / LABELS)
 
-  def _read_records(self, problems: _files.Problems) -> list[_files.Record]:
+  def _read_records(self, problems: rows.Problems) -> list[splits.Record]:
     root = self.manual_dir
     labels_path = root / LABELS
-    header, rows = _read_labels(root)
+    header, csv_rows = _read_labels(root)
     class_names = self.builder_config.class_names
     records = {}
     first_line = {}  # every listed image, skipped or not -> its line
-    for row in rows:
-      location = _files.where(labels_path, row.line)
-      key, path = _files.relative_path(root, row['image'], location)
+    for row in csv_rows:
+      location = rows.where(labels_path, row.line)
+      key, path = rows.relative_path(root, row['image'], location)
       if key in first_line:
         raise ValueError(
           f'{location}: image {key!r} is listed again (first on line'
@@ -140,8 +143,8 @@ class Folder(_files.FilesBuilder):
         )
       first_line[key] = row.line
       split = row.get('split')
-      if 'split' in header and split not in _files.SPLITS:
-        problems.report(location, f'split {split!r} is not one of {_files.SPLITS}')
+      if 'split' in header and split not in splits.SPLITS:
+        problems.report(location, f'split {split!r} is not one of {splits.SPLITS}')
         continue
       if not row['label']:
         problems.report(location, 'empty label')
@@ -157,7 +160,7 @@ class Folder(_files.FilesBuilder):
       if record is None:
         continue
       if row.get('mask'):
-        _, record.mask = _files.relative_path(root, row['mask'], location, kind='mask')
+        _, record.mask = rows.relative_path(root, row['mask'], location, kind='mask')
         problem = self._mask_problem(record)
         if problem:
           problems.report(location, problem)
@@ -167,23 +170,23 @@ class Folder(_files.FilesBuilder):
     return list(records.values())
 
   @staticmethod
-  def _mask_problem(record: _files.Record) -> str | None:
+  def _mask_problem(record: splits.Record) -> str | None:
     """What is wrong with ``record.mask`` as far as its header tells, or None."""
     try:
-      size = _files.image_header(record.mask, kind='mask')
-    except _files.UnreadableFile as e:
+      size = images.image_header(record.mask, kind='mask')
+    except images.UnreadableFile as e:
       return str(e)
-    problem = _files.mask_size_problem(size, record.size)
+    problem = images.mask_size_problem(size, record.size)
     return f'{problem}: {record.mask}' if problem else None
 
   def _read_boxes(
-    self, records: dict[str, _files.Record], listed: dict[str, int], problems: _files.Problems
+    self, records: dict[str, splits.Record], listed: dict[str, int], problems: rows.Problems
   ) -> None:
     path = self.manual_dir / BOXES
     if not path.exists():
       return
-    for location, row, coordinates in _files.read_box_rows(path):
-      key, _ = _files.relative_path(self.manual_dir, row['image'], location)
+    for location, row, coordinates in rows.read_box_rows(path):
+      key, _ = rows.relative_path(self.manual_dir, row['image'], location)
       if key not in listed:
         problems.report(location, f'image {key!r} is not listed in {LABELS}')
         continue
@@ -195,7 +198,7 @@ class Folder(_files.FilesBuilder):
       if None in coordinates:
         problems.report(
           location,
-          f'xmin, ymin, xmax, ymax must be numbers, got {[row[c] for c in _files.BOX_COLUMNS]}',
+          f'xmin, ymin, xmax, ymax must be numbers, got {[row[c] for c in rows.BOX_COLUMNS]}',
         )
         continue
       problems.add_box(records[key], location, coordinates, f'image {key!r}')
@@ -203,7 +206,7 @@ class Folder(_files.FilesBuilder):
 
 def from_data_config(data_config: ml_collections.ConfigDict) -> Folder:
   """The (unprepared) builder of ``data.dir`` with ``data.folder`` params."""
-  return _files.builder_from_data_config(
+  return builder.builder_from_data_config(
     data_config,
     'folder',
     builder_cls=Folder,

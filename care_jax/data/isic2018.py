@@ -44,7 +44,7 @@ keeps them as distributed).
 
 Example::
 
-  python -m care_jax.main --config=configs/isic2018_care.py --workdir=runs/isic \\
+  care-jax train --config=configs/isic2018_care.py --workdir=runs/isic \\
       --config.data.dir=/data/isic2018 --config.model.pretrained=resnet50.safetensors
 """
 
@@ -56,7 +56,10 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from care_jax.data import _files
+from care_jax.data._files import builder
+from care_jax.data._files import images
+from care_jax.data._files import rows
+from care_jax.data._files import splits
 
 # The ground-truth columns in file order; the authors' fold files index it.
 GROUND_TRUTH_COLUMNS = ('MEL', 'NV', 'BCC', 'AKIEC', 'BKL', 'DF', 'VASC')
@@ -72,7 +75,7 @@ IMAGE_DIRS = ('ISIC2018_Task3_Training_Input', 'HAM10000_images_part_1', 'HAM100
 MASK_DIR = 'HAM10000_segmentations_lesion_tschandl'
 
 # The names of the data.isic2018 parameters (their defaults: care_jax.config).
-PARAMETERS = ('split', 'fold', 'box_source', 'box_csv', 'supervision') + _files.COMMON_PARAMETERS
+PARAMETERS = ('split', 'fold', 'box_source', 'box_csv', 'supervision') + builder.COMMON_PARAMETERS
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 Download ISIC 2018 Task 3 (https://challenge.isic-archive.com/data/#2018:
@@ -128,7 +131,7 @@ def _annotation_files(root: pathlib.Path, params: dict[str, Any]) -> list[pathli
 
 def isic2018_config(
   data_dir: pathlib.Path, *, rare_classes: str | tuple[str, ...] = (), **parameters: Any
-) -> _files.FilesConfig:
+) -> builder.FilesConfig:
   """The builder config of the ISIC 2018 / HAM10000 files in ``data_dir``.
 
   Args:
@@ -140,7 +143,7 @@ def isic2018_config(
     ValueError: for unknown, missing or bad parameters, unknown rare classes
       or a missing annotation file (with the download instructions).
   """
-  params = _files.check_parameters('isic2018', parameters, PARAMETERS)
+  params = builder.check_parameters('isic2018', parameters, PARAMETERS)
   if params['split'] not in SPLIT_MODES:
     raise ValueError(f'data.isic2018.split = {params["split"]!r}: must be one of {SPLIT_MODES}.')
   if params['box_source'] not in BOX_SOURCES:
@@ -153,7 +156,7 @@ def isic2018_config(
     )
   if params['fold'] not in range(1, 6):
     raise ValueError(f'data.isic2018.fold = {params["fold"]!r}: must be 1, 2, 3, 4 or 5.')
-  return _files.fixed_classes_config(
+  return builder.fixed_classes_config(
     data_dir,
     tag=params['split'],
     class_names=CLASS_NAMES,
@@ -182,7 +185,7 @@ def largest_component_box(mask: np.ndarray) -> tuple[float, float, float, float]
   return (rows.start / height, cols.start / width, rows.stop / height, cols.stop / width)
 
 
-class Isic2018(_files.FilesBuilder):
+class Isic2018(builder.FilesBuilder):
   """ISIC 2018 Task 3 / HAM10000 dermoscopy images (7 classes) with boxes."""
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
@@ -199,25 +202,25 @@ class Isic2018(_files.FilesBuilder):
     return str(_find(self.manual_dir, GROUND_TRUTH))
 
   def _image_index(self) -> dict[str, pathlib.Path]:
-    return _files.image_index([self.manual_dir / name for name in IMAGE_DIRS], '*.jpg')
+    return images.image_index([self.manual_dir / name for name in IMAGE_DIRS], '*.jpg')
 
-  def _read_records(self, problems: _files.Problems) -> list[_files.Record]:
+  def _read_records(self, problems: rows.Problems) -> list[splits.Record]:
     params = self.builder_config.parameters
     root = self.manual_dir
     path = _find(root, GROUND_TRUTH, f'{GROUND_TRUTH[:-4]}/{GROUND_TRUTH}')
-    _, rows = _files.read_csv(path, required=('image',) + GROUND_TRUTH_COLUMNS)
-    images = self._image_index()
+    _, csv_rows = rows.read_csv(path, required=('image',) + GROUND_TRUTH_COLUMNS)
+    image_files = self._image_index()
     records = {}
     first_line = {}
-    for row in rows:
-      location = _files.where(path, row.line)
+    for row in csv_rows:
+      location = rows.where(path, row.line)
       key = row['image']
       if key in first_line:
         raise ValueError(
           f'{location}: image {key!r} is listed again (first on line {first_line[key]}).'
         )
       first_line[key] = row.line
-      values = [_files.parse_number(row[c]) for c in GROUND_TRUTH_COLUMNS]
+      values = [rows.parse_number(row[c]) for c in GROUND_TRUTH_COLUMNS]
       if None in values or sorted(values) != [0.0] * 6 + [1.0]:
         problems.report(
           location,
@@ -226,13 +229,13 @@ class Isic2018(_files.FilesBuilder):
         )
         continue
       name = GROUND_TRUTH_COLUMNS[values.index(1.0)]
-      if f'{key}.jpg' not in images:
+      if f'{key}.jpg' not in image_files:
         problems.report(
           location, f'image {key}.jpg not found in any of {[str(root / d) for d in IMAGE_DIRS]}'
         )
         continue
       record = problems.image_record(
-        location, images[f'{key}.jpg'], key=key, label=CLASS_NAMES.index(name), group=key
+        location, image_files[f'{key}.jpg'], key=key, label=CLASS_NAMES.index(name), group=key
       )
       if record is not None:
         records[key] = record
@@ -244,19 +247,19 @@ class Isic2018(_files.FilesBuilder):
       self._read_box_csv(records, first_line, problems)
     return list(records.values())
 
-  def _read_lesions(self, records: dict[str, _files.Record], problems: _files.Problems) -> None:
+  def _read_lesions(self, records: dict[str, splits.Record], problems: rows.Problems) -> None:
     """Sets ``group`` to the lesion; drops (reports) images without one."""
     path = self.manual_dir / METADATA
-    _, rows = _files.read_csv(path, required=('lesion_id', 'image_id', 'dx'), allow_extra=True)
+    _, csv_rows = rows.read_csv(path, required=('lesion_id', 'image_id', 'dx'), allow_extra=True)
     lesions = set()
-    for row in rows:
+    for row in csv_rows:
       record = records.get(row['image_id'])
       if record is None:
         continue  # Not in the ground truth (or its row was skipped).
       diagnosis = row['dx'].upper()
       if diagnosis != CLASS_NAMES[record.label]:
         problems.report(
-          _files.where(path, row.line),
+          rows.where(path, row.line),
           f'{record.key}: dx={row["dx"]!r}, but {record.location} says {CLASS_NAMES[record.label]}',
         )
         del records[record.key]
@@ -268,16 +271,16 @@ class Isic2018(_files.FilesBuilder):
       del records[key]
 
   def _read_folds(
-    self, records: dict[str, _files.Record], listed: dict[str, int], problems: _files.Problems
+    self, records: dict[str, splits.Record], listed: dict[str, int], problems: rows.Problems
   ) -> None:
     """Sets ``split`` from the fold files; drops images in neither."""
     fold_labels = {str(i): name for i, name in enumerate(GROUND_TRUTH_COLUMNS)}
     assigned = {}
     for split, path in _fold_files(self.manual_dir, self.builder_config.parameters['fold']).items():
       image_column, label_column = f'image_{split}', f'label_{split}'
-      _, rows = _files.read_csv(path, required=(image_column, label_column), allow_extra=True)
-      for row in rows:
-        location = _files.where(path, row.line)
+      _, csv_rows = rows.read_csv(path, required=(image_column, label_column), allow_extra=True)
+      for row in csv_rows:
+        location = rows.where(path, row.line)
         key = row[image_column].removesuffix('.jpg')
         if key in assigned:
           raise ValueError(f'{location}: image {key} is already in {assigned[key]}.')
@@ -306,10 +309,10 @@ class Isic2018(_files.FilesBuilder):
       del records[key]
 
   def _read_box_csv(
-    self, records: dict[str, _files.Record], listed: dict[str, int], problems: _files.Problems
+    self, records: dict[str, splits.Record], listed: dict[str, int], problems: rows.Problems
   ) -> None:
     path = self.manual_dir / self.builder_config.parameters['box_csv']
-    for location, row, coordinates in _files.read_box_rows(path):
+    for location, row, coordinates in rows.read_box_rows(path):
       key = row['image'].removesuffix('.jpg')
       if key not in listed:
         problems.report(location, f'image {key!r} is not in {GROUND_TRUTH}')
@@ -318,12 +321,12 @@ class Isic2018(_files.FilesBuilder):
       if record is None:
         continue  # Its image was skipped (and reported) already.
       if None in coordinates:
-        columns = _files.BOX_COLUMNS
+        columns = rows.BOX_COLUMNS
         problems.report(location, f'{columns} must be numbers, got {[row[c] for c in columns]}')
         continue
       problems.add_box(record, location, coordinates, f'image {key}')
 
-  def _add_boxes(self, records: list[_files.Record], problems: _files.Problems) -> None:
+  def _add_boxes(self, records: list[splits.Record], problems: rows.Problems) -> None:
     """Boxes (box_source='masks') and annotation masks (supervision='mask').
 
     Masks are required for the rare training images only: a bad one is
@@ -345,7 +348,7 @@ class Isic2018(_files.FilesBuilder):
       path = self.manual_dir / MASK_DIR / f'{record.key}_segmentation.png'
       try:
         mask = self._read_mask(path, record.size)
-      except _files.UnreadableFile as e:
+      except images.UnreadableFile as e:
         if needed:
           problems.report(record.location, f'{e} ({uses} of a rare class image)')
         missing += 1
@@ -361,16 +364,16 @@ class Isic2018(_files.FilesBuilder):
   @staticmethod
   def _read_mask(path: pathlib.Path, size: tuple[int, int]) -> np.ndarray:
     """bool [h, w] mask of any size with the aspect ratio of an image of ``size``."""
-    mask = _files.load_mask(path)
-    problem = _files.mask_size_problem(mask.shape, size)
+    mask = images.load_mask(path)
+    problem = images.mask_size_problem(mask.shape, size)
     if problem:
-      raise _files.UnreadableFile(f'{problem}: {path}')
+      raise images.UnreadableFile(f'{problem}: {path}')
     return mask
 
 
 def from_data_config(data_config: ml_collections.ConfigDict) -> Isic2018:
   """The (unprepared) builder of ``data.dir`` with ``data.isic2018`` params."""
-  return _files.builder_from_data_config(
+  return builder.builder_from_data_config(
     data_config,
     'isic2018',
     builder_cls=Isic2018,

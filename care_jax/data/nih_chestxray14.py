@@ -34,7 +34,7 @@ joined by ``|``. The classes are `FINDINGS`, the 14 findings sorted by name as
 every dataset here orders its classes (`CHEXNET_FINDINGS` is the order of
 CheXNet's tables). The box list spells ``Infiltrate`` what ``Data_Entry``
 calls ``Infiltration``: both are the class ``Infiltration`` here (`BOX_ALIASES`).
-The features are `care_jax.data._files.multilabel_features`: ``labels`` (the
+The features are `care_jax.data._files.multilabel.multilabel_features`: ``labels`` (the
 image's findings, sorted), ``boxes``/``box_labels`` (training images only, the
 boxes of the findings in ``data.rare_classes``, default `BOX_FINDINGS`),
 ``lesion_boxes``/``lesion_box_labels`` (every box, every split), ``image_id``
@@ -42,9 +42,9 @@ and ``patient_id`` (the ``Patient ID`` column).
 
 Splits: 'test' is ``test_list.txt`` and 'train' is ``train_val_list.txt``
 (one image name a line), less 'validation': about ``validation_fraction`` of
-its images, held out by patient (`care_jax.data._files.holdout` grouped by
+its images, held out by patient (`care_jax.data._files.splits.holdout` grouped by
 ``Patient ID``, stratified by each image's rarest finding,
-`care_jax.data._files.rarest_label_strata`). ``test_fraction`` is not used.
+`care_jax.data._files.multilabel.rarest_label_strata`). ``test_fraction`` is not used.
 ``boxed_images`` says where the images of the box list go:
 
 - ``'test'`` (default): where the official lists put them (all in
@@ -58,7 +58,7 @@ its images, held out by patient (`care_jax.data._files.holdout` grouped by
 Either way no patient has images in two splits; official lists that put a
 patient's images in both raise an error.
 
-Bad rows (`care_jax.data._files.Problems`, ``skip_bad_rows``): an unknown
+Bad rows (`care_jax.data._files.rows.Problems`, ``skip_bad_rows``): an unknown
 finding, ``No Finding`` with a finding, an empty ``Patient ID``, a missing or
 unreadable image, an image in neither list, a list name missing from
 ``Data_Entry_2017.csv``, a bad box, a box of an image not in
@@ -66,7 +66,7 @@ unreadable image, an image in neither list, a list name missing from
 ``Finding Labels`` (the box is skipped, the image kept). An image listed twice
 (in ``Data_Entry_2017.csv``, in a list, or in both lists) always raises.
 Every finding needs images in every split
-(`care_jax.data._files.check_multilabel_coverage`).
+(`care_jax.data._files.multilabel.check_multilabel_coverage`).
 
 Images are looked up by name in ``images/`` (the NIH tarballs
 ``images_001.tar.gz`` ... ``images_012.tar.gz`` unpack there) and
@@ -75,7 +75,7 @@ Images are looked up by name in ``images/`` (the NIH tarballs
 
 Example::
 
-  python -m care_jax.main --config=configs/rsna_pneumonia_care.py --workdir=runs/nih \\
+  care-jax train --config=configs/rsna_pneumonia_care.py --workdir=runs/nih \\
       --config.data.name=nih_chestxray14 --config.data.dir=/data/chestxray14 \\
       --config.data.rare_classes="('Nodule',)" --config.model.pretrained=r50.safetensors
 """
@@ -89,7 +89,11 @@ from typing import Any
 import ml_collections
 import tensorflow_datasets as tfds
 
-from care_jax.data import _files
+from care_jax.data._files import builder
+from care_jax.data._files import images
+from care_jax.data._files import multilabel
+from care_jax.data._files import rows
+from care_jax.data._files import splits
 
 # The classes of the boxed mode: the box list's findings, sorted, as it spells them.
 CLASS_NAMES = (
@@ -139,7 +143,7 @@ TEST_LIST = 'test_list.txt'
 MODES = ('boxed', 'multilabel')
 BOXED_IMAGES = ('test', 'train')
 # The names of the data.nih_chestxray14 parameters (their defaults: care_jax.config).
-PARAMETERS = ('mode', 'boxed_images') + _files.COMMON_PARAMETERS
+PARAMETERS = ('mode', 'boxed_images') + builder.COMMON_PARAMETERS
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 Download NIH ChestX-ray14 (https://nihcc.app.box.com/v/ChestXray-NIHCC: {BOXES},
@@ -154,8 +158,8 @@ directory DATA_DIR and pass --config.data.dir=DATA_DIR:
 """
 
 
-class NihConfig(_files.FilesConfig):
-  """`_files.FilesConfig` with the mode ('boxed' or 'multilabel')."""
+class NihConfig(builder.FilesConfig):
+  """`builder.FilesConfig` with the mode ('boxed' or 'multilabel')."""
 
   def __init__(self, *, mode: str, **kwargs: Any):
     self.mode = mode
@@ -178,7 +182,7 @@ def nih_chestxray14_config(
     ValueError: for unknown, missing or bad parameters, unknown rare classes
       or a missing annotation file (with the download instructions).
   """
-  params = _files.check_parameters('nih_chestxray14', parameters, PARAMETERS)
+  params = builder.check_parameters('nih_chestxray14', parameters, PARAMETERS)
   for key, valid in (('mode', MODES), ('boxed_images', BOXED_IMAGES)):
     if params[key] not in valid:
       raise ValueError(f'data.nih_chestxray14.{key} = {params[key]!r}: must be one of {valid}.')
@@ -188,38 +192,38 @@ def nih_chestxray14_config(
     class_names = CLASS_NAMES
     # The boxed mode's parameters as before the modes existed (so that its
     # prepared data keep their name); boxed_images does not apply to it.
-    hashed = {name: params[name] for name in _files.COMMON_PARAMETERS}
+    hashed = {name: params[name] for name in builder.COMMON_PARAMETERS}
   else:
     files = [data_dir / name for name in (DATA_ENTRY, TRAIN_VAL_LIST, TEST_LIST, BOXES)]
     class_names = FINDINGS
     hashed = {name: value for name, value in params.items() if name != 'test_fraction'}
-  _files.require_files(files, MANUAL_DOWNLOAD_INSTRUCTIONS)
+  builder.require_files(files, MANUAL_DOWNLOAD_INSTRUCTIONS)
   default_rare = CLASS_NAMES if mode == 'boxed' else BOX_FINDINGS
   return NihConfig(
     mode=mode,
     tag=mode,
     class_names=class_names,
-    box_classes=_files.requested_classes(rare_classes, class_names, default_rare),
+    box_classes=builder.requested_classes(rare_classes, class_names, default_rare),
     parameters=hashed,
-    files_fingerprint=_files.fingerprint(data_dir, files),
+    files_fingerprint=builder.fingerprint(data_dir, files),
   )
 
 
 def _read_boxes(
-  path: pathlib.Path, problems: _files.Problems, class_names: Sequence[str], aliases: dict[str, str]
+  path: pathlib.Path, problems: rows.Problems, class_names: Sequence[str], aliases: dict[str, str]
 ) -> dict[str, list[tuple[str, str, tuple[float, float, float, float]]]]:
   """Image name -> [(location, finding, pixel box)] of the box list.
 
   Findings are mapped through ``aliases`` and must then be in ``class_names``.
   """
-  header, rows = _files.read_rows(path)
+  header, csv_rows = rows.read_rows(path)
   if ','.join(header).rstrip(',') != HEADER:
     raise ValueError(
       f'{path}, line 1: expected the header {HEADER},,, (as NIH ships it), got {",".join(header)}.'
     )
   boxes = collections.defaultdict(list)
-  for line, fields in rows:
-    location = _files.where(path, line)
+  for line, fields in csv_rows:
+    location = rows.where(path, line)
     if len(fields) < 6 or any(fields[6:]):
       problems.report(
         location, f'expected 6 fields (image, finding, x, y, w, h), got {len(fields)}: {fields}'
@@ -230,7 +234,7 @@ def _read_boxes(
       expected = tuple(class_names) + tuple(aliases)
       problems.report(location, f'unknown finding {fields[1]!r}; expected one of {expected}')
       continue
-    numbers = [_files.parse_number(v) for v in fields[2:6]]
+    numbers = [rows.parse_number(v) for v in fields[2:6]]
     if None in numbers:
       problems.report(location, f'x, y, w, h must be numbers, got {fields[2:6]}')
       continue
@@ -253,7 +257,7 @@ def _read_list(path: pathlib.Path) -> list[tuple[int, str]]:
       continue
     if name in first:
       raise ValueError(
-        f'{_files.where(path, line)}: image {name} is listed again (first on line {first[name]}).'
+        f'{rows.where(path, line)}: image {name} is listed again (first on line {first[name]}).'
       )
     first[name] = line
     names.append((line, name))
@@ -262,7 +266,7 @@ def _read_list(path: pathlib.Path) -> list[tuple[int, str]]:
   return names
 
 
-class NihChestxray14(_files.FilesBuilder):
+class NihChestxray14(builder.FilesBuilder):
   """NIH ChestX-ray14 chest X-rays: the boxed subset (one finding each) or all, multi-label."""
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
@@ -278,7 +282,7 @@ class NihChestxray14(_files.FilesBuilder):
       return super()._info()
     return self.dataset_info_from_configs(
       description=(type(self).__doc__ or '').strip(),
-      features=_files.multilabel_features(self.builder_config.class_names, self.ENCODING),
+      features=multilabel.multilabel_features(self.builder_config.class_names, self.ENCODING),
       supervised_keys=('image', 'labels'),
       homepage=self.HOMEPAGE,
     )
@@ -288,7 +292,7 @@ class NihChestxray14(_files.FilesBuilder):
 
   def _image_index(self) -> dict[str, pathlib.Path]:
     directories = [self.manual_dir / 'images'] + sorted(self.manual_dir.glob('images_*/images'))
-    return _files.image_index(directories, '*.png')
+    return images.image_index(directories, '*.png')
 
   def _not_found(self, name: str) -> str:
     return (
@@ -298,9 +302,9 @@ class NihChestxray14(_files.FilesBuilder):
 
   # The boxed mode.
 
-  def _read_records(self, problems: _files.Problems) -> list[_files.Record]:
+  def _read_records(self, problems: rows.Problems) -> list[splits.Record]:
     boxes = _read_boxes(self.manual_dir / BOXES, problems, CLASS_NAMES, {})
-    images = self._image_index()
+    image_files = self._image_index()
     records = []
     several = []
     for name, entries in boxes.items():
@@ -309,12 +313,12 @@ class NihChestxray14(_files.FilesBuilder):
       if len(findings) > 1:
         several.append(f'{name} ({location}): {findings}')
         continue
-      if name not in images:
+      if name not in image_files:
         problems.report(location, self._not_found(name))
         continue
       record = problems.image_record(
         location,
-        images[name],
+        image_files[name],
         key=name,
         label=CLASS_NAMES.index(findings[0]),
         group=name.split('_')[0],  # The patient id.
@@ -336,16 +340,16 @@ class NihChestxray14(_files.FilesBuilder):
   # The multi-label mode.
 
   def _read_data_entry(
-    self, problems: _files.Problems
-  ) -> tuple[dict[str, _files.MultilabelRecord], set[str]]:
+    self, problems: rows.Problems
+  ) -> tuple[dict[str, multilabel.MultilabelRecord], set[str]]:
     """The records of Data_Entry_2017.csv by name, and every name it lists."""
     path = self.manual_dir / DATA_ENTRY
-    _, rows = _files.read_csv(path, required=DATA_ENTRY_COLUMNS, allow_extra=True)
-    images = self._image_index()
+    _, csv_rows = rows.read_csv(path, required=DATA_ENTRY_COLUMNS, allow_extra=True)
+    image_files = self._image_index()
     records = {}
     first_line = {}
-    for row in rows:
-      location = _files.where(path, row.line)
+    for row in csv_rows:
+      location = rows.where(path, row.line)
       name, text, patient = (row[column] for column in DATA_ENTRY_COLUMNS)
       if name in first_line:
         raise ValueError(
@@ -367,15 +371,15 @@ class NihChestxray14(_files.FilesBuilder):
       if not patient:
         problems.report(location, f'image {name}: empty Patient ID')
         continue
-      if name not in images:
+      if name not in image_files:
         problems.report(location, self._not_found(name))
         continue
-      size = problems.image_size(location, images[name])
+      size = problems.image_size(location, image_files[name])
       if size is None:
         continue
-      records[name] = _files.MultilabelRecord(
+      records[name] = multilabel.MultilabelRecord(
         key=name,
-        source=images[name],
+        source=image_files[name],
         location=location,
         labels=tuple(sorted({FINDINGS.index(finding) for finding in findings})),
         size=size,
@@ -384,14 +388,14 @@ class NihChestxray14(_files.FilesBuilder):
     return records, set(first_line)
 
   def _official_splits(
-    self, records: dict[str, _files.MultilabelRecord], listed: set[str], problems: _files.Problems
+    self, records: dict[str, multilabel.MultilabelRecord], listed: set[str], problems: rows.Problems
   ) -> None:
     """Sets ``split`` to 'train' or 'test' from the lists; drops unlisted records."""
     where_listed = {}
     for split, file in (('train', TRAIN_VAL_LIST), ('test', TEST_LIST)):
       path = self.manual_dir / file
       for line, name in _read_list(path):
-        location = _files.where(path, line)
+        location = rows.where(path, line)
         if name in where_listed:
           raise ValueError(
             f'{location}: image {name} is also in {where_listed[name]}; an image'
@@ -410,7 +414,7 @@ class NihChestxray14(_files.FilesBuilder):
         del records[name]
 
   def _add_multilabel_boxes(
-    self, records: dict[str, _files.MultilabelRecord], listed: set[str], problems: _files.Problems
+    self, records: dict[str, multilabel.MultilabelRecord], listed: set[str], problems: rows.Problems
   ) -> None:
     boxes = _read_boxes(self.manual_dir / BOXES, problems, FINDINGS, BOX_ALIASES)
     for name, entries in boxes.items():
@@ -429,7 +433,7 @@ class NihChestxray14(_files.FilesBuilder):
         else:
           record.add_box(problems, location, box, FINDINGS.index(finding), f'image {name}')
 
-  def _assign_multilabel_splits(self, records: list[_files.MultilabelRecord]) -> None:
+  def _assign_multilabel_splits(self, records: list[multilabel.MultilabelRecord]) -> None:
     """Moves boxed patients (boxed_images), checks patients, holds out validation."""
     params = self.builder_config.parameters
     boxed = {r.group for r in records if r.boxes}
@@ -457,8 +461,8 @@ class NihChestxray14(_files.FilesBuilder):
       return
     kept = boxed if params['boxed_images'] == 'train' else set()
     candidates = [r for r in records if r.split == 'train' and r.group not in kept]
-    strata = _files.rarest_label_strata([r.labels for r in candidates], len(FINDINGS))
-    held = _files.holdout(
+    strata = multilabel.rarest_label_strata([r.labels for r in candidates], len(FINDINGS))
+    held = splits.holdout(
       strata,
       [r.group for r in candidates],
       fraction=params['validation_fraction'],
@@ -479,7 +483,7 @@ class NihChestxray14(_files.FilesBuilder):
     problems.log(f'{self.name}: reading {self.manual_dir}')
     records = list(by_name.values())
     self._assign_multilabel_splits(records)
-    counts = _files.check_multilabel_coverage(
+    counts = multilabel.check_multilabel_coverage(
       records, self.builder_config.class_names, self._labels_file()
     )
     logging.info('%s: images per finding %s and split: %s', self.name, list(FINDINGS), counts)
@@ -498,12 +502,12 @@ class NihChestxray14(_files.FilesBuilder):
     for record in records:
       try:
         image = self._load(record)
-      except _files.UnreadableFile as e:
+      except images.UnreadableFile as e:
         problems.report(record.location, str(e))
         continue
       yield (
         record.key,
-        _files.multilabel_example(
+        multilabel.multilabel_example(
           record,
           image,
           split=split,
@@ -517,7 +521,7 @@ class NihChestxray14(_files.FilesBuilder):
 
 def from_data_config(data_config: ml_collections.ConfigDict) -> NihChestxray14:
   """The (unprepared) builder of ``data.dir``, ``data.nih_chestxray14`` params."""
-  return _files.builder_from_data_config(
+  return builder.builder_from_data_config(
     data_config,
     'nih_chestxray14',
     builder_cls=NihChestxray14,

@@ -27,7 +27,7 @@ most ``stored_size`` (default 512).
 
 Example::
 
-  python -m care_jax.main --config=configs/rsna_pneumonia_care.py --workdir=runs/rsna \\
+  care-jax train --config=configs/rsna_pneumonia_care.py --workdir=runs/rsna \\
       --config.data.dir=/data/rsna --config.model.pretrained=resnet50.safetensors
 """
 
@@ -38,7 +38,10 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from care_jax.data import _files
+from care_jax.data._files import builder
+from care_jax.data._files import images
+from care_jax.data._files import rows
+from care_jax.data._files import splits
 
 CLASS_NAMES = ('Lung Opacity', 'No Lung Opacity / Not Normal', 'Normal')
 DEFAULT_RARE_CLASSES = ('Lung Opacity',)
@@ -47,7 +50,7 @@ CLASS_INFO = 'stage_2_detailed_class_info.csv'
 IMAGES = 'stage_2_train_images'
 
 # The names of the data.rsna_pneumonia parameters (their defaults: care_jax.config).
-PARAMETERS = _files.COMMON_PARAMETERS
+PARAMETERS = builder.COMMON_PARAMETERS
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 Download the RSNA Pneumonia Detection Challenge data
@@ -63,7 +66,7 @@ into a directory DATA_DIR and pass --config.data.dir=DATA_DIR:
 
 def rsna_pneumonia_config(
   data_dir: pathlib.Path, *, rare_classes: str | tuple[str, ...] = (), **parameters: Any
-) -> _files.FilesConfig:
+) -> builder.FilesConfig:
   """The builder config of the RSNA challenge files in ``data_dir``.
 
   Args:
@@ -75,10 +78,10 @@ def rsna_pneumonia_config(
     ValueError: for unknown, missing or bad parameters, unknown rare classes
       or a missing label file (with the download instructions).
   """
-  params = _files.check_parameters('rsna_pneumonia', parameters, PARAMETERS)
+  params = builder.check_parameters('rsna_pneumonia', parameters, PARAMETERS)
   files = [data_dir / LABELS, data_dir / CLASS_INFO]
-  _files.require_files(files, MANUAL_DOWNLOAD_INSTRUCTIONS)
-  return _files.fixed_classes_config(
+  builder.require_files(files, MANUAL_DOWNLOAD_INSTRUCTIONS)
+  return builder.fixed_classes_config(
     data_dir,
     tag='patients',
     class_names=CLASS_NAMES,
@@ -101,7 +104,7 @@ def dicom_header(path: pathlib.Path) -> tuple[int, int]:
     dataset = pydicom.dcmread(path, stop_before_pixels=True)
     return int(dataset.Rows), int(dataset.Columns)
   except FileNotFoundError as e:
-    raise _files.UnreadableFile(f'DICOM file {path} does not exist') from e
+    raise images.UnreadableFile(f'DICOM file {path} does not exist') from e
   except (
     pydicom.errors.InvalidDicomError,
     OSError,
@@ -109,7 +112,7 @@ def dicom_header(path: pathlib.Path) -> tuple[int, int]:
     AttributeError,  # No Rows or Columns.
     TypeError,
   ) as e:
-    raise _files.UnreadableFile(f'cannot read DICOM file {path}: {e}') from e
+    raise images.UnreadableFile(f'cannot read DICOM file {path}: {e}') from e
 
 
 def dicom_to_rgb(path: pathlib.Path) -> np.ndarray:
@@ -133,7 +136,7 @@ def dicom_to_rgb(path: pathlib.Path) -> np.ndarray:
     photometric = str(dataset.get('PhotometricInterpretation', ''))
     frames = int(dataset.get('NumberOfFrames', 1) or 1)
     if photometric not in ('MONOCHROME1', 'MONOCHROME2') or frames != 1:
-      raise _files.UnreadableFile(
+      raise images.UnreadableFile(
         f'DICOM file {path}: expected one MONOCHROME1/2 frame, got'
         f' {frames} frame(s) of {photometric or "(none)"}'
       )
@@ -143,15 +146,15 @@ def dicom_to_rgb(path: pathlib.Path) -> np.ndarray:
     slope = float(dataset.get('RescaleSlope', 1.0))
     intercept = float(dataset.get('RescaleIntercept', 0.0))
   except FileNotFoundError as e:
-    raise _files.UnreadableFile(f'DICOM file {path} does not exist') from e
-  except _files.UnreadableFile:
+    raise images.UnreadableFile(f'DICOM file {path} does not exist') from e
+  except images.UnreadableFile:
     raise
   except Exception as e:  # pylint: disable=broad-except
     # pydicom's decoders raise many types (RuntimeError, NotImplementedError,
     # ValueError, ...) for corrupt or undecodable pixel data.
-    raise _files.UnreadableFile(f'cannot decode DICOM file {path}: {type(e).__name__}: {e}') from e
+    raise images.UnreadableFile(f'cannot decode DICOM file {path}: {type(e).__name__}: {e}') from e
   if slope == 0:
-    raise _files.UnreadableFile(f'DICOM file {path}: RescaleSlope is 0')
+    raise images.UnreadableFile(f'DICOM file {path}: RescaleSlope is 0')
   low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
   values = slope * stored + intercept
   ends = sorted((slope * low + intercept, slope * high + intercept))
@@ -162,7 +165,7 @@ def dicom_to_rgb(path: pathlib.Path) -> np.ndarray:
   return np.repeat(grey[..., None], 3, axis=-1)
 
 
-class RsnaPneumonia(_files.FilesBuilder):
+class RsnaPneumonia(builder.FilesBuilder):
   """RSNA Pneumonia Detection Challenge chest X-rays with opacity boxes."""
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
@@ -172,16 +175,16 @@ class RsnaPneumonia(_files.FilesBuilder):
   def _labels_file(self) -> str:
     return str(self.manual_dir / CLASS_INFO)
 
-  def _load(self, record: _files.Record) -> np.ndarray:
+  def _load(self, record: splits.Record) -> np.ndarray:
     return dicom_to_rgb(record.source)
 
-  def _read_classes(self, problems: _files.Problems) -> dict[str, tuple[str, str]]:
+  def _read_classes(self, problems: rows.Problems) -> dict[str, tuple[str, str]]:
     """patientId -> (class, location of its first row)."""
     path = self.manual_dir / CLASS_INFO
-    _, rows = _files.read_csv(path, required=('patientId', 'class'))
+    _, csv_rows = rows.read_csv(path, required=('patientId', 'class'))
     classes = {}
-    for row in rows:
-      location = _files.where(path, row.line)
+    for row in csv_rows:
+      location = rows.where(path, row.line)
       patient, name = row['patientId'], row['class']
       if name not in CLASS_NAMES:
         problems.report(location, f'unknown class {name!r}; expected one of {CLASS_NAMES}')
@@ -194,16 +197,17 @@ class RsnaPneumonia(_files.FilesBuilder):
       classes.setdefault(patient, (name, location))
     return classes
 
-  def _read_records(self, problems: _files.Problems) -> list[_files.Record]:
-    root = self.manual_dir
-    classes = self._read_classes(problems)
-    path = root / LABELS
-    _, rows = _files.read_csv(path, required=('patientId', 'x', 'y', 'width', 'height', 'Target'))
+  def _read_targets(
+    self, problems: rows.Problems
+  ) -> tuple[dict[str, list[tuple[str, str, tuple[float, ...] | None]]], set[str]]:
+    """patientId -> its rows' (location, Target, pixel box or None), and every patient listed."""
+    path = self.manual_dir / LABELS
+    _, csv_rows = rows.read_csv(path, required=('patientId', 'x', 'y', 'width', 'height', 'Target'))
     columns = ('x', 'y', 'width', 'height')
     by_patient = collections.defaultdict(list)
     listed = set()  # Every patient of the file, even with skipped rows.
-    for row in rows:
-      location = _files.where(path, row.line)
+    for row in csv_rows:
+      location = rows.where(path, row.line)
       listed.add(row['patientId'])
       target = row['Target']
       values = [row[c] for c in columns]
@@ -212,7 +216,7 @@ class RsnaPneumonia(_files.FilesBuilder):
         continue
       box = None
       if target == '1':
-        numbers = [_files.parse_number(v) for v in values]
+        numbers = [rows.parse_number(v) for v in values]
         if None in numbers:
           problems.report(location, f'Target=1 needs numbers in {columns}, got {values}')
           continue
@@ -222,38 +226,49 @@ class RsnaPneumonia(_files.FilesBuilder):
         problems.report(location, f'Target must be 0 or 1, got {target!r}')
         continue
       by_patient[row['patientId']].append((location, target, box))
+    return by_patient, listed
 
+  def _patient_record(
+    self,
+    patient: str,
+    entries: list[tuple[str, str, tuple[float, ...] | None]],
+    classes: dict[str, tuple[str, str]],
+    problems: rows.Problems,
+  ) -> splits.Record | None:
+    """The record of ``patient`` with its boxes; None after reporting a bad patient."""
+    location = entries[0][0]
+    if patient not in classes:
+      problems.report(location, f'patient {patient!r} is not in {CLASS_INFO}')
+      return None
+    name = classes[patient][0]
+    targets = {target for _, target, _ in entries}
+    expected = '1' if name == 'Lung Opacity' else '0'
+    if targets != {expected}:
+      problems.report(
+        location,
+        f'patient {patient}: Target {sorted(targets)} does not match class'
+        f' {name!r} ({classes[patient][1]})',
+      )
+      return None
+    _, source = rows.relative_path(self.manual_dir / IMAGES, f'{patient}.dcm', location)
+    record = problems.image_record(
+      location, source, key=patient, label=CLASS_NAMES.index(name), group=patient, read=dicom_header
+    )
+    if record is None:
+      return None
+    for box_location, _, box in entries:
+      if box is not None:
+        problems.add_box(record, box_location, box, f'patient {patient}')
+    return record
+
+  def _read_records(self, problems: rows.Problems) -> list[splits.Record]:
+    classes = self._read_classes(problems)
+    by_patient, listed = self._read_targets(problems)
     records = []
     for patient, entries in by_patient.items():
-      location = entries[0][0]
-      if patient not in classes:
-        problems.report(location, f'patient {patient!r} is not in {CLASS_INFO}')
-        continue
-      name = classes[patient][0]
-      targets = {target for _, target, _ in entries}
-      expected = '1' if name == 'Lung Opacity' else '0'
-      if targets != {expected}:
-        problems.report(
-          location,
-          f'patient {patient}: Target {sorted(targets)} does not match class'
-          f' {name!r} ({classes[patient][1]})',
-        )
-        continue
-      _, source = _files.relative_path(root / IMAGES, f'{patient}.dcm', location)
-      record = problems.image_record(
-        location,
-        source,
-        key=patient,
-        label=CLASS_NAMES.index(name),
-        group=patient,
-        read=dicom_header,
-      )
-      if record is None:
-        continue
-      for box_location, _, box in entries:
-        if box is not None:
-          problems.add_box(record, box_location, box, f'patient {patient}')
-      records.append(record)
+      record = self._patient_record(patient, entries, classes, problems)
+      if record is not None:
+        records.append(record)
     for patient in sorted(classes.keys() - listed):
       problems.report(classes[patient][1], f'patient {patient!r} is not in {LABELS}')
     return records
@@ -261,7 +276,7 @@ class RsnaPneumonia(_files.FilesBuilder):
 
 def from_data_config(data_config: ml_collections.ConfigDict) -> RsnaPneumonia:
   """The (unprepared) builder of ``data.dir``, ``data.rsna_pneumonia`` params."""
-  return _files.builder_from_data_config(
+  return builder.builder_from_data_config(
     data_config,
     'rsna_pneumonia',
     builder_cls=RsnaPneumonia,

@@ -191,31 +191,10 @@ def _label_of(counts: Sequence[int], index: int) -> int:
   return int(np.searchsorted(np.cumsum(counts), index, side='right'))
 
 
-def generate_example(config: SyntheticLesionsConfig, split: str, index: int) -> dict[str, Any]:
-  """Generates example ``index`` of ``split``, independently of all others.
-
-  Args:
-    config: the dataset parameters.
-    split: 'train', 'validation' or 'test'.
-    index: in ``[0, sum(config.counts(split)))``; examples are laid out class
-      by class in label order.
-
-  Returns:
-    A dict with ``image`` uint8 [S, S, 3], ``label`` int, ``boxes`` float32
-    [N, 4] (N = 1 for rare-class training images, else 0), ``lesion_box`` and
-    ``artefact_box`` float32 [4] (normalised ymin, xmin, ymax, xmax; the
-    artefact box is all zeros without artefact) and ``has_artefact`` bool.
-  """
-  counts = config.counts(split)
-  if not 0 <= index < sum(counts):
-    raise ValueError(f'index must lie in [0, {sum(counts)}) for split {split!r}, got {index}.')
-  label = _label_of(counts, index)
-  name = CLASS_NAMES[label]
-  is_rare = name in RARE_CLASS_NAMES
-  size = config.image_size
-  rng = np.random.default_rng((config.seed, SPLITS.index(split), index))
-  y, x = _drawing.pixel_grid(size)
-
+def _background(
+  rng: np.random.Generator, size: int, y: np.ndarray, x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+  """(background [S, S, 3], illumination [S, S]): the skin and its uneven light."""
   # Background: jittered skin tone, fine and coarse texture, uneven light.
   # Mostly brightness texture, with a little hue variation.
   skin = _SKIN * (1.0 + rng.normal(0.0, 0.03, 3))
@@ -228,7 +207,13 @@ def generate_example(config: SyntheticLesionsConfig, split: str, index: int) -> 
     + rng.uniform(0.0, 0.12) * (np.cos(phi) * u + np.sin(phi) * v)
     - rng.uniform(0.0, 0.15) * 0.5 * (u**2 + v**2)
   )
+  return background, illumination
 
+
+def _lesion_shape(
+  rng: np.random.Generator, size: int, y: np.ndarray, x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+  """(alpha [S, S] in [0, 1], the lesion's tight box): where the lesion is."""
   # Lesion shape: an ellipse whose radius wobbles with low angular harmonics.
   # It is kept inside the central region so that the ruler band stays free.
   edge = max(1.0, size / 48.0)
@@ -257,11 +242,22 @@ def generate_example(config: SyntheticLesionsConfig, split: str, index: int) -> 
   rho = rho / wobble
   # Soft edge about `edge` pixels wide around rho = 1.
   alpha = np.clip(0.5 + (1.0 - rho) * semi_axes.min() / edge, 0.0, 1.0)
-  lesion_box = _drawing.tight_box(alpha > 0.0)
+  return alpha, _drawing.tight_box(alpha > 0.0)
 
+
+def _lesion_look(
+  rng: np.random.Generator,
+  config: SyntheticLesionsConfig,
+  name: str,
+  y: np.ndarray,
+  x: np.ndarray,
+  alpha: np.ndarray,
+) -> np.ndarray:
+  """The lesion's colours [S, S, 3]: class colour (rare classes borrow one) and texture."""
+  size = config.image_size
   # Lesion look: class colour (rare classes borrow one) and internal texture.
   palette_name = list(_PALETTE)[rng.integers(len(_PALETTE))]
-  colour_name = palette_name if is_rare else name
+  colour_name = palette_name if name in RARE_CLASS_NAMES else name
   colour = np.array(_PALETTE[colour_name]) * rng.uniform(0.88, 1.12)
   colour = colour * (1.0 + rng.normal(0.0, 0.04, 3))
   mottle = 0.08 * _drawing.smooth_noise(rng, size, 5, 1)[..., 0]
@@ -287,13 +283,42 @@ def generate_example(config: SyntheticLesionsConfig, split: str, index: int) -> 
   rms = np.sqrt((pattern**2 * weight).sum())
   if rms > 0.0:
     pattern = pattern * (np.sqrt(0.5) / rms)
-  lesion = colour * (1.0 + mottle + contrast * pattern)[..., None]
+  return colour * (1.0 + mottle + contrast * pattern)[..., None]
+
+
+def generate_example(config: SyntheticLesionsConfig, split: str, index: int) -> dict[str, Any]:
+  """Generates example ``index`` of ``split``, independently of all others.
+
+  Args:
+    config: the dataset parameters.
+    split: 'train', 'validation' or 'test'.
+    index: in ``[0, sum(config.counts(split)))``; examples are laid out class
+      by class in label order.
+
+  Returns:
+    A dict with ``image`` uint8 [S, S, 3], ``label`` int, ``boxes`` float32
+    [N, 4] (N = 1 for rare-class training images, else 0), ``lesion_box`` and
+    ``artefact_box`` float32 [4] (normalised ymin, xmin, ymax, xmax; the
+    artefact box is all zeros without artefact) and ``has_artefact`` bool.
+  """
+  counts = config.counts(split)
+  if not 0 <= index < sum(counts):
+    raise ValueError(f'index must lie in [0, {sum(counts)}) for split {split!r}, got {index}.')
+  label = _label_of(counts, index)
+  name = CLASS_NAMES[label]
+  is_rare = name in RARE_CLASS_NAMES
+  size = config.image_size
+  rng = np.random.default_rng((config.seed, SPLITS.index(split), index))
+  y, x = _drawing.pixel_grid(size)
+  background, illumination = _background(rng, size, y, x)
+  alpha, lesion_box = _lesion_shape(rng, size, y, x)
+  lesion = _lesion_look(rng, config, name, y, x, alpha)
 
   image = background * (1.0 - alpha[..., None]) + lesion * alpha[..., None]
 
   # Ruler: a light bar with dark ticks in the band along one border. Its
   # parameters are always drawn, so toggling it leaves the rest unchanged.
-  ruler = _drawing.draw_ruler_parameters(rng, size, band)
+  ruler = _drawing.draw_ruler_parameters(rng, size, math.ceil(_BAND * size))
   draw = rng.uniform()
   if split == 'train':
     rate = config.artefact_rate_rare_train if is_rare else config.artefact_rate_common_train

@@ -38,31 +38,30 @@ class count, and freshly initialised otherwise (or when the checkpoint has none)
 Checkpoints: ``.safetensors`` is read without torch; ``.pth``/``.pt``/``.bin``/``.tar``/``.ckpt``
 need torch and are read with ``torch.load(..., weights_only=True)`` (no arbitrary unpickling).
 State dicts wrapped as ``{'state_dict': ...}`` or ``{'model': ...}`` and a DataParallel
-``module.`` prefix are accepted. Nothing is ever downloaded.
+``module.`` prefix are accepted. Nothing is ever downloaded. The readers are
+`care_jax.models.torch_files`'s (``read_safetensors``, ``load_state_dict``).
 """
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 import pathlib
-import pickle
 import re
-import struct
 from typing import Any, Mapping
 
 import flax.linen as nn
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 
+from care_jax import _deprecated
 from care_jax.models import classifier as classifier_lib
 from care_jax.models import densenet
 from care_jax.models import heads as heads_lib
 from care_jax.models import layers
+from care_jax.models import torch_files
 from care_jax.models import vgg
 
 # torchvision's ImageNet preprocessing, applied to RGB images scaled to [0, 1].
@@ -74,19 +73,6 @@ PRETRAINED_MODEL_NAMES: tuple[str, ...] = tuple(
   name for name in classifier_lib.MODEL_NAMES if name != 'tiny_cnn'
 )
 
-_TORCH_SUFFIXES = ('.pth', '.pt', '.bin', '.tar', '.ckpt')
-_SAFETENSORS_DTYPES: dict[str, np.dtype] = {
-  'F64': np.dtype('<f8'),
-  'F32': np.dtype('<f4'),
-  'F16': np.dtype('<f2'),
-  'BF16': np.dtype(ml_dtypes.bfloat16),
-  'I64': np.dtype('<i8'),
-  'I32': np.dtype('<i4'),
-  'I16': np.dtype('<i2'),
-  'I8': np.dtype('i1'),
-  'U8': np.dtype('u1'),
-  'BOOL': np.dtype('?'),
-}
 # Flax (collection, leaf) -> torch parameter/buffer name.
 _LEAF_NAMES = {
   ('params', 'kernel'): 'weight',
@@ -162,139 +148,6 @@ class LoadReport:
     if self.ignored:
       lines.append(f'  ignored checkpoint keys: {", ".join(self.ignored)}')
     return '\n'.join(lines)
-
-
-# ---------------------------------------------------------------- reading checkpoints
-
-
-def read_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-  """Reads a ``.safetensors`` file into numpy arrays, without torch or the safetensors package.
-
-  Format (https://github.com/huggingface/safetensors): an 8-byte little-endian header length N,
-  N bytes of JSON ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": ...}``,
-  then the little-endian tensor bytes, offsets relative to the end of the header. F16 stays
-  ``float16`` and BF16 becomes ``ml_dtypes.bfloat16``. The arrays are read-only views of the file's
-  bytes.
-
-  Example: ``read_safetensors('model.safetensors')['fc.weight'].shape == (1000, 512)``.
-
-  Raises:
-    ValueError: a truncated or malformed file, naming the tensor at fault.
-  """
-  data = pathlib.Path(path).read_bytes()
-  if len(data) < 8:
-    raise ValueError(f'{path}: not a safetensors file ({len(data)} bytes, no header).')
-  (header_size,) = struct.unpack('<Q', data[:8])
-  if header_size > len(data) - 8:
-    raise ValueError(
-      f'{path}: header length {header_size} exceeds the file size {len(data)}; not a '
-      'safetensors file, or truncated.'
-    )
-  try:
-    header = json.loads(data[8 : 8 + header_size])
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f'{path}: the safetensors header is not valid JSON ({e}).') from e
-  buffer_start = 8 + header_size
-  buffer_size = len(data) - buffer_start
-  tensors = {}
-  for name, entry in header.items():
-    if name == '__metadata__':
-      continue
-    dtype = _SAFETENSORS_DTYPES.get(entry.get('dtype'))
-    if dtype is None:
-      raise ValueError(
-        f'{path}: tensor {name!r} has dtype {entry.get("dtype")!r}; supported: '
-        f'{", ".join(_SAFETENSORS_DTYPES)}.'
-      )
-    shape = tuple(entry['shape'])
-    begin, end = entry['data_offsets']
-    size = int(np.prod(shape, dtype=np.int64))
-    if not 0 <= begin <= end <= buffer_size or end - begin != size * dtype.itemsize:
-      raise ValueError(
-        f'{path}: tensor {name!r} ({entry["dtype"]} {shape}) has data_offsets [{begin}, {end}], '
-        f'which do not fit its {size * dtype.itemsize} bytes in a {buffer_size}-byte buffer.'
-      )
-    tensors[name] = np.frombuffer(
-      data, dtype=dtype, count=size, offset=buffer_start + begin
-    ).reshape(shape)
-  return tensors
-
-
-def _read_torch(path: pathlib.Path) -> Any:
-  """``torch.load`` restricted to tensors and containers (``weights_only=True``)."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top  # optional: only for pickled checkpoints
-  except ImportError as e:
-    raise ImportError(
-      f'Reading {path} (a PyTorch pickle) needs torch, which is not installed. Install torch, '
-      'or convert the checkpoint once where torch is available: '
-      '`from safetensors.torch import save_file; '
-      'save_file(torch.load(PATH, map_location="cpu", weights_only=True), "model.safetensors")` '
-      'and load the .safetensors file instead.'
-    ) from e
-  try:
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-  except pickle.UnpicklingError as e:
-    # torch's message goes on to suggest weights_only=False; keep only what it refused.
-    lines = str(e).splitlines() or ['']
-    reason = next((line for line in lines if 'Unsupported global' in line), lines[0]).strip()
-    raise ValueError(
-      f'{path} holds objects other than tensors, which are never unpickled here '
-      f'(torch.load(..., weights_only=True): {reason}). Re-save just the state dict.'
-    ) from e
-
-  def to_numpy(key: str, value: Any) -> np.ndarray:
-    if not isinstance(value, torch.Tensor):
-      raise ValueError(
-        f'{path}: state dict entry {key!r} is a {type(value).__name__}, not a tensor.'
-      )
-    value = value.detach().cpu()
-    if value.dtype == torch.bfloat16:
-      value = value.float()  # numpy has no bfloat16; the upcast is exact
-    return value.numpy()
-
-  return {key: to_numpy(key, value) for key, value in _unwrap(checkpoint, path).items()}
-
-
-def _unwrap(checkpoint: Any, path: pathlib.Path) -> Mapping[str, Any]:
-  """The state dict inside a training checkpoint ``{'state_dict': ...}`` or ``{'model': ...}``."""
-  if not isinstance(checkpoint, Mapping):
-    raise ValueError(f'{path}: expected a state dict (a mapping), got {type(checkpoint).__name__}.')
-  for wrapper in ('state_dict', 'model'):
-    if isinstance(checkpoint.get(wrapper), Mapping):
-      return checkpoint[wrapper]
-  return checkpoint
-
-
-def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-  """A PyTorch state dict as numpy arrays: ``.safetensors`` without torch, pickles with torch.
-
-  Unwraps ``{'state_dict': ...}``/``{'model': ...}`` and strips the ``module.`` prefix that
-  ``torch.nn.DataParallel`` puts on every key.
-
-  Example: ``load_state_dict('resnet18.pth')['conv1.weight'].shape == (64, 3, 7, 7)``.
-
-  Raises:
-    FileNotFoundError: no such file.
-    ImportError: a pickled checkpoint and no torch (the message explains the conversion).
-    ValueError: an unknown suffix, a malformed file, or non-tensor entries.
-  """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f'No checkpoint file at {path}.')
-  if path.suffix == '.safetensors':
-    state = read_safetensors(path)
-  elif path.suffix in _TORCH_SUFFIXES:
-    state = _read_torch(path)
-  else:
-    raise ValueError(
-      f'{path}: unknown checkpoint suffix {path.suffix!r}; expected .safetensors or one of '
-      f'{", ".join(_TORCH_SUFFIXES)} (PyTorch).'
-    )
-  prefix = 'module.'
-  if state and all(key.startswith(prefix) for key in state):
-    state = {key[len(prefix) :]: value for key, value in state.items()}
-  return state
 
 
 # ---------------------------------------------------------------- torch <-> Flax names and layouts
@@ -460,7 +313,50 @@ def load_pretrained(
       f'{", ".join(PRETRAINED_MODEL_NAMES)}.'
     )
   path = pathlib.Path(path)
-  state = load_state_dict(path)
+  state, final_module, checkpoint_classes, num_classes = _read_checkpoint(
+    model_name, path, num_classes
+  )
+  model = classifier_lib.get_model(
+    model_name, num_classes=num_classes, dtype=dtype, head=head, axis_name=axis_name
+  )
+  # Shapes only: a real random init of the big models is slow to compile and thrown away.
+  image_spec = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+  abstract = jax.eval_shape(
+    functools.partial(model.init, train=False), jax.random.key(0), image_spec
+  )
+  layer_leaves, loaded, fresh = _plan_layers(
+    model_name,
+    model,
+    abstract,
+    state,
+    final_module=final_module,
+    checkpoint_classes=checkpoint_classes,
+    num_classes=num_classes,
+  )
+  expected, ignored = _check_against_state(path, model_name, state, layer_leaves, loaded)
+  variables = _assemble(model, abstract, image_spec, state, expected, fresh, rng)
+  report = _report(path, model_name, num_classes, checkpoint_classes, loaded, fresh, ignored)
+  _log.info('load_pretrained: %s', report)
+  if return_report:
+    return model, variables, report
+  return model, variables
+
+
+# Our layers, each with its leaves: layer path -> [(collection, leaf name, abstract leaf)].
+_LayerLeaves = dict[tuple[str, ...], list[tuple[str, str, jax.ShapeDtypeStruct]]]
+# torch key -> (collection, our layer, leaf name, abstract leaf).
+_Expected = dict[str, tuple[str, tuple[str, ...], str, jax.ShapeDtypeStruct]]
+
+
+def _read_checkpoint(
+  model_name: str, path: pathlib.Path, num_classes: int | None
+) -> tuple[dict[str, np.ndarray], str, int | None, int]:
+  """Phase 1, read: ``(state dict, final classifier module, its class count, num_classes)``.
+
+  The class count is None for a checkpoint without a classifier; ``num_classes`` None becomes
+  the checkpoint's.
+  """
+  state = torch_files.load_state_dict(path)
   if _is_densenet(model_name):
     state = _rename_densenet_legacy_keys(state)
   final_module = _classifier_modules(model_name)[-1]
@@ -474,17 +370,26 @@ def load_pretrained(
         'initialise a fresh head.'
       )
     num_classes = checkpoint_classes
-  model = classifier_lib.get_model(
-    model_name, num_classes=num_classes, dtype=dtype, head=head, axis_name=axis_name
-  )
-  # Shapes only: a real random init of the big models is slow to compile and thrown away.
-  image_spec = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
-  abstract = jax.eval_shape(
-    functools.partial(model.init, train=False), jax.random.key(0), image_spec
-  )
+  return state, final_module, checkpoint_classes, num_classes
 
-  # Our layers, each with its leaves: layer path -> [(collection, leaf name, abstract leaf)].
-  layer_leaves: dict[tuple[str, ...], list[tuple[str, str, jax.ShapeDtypeStruct]]] = {}
+
+def _plan_layers(
+  model_name: str,
+  model: classifier_lib.Classifier,
+  abstract: dict[str, Any],
+  state: Mapping[str, np.ndarray],
+  *,
+  final_module: str,
+  checkpoint_classes: int | None,
+  num_classes: int,
+) -> tuple[_LayerLeaves, dict[tuple[str, ...], str], list[tuple[str, ...]]]:
+  """Phase 2, plan the layers: ``(layer leaves, loaded: layer -> torch module, fresh layers)``.
+
+  A layer is initialised fresh when it has no torch counterpart, when it is the final
+  classifier (``final_module``) and the model has another class count than the checkpoint, or
+  when it is a head layer the checkpoint lacks.
+  """
+  layer_leaves: _LayerLeaves = {}
   for (collection, *names, leaf), value in flax.traverse_util.flatten_dict(abstract).items():
     layer_leaves.setdefault(tuple(names), []).append((collection, leaf, value))
 
@@ -502,9 +407,21 @@ def load_pretrained(
       fresh.append(layer)
     else:
       loaded[layer] = module
+  return layer_leaves, loaded, fresh
 
-  # torch key -> (collection, our layer, leaf name, abstract leaf).
-  expected: dict[str, tuple[str, tuple[str, ...], str, jax.ShapeDtypeStruct]] = {}
+
+def _check_against_state(
+  path: pathlib.Path,
+  model_name: str,
+  state: Mapping[str, np.ndarray],
+  layer_leaves: _LayerLeaves,
+  loaded: Mapping[tuple[str, ...], str],
+) -> tuple[_Expected, list[str]]:
+  """Phase 3, check against the state dict: ``(expected torch keys, ignored keys)``.
+
+  Raises the `_mismatch_error` of missing, unexpected or mis-shaped keys.
+  """
+  expected: _Expected = {}
   for layer, module in loaded.items():
     for collection, leaf, value in layer_leaves[layer]:
       expected[f'{module}.{_LEAF_NAMES[collection, leaf]}'] = (collection, layer, leaf, value)
@@ -530,15 +447,38 @@ def load_pretrained(
   ]
   if missing or unexpected or mismatched:
     raise _mismatch_error(path, model_name, missing, unexpected, mismatched)
+  return expected, ignored
 
+
+def _assemble(
+  model: classifier_lib.Classifier,
+  abstract: dict[str, Any],
+  image_spec: jax.ShapeDtypeStruct,
+  state: Mapping[str, np.ndarray],
+  expected: _Expected,
+  fresh: list[tuple[str, ...]],
+  rng: jax.Array | None,
+) -> dict[str, Any]:
+  """Phase 4, assemble: the variables, the checkpoint's tensors in our layout and fresh layers."""
   flat: dict[tuple[str, ...], Any] = {}
   for key, (collection, layer, leaf, value) in expected.items():
     flat[(collection, *layer, leaf)] = jnp.asarray(_to_flax(state[key], value.dtype))
   if fresh:
     flat.update(_init_fresh(model, abstract, image_spec, fresh, rng))
-  variables = flax.traverse_util.unflatten_dict(flat)
+  return flax.traverse_util.unflatten_dict(flat)
 
-  report = LoadReport(
+
+def _report(
+  path: pathlib.Path,
+  model_name: str,
+  num_classes: int,
+  checkpoint_classes: int | None,
+  loaded: Mapping[tuple[str, ...], str],
+  fresh: list[tuple[str, ...]],
+  ignored: list[str],
+) -> LoadReport:
+  """The `LoadReport` of a load: our layer paths joined by '/', ordered by torch module name."""
+  return LoadReport(
     path=str(path),
     model_name=model_name,
     num_classes=num_classes,
@@ -550,10 +490,6 @@ def load_pretrained(
     initialised=tuple('/'.join(layer) for layer in fresh),
     ignored=tuple(ignored),
   )
-  _log.info('load_pretrained: %s', report)
-  if return_report:
-    return model, variables, report
-  return model, variables
 
 
 def _init_fresh(
@@ -589,3 +525,6 @@ def _init_fresh(
     }
 
   return init(jax.random.key(0) if rng is None else rng)
+
+
+__getattr__ = _deprecated.getattr_of(__name__)

@@ -12,6 +12,9 @@ module                                 what it owns
                                        of a saved checkpoint
 `care_jax.training.outputs`            the workdir's files (log, TensorBoard,
                                        metrics.json)
+`care_jax.training.preemption`         `PreemptionWatch`: a SIGTERM checkpoints
+                                       at the next step boundary, then
+                                       `Preempted`
 `care_jax.training.summary`            `SummaryWriter`: TensorBoard scalars and
                                        images (TensorFlow's event writer)
 `care_jax.training.inputs`             the input pipeline as the loop reads it

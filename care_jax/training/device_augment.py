@@ -5,8 +5,9 @@ geometry, the mask of the mapped pixel centres and the colour jitter), written
 in JAX for a batch, so that the host only decodes and resizes: the pipeline
 then ships uint8 images and a few numbers per example, and the step warps,
 jitters, normalises and rasterises the masks itself. No TensorFlow here: the
-inputs are drawn by the pipeline (`augment.sample_geometry`,
-`augment.sample_color_factors`, from the seeds ``augment_example`` splits), so
+inputs are drawn by the pipeline (`augment.sample_augmentation` with the run's
+`augment.AugmentSettings`: `augment.sample_geometry` and
+`augment.sample_color_factors` of the seeds ``augment_example`` splits), so
 given them the device path computes ``augment_example``'s output.
 
 The augmentation inputs of a training batch (``data.augment.on_device``):

@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import tqdm
 
-from care_jax import checkpoint as checkpoint_lib
-from care_jax import imbalance
+from care_jax import classification_loss
 from care_jax import metrics as metrics_lib
+from care_jax import trained_run
 from care_jax.training import parallel as parallel_lib
 from care_jax.training import state as state_lib
 from care_jax.training import step as step_lib
@@ -193,7 +193,7 @@ def evaluate_checkpoint(
   # The input pipeline loads TensorFlow: only when a checkpoint is scored.
   from care_jax.training import inputs as inputs_lib  # pylint: disable=g-import-not-at-top
 
-  run = checkpoint_lib.load_run(workdir, which=which)
+  run = trained_run.load_run(workdir, which=which)
   config = run.config.copy_and_resolve_references()
   if batch_size is not None:
     config.train.eval_batch_size = batch_size
@@ -206,10 +206,10 @@ def evaluate_checkpoint(
   return {'step': run.step, 'checkpoint': which, 'split': split, **result}
 
 
-def _eval_parallel(run: checkpoint_lib.TrainedRun, config, info):
+def _eval_parallel(run: trained_run.TrainedRun, config, info):
   """The data-parallel back-end with the eval step of a saved run (no train step)."""
   counts = np.asarray(run.train_class_counts or info.train_class_counts)
-  loss = imbalance.make_classification_loss(
+  loss = classification_loss.make_classification_loss(
     **config.loss.to_dict(),
     class_counts=counts,
     num_steps=1,

@@ -3,8 +3,9 @@
 The loop asks its inputs for five things only (`Inputs`): the dataset's
 `DatasetInfo`, training batches from a step on, evaluation batches of a split,
 a few evaluation examples to draw and the identifiers of a split's examples.
-`PipelineInputs` answers from `care_jax.data.pipeline`; other sources (e.g.
-in-memory arrays) only need the same five members.
+`PipelineInputs` answers from `care_jax.data.pipeline` (and its parts:
+`care_jax.data.info`, `care_jax.data.reading`); other sources (e.g. in-memory
+arrays) only need the same five members.
 """
 
 from collections.abc import Callable, Iterator
@@ -15,13 +16,16 @@ import ml_collections
 import numpy as np
 
 from care_jax.data import examples
+from care_jax.data import info as info_lib
 from care_jax.data import pipeline
+from care_jax.data import reading
+from care_jax.data import registry
 
 
 class Inputs(Protocol):
   """What `care_jax.training.loop.run` reads."""
 
-  info: pipeline.DatasetInfo
+  info: info_lib.DatasetInfo
 
   def train_batches(self, *, batch_size: int, start_step: int) -> Iterator[dict[str, np.ndarray]]:
     """This process's rows of the global batches ``start_step, start_step + 1, ...``."""
@@ -51,7 +55,7 @@ class PipelineInputs:
     self._data_config = config.data
     self._seed = config.seed
     self._boxes_fn = boxes_fn
-    self.info = pipeline.get_dataset_info(config.data)
+    self.info = info_lib.get_dataset_info(config.data)
 
   def train_batches(self, *, batch_size: int, start_step: int) -> Iterator[dict[str, np.ndarray]]:
     return pipeline.train_batches(
@@ -79,4 +83,4 @@ class PipelineInputs:
     )
 
   def example_ids(self, split: str) -> np.ndarray:
-    return pipeline.example_ids(pipeline.prepared_builder(self._data_config), split)
+    return reading.example_ids(registry.prepared_builder(self._data_config), split)

@@ -27,13 +27,15 @@ import numpy as np
 import tqdm
 
 from care_jax import checkpoint as checkpoint_lib
+from care_jax import classification_loss as classification_loss_lib
 from care_jax import config as config_lib
-from care_jax import imbalance
 from care_jax import models
+from care_jax import trained_run
 from care_jax.training import evaluation
 from care_jax.training import guard
 from care_jax.training import outputs as outputs_lib
 from care_jax.training import parallel as parallel_lib
+from care_jax.training import preemption as preemption_lib
 from care_jax.training import stages as stages_lib
 from care_jax.training import state as state_lib
 from care_jax.training import step as step_lib
@@ -81,7 +83,7 @@ def create_experiment(config: ml_collections.ConfigDict, info) -> Experiment:
   num_classes = len(info.class_names)
   num_steps = state_lib.num_train_steps(config, info.split_sizes['train'])
   two_stage = stages_lib.TwoStage.from_config(config, num_steps)
-  classification_loss = imbalance.make_classification_loss(
+  classification_loss = classification_loss_lib.make_classification_loss(
     **config.loss.to_dict(),
     class_counts=info.train_class_counts,
     num_steps=num_steps,
@@ -130,7 +132,7 @@ def train_and_evaluate(
   Resumes from the latest checkpoint in `workdir/checkpoints` when there is
   one (same batches, same result as an uninterrupted run); otherwise starts
   from `config.init_from`'s weights or from scratch. A SIGTERM saves a
-  checkpoint at the next step boundary and raises `checkpoint.Preempted`.
+  checkpoint at the next step boundary and raises `care_jax.training.preemption.Preempted`.
   The workdir's files are listed in `care_jax.training.outputs`.
 
   Args:
@@ -169,7 +171,7 @@ def run(experiment: Experiment, inputs, workdir: str) -> dict[str, Any]:
   }
   with (
     checkpoint_lib.RunCheckpoints(workdir, config, meta=meta) as checkpoints,
-    checkpoint_lib.PreemptionWatch(checkpoints) as preemption,
+    preemption_lib.PreemptionWatch(checkpoints) as preemption,
     (
       stages_lib.Stage1Best(workdir, config, meta=meta)
       if experiment.two_stage
@@ -223,7 +225,7 @@ def initial_state(
     elapsed = saved_meta['train_seconds']
     logging.info('resuming from step %d of %s', start_step, checkpoints.directory)
   elif config.init_from:
-    state = checkpoint_lib.init_from(config.init_from, state)
+    state = trained_run.init_from(config.init_from, state)
   return parallel.put_state(state), start_step, Clock(elapsed)
 
 
@@ -290,13 +292,13 @@ def evaluate_and_log(
 
 
 def train(
-  context: _RunContext, state, *, start_step: int, preemption: checkpoint_lib.PreemptionWatch
+  context: _RunContext, state, *, start_step: int, preemption: preemption_lib.PreemptionWatch
 ):
   """Runs the steps ``start_step + 1 ... num_steps``; returns the final state.
 
   Logs, validates and checkpoints on their schedules; raises
   FloatingPointError when the non-finite guard stopped training, and
-  `checkpoint.Preempted` after the checkpoint a SIGTERM asked for.
+  `care_jax.training.preemption.Preempted` after the checkpoint a SIGTERM asked for.
   """
   experiment = context.experiment
   config, parallel, num_steps = experiment.config, experiment.parallel, experiment.num_steps
@@ -372,10 +374,13 @@ def _after_step(context: _RunContext, state, step: int, step_metrics, recent, pr
     record = _log_record(step_metrics, parallel, step, context.clock())
     progress.set_postfix(loss=f'{record["loss"]:.4f}', care=f'{record.get("care", 0.0):.3f}')
     context.outputs.log_train(record)
-  val_mca = _validate(context, state, step) if validate_now else None
+  selection_score = _validate(context, state, step) if validate_now else None
   if save_now:
     context.checkpoints.save(
-      step, parallel.get_state(state), validation_mca=val_mca, train_seconds=context.clock()
+      step,
+      parallel.get_state(state),
+      selection_score=selection_score,
+      train_seconds=context.clock(),
     )
   if preempted:
     context.checkpoints.wait()
@@ -384,7 +389,7 @@ def _after_step(context: _RunContext, state, step: int, step_metrics, recent, pr
       f'{context.checkpoints.directory}; run the same command to resume.'
     )
     logging.warning(message)
-    raise checkpoint_lib.Preempted(message)
+    raise preemption_lib.Preempted(message)
   return _maybe_start_stage2(context, state, step)
 
 
@@ -449,7 +454,7 @@ def final_evaluation(context: _RunContext, state) -> dict[str, Any]:
     context.checkpoints.save(
       num_steps,
       experiment.parallel.get_state(state),
-      validation_mca=result.get('validation', {}).get(evaluation.selection_metric(info.task)),
+      selection_score=result.get('validation', {}).get(evaluation.selection_metric(info.task)),
       train_seconds=context.clock(),
     )
   if 'test' in info.split_sizes:

@@ -20,7 +20,6 @@ from typing import Any
 from etils import epath
 import numpy as np
 
-from care_jax import checkpoint as checkpoint_lib
 from care_jax import figures
 from care_jax import inference
 from care_jax.training import summary
@@ -29,6 +28,21 @@ TRAIN_LOG = 'train_log.jsonl'
 METRICS = 'metrics.json'
 CONFIG = 'config.json'
 PREDICTIONS = 'predictions_{split}.csv'
+
+
+def truncate_log(path: epath.PathLike, step: int) -> None:
+  """Keeps the records of steps <= `step` in the JSON-lines log at `path`.
+
+  A resumed run appends to its log; records written after the checkpoint it
+  resumes from (before the kill) would otherwise appear twice.
+  """
+  path = epath.Path(path)
+  if not path.exists():
+    return
+  lines = path.read_text().splitlines(keepends=True)
+  path.write_text(
+    ''.join(line for line in lines if line.strip() and json.loads(line)['step'] <= step)
+  )
 
 
 class RunOutputs:
@@ -62,7 +76,7 @@ class RunOutputs:
   def __enter__(self) -> 'RunOutputs':
     if self.is_chief:
       log_path = self.workdir / TRAIN_LOG
-      checkpoint_lib.truncate_log(log_path, self._start_step)
+      truncate_log(log_path, self._start_step)
       # enter_context: epath's TensorFlow back-end (gs://) opens files as context managers.
       self._log_file = self._files.enter_context(log_path.open('a'))
       self._writer = self._files.enter_context(summary.SummaryWriter(str(self.workdir)))

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from care_jax import classification_loss as classification_loss_lib
 from care_jax import imbalance
 from care_jax import losses
 from care_jax import metrics as metrics_lib
@@ -54,7 +55,7 @@ class StepConfig:
   outer_start: float = 1.0
   outer_delta: float = 0.1
   max_consecutive_nonfinite: int = 5
-  # 'multiclass' or 'multilabel' (`care_jax.imbalance.TASKS`).
+  # 'multiclass' or 'multilabel' (`care_jax.classification_loss.TASKS`).
   task: str = 'multiclass'
   # The batch holds the augmentation inputs (``data.augment.on_device``): the
   # step augments and normalises it first (`device_augment.augment_batch`,
@@ -199,7 +200,7 @@ def make_train_step(
   model: models.Classifier,
   step_config: StepConfig,
   *,
-  classification_loss: imbalance.ClassificationLoss | None = None,
+  classification_loss: classification_loss_lib.ClassificationLoss | None = None,
   axis_name: str | None = None,
 ) -> Callable[[TrainState, dict], tuple]:
   """Returns a pure `train_step(state, batch) -> (state, metrics)`.
@@ -214,8 +215,8 @@ def make_train_step(
     step_config: alpha, tau, lam, start step, attention method, reduction,
       and the guard's limit of consecutive non-finite steps.
     classification_loss: the classification term (`config.loss`, built by
-      `imbalance.make_classification_loss`): per-example values and weights,
-      averaged as ``sum(w * l) / sum(w)`` over the global batch; None: CE.
+      `care_jax.classification_loss.make_classification_loss`): per-example values and
+      weights, averaged as ``sum(w * l) / sum(w)`` over the global batch; None: CE.
     axis_name: the pmap axis; None under jit (mesh or single device).
 
   With ``step_config.device_augment`` the batch holds the augmentation inputs
@@ -224,7 +225,7 @@ def make_train_step(
   The returned function is not jitted: wrap it with `jax.jit` or `jax.pmap`.
   """
   if classification_loss is None:
-    classification_loss = imbalance.ClassificationLoss('ce', losses.cross_entropy)
+    classification_loss = classification_loss_lib.ClassificationLoss('ce', imbalance.cross_entropy)
   loss_fn = functools.partial(_loss, model, step_config, classification_loss, axis_name)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):

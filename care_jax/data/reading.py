@@ -1,0 +1,154 @@
+"""Reading a prepared dataset: a split into memory, its classes, the ids of its examples.
+
+Every read is deterministic (`read_options`): a split comes in its stored order.
+
+Example::
+
+  builder = registry.prepared_builder(data_config)
+  table = read_split(builder, 'train')  # table.images: the encoded images
+"""
+
+from collections.abc import Sequence
+import dataclasses
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from care_jax.data._tensorflow import tf
+
+
+def read_options() -> tf.data.Options:
+  """The options of every dataset the pipelines read: deterministic order."""
+  options = tf.data.Options()
+  options.deterministic = True
+  return options
+
+
+def read_config() -> tfds.ReadConfig:
+  """The tfds read config of every dataset the pipelines read (`read_options`)."""
+  return tfds.ReadConfig(options=read_options())
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitTable:
+  """A split held in memory, images still encoded, for random access.
+
+  Attributes:
+    images: [N] encoded images (bytes objects).
+    labels: int64 [N]; for a multi-label dataset, uint8 [N, K] multi-hot.
+    box_values: float32 [M, 4] the boxes of all examples, concatenated.
+    box_splits: int64 [N + 1]; the boxes of example n are
+      ``box_values[box_splits[n]:box_splits[n + 1]]``.
+    box_labels: int64 [M], the class of each box (multi-label datasets), or
+      None.
+    masks: [N] encoded annotation masks (bytes objects, b'' for none) of a
+      dataset with the ``mask`` feature, or None (no example has a mask).
+  """
+
+  images: np.ndarray
+  labels: np.ndarray
+  box_values: np.ndarray
+  box_splits: np.ndarray
+  box_labels: np.ndarray | None = None
+  masks: np.ndarray | None = None
+
+  def annotated(self) -> np.ndarray:
+    """bool [N]: the examples with at least one box or a mask."""
+    boxed = np.diff(self.box_splits) > 0
+    if self.masks is None:
+      return boxed
+    return boxed | np.array([len(m) > 0 for m in self.masks], bool)
+
+
+def is_multilabel(builder: tfds.core.DatasetBuilder) -> bool:
+  """Whether the dataset lists several classes per image (a ``labels`` feature)."""
+  return 'labels' in builder.info.features
+
+
+def class_names_of(builder: tfds.core.DatasetBuilder) -> tuple[str, ...]:
+  """The class names of a prepared builder, in label order."""
+  if is_multilabel(builder):
+    return tuple(builder.info.features['labels'].feature.names)
+  return tuple(builder.info.features['label'].names)
+
+
+def multi_hot(classes: tf.Tensor, num_classes: int) -> tf.Tensor:
+  """float32 [K]: 1 at each class of the int [P] list ``classes`` (P may be 0)."""
+  one_hot = tf.one_hot(tf.cast(classes, tf.int32), num_classes, dtype=tf.float32)
+  return tf.reduce_max(tf.concat([one_hot, tf.zeros([1, num_classes])], axis=0), axis=0)
+
+
+def read_split(builder: tfds.core.DatasetBuilder, split: str) -> SplitTable:
+  """Reads ``split`` of a prepared builder into memory, in its stored order.
+
+  The images stay encoded; ``labels`` and the annotation ``boxes`` are read
+  (multi-label datasets: the multi-hot labels and each box's class too), and
+  the encoded annotation masks of a multi-class dataset with a ``mask``
+  feature (``masks`` None when no example has one).
+  """
+  ds = builder.as_dataset(
+    split=split,
+    shuffle_files=False,
+    decoders={'image': tfds.decode.SkipDecoding()},
+    read_config=read_config(),
+  )
+  multilabel = is_multilabel(builder)
+  if multilabel:
+    num_classes = len(class_names_of(builder))
+    ds = ds.map(
+      lambda ex: (
+        ex['image'],
+        multi_hot(ex['labels'], num_classes),
+        ex['boxes'],
+        ex['box_labels'],
+        tf.constant(b''),  # No masks in multi-label data.
+      )
+    )
+  else:
+    has_masks = 'mask' in builder.info.features
+    ds = ds.map(
+      lambda ex: (
+        ex['image'],
+        ex['label'],
+        ex['boxes'],
+        tf.zeros([0], tf.int64),
+        ex['mask'] if has_masks else tf.constant(b''),
+      )
+    )
+  images, labels, boxes, box_labels, masks = [], [], [], [], []
+  for image, label, example_boxes, example_box_labels, mask in tfds.as_numpy(ds):
+    images.append(image)
+    labels.append(label)
+    boxes.append(example_boxes.reshape(-1, 4))
+    box_labels.append(example_box_labels.reshape(-1))
+    masks.append(mask)
+  return SplitTable(
+    images=np.array(images, dtype=object),
+    labels=np.array(labels, dtype=np.uint8 if multilabel else np.int64),
+    box_values=np.concatenate(boxes).astype(np.float32),
+    box_splits=np.cumsum([0] + [len(b) for b in boxes], dtype=np.int64),
+    box_labels=np.concatenate(box_labels).astype(np.int64) if multilabel else None,
+    masks=np.array(masks, dtype=object) if any(masks) else None,
+  )
+
+
+def example_ids(
+  builder: tfds.core.DatasetBuilder, split: str, *, keys: Sequence[str] = ('image_id',)
+) -> np.ndarray:
+  """Stable identifiers of a split's examples, in the order the pipeline reads them.
+
+  The first of ``keys`` that the dataset has as a feature (the file datasets'
+  ``image_id``: the image's path relative to ``data.dir``), else the
+  example's ``tfds_id`` (e.g. ``synthetic_lesions-train.tfrecord-00000-of-
+  00001__12``: shard file and position in it), which names the example for
+  as long as the prepared dataset exists.
+  """
+  key = next((k for k in keys if k in builder.info.features), 'tfds_id')
+  ds = builder.as_dataset(
+    split=split,
+    shuffle_files=False,
+    decoders={'image': tfds.decode.SkipDecoding()},
+    read_config=tfds.ReadConfig(options=read_options(), add_tfds_id=True),
+  )
+  ds = ds.map(lambda ex: ex[key])
+  return np.array([i.decode() for i in tfds.as_numpy(ds)], dtype=object)
