@@ -237,7 +237,7 @@ MOVED_MODULES: dict[str, tuple[str, ...]] = {
   'care_jax.compare': ('care_jax.comparison', 'care_jax.commands.compare'),
   'care_jax.experiments': ('care_jax.suites', 'care_jax.commands.experiments'),
   'care_jax.visualize': ('care_jax.run_figures', 'care_jax.figures', 'care_jax.commands.visualize'),
-  'care_jax.predict': ('care_jax.commands.predict',),
+  'care_jax.predict': ('care_jax.inference', 'care_jax.commands.predict'),
   'care_jax.evaluate': ('care_jax.commands.evaluate',),
   'care_jax.export': ('care_jax.commands.export',),
 }

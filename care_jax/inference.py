@@ -17,9 +17,11 @@ Example::
 """
 
 from collections.abc import Sequence
+import csv
 import dataclasses
 import functools
 import json
+import pathlib
 from typing import Any
 
 from etils import epath
@@ -27,7 +29,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image
 
+from care_jax import figures
 from care_jax import imbalance
 from care_jax import models
 from care_jax import trained_run
@@ -199,6 +203,8 @@ class Predictor:
     )
 
 
+# The image files a folder given to `list_images` may hold (any case).
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 EXPORT_MODEL = 'model.stablehlo'
 EXPORT_META = 'model.json'
 
@@ -260,3 +266,117 @@ def export(
   (directory / EXPORT_MODEL).write_bytes(exported.serialize())
   (directory / EXPORT_META).write_text(json.dumps(meta, indent=2))
   return meta
+
+
+def list_images(path: str) -> tuple[list[str], list[str]]:
+  """``(names, files)`` of the images of a folder (recursive) or of a CSV's image column.
+
+  Names are what the output CSV shows: the path relative to the folder, or
+  the CSV's value; files are the paths to read.
+
+  Raises:
+    ValueError: the path does not exist, the folder holds no image, or the
+      CSV has no ``image`` column or no rows.
+  """
+  root = pathlib.Path(path)
+  if root.is_dir():
+    files = sorted(p for p in root.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+      raise ValueError(
+        f'{path} holds no image ({", ".join(IMAGE_SUFFIXES)}, searched '
+        'recursively): pass a folder of images or a CSV with an image column.'
+      )
+    return [p.relative_to(root).as_posix() for p in files], [str(p) for p in files]
+  if not root.is_file():
+    raise ValueError(f'--input={path} does not exist: pass a folder of images or a CSV.')
+  with open(root, newline='') as f:
+    reader = csv.DictReader(f)
+    if 'image' not in (reader.fieldnames or ()):
+      raise ValueError(
+        f'{path}: no image column (columns: {reader.fieldnames}); the CSV needs '
+        'one, with paths relative to the CSV.'
+      )
+    names = [row['image'] for row in reader]
+  if not names:
+    raise ValueError(f'{path} has a header but no rows.')
+  return names, [str(root.parent / name) for name in names]
+
+
+def write_predictions(
+  path: epath.PathLike, names, result: Predictions, class_names, *, multilabel: bool = False
+) -> None:
+  """``image,prediction,p_<class>...``, one row per image read, in the input's order.
+
+  Multi-label runs: ``prediction`` lists the findings at probability >= 0.5,
+  joined by ``|`` (`predicted_classes`).
+
+  `path` may be local or any URL `etils.epath` opens (``gs://``).
+  """
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  # csv's own '\r\n' line ends, untranslated on POSIX (epath opens files without newline=).
+  with path.open('w') as f:
+    writer = csv.writer(f)
+    writer.writerow(['image', 'prediction', *(f'p_{name}' for name in class_names)])
+    for position, probabilities in zip(result.index, result.probabilities):
+      prediction = predicted_classes(probabilities, class_names, multilabel=multilabel)
+      writer.writerow([names[position], prediction, *(f'{p:.6g}' for p in probabilities)])
+
+
+def write_overlays(directory: epath.PathLike, names, result: Predictions, data_config) -> None:
+  """The attention map of the predicted class over each image, as ``<name>.png``."""
+  pixels = figures.denormalize(result.images, mean=data_config.mean, std=data_config.std)
+  for position, image, attention_map in zip(result.index, pixels, result.maps):
+    target = epath.Path(directory) / f'{names[position]}.png'
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open('wb') as f:
+      Image.fromarray(figures.overlay(image, attention_map)).save(f, format='PNG')
+
+
+def predict(
+  workdir: str,
+  input_path: str,
+  output: str,
+  *,
+  checkpoint: str = 'best',
+  batch_size: int = 64,
+  attention_dir: str | None = None,
+  skip_unreadable: bool = False,
+) -> Predictions:
+  """Writes the predictions of a run's checkpoint on the images of ``input_path``.
+
+  Args:
+    workdir: the trained run.
+    input_path: a folder of images (searched recursively) or a CSV with an ``image`` column
+      (:func:`list_images`).
+    output: the CSV to write (:func:`write_predictions`).
+    checkpoint: 'best', 'latest' or a step of the run.
+    batch_size: images per jitted call.
+    attention_dir: also write each image's attention overlay below this folder
+      (:func:`write_overlays`).
+    skip_unreadable: leave out unreadable images instead of raising.
+
+  Returns:
+    The predictions (``index`` holds the positions of the images read; the others were
+    unreadable and skipped). Prints how many images were scored, by which step, and where the
+    CSV went.
+  """
+  names, files = list_images(input_path)
+  predictor = Predictor.from_workdir(workdir, checkpoint=checkpoint)
+  result = predictor.predict_files(
+    files,
+    batch_size=batch_size,
+    attention=attention_dir is not None,
+    keep_images=attention_dir is not None,
+    skip_unreadable=skip_unreadable,
+  )
+  write_predictions(output, names, result, predictor.class_names, multilabel=predictor.multilabel)
+  if attention_dir is not None:
+    write_overlays(attention_dir, names, result, predictor.config.data)
+  skipped = len(files) - len(result.index)
+  print(
+    f'{len(result.index)} images scored by step {predictor.step} of {workdir}'
+    + (f' ({skipped} unreadable skipped)' if skipped else '')
+    + f'; wrote {output}'
+  )
+  return result

@@ -1,14 +1,32 @@
 #!/usr/bin/env bash
-# Installs care-jax with its test and docs extras into ./.venv and runs the whole test suite
-# (slow end-to-end tests included; add  -m "not slow"  to skip them).
+# Installs care-jax with its test and docs extras into ./.venv and runs the tests.
+#
+#   bash scripts/test.sh          everything, as CI runs it: ruff, the docs build, the whole suite
+#                                 (slow and integration tests included) with the doctests
+#   bash scripts/test.sh --fast   the edit-test loop: ruff and the pure and unit tests only (no
+#                                 test marked slow or integration, no docs build)
+#
+# Further arguments go to pytest (e.g. tests/training -k step). The 25 slowest tests of the run
+# are written to test-durations.txt (tests/conftest.py); CI prints that file.
 set -euo pipefail
+fast=false
+if [ "${1:-}" = --fast ]; then
+  fast=true
+  shift
+fi
 CARE_JAX_EXTRAS='[test,docs]' source "$(dirname "$0")/venv.sh"
 # One formatter and one linter over the whole tree (settings in pyproject.toml).
 .venv/bin/ruff format --check .
 .venv/bin/ruff check .
+# The modules whose docstrings hold doctests.
+doctests=(care_jax/losses.py care_jax/attention.py care_jax/imbalance.py
+  care_jax/classification_loss.py care_jax/metrics care_jax/boxes/geometry.py
+  care_jax/boxes/generators.py care_jax/figures.py
+  care_jax/config/schema.py)
+if $fast; then
+  exec .venv/bin/python -m pytest -n 2 -m 'not slow and not integration' tests \
+    --doctest-modules "${doctests[@]}" "$@"
+fi
 # The documentation site, with its API reference from the docstrings: a warning fails it.
 .venv/bin/mkdocs build --strict --quiet
-exec .venv/bin/python -m pytest -n 2 --durations=15 tests \
-  --doctest-modules care_jax/losses.py care_jax/attention.py care_jax/metrics \
-  care_jax/imbalance.py care_jax/classification_loss.py care_jax/boxes/generators.py \
-  care_jax/figures.py "$@"
+exec .venv/bin/python -m pytest -n 2 tests --doctest-modules "${doctests[@]}" "$@"

@@ -22,7 +22,6 @@ from care_jax import config as config_lib
 from care_jax import inference
 from care_jax import suites
 from care_jax import training
-from care_jax.commands import predict
 from care_jax.training import outputs as outputs_lib
 
 URL = 'gs://bucket/runs/care'
@@ -175,10 +174,10 @@ def test_predictions_and_overlays_write_to_gs(bucket):
     images=np.zeros((2, 8, 8, 3), np.float32),
   )
   data_config = config_lib.default_config().data
-  predict.write_predictions(
+  inference.write_predictions(
     'gs://bucket/out/predictions.csv', ['x.png', 'y.png'], result, ['a', 'b']
   )
-  predict.write_overlays('gs://bucket/out/attention', ['x', 'sub/y'], result, data_config)
+  inference.write_overlays('gs://bucket/out/attention', ['x', 'sub/y'], result, data_config)
   assert (bucket / 'out' / 'predictions.csv').read_text().splitlines()[1] == 'x.png,a,0.75,0.25'
   with Image.open(bucket / 'out' / 'attention' / 'sub' / 'y.png') as image:
     assert image.format == 'PNG' and image.size == (8, 8)

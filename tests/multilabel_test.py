@@ -20,7 +20,6 @@ from care_jax import config as config_lib
 from care_jax import inference
 from care_jax import run_figures
 from care_jax import training
-from care_jax.commands import predict
 from care_jax.data import augment
 from care_jax.data import info as data_info
 from care_jax.data import pipeline
@@ -391,7 +390,7 @@ def test_a_multilabel_run_writes_its_metrics_and_predictions(tmp_path):
   result = predictor.predict_files(paths, attention=True)
   assert result.probabilities.shape == (3, 5) and result.maps.shape[0] == 3
   out = tmp_path / 'preds.csv'
-  predict.write_predictions(out, paths, result, predictor.class_names, multilabel=True)
+  inference.write_predictions(out, paths, result, predictor.class_names, multilabel=True)
   with out.open() as f:
     predicted = list(csv.reader(f))[1:]
   for row, probabilities in zip(predicted, result.probabilities):

@@ -21,7 +21,6 @@ from care_jax import inference
 from care_jax import metrics as metrics_lib
 from care_jax import trained_run
 from care_jax import training
-from care_jax.commands import predict
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CLASSES = ('amber', 'blue', 'cherry')
@@ -102,7 +101,7 @@ def test_predict_on_the_test_images_reproduces_the_test_confusion_matrix(trained
   _test_csv(root, rows, tmp_path / 'test.csv')
   out = tmp_path / 'preds.csv'
   # The end-of-run test block scores the last state: the latest checkpoint.
-  predict.predict(str(workdir), str(tmp_path / 'test.csv'), str(out), checkpoint='latest')
+  inference.predict(str(workdir), str(tmp_path / 'test.csv'), str(out), checkpoint='latest')
   with open(out, newline='') as f:
     reader = csv.DictReader(f)
     assert reader.fieldnames == ['image', 'prediction', *(f'p_{c}' for c in CLASSES)]
@@ -143,16 +142,16 @@ def test_the_test_block_can_score_the_best_checkpoint(trained, tmp_path):
   assert metrics['test_checkpoint'] == {'which': 'best', 'step': best}
   assert last['test_checkpoint'] == {'which': 'last', 'step': 6}
   _test_csv(root, rows, tmp_path / 'test.csv')
-  predict.predict(str(workdir), str(tmp_path / 'test.csv'), str(tmp_path / 'p.csv'))
+  inference.predict(str(workdir), str(tmp_path / 'test.csv'), str(tmp_path / 'p.csv'))
   assert _confusion(root, rows, tmp_path / 'p.csv', tmp_path) == metrics['test']['confusion']
 
 
 def test_a_folder_input_is_searched_recursively_and_named_relative_to_it(trained, tmp_path):
   workdir, root, rows, _ = trained
-  names, files = predict.list_images(str(root / 'test'))
+  names, files = inference.list_images(str(root / 'test'))
   assert names == sorted(n.split('/', 1)[1] for n, _, s in rows if s == 'test')
   out = tmp_path / 'out' / 'preds.csv'
-  result = predict.predict(
+  result = inference.predict(
     str(workdir), str(root / 'test'), str(out), attention_dir=str(tmp_path / 'maps')
   )
   assert len(result.index) == len(names) == 12
@@ -242,9 +241,9 @@ def test_the_command_answers_bad_input_in_one_line(trained, tmp_path):
 def test_a_csv_without_an_image_column_is_refused(tmp_path):
   (tmp_path / 'in.csv').write_text('file\na.png\n')
   with pytest.raises(ValueError, match='no image column'):
-    predict.list_images(str(tmp_path / 'in.csv'))
+    inference.list_images(str(tmp_path / 'in.csv'))
   with pytest.raises(ValueError, match='does not exist'):
-    predict.list_images(str(tmp_path / 'missing'))
+    inference.list_images(str(tmp_path / 'missing'))
 
 
 def test_evaluate_scores_a_checkpoint_as_the_run_scored_its_test_block(trained, tmp_path):
