@@ -27,8 +27,9 @@ The three steps, all with Adam (lr 1e-4) on a ResNet in train mode (BatchNorm ba
 * ``vectorised``: the same loss for the whole batch at once, with the Grad-CAM gradient from
   ``torch.autograd.grad`` of the head only (no backbone backward, nothing leaks into ``.grad``).
 
-The ResNets are ``tests/torch_reference.py``'s (torchvision's module layout, so ``state_dict()``
-has torchvision's keys and ``care_jax.models.load_pretrained`` reads it), with a new head.
+The ResNets are ``tests/helpers/torch_reference.py``'s (torchvision's module layout, so
+``state_dict()`` has torchvision's keys and ``care_jax.models.load_pretrained`` reads it), with a
+new head.
 """
 
 import argparse
@@ -43,7 +44,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'tests'))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'tests' / 'helpers'))
 import torch_reference  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 STEPS = ('ce', 'official', 'vectorised')

@@ -38,7 +38,7 @@ Usage::
       --repeats 10 [--head linear|bn_linear] [--torch-python .torch-venv/bin/python]
   .venv/bin/python benchmarks/vs_pytorch.py --check --model resnet18 --image-size 96 --batch 6
 
-The torch venv (Python 3.11, CPU torch 2.13.0; tests/pretrained_test.py makes the same one)::
+The torch venv (Python 3.11, CPU torch 2.13.0; tests/helpers/torch_venv.py makes the same one)::
 
   PYENV_VERSION=$(pyenv versions --bare | grep -m1 '^3\.11') python3.11 -m venv .torch-venv
   .torch-venv/bin/pip install torch==2.13.0 safetensors numpy

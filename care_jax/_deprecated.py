@@ -19,11 +19,12 @@ and its old names are looked up here on first use:
 
 The targets are named by strings and imported on first use (as the lazy exports of
 `care_jax.data` are), so a low layer's old name may point to a higher layer's new home without
-an import: the package's import graph stays one-way (tests/architecture_test.py).
+an import: the package's import graph stays one-way (tests/integration/architecture_test.py).
 """
 
 from collections.abc import Callable, Mapping
 import importlib
+import inspect
 import runpy
 import sys
 from typing import Any
@@ -141,40 +142,12 @@ def _attention_maps(model, variables, features, labels, *, method: str = 'auto')
   return model.attention_maps(variables, features, labels, method=method)
 
 
-# The fields of a config.loss that the ConfigDict call of make_classification_loss reads.
-_LOSS_ARGUMENTS = (
-  'name',
-  'gamma',
-  'focal_alpha',
-  'beta',
-  'tau',
-  'posthoc_tau',
-  'ldam_max_margin',
-  'ldam_s',
-  'drw_start',
-)
-
-
-def _make_classification_loss(
-  name,
-  *,
-  class_counts,
-  num_steps: int,
-  gamma: float = 2.0,
-  focal_alpha: str | None = None,
-  beta: float = 0.9999,
-  tau: float = 1.0,
-  posthoc_tau: float = 0.0,
-  ldam_max_margin: float = 0.5,
-  ldam_s: float = 30.0,
-  drw_start: float = 0.8,
-  task: str = 'multiclass',
-  num_examples: int | None = None,
-):
+def _make_classification_loss(name, *, class_counts, num_steps: int, **hyperparameters):
   """`care_jax.imbalance.make_classification_loss` of 0.2: also takes a ``config.loss``.
 
   The call with a ConfigDict or mapping in place of the name (deprecated since 0.2) warns and
-  expands its loss fields into the keywords, with the counts and steps of the call.
+  passes its loss fields as the keywords, with the counts and steps of the call; a name and
+  keywords are passed on as they are.
   """
   new = importlib.import_module('care_jax.classification_loss').make_classification_loss
   if hasattr(name, 'to_dict') or isinstance(name, Mapping):
@@ -186,27 +159,12 @@ def _make_classification_loss(
       DeprecationWarning,
       stacklevel=2,
     )
-    fields = dict(name.to_dict() if hasattr(name, 'to_dict') else name)
-    return new(
-      **{key: fields[key] for key in _LOSS_ARGUMENTS if key in fields},
-      class_counts=class_counts,
-      num_steps=num_steps,
-    )
-  return new(
-    name,
-    class_counts=class_counts,
-    num_steps=num_steps,
-    gamma=gamma,
-    focal_alpha=focal_alpha,
-    beta=beta,
-    tau=tau,
-    posthoc_tau=posthoc_tau,
-    ldam_max_margin=ldam_max_margin,
-    ldam_s=ldam_s,
-    drw_start=drw_start,
-    task=task,
-    num_examples=num_examples,
-  )
+    # As 0.2 did, the fields that are no argument (a user's own keys) are left out.
+    fields = name.to_dict() if hasattr(name, 'to_dict') else dict(name)
+    arguments = inspect.signature(new).parameters
+    hyperparameters = {key: fields[key] for key in fields if key in arguments} | hyperparameters
+    name = hyperparameters.pop('name')
+  return new(name, class_counts=class_counts, num_steps=num_steps, **hyperparameters)
 
 
 # (module, old name) -> (the function keeping the old call, what replaces it).

@@ -9,8 +9,8 @@ in the process instead (one heap for all threads, no ``mmap`` for large blocks, 
 after which the step allocates from pages it already holds.
 
 The costs: the process's resident memory stays at its peak instead of falling back between
-steps, and all threads allocate from one heap, under one lock. The second makes training
-with small models slower (tests/main_test.py's bfloat16 training test, a tiny CNN fed by
+steps, and all threads allocate from one heap, under one lock. The second makes training with
+small models slower (tests/integration/run_test.py's bfloat16 training test, a tiny CNN fed by
 tf.data: 52 s with it against 32 s without; TensorFlow's and XLA's many threads contending for
 that lock is the likely cause), so it is off unless asked for. Ask for it where the steps are
 large (ResNet-50 at 224x224 on a CPU: a 1.3x faster step), before anything runs on jax: in a

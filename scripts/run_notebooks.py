@@ -10,7 +10,8 @@ does not pip). The outputs kept are what a reader needs on GitHub: printed text 
 Progress bars and log lines (stderr), widget states and execution timings are dropped, and
 figures are stored as PNGs re-encoded with at most 256 colours (a third of the size or less, the
 same picture to the eye). A cell error stops the script and stores nothing.
-CI runs the notebooks at their smoke settings (tests/notebooks_test.py) and checks what is stored.
+CI runs the notebooks at their smoke settings (tests/integration/notebooks_test.py) and checks
+what is stored.
 """
 
 import base64

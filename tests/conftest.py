@@ -6,8 +6,12 @@
   workers and the processes they start, compiles each once per session. It lives in
   ``.cache/jax-tests`` of the clone (kept between local runs; a fresh clone starts empty), and
   the cached programs are those jax would compile: a hit returns the same executable.
-* Every test under ``tests/integration/`` is marked ``integration``; ``scripts/test.sh --fast``
+* Every test under ``tests/integration/`` (several layers together) and ``tests/benchmarks/`` (the
+  scripts of benchmarks/, run as programs) is marked ``integration``; ``scripts/test.sh --fast``
   leaves those and the ``slow`` ones out.
+* Session fixtures that several test files share: the torch environment of the parity tests
+  (``torch_python``, ``torch_exports``) and a short run trained on a folder dataset
+  (``folder_run``); their code is in ``tests/helpers/``.
 * The 25 slowest tests of a run (setup and call) are written to ``test-durations.txt``, which CI
   prints.
 """
@@ -18,7 +22,8 @@ import pathlib
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from tests.helpers.paths import REPO
+
 DURATIONS_FILE = REPO / 'test-durations.txt'
 SLOWEST = 25
 
@@ -33,31 +38,48 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(REPO / '.cache' / 'jax-te
 # Every program, however fast it compiles: the small ones are the ones the tests repeat.
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
-# A script run under a separate torch venv by pretrained_test.py, not a test
+# A script run by path under a separate torch venv (tests/helpers/torch_venv.py), not a test
 # module (and not importable here: no torch in the JAX environment).
-collect_ignore = ['torch_reference.py']
+collect_ignore = ['helpers/torch_reference.py']
 
 
 @pytest.fixture(scope='session')
 def torch_python() -> pathlib.Path:
   """The Python of .torch-venv (3.11, torch 2.13.0 CPU, safetensors, numpy), made once.
 
-  pretrained_test.py's helpers make and cache it (skipping, outside CI, where no Python 3.11
+  tests/helpers/torch_venv.py makes and caches it (skipping, outside CI, where no Python 3.11
   exists); the lock serialises pytest-xdist workers.
   """
-  import pretrained_test  # pylint: disable=g-import-not-at-top
+  from tests.helpers import torch_venv  # pylint: disable=g-import-not-at-top
 
-  pretrained_test.TORCH_VENV.mkdir(exist_ok=True)
-  with open(pretrained_test.TORCH_VENV / '.lock', 'w') as lock:
+  torch_venv.TORCH_VENV.mkdir(exist_ok=True)
+  with open(torch_venv.TORCH_VENV / '.lock', 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
-    return pretrained_test._torch_venv_python()  # pylint: disable=protected-access
+    return torch_venv.torch_venv_python()
+
+
+@pytest.fixture(scope='session')
+def torch_exports(torch_python) -> pathlib.Path:
+  """tests/helpers/torch_reference.py's outputs (PyTorch weights, inputs, logits), cached."""
+  from tests.helpers import torch_venv  # pylint: disable=g-import-not-at-top
+
+  return torch_venv.torch_exports(torch_python)
+
+
+@pytest.fixture(scope='session')
+def folder_run(tmp_path_factory):
+  """A 6-step run on a small folder dataset (tests/helpers/folder_run.py), trained once."""
+  # Imported here: jax and TensorFlow must load after the settings above.
+  from tests.helpers import folder_run as folder_run_lib  # pylint: disable=g-import-not-at-top
+
+  return folder_run_lib.train(tmp_path_factory)
 
 
 def pytest_collection_modifyitems(config, items):
   del config  # Unused.
-  integration = REPO / 'tests' / 'integration'
+  integrated = (REPO / 'tests' / 'integration', REPO / 'tests' / 'benchmarks')
   for item in items:
-    if integration in pathlib.Path(str(item.path)).parents:
+    if any(folder in pathlib.Path(str(item.path)).parents for folder in integrated):
       item.add_marker(pytest.mark.integration)
 
 

@@ -1,4 +1,5 @@
-"""Tests of care_jax.losses against independent numpy references."""
+"""care_loss and distance_outer_mask against independent numpy references (single-label and
+per (image, finding) pair)."""
 
 import jax
 from jax import test_util
@@ -6,18 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import care_jax
-from care_jax import _numerics
-from care_jax import imbalance
 from care_jax import losses
 
 TAU = 0.5
 LAM = 0.7
-
-
-# ---------------------------------------------------------------------------
-# Independent numpy references.
-# ---------------------------------------------------------------------------
 
 
 def np_resize_1d_indices(in_size, out_size):
@@ -83,20 +76,6 @@ def random_box_masks(rng, b, big_h, big_w):
 MASK_SIZES = [(7, 7), (14, 14), (28, 28), (32, 32), (10, 13)]
 
 
-# ---------------------------------------------------------------------------
-# The resize matrices.
-# ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-  'in_size,out_size', [(7, 7), (7, 14), (7, 10), (7, 13), (7, 32), (3, 224), (1, 5)]
-)
-def test_resize_matrix_equals_jax_image_resize_of_one_hots(in_size, out_size):
-  # Resizing the identity along its first axis resizes every one-hot column.
-  expected = jax.image.resize(jnp.eye(in_size), (out_size, in_size), 'bilinear')
-  np.testing.assert_allclose(_numerics.bilinear_matrix(in_size, out_size), expected, atol=1e-6)
-
-
 @pytest.mark.parametrize('out_shape', [(14, 14), (10, 13), (32, 32)])
 def test_numpy_reference_resize_equals_jax_image_resize(out_shape):
   # Validates the reference used below, independently of losses.py.
@@ -104,11 +83,6 @@ def test_numpy_reference_resize_equals_jax_image_resize(out_shape):
   np.testing.assert_allclose(
     np_resize_bilinear(x, *out_shape), jax.image.resize(x, (2, *out_shape), 'bilinear'), atol=1e-5
   )
-
-
-# ---------------------------------------------------------------------------
-# care_loss values against the numpy reference.
-# ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize('mask_shape', MASK_SIZES)
@@ -185,11 +159,6 @@ def test_care_loss_example_with_hand_computed_value():
   np.testing.assert_allclose(losses.care_loss(f, m, tau=0.5, lam=0.7), -0.5 + 0.7 * 0.4, rtol=1e-6)
 
 
-# ---------------------------------------------------------------------------
-# Edge cases: finite values and gradients.
-# ---------------------------------------------------------------------------
-
-
 def _value_and_grad(f, m, **kwargs):
   return jax.value_and_grad(lambda x: losses.care_loss(x, m, **kwargs))(f)
 
@@ -238,11 +207,6 @@ def test_care_loss_full_mask_has_no_outer_term():
   assert np.all(np.isfinite(grad))
 
 
-# ---------------------------------------------------------------------------
-# Gradients.
-# ---------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize('mask_shape', [(7, 7), (10, 13)])
 def test_care_loss_gradient_matches_finite_differences(mask_shape):
   rng = np.random.default_rng(10)
@@ -278,11 +242,6 @@ def test_care_loss_inner_term_is_constant_above_tau():
   # Below tau the same term pulls attention into the box.
   _, grad = _value_and_grad(f, m, tau=0.95, lam=0.0)
   assert np.all(grad[0, 2:5, 2:5] < 0)
-
-
-# ---------------------------------------------------------------------------
-# Transformations and dtypes.
-# ---------------------------------------------------------------------------
 
 
 def test_care_loss_under_jit_vmap_and_grad():
@@ -325,11 +284,6 @@ def test_care_loss_bfloat16_maps_are_computed_in_float32():
   assert jax.grad(losses.care_loss)(f_bf16, m).dtype == jnp.bfloat16
 
 
-# ---------------------------------------------------------------------------
-# Validation.
-# ---------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
   'f_shape,m_shape,kwargs,match',
   [
@@ -354,11 +308,6 @@ def test_care_loss_shape_errors_name_the_argument(f_shape, m_shape, kwargs, matc
 def test_care_loss_rejects_unknown_reduction():
   with pytest.raises(ValueError, match='reduction'):
     losses.care_loss(np.zeros((1, 7, 7)), np.zeros((1, 7, 7)), reduction='none')
-
-
-# ---------------------------------------------------------------------------
-# The distance-weighted outer mask.
-# ---------------------------------------------------------------------------
 
 
 def np_distance_outer_mask(mask, start, delta):
@@ -545,14 +494,6 @@ def test_distance_outer_mask_bfloat16_bool_and_int_masks_give_float32():
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
-def test_distance_outer_mask_is_exported():
-  import care_jax  # pylint: disable=g-import-not-at-top
-
-  assert care_jax.distance_outer_mask is losses.distance_outer_mask
-  assert 'distance_outer_mask' in care_jax.__all__
-  assert 'distance_outer_mask' in losses.__all__
-
-
 @pytest.mark.parametrize(
   'shape,kwargs,match',
   [
@@ -577,130 +518,82 @@ def test_distance_outer_mask_rejects_masks_outside_unit_range():
     losses.distance_outer_mask(m, start=1.0, delta=0.1)
 
 
-# ---------------------------------------------------------------------------
-# Class weights and cross-entropy.
-# ---------------------------------------------------------------------------
+# Per (image, finding) pair: the multi-label CARE loss.
 
 
-def np_log_softmax(z):
-  z = np.asarray(z, np.float64)
-  z = z - z.max(axis=1, keepdims=True)
-  return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+def _upsample(f, size):
+  """Half-pixel bilinear upsampling, as jax.image.resize (an independent path)."""
+  return np.asarray(jax.image.resize(jnp.asarray(f, jnp.float32), (size, size), 'bilinear'))
 
 
-def np_torch_weighted_ce_mean(logits, labels, weights):
-  """torch.nn.CrossEntropyLoss(weight=w, reduction='mean'), from its docs:
-  sum_n w[y_n] * -log p_n[y_n] / sum_n w[y_n]."""
-  nll = -np_log_softmax(logits)[np.arange(len(labels)), labels]
-  w = np.asarray(weights, np.float64)[labels]
-  return np.sum(w * nll) / np.sum(w)
+def _brute_force_pair_loss(f, m, tau, lam, outer=None):
+  """L_in + lam L_out of one (image, finding) pair on the upsampled map, in numpy."""
+  up = _upsample(f, m.shape[0]).astype(np.float64)
+  outer = 1.0 - m if outer is None else outer
+  inner = -min((m * up).sum() / m.sum(), tau) if m.sum() > 0 else 0.0
+  out = (outer * up).sum() / outer.sum() if outer.sum() > 0 else 0.0
+  return inner + lam * out
 
 
-def test_inverse_frequency_weights_match_numpy():
-  counts = np.array([327, 4693, 115, 514, 1113, 6705, 142])  # ISIC-like.
-  got = imbalance.inverse_frequency_weights(counts)
-  expected = (1 / counts) / np.sum(1 / counts)
-  assert got.dtype == np.float32 and got.shape == (7,)
-  np.testing.assert_allclose(got, expected, rtol=1e-6)
-  np.testing.assert_allclose(got.sum(), 1.0, rtol=1e-6)
-  # The rarest class gets the largest weight.
-  assert np.argmax(got) == np.argmin(counts)
+def _pairs(batch=3, classes=4, h=4, size=16, seed=3):
+  rng = np.random.default_rng(seed)
+  maps = rng.uniform(size=(batch, classes, h, h)).astype(np.float32)
+  masks = np.zeros((batch, classes, size, size), np.float32)
+  for b in range(batch):
+    for k in range(classes):
+      if rng.uniform() < 0.6:
+        y0, x0 = rng.integers(0, size - 4, 2)
+        masks[b, k, y0 : y0 + rng.integers(2, 8), x0 : x0 + rng.integers(2, 8)] = 1.0
+  masks[0, 0] = 1.0  # A full mask: no outside.
+  masks[1, 1] = 0.0  # An empty one.
+  return maps, masks
 
 
-def test_inverse_frequency_weights_reject_empty_classes():
-  with pytest.raises(ValueError, match='class index 2'):
-    imbalance.inverse_frequency_weights([10, 5, 0, 3])
-  with pytest.raises(ValueError, match='class index 0'):
-    imbalance.inverse_frequency_weights([-1, 5])
-  with pytest.raises(ValueError, match='class_counts'):
-    imbalance.inverse_frequency_weights(np.ones((2, 2)))
-
-
-def test_cross_entropy_matches_numpy():
-  rng = np.random.default_rng(15)
-  logits = rng.normal(size=(6, 4)).astype(np.float32) * 3
-  labels = rng.integers(0, 4, size=6)
-  weights = rng.uniform(0.1, 2.0, size=4).astype(np.float32)
-  nll = -np_log_softmax(logits)[np.arange(6), labels]
-  np.testing.assert_allclose(imbalance.cross_entropy(logits, labels), nll, rtol=1e-5)
-  np.testing.assert_allclose(
-    imbalance.cross_entropy(logits, labels, class_weights=weights), weights[labels] * nll, rtol=1e-5
+def test_care_loss_per_image_and_finding_equals_the_brute_force_pair_losses():
+  maps, masks = _pairs()
+  has_mask = masks.sum((2, 3)) > 0
+  has_mask[2, 3] = False  # A box that does not count (e.g. a negative finding).
+  per_pair = losses.care_loss_per_example(maps, masks, tau=0.6, lam=0.7, has_mask=has_mask)
+  assert per_pair.shape == (3, 4)
+  expected = np.array(
+    [
+      [
+        _brute_force_pair_loss(maps[b, k], masks[b, k], 0.6, 0.7) if has_mask[b, k] else 0.0
+        for k in range(4)
+      ]
+      for b in range(3)
+    ]
   )
-  bf16 = imbalance.cross_entropy(jnp.asarray(logits, jnp.bfloat16), labels)
-  assert bf16.dtype == jnp.float32
+  np.testing.assert_allclose(per_pair, expected, rtol=1e-5, atol=1e-6)
+  mean = losses.care_loss(maps, masks, tau=0.6, lam=0.7, has_mask=has_mask)
+  np.testing.assert_allclose(mean, expected[has_mask].mean(), rtol=1e-5)
 
 
-def test_weighted_cross_entropy_matches_torch_weighted_mean():
-  rng = np.random.default_rng(16)
-  logits = rng.normal(size=(8, 3)).astype(np.float32)
-  labels = rng.integers(0, 3, size=8)
-  weights = imbalance.inverse_frequency_weights([50, 10, 3])
-  got = jax.jit(imbalance.weighted_cross_entropy_loss)(logits, labels, class_weights=weights)
-  np.testing.assert_allclose(got, np_torch_weighted_ce_mean(logits, labels, weights), rtol=1e-5)
+def test_care_loss_per_pair_with_the_distance_outer_mask_equals_the_brute_force():
+  maps, masks = _pairs(seed=4)
+  outer = losses.distance_outer_mask(masks, start=1.0, delta=0.1)
+  for b in range(masks.shape[0]):
+    slice_outer = losses.distance_outer_mask(masks[b], start=1.0, delta=0.1)
+    np.testing.assert_allclose(outer[b], slice_outer)
+  got = losses.care_loss_per_example(maps, masks, tau=0.5, lam=0.7, outer_mask=outer)
+  outer = np.asarray(outer)
+  for b in range(masks.shape[0]):
+    for k in range(masks.shape[1]):
+      want = _brute_force_pair_loss(maps[b, k], masks[b, k], 0.5, 0.7, outer[b, k])
+      if masks[b, k].sum() == 0:
+        want = 0.0
+      np.testing.assert_allclose(got[b, k], want, rtol=1e-5, atol=1e-6, err_msg=(b, k))
 
 
-def test_weighted_cross_entropy_where_drops_padded_examples():
-  rng = np.random.default_rng(17)
-  logits = rng.normal(size=(8, 3)).astype(np.float32)
-  labels = rng.integers(0, 3, size=8)
-  weights = np.array([0.2, 0.3, 0.5], np.float32)
-  valid = np.array([True] * 5 + [False] * 3)
-  loss_fn = lambda z: imbalance.weighted_cross_entropy_loss(
-    z, labels, class_weights=weights, where=valid
-  )
-  value, grad = jax.value_and_grad(loss_fn)(logits)
-  np.testing.assert_allclose(
-    value, np_torch_weighted_ce_mean(logits[:5], labels[:5], weights), rtol=1e-5
-  )
-  np.testing.assert_array_equal(grad[5:], 0.0)
-  # No valid example: exactly zero with a zero gradient.
-  value, grad = jax.value_and_grad(
-    lambda z: imbalance.weighted_cross_entropy_loss(
-      z, labels, class_weights=weights, where=np.zeros(8, bool)
-    )
-  )(logits)
-  assert float(value) == 0.0
-  np.testing.assert_array_equal(grad, 0.0)
+def test_care_loss_per_pair_gradient_is_finite_for_empty_and_full_masks():
+  maps, masks = _pairs(seed=5)
+  grads = jax.grad(lambda f: losses.care_loss(f, masks))(jnp.asarray(maps))
+  assert np.all(np.isfinite(grads))
+  np.testing.assert_array_equal(grads[1, 1], 0.0)  # The empty mask's map gets no gradient.
 
 
-@pytest.mark.parametrize(
-  'logits_shape,labels,weights,where,match',
-  [
-    ((4,), np.zeros(4, int), np.ones(3), None, r'logits .*\(4,\)'),
-    ((4, 3), np.zeros(5, int), np.ones(3), None, r'labels .*\(5,\)'),
-    ((4, 3), np.zeros(4), np.ones(3), None, r'labels .*integer'),
-    ((4, 3), np.zeros(4, int), np.ones(2), None, r'class_weights .*\(2,\)'),
-    ((4, 3), np.zeros(4, int), np.ones(3), np.ones(3, bool), r'where .*\(3,\)'),
-  ],
-)
-def test_cross_entropy_shape_errors_name_the_argument(logits_shape, labels, weights, where, match):
-  with pytest.raises(ValueError, match=match):
-    imbalance.weighted_cross_entropy_loss(
-      np.zeros(logits_shape), labels, class_weights=weights, where=where
-    )
-
-
-MOVED_TO_IMBALANCE = (
-  'cross_entropy',
-  'inverse_frequency_weights',
-  'positive_weights',
-  'sigmoid_binary_cross_entropy',
-  'weighted_cross_entropy_loss',
-)
-
-
-@pytest.mark.parametrize('name', MOVED_TO_IMBALANCE)
-def test_the_classification_losses_moved_to_imbalance_warn_and_are_the_same(name):
-  with pytest.warns(
-    DeprecationWarning,
-    match=rf'care_jax\.losses\.{name} is deprecated: use care_jax\.imbalance\.{name}',
-  ):
-    assert getattr(losses, name) is getattr(imbalance, name)
-  # The top-level exports keep their names, now those of imbalance (without a warning).
-  assert getattr(care_jax, name) is getattr(imbalance, name)
-  assert name not in losses.__all__ and name in imbalance.__all__
-
-
-def test_unknown_names_of_losses_raise_attribute_error():
-  with pytest.raises(AttributeError, match="module 'care_jax.losses' has no attribute"):
-    losses.no_such_loss  # noqa: B018
+def test_care_loss_per_pair_rejects_mismatched_batch_shapes():
+  with pytest.raises(ValueError, match=r'mask batch size \(2, 3\).*feature_map'):
+    losses.care_loss(np.zeros((2, 4, 4, 4)), np.zeros((2, 3, 8, 8)))
+  with pytest.raises(ValueError, match=r'has_mask must have shape \[2, 4\]'):
+    losses.care_loss(np.zeros((2, 4, 4, 4)), np.zeros((2, 4, 8, 8)), has_mask=np.ones(2, bool))

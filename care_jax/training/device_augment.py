@@ -31,7 +31,7 @@ key             dtype, shape                 content
 `care_jax.data.pipeline` (normalised float32 ``image``, ``mask``,
 ``has_mask``). It equals the CPU path up to the uint8 rounding of the resized
 image (the CPU path warps the float resize): images to float32 rounding
-(``tests/device_augment_test.py``: below 1e-5 on the [0, 1] scale), masks bit
+(``tests/training/device_augment_test.py``: below 1e-5 on the [0, 1] scale), masks bit
 for bit on the CPU. Floating-point contraction (fused multiply-adds, which
 XLA's GPU compiler may form) can move a mapped pixel centre by one rounding
 step, so on an accelerator a pixel whose centre lies exactly on a box edge

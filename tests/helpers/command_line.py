@@ -1,0 +1,23 @@
+"""The commands as a user runs them: a fresh Python, from the clone's root, output captured."""
+
+import subprocess
+import sys
+
+from tests.helpers import paths
+
+
+def run(module: str, *args: str, cwd=paths.REPO, env=None, timeout: float = 300):
+  """Runs ``python -m MODULE ARGS``; returns the `subprocess.CompletedProcess`."""
+  return subprocess.run(
+    [sys.executable, '-m', module, *args],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
+def care_jax(*args: str, **kwargs) -> subprocess.CompletedProcess:
+  """Runs ``care-jax ARGS`` (``python -m care_jax.commands.cli``)."""
+  return run('care_jax.commands.cli', *args, **kwargs)

@@ -1,0 +1,61 @@
+"""Earlier versions: the config keys added since 0.1, and the runs written by 0.1 and 0.2.
+
+The tests of the schema (tests/config/schema_test.py) and of reading old runs
+(tests/trained_run_test.py, tests/inference_test.py, tests/integration/resume_test.py) share
+these.
+"""
+
+import json
+import os
+
+from care_jax import config as config_lib
+from tests.helpers import paths
+
+# A run written by care-jax 0.1.0 (tests/fixtures/make_v0_1_run.py) and one by 0.2
+# (tests/fixtures/make_v0_2_run.py).
+V0_1_RUN = str(paths.FIXTURES / 'v0_1_run')
+V0_2_RUN = str(paths.FIXTURES / 'v0_2_run')
+# The config of 0.1 and those of its packaged config files, as 0.1 built them.
+V0_1_CONFIGS = paths.FIXTURES / 'v0_1_configs.json'
+
+# Config keys added after 0.1, with the defaults that keep 0.1's behaviour: runs of
+# 0.1 load and resume with them.
+ADDED_SINCE_0_1 = {
+  'train.test_checkpoint': 'last',
+  'care.protocol': 'from_step',
+  'care.stage1_metric': 'mca',
+  'care.stage1_patience': 3,
+  'care.stage1_max_fraction': 0.5,
+  'care.outer': 'uniform',
+  'care.outer_start': 1.0,
+  'care.outer_delta': 0.1,
+  'care.target': 'logit',
+  'task': 'multiclass',
+  'data.augment.on_device': False,
+  'data.isic2018.supervision': 'box',
+  'data.nih_chestxray14.mode': 'boxed',
+  'data.nih_chestxray14.boxed_images': 'test',
+}
+
+# Sub-configs added after 0.1 whose values 0.1 never read (datasets it did not have).
+ADDED_SECTIONS_SINCE_0_1 = ('data.synthetic_multilabel.',)
+
+# Values that every packaged config changed since 0.1 (runs of 0.1 saved theirs).
+CHANGED_SINCE_0_1 = {
+  # Left to the recipe: 1e-4 with model.pretrained, 1e-3 from scratch (resolve_recipe).
+  'train.learning_rate': None
+}
+
+# And those that single configs changed.
+CONFIG_CHANGED_SINCE_0_1 = {
+  # The two stages end stage 1 on validations (0.1 validated at the end only).
+  'folder.py': {'train.eval_every_steps': 100},
+  # And alpha 0.7: the demo's target on both generator seeds (docs/results.md).
+  'synthetic_care.py': {'train.eval_every_steps': 50, 'care.alpha': 0.7},
+}
+
+
+def v0_2_config(*more):
+  """Today's default config with the overrides of the run written by 0.2, and `more`."""
+  with open(os.path.join(V0_2_RUN, 'overrides.json')) as f:
+    return config_lib.apply_overrides(config_lib.default_config(), [*json.load(f), *more])

@@ -1,0 +1,215 @@
+"""The paper's suites: their rows, the configs they build, the runner (resume, refusal) and the
+report of fabricated runs (tests/helpers/runs.py's fake_train)."""
+
+import json
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from care_jax import config as config_lib
+from care_jax import suites
+from care_jax import training
+from tests.helpers import runs
+
+# A CARE row: the paper's alpha and its two stages, as configs/synthetic_care.py.
+CARE = ('care.alpha=0.5', 'care.protocol=two_stage', 'train.eval_every_steps=50')
+
+
+def test_table1_rows_cross_care_with_csl_fl_and_da():
+  suite = suites.SUITES['table1']
+  assert list(suite.rows) == [
+    'baseline',
+    'CARE',
+    'CSL',
+    'CARE+CSL',
+    'FL',
+    'CARE+FL',
+    'DA',
+    'CARE+DA',
+  ]
+  assert suite.rows['baseline'] == ('care.alpha=0.0',)
+  assert suite.rows['CARE'] == CARE
+  assert suite.rows['CARE+CSL'] == ('loss.name=weighted_ce', *CARE)
+  assert suite.rows['FL'] == ('loss.name=focal', 'care.alpha=0.0')
+  assert set(suite.rows['CARE+DA']) == {
+    'data.augment.enabled=True',
+    'data.sampling=class_balanced',
+    *CARE,
+  }
+  assert suite.pairs == (
+    ('baseline', 'CARE'),
+    ('CSL', 'CARE+CSL'),
+    ('FL', 'CARE+FL'),
+    ('DA', 'CARE+DA'),
+  )
+
+
+@pytest.mark.parametrize('name', ['table1', 'modern', 'backbones', 'smoke'])
+def test_care_rows_differ_from_their_control_in_alpha_and_the_two_stages(name):
+  suite = suites.SUITES[name]
+  assert len(suite.pairs) * 2 == len(suite.rows)
+  for control, treatment in suite.pairs:
+    assert treatment in ('CARE', f'CARE+{control}')
+    assert suite.rows[control][-1] == 'care.alpha=0.0'
+    assert suite.rows[treatment] == (*suite.rows[control][:-1], *CARE)
+
+
+def test_modern_backbones_box_scale_alpha_and_smoke_rows():
+  modern = suites.SUITES['modern'].rows
+  assert {modern[r][0] for r in ('LA', 'BS', 'LDAM-DRW', 'CB', 'LA-posthoc')} == {
+    'loss.name=logit_adjusted',
+    'loss.name=balanced_softmax',
+    'loss.name=ldam_drw',
+    'loss.name=class_balanced',
+    'loss.posthoc_tau=1.0',
+  }
+  backbones = suites.SUITES['backbones'].rows
+  assert [backbones[r][0] for r in backbones][::2] == [
+    'model.name=resnet18',
+    'model.name=resnet50',
+    'model.name=resnet152',
+    'model.name=vgg19',
+  ]
+  box = suites.SUITES['box_scale']
+  assert box.rows['baseline'] == ('care.alpha=0.0',)
+  assert [box.rows[r] for r in box.rows][1:] == [
+    (*CARE, f'data.box_scale={s}') for s in (0.7, 0.9, 1.0, 1.1, 1.3)
+  ]
+  alpha = suites.SUITES['alpha']
+  assert [alpha.rows[r] for r in alpha.rows] == [('care.alpha=0.0',)] + [
+    (f'care.alpha={a}', *CARE[1:]) for a in (0.1, 0.3, 0.5, 0.7, 0.9)
+  ]
+  assert alpha.pairs[0] == ('alpha_0.0', 'alpha_0.1') and len(alpha.pairs) == 5
+  assert list(suites.SUITES['smoke'].rows) == ['baseline', 'CARE']
+
+
+@pytest.mark.parametrize('name', ['table1', 'modern', 'box_scale', 'backbones', 'alpha', 'smoke'])
+def test_every_row_validates(name):
+  configs = suites.row_configs(runs.base_config(), suites.SUITES[name].rows)
+  assert list(configs) == list(suites.SUITES[name].rows)
+
+
+def test_data_augmentation_rows_validate():
+  rows = suites.select_rows('table1', ['DA', 'CARE+DA'])
+  configs = suites.row_configs(runs.base_config(), rows)
+  assert configs['CARE+DA'].data.augment.enabled and configs['DA'].care.alpha == 0.0
+  assert configs['DA'].data.sampling == 'class_balanced'
+
+
+def test_pretrained_weights_go_to_the_rows_of_their_model():
+  configs = suites.row_configs(
+    runs.base_config(),
+    suites.SUITES['backbones'].rows,
+    pretrained={'resnet50': '/w/r50.safetensors'},
+  )
+  assert configs['CARE+resnet50'].model.pretrained == '/w/r50.safetensors'
+  assert configs['resnet50'].model.pretrained == '/w/r50.safetensors'
+  assert configs['resnet18'].model.pretrained is None
+
+
+def test_rows_and_suites_are_checked_by_name():
+  assert list(suites.select_rows('table1', ['CARE', 'baseline'])) == ['baseline', 'CARE']
+  with pytest.raises(ValueError, match=r"suite 'table1' has no rows \['CARE\+XL'\]"):
+    suites.select_rows('table1', ['CARE+XL'])
+  with pytest.raises(ValueError, match="unknown suite 'tabel1'"):
+    suites.select_rows('tabel1')
+  with pytest.raises(ValueError, match=r"row 'baseline'.*care\.alpha"):
+    suites.row_configs(runs.base_config(), {'baseline': ('care.alpha=2.0',)})
+
+
+def test_report_of_fabricated_runs_with_hand_checked_numbers(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(training, 'train_and_evaluate', runs.fake_train(calls))
+  report = suites.run_suite('smoke', runs.base_config('isic2018'), [0, 1, 2], str(tmp_path))
+  assert sorted(calls) == sorted(runs.FAKE_RESULTS)
+  rows = report['rows']
+  # rare recall: baseline 10, 20, 30 -> 20 ± 10 (sample std); CARE 30, 35, 40 -> 35 ± 5.
+  assert rows['baseline']['rare_recall'] == pytest.approx({'mean': 0.2, 'std': 0.1})
+  assert rows['CARE']['rare_recall'] == pytest.approx({'mean': 0.35, 'std': 0.05})
+  assert rows['CARE']['paper'] == pytest.approx({'rare_recall': 0.5217, 'mca': 0.7616})
+  # Paired differences 0.20, 0.15, 0.10: mean 0.15, sd 0.05, t = 0.15 / (0.05 / sqrt 3)
+  # = 5.196 with 2 degrees of freedom, whose two-sided p is 1 - t / sqrt(2 + t^2).
+  t = 0.15 / (0.05 / np.sqrt(3))
+  (pair,) = report['pairs']
+  assert pair['control'] == 'baseline' and pair['treatment'] == 'CARE'
+  assert pair['mean_difference'] == pytest.approx(0.15)
+  assert pair['p_value'] == pytest.approx(1 - t / np.sqrt(2 + t**2), rel=1e-6)
+  assert pair['wins'] == 3 and pair['seeds'] == [0, 1, 2]
+
+  table = (tmp_path / 'report.md').read_text()
+  assert (
+    '| method | rare recall (test, %) | MCA (test, %) | paper rare recall (%) | '
+    'paper MCA (%) | seeds |' in table
+  )
+  # Best means in bold; the MCA tie (60.00 both) bolds both rows.
+  assert '| baseline | 20.00 ± 10.00 | **60.00 ± 10.00** | 47.83 | 75.75 | 3 |' in table
+  assert '| CARE | **35.00 ± 5.00** | **60.00 ± 5.00** | 52.17 | 76.16 | 3 |' in table
+  assert '| CARE vs baseline | 3 | +15.00 | 0.0351 | 3/3 |' in table
+  assert (
+    '| CARE | `care.alpha=0.5`, `care.protocol=two_stage`, `train.eval_every_steps=50` |' in table
+  )
+  assert json.loads((tmp_path / 'report.json').read_text()) == json.loads(json.dumps(report))
+  with Image.open(tmp_path / 'report.png') as image:
+    assert image.format == 'PNG' and image.size[0] > 300
+
+
+def test_one_seed_reports_no_spread_and_no_p_value_and_no_paper_for_other_data(
+  tmp_path, monkeypatch
+):
+  monkeypatch.setattr(training, 'train_and_evaluate', runs.fake_train([]))
+  suites.run_suite('smoke', runs.base_config('synthetic_lesions'), [1], str(tmp_path))
+  table = (tmp_path / 'report.md').read_text()
+  assert '| baseline | 20.00 | **60.00** | 1 |' in table
+  assert '| CARE | **35.00** | **60.00** | 1 |' in table
+  assert '| CARE vs baseline | 1 | +15.00 | n/a | 1/1 |' in table
+  assert 'paper' not in table
+
+
+def test_finished_runs_are_not_repeated(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(training, 'train_and_evaluate', runs.fake_train(calls))
+  suites.run_suite('smoke', runs.base_config(), [0, 1], str(tmp_path), rows=['baseline'])
+  assert calls == [(0.0, 0), (0.0, 1)]
+  report = (tmp_path / 'report.md').read_text()
+  assert '| baseline |' in report and '| CARE |' not in report
+  # The whole suite with one more seed trains only what is missing.
+  calls.clear()
+  suites.run_suite('smoke', runs.base_config(), [0, 1, 2], str(tmp_path))
+  assert calls == [(0.0, 2), (0.5, 0), (0.5, 1), (0.5, 2)]
+  monkeypatch.setattr(training, 'train_and_evaluate', runs.no_training)
+  report = suites.run_suite('smoke', runs.base_config(), [0, 1, 2], str(tmp_path))
+  assert report['rows']['CARE']['rare_recall']['mean'] == pytest.approx(0.35)
+
+
+def test_a_finished_run_of_another_config_is_refused(tmp_path, monkeypatch):
+  monkeypatch.setattr(training, 'train_and_evaluate', runs.fake_train([]))
+  suites.run_suite('smoke', runs.base_config(), [0], str(tmp_path))
+  monkeypatch.setattr(training, 'train_and_evaluate', runs.no_training)
+  other = config_lib.apply_overrides(runs.base_config(), ['care.lam=0.1'])
+  with pytest.raises(
+    ValueError,
+    match=r'baseline.*seed_0 holds a run of another config.*'
+    r'care\.lam',
+  ):
+    suites.run_suite('smoke', other, [0], str(tmp_path))
+
+
+def test_the_report_shows_macro_auroc_and_ece_of_runs_that_scored_them():
+  runs = {
+    'baseline': [
+      {'seed': s, 'test': {'rare_recall': 0.2, 'mca': 0.6, 'macro_auroc': a, 'ece': 0.1}}
+      for s, a in ((0, 0.7), (1, 0.8))
+    ],
+    'CARE': [
+      {'seed': s, 'test': {'rare_recall': 0.5, 'mca': 0.7, 'macro_auroc': 0.9, 'ece': e}}
+      for s, e in ((0, 0.05), (1, 0.15))
+    ],
+  }
+  rows = suites.select_rows('smoke')
+  report = suites.build_report('smoke', rows, runs, dataset='synthetic_lesions')
+  assert report['rows']['baseline']['macro_auroc']['mean'] == pytest.approx(0.75)
+  table = suites.format_report(report)
+  assert '| method | rare recall (test, %) | MCA (test, %) | macro AUROC (test, %) | ' in table
+  assert '| baseline | 20.00 ± 0.00 | 60.00 ± 0.00 | 75.00 ± 7.07 | 10.00 ± 0.00 | 2 |' in table
+  assert '| CARE | **50.00 ± 0.00** | **70.00 ± 0.00** | 90.00 ± 0.00 | 10.00 ± 7.07 | 2 |' in table
