@@ -18,6 +18,10 @@ Example::
 import argparse
 from collections.abc import Callable, Mapping, Sequence
 import dataclasses
+import importlib.metadata
+import importlib.util
+import os
+import pkgutil
 import time
 from typing import Any
 
@@ -31,10 +35,35 @@ from care_jax import host_memory
 from care_jax import models
 from care_jax import training
 
-# Before jax starts: the steps reuse their scratch memory instead of page-faulting it in again
-# at every call (care_jax.host_memory, docs/benchmarks.md); CARE_JAX_KEEP_FREED_MEMORY=0 to
-# measure without.
-KEEPS_FREED_MEMORY = host_memory.keep_freed_memory_if_asked(default=True)
+
+def runs_on_cpu() -> bool:
+  """Whether jax's default backend will be the CPU, judged without starting jax's backends.
+
+  ``JAX_PLATFORMS`` (``jax_platforms``) decides where it is set (its first platform); else an
+  installed accelerator plugin (a ``jax_plugins`` module or entry point, e.g. jax-cuda13-plugin,
+  or libtpu) means an accelerator. A plugin with no device to drive (``CUDA_VISIBLE_DEVICES=``)
+  is taken for an accelerator too: the cost is only the CPU speed-up below.
+  """
+  platforms = (jax.config.jax_platforms or os.environ.get('JAX_PLATFORMS', '')).strip()
+  if platforms:
+    return platforms.split(',')[0].strip() == 'cpu'
+  if importlib.metadata.entry_points(group='jax_plugins'):
+    return False
+  if importlib.util.find_spec('libtpu') is not None:
+    return False
+  try:
+    import jax_plugins  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return True
+  return not any(pkgutil.iter_modules(jax_plugins.__path__))
+
+
+# Before jax starts, and only where the steps run on the CPU: they then reuse XLA's scratch
+# memory instead of page-faulting it in again at every call (care_jax.host_memory,
+# docs/benchmarks.md). On a GPU or TPU host that memory is the device's, and one glibc arena
+# would only make the host threads (input, dispatch) contend. CARE_JAX_KEEP_FREED_MEMORY=1/0
+# overrides.
+KEEPS_FREED_MEMORY = host_memory.keep_freed_memory_if_asked(default=runs_on_cpu())
 
 MIB = 2.0**20
 STEPS = ('ce', 'care')

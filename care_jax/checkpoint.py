@@ -10,6 +10,12 @@ Layout (orbax-checkpoint ``CheckpointManager``, v0 API)::
                               /metrics  the selection score of a validated step
                                         (JSON: ``{"validation_mca": ...}``)
 
+The training loop saves its state as it holds it, replicated device arrays
+(orbax copies them to the host before `RunCheckpoints.save` returns, then
+writes in the background); runs of 0.1 and 0.2 saved numpy arrays. Either
+reads back as numpy on any devices (`abstract_tree` without a sharding) or
+onto a mesh (`abstract_tree` with one).
+
 A step directory appears only once complete: orbax writes into
 ``<step>.orbax-checkpoint-tmp-*`` and renames it at the end, so a run killed
 mid-write leaves a tmp directory that is ignored (and cleaned) on restart,
@@ -47,11 +53,13 @@ CHECKPOINT_DIR = 'checkpoints'
 # the name of the runs of 0.1 and 0.2 (their best checkpoint is found by it): the key stays.
 SELECTION_SCORE = 'validation_mca'
 # Config keys that may differ between a run and the checkpoint it resumes:
-# how often to log/evaluate/save, where the data lives, how the work is split
-# over devices, and the guard's patience. Everything else (model, data, loss,
-# care, optimizer, seed, dtype, and keys added later) must match.
+# how often to log/evaluate/save, where the data (and the compilation cache)
+# live, how the work is split over devices, and the guard's patience.
+# Everything else (model, data, loss, care, optimizer, seed, dtype, and keys
+# added later) must match.
 RESUMABLE_KEYS = (
   'checkpoint',
+  'compilation_cache_dir',
   'data.dir',
   'init_from',
   'parallel',
@@ -75,8 +83,12 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
   """
   resumable = RESUMABLE_KEYS
   # Keys added to the schema after the checkpoint was written take their
-  # defaults: a run of an older version resumes unless they were changed.
-  saved = config_lib.to_json(config_lib.from_json(saved))
+  # defaults: a run of an older version resumes unless they were changed. Both
+  # sides compare as training resolves them (e.g. data.augment.on_device = 'auto'
+  # is the bool of this machine), so a default of 'auto' resumes the run it names.
+  saved, current = (
+    config_lib.to_json(config_lib.resolve_recipe(config_lib.from_json(c))) for c in (saved, current)
+  )
   flat_current = config_lib.flatten(current)
   if flat_current.get('train.schedule') == 'constant' and not flat_current.get(
     'train.warmup_steps'
@@ -135,14 +147,23 @@ def check_writable(workdir: epath.PathLike) -> None:
 
 
 def abstract_tree(tree: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
-  """`jax.ShapeDtypeStruct`s of `tree` on `sharding` (None: restore as numpy)."""
+  """The restore target of `tree`: `jax.ShapeDtypeStruct`s on `sharding`, or numpy.
+
+  With `sharding` None the leaves are unfilled numpy arrays (`np.empty` touches
+  no memory), so that orbax restores numpy on any devices: a
+  `jax.ShapeDtypeStruct` without a sharding would take the one the checkpoint
+  was saved with, which fails on another device count. `tree`'s leaves may be
+  arrays, scalars or orbax's array metadata (anything with a shape and dtype).
+  """
 
   def abstract(x):
+    shape = tuple(x.shape) if hasattr(x, 'shape') else np.shape(x)
     dtype = x.dtype if hasattr(x, 'dtype') else np.asarray(x).dtype
     # A Python int step is int64 on the host but int32 on devices (x64 off).
-    return jax.ShapeDtypeStruct(
-      np.shape(x), jax.dtypes.canonicalize_dtype(dtype), sharding=sharding
-    )
+    dtype = jax.dtypes.canonicalize_dtype(dtype)
+    if sharding is None:
+      return np.empty(shape, dtype)
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
   return jax.tree.map(abstract, tree)
 

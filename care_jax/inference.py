@@ -95,7 +95,8 @@ class Predictor:
   Attributes:
     config: the run's config (``data`` gives the preprocessing).
     model: the float32 classifier.
-    variables: its ``{'params', 'batch_stats'}``.
+    variables: its ``{'params', 'batch_stats'}``, placed on the default device
+      once (given as numpy arrays, e.g. `care_jax.trained_run.TrainedRun.variables`).
     class_names: the classes in label order (the columns of probabilities).
     step: the checkpoint's step.
     posthoc_bias: ``tau * log(prior)`` subtracted from the logits before the
@@ -108,6 +109,10 @@ class Predictor:
   class_names: tuple[str, ...]
   step: int
   posthoc_bias: np.ndarray | None = None
+
+  def __post_init__(self):
+    # On the device once: numpy weights would be sent again with every batch.
+    object.__setattr__(self, 'variables', jax.device_put(self.variables))
 
   @property
   def multilabel(self) -> bool:
@@ -168,6 +173,10 @@ class Predictor:
   ) -> Predictions:
     """Reads, preprocesses and scores image files (PNG or JPEG, greyscale or RGB).
 
+    Every batch is padded to one shape (``min(batch_size, len(paths))``
+    images; the padding is dropped), so the model compiles once, also for the
+    last batch and the shorter batches of ``skip_unreadable``.
+
     Args:
       paths: the files.
       batch_size: images per jitted call.
@@ -183,10 +192,14 @@ class Predictor:
     if not paths:
       raise ValueError('no images to predict: the list of files is empty.')
     parts = {'index': [], 'probabilities': [], 'predictions': [], 'maps': [], 'images': []}
+    shape = min(batch_size, len(paths))
     for batch in file_input.file_batches(
       self.config.data, paths, batch_size=batch_size, skip_unreadable=skip_unreadable
     ):
-      probabilities, predictions, maps = self.predict(batch['image'], attention=attention)
+      count = len(batch['image'])
+      padding = [(0, shape - count)] + [(0, 0)] * (batch['image'].ndim - 1)
+      outputs = self.predict(np.pad(batch['image'], padding), attention=attention)
+      probabilities, predictions, maps = (None if x is None else x[:count] for x in outputs)
       parts['index'].append(batch['index'])
       parts['probabilities'].append(probabilities)
       parts['predictions'].append(predictions)
@@ -207,6 +220,21 @@ class Predictor:
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 EXPORT_MODEL = 'model.stablehlo'
 EXPORT_META = 'model.json'
+# The platforms an artifact may be lowered for (`jax.export`'s names, as
+# `jax.lax.platform_dependent` matches them).
+EXPORT_PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
+
+
+def _export_platforms(platforms: Sequence[str]) -> tuple[str, ...]:
+  """``platforms`` as a tuple, or ValueError naming the one not in `EXPORT_PLATFORMS`."""
+  platforms = tuple(platforms)
+  for platform in platforms or ('',):
+    if platform not in EXPORT_PLATFORMS:
+      raise ValueError(
+        f'platforms = {list(platforms)}: {platform!r} is not a platform to export for; '
+        f"use one or more of {', '.join(EXPORT_PLATFORMS)} (an NVIDIA GPU is 'cuda')."
+      )
+  return platforms
 
 
 def export(
@@ -222,14 +250,25 @@ def export(
     exported = jax.export.deserialize(open('model.stablehlo', 'rb').read())
     probabilities = exported.call(images)  # float32 [N, S, S, C] -> [N, K]
 
+  Whatever host exports it, each platform's module has that platform's forms
+  (`jax.lax.platform_dependent` in `care_jax.models.convolution` and
+  `care_jax.models.pooling`): the patch convolutions and slice max pool
+  for 'cpu', lax's convolutions and Flax's max pool for the accelerators;
+  the choice is made when the artifact is compiled on its platform.
+
   Args:
     predictor: the checkpoint to export (`Predictor.from_workdir`).
     directory: created if needed; local or any URL `etils.epath` opens (``gs://``).
-    platforms: the backends the artifact runs on.
+    platforms: the platforms the artifact runs on, of `EXPORT_PLATFORMS`
+      (an NVIDIA GPU is 'cuda').
 
   Returns:
     The metadata written to ``model.json``.
+
+  Raises:
+    ValueError: a platform that is not one of `EXPORT_PLATFORMS`.
   """
+  platforms = _export_platforms(platforms)
   data = predictor.config.data
   size = data.image_size
   bias = None if predictor.posthoc_bias is None else jnp.asarray(predictor.posthoc_bias)
@@ -240,7 +279,7 @@ def export(
     return probabilities_of(scores, multilabel=predictor.multilabel)
 
   (batch,) = jax.export.symbolic_shape('batch')
-  exported = jax.export.export(jax.jit(probabilities), platforms=tuple(platforms))(
+  exported = jax.export.export(jax.jit(probabilities), platforms=platforms)(
     jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
   )
   meta = {

@@ -28,9 +28,12 @@ from care_jax import models
 
 
 def _restore_host_state(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
-  """The saved state as a dict of numpy arrays (no devices involved)."""
-  metadata = manager.item_metadata(step)['state']
-  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata.tree)
+  """The saved state as a dict of numpy arrays (no devices involved).
+
+  Numpy whether the run saved numpy arrays (care-jax 0.1, 0.2) or its
+  replicated device arrays, on any number of devices.
+  """
+  abstract = checkpoint_lib.abstract_tree(manager.item_metadata(step)['state'].tree)
   return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))[
     'state'
   ]

@@ -3,6 +3,8 @@ an unwritable workdir, a full disk."""
 
 import errno
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -27,6 +29,44 @@ def test_restore_onto_the_replicated_mesh_sharding(tmp_path):
     assert leaf.sharding == replicated
   ckpt_fx.assert_tree_equal(jax.device_get(restored.params), states[3].params)
   ckpt_fx.assert_tree_equal(jax.device_get(restored.opt_state), states[3].opt_state)
+
+
+# Reads a run's weights in a fresh Python with one CPU device and saves them as .npz.
+_READ_ON_ONE_DEVICE = """
+import sys, jax, numpy as np
+from care_jax import trained_run
+assert jax.device_count() == 1
+params = trained_run.load_run(sys.argv[1]).variables['params']
+np.savez(sys.argv[2], *jax.tree.leaves(params))
+"""
+
+
+def test_the_device_state_saved_asynchronously_reads_back_on_any_device_count(tmp_path):
+  config = ckpt_fx.config('checkpoint.async_save=True')
+  runner = training.make_parallel(config, lambda s, b: (s, b), lambda s, b: b)
+  host = ckpt_fx.state(config)
+  placed = runner.put_state(host)
+  with checkpoint.RunCheckpoints(str(tmp_path), config, meta={'class_names': ['a']}) as ckpts:
+    ckpts.save(3, placed)
+    # The next train step donates the state: the save holds its own host copy.
+    jax.tree.map(lambda x: x.delete(), placed)
+  ckpt_fx.assert_tree_equal(trained_run.load_run(str(tmp_path)).variables['params'], host.params)
+  with checkpoint.RunCheckpoints(str(tmp_path), config, meta={}) as ckpts:
+    restored, _ = ckpts.restore(3, runner.abstract_state(host))
+  ckpt_fx.assert_tree_equal(jax.device_get(restored.opt_state), host.opt_state)
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  out = tmp_path / 'params.npz'
+  done = subprocess.run(
+    [sys.executable, '-c', _READ_ON_ONE_DEVICE, str(tmp_path), str(out)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  with np.load(out) as read:
+    for index, leaf in enumerate(jax.tree.leaves(host.params)):
+      np.testing.assert_array_equal(read[f'arr_{index}'], leaf)
 
 
 def test_keeps_the_latest_and_the_best_and_finds_the_best(tmp_path):

@@ -1,6 +1,7 @@
 """Applying a trained run to new images: `Predictor`, `predict`, listing images, the
 exported artifact. The run is tests/helpers/folder_run.py's (the `folder_run` fixture)."""
 
+import collections
 import csv
 import json
 import os
@@ -125,3 +126,118 @@ def test_the_exported_artifact_reproduces_the_predictor(folder_run, tmp_path):
   x = ((image / 255.0 - np.asarray(loaded['mean'])) / np.asarray(loaded['std']))[None]
   probabilities = np.asarray(exported.call(x.astype(np.float32)))
   assert probabilities.shape == (1, 3) and abs(probabilities.sum() - 1) < 1e-5
+
+
+def _platform_op_counts(exported, platform: str) -> collections.Counter:
+  """The StableHLO ops that `exported` runs on ``platform``: its module, specialised.
+
+  A multi-platform module takes the platform's index as its first argument and picks each
+  platform's code with `stablehlo.case` ops on it (`jax.lax.platform_dependent`), which XLA
+  folds when it compiles for one platform; here only the branches that the index selects are
+  counted, following calls into private functions.
+  """
+  from jax._src.interpreters import mlir as jax_mlir  # pylint: disable=g-import-not-at-top
+  from jax._src.lib.mlir import ir  # pylint: disable=g-import-not-at-top
+
+  counts = collections.Counter()
+  with jax_mlir.make_ir_context():
+    module = ir.Module.parse(exported.mlir_module())
+    functions = {op.attributes['sym_name'].value: op for op in module.body.operations}
+
+    def constant(value, known):  # The value's integer if the platform index fixes it, or None.
+      if value in known or isinstance(value.owner, ir.Block):
+        return known.get(value)
+      if value.owner.name == 'stablehlo.constant':
+        return int(ir.DenseIntElementsAttr(value.owner.attributes['value'])[0])
+      if value.owner.name == 'stablehlo.case':
+        branch = constant(value.owner.operands[0], known)
+        if branch is not None:
+          returned = value.owner.regions[branch].blocks[0].operations[-1]
+          return constant(returned.operands[ir.OpResult(value).result_number], known)
+      return None
+
+    def walk(block, known):
+      for op in block.operations:
+        counts[op.name] += 1
+        if op.name == 'func.call':
+          callee = functions[ir.FlatSymbolRefAttr(op.attributes['callee']).value]
+          body = callee.regions[0].blocks[0]
+          walk(body, {a: constant(v, known) for a, v in zip(body.arguments, op.operands)})
+          continue
+        regions = list(op.regions)
+        branch = constant(op.operands[0], known) if op.name == 'stablehlo.case' else None
+        for region in regions if branch is None else [regions[branch]]:
+          for inner in region.blocks:
+            walk(inner, known)
+
+    main = functions['main'].regions[0].blocks[0]
+    walk(main, {main.arguments[0]: exported.platforms.index(platform)})
+  return counts
+
+
+def test_one_exported_artifact_carries_each_platforms_convolutions(folder_run, tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+
+  predictor = inference.Predictor.from_workdir(str(folder_run.workdir), checkpoint='latest')
+  inference.export(predictor, str(tmp_path), platforms=('cpu', 'cuda', 'tpu'))
+  exported = jax.export.deserialize(bytearray((tmp_path / inference.EXPORT_MODEL).read_bytes()))
+  ops = {p: _platform_op_counts(exported, p) for p in exported.platforms}
+  # The tiny CNN at 16 px: four 3x3 convolutions with 8x8, 4x4, 2x2 and 2x2 outputs. On CPU
+  # the last three are patches times a matrix (care_jax.models.convolution); on the
+  # accelerators all four stay convolutions, although this CPU host exported them. The
+  # head's one product (the linear layer) is a dot_general everywhere.
+  assert ops['cpu']['stablehlo.convolution'] == 1 and ops['cpu']['stablehlo.dot_general'] == 4
+  for accelerator in ('cuda', 'tpu'):
+    assert ops[accelerator]['stablehlo.convolution'] == 4
+    assert ops[accelerator]['stablehlo.dot_general'] == 1
+
+
+@pytest.mark.parametrize('platforms', [['gpu'], ['cpu', 'CUDA'], []], ids=str)
+def test_an_unknown_export_platform_is_named_with_the_known_ones(platforms, tmp_path):
+  # Checked before anything is traced or written (no predictor needed).
+  with pytest.raises(ValueError, match=r"platforms = .*: '.*' is not a platform .* cuda, rocm"):
+    inference.export(None, str(tmp_path / 'out'), platforms=platforms)
+  assert not (tmp_path / 'out').exists()
+
+
+def test_files_predict_with_one_compilation_and_the_weights_placed_once(
+  folder_run, tmp_path, monkeypatch
+):
+  import functools  # pylint: disable=g-import-not-at-top
+
+  import jax  # pylint: disable=g-import-not-at-top
+
+  workdir, root, rows, _ = folder_run
+  predictor = inference.Predictor.from_workdir(str(workdir), checkpoint='latest')
+  assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(predictor.variables))
+  traced_shapes = []
+  predict = inference._predict.__wrapped__  # The Python function under jax.jit.
+
+  def counting(model, variables, images, *args, **kwargs):
+    traced_shapes.append(images.shape)  # Python runs only while jax traces.
+    return predict(model, variables, images, *args, **kwargs)
+
+  jitted = functools.partial(
+    jax.jit, static_argnames=('model', 'method', 'with_maps', 'multilabel')
+  )
+  monkeypatch.setattr(inference, '_predict', jitted(counting))
+  (tmp_path / 'broken.png').write_bytes(b'not a png')
+  files = [str(root / n) for n, _, s in rows if s == 'test'][:7]
+  files.insert(2, str(tmp_path / 'broken.png'))
+  # Batches of 3, 3 (one unreadable: 2 read) and 2: one shape, one compilation.
+  result = predictor.predict_files(files, batch_size=3, attention=True, skip_unreadable=True)
+  assert traced_shapes == [(3, 16, 16, 3)]
+  assert result.index.tolist() == [0, 1, 3, 4, 5, 6, 7]
+  one_by_one = [predictor.predict_files([files[i]], attention=True) for i in result.index]
+  np.testing.assert_allclose(
+    result.probabilities,
+    np.concatenate([r.probabilities for r in one_by_one]),
+    rtol=1e-6,
+    atol=1e-7,
+  )
+  np.testing.assert_array_equal(
+    result.predictions, np.concatenate([r.predictions for r in one_by_one])
+  )
+  np.testing.assert_allclose(
+    result.maps, np.concatenate([r.maps for r in one_by_one]), rtol=1e-5, atol=1e-6
+  )

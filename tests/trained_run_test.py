@@ -104,15 +104,26 @@ def test_load_model_reads_a_run_written_by_0_1():
 @pytest.mark.parametrize('which, step', [('best', 4), ('latest', 4), (2, 2)])
 def test_load_model_reads_a_run_written_by_0_2(which, step):
   config, model, variables = trained_run.load_model(versions.V0_2_RUN, which=which)
-  # The config of 0.2 is today's: no key added, none changed.
+  # The config of 0.2 is today's but for the keys added since, at their defaults.
   with open(os.path.join(versions.V0_2_RUN, 'config.json')) as f:
-    assert config_lib.differences(json.load(f), config_lib.to_json(config)) == {}
-  # Today's defaults with the run's overrides are its config, but for the learning rate, which
-  # the run resolved from the optimizer's default.
+    assert config_lib.differences(json.load(f), config_lib.to_json(config)) == {
+      k: ('<missing>', v) for k, v in versions.ADDED_SINCE_0_2.items()
+    }
+  # Today's defaults with the run's overrides are its config, but for the values left to the
+  # recipe, which the run holds resolved: the learning rate and (0.2 had no 'auto') the host
+  # augmentation that 'auto' is on a CPU.
   fresh = config_lib.to_json(versions.v0_2_config())
   assert config_lib.differences(fresh, config_lib.to_json(config)) == {
-    'train.learning_rate': (None, 0.001)
+    'train.learning_rate': (None, 0.001),
+    'data.augment.on_device': ('auto', False),
   }
+  assert (
+    config_lib.differences(
+      config_lib.to_json(config_lib.resolve_recipe(versions.v0_2_config())),
+      config_lib.to_json(config),
+    )
+    == {}
+  )
   run = trained_run.load_run(versions.V0_2_RUN, which=which)
   with open(os.path.join(versions.V0_2_RUN, 'metrics.json')) as f:
     metrics = json.load(f)

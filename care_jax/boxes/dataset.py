@@ -25,7 +25,6 @@ import jax
 import ml_collections
 import numpy as np
 from PIL import Image
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from care_jax import config
@@ -35,6 +34,7 @@ from care_jax.data import info as info_lib
 from care_jax.data import preprocess
 from care_jax.data import reading
 from care_jax.data import registry
+from care_jax.data._tensorflow import tf
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 import numpy as np
-from scipy import ndimage
 
 CONTRASTS = ('log_red_green', 'darkness', 'brightness')
 # Rec. 601 luma, as MATLAB's rgb2gray (used by Hou & Zhang) and PIL's 'L'.
@@ -34,6 +33,10 @@ def _filter_matrix(size: int, kind: str, width: float, mode: str) -> np.ndarray:
   Applying a separable filter as two small matmuls keeps it batched and jitted,
   with scipy's exact boundary handling (``mode``).
   """
+  # Imported here: the config checks import this module, and scipy is needed only to build
+  # the matrices (benchmarks/gpu.py runs where scipy is not installed).
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+
   eye = np.eye(size, dtype=np.float64)
   if kind == 'gaussian':
     matrix = ndimage.gaussian_filter1d(eye, width, axis=0, mode=mode)

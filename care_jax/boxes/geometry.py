@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 import numpy as np
-from scipy import ndimage
 
 # 8-connectivity inside each image of an [N, H, W] stack, none across images.
 _STRUCTURE = np.zeros((3, 3, 3), bool)
@@ -35,6 +34,10 @@ def largest_components(foreground: ArrayLike) -> np.ndarray:
   foreground = np.asarray(foreground).astype(bool)
   if foreground.ndim != 3:
     raise ValueError(f'foreground must have shape [N, H, W], got {foreground.shape}.')
+  # Imported here: the config imports this module (for the box methods' names), and
+  # benchmarks/gpu.py imports the config where scipy is not installed.
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+
   labels, num = ndimage.label(foreground, structure=_STRUCTURE)
   if num == 0:
     return foreground

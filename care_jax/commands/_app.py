@@ -1,4 +1,5 @@
-"""What every command does around `absl.app.run`: quiet logs, and `--help` that exits 0.
+"""What every command does around `absl.app.run`: quiet logs, `--help` that exits 0, and the
+opt-in persistent compilation cache (``--compilation_cache_dir``).
 
 absl exits with status 1 after printing `--help`, and the libraries under us (orbax, tfds, jax)
 log hundreds of INFO lines per run. A command run through :func:`run` shows the INFO lines of
@@ -18,6 +19,15 @@ from absl import flags
 from absl import logging as absl_logging
 
 from care_jax import host_memory
+
+_COMPILATION_CACHE_DIR = flags.DEFINE_string(
+  'compilation_cache_dir',
+  None,
+  "Keep the compiled programs in JAX's persistent compilation cache in this directory, so "
+  'that a later run with the same shapes loads them instead of compiling (default: off). '
+  'For the commands with --config it sets config.compilation_cache_dir. Left off, with a '
+  'warning, in a run of several processes on CPUs.',
+)
 
 # absl's help flags; each prints its text and exits with status 1.
 _HELP_FLAGS = frozenset(
@@ -58,6 +68,20 @@ def asks_for_help(argv: Sequence[str]) -> bool:
   return any(arg in _HELP_FLAGS for arg in argv[1:])
 
 
+def _use_compilation_cache(directory: str | None) -> None:
+  """``--compilation_cache_dir``: the run's config key, or JAX's cache at once."""
+  if not directory:
+    return
+  config = flags.FLAGS['config'].value if 'config' in flags.FLAGS else None
+  if config is not None and 'compilation_cache_dir' in config:
+    # Training enables it (`train_and_evaluate`), after `jax.distributed.initialize`.
+    config.compilation_cache_dir = directory
+    return
+  from care_jax.training import parallel  # pylint: disable=g-import-not-at-top
+
+  parallel.enable_compilation_cache(directory)
+
+
 def run(
   main: Callable[[list[str]], None],
   *,
@@ -69,11 +93,14 @@ def run(
   (`care_jax.host_memory`), unless `care-jax` did so already.
   """
   host_memory.keep_freed_memory_if_asked()
+  # Listed in the command's own --help (absl's help shows the main module's key flags).
+  flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS['compilation_cache_dir'])
 
   def parse(argv: list[str]) -> list[str]:
     rest = flags_parser(argv)
     if not flags.FLAGS['verbosity'].present:
       absl_logging.get_absl_handler().addFilter(_OursOrWarnings())
+    _use_compilation_cache(_COMPILATION_CACHE_DIR.value)
     return rest
 
   try:

@@ -80,6 +80,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(config.checkpoint.keep_best >= 0, 'checkpoint.keep_best', 'must be >= 0')
   check(config.parallel in PARALLEL, 'parallel', f'must be one of {PARALLEL}')
   check(config.dtype in DTYPES, 'dtype', f'must be one of {DTYPES}')
+  check(
+    config.compilation_cache_dir is None or bool(str(config.compilation_cache_dir).strip()),
+    'compilation_cache_dir',
+    'must be a directory, or None to leave the compilation cache off',
+  )
 
 
 def _validate_multilabel(check: _Checker, config: ml_collections.ConfigDict) -> None:
@@ -233,7 +238,7 @@ def validate_boxes(box_config: ml_collections.ConfigDict) -> None:
   )
 
 
-_AUGMENT_BOOLS = ('enabled', 'hflip', 'vflip', 'on_device')
+_AUGMENT_BOOLS = ('enabled', 'hflip', 'vflip')
 _AUGMENT_JITTER = ('brightness', 'contrast', 'saturation', 'hue')
 _AUGMENT_RANGES = ('crop_scale', 'crop_ratio')
 
@@ -250,6 +255,12 @@ def validate_augment(augment: Mapping[str, Any]) -> None:
   check = _Checker(augment, 'config.data.augment.')
   for key in _AUGMENT_BOOLS:
     check(isinstance(augment[key], bool), key, 'must be a bool')
+  on_device = augment['on_device']
+  check(
+    isinstance(on_device, bool) or (isinstance(on_device, str) and on_device == 'auto'),
+    'on_device',
+    "must be True, False or 'auto'",
+  )
   rotation = augment['rotation']
   check(_is_number(rotation) and 0 <= rotation <= 180, 'rotation', 'must lie in [0, 180] degrees')
   for key in _AUGMENT_JITTER:

@@ -8,6 +8,7 @@ values left to the recipe. The library below the config (math, models, data)
 takes plain arguments or these sub-configs; nothing else defines a default.
 """
 
+import jax
 import ml_collections
 from ml_collections import config_dict
 
@@ -131,7 +132,8 @@ def default_augment_config() -> ml_collections.ConfigDict:
   fraction range; (1.0, 1.0) disables the crop) and ``crop_ratio`` (width /
   height range), ``on_device`` (warp, colour jitter and masks in the jitted
   train step instead of the tf.data pipeline: the same random draws, see
-  `care_jax.training.device_augment`). See `care_jax.data.augment`.
+  `care_jax.training.device_augment`; True, False or 'auto', the default: on
+  where JAX's default backend is not the CPU). See `care_jax.data.augment`.
   """
   return ml_collections.ConfigDict(
     dict(
@@ -152,10 +154,12 @@ def default_augment_config() -> ml_collections.ConfigDict:
       # default 0.08 would often crop the lesion out).
       crop_scale=(0.5, 1.0),
       crop_ratio=(3.0 / 4.0, 4.0 / 3.0),
-      # True: the host only resizes and draws each example's geometry and colour
-      # factors; the train step warps, jitters and rasterises the masks on the
-      # accelerator (care_jax.training.device_augment), with the same draws.
-      on_device=False,
+      # True: the host only decodes, resizes and draws each example's geometry and
+      # colour factors; the train step warps, jitters and rasterises the masks on the
+      # accelerator (care_jax.training.device_augment), with the same draws. 'auto':
+      # True where JAX's default backend is a GPU or TPU, False on a CPU (resolve_recipe).
+      # Typed object: it holds a bool or 'auto'.
+      on_device=config_dict.FieldReference('auto', field_type=object),
     )
   )
 
@@ -331,6 +335,10 @@ def default_config() -> ml_collections.ConfigDict:
 
   config.parallel = 'mesh'
   config.dtype = 'float32'
+  # A directory for JAX's persistent compilation cache (compiled steps kept
+  # across runs); None: off. Off in a multi-process run on CPUs (see
+  # care_jax.training.parallel.enable_compilation_cache).
+  config.compilation_cache_dir = config_dict.placeholder(str)
   return config
 
 
@@ -372,8 +380,10 @@ def resolve_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   (the paper's rate for fine-tuning an ImageNet-pretrained model) and 1e-3
   otherwise (a model trained from scratch: at 1e-4 the tiny CNN does not learn
   the rare classes of the demo in 1000 steps). A rate given explicitly is
-  kept. Training resolves its config first, so the saved config (and
-  metrics.json) holds the rate that was used.
+  kept. ``data.augment.on_device = 'auto'`` becomes True where JAX's default
+  backend is a GPU or TPU and False on a CPU. Training resolves its config
+  first, so the saved config (and metrics.json) holds the values that were
+  used.
 
   >>> resolve_recipe(default_config()).train.learning_rate
   0.001
@@ -381,4 +391,9 @@ def resolve_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   config = config.copy_and_resolve_references()
   if config.train.learning_rate is None:
     config.train.learning_rate = 1e-4 if config.model.pretrained else 1e-3
+  augment = config.data.augment
+  if isinstance(augment.on_device, str) and augment.on_device == 'auto':
+    # The rule of care_jax.data.augment.on_device (the data package is a layer above).
+    with augment.ignore_type():
+      augment.on_device = jax.default_backend() != 'cpu'
   return config

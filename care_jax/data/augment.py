@@ -75,9 +75,10 @@ import dataclasses
 import math
 from typing import Any
 
-import tensorflow as tf
+import jax
 
 from care_jax import _deprecated
+from care_jax.data._tensorflow import tf
 
 # Value of the output pixels that show no input pixel, on the [0, 1] scale.
 FILL_VALUE = 0.0
@@ -133,6 +134,20 @@ def augment_settings(config: Mapping[str, Any]) -> AugmentSettings:
   kwargs.update({key: config[key] for key in ('hflip', 'vflip')})
   kwargs.update({key: (float(config[key][0]), float(config[key][1])) for key in _RANGE_KEYS})
   return AugmentSettings(**kwargs)
+
+
+def on_device(config: Mapping[str, Any]) -> bool:
+  """Whether the train step applies the augmentation of a ``data.augment`` config.
+
+  True when ``enabled`` and ``on_device`` is True, or ``on_device`` is 'auto' and JAX's
+  default backend is not the CPU (a GPU or TPU: the host then only decodes, resizes and
+  draws). `care_jax.config.resolve_recipe` resolves 'auto' by the same rule, so the train
+  step and the pipeline agree.
+  """
+  value = config.get('on_device', False)
+  if isinstance(value, str) and value == 'auto':
+    value = jax.default_backend() != 'cpu'
+  return bool(config.get('enabled', False) and value)
 
 
 def _crop_size(

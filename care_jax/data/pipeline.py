@@ -46,15 +46,17 @@ boxes rasterised like ``mask`` above, after augmentation), ``has_mask`` bool
 ``has_lesion_mask`` bool [B, K]; `info.DatasetInfo.task` is then 'multilabel'.
 Training draws them with ``data.sampling='instance'`` only.
 
-**On-device augmentation** (``data.augment.enabled`` and ``data.augment.on_device``):
+**On-device augmentation** (``data.augment.enabled`` and ``data.augment.on_device``: True,
+or 'auto', the default, where JAX's default backend is not the CPU; `augment.on_device`):
 training batches hold the augmentation's inputs instead of its result, for the train step
 to apply on the accelerator (`care_jax.training.device_augment`): ``image`` uint8
-[B, S, S, C] (resized, not augmented), ``geometry`` float32 [B, 3, 3] and ``color``
-float32 [B, 4] (`augment.sample_augmentation`, the very draws the host path applies),
-``boxes`` float32 [B, N, 4] zero-padded to the split's most boxes per image with
-``box_count`` int32 [B], and for multi-label data ``box_labels`` int32 [B, N]; no
-``mask``/``has_mask`` (the step makes them). `preprocess.device_augment_example_fn` builds
-the rows.
+[B, S, S, C] (resized, not augmented; a stored JPEG at least twice S on both sides is
+decoded at 1/2, 1/4 or 1/8 of its size first, `preprocess.decode_fn`), ``geometry``
+float32 [B, 3, 3] and ``color`` float32 [B, 4] (`augment.sample_augmentation`, the very
+draws the host path applies), ``boxes`` float32 [B, N, 4] zero-padded to the split's most
+boxes per image with ``box_count`` int32 [B], and for multi-label data ``box_labels``
+int32 [B, N]; no ``mask``/``has_mask`` (the step makes them).
+`preprocess.device_augment_example_fn` builds the rows.
 
 Only the annotation ``boxes`` feeds the masks (for the built-in datasets, the
 rare-class training images); ground-truth lesion boxes never do: they only feed
@@ -181,12 +183,12 @@ def _training_example_fn(
   Raises:
     ValueError: ``on_device`` for a dataset that supervises with segmentation masks.
   """
-  on_device = data_config.augment.enabled and data_config.augment.get('on_device', False)
-  if on_device:
+  if augment.on_device(data_config.augment):
     if table.masks is not None and any(len(m) for m in table.masks):
       raise ValueError(
-        'data.augment.on_device=True warps boxes on the accelerator; this dataset supervises'
-        ' with segmentation masks: set data.augment.on_device=False (the host warps them).'
+        f'data.augment.on_device = {data_config.augment.on_device!r} augments on the'
+        ' accelerator, which warps boxes only; this dataset supervises with segmentation'
+        ' masks: set data.augment.on_device=False (the host warps them).'
       )
     device_example = preprocess.device_augment_example_fn(
       data_config,
@@ -207,7 +209,7 @@ def _training_example_fn(
 
 def _training_stream(
   table: reading.SplitTable,
-  image_feature: tfds.features.Image,
+  decode: Callable[[tf.Tensor], tf.Tensor],
   make_example: Callable[..., dict[str, tf.Tensor]],
   index_of: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
   *,
@@ -220,9 +222,9 @@ def _training_stream(
 ) -> tf.data.Dataset:
   """This process's training batches from ``start_step`` on (module docstring: the order).
 
-  Stream position ``p`` holds example ``index_of(p, sample_key)``, made into a row by
-  ``make_example`` with the augmentation's key; both keys are stateless streams of
-  ``(seed, p)``.
+  Stream position ``p`` holds example ``index_of(p, sample_key)``, its image decoded by
+  ``decode`` and made into a row by ``make_example`` with the augmentation's key; both keys
+  are stateless streams of ``(seed, p)``.
   """
   images = tf.constant(table.images.tolist(), tf.string)
   labels = tf.constant(table.labels)
@@ -244,14 +246,15 @@ def _training_stream(
     )
     index = index_of(position, sample_key)
     boxes = box_values[box_splits[index] : box_splits[index + 1]]
-    image = image_feature.decode_example(images[index])
+    image = decode(images[index])
     classes = box_labels[box_splits[index] : box_splits[index + 1]] if multilabel else None
     mask = None if masks is None else masks[index]
     return make_example(image, labels[index], boxes, augment_key, box_labels=classes, mask=mask)
 
   ds = tf.data.Dataset.counter(dtype=tf.int64)
   ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(batch_size, drop_remainder=True)
+  # Parallel batching copies the rows on several threads (the order is kept: deterministic).
+  ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
   return ds.prefetch(tf.data.AUTOTUNE).with_options(reading.read_options())
 
 
@@ -305,6 +308,13 @@ def train_batches(
   make_example = _training_example_fn(
     data_config, table, image_feature.shape[-1], settings, num_classes
   )
+  # The device path's host side decodes JPEGs at reduced size (the host path keeps the
+  # full decode, so that CPU runs compute what they always did).
+  decode = preprocess.decode_fn(
+    image_feature,
+    preprocess.image_size(data_config),
+    reduced=augment.on_device(data_config.augment),
+  )
   if multilabel and data_config.sampling != 'instance':
     raise ValueError(
       f'data.sampling = {data_config.sampling!r}: class-balanced sampling draws one class per'
@@ -316,7 +326,7 @@ def train_batches(
   index_of = sampling.make_sampler(sampler_labels, sampling=data_config.sampling, seed=seed)
   ds = _training_stream(
     table,
-    image_feature,
+    decode,
     make_example,
     index_of,
     multilabel=multilabel,

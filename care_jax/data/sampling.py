@@ -29,7 +29,8 @@ Example::
 from collections.abc import Callable
 
 import numpy as np
-import tensorflow as tf
+
+from care_jax.data._tensorflow import tf
 
 SAMPLING = ('instance', 'class_balanced', 'sqrt')
 # Exponent q of P(k) ~ n_k^q for each mode.

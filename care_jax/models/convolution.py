@@ -14,6 +14,14 @@ form copies the input ``kh * kw`` times and loses to XLA's own, so the form is c
 time from the static shapes (`uses_patch_form`), as measured by ``benchmarks/conv_forms.py``
 (docs/benchmarks.md).
 
+The platform is chosen later, where JAX knows it: `convolution` stages out both forms with
+`jax.lax.platform_dependent` (the patch form for 'cpu', lax's convolution for every other
+platform), and the lowering keeps the one of the platform it lowers for. So a step jitted on a
+GPU host but run on CPU arrays gets the CPU form, and one `jax.export` artifact for
+``('cpu', 'cuda', 'tpu')`` carries the patch form in its CPU module and cuDNN's and the TPU's
+convolutions in theirs (a Python test of `jax.default_backend()` at trace time would bake the
+tracing host's form into all of them).
+
 `convolution` has `jax.lax.conv_general_dilated`'s signature, so it plugs into
 ``flax.linen.Conv(conv_general_dilated=convolution)``; the parameters keep Flax's layout (HWIO
 kernels), so checkpoints and torchvision weights load unchanged.
@@ -25,6 +33,7 @@ Example::
 """
 
 from collections.abc import Sequence
+import functools
 
 import jax
 from jax import lax
@@ -60,16 +69,20 @@ def uses_patch_form(
   dimension_numbers=None,
   feature_group_count: int = 1,
   batch_group_count: int = 1,
-  backend: str | None = None,
+  backend: str = 'cpu',
 ) -> bool:
-  """Whether `convolution` computes this convolution as patches times a matrix.
+  """Whether `convolution` computes this convolution as patches times a matrix on ``backend``.
 
-  True on the CPU backend for a 2-D NHWC/HWIO convolution without dilation or groups whose
-  kernel is 1x1 (a matmul whatever the map) or whose output map has at most
-  `PATCH_FORM_MAX_OUTPUT_PIXELS` pixels; accelerators keep their own convolution (cuDNN and the
+  True on CPU for a 2-D NHWC/HWIO convolution without dilation or groups whose kernel is 1x1
+  (a matmul whatever the map) or whose output map has at most `PATCH_FORM_MAX_OUTPUT_PIXELS`
+  pixels; other platforms ('cuda', 'rocm', 'tpu') keep their own convolution (cuDNN and the
   TPU have no such slowdowns to work around).
+
+  Args:
+    backend: the platform the convolution runs on (``jax.lax.platform_dependent``'s names:
+      'cpu', 'cuda', 'tpu', ...). `convolution` asks for 'cpu' and leaves the platform to the
+      lowering; no test of `jax.default_backend()` is made.
   """
-  backend = jax.default_backend() if backend is None else backend
   if backend != 'cpu' or len(lhs_shape) != 4 or len(rhs_shape) != 4:
     return False
   if lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers) != _NHWC:
@@ -142,12 +155,27 @@ def convolution(
 ) -> jax.Array:
   """`jax.lax.conv_general_dilated`, as patches times a matrix where that is faster.
 
-  Same arguments and result (up to float round-off) as `jax.lax.conv_general_dilated`; see
-  `uses_patch_form` for when the patch form is taken. Other keyword arguments (e.g. lax's
+  Same arguments and result (up to float round-off) as `jax.lax.conv_general_dilated`. Where
+  `uses_patch_form` holds for CPU, both forms are staged out with `jax.lax.platform_dependent`:
+  the patch form runs on CPU, lax's convolution on any other platform (the lowering keeps only
+  the branch of the platform it lowers for). Other keyword arguments (e.g. lax's
   ``out_sharding``) go to lax.
   """
   lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
-  if not kwargs and uses_patch_form(
+  by_lax = functools.partial(
+    lax.conv_general_dilated,
+    window_strides=window_strides,
+    padding=padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    batch_group_count=batch_group_count,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+    **kwargs,
+  )
+  if kwargs or not uses_patch_form(
     lhs.shape,
     rhs.shape,
     window_strides,
@@ -158,26 +186,12 @@ def convolution(
     feature_group_count=feature_group_count,
     batch_group_count=batch_group_count,
   ):
-    pads = _explicit_padding(padding, lhs.shape, rhs.shape, tuple(window_strides))
-    return patch_convolution(
-      lhs,
-      rhs,
-      window_strides,
-      pads,
-      precision=precision,
-      preferred_element_type=preferred_element_type,
-    )
-  return lax.conv_general_dilated(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation=lhs_dilation,
-    rhs_dilation=rhs_dilation,
-    dimension_numbers=dimension_numbers,
-    feature_group_count=feature_group_count,
-    batch_group_count=batch_group_count,
+    return by_lax(lhs, rhs)
+  by_patches = functools.partial(
+    patch_convolution,
+    window_strides=window_strides,
+    padding=_explicit_padding(padding, lhs.shape, rhs.shape, tuple(window_strides)),
     precision=precision,
     preferred_element_type=preferred_element_type,
-    **kwargs,
   )
+  return lax.platform_dependent(lhs, rhs, cpu=by_patches, default=by_lax)

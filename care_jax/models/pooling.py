@@ -7,7 +7,10 @@ written as below (docs/benchmarks.md). `max_pool` writes the pool as the maximum
 ``kh * kw`` strided slices of the padded input, and its gradient by hand: each window's
 cotangent goes to the first tap (row-major order) that holds the window's maximum, as XLA's and
 torch's max pool do; the taps' masked cotangents are summed on one grid per stride residue and
-interleaved once. Accelerators keep `flax.linen.max_pool`.
+interleaved once. Accelerators keep `flax.linen.max_pool`: both forms are staged out with
+`jax.lax.platform_dependent`, and the lowering keeps the one of the platform it lowers for (the
+slices on 'cpu', Flax's reduce-window elsewhere), so one `jax.export` artifact for several
+platforms carries each its own form.
 
 Example::
 
@@ -95,11 +98,13 @@ def max_pool(
 
   Same value and gradient as `flax.linen.max_pool` (ties: the first maximum of a window in
   row-major order takes the window's cotangent); on CPU as slices with a hand-written
-  gradient, elsewhere `flax.linen.max_pool` itself.
+  gradient, on other platforms `flax.linen.max_pool` itself (`jax.lax.platform_dependent`).
   """
   x = jnp.asarray(x)
   window, strides = tuple(window), tuple(strides)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  if jax.default_backend() != 'cpu' or x.ndim != 4:
-    return nn.max_pool(x, window, strides=strides, padding=padding)
-  return _slice_max_pool(x, window, strides, padding)
+  by_flax = functools.partial(nn.max_pool, window_shape=window, strides=strides, padding=padding)
+  if x.ndim != 4:
+    return by_flax(x)
+  by_slices = functools.partial(_slice_max_pool, window=window, strides=strides, padding=padding)
+  return jax.lax.platform_dependent(x, cpu=by_slices, default=by_flax)

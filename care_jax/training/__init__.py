@@ -29,13 +29,10 @@ Example::
   metrics = training.train_and_evaluate(config_lib.default_config(), 'runs/care')
 """
 
-from care_jax.training.evaluation import evaluate
-from care_jax.training.evaluation import evaluate_checkpoint
+import importlib
+from typing import Any
+
 from care_jax.training.guard import check_nonfinite
-from care_jax.training.loop import Experiment
-from care_jax.training.loop import create_experiment
-from care_jax.training.loop import run
-from care_jax.training.loop import train_and_evaluate
 from care_jax.training.parallel import MESH_AXIS
 from care_jax.training.parallel import PMAP_AXIS
 from care_jax.training.parallel import MeshParallel
@@ -50,6 +47,21 @@ from care_jax.training.state import num_train_steps
 from care_jax.training.step import StepConfig
 from care_jax.training.step import make_eval_step
 from care_jax.training.step import make_train_step
+
+# The loop and the evaluation load on first use of one of their names (PEP 562): they bring
+# matplotlib, scipy and tqdm (figures, boxes, progress bars), which the steps and back-ends above
+# do without, so benchmarks/gpu.py runs on accelerator images that lack them.
+_LAZY = {
+  'evaluate': 'evaluation',
+  'evaluate_checkpoint': 'evaluation',
+  'Experiment': 'loop',
+  'create_experiment': 'loop',
+  'run': 'loop',
+  'train_and_evaluate': 'loop',
+}
+_SUBMODULES = frozenset(
+  ('evaluation', 'inputs', 'loop', 'outputs', 'preemption', 'stages', 'summary', 'device_augment')
+)
 
 __all__ = [
   'check_nonfinite',
@@ -74,3 +86,15 @@ __all__ = [
   'TrainState',
   'train_and_evaluate',
 ]
+
+
+def __getattr__(name: str) -> Any:  # noqa: N807
+  if name in _LAZY:
+    return getattr(importlib.import_module(f'{__name__}.{_LAZY[name]}'), name)
+  if name in _SUBMODULES:  # `training.loop` without importing it first, as before.
+    return importlib.import_module(f'{__name__}.{name}')
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__() -> list[str]:
+  return sorted(list(globals()) + __all__)

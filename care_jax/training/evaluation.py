@@ -63,9 +63,17 @@ def evaluate(
     dynamic_ncols=True,
     disable=not progress,
   )
+  # Batch i + 1 is dispatched before batch i's outputs are fetched, so the
+  # devices work on the next batch while the host adds up the last one.
+  pending = None
   for index, batch in enumerate(progress_bar):
     with parallel.scope():
-      totals.add(index, *parallel.fetch(parallel.eval_step(state, parallel.put_batch(batch))))
+      outputs = parallel.eval_step(state, parallel.put_batch(batch))
+    if pending is not None:
+      totals.add(index - 1, *parallel.fetch(pending))
+    pending = outputs
+  if pending is not None:
+    totals.add(index, *parallel.fetch(pending))
   rows = totals.rows()
   result = _metrics(totals, rows, info)
   return (result, rows) if with_rows else result

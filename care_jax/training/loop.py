@@ -146,6 +146,7 @@ def train_and_evaluate(
     The dict written to metrics.json.
   """
   config_lib.validate(config)
+  parallel_lib.enable_compilation_cache(config.compilation_cache_dir)  # Before any compilation.
   checkpoint_lib.check_writable(workdir)
   # The input pipeline loads TensorFlow: only here, so that the rest of the
   # package (steps, state, checkpoints) imports where it is not installed.
@@ -302,8 +303,12 @@ def train(
   """
   experiment = context.experiment
   config, parallel, num_steps = experiment.config, experiment.parallel, experiment.num_steps
-  batches = context.inputs.train_batches(
-    batch_size=config.train.batch_size // jax.process_count(), start_step=start_step
+  # On the devices two batches ahead: the copy of the next batch overlaps this step.
+  batches = parallel_lib.device_prefetch(
+    context.inputs.train_batches(
+      batch_size=config.train.batch_size // jax.process_count(), start_step=start_step
+    ),
+    parallel.put_batch,
   )
   recent = []  # (step, metrics on device) since the last non-finite check.
   # Resumed from the checkpoint of the step that ends stage 1: switch again.
@@ -316,7 +321,7 @@ def train(
     disable=not (context.outputs.is_chief and config.train.progress),
   ) as progress:
     for step in range(start_step + 1, num_steps + 1):
-      batch = parallel.put_batch(next(batches))
+      batch = next(batches)
       train_step = experiment.stage1_step if context.in_stage1(step) else parallel.train_step
       with parallel.scope():
         state, step_metrics = train_step(state, batch)
@@ -376,11 +381,10 @@ def _after_step(context: _RunContext, state, step: int, step_metrics, recent, pr
     context.outputs.log_train(record)
   selection_score = _validate(context, state, step) if validate_now else None
   if save_now:
+    # The device arrays: orbax copies them to the host before it returns (so the
+    # next step may donate them) and writes them in the background.
     context.checkpoints.save(
-      step,
-      parallel.get_state(state),
-      selection_score=selection_score,
-      train_seconds=context.clock(),
+      step, state, selection_score=selection_score, train_seconds=context.clock()
     )
   if preempted:
     context.checkpoints.wait()
@@ -413,10 +417,7 @@ def _validate(context: _RunContext, state, step: int) -> float | None:
   if context.in_stage1(step):
     # Before the checkpoint of this step: a run resumed from it knows its best.
     context.stage1_best.offer(
-      step,
-      context.experiment.two_stage.score(val),
-      context.experiment.parallel.get_state(state),
-      train_seconds=context.clock(),
+      step, context.experiment.two_stage.score(val), state, train_seconds=context.clock()
     )
   return score
 
@@ -453,7 +454,7 @@ def final_evaluation(context: _RunContext, state) -> dict[str, Any]:
   if context.checkpoints.latest_step() != num_steps:
     context.checkpoints.save(
       num_steps,
-      experiment.parallel.get_state(state),
+      state,
       selection_score=result.get('validation', {}).get(evaluation.selection_metric(info.task)),
       train_seconds=context.clock(),
     )

@@ -1,27 +1,38 @@
-"""Data parallelism: the jitted steps on a device mesh, or pmapped.
+"""Data parallelism: the jitted steps on a device mesh, with or without per-device code.
 
 * ``config.parallel = 'mesh'`` (default): one `jax.jit` over a 1-D
   ``('data',)`` mesh of all devices of all processes, made current with
   `jax.set_mesh`; the batch is sharded on 'data' and the state replicated, so
   XLA inserts the collectives and BatchNorm statistics are global.
-* ``config.parallel = 'pmap'``: `jax.pmap` over the local devices with the
-  BatchNorm statistics averaged over the 'batch' axis.
+* ``config.parallel = 'pmap'``: the steps written per device (their
+  collectives, e.g. the BatchNorm statistics, average over the ``'batch'``
+  axis), run as `jax.shard_map` over a ``('batch',)`` mesh of the same
+  devices: what `jax.pmap` now is (jit + shard_map), without its leading
+  device axis. The state is the same replicated `jax.Array` as the mesh
+  back-end's, so neither back-end stacks copies of it or gathers it back.
 
-Both back-ends have the same methods: `compile_train_step` jits or pmaps a
-further train step as `train_step` is, `put_state` / `get_state` move the
-state onto the devices and back to the host, `put_batch` a host batch,
+Both back-ends have the same methods: `compile_train_step` jits a further
+train step as `train_step` is, `put_state` / `get_state` move the state
+onto the devices and back to the host, `put_batch` a host batch,
 `abstract_state` gives the restore target of a checkpoint, `scope` is the
-context the steps run in and `fetch` reads replicated outputs.
+context the steps run in and `fetch` reads replicated outputs (one local
+copy each: no gather). `device_prefetch` puts the next batches onto the
+devices while the current step runs.
 """
 
-import contextlib
+import collections
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
+from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from care_jax import checkpoint as checkpoint_lib
+
+_Batch = TypeVar('_Batch')
+_OnDevice = TypeVar('_OnDevice')
 
 PMAP_AXIS = 'batch'
 MESH_AXIS = 'data'
@@ -30,22 +41,29 @@ MESH_AXIS = 'data'
 class MeshParallel:
   """jit over a ('data',) mesh of all devices: batch sharded, state replicated."""
 
+  axis = MESH_AXIS
+
   def __init__(self, train_step, eval_step):
     self.mesh = jax.make_mesh(
-      (jax.device_count(),), (MESH_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+      (jax.device_count(),), (self.axis,), axis_types=(jax.sharding.AxisType.Auto,)
     )
-    replicated = jax.NamedSharding(self.mesh, jax.P())
-    self._batch_sharding = jax.NamedSharding(self.mesh, jax.P(MESH_AXIS))
-    self._replicated = replicated
+    self._replicated = jax.NamedSharding(self.mesh, jax.P())
+    self._batch_sharding = jax.NamedSharding(self.mesh, jax.P(self.axis))
     self.train_step = self.compile_train_step(train_step)
     self.eval_step = jax.jit(
-      eval_step, in_shardings=(replicated, self._batch_sharding), out_shardings=replicated
+      self._per_device(eval_step),
+      in_shardings=(self._replicated, self._batch_sharding),
+      out_shardings=self._replicated,
     )
+
+  def _per_device(self, step):
+    """`step` as the jitted program runs it (the mesh back-end: as it is)."""
+    return step
 
   def compile_train_step(self, train_step):
     """`train_step(state, batch)` jitted as `self.train_step` is (e.g. stage 1's CE step)."""
     return jax.jit(
-      train_step,
+      self._per_device(train_step),
       in_shardings=(self._replicated, self._batch_sharding),
       out_shardings=(self._replicated, self._replicated),
       donate_argnums=0,
@@ -90,50 +108,91 @@ class MeshParallel:
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
-class PmapParallel:
-  """`jax.pmap` over the local devices: batch split on a leading device axis."""
+class PmapParallel(MeshParallel):
+  """Per-device steps (collectives over ``'batch'``) in `jax.shard_map` over all devices.
 
-  def __init__(self, train_step, eval_step):
-    self.num_local_shards = jax.local_device_count()
-    self.train_step = self.compile_train_step(train_step)
-    self.eval_step = jax.pmap(eval_step, axis_name=PMAP_AXIS)
+  `jax.pmap`'s semantics (each device runs the step on its slice of the
+  batch; the step's `jax.lax` collectives name the axis) on the mesh
+  back-end's arrays: a replicated state and a batch sharded on ``'batch'``.
+  """
 
-  def compile_train_step(self, train_step):
-    """`train_step(state, batch)` pmapped as `self.train_step` is (e.g. stage 1's CE step)."""
-    return jax.pmap(train_step, axis_name=PMAP_AXIS, donate_argnums=0)
+  axis = PMAP_AXIS
 
-  @property
-  def num_shards(self) -> int:
-    """The devices the global batch is split over: each process splits its share."""
-    return jax.process_count() * self.num_local_shards
-
-  def put_state(self, state):
-    # A leading device axis; the first pmapped call moves it onto the devices.
-    return jax.tree.map(
-      lambda x: jnp.broadcast_to(x, (self.num_local_shards, *jnp.shape(x))), state
+  def _per_device(self, step):
+    # The steps average their gradients and statistics over the axis, so the
+    # state and metrics they return are equal on every device: returned as
+    # replicated, unchecked (as pmap's caller took device 0's copy).
+    return jax.shard_map(
+      step, mesh=self.mesh, in_specs=(jax.P(), jax.P(self.axis)), out_specs=jax.P(), check_vma=False
     )
 
-  def get_state(self, state):
-    return jax.device_get(jax.tree.map(lambda x: x[0], state))
 
-  def abstract_state(self, state):
-    """The restore target of a host `state`: numpy arrays, for `put_state`."""
-    return checkpoint_lib.abstract_tree(state)
+def device_prefetch(
+  batches: Iterator[_Batch], put: Callable[[_Batch], _OnDevice], *, depth: int = 2
+) -> Iterator[_OnDevice]:
+  """``put(batch)`` of each batch of ``batches``, in order, put ``depth`` batches ahead.
 
-  def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    return jax.tree.map(lambda x: x.reshape(self.num_local_shards, -1, *x.shape[1:]), batch)
+  ``put`` is the back-end's ``put_batch``: it starts the
+  host-to-device copy and returns at once (JAX copies asynchronously). The iterator puts
+  the first ``depth`` batches before it yields the first, and the next one each time the
+  loop asks for another, i.e. after the loop has dispatched the previous step: so the copy
+  of batch k + depth and the reading of its rows overlap step k, and the step finds its
+  batch already on the devices. (`flax.jax_utils.prefetch_to_device` does this for pmap
+  only.) Holds ``depth`` batches on the devices at a time.
 
-  def scope(self):
-    return contextlib.nullcontext()
+  Example: ``for batch in device_prefetch(batches, parallel.put_batch): step(state, batch)``.
 
-  def fetch(self, tree):
-    return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+  Raises:
+    ValueError: ``depth < 1``.
+  """
+  if depth < 1:
+    raise ValueError(f'depth must be >= 1, got {depth}.')
+  batches = iter(batches)
+  ahead = collections.deque()
+  for batch in batches:
+    ahead.append(put(batch))
+    if len(ahead) == depth:
+      break
+  while ahead:
+    yield ahead.popleft()
+    # Resumed when the loop wants the next batch: after it dispatched this one's step.
+    for batch in batches:
+      ahead.append(put(batch))
+      break
 
 
 def make_parallel(config: ml_collections.ConfigDict, train_step, eval_step):
   """The data-parallel wrapper of `config.parallel`."""
   cls = PmapParallel if config.parallel == 'pmap' else MeshParallel
   return cls(train_step, eval_step)
+
+
+def enable_compilation_cache(directory: str | None) -> bool:
+  """Keeps the compiled steps in JAX's persistent compilation cache in `directory`.
+
+  Call before the first compilation (after `jax.distributed.initialize`):
+  JAX opens its cache once. None leaves JAX's own settings (e.g. the
+  ``JAX_COMPILATION_CACHE_DIR`` variable) as they are.
+
+  Left off, with a warning, in a run of several processes on CPUs: with jax
+  0.12, processes that all load their train step from the cache hang in its
+  first collective (gloo), while compiling it works.
+
+  Returns:
+    Whether the cache is now on in `directory`.
+  """
+  if not directory:
+    return False
+  if jax.process_count() > 1 and jax.default_backend() == 'cpu':
+    logging.warning(
+      'config.compilation_cache_dir = %r: left off in a run of %d processes on CPUs, '
+      'whose steps hang when every process loads them from the cache; compiling instead.',
+      directory,
+      jax.process_count(),
+    )
+    return False
+  jax.config.update('jax_compilation_cache_dir', str(directory))
+  return True
 
 
 def check_divisible(batch_size: int, parallel, key: str) -> None:

@@ -40,7 +40,7 @@ class SummaryWriter:
   """
 
   def __init__(self, logdir: str):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from care_jax.data._tensorflow import tf  # pylint: disable=g-import-not-at-top
 
     self._tf = tf
     self._writer = tf.summary.create_file_writer(str(logdir))

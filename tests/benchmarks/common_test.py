@@ -1,6 +1,10 @@
 """benchmarks/_common.py, the helpers the benchmark scripts share: random batches, compiled
 programs' statistics, alternating timings, tables, the compiled steps."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -108,3 +112,28 @@ def test_compile_steps_donates_copies_and_keeps_the_initial_state():
 def test_compile_steps_rejects_a_step_with_non_finite_metrics():
   with pytest.raises(FloatingPointError, match='non-finite'):
     _tiny_steps(nan_image=True)
+
+
+def test_keeps_freed_memory_only_where_jax_runs_on_the_cpu():
+  # One glibc arena speeds up XLA's CPU steps only (review finding 12).
+  code = (
+    'import sys; sys.path.insert(0, sys.argv[1]); import _common; '
+    'from jax._src import xla_bridge; '
+    'assert not xla_bridge.backends_are_initialized(), "the check started jax"; '
+    'print(_common.runs_on_cpu(), _common.KEEPS_FREED_MEMORY)'
+  )
+  answers = {}
+  for platforms in ('cpu', 'cuda', 'tpu,cpu'):
+    env = dict(os.environ, JAX_PLATFORMS=platforms)
+    env.pop('CARE_JAX_KEEP_FREED_MEMORY', None)
+    proc = subprocess.run(
+      [sys.executable, '-c', code, str(scripts.BENCHMARKS)],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    answers[platforms] = proc.stdout.split()
+  assert answers['cpu'][0] == 'True' and answers['cuda'] == ['False', 'False']
+  assert answers['tpu,cpu'] == ['False', 'False']

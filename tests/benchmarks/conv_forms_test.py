@@ -16,3 +16,23 @@ def test_conv_forms_times_each_convolution_of_the_model_and_prints_the_ratio_las
   assert chosen['32x32x3 -> 64, 7x7/2'] == 'xla'
   assert chosen['1x1x512 -> 512, 3x3/1'] == 'patch'
   assert chosen['4x4x128 -> 256, 1x1/2'] == 'patch'
+
+
+def test_conv_forms_steps_compiles_the_same_cpu_program_with_the_forms_staged_out():
+  # On CPU, `lax.platform_dependent` keeps only the CPU branch: the train steps compile to the
+  # program that the CPU forms traced in directly give.
+  lines = scripts.run(
+    'conv_forms.py',
+    '--steps',
+    '--model',
+    'tiny_cnn',
+    '--image-size',
+    '16',
+    '--batch',
+    '2',
+    '--repeats',
+    '1',
+  )
+  assert 'CE step: the same compiled program both ways' in lines
+  assert 'CARE step: the same compiled program both ways' in lines
+  scripts.ratio(lines[-1], 'CARE step, staged out / traced in')

@@ -1,7 +1,10 @@
-"""What every command shares: quiet logs (our INFO, everyone's warnings), help that exits 0."""
+"""What every command shares: quiet logs (our INFO, everyone's warnings), help that exits 0,
+the opt-in compilation cache."""
 
 import logging
 import os
+import subprocess
+import sys
 
 import care_jax
 from care_jax.commands import _app
@@ -37,3 +40,53 @@ def test_asks_for_help_knows_absls_help_flags():
   assert _app.asks_for_help(['prog', '-?'])
   assert not _app.asks_for_help(['prog', '--workdir=--help'])
   assert not _app.asks_for_help(['--help'])  # the program name is not a flag
+
+
+# A command that compiles one program, run as a user runs one; with 'config' it takes --config
+# as train, compare and experiments do.
+_COMMAND = """
+import sys
+import jax, jax.numpy as jnp
+from absl import flags
+from ml_collections import config_flags
+from care_jax import config as config_lib
+from care_jax.commands import _app
+
+if sys.argv.pop(1) == 'config':
+  config_flags.DEFINE_config_dict('config', config_lib.default_config())
+
+def main(argv):
+  if 'config' in flags.FLAGS:
+    # Left to training, which enables it after jax.distributed.initialize.
+    print('config key:', flags.FLAGS.config.compilation_cache_dir)
+    print('jax dir:', jax.config.jax_compilation_cache_dir)
+    return
+  jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready()
+
+_app.run(main)
+"""
+
+
+def _run_command(kind, *args):
+  env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_')}
+  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'  # Keep even a fast compile.
+  return subprocess.run(
+    [sys.executable, '-c', _COMMAND, kind, *args],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+
+
+def test_compilation_cache_dir_flag_keeps_compiled_programs_there(tmp_path):
+  cache = tmp_path / 'cache'
+  done = _run_command('plain', f'--compilation_cache_dir={cache}')
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert cache.is_dir() and any(cache.iterdir())
+
+
+def test_compilation_cache_dir_flag_sets_the_config_key_of_a_config_command(tmp_path):
+  done = _run_command('config', f'--compilation_cache_dir={tmp_path}')
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert f'config key: {tmp_path}\njax dir: None\n' in done.stdout

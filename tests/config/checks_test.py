@@ -124,10 +124,17 @@ def test_unknown_and_missing_keys_are_named():
     config_lib.validate_augment(config)
 
 
-def test_on_device_must_be_a_bool():
-  augment = dict(config_lib.default_augment_config().to_dict(), on_device=1)
-  with pytest.raises(ValueError, match=_one_form('data.augment.on_device', 1, 'must be a bool')):
+@pytest.mark.parametrize('value', [1, 'yes', None])
+def test_on_device_must_be_a_bool_or_auto(value):
+  augment = dict(config_lib.default_augment_config().to_dict(), on_device=value)
+  why = "must be True, False or 'auto'"
+  with pytest.raises(ValueError, match=_one_form('data.augment.on_device', value, why)):
     config_lib.validate_augment(augment)
+
+
+@pytest.mark.parametrize('value', [True, False, 'auto'])
+def test_on_device_takes_a_bool_or_auto(value):
+  config_lib.validate_augment(dict(config_lib.default_augment_config().to_dict(), on_device=value))
 
 
 @pytest.mark.parametrize(
@@ -167,4 +174,13 @@ def test_bad_two_stage_settings_name_the_key(override, message):
     config_lib.default_config(), ['care.protocol=two_stage', 'train.eval_every_steps=10', override]
   )
   with pytest.raises(ValueError, match=message.replace('.', r'\.')):
+    config_lib.validate(config)
+
+
+def test_an_empty_compilation_cache_dir_is_refused_in_the_one_form():
+  config = config_lib.default_config()
+  assert config.compilation_cache_dir is None  # Off unless asked for.
+  config.compilation_cache_dir = ' '
+  why = 'must be a directory, or None to leave the compilation cache off'
+  with pytest.raises(ValueError, match=_one_form('compilation_cache_dir', ' ', why)):
     config_lib.validate(config)

@@ -4,6 +4,7 @@
 import colorsys
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -44,6 +45,37 @@ def test_default_config_is_off_and_valid():
   config_lib.validate_augment(config)
   settings = augment.augment_settings(config)
   assert settings.crop_scale == (0.5, 1.0) and settings.rotation == 180.0
+
+
+@pytest.mark.parametrize(
+  'enabled, on_device, backend, expected',
+  [
+    (True, 'auto', 'cpu', False),
+    (True, 'auto', 'gpu', True),
+    (True, 'auto', 'tpu', True),
+    (False, 'auto', 'gpu', False),
+    (True, True, 'cpu', True),
+    (True, False, 'gpu', False),
+  ],
+)
+def test_on_device_is_auto_on_accelerators_as_the_recipe_resolves_it(
+  monkeypatch, enabled, on_device, backend, expected
+):
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  config = config_lib.default_config()
+  config.data.augment.enabled = enabled
+  config.data.augment.on_device = on_device
+  assert augment.on_device(config.data.augment) is expected
+  # The train step reads the resolved config: the same answer.
+  resolved = config_lib.resolve_recipe(config).data.augment
+  assert augment.on_device(resolved) is expected and isinstance(resolved.on_device, bool)
+
+
+def test_on_device_defaults_to_auto_and_takes_bools():
+  config = config_lib.default_augment_config()
+  assert config.on_device == 'auto'
+  config.on_device = True  # A bool or 'auto', on the command line too.
+  config.on_device = 'auto'
 
 
 # Geometry --------------------------------------------------------------------

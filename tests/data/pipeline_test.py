@@ -336,6 +336,17 @@ def test_augmentation_changes_images_and_masks_but_not_labels(config):
   assert not np.array_equal(masks, np.concatenate([b['mask'] for b in plain]))
 
 
+def test_augmentation_on_device_auto_keeps_the_host_path_on_a_cpu(config):
+  augmented = _training_config(config)
+  assert augmented.augment.on_device == 'auto'  # The default.
+  host = augmented.copy_and_resolve_references()
+  with host.augment.ignore_type():
+    host.augment.on_device = False
+  auto = _take(pipeline.train_batches(augmented, batch_size=8, seed=2), 2)
+  _assert_batches_equal(auto, _take(pipeline.train_batches(host, batch_size=8, seed=2), 2))
+  assert auto[0]['image'].dtype == np.float32 and 'geometry' not in auto[0]
+
+
 def test_class_balanced_training_labels_have_equal_frequencies(config):
   num_batches, batch_size = 40, 16
   batches = _take(

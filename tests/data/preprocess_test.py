@@ -2,11 +2,14 @@
 resized as the image, boxes scaled."""
 
 import dataclasses
+import io
 import itertools
 
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from care_jax.data import augment
 from care_jax.data import preprocess
@@ -238,3 +241,57 @@ def test_box_scale_scales_each_box_about_its_centre_and_clips_to_the_image():
   assert preprocess.scale_boxes(table, 1.0) is table
   with pytest.raises(ValueError, match='data.box_scale must be a positive number'):
     preprocess.scale_boxes(table, 0.0)
+
+
+# The reduced decode of the device path's host side ---------------------------------------
+
+JPEG_FEATURE = tfds.features.Image(shape=(None, None, 3), encoding_format='jpeg')
+
+
+def _jpeg(height, width):
+  """A smooth colour JPEG (quality 95) of height x width, and its bytes."""
+  y, x = np.mgrid[0:height, 0:width]
+  pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (height + width)], -1)
+  buffer = io.BytesIO()
+  Image.fromarray(pixels.astype(np.uint8)).save(buffer, format='JPEG', quality=95)
+  return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+  'feature, reduced',
+  [
+    (JPEG_FEATURE, False),
+    (tfds.features.Image(shape=(None, None, 3), encoding_format='png'), True),
+  ],
+  ids=['jpeg, not reduced', 'png'],
+)
+def test_decode_fn_is_the_features_own_decode_unless_a_jpeg_is_reduced(feature, reduced):
+  assert preprocess.decode_fn(feature, 16, reduced=reduced) == feature.decode_example
+
+
+@pytest.mark.parametrize('size, ratio', [(224, 2), (100, 4), (50, 8)])
+def test_reduced_decode_scales_a_jpeg_by_the_largest_ratio_that_keeps_the_size(size, ratio):
+  encoded = _jpeg(450, 600)  # As ISIC 2018 distributes its images.
+  image = preprocess.decode_fn(JPEG_FEATURE, size, reduced=True)(tf.constant(encoded))
+  assert image.dtype == tf.float32 and image.shape == (size, size, 3)
+  scaled = tf.io.decode_jpeg(encoded, channels=3, ratio=ratio)
+  expected = tf.image.resize(scaled, (size, size), 'bilinear', antialias=False)
+  np.testing.assert_array_equal(image.numpy(), expected.numpy())
+  # Close to the full decode resized (antialiased), as the host path resizes.
+  full = tf.image.resize(tf.io.decode_jpeg(encoded, channels=3), (size, size), antialias=True)
+  assert np.abs(image.numpy() - full.numpy()).mean() < 2.0
+
+
+def test_reduced_decode_of_a_jpeg_under_twice_the_size_is_the_full_decode_resized():
+  encoded = tf.constant(_jpeg(300, 400))
+  image = preprocess.decode_fn(JPEG_FEATURE, 224, reduced=True)(encoded)
+  config = fx.data_config()
+  config.image_size = 224
+  make = preprocess.device_augment_example_fn(
+    config, augment_settings=IDENTITY_AUGMENT, max_boxes=1
+  )
+  row = make(JPEG_FEATURE.decode_example(encoded), 0, np.zeros((0, 4), np.float32), [0, 0])
+  expected = tf.image.resize(tf.io.decode_jpeg(encoded, channels=3), (224, 224), antialias=True)
+  np.testing.assert_array_equal(image.numpy(), expected.numpy())
+  # And the device rows round it: the image the host path would have augmented.
+  np.testing.assert_array_equal(row['image'].numpy(), np.round(expected.numpy()).astype(np.uint8))

@@ -18,9 +18,14 @@ V0_2_RUN = str(paths.FIXTURES / 'v0_2_run')
 # The config of 0.1 and those of its packaged config files, as 0.1 built them.
 V0_1_CONFIGS = paths.FIXTURES / 'v0_1_configs.json'
 
+# Config keys added after 0.2 (and so after 0.1), with the defaults that keep the behaviour of
+# 0.2: runs of 0.2 load and resume with them.
+ADDED_SINCE_0_2 = {'compilation_cache_dir': None}
+
 # Config keys added after 0.1, with the defaults that keep 0.1's behaviour: runs of
 # 0.1 load and resume with them.
 ADDED_SINCE_0_1 = {
+  **ADDED_SINCE_0_2,
   'train.test_checkpoint': 'last',
   'care.protocol': 'from_step',
   'care.stage1_metric': 'mca',
@@ -31,7 +36,7 @@ ADDED_SINCE_0_1 = {
   'care.outer_delta': 0.1,
   'care.target': 'logit',
   'task': 'multiclass',
-  'data.augment.on_device': False,
+  'data.augment.on_device': 'auto',  # False on a CPU: 0.1's host augmentation.
   'data.isic2018.supervision': 'box',
   'data.nih_chestxray14.mode': 'boxed',
   'data.nih_chestxray14.boxed_images': 'test',

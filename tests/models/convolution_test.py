@@ -1,5 +1,8 @@
 """care_jax.models.convolution: the patch form equals lax's convolution and is taken where meant."""
 
+import collections
+import re
+
 import flax.linen as nn
 import jax
 from jax import lax
@@ -76,7 +79,7 @@ def test_the_patch_form_is_chosen_for_1x1_kernels_and_small_outputs_on_cpu_only(
   assert convolution.uses_patch_form(*small, dimension_numbers=NHWC, backend='cpu')
   assert convolution.uses_patch_form(*pointwise, dimension_numbers=NHWC, backend='cpu')
   assert not convolution.uses_patch_form(*large, dimension_numbers=NHWC, backend='cpu')
-  for accelerator in ('gpu', 'tpu'):
+  for accelerator in ('cuda', 'rocm', 'tpu'):
     for case in (small, pointwise):
       assert not convolution.uses_patch_form(*case, dimension_numbers=NHWC, backend=accelerator)
   # The bound counts output pixels: a 4x4 output takes the patch form, 5x5 does not.
@@ -88,6 +91,30 @@ def test_the_patch_form_is_chosen_for_1x1_kernels_and_small_outputs_on_cpu_only(
   # A kernel larger than its padded input has no output: lax reports that, not the patch form.
   empty = ((1, 2, 2, 3), (3, 3, 3, 4), (1, 1), ((0, 0), (0, 0)))
   assert not convolution.uses_patch_form(*empty, dimension_numbers=NHWC, backend='cpu')
+
+
+def _lowered_op_counts(fn, args, platform: str) -> collections.Counter:
+  text = jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+  return collections.Counter(re.findall(r'stablehlo\.(\w+)', text))
+
+
+@pytest.mark.parametrize('platform', ['cpu', 'cuda', 'tpu'])
+@pytest.mark.parametrize('case', ['3x3 on 2x2', '1x1 on a large map'])
+def test_the_lowering_for_each_platform_keeps_that_platforms_form(case, platform):
+  # The form is chosen when lowering for `platform` (`lax.platform_dependent`), not from the
+  # host's default backend: this CPU host lowers lax's convolution for 'cuda' and 'tpu'.
+  x_shape, w_shape, strides, padding = CASES[case]
+  x, w = _random(x_shape, 0), _random(w_shape, 1)
+  value_and_grad = jax.value_and_grad(
+    lambda x, w: jnp.sum(jnp.tanh(_ours(x, w, strides, padding))), argnums=(0, 1)
+  )
+  ops = _lowered_op_counts(value_and_grad, (x, w), platform)
+  if platform == 'cpu':
+    # Forward, input and kernel gradients: three products, no convolution.
+    assert ops['convolution'] == 0 and ops['dot_general'] == 3
+  else:
+    assert ops['convolution'] == 3 and ops['dot_general'] == 0
+  assert ops['case'] == 0  # One platform: the other form is not in the module at all.
 
 
 @pytest.mark.parametrize(

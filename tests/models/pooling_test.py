@@ -1,5 +1,7 @@
 """care_jax.models.pooling.max_pool: flax's max pool in value and gradient, ties included."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -64,12 +66,23 @@ def test_max_pool_keeps_bfloat16():
   assert grad.dtype == jnp.bfloat16
 
 
-def test_accelerators_use_flax_max_pool(monkeypatch):
-  x = _inputs((1, 4, 4, 1), 'distinct')
-  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  monkeypatch.setattr(pooling, '_slice_max_pool', None)  # Would fail if called.
-  y = pooling.max_pool(x, (2, 2), strides=(2, 2), padding=((0, 0), (0, 0)))
-  np.testing.assert_array_equal(y, nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID'))
+def _lowered_ops(fn, x, platform: str) -> set[str]:
+  text = jax.jit(fn).trace(x).lower(lowering_platforms=(platform,)).as_text()
+  return set(re.findall(r'stablehlo\.(\w+)', text))
+
+
+@pytest.mark.parametrize('platform', ['cpu', 'cuda', 'tpu'])
+def test_the_slices_are_lowered_for_cpu_and_flax_max_pool_for_accelerators(platform):
+  # Chosen when lowering for `platform`, not from the host's default backend: this CPU host
+  # lowers the accelerators' form for 'cuda' and 'tpu'.
+  x = _inputs((2, 9, 9, 4), 'distinct')
+  loss = lambda x: jnp.sum(pooling.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))))
+  ops = _lowered_ops(jax.value_and_grad(loss), x, platform)
+  flax_form = {'reduce_window', 'select_and_scatter'}  # Flax's pool and its gradient.
+  if platform == 'cpu':
+    assert not ops & flax_form and {'slice', 'maximum', 'compare'} <= ops
+  else:
+    assert flax_form <= ops and 'case' not in ops
 
 
 def test_max_pool_can_be_differentiated_twice_like_flax():

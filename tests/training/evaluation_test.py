@@ -1,4 +1,5 @@
-"""Evaluation: which rows of a split each global batch of several processes holds."""
+"""Evaluation: which rows of a split each global batch of several processes holds, and the next
+batch dispatched before the last one is read."""
 
 import numpy as np
 import pytest
@@ -18,3 +19,62 @@ def test_split_positions_follow_the_eval_sharding_of_several_processes(
   for k in range(len(padded) // global_batch):
     batch = np.concatenate([share[k * local : (k + 1) * local] for share in shares])
     np.testing.assert_array_equal(evaluation.split_positions(k, global_batch, processes), batch)
+
+
+class _RecordingParallel:
+  """A back-end that records when each batch is dispatched and fetched."""
+
+  def __init__(self, runner):
+    self._runner = runner
+    self.events = []
+    self.scope, self.put_batch = runner.scope, runner.put_batch
+
+  def eval_step(self, state, batch):
+    self.events.append('dispatch')
+    return self._runner.eval_step(state, batch)
+
+  def fetch(self, tree):
+    self.events.append('fetch')
+    return self._runner.fetch(tree)
+
+
+def _eval_batches(count):
+  from tests.helpers import steps  # pylint: disable=g-import-not-at-top
+
+  batches = []
+  for seed in range(count):
+    batch = steps.batch(seed=seed)
+    batch['valid'] = np.arange(16) < (16 if seed < count - 1 else 5)
+    batch['lesion_mask'], batch['has_lesion_mask'] = batch['mask'], batch['has_mask']
+    batches.append(batch)
+  return batches
+
+
+def test_evaluate_dispatches_the_next_batch_before_fetching_the_last_with_equal_metrics():
+  import types  # pylint: disable=g-import-not-at-top
+
+  from care_jax.training import evaluation  # pylint: disable=g-import-not-at-top
+  from tests.helpers import steps  # pylint: disable=g-import-not-at-top
+
+  config = steps.make_config(alpha=0.5)
+  model, state, step = steps.setup(config)
+  runner = steps.parallel_runner(config, model, step, 'mesh')
+  state = runner.put_state(state)
+  info = types.SimpleNamespace(class_names=('a', 'b', 'c'), rare_classes=(2,), task='multiclass')
+  batches = _eval_batches(3)
+  recording = _RecordingParallel(runner)
+  result, rows = evaluation.evaluate(recording, state, batches, info=info, with_rows=True)
+  assert recording.events == ['dispatch', 'dispatch', 'fetch', 'dispatch', 'fetch', 'fetch']
+
+  # One batch at a time, fetched at once: the same metrics and rows.
+  confusion, positions, probabilities = 0, [], []
+  for index, batch in enumerate(batches):
+    with runner.scope():
+      c, _, r = runner.fetch(runner.eval_step(state, runner.put_batch(batch)))
+    confusion = confusion + c
+    positions.append(evaluation.split_positions(index, 16, 1)[r['valid']])
+    probabilities.append(r['probabilities'][r['valid']])
+  np.testing.assert_array_equal(rows['position'], np.concatenate(positions))
+  np.testing.assert_array_equal(rows['probabilities'], np.concatenate(probabilities))
+  np.testing.assert_array_equal(result['confusion'], confusion)
+  assert result['num_examples'] == 16 + 16 + 5

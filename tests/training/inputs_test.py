@@ -1,11 +1,14 @@
-"""The input pipeline of a config as the training loop reads it (`PipelineInputs`)."""
+"""The input pipeline of a config as the training loop reads it (`PipelineInputs`), also put
+onto the devices ahead of the steps (`care_jax.training.parallel.device_prefetch`)."""
 
+import jax
 import numpy as np
 import pytest
 
 from care_jax import config as config_lib
 from care_jax.data import pipeline
 from care_jax.training import inputs as inputs_lib
+from care_jax.training import parallel as parallel_lib
 from tests.helpers import data_fixtures as fx
 
 
@@ -41,3 +44,16 @@ def test_pipeline_inputs_answer_from_the_pipeline_of_the_config(config):
   assert len(ids) == len(set(ids)) == 15
   # The examples a figure shows: the rare classes first, in turn.
   assert inputs.examples('test', num_images=3)['label'].tolist() == [2, 4, 2]
+
+
+def test_device_prefetch_of_the_mesh_back_end_gives_the_pipelines_batches(config):
+  parallel = parallel_lib.MeshParallel(lambda s, b: (s, b), lambda s, b: b)
+  inputs = inputs_lib.PipelineInputs(config)
+  host = inputs.train_batches(batch_size=8, start_step=0)
+  on_device = parallel_lib.device_prefetch(
+    inputs.train_batches(batch_size=8, start_step=0), parallel.put_batch
+  )
+  for _ in range(3):
+    expected, batch = next(host), next(on_device)
+    assert all(isinstance(v, jax.Array) for v in batch.values())
+    _assert_batches_equal(expected, {k: np.asarray(v) for k, v in batch.items()})

@@ -1,11 +1,16 @@
-"""The training loop: checks before training, one compilation per step, the test block's
-checkpoint."""
+"""The training loop: checks before training, one compilation per step, no fetch between log
+steps, the test block's checkpoint."""
 
+import contextlib
+
+import jax
+from jax._src import array as array_lib
 import pytest
 
 from care_jax import inference
 from care_jax import trained_run
 from care_jax import training
+from care_jax.training import loop as loop_lib
 from care_jax.training import step as step_lib
 from tests.helpers import folder_run as fr
 from tests.helpers import runs
@@ -54,3 +59,67 @@ def test_the_test_block_can_score_the_best_checkpoint(folder_run, tmp_path):
   fr.write_test_csv(root, rows, tmp_path / 'test.csv')
   inference.predict(str(workdir), str(tmp_path / 'test.csv'), str(tmp_path / 'p.csv'))
   assert fr.confusion(root, rows, tmp_path / 'p.csv', tmp_path) == metrics['test']['confusion']
+
+
+class _NoDeviceToHost:
+  """`jax.transfer_guard_device_to_host('disallow')` while active, also where it cannot see.
+
+  On the CPU backend a fetch aliases host memory and the transfer guard lets it pass, so
+  reading an array's value (``np.asarray``, ``float``, `jax.device_get`: `ArrayImpl._value`)
+  raises here too.
+  """
+
+  def __init__(self, monkeypatch):
+    self._stack = contextlib.ExitStack()
+    self.active = False
+    value = array_lib.ArrayImpl._value
+
+    def guarded_value(array):
+      if self.active:
+        raise AssertionError('a device-to-host transfer between two log steps')
+      return value.fget(array)
+
+    monkeypatch.setattr(array_lib.ArrayImpl, '_value', property(guarded_value))
+
+  def start(self):
+    self._stack.enter_context(jax.transfer_guard_device_to_host('disallow'))
+    self.active = True
+
+  def stop(self):
+    self._stack.close()
+    self.active = False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('parallel', ['mesh', 'pmap'])
+def test_the_steps_between_two_log_steps_transfer_nothing_to_the_host(
+  tmp_path, monkeypatch, parallel
+):
+  """From the end of one log step to the next: batches go in, steps run, nothing comes back."""
+  guard = _NoDeviceToHost(monkeypatch)
+  after_step, guarded_steps = loop_lib._after_step, []
+
+  def after_step_with_guard(context, state, step, *args):
+    log_step = step % context.experiment.config.train.log_every_steps == 0
+    if log_step or step == context.experiment.num_steps:
+      guard.stop()  # A log step fetches its metrics.
+    else:
+      guarded_steps.append(step)
+    state = after_step(context, state, step, *args)
+    guard.start()
+    return state
+
+  monkeypatch.setattr(loop_lib, '_after_step', after_step_with_guard)
+  config = runs.tiny_config(
+    tmp_path,
+    'train.num_steps=7',
+    'train.log_every_steps=3',
+    'train.progress=True',
+    f'parallel={parallel}',
+  )
+  try:
+    training.train_and_evaluate(config, str(tmp_path / 'w'))
+  finally:
+    guard.stop()
+  # Guarded: steps 2-3 and 5-7 (batch, dispatch), the bookkeeping after steps 2 and 5 too.
+  assert guarded_steps == [1, 2, 4, 5]
