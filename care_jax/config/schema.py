@@ -381,7 +381,9 @@ def resolve_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   otherwise (a model trained from scratch: at 1e-4 the tiny CNN does not learn
   the rare classes of the demo in 1000 steps). A rate given explicitly is
   kept. ``data.augment.on_device = 'auto'`` becomes True where JAX's default
-  backend is a GPU or TPU and False on a CPU. Training resolves its config
+  backend is a GPU or TPU and False on a CPU, or where the dataset supervises
+  with segmentation masks (``supervision='mask'``), which only the host
+  warps. Training resolves its config
   first, so the saved config (and metrics.json) holds the values that were
   used.
 
@@ -394,6 +396,8 @@ def resolve_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   augment = config.data.augment
   if isinstance(augment.on_device, str) and augment.on_device == 'auto':
     # The rule of care_jax.data.augment.on_device (the data package is a layer above).
+    dataset = config.data.get(config.data.name)
+    masks = dataset is not None and dataset.get('supervision') == 'mask'
     with augment.ignore_type():
-      augment.on_device = jax.default_backend() != 'cpu'
+      augment.on_device = jax.default_backend() != 'cpu' and not masks
   return config

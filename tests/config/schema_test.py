@@ -3,6 +3,7 @@ layers below, and the trees of 0.1 plus the keys added since."""
 
 import json
 
+import jax
 import pytest
 
 from care_jax import classification_loss
@@ -77,3 +78,15 @@ def test_every_config_builds_the_tree_of_0_1_plus_the_keys_added_since(name):
     **versions.CHANGED_SINCE_0_1,
     **versions.CONFIG_CHANGED_SINCE_0_1.get(name, {}),
   }
+
+
+@pytest.mark.parametrize('supervision, expected', [('box', True), ('mask', False)])
+def test_auto_on_device_keeps_mask_supervised_augmentation_on_the_host(
+  monkeypatch, supervision, expected
+):
+  # Only the host warps segmentation masks: 'auto' on a GPU resolves to the host for them.
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  config = config_lib.default_config()
+  config.data.name = 'isic2018'
+  config.data.isic2018.supervision = supervision
+  assert config_lib.resolve_recipe(config).data.augment.on_device is expected
