@@ -35,9 +35,11 @@ Reading a finished run (its model, or its weights for stage 2) is
 
 from collections.abc import Mapping
 import contextlib
+import logging
 from typing import Any
 import uuid
 
+from absl import logging as absl_logging
 from etils import epath
 import jax
 import ml_collections
@@ -206,7 +208,33 @@ def open_manager(
     config=ocp.JsonCheckpointHandler(),
     meta=ocp.JsonCheckpointHandler(),
   )
-  return ocp.CheckpointManager(path, options=options, handler_registry=registry)
+  if not read_only:
+    return ocp.CheckpointManager(path, options=options, handler_registry=registry)
+  with _without_read_only_notice():
+    return ocp.CheckpointManager(path, options=options, handler_registry=registry)
+
+
+class _ReadOnlyNotice(logging.Filter):
+  """orbax's "Given directory is read only=<path>", which it logs for every read-only manager."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Given directory is read only')
+
+
+@contextlib.contextmanager
+def _without_read_only_notice():
+  """Drops orbax's read-only notice: a run opened for reading is read-only by our choice.
+
+  orbax (0.12.8) logs it as a warning whenever ``CheckpointManagerOptions.read_only`` is set,
+  and users read it as a problem with their (writable) workdir.
+  """
+  logger = absl_logging.get_absl_logger()
+  notice = _ReadOnlyNotice()
+  logger.addFilter(notice)
+  try:
+    yield
+  finally:
+    logger.removeFilter(notice)
 
 
 def step_of(manager: ocp.CheckpointManager, which: str | int) -> int:

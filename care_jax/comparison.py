@@ -21,6 +21,7 @@ from scipy import stats
 from care_jax import boxes
 from care_jax import config as config_lib
 from care_jax import training
+from care_jax.training import outputs
 
 
 def mean_std(values: Sequence[float | None]) -> dict[str, float | None]:
@@ -204,5 +205,5 @@ def compare(
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / 'summary.md').write_text(table + '\n')
-  (workdir / 'summary.json').write_text(json.dumps(summary, indent=2))
+  (workdir / 'summary.json').write_text(outputs.dumps(summary, indent=2))
   return summary

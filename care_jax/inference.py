@@ -303,7 +303,7 @@ def export(
   directory = epath.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   (directory / EXPORT_MODEL).write_bytes(exported.serialize())
-  (directory / EXPORT_META).write_text(json.dumps(meta, indent=2))
+  (directory / EXPORT_META).write_text(json.dumps(meta, indent=2, allow_nan=False))
   return meta
 
 

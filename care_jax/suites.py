@@ -24,7 +24,6 @@ command.
 
 from collections.abc import Sequence
 import dataclasses
-import json
 
 from absl import logging
 from etils import epath
@@ -33,6 +32,7 @@ import numpy as np
 
 from care_jax import comparison
 from care_jax import config as config_lib
+from care_jax.training import outputs
 
 _BASELINE = ('care.alpha=0.0',)
 # The paper's protocol as configs/synthetic_care.py runs it: CE until the
@@ -391,7 +391,7 @@ def write_report(report: dict, workdir: epath.PathLike) -> None:
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / 'report.md').write_text(format_report(report))
-  (workdir / 'report.json').write_text(json.dumps(report, indent=2))
+  (workdir / 'report.json').write_text(outputs.dumps(report, indent=2))
   plot_report(report, workdir / 'report.png')
 
 

@@ -1,11 +1,17 @@
-"""What every command does around `absl.app.run`: quiet logs, `--help` that exits 0, and the
-opt-in persistent compilation cache (``--compilation_cache_dir``).
+"""What every command does around `absl.app.run`: quiet logs, `--help` that exits 0, one-line
+user errors, and the opt-in persistent compilation cache (``--compilation_cache_dir``).
 
 absl exits with status 1 after printing `--help`, and the libraries under us (orbax, tfds, jax)
 log hundreds of INFO lines per run. A command run through :func:`run` shows the INFO lines of
 care-jax itself (one per evaluation, resuming, the stage switch), every warning and error, and
 the other libraries' INFO lines only when asked for with `--verbosity=0` (or `-v 0`; absl's
 levels: -1 warnings, 0 info, 1 debug).
+
+A user error (:data:`USER_ERRORS`: a bad config value, dataset row, file, a refused resume)
+ends the command with its message on stderr, ``care-jax COMMAND: MESSAGE`` (one line, or the
+few lines of a message that lists keys), no traceback, and exit status 2, as `care-jax` with an
+unknown command. Every other exception is a bug of ours and keeps its traceback.
+``CARE_JAX_TRACEBACK=1`` keeps the traceback of user errors too (docs/errors.md).
 """
 
 from collections.abc import Callable, Sequence
@@ -36,6 +42,16 @@ _HELP_FLAGS = frozenset(
   for name in ('help', 'helpshort', 'helpfull', 'helpxml', 'h', '?')
 )
 _PACKAGE_DIR = str(pathlib.Path(__file__).parent.parent)  # care_jax/
+
+# What bad input raises in care-jax: ValueError for values, rows and refused resumes
+# (`care_jax.data` reports unreadable files as a subclass), OSError for files and directories
+# (missing, unwritable, a full disk). Its message names the key, file or row and the fix, so the
+# traceback adds nothing for a user. TypeError, KeyError, AssertionError and the rest are bugs:
+# they keep theirs.
+USER_ERRORS = (ValueError, OSError)
+# Set to 1 to see the traceback of a user error as well (for a bug report, or to debug).
+TRACEBACK_ENV = 'CARE_JAX_TRACEBACK'
+USER_ERROR_EXIT_CODE = 2  # As `care-jax` with an unknown command, and argparse's usage errors.
 
 
 class _OursOrWarnings(logging.Filter):
@@ -82,12 +98,46 @@ def _use_compilation_cache(directory: str | None) -> None:
   parallel.enable_compilation_cache(directory)
 
 
+def _command_name(main: Callable[..., object]) -> str:
+  """``care-jax predict`` for the `main` of `care_jax.commands.predict`, however it was run."""
+  # Run by `care-jax predict` or `python -m`, the module is __main__ and only its spec is named.
+  spec = getattr(main, '__globals__', {}).get('__spec__')
+  module = spec.name if spec else main.__module__
+  package, _, command = module.rpartition('.')
+  if package == __package__ and not command.startswith('_'):
+    return f'care-jax {command}'
+  return 'care-jax'
+
+
+def _exit_on_user_error(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+  """``main`` that ends a user error with one line on stderr and exit status 2.
+
+  Only the outermost message is shown: care-jax's messages already name the file and line of a
+  chained cause (the missing file behind a dataset row).
+  """
+
+  def guarded(argv: list[str]) -> None:
+    try:
+      main(argv)
+    except USER_ERRORS as e:
+      if os.environ.get(TRACEBACK_ENV, '') not in ('', '0'):
+        raise
+      sys.stdout.flush()
+      sys.stderr.write(f'{_command_name(main)}: {e}\n')
+      sys.exit(USER_ERROR_EXIT_CODE)
+
+  return guarded
+
+
 def run(
   main: Callable[[list[str]], None],
   *,
   flags_parser: Callable[[list[str]], list[str]] = app.parse_flags_with_usage,
 ) -> None:
   """`absl.app.run(main, flags_parser=...)`, quiet unless `--verbosity` is given.
+
+  A user error (:data:`USER_ERRORS`) raised by ``main`` ends in one line on stderr and exit
+  status 2, unless ``CARE_JAX_TRACEBACK=1``.
 
   Also keeps freed host memory in the process if ``CARE_JAX_KEEP_FREED_MEMORY=1`` asks for it
   (`care_jax.host_memory`), unless `care-jax` did so already.
@@ -104,7 +154,7 @@ def run(
     return rest
 
   try:
-    app.run(main, flags_parser=parse)
+    app.run(_exit_on_user_error(main), flags_parser=parse)
   except SystemExit as e:
     if e.code == 1 and asks_for_help(sys.argv):
       sys.exit(0)  # Help was asked for and given: not an error.

@@ -12,7 +12,6 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from care_jax.boxes import dataset
 from care_jax.boxes import generators
 from care_jax.commands import _app
 from care_jax.commands import _flags
@@ -41,6 +40,9 @@ _MARGIN = flags.DEFINE_float(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Imported here, not at the top: it loads TensorFlow, which `--help` does not need.
+  from care_jax.boxes import dataset  # pylint: disable=g-import-not-at-top
+
   data_config = _CONFIG.value.data
   box_config = data_config.boxes.copy_and_resolve_references()
   if _STAGE1.value is not None:

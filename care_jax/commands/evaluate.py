@@ -10,15 +10,13 @@ attention metrics) with its ``step`` to ``--output`` (default
 ``RUN/evaluation_<split>_step<step>.json``) and prints the headline numbers.
 """
 
-import json
-import sys
-
 from absl import app
 from absl import flags
 from etils import epath
 
 from care_jax import training
 from care_jax.commands import _app
+from care_jax.training import outputs
 
 FLAGS = flags.FLAGS
 
@@ -49,30 +47,22 @@ def evaluate(
   block = training.evaluate_checkpoint(workdir, split, which=checkpoint, batch_size=batch_size)
   path = epath.Path(output or epath.Path(workdir) / f'evaluation_{split}_step{block["step"]}.json')
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(block, indent=2))
+  path.write_text(outputs.dumps(block, indent=2))
   return block, str(path)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  try:
-    block, output = evaluate(
-      FLAGS.workdir,
-      split=FLAGS.split,
-      checkpoint=FLAGS.checkpoint,
-      batch_size=FLAGS.batch_size,
-      output=FLAGS.output,
-    )
-  except (ValueError, FileNotFoundError) as e:  # Bad input: one line that says what to do.
-    sys.exit(f'care-jax evaluate: {e}')
-  rare = block['rare_recall']
-  print(
-    f'step {block["step"]} on {FLAGS.split}: MCA {block["mca"]:.4f}, rare recall '
-    f'{"n/a" if rare is None else f"{rare:.4f}"}, macro AUROC '
-    f'{"n/a" if block["macro_auroc"] is None else f"{block['macro_auroc']:.4f}"}; '
-    f'wrote {output}'
+  # Bad input (ValueError, OSError) ends in one line: `_app.run`.
+  block, output = evaluate(
+    FLAGS.workdir,
+    split=FLAGS.split,
+    checkpoint=FLAGS.checkpoint,
+    batch_size=FLAGS.batch_size,
+    output=FLAGS.output,
   )
+  print(f'{outputs.headline(block, FLAGS.split)}; wrote {output}')
 
 
 def run():

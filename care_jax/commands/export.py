@@ -10,8 +10,6 @@ the preprocessing). The README's "Export" section has the loader, which needs
 jax only (`care_jax.inference.export`).
 """
 
-import sys
-
 from absl import app
 from absl import flags
 
@@ -35,11 +33,9 @@ def _define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  try:
-    predictor = inference.Predictor.from_workdir(FLAGS.workdir, checkpoint=FLAGS.checkpoint)
-    meta = inference.export(predictor, FLAGS.output, platforms=FLAGS.platforms)
-  except (ValueError, FileNotFoundError) as e:  # Bad input: one line that says what to do.
-    sys.exit(f'care-jax export: {e}')
+  # Bad input (ValueError, OSError) ends in one line, exit 2 (care_jax.commands._app).
+  predictor = inference.Predictor.from_workdir(FLAGS.workdir, checkpoint=FLAGS.checkpoint)
+  meta = inference.export(predictor, FLAGS.output, platforms=FLAGS.platforms)
   print(
     f'exported step {meta["step"]} of {FLAGS.workdir} for {", ".join(meta["platforms"])} '
     f'to {FLAGS.output}'

@@ -19,8 +19,6 @@ predicted class name and the class probabilities, classes in label order.
 predicted class over the image (``<image path>.png`` below that folder).
 """
 
-import sys
-
 from absl import app
 from absl import flags
 
@@ -56,18 +54,16 @@ def _define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  try:
-    inference.predict(
-      FLAGS.workdir,
-      FLAGS.input,
-      FLAGS.output,
-      checkpoint=FLAGS.checkpoint,
-      batch_size=FLAGS.batch_size,
-      attention_dir=FLAGS.attention_dir,
-      skip_unreadable=FLAGS.skip_unreadable,
-    )
-  except (ValueError, FileNotFoundError) as e:  # Bad input: one line that says what to do.
-    sys.exit(f'care-jax predict: {e}')
+  # Bad input (ValueError, OSError) ends in one line: `_app.run`.
+  inference.predict(
+    FLAGS.workdir,
+    FLAGS.input,
+    FLAGS.output,
+    checkpoint=FLAGS.checkpoint,
+    batch_size=FLAGS.batch_size,
+    attention_dir=FLAGS.attention_dir,
+    skip_unreadable=FLAGS.skip_unreadable,
+  )
 
 
 def run():

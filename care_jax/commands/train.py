@@ -4,7 +4,9 @@
         [--config.care.alpha=0.3 ...]
 
 (also `care-jax train ...`). Writes `metrics.json`, `train_log.jsonl`,
-`config.json` and `checkpoints/` under the workdir. Running the same command
+`config.json` and `checkpoints/` under the workdir, and ends by printing the
+final validation and test headlines, the checkpoint the test block scored and
+the paths of `metrics.json` and the test predictions. Running the same command
 again resumes from the latest checkpoint (after a crash, SIGKILL or a
 preemption: SIGTERM saves a checkpoint and exits with status 143).
 
@@ -18,6 +20,7 @@ its own share of every batch.
 
 from absl import app
 from absl import flags
+from etils import epath
 import jax
 from ml_collections import config_flags
 
@@ -25,6 +28,7 @@ from care_jax import boxes
 from care_jax import training
 from care_jax.commands import _app
 from care_jax.commands import _flags
+from care_jax.training import outputs
 
 FLAGS = flags.FLAGS
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for metrics and logs.', required=True)
@@ -67,7 +71,24 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   initialize_distributed()
-  training.train_and_evaluate(FLAGS.config, _WORKDIR.value, boxes_fn=boxes.replace_boxes)
+  result = training.train_and_evaluate(FLAGS.config, _WORKDIR.value, boxes_fn=boxes.replace_boxes)
+  if jax.process_index() == 0:
+    print('\n'.join(result_lines(result, _WORKDIR.value)), flush=True)
+
+
+def result_lines(result: dict, workdir: str) -> list[str]:
+  """What ``care-jax train`` prints at its end: the headlines and where the results went."""
+  workdir = epath.Path(workdir)
+  lines = []
+  if 'validation' in result:
+    lines.append(outputs.headline(result['validation'], 'validation', step=result['step']))
+  if 'test' in result:
+    scored = result['test_checkpoint']
+    test = outputs.headline(result['test'], 'test', step=scored['step'])
+    lines.append(f'{test} (train.test_checkpoint={scored["which"]!r})')
+    lines.append(f'predictions: {workdir / outputs.PREDICTIONS.format(split="test")}')
+  lines.append(f'metrics: {workdir / outputs.METRICS}')
+  return lines
 
 
 def run():

@@ -12,7 +12,6 @@ baseline), the confusion matrix, per-class recall, reliability and training curv
 from absl import app
 from absl import flags
 
-from care_jax import run_figures
 from care_jax.commands import _app
 
 FLAGS = flags.FLAGS
@@ -46,6 +45,9 @@ def _define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Imported here, not at the top: it loads TensorFlow, which `--help` does not need.
+  from care_jax import run_figures  # pylint: disable=g-import-not-at-top
+
   for path in run_figures.write_figures(
     FLAGS.workdir,
     compare=FLAGS.compare,

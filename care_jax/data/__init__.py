@@ -15,13 +15,10 @@ Example::
   batch = next(data.train_batches(config, batch_size=32, seed=0))
 """
 
-import os
-
 from care_jax import _deprecated
 
-# TensorFlow's start-up INFO lines (oneDNN notices) are noise for our users: quiet them before
-# any module of the package imports TensorFlow (importing the package alone does not).
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+# TensorFlow's log level (TF_CPP_MIN_LOG_LEVEL, default 1: no INFO lines) is set and applied to its
+# start-up lines where it is imported, in care_jax.data._tensorflow.
 
 # Public name -> module that defines it, imported lazily (PEP 562).
 _EXPORTS = {

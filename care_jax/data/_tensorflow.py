@@ -13,18 +13,105 @@ other module imports it), so whichever path reads data first (a command,
 The order matters because both frameworks load CUDA libraries into the one process, and the
 first to load a library fixes its version for the other: TensorFlow imported before JAX broke
 JAX's cuDNN ("DNN library is not found", jax-ml/jax#9454). Hiding GPUs from TensorFlow does not
-stop it loading its CUDA libraries at import; starting JAX first does. (The package,
-`care_jax.data`, quiets TensorFlow's start-up INFO lines before any of its modules imports it.)
+stop it loading its CUDA libraries at import; starting JAX first does.
 
 Starting JAX's backends here means that `jax.distributed.initialize` (several processes) and
 `care_jax.host_memory.keep_freed_memory` must come before the first data is read, as they must
 come before any other JAX work; `care-jax train` calls both before it reads data.
+
+TensorFlow's C++ start-up lines (the oneDNN notice and "Could not find cuda drivers", twice, each
+under "All log messages before absl::InitializeLog() is called are written to STDERR") ignore
+``TF_CPP_MIN_LOG_LEVEL`` in TF 2.21: abseil writes every message logged before its
+``InitializeLog`` to stderr whatever the level (abseil/abseil-cpp#1957). So this module applies
+the level itself to the lines written while TensorFlow loads (`_start_up_lines_filtered`): the
+level defaults to 1 (INFO lines hidden, warnings and errors kept), and ``TF_CPP_MIN_LOG_LEVEL=0``
+shows them all. TensorFlow's first look for GPUs, at its first operation, logs ``E ... failed call
+to cuInit`` on a machine without a CUDA driver, whatever the level: an error line about a GPU that
+TensorFlow would not be given anyway, so that look is made here, inside the filter, and the line
+is dropped when no GPU is found (`_hide_gpus`; shown at level 0).
 """
 
+from collections.abc import Iterator, Sequence
+import contextlib
 import logging
+import os
+import re
 import sys
+import tempfile
 
 import jax
+
+# TensorFlow's C++ log level for the lines logged after start-up, which it honours itself.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+
+# abseil's notice above its unfiltered start-up lines.
+_ABSL_NOTICE = 'WARNING: All log messages before absl::InitializeLog() is called'
+# A C++ log line (absl/TSL format): severity letter, MMDD, time (before abseil's InitializeLog:
+# 00:00:<seconds since the epoch>), thread, C++ file:line]. (absl-python's lines end in .py.)
+_LOG_LINE = re.compile(r'([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ \]]+\.(?:cc|cpp|h):\d+\] ')
+_SEVERITY = {'I': 0, 'W': 1, 'E': 2, 'F': 3}
+
+
+def _min_log_level() -> int:
+  """TF_CPP_MIN_LOG_LEVEL as a number (0: all lines, 1: no INFO, 2: no WARNING, 3: no ERROR)."""
+  try:
+    return int(os.environ.get('TF_CPP_MIN_LOG_LEVEL', '1'))
+  except ValueError:
+    return 0  # TensorFlow reads an unparsable level as 0 too.
+
+
+def _shown(line: str, min_level: int, noise: Sequence[str]) -> bool:
+  """Whether a line written to stderr during TensorFlow's start-up is shown.
+
+  Args:
+    line: the line.
+    min_level: `_min_log_level`.
+    noise: texts of C++ log lines known to mean nothing here (dropped unless ``min_level`` is 0).
+  """
+  if line.startswith(_ABSL_NOTICE):
+    return min_level < 1
+  match = _LOG_LINE.match(line)
+  if not match:
+    return True  # Not a C++ log line (a Python warning, a traceback): always shown.
+  if min_level >= 1 and any(text in line for text in noise):
+    return False
+  severity = _SEVERITY[match.group(1)]
+  return severity == _SEVERITY['F'] or severity >= min_level
+
+
+@contextlib.contextmanager
+def _start_up_lines_filtered() -> Iterator[list[str]]:
+  """Holds back what is written to file descriptor 2, then writes back the lines `_shown`.
+
+  The C++ libraries write to the descriptor, not to `sys.stderr`, so the descriptor is redirected
+  to a temporary file while the body runs. Lines that do not look like C++ log lines (a Python
+  warning, a traceback) are written back unchanged and in order.
+
+  Yields:
+    A list to which the body adds the texts of C++ log lines to drop (``noise`` of `_shown`).
+  """
+  min_level = _min_log_level()
+  noise = []
+  try:
+    sys.stderr.flush()
+    saved = os.dup(2)
+  except (OSError, ValueError, AttributeError):  # No descriptor 2 (pythonw, a closed stderr).
+    yield noise
+    return
+  with tempfile.TemporaryFile() as held:
+    os.dup2(held.fileno(), 2)
+    try:
+      yield noise
+    finally:
+      with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      held.seek(0)
+      lines = held.read().decode('utf-8', 'replace').splitlines(keepends=True)
+      kept = ''.join(line for line in lines if _shown(line, min_level, noise))
+      if kept:
+        os.write(2, kept.encode())
 
 
 def _jax_started() -> bool:
@@ -47,12 +134,25 @@ def _claim_devices_for_jax() -> None:
   jax.devices()
 
 
+def _hide_gpus(tf_module, noise: list[str]) -> None:
+  """Leaves the GPUs (and their memory) to JAX; TF's failed GPU probe is noise where it has none.
+
+  Listing the GPUs makes TensorFlow probe CUDA now, inside `_start_up_lines_filtered`, rather than
+  at its first operation. Where it finds none (no CUDA driver: ``failed call to cuInit``), that
+  error line says nothing a care-jax user needs: TensorFlow only ever runs on the CPU here.
+  """
+  if not tf_module.config.list_physical_devices('GPU'):
+    noise.append('failed call to cuInit')
+    return
+  try:
+    tf_module.config.set_visible_devices([], 'GPU')
+  except RuntimeError as e:  # TF already initialised its devices elsewhere.
+    logging.warning('Could not hide GPUs from TensorFlow: %s', e)
+
+
 _claim_devices_for_jax()
 
-import tensorflow as tf  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+with _start_up_lines_filtered() as _noise:
+  import tensorflow as tf  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-try:
-  # TF must leave the accelerator (and its memory) to JAX.
-  tf.config.set_visible_devices([], 'GPU')
-except RuntimeError as e:  # TF already initialised its devices elsewhere.
-  logging.warning('Could not hide GPUs from TensorFlow: %s', e)
+  _hide_gpus(tf, _noise)

@@ -24,9 +24,18 @@ def read_options() -> tf.data.Options:
   return options
 
 
-def read_config() -> tfds.ReadConfig:
-  """The tfds read config of every dataset the pipelines read (`read_options`)."""
-  return tfds.ReadConfig(options=read_options())
+def read_config(**kwargs) -> tfds.ReadConfig:
+  """The tfds read config of every dataset the pipelines read (`read_options`, no auto-cache).
+
+  tfds caches a small dataset in memory (``ds.cache()``) unless told not to. Every dataset here is
+  iterated once, so the cache only costs memory, and a pass that stops early (a few examples to
+  draw, `care_jax.data.examples`) made tf.data warn "The calling iterator did not fully read the
+  dataset being cached ... unexpected truncation" although nothing was lost.
+
+  Args:
+    **kwargs: further `tfds.ReadConfig` fields (e.g. ``add_tfds_id=True``).
+  """
+  return tfds.ReadConfig(options=read_options(), try_autocache=False, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +157,7 @@ def example_ids(
     split=split,
     shuffle_files=False,
     decoders={'image': tfds.decode.SkipDecoding()},
-    read_config=tfds.ReadConfig(options=read_options(), add_tfds_id=True),
+    read_config=read_config(add_tfds_id=True),
   )
   ds = ds.map(lambda ex: ex[key])
   return np.array([i.decode() for i in tfds.as_numpy(ds)], dtype=object)

@@ -343,11 +343,11 @@ def _maybe_start_stage2(context: _RunContext, state, step: int):
   best = context.stage1_best.restore(parallel.abstract_state(context.experiment.state))
   logging.info(
     'stage 2 (CE + attention loss) from step %d, with the best stage-1 state (step %d, '
-    'validation %s %.4f)',
+    'validation %s %s)',
     step,
     context.stage1_best.step,
     two_stage.metric,
-    context.stage1_best.score,
+    'n/a' if context.stage1_best.score is None else f'{context.stage1_best.score:.4f}',
   )
   # The step counter goes on: the schedule and the batches continue as planned.
   return parallel.put_state(best.replace(step=np.asarray(step, best.step.dtype)))
@@ -378,6 +378,9 @@ def _after_step(context: _RunContext, state, step: int, step_metrics, recent, pr
   if log_now:
     record = _log_record(step_metrics, parallel, step, context.clock())
     progress.set_postfix(loss=f'{record["loss"]:.4f}', care=f'{record.get("care", 0.0):.3f}')
+    if progress.disable and context.outputs.is_chief:
+      # No bar (train.progress=False): a nohup or SLURM log still shows the run's progress.
+      logging.info('step %d %s', step, outputs_lib.format_record(record))
     context.outputs.log_train(record)
   selection_score = _validate(context, state, step) if validate_now else None
   if save_now:

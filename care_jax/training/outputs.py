@@ -10,16 +10,23 @@
 
 (``WORKDIR/checkpoints`` is `care_jax.checkpoint`'s.) On the other
 processes of a multi-process run every method is a no-op.
+
+Every JSON file is strict JSON (`dumps`: ``allow_nan=False``): an undefined
+value is ``null``, never ``NaN`` or ``-Infinity``, which most JSON parsers
+reject. `headline` is the one-line summary of a metrics block that
+``care-jax train`` and ``care-jax evaluate`` print.
 """
 
 import contextlib
 import csv
 import json
+import math
 from typing import Any
 
 from etils import epath
 import numpy as np
 
+from care_jax import config as config_lib
 from care_jax import figures
 from care_jax import inference
 from care_jax.training import summary
@@ -28,6 +35,52 @@ TRAIN_LOG = 'train_log.jsonl'
 METRICS = 'metrics.json'
 CONFIG = 'config.json'
 PREDICTIONS = 'predictions_{split}.csv'
+
+
+def dumps(value: Any, **kwargs) -> str:
+  """`json.dumps` that refuses NaN and +-Infinity (ValueError): they are not JSON.
+
+  Writers turn undefined values into None (``null``) at their source; a
+  non-finite float that reaches a file is a bug, and fails here rather than
+  writing a file that JSON parsers other than Python's reject.
+  """
+  return json.dumps(value, allow_nan=False, **kwargs)
+
+
+def _finite_or_none(value: Any) -> Any:
+  return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _format_value(value: Any) -> str:
+  if isinstance(value, float):
+    return f'{value:.4f}'
+  return 'n/a' if value is None else str(value)
+
+
+def format_record(record: dict[str, Any]) -> str:
+  """A training record as ``key value`` pairs, the loss first (``loss 0.6931 ce 0.6931 ...``)."""
+  keys = sorted((k for k in record if k != 'step'), key=lambda k: k != 'loss')
+  return ' '.join(f'{k} {_format_value(record[k])}' for k in keys)
+
+
+def headline(block: dict[str, Any], split: str, *, step: int | None = None) -> str:
+  """The headline numbers of a metrics block of `split` (as in ``metrics.json``).
+
+  `step` is the scored step (default: the block's ``step``, as ``care-jax
+  evaluate`` writes it).
+
+  Multiclass: MCA, rare-class recall and macro AUROC; multi-label: mean
+  AUROC, rare-finding mean AUROC and rare recall. Undefined values read ``n/a``::
+
+    step 60 on test: MCA 0.5600, rare recall 0.0000, macro AUROC 0.8028
+  """
+  if 'mean_auroc' in block:
+    names = {'mean_auroc': 'mean AUROC', 'rare_mean_auroc': 'rare mean AUROC'}
+    names['rare_recall'] = 'rare recall'
+  else:
+    names = {'mca': 'MCA', 'rare_recall': 'rare recall', 'macro_auroc': 'macro AUROC'}
+  numbers = ', '.join(f'{name} {_format_value(block.get(key))}' for key, name in names.items())
+  return f'step {block["step"] if step is None else step} on {split}: {numbers}'
 
 
 def truncate_log(path: epath.PathLike, step: int) -> None:
@@ -87,16 +140,24 @@ class RunOutputs:
 
   def write_config(self, config) -> None:
     if self.is_chief:
-      (self.workdir / CONFIG).write_text(config.to_json_best_effort(indent=2))
+      (self.workdir / CONFIG).write_text(dumps(config_lib.to_json(config), indent=2))
 
   def log_train(self, record: dict[str, Any]) -> None:
-    """Appends a training record (`step`, `seconds` and metrics) to the log and TensorBoard."""
+    """Appends a training record (`step`, `seconds` and metrics) to the log and TensorBoard.
+
+    A non-finite value (the loss of a step the non-finite guard skipped) is
+    written as ``null`` and left out of TensorBoard.
+    """
     if not self.is_chief:
       return
-    self._log_file.write(json.dumps(record) + '\n')
+    record = {k: _finite_or_none(v) for k, v in record.items()}
+    self._log_file.write(dumps(record) + '\n')
     self._log_file.flush()
     self._writer.scalars(
-      {f'train/{k}': v for k, v in record.items() if k not in ('step', 'seconds')}, record['step']
+      {
+        f'train/{k}': v for k, v in record.items() if k not in ('step', 'seconds') and v is not None
+      },
+      record['step'],
     )
 
   def log_eval(self, split: str, result: dict[str, Any], host_state, step: int) -> None:
@@ -149,7 +210,7 @@ class RunOutputs:
 
   def write_metrics(self, result: dict[str, Any]) -> None:
     if self.is_chief:
-      (self.workdir / METRICS).write_text(json.dumps(result, indent=2))
+      (self.workdir / METRICS).write_text(dumps(result, indent=2))
 
 
 class AttentionSummaries:

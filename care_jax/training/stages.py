@@ -82,7 +82,9 @@ class Stage1Best:
 
   Attributes:
     step: the step of the best state, None before the first validation.
-    score: its score (-inf before the first validation).
+    score: its score; None before the first validation, or where the metric
+      was undefined (e.g. no rare-class example), so that ``metrics.json``
+      holds JSON ``null``, not ``-Infinity``.
   """
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict, *, meta: dict[str, Any]):
@@ -90,10 +92,9 @@ class Stage1Best:
       workdir, config, meta=meta, name=STAGE1_DIR, keep=1, keep_best=0
     )
     self.step = self._checkpoints.latest_step()
-    self.score = -math.inf
+    self.score = None
     if self.step is not None:
-      saved = self._checkpoints.meta(self.step)['stage1_score']
-      self.score = -math.inf if saved is None else saved
+      self.score = self._checkpoints.meta(self.step)['stage1_score']
 
   def __enter__(self) -> 'Stage1Best':
     return self
@@ -103,13 +104,13 @@ class Stage1Best:
 
   def offer(self, step: int, score: float, host_state: Any, *, train_seconds: float) -> bool:
     """Saves `host_state` as the best when `score` beats the best so far (the first always)."""
-    if self.step is not None and not score > self.score:
+    # An undefined score (-inf from `TwoStage.score`) ranks below every defined one.
+    best = -math.inf if self.score is None else self.score
+    if self.step is not None and not score > best:
       return False
+    score = None if math.isinf(score) else score
     self._checkpoints.save(
-      step,
-      host_state,
-      train_seconds=train_seconds,
-      extra_meta={'stage1_score': None if math.isinf(score) else score},
+      step, host_state, train_seconds=train_seconds, extra_meta={'stage1_score': score}
     )
     self.step, self.score = step, score
     return True

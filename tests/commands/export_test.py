@@ -34,7 +34,7 @@ def test_the_command_exports_the_chosen_checkpoint_and_says_which(folder_run, tm
 
 def test_a_workdir_without_a_checkpoint_is_answered_in_one_line(tmp_path):
   done = command_line.care_jax('export', f'--workdir={tmp_path}', f'--output={tmp_path / "out"}')
-  assert done.returncode == 1
+  assert done.returncode == 2
   last = done.stderr.strip().splitlines()[-1]
   assert last.startswith('care-jax export: no checkpoint in') and 'Traceback' not in done.stderr
   assert not (tmp_path / 'out').exists()

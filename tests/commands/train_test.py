@@ -30,11 +30,37 @@ def test_cli_trains_a_packaged_config_by_name_from_any_directory_and_prints_litt
   assert proc.returncode == 0, proc.stderr[-3000:]
   metrics = json.load(open(tmp_path / 'w' / 'metrics.json'))
   assert metrics['step'] == 3
-  # Quiet by default: progress bars, our own lines, warnings; no INFO of the libraries below
-  # (TensorFlow's C++ prints a few lines on import that no setting of ours can hide).
+  # Quiet by default: progress bars, our own lines, warnings; no INFO of the libraries below and
+  # no line of TensorFlow's C++ start-up (tests/integration/startup_test.py).
   output = proc.stdout + proc.stderr
   assert 'Downloading' not in output and 'orbax' not in output
-  assert output.count('\n') <= 40, output  # lines as `wc -l` counts them (bars redraw with \r)
+  # Lines as `wc -l` counts them (bars redraw with \r): 37 on 2026-12-07, of which ~30 are tfds's
+  # bars of the first run's dataset preparation; 6 are ours: the 4 result lines and, with
+  # train.progress=False, the records of steps 2 and 3.
+  assert output.count('\n') <= 40, output
+
+
+@pytest.mark.slow
+def test_cli_ends_with_the_result_and_without_a_bar_logs_the_training_records(tmp_path):
+  flags = [f'--config.{o}' for o in runs.TINY_DATA + [f'data.dir={tmp_path / "tfds"}']]
+  workdir = tmp_path / 'w'
+  # TINY_DATA has train.progress=False and logs every 2 steps.
+  proc = _run_cli('--config=synthetic_care', f'--workdir={workdir}', *flags)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  metrics = json.load(open(workdir / 'metrics.json'))
+  last = proc.stdout.strip().splitlines()[-4:]
+  validation, test = metrics['validation'], metrics['test']
+  assert last[0].startswith(f'step 6 on validation: MCA {validation["mca"]:.4f}, rare recall ')
+  assert f'macro AUROC {validation["macro_auroc"]:.4f}' in last[0]
+  scored = metrics['test_checkpoint']
+  assert last[1].startswith(f'step {scored["step"]} on test: MCA {test["mca"]:.4f}, rare recall ')
+  assert last[1].endswith(f'(train.test_checkpoint={scored["which"]!r})')
+  assert last[2:] == [
+    f'predictions: {workdir / "predictions_test.csv"}',
+    f'metrics: {workdir / "metrics.json"}',
+  ]
+  for step in (2, 4, 6):  # The train_log.jsonl records, as log lines.
+    assert f'step {step} loss ' in proc.stderr, proc.stderr[-3000:]
 
 
 def test_cli_rejects_an_unknown_config_key(tmp_path):

@@ -1,5 +1,6 @@
 """The commands as a user runs them: a fresh Python, from the clone's root, output captured."""
 
+import re
 import subprocess
 import sys
 
@@ -21,3 +22,12 @@ def run(module: str, *args: str, cwd=paths.REPO, env=None, timeout: float = 300)
 def care_jax(*args: str, **kwargs) -> subprocess.CompletedProcess:
   """Runs ``care-jax ARGS`` (``python -m care_jax.commands.cli``)."""
   return run('care_jax.commands.cli', *args, **kwargs)
+
+
+def error_lines(stderr: str) -> list[str]:
+  """stderr less the log lines of absl and of TensorFlow's C++ start-up."""
+  return [
+    line
+    for line in stderr.splitlines()
+    if not re.match(r'[IWEF]\d{4} |WARNING: All log messages before absl', line)
+  ]

@@ -24,6 +24,7 @@ from care_jax import run_figures
 from care_jax import training
 from care_jax.commands import _flags
 from care_jax.data import info as data_info
+from tests.helpers import command_line
 from tests.helpers import data_fixtures as fx
 from tests.helpers import paths
 from tests.helpers import runs
@@ -282,8 +283,16 @@ def test_visualize_without_a_checkpoint_says_how_to_make_one(tmp_path):
   ids=['experiments unknown suite', 'boxes without flags', 'train unknown config key'],
 )
 def test_cli_usage_errors_print_one_line_without_a_traceback(args, message):
+  proc = _care_jax(*args)
+  assert proc.returncode == 1
+  assert message in proc.stderr, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+
+
+def _care_jax(*args):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu')
-  proc = subprocess.run(
+  env.pop('CARE_JAX_TRACEBACK', None)
+  return subprocess.run(
     [sys.executable, '-m', 'care_jax.commands.cli', *args],
     cwd=paths.REPO,
     env=env,
@@ -291,9 +300,54 @@ def test_cli_usage_errors_print_one_line_without_a_traceback(args, message):
     text=True,
     timeout=300,
   )
-  assert proc.returncode == 1
-  assert message in proc.stderr, proc.stderr[-2000:]
-  assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize(
+  'override, message',
+  [
+    ('care.alpha=2', 'config.care.alpha = 2.0: must lie in [0, 1]'),
+    ('data.image_size=0', 'config.data.image_size = 0: must be a positive int'),
+    ('model.name=nosuchnet', "config.model.name = 'nosuchnet': must be one of ('tiny_cnn', "),
+  ],
+  ids=['alpha', 'image_size', 'model name'],
+)
+def test_train_answers_a_bad_config_value_in_one_line_before_reading_data(
+  tmp_path, override, message
+):
+  proc = _care_jax(
+    'train',
+    '--config=default',
+    f'--workdir={tmp_path / "run"}',
+    f'--config.data.cache_dir={tmp_path / "cache"}',
+    f'--config.{override}',
+  )
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = command_line.error_lines(proc.stderr)
+  assert len(lines) == 1 and lines[0].startswith(f'care-jax train: {message}'), proc.stderr[-3000:]
+  assert not (tmp_path / 'cache').exists()  # Checked before any data is read.
+
+
+def test_train_answers_a_missing_image_file_in_one_line(tmp_path):
+  lines = ['image,label']
+  for i in range(8):
+    if i != 5:
+      fx.save_image(tmp_path / f'{i}.png', np.full((8, 8), i * 20, np.uint8))
+    lines.append(f'{i}.png,{"ab"[i % 2]}')
+  fx.write_lines(tmp_path / 'labels.csv', lines)
+  proc = _care_jax(
+    'train',
+    '--config=folder',
+    f'--workdir={tmp_path / "run"}',
+    f'--config.data.dir={tmp_path}',
+    f'--config.data.cache_dir={tmp_path / "cache"}',
+    '--config.model.name=tiny_cnn',
+    '--config.data.image_size=8',
+  )
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert command_line.error_lines(proc.stderr) == [
+    f'care-jax train: {tmp_path / "labels.csv"}, line 7: image file {tmp_path / "5.png"} does '
+    'not exist (set data.folder.skip_bad_rows=True to skip such rows)'
+  ]
 
 
 # --- Data and builders --------------------------------------------------------

@@ -28,3 +28,32 @@ def test_the_run_writes_the_test_predictions_as_predict_does(folder_run, tmp_pat
   for row, probabilities, predicted in zip(written, result.probabilities, result.predictions):
     assert row['prediction'] == fr.CLASSES[predicted]
     np.testing.assert_allclose([float(row[f'p_{c}']) for c in fr.CLASSES], probabilities, atol=1e-5)
+
+
+def test_the_headline_names_the_multiclass_numbers_and_n_a_for_undefined_ones():
+  block = {'step': 60, 'mca': 0.56, 'rare_recall': None, 'macro_auroc': 0.80275, 'ece': 0.1}
+  assert outputs.headline(block, 'test') == (
+    'step 60 on test: MCA 0.5600, rare recall n/a, macro AUROC 0.8027'
+  )
+  assert outputs.headline(block, 'validation', step=50).startswith('step 50 on validation: ')
+
+
+def test_the_headline_of_a_multilabel_block_gives_its_mean_aurocs():
+  block = {'mean_auroc': 0.75, 'rare_mean_auroc': None, 'rare_recall': 0.5}
+  assert outputs.headline(block, 'test', step=8) == (
+    'step 8 on test: mean AUROC 0.7500, rare mean AUROC n/a, rare recall 0.5000'
+  )
+
+
+def test_a_non_finite_training_value_is_logged_as_null(tmp_path):
+  with outputs.RunOutputs(tmp_path, is_chief=True, start_step=0) as run:
+    run.log_train({'loss': float('nan'), 'ce': 0.5, 'skipped_steps': 1, 'step': 2, 'seconds': 1.0})
+  (line,) = (tmp_path / outputs.TRAIN_LOG).read_text().splitlines()
+  assert line == '{"loss": null, "ce": 0.5, "skipped_steps": 1, "step": 2, "seconds": 1.0}'
+
+
+def test_a_training_record_reads_as_one_log_line():
+  record = {'accuracy': 0.5, 'loss': 0.69314, 'skipped_steps': 0, 'step': 20, 'seconds': 3.2}
+  assert outputs.format_record(record) == (
+    'loss 0.6931 accuracy 0.5000 skipped_steps 0 seconds 3.2000'
+  )

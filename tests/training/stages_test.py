@@ -87,8 +87,9 @@ def _state(value):
 def test_the_best_stage1_state_is_kept_and_only_a_better_one_replaces_it(tmp_path):
   config = config_lib.default_config()
   with stages.Stage1Best(str(tmp_path), config, meta={}) as best:
-    assert best.step is None and best.score == -math.inf
+    assert best.step is None and best.score is None
     assert best.offer(4, -math.inf, _state(0.0), train_seconds=1.0)  # The first is always kept.
+    assert best.score is None  # Undefined: JSON null in metrics.json, not -Infinity.
     assert best.offer(8, 0.5, _state(1.0), train_seconds=2.0)
     assert not best.offer(12, 0.5, _state(2.0), train_seconds=3.0)  # Not better.
     assert (best.step, best.score) == (8, 0.5)

@@ -1,0 +1,108 @@
+"""What a user sees first: `--help` without TensorFlow, and runs without library start-up noise.
+
+TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL in TF 2.21 and its GPU probe logs a
+cuInit error on a machine without CUDA (care_jax/data/_tensorflow.py filters both); tfds's
+auto-cache made tf.data warn about truncation when a pass stopped early
+(care_jax/data/reading.py); orbax warns for every read-only checkpoint manager
+(care_jax/checkpoint.py). The runs below use the default log level, as a user's do.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import command_line
+from tests.helpers import paths
+from tests.helpers import runs
+
+# Runs `care-jax ARGS` in this process, then prints whether TensorFlow was imported.
+_IMPORTS_TENSORFLOW = """
+import runpy, sys
+sys.argv = ['care-jax'] + sys.argv[1:]
+try:
+  runpy.run_module('care_jax.commands.cli', run_name='__main__', alter_sys=True)
+except SystemExit:
+  pass
+print('TENSORFLOW IMPORTED:', 'tensorflow' in sys.modules)
+"""
+# A line of C++ logging (absl/TSL: severity letter, MMDD, time, thread, C++ file:line]), abseil's
+# notice above its start-up lines, or a CUDA probe.
+_CPP_LOG_LINE = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+\.(cc|cpp|h):\d+\]', re.M)
+_NOISE = ('absl::InitializeLog', 'cuInit', 'cuda_', 'did not fully read', 'read only')
+
+
+def _default_env() -> dict[str, str]:
+  """The environment of a user: no log level set (tests/conftest.py sets one for the tests)."""
+  return {k: v for k, v in os.environ.items() if k not in ('TF_CPP_MIN_LOG_LEVEL', 'XLA_FLAGS')}
+
+
+def _noise_in(output: str) -> list[str]:
+  lines = output.splitlines()
+  return [line for line in lines if _CPP_LOG_LINE.match(line) or any(n in line for n in _NOISE)]
+
+
+@pytest.mark.parametrize('command', ['train', 'visualize', 'boxes'])
+def test_help_does_not_import_tensorflow(command):
+  proc = subprocess.run(
+    [sys.executable, '-c', _IMPORTS_TENSORFLOW, command, '--help'],
+    cwd=paths.REPO,
+    env=_default_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'TENSORFLOW IMPORTED: False' in proc.stdout, proc.stdout[-3000:]
+  assert not _noise_in(proc.stderr), proc.stderr
+
+
+def test_loading_tensorflow_prints_no_start_up_lines_at_the_default_level():
+  proc = subprocess.run(
+    [sys.executable, '-c', 'from care_jax.data._tensorflow import tf; tf.constant(1.0)'],
+    cwd=paths.REPO,
+    env=_default_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert not _noise_in(proc.stderr), proc.stderr
+
+
+def test_log_level_0_still_shows_tensorflows_start_up_lines():
+  proc = subprocess.run(
+    [sys.executable, '-c', 'from care_jax.data._tensorflow import tf'],
+    cwd=paths.REPO,
+    env=dict(_default_env(), TF_CPP_MIN_LOG_LEVEL='0'),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert _CPP_LOG_LINE.search(proc.stderr), proc.stderr
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_print_no_library_start_up_noise(tmp_path):
+  flags = [f'--config.{o}' for o in runs.TINY_DATA + [f'data.dir={tmp_path / "tfds"}']]
+  workdir = tmp_path / 'w'
+  train = command_line.care_jax(
+    'train',
+    '--config=synthetic_care',
+    f'--workdir={workdir}',
+    *flags,
+    '--config.train.num_steps=3',
+    cwd=tmp_path,
+    env=_default_env(),
+    timeout=600,
+  )
+  assert train.returncode == 0, train.stderr[-3000:]
+  assert not _noise_in(train.stderr + train.stdout), train.stderr
+  evaluate = command_line.care_jax(
+    'evaluate', f'--workdir={workdir}', '--split=test', cwd=tmp_path, env=_default_env()
+  )
+  assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+  assert not _noise_in(evaluate.stderr + evaluate.stdout), evaluate.stderr
