@@ -62,10 +62,11 @@ def model_convolutions(model_name: str, image_size: int, batch: int) -> collecti
     module = context.module
     if isinstance(module, nn.Conv) and context.method_name == '__call__':
       x = args[0]
-      kernel = (*module.kernel_size, x.shape[-1], module.features)
+      groups = module.feature_group_count
+      kernel = (*module.kernel_size, x.shape[-1] // groups, module.features)
       strides = tuple(module.strides) if module.strides else (1, 1)
       padding = tuple(tuple(p) for p in module.padding)
-      found[(tuple(x.shape), kernel, strides, padding)] += 1
+      found[(tuple(x.shape), kernel, strides, padding, groups)] += 1
     return next_fun(*args, **kwargs)
 
   model = models.get_model(model_name, num_classes=7)
@@ -75,29 +76,36 @@ def model_convolutions(model_name: str, image_size: int, batch: int) -> collecti
   return found
 
 
-def _convolution(form: str, strides, padding):
+def _convolution(form: str, strides, padding, groups: int = 1):
+  """One form; for a depthwise convolution (``groups`` = channels) the patch form is
+  `convolution.depthwise_convolution` (the sum of the taps' slices)."""
+  grouped = dict(dimension_numbers=NHWC, feature_group_count=groups)
+  if form == 'patch' and groups > 1:
+    return lambda x, w: convolution.depthwise_convolution(x, w, strides, padding)
   if form == 'patch':
     return lambda x, w: convolution.patch_convolution(x, w, strides, padding)
   if form == 'care_jax':
-    return lambda x, w: convolution.convolution(x, w, strides, padding, dimension_numbers=NHWC)
-  return lambda x, w: lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
+    return lambda x, w: convolution.convolution(x, w, strides, padding, **grouped)
+  return lambda x, w: lax.conv_general_dilated(x, w, strides, padding, **grouped)
 
 
-def _gradient(form: str, strides, padding):
-  conv = _convolution(form, strides, padding)
+def _gradient(form: str, strides, padding, groups: int = 1):
+  conv = _convolution(form, strides, padding, groups)
   return jax.jit(jax.grad(lambda x, w, g: jnp.sum(conv(x, w) * g), argnums=(0, 1)))
 
 
-def time_convolution(x_shape, kernel, strides, padding, *, repeats: int) -> dict[str, float]:
+def time_convolution(
+  x_shape, kernel, strides, padding, groups: int = 1, *, repeats: int
+) -> dict[str, float]:
   """Median seconds of the gradient of one convolution in each of `FORMS`."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal(x_shape, dtype=np.float32))
   w = jnp.asarray(rng.standard_normal(kernel, dtype=np.float32))
-  out = jax.eval_shape(_convolution('xla', strides, padding), x, w)
+  out = jax.eval_shape(_convolution('xla', strides, padding, groups), x, w)
   g = jnp.asarray(rng.standard_normal(out.shape, dtype=np.float32))
   steps = {}
   for form in FORMS:
-    fn = _gradient(form, strides, padding).lower(x, w, g).compile()
+    fn = _gradient(form, strides, padding, groups).lower(x, w, g).compile()
     steps[form] = (fn, lambda: (x, w, g))
   timings = _common.time_alternating(steps, repeats=repeats, warmup=1)
   return {form: statistics.median(t.wall) for form, t in timings.items()}
@@ -174,11 +182,14 @@ def main() -> None:
     return
 
   rows, totals = [], {'xla': 0.0, 'patch': 0.0, 'chosen': 0.0, 'care_jax': 0.0}
-  for (x_shape, kernel, strides, padding), count in model_convolutions(
+  for (x_shape, kernel, strides, padding, groups), count in model_convolutions(
     args.model, args.image_size, args.batch
   ).items():
-    seconds = time_convolution(x_shape, kernel, strides, padding, repeats=args.repeats)
-    patch = convolution.uses_patch_form(x_shape, kernel, strides, padding, dimension_numbers=NHWC)
+    seconds = time_convolution(x_shape, kernel, strides, padding, groups, repeats=args.repeats)
+    if groups > 1:
+      patch = convolution.DEPTHWISE_TAP_FORM
+    else:
+      patch = convolution.uses_patch_form(x_shape, kernel, strides, padding, dimension_numbers=NHWC)
     chosen = seconds['patch' if patch else 'xla']
     for form in FORMS:
       totals[form] += count * seconds[form]
@@ -186,7 +197,7 @@ def main() -> None:
     rows.append(
       [
         f'{x_shape[1]}x{x_shape[2]}x{kernel[2]} -> {kernel[3]}, '
-        f'{kernel[0]}x{kernel[1]}/{strides[0]}',
+        f'{kernel[0]}x{kernel[1]}/{strides[0]}' + (' dw' if groups > 1 else ''),
         str(count),
         f'{seconds["xla"] * 1e3:.2f}',
         f'{seconds["patch"] * 1e3:.2f}',

@@ -48,16 +48,41 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'tests' / '
 import torch_reference  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 STEPS = ('ce', 'official', 'vectorised')
-MODELS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
+RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
+# torchvision's own models (needs torchvision in the venv): ``features`` is the map Grad-CAM uses,
+# ``avgpool`` + ``classifier`` their head (ConvNeXt: LayerNorm2d + Linear; EfficientNet:
+# Dropout + Linear).
+TORCHVISION_MODELS = (
+  'convnext_tiny',
+  'convnext_small',
+  'convnext_base',
+  *(f'efficientnet_b{i}' for i in range(5)),
+)
+MODELS = RESNETS + TORCHVISION_MODELS
 LEARNING_RATE = 1e-4
 
 
-def build_model(name: str, *, num_classes: int, head: str) -> torch_reference.ResNet:
-  """A torchvision-layout ResNet whose ``fc`` is the CARE head.
+def _torchvision():
+  """torchvision, importable beside this CPU torch: its two C++ ops declared first."""
+  for op in ('torchvision::nms', 'torchvision::qnms'):
+    try:
+      torch.library.define(op, '(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
+    except RuntimeError:  # already declared (a second call)
+      pass
+  import torchvision  # pylint: disable=g-import-not-at-top
+
+  return torchvision
+
+
+def build_model(name: str, *, num_classes: int, head: str) -> nn.Module:
+  """A torchvision-layout ResNet whose ``fc`` is the CARE head, or torchvision's own model.
 
   ``head='linear'``: global average pool + ``Linear`` (torchvision's ``fc``, care-jax's default);
   ``'bn_linear'``: global average pool + ``BatchNorm1d`` + ``Linear`` (the official code's).
+  ConvNeXt and EfficientNet keep their own head (``head`` is ignored).
   """
+  if name in TORCHVISION_MODELS:
+    return getattr(_torchvision().models, name)(num_classes=num_classes)
   model = torch_reference.ARCHITECTURES[name]()
   width = model.fc.in_features
   linear = nn.Linear(width, num_classes)
@@ -65,9 +90,15 @@ def build_model(name: str, *, num_classes: int, head: str) -> torch_reference.Re
   return model
 
 
-def head(model: torch_reference.ResNet, features: torch.Tensor) -> torch.Tensor:
-  """Logits from the layer4 output: the official ``avgpool`` + ``classifier``."""
-  return model.fc(features.mean((2, 3)))
+def head(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+  """Logits from the last feature map: the official ``avgpool`` + ``classifier`` (ResNet's
+  ``fc``; torchvision's ConvNeXt/EfficientNet ``avgpool`` + ``classifier``)."""
+  if isinstance(model, torch_reference.ResNet):
+    return model.fc(features.mean((2, 3)))
+  pooled = model.avgpool(features)
+  if type(model).__name__ == 'ConvNeXt':  # its classifier starts with a LayerNorm2d
+    return model.classifier(pooled)
+  return model.classifier(torch.flatten(pooled, 1))
 
 
 # ------------------------------------------------------------------------------------- steps
@@ -238,6 +269,7 @@ def check(args) -> dict:
   def grads_after(losses_fn):
     model.load_state_dict(initial)  # each pass updates the BatchNorm running statistics
     model.zero_grad()
+    torch.manual_seed(args.seed)  # the same dropout / stochastic-depth masks in every pass
     total, care = losses_fn(model, batch, alpha=args.alpha, tau=args.tau)
     return total.item(), care.item(), {k: p.grad.clone() for k, p in model.named_parameters()}
 
@@ -245,6 +277,7 @@ def check(args) -> dict:
   vector_total, vector_care, vector_grads = grads_after(vectorised_care_losses)
   model.load_state_dict(initial)
   model.zero_grad()
+  torch.manual_seed(args.seed)
   logits = model(batch['images'])
   ce = F.cross_entropy(logits, batch['labels']).item()
   logits.gather(1, batch['labels'][:, None]).sum().backward()

@@ -41,7 +41,11 @@ Usage::
 The torch venv (Python 3.11, CPU torch 2.13.0; tests/helpers/torch_venv.py makes the same one)::
 
   PYENV_VERSION=$(pyenv versions --bare | grep -m1 '^3\.11') python3.11 -m venv .torch-venv
-  .torch-venv/bin/pip install torch==2.13.0 safetensors numpy
+  .torch-venv/bin/pip install torch==2.13.0 'torchvision==0.28.*' safetensors numpy
+
+ConvNeXt and EfficientNet (``--model convnext_tiny``, ``efficientnet_b0``, ...) run torchvision's
+own models on the torch side (torchvision in the venv), each side with the architecture's head:
+Grad-CAM through the head's VJP on ours, the official hook and extra backward on torch's.
 
 On a GPU, point ``--torch-python`` at a venv with torch's CUDA build: the torch steps then run
 on CUDA as ours do. See docs/benchmarks.md for measured figures.
@@ -74,9 +78,17 @@ TORCH_SCRIPT = pathlib.Path(__file__).with_name('torch_care_step.py')
 TORCH_VENV_HELP = (
   "PYENV_VERSION=$(pyenv versions --bare | grep -m1 '^3\\.11') "
   'python3.11 -m venv .torch-venv && '
-  '.torch-venv/bin/pip install torch==2.13.0 safetensors numpy'
+  ".torch-venv/bin/pip install torch==2.13.0 'torchvision==0.28.*' safetensors numpy"
 )
-TORCH_MODELS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
+RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
+# torchvision's own ConvNeXt and EfficientNet on the torch side (their own heads on both sides).
+CONVNETS = (
+  'convnext_tiny',
+  'convnext_small',
+  'convnext_base',
+  *(f'efficientnet_b{i}' for i in range(5)),
+)
+TORCH_MODELS = RESNETS + CONVNETS
 # Row -> (framework, step on that side): `_common.STEPS` for ours, torch_care_step.STEPS.
 ROWS = {
   'ours CE': ('jax', 'ce'),
@@ -97,7 +109,7 @@ def _torch_flags(args: argparse.Namespace) -> list[str]:
     '--model',
     args.model,
     '--head',
-    args.head,
+    args.head or 'linear',
     '--num-classes',
     str(args.num_classes),
     '--alpha',
@@ -189,7 +201,8 @@ def report(
   ]
   lines = [
     'CARE train step: care-jax (JAX) vs the official PyTorch code',
-    f'{args.model} (head {args.head}), {args.image_size}x{args.image_size}, batch {args.batch} '
+    f'{args.model} (head {args.head or "default"}), {args.image_size}x{args.image_size}, '
+    f'batch {args.batch} '
     f'({boxed} boxed), {args.dtype}, {args.num_classes} classes, Adam 1e-4, alpha '
     f'{args.alpha}, tau {TAU}',
     f'{_common.environment()}, XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}',
@@ -328,10 +341,10 @@ def main(argv: list[str] | None = None) -> None:
   _common.add_flags(parser, batch=16, dtype='float32', warmup=2)
   parser.add_argument(
     '--head',
-    default='linear',
+    default=None,
     choices=('linear', 'bn_linear'),
-    help="'linear': GAP + Dense (ours, torchvision's fc); 'bn_linear': the "
-    "official code's GAP + BatchNorm1d + Linear",
+    help="ResNets: 'linear' (the default): GAP + Dense (ours, torchvision's fc); 'bn_linear': "
+    "the official code's GAP + BatchNorm1d + Linear. ConvNeXt/EfficientNet: their own heads",
   )
   parser.add_argument(
     '--torch-python',
@@ -359,7 +372,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.error(
       f'--model must be one of {", ".join(TORCH_MODELS)} (the torch side), got {args.model!r}'
     )
-  if args.check and args.head != 'linear':
+  if args.model in CONVNETS and args.head is not None:
+    parser.error(f'--head: {args.model} keeps its own head on both sides')
+  if args.check and args.model in CONVNETS:
+    parser.error('--check compares the ResNets (load_pretrained reads their torch weights)')
+  if args.check and args.head not in (None, 'linear'):
     parser.error("--check compares the linear head only (load_pretrained reads torchvision's fc)")
   if not args.torch_python.exists():
     sys.exit(f'No torch Python at {args.torch_python}. Create the venv with:\n  {TORCH_VENV_HELP}')

@@ -48,6 +48,7 @@ __all__ = [
   'TASKS',
   'check_loss_hyperparameters',
   'make_classification_loss',
+  'masked_class_mean',
 ]
 
 # Per-class alpha of the focal loss, by name (None: no class weighting).
@@ -76,6 +77,11 @@ class ClassificationLoss:
     posthoc_bias: optional [K] ``tau * log pi`` subtracted at prediction time.
     task: one of :data:`TASKS`; 'multilabel' losses take [B, K] multi-hot
       labels and average over the classes of each example.
+    masked_values_fn: ``(logits [B, K], labels [B, K], label_mask [B, K]) -> (values,
+      weights)`` of a 'multilabel' loss given a per-label mask (1: counted; CheXpert's
+      U-Ignore): the mean over each example's counted classes and their share of its classes
+      (:func:`masked_class_mean`), so that the batch loss is the mean over the
+      counted (example, class) entries; None for the losses that take no mask.
   """
 
   name: str
@@ -84,12 +90,29 @@ class ClassificationLoss:
   reweight_step: int = 0
   posthoc_bias: np.ndarray | None = None
   task: str = 'multiclass'
+  masked_values_fn: Callable[[jax.Array, jax.Array, jax.Array], tuple] | None = None
 
   def __call__(
-    self, logits: ArrayLike, labels: ArrayLike, step: ArrayLike
+    self,
+    logits: ArrayLike,
+    labels: ArrayLike,
+    step: ArrayLike,
+    *,
+    label_mask: ArrayLike | None = None,
   ) -> tuple[jax.Array, jax.Array]:
-    """Per-example ``(values, weights)`` of a batch at optimisation step ``step``."""
+    """Per-example ``(values, weights)`` of a batch at optimisation step ``step``.
+
+    ``label_mask`` [B, K] (multi-label losses only; 1 where a label counts) leaves the masked
+    (example, class) entries out of the loss: ``masked_values_fn``.
+    """
     labels = jnp.asarray(labels)
+    if label_mask is not None:
+      if self.masked_values_fn is None:
+        raise ValueError(
+          f'label_mask: the {self.task} loss {self.name!r} takes no per-label mask; only the'
+          " multi-label losses (task='multilabel') leave labels out."
+        )
+      return self.masked_values_fn(_numerics.float_logits(logits), labels, label_mask)
     values = self.values_fn(_numerics.float_logits(logits), labels)
     if self.class_weights is None:
       return values, jnp.ones_like(values)
@@ -191,29 +214,81 @@ def _ldam_drw(counts: np.ndarray, settings: _Settings) -> ClassificationLoss:
 # -> the loss. Each takes one sigmoid per class and averages over the classes of an example.
 
 
-def _mean_over_classes(elementwise: Callable[..., jax.Array], **kwargs) -> Callable:
-  """``(logits, labels) -> [B]``: each example's mean of ``elementwise`` over its classes."""
-  return lambda logits, labels: jnp.mean(elementwise(logits, labels, **kwargs), axis=-1)
+def _over_classes(name: str, elementwise: Callable[..., jax.Array], **kwargs) -> ClassificationLoss:
+  """The multi-label loss of each example's mean of ``elementwise`` over its (counted) classes."""
+  values = functools.partial(elementwise, **kwargs)
+  return ClassificationLoss(
+    name,
+    lambda logits, labels: jnp.mean(values(logits, labels), axis=-1),
+    task='multilabel',
+    masked_values_fn=lambda logits, labels, label_mask: masked_class_mean(
+      values(logits, labels), label_mask
+    ),
+  )
+
+
+def masked_class_mean(values: ArrayLike, label_mask: ArrayLike) -> tuple[jax.Array, jax.Array]:
+  """Each example's mean of per-(example, class) losses over its counted classes, and its share.
+
+  The per-label mask of CheXpert's U-Ignore policy (Irvin et al., "CheXpert: A Large Chest
+  Radiograph Dataset with Uncertainty Labels and Expert Comparison", AAAI 2019, Section 4: an
+  uncertain finding is ignored in the loss). With ``m_ik`` the mask (1: counted) and
+  ``c_i = sum_k m_ik``::
+
+    mean_i = sum_k m_ik l_ik / c_i   (0 where c_i = 0)
+    share_i = c_i / K
+
+  so that ``sum_i share_i mean_i / sum_i share_i = sum_ik m_ik l_ik / sum_ik m_ik``: the mean
+  of the binary losses over the counted (example, class) entries of a batch, PyTorch's
+  ``(loss * m).sum() / m.sum()`` with ``BCEWithLogitsLoss(reduction='none')``. An example
+  whose classes are all masked has mean and share 0 (no NaN, no gradient). With every
+  ``m_ik = 1`` the mean is the plain mean over classes and the share 1.
+
+  Args:
+    values: [B, K] per-(example, class) losses (`care_jax.imbalance.sigmoid_binary_cross_entropy`).
+    label_mask: [B, K] float or bool, 1 (True) where the class counts, 0 where it is ignored.
+
+  Returns:
+    ``(mean, share)``, both [B] in the dtype of ``values`` (at least float32).
+
+  Raises:
+    ValueError: if ``label_mask`` has not the shape of ``values``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> mean, share = masked_class_mean(jnp.array([[1.0, 3.0], [2.0, 4.0]]),
+    ...                                 jnp.array([[1, 0], [0, 0]]))
+    >>> print(mean, share)
+    [1. 0.] [0.5 0. ]
+  """
+  values = _numerics.float_logits(values)
+  label_mask = jnp.asarray(label_mask)
+  if label_mask.shape != values.shape:
+    raise ValueError(
+      f'label_mask must have the shape [B, K] = {values.shape} of the losses, got'
+      f' {label_mask.shape}.'
+    )
+  label_mask = label_mask.astype(values.dtype)
+  counted = jnp.sum(label_mask, axis=-1)
+  mean = _numerics.safe_mean(jnp.sum(label_mask * values, axis=-1), counted)
+  return mean, counted / values.shape[-1]
 
 
 def _multilabel_ce(class_counts: ArrayLike, settings: _Settings) -> ClassificationLoss:
   del class_counts  # Unused.
-  values_fn = _mean_over_classes(imbalance.sigmoid_binary_cross_entropy)
-  return ClassificationLoss(settings.name, values_fn, task='multilabel')
+  return _over_classes(settings.name, imbalance.sigmoid_binary_cross_entropy)
 
 
 def _multilabel_weighted_ce(class_counts: ArrayLike, settings: _Settings) -> ClassificationLoss:
   if settings.num_examples is None:
     raise ValueError("the multi-label 'weighted_ce' needs num_examples (the training examples).")
   pos_weight = imbalance.positive_weights(class_counts, settings.num_examples)
-  values_fn = _mean_over_classes(imbalance.sigmoid_binary_cross_entropy, pos_weight=pos_weight)
-  return ClassificationLoss(settings.name, values_fn, task='multilabel')
+  return _over_classes(settings.name, imbalance.sigmoid_binary_cross_entropy, pos_weight=pos_weight)
 
 
 def _multilabel_focal(class_counts: ArrayLike, settings: _Settings) -> ClassificationLoss:
   del class_counts  # Unused.
-  values_fn = _mean_over_classes(imbalance.sigmoid_focal_loss, gamma=settings.gamma)
-  return ClassificationLoss(settings.name, values_fn, task='multilabel')
+  return _over_classes(settings.name, imbalance.sigmoid_focal_loss, gamma=settings.gamma)
 
 
 _Builder = Callable[[ArrayLike, _Settings], ClassificationLoss]
@@ -353,7 +428,9 @@ def make_classification_loss(
       the sigmoid focal loss (`care_jax.imbalance.sigmoid_focal_loss`, ``gamma``; no
       ``focal_alpha``); each example's value is the mean over its classes, so
       the batch loss is PyTorch's ``BCEWithLogitsLoss()`` mean over all
-      ``B * K`` entries. The softmax losses, ``focal_alpha`` and
+      ``B * K`` entries; given a ``label_mask`` (CheXpert's U-Ignore), the mean
+      over the counted entries ``sum_ik m_ik l_ik / sum_ik m_ik``
+      (:func:`masked_class_mean`). The softmax losses, ``focal_alpha`` and
       ``posthoc_tau`` are refused there.
     num_examples: training examples (needed by the multi-label 'weighted_ce').
 

@@ -245,7 +245,7 @@ def export(
   ``directory/model.stablehlo`` holds the serialized function (StableHLO
   with the weights inside; the batch size is symbolic), ``model.json`` what
   it needs: class names, input shape, ``mean``/``std`` and how the images
-  were preprocessed. Loading it needs only jax (README, "Export")::
+  were preprocessed. Loading it needs only jax (docs/inference.md, "Export")::
 
     exported = jax.export.deserialize(open('model.stablehlo', 'rb').read())
     probabilities = exported.call(images)  # float32 [N, S, S, C] -> [N, K]
@@ -362,11 +362,23 @@ def write_predictions(
       writer.writerow([names[position], prediction, *(f'{p:.6g}' for p in probabilities)])
 
 
-def write_overlays(directory: epath.PathLike, names, result: Predictions, data_config) -> None:
-  """The attention map of the predicted class over each image, as ``<name>.png``."""
+def write_overlays(
+  directory: epath.PathLike, names, result: Predictions, data_config, class_names=None
+) -> None:
+  """The attention map of the predicted class over each image, as a PNG below `directory`.
+
+  An image ``sub/x.png`` gives ``sub/x_<predicted class>.png`` with `class_names` (``sub/x.png``
+  without), at the model's input size.
+  """
   pixels = figures.denormalize(result.images, mean=data_config.mean, std=data_config.std)
-  for position, image, attention_map in zip(result.index, pixels, result.maps):
-    target = epath.Path(directory) / f'{names[position]}.png'
+  for position, image, attention_map, predicted in zip(
+    result.index, pixels, result.maps, result.predictions
+  ):
+    stem = names[position]
+    if stem.lower().endswith(IMAGE_SUFFIXES):
+      stem = stem.rsplit('.', 1)[0]
+    suffix = '' if class_names is None else f'_{class_names[predicted]}'
+    target = epath.Path(directory) / f'{stem}{suffix}.png'
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open('wb') as f:
       Image.fromarray(figures.overlay(image, attention_map)).save(f, format='PNG')
@@ -411,7 +423,7 @@ def predict(
   )
   write_predictions(output, names, result, predictor.class_names, multilabel=predictor.multilabel)
   if attention_dir is not None:
-    write_overlays(attention_dir, names, result, predictor.config.data)
+    write_overlays(attention_dir, names, result, predictor.config.data, predictor.class_names)
   skipped = len(files) - len(result.index)
   print(
     f'{len(result.index)} images scored by step {predictor.step} of {workdir}'

@@ -47,6 +47,11 @@ def _validate_care_inputs(feature_map, mask, outer_mask, has_mask):
       f'feature_map must have shape [B, h, w] (or [B, K, h, w], one map per image and'
       f' class), got shape {feature_map.shape}.'
     )
+  if feature_map.ndim == mask.ndim + 1 and feature_map.shape[-1] == 1:
+    raise ValueError(
+      f'feature_map must have shape [B, h, w] (or [B, K, h, w]), got shape {feature_map.shape}:'
+      ' a map that kept its channel axis? Pass feature_map[..., 0].'
+    )
   if mask.ndim != feature_map.ndim:
     raise ValueError(
       f'mask must have shape [B, H, W] (or [B, K, H, W]) like feature_map {feature_map.shape},'
@@ -144,6 +149,9 @@ def _care_per_example(feature_map, mask, *, tau, lam, outer_mask, has_mask):
   outer_mask = None if outer_mask is None else jnp.asarray(outer_mask)
   has_mask = None if has_mask is None else jnp.asarray(has_mask)
   _validate_care_inputs(feature_map, mask, outer_mask, has_mask)
+  # tau caps the inner mean (a cap <= 0 leaves no inner term); lam weighs the outer term.
+  _check_nonnegative_scalar('tau', tau, positive=True)
+  _check_nonnegative_scalar('lam', lam)
   _checks.check_range(
     'mask', mask, low=0, high=1, what='binary or soft masks; divide 0/255 masks by 255'
   )
@@ -229,15 +237,17 @@ def care_loss(
   return _numerics.safe_mean(total, jnp.sum(has_mask.astype(per_example.dtype)))
 
 
-def _check_nonnegative_scalar(name: str, value) -> None:
-  """Raises ValueError unless concrete ``value`` is a finite scalar >= 0 (tracers pass)."""
+def _check_nonnegative_scalar(name: str, value, *, positive: bool = False) -> None:
+  """Raises ValueError unless concrete ``value`` is a finite scalar >= 0 (> 0 if ``positive``;
+  tracers pass)."""
   values = _checks.concrete(value)
   if values is None:
     return
   if values.shape != ():
     raise ValueError(f'{name} must be a scalar, got shape {values.shape}.')
-  if not (np.isfinite(values) and values >= 0):
-    raise ValueError(f'{name} must be a finite number >= 0, got {values.item()!r}.')
+  if not (np.isfinite(values) and (values > 0 if positive else values >= 0)):
+    bound = '> 0' if positive else '>= 0'
+    raise ValueError(f'{name} must be a finite number {bound}, got {values.item()!r}.')
 
 
 def _l1_distance_1d(v: jax.Array, axis: int) -> jax.Array:

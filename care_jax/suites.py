@@ -11,7 +11,11 @@ A suite is a set of rows, each a list of config overrides applied on top of a ba
 * `box_scale`: CARE with the lesion boxes scaled by 0.7 ... 1.3 about their
   centres, and the baseline (Table 3);
 * `alpha`: CARE's alpha from 0 (the baseline) to 0.9 (Table 4);
-* `smoke`: baseline and CARE (for CI, with a tiny config).
+* `smoke`: baseline and CARE (for CI, with a tiny config);
+* `guidance`: CE, CARE and every explanation-guidance method of issue 32
+  (``guidance.method=<name>``, `GUIDANCE_METHODS`) at the same budget, each paired against
+  CE and against CARE; its report adds test accuracy, the attention metrics and the training
+  time relative to CE (`GUIDANCE_DATASETS`: the base configs it is meant for).
 
 :func:`run_suite` trains every (row, seed) in-process in `WORKDIR/<row>/seed_<s>`; finished
 runs (with `metrics.json`) are loaded, not repeated, so an interrupted suite resumes, and a
@@ -54,6 +58,7 @@ class Suite:
   description: str
   rows: dict[str, tuple[str, ...]]
   pairs: tuple[tuple[str, str], ...]
+  guidance_report: bool = False
 
 
 def _with_and_without_care(
@@ -130,6 +135,48 @@ SUITES: dict[str, Suite] = {
   ),
   'smoke': _suite('Baseline and CARE (CI smoke test)', {'baseline': ()}),
 }
+
+
+# Row name -> `guidance.method` of the methods beside CARE (issue 32): the map losses of
+# `care_jax.guidance_losses` and the losses that need a second pass (RRR, GAIN, SGT).
+GUIDANCE_METHODS = {
+  'GRADIA': 'gradia',
+  'HAICS': 'haics',
+  'Energy': 'energy',
+  'RRR-G': 'rrr_g',
+  'HINT': 'hint',
+  'RES': 'res',
+  'RRR': 'rrr',
+  'GAIN': 'gain',
+  'SGT': 'sgt',
+}
+
+# The base configs the guidance suite is run on, one run of the suite each: name -> (packaged
+# config, overrides) for ``care-jax experiments --suite=guidance --config=<config> <overrides>``.
+GUIDANCE_DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
+  'synthetic_lesions': ('synthetic_baseline', ()),
+  'synthetic_multilabel': ('synthetic_multilabel_baseline', ()),
+  # Ross et al.'s MLP on the pixels: the tiny CNN does not take the decoy shortcut.
+  'decoy_digits': ('decoy_digits_mlp', ()),
+  'decoy_digits_swapped': ('decoy_digits_mlp', ('data.decoy_digits.swapped=True',)),
+}
+
+
+def _guidance_suite() -> Suite:
+  """CE, CARE (its alpha at the base config's protocol) and every method, same budget."""
+  rows = {'CE': _BASELINE, 'CARE': ('care.alpha=0.5',)}
+  rows.update({name: (f'guidance.method={m}',) for name, m in GUIDANCE_METHODS.items()})
+  pairs = [('CE', 'CARE')]
+  pairs += [(control, name) for name in GUIDANCE_METHODS for control in ('CE', 'CARE')]
+  return Suite(
+    'CE, CARE and the explanation-guidance methods at the same budget (issue 32)',
+    rows,
+    tuple(pairs),
+    guidance_report=True,
+  )
+
+
+SUITES['guidance'] = _guidance_suite()
 
 
 # The paper's own numbers (Zhuang et al., MIDL 2019, Table 1): row -> (rare-class
@@ -233,7 +280,7 @@ def build_report(
     if c in rows and t in rows
   ]
   seeds = sorted({r['seed'] for runs in results.values() for r in runs})
-  return {
+  report = {
     'suite': suite_name,
     'description': SUITES[suite_name].description,
     'dataset': dataset,
@@ -242,6 +289,60 @@ def build_report(
     'rows': report_rows,
     'pairs': pairs,
   }
+  if SUITES[suite_name].guidance_report:
+    report['guidance'] = guidance_summary(results, split, pairs=SUITES[suite_name].pairs)
+  return report
+
+
+# The guidance report's metrics: name -> path in a run's split metrics (`metrics.json`).
+GUIDANCE_METRICS = {
+  'accuracy': ('accuracy',),
+  'mca': ('mca',),
+  'rare_recall': ('rare_recall',),
+  'energy_in_box': ('attention', 'mass_inside'),
+  'pointing_game': ('attention', 'pointing_game'),
+  'iou': ('attention', 'iou'),
+}
+
+
+def _metric(run: dict, split: str, path: tuple[str, ...]) -> float | None:
+  value = run.get(split, {})
+  for key in path:
+    value = value.get(key) if isinstance(value, dict) else None
+  return value
+
+
+def guidance_summary(
+  results: dict[str, list[dict]], split: str, *, pairs: Sequence[tuple[str, str]]
+) -> dict:
+  """The guidance suite's extra report: per row the `GUIDANCE_METRICS` (mean ± std) and the
+  training time over the first row's (CE), and per pair the paired accuracy differences.
+
+  The time is ``train_seconds`` of `metrics.json` (training with its evaluations; every row
+  evaluates on the same schedule), mean over seeds, divided by the first row's mean.
+  """
+  names = list(results)
+  seconds = {n: comparison.mean_std([r.get('train_seconds') for r in results[n]]) for n in names}
+  reference = seconds[names[0]]['mean'] if names else None
+  rows = {}
+  for name, runs in results.items():
+    rows[name] = {
+      m: comparison.mean_std([_metric(r, split, p) for r in runs])
+      for m, p in GUIDANCE_METRICS.items()
+    }
+    mean = seconds[name]['mean']
+    rows[name]['time_over_ce'] = None if not (mean and reference) else mean / reference
+    rows[name]['seeds'] = sum(_metric(r, split, ('accuracy',)) is not None for r in runs)
+  accuracy = {
+    n: [{'seed': r['seed'], 'rare_recall': _metric(r, split, ('accuracy',))} for r in runs]
+    for n, runs in results.items()
+  }
+  paired = [
+    {'control': c, 'treatment': t, **comparison.paired_comparison(accuracy[c], accuracy[t])}
+    for c, t in pairs
+    if c in results and t in results
+  ]
+  return {'rows': rows, 'accuracy_pairs': paired}
 
 
 def _best(report_rows: dict, metric: str) -> set[str]:
@@ -270,6 +371,7 @@ def format_report(report: dict) -> str:
     ),
     '',
     *_results_table(report['rows'], report['split'], with_paper=with_paper),
+    *_guidance_section(report.get('guidance'), report['split']),
     *_pairs_section(report['pairs']),
     '',
     '## Rows',
@@ -315,17 +417,45 @@ def _results_table(rows: dict, split: str, *, with_paper: bool) -> list[str]:
   return lines
 
 
-def _pairs_section(pairs: list[dict]) -> list[str]:
-  """The lines of the report's paired comparisons (none without pairs)."""
+def _guidance_section(guidance: dict | None, split: str) -> list[str]:
+  """The guidance suite's table (accuracy, attention, time over CE) and accuracy pairs."""
+  if guidance is None:
+    return []
+  lines = [
+    '',
+    f'## Accuracy, attention and cost ({split})',
+    '',
+    'Accuracy, MCA and rare recall in %; energy in the box (the attention mass inside the'
+    ' ground-truth box), pointing game and IoU of the map thresholded at half its maximum'
+    ' (`care_jax.metrics.attention_metrics`) in %; time: training time (with evaluations)'
+    " over the first row's, mean over seeds.",
+    '',
+    '| method | ' + ' | '.join(_GUIDANCE_HEADERS) + ' | time / CE | seeds |',
+    '|' + '---|' * (len(_GUIDANCE_HEADERS) + 3),
+  ]
+  for name, row in guidance['rows'].items():
+    cells = [comparison.format_stat(row[m]) for m in GUIDANCE_METRICS]
+    time = 'n/a' if row['time_over_ce'] is None else f'{row["time_over_ce"]:.2f}x'
+    lines.append(f'| {name} | ' + ' | '.join(cells) + f' | {time} | {row["seeds"]} |')
+  return lines + _pairs_section(guidance['accuracy_pairs'], metric='accuracy')
+
+
+_GUIDANCE_HEADERS = ('accuracy', 'MCA', 'rare recall', 'energy in box', 'pointing game', 'IoU')
+
+
+def _pairs_section(pairs: list[dict], *, metric: str = 'rare-class recall') -> list[str]:
+  """The lines of the report's paired comparisons of ``metric`` (none without pairs)."""
   if not pairs:
     return []
   lines = [
     '',
-    '## Paired comparisons (rare-class recall, same seeds)',
+    f'## Paired comparisons ({metric}, same seeds)',
     '',
     'Difference treatment − control in percentage points, averaged over the seeds both '
     'rows ran; p: two-sided paired t-test (`scipy.stats.ttest_rel`), n/a for one seed or '
-    'a constant difference; wins: seeds where the treatment has the higher rare recall.',
+    'a constant difference; wins: seeds where the treatment has the higher '
+    + ('rare recall' if metric == 'rare-class recall' else metric)
+    + '.',
     '',
     '| treatment vs control | seeds | mean difference (pp) | p | wins |',
     '|---|---|---|---|---|',

@@ -83,21 +83,28 @@ def load_run(workdir: str, *, which: str | int = 'best') -> TrainedRun:
     which: 'best' (highest validation MCA; the latest checkpoint when none was
       validated), 'latest', or a step (an int, or its digits as a string).
 
+  The model is rebuilt from the run's ``model.name``: a registered backbone, or the import path
+  of the run's own backbone (``'package.module:Backbone'``), which must import here too.
+
   Raises:
     FileNotFoundError: the workdir holds no complete checkpoint.
-    ValueError: `which` is none of these, or names a step without a checkpoint.
+    ValueError: `which` is none of these, or names a step without a checkpoint; the run's
+      ``model.name`` names no backbone here (a path that does not import).
   """
   with contextlib.closing(_open_existing(workdir)) as manager:
     step = checkpoint_lib.step_of(manager, which)
     saved_config, meta = checkpoint_lib.read_config_and_meta(manager, step)
     state = _restore_host_state(manager, step)
   config = config_lib.from_json(saved_config)
-  model = models.get_model(
-    config.model.name,
-    num_classes=len(meta['class_names']),
-    dtype=jnp.float32,
-    head=models.resolve_head(config.model.head, loss=config.loss.name),
-  )
+  try:
+    model = models.get_model(
+      config.model.name,
+      num_classes=len(meta['class_names']),
+      dtype=jnp.float32,
+      head=models.resolve_head(config.model.head, loss=config.loss.name),
+    )
+  except ValueError as error:
+    raise ValueError(f'The run {workdir} cannot be rebuilt: {error}') from None
   counts = meta.get('train_class_counts')
   return TrainedRun(
     config=config,

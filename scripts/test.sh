@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Installs care-jax with its test and docs extras into ./.venv and runs the tests.
 #
-#   bash scripts/test.sh          everything, as CI runs it: ruff, the docs build, the whole suite
-#                                 (slow and integration tests included) with the doctests
+#   bash scripts/test.sh          as CI runs it: ruff, the docs build, the whole suite (slow and
+#                                 integration tests included) with the doctests, but the heavy tests
 #   bash scripts/test.sh --fast   the edit-test loop: ruff and the pure and unit tests only (no
-#                                 test marked slow or integration, no docs build)
+#                                 test marked slow, integration or heavy, no docs build)
+#   bash scripts/test.sh --heavy  the tests beyond CI's 20-minute budget only (marked heavy: the
+#                                 larger backbones' parity with torchvision and timm)
 #
 # Further arguments go to pytest (e.g. tests/training -k step). The 25 slowest tests of the run
 # are written to test-durations.txt (tests/conftest.py); CI prints that file.
 set -euo pipefail
-fast=false
-if [ "${1:-}" = --fast ]; then
-  fast=true
+mode=all
+if [ "${1:-}" = --fast ] || [ "${1:-}" = --heavy ]; then
+  mode="${1#--}"
   shift
 fi
 CARE_JAX_EXTRAS='[test,docs]' source "$(dirname "$0")/venv.sh"
@@ -19,14 +21,17 @@ CARE_JAX_EXTRAS='[test,docs]' source "$(dirname "$0")/venv.sh"
 .venv/bin/ruff format --check .
 .venv/bin/ruff check .
 # The modules whose docstrings hold doctests.
-doctests=(care_jax/losses.py care_jax/attention.py care_jax/imbalance.py
+doctests=(care_jax/losses.py care_jax/guidance_losses.py care_jax/attention.py care_jax/imbalance.py
   care_jax/classification_loss.py care_jax/metrics care_jax/boxes/geometry.py
   care_jax/boxes/generators.py care_jax/figures.py
   care_jax/config/schema.py)
-if $fast; then
-  exec .venv/bin/python -m pytest -n 2 -m 'not slow and not integration' tests \
+if [ "$mode" = fast ]; then
+  exec .venv/bin/python -m pytest -n 2 -m 'not slow and not integration and not heavy' tests \
     --doctest-modules "${doctests[@]}" "$@"
 fi
 # The documentation site, with its API reference from the docstrings: a warning fails it.
 .venv/bin/mkdocs build --strict --quiet
-exec .venv/bin/python -m pytest -n 2 tests --doctest-modules "${doctests[@]}" "$@"
+if [ "$mode" = heavy ]; then
+  exec .venv/bin/python -m pytest -n 2 -m heavy tests "$@"
+fi
+exec .venv/bin/python -m pytest -n 2 -m 'not heavy' tests --doctest-modules "${doctests[@]}" "$@"

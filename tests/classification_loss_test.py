@@ -209,6 +209,61 @@ def test_multilabel_losses_average_each_example_over_its_classes():
     assert loss.task == 'multilabel'
 
 
+def test_masked_class_mean_is_the_numpy_mean_over_counted_classes_and_zero_when_none():
+  rng = np.random.default_rng(4)
+  values = rng.uniform(0, 3, (5, 4)).astype(np.float32)
+  mask = rng.uniform(size=(5, 4)) < 0.6
+  mask[0] = False  # A row with every class ignored.
+  mask[1] = True
+  mean, share = classification_loss.masked_class_mean(values, mask)
+  counted = mask.sum(-1)
+  want = np.where(counted > 0, (values * mask).sum(-1) / np.maximum(counted, 1), 0.0)
+  np.testing.assert_allclose(mean, want, rtol=1e-6)
+  np.testing.assert_allclose(share, counted / 4)
+  np.testing.assert_allclose(mean[1], values[1].mean(), rtol=1e-6)
+  # The all-masked row has no NaN in its gradient either (the double where of safe_mean).
+  grad = jax.grad(
+    lambda v: classification_loss.masked_class_mean(v, mask.astype(np.float32))[0].sum()
+  )
+  gradient = grad(jnp.asarray(values))
+  assert np.all(np.isfinite(gradient)) and np.all(gradient[0] == 0)
+  np.testing.assert_array_equal(gradient[~mask], 0.0)
+  with pytest.raises(ValueError, match=r'label_mask must have the shape \[B, K\] = \(5, 4\)'):
+    classification_loss.masked_class_mean(values, mask[:, :3])
+
+
+def test_a_label_mask_leaves_ignored_entries_out_of_the_multilabel_batch_loss():
+  # CheXpert's U-Ignore: the batch loss is the mean over the counted (example, class) entries.
+  z, y = ref.random_multilabel((6, 4), seed=3)
+  mask = (np.random.default_rng(3).uniform(size=(6, 4)) < 0.7).astype(np.float32)
+  mask[2] = 0.0  # An image whose every finding is uncertain contributes nothing.
+  counts, num_examples = y.sum(0).astype(int) + 1, 12
+  elementwise = {
+    'ce': ref.np_bce(z, y),
+    'weighted_ce': ref.np_bce(z, y, (num_examples - counts) / counts),
+    'focal': ref.np_sigmoid_focal(z, y, 2.0),
+  }
+  for name, entries in elementwise.items():
+    loss = classification_loss.make_classification_loss(
+      name, class_counts=counts, num_steps=10, task='multilabel', num_examples=num_examples
+    )
+    values, weights = loss(z, y, step=0, label_mask=mask)
+    batch_loss = np.sum(np.asarray(weights) * np.asarray(values)) / np.sum(weights)
+    want = (entries * mask).sum() / mask.sum()
+    np.testing.assert_allclose(batch_loss, want, rtol=1e-5, err_msg=name)
+    assert weights[2] == 0 and values[2] == 0
+    # A mask of ones is the unmasked loss.
+    ones, ones_weights = loss(z, y, step=0, label_mask=np.ones_like(mask, bool))
+    np.testing.assert_allclose(ones, loss(z, y, step=0)[0], rtol=1e-6, err_msg=name)
+    np.testing.assert_array_equal(ones_weights, 1.0)
+
+
+def test_a_label_mask_is_refused_by_the_multiclass_losses():
+  loss = classification_loss.make_classification_loss('ce', class_counts=[3, 4], num_steps=10)
+  with pytest.raises(ValueError, match="label_mask: the multiclass loss 'ce' takes no per-label"):
+    loss(jnp.zeros((2, 2)), jnp.array([0, 1]), step=0, label_mask=jnp.ones((2, 2)))
+
+
 @pytest.mark.parametrize(
   'kwargs,match',
   [

@@ -40,7 +40,7 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 # A script run by path under a separate torch venv (tests/helpers/torch_venv.py), not a test
 # module (and not importable here: no torch in the JAX environment).
-collect_ignore = ['helpers/torch_reference.py']
+collect_ignore = ['helpers/torch_reference.py', 'helpers/torch_convnet_reference.py']
 
 
 @pytest.fixture(scope='session')

@@ -53,7 +53,9 @@ def test_a_folder_input_is_searched_recursively_and_named_relative_to_it(folder_
     str(workdir), str(root / 'test'), str(out), attention_dir=str(tmp_path / 'maps')
   )
   assert len(result.index) == len(names) == 12
-  overlay = np.asarray(Image.open(tmp_path / 'maps' / f'{names[0]}.png'))
+  # Named by the image and the predicted class (before: 001.png.png).
+  predicted = fr.CLASSES[result.predictions[0]]
+  overlay = np.asarray(Image.open(tmp_path / 'maps' / f'{names[0][:-4]}_{predicted}.png'))
   assert overlay.shape == (16, 16, 3) and overlay.dtype == np.uint8
   assert result.maps.shape == (12, 2, 2)
 

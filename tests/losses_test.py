@@ -298,6 +298,11 @@ def test_care_loss_bfloat16_maps_are_computed_in_float32():
       r'outer_mask shape \(2, 7, 7\).*\(2, 14, 14\)',
     ),
     ((2, 7, 7), (2, 7, 7), {'has_mask': np.ones((2, 1), bool)}, r'has_mask .*\(2, 1\)'),
+    # A map that kept its channel axis: the map is blamed, not the mask.
+    ((2, 7, 7, 1), (2, 28, 28), {}, r'^feature_map .*\(2, 7, 7, 1\): a map that kept its channel'),
+    ((2, 7, 7), (2, 7, 7), {'tau': -1.0}, r'^tau must be a finite number > 0, got -1\.0'),
+    ((2, 7, 7), (2, 7, 7), {'tau': 0.0}, r'^tau must be a finite number > 0, got 0\.0'),
+    ((2, 7, 7), (2, 7, 7), {'lam': -0.5}, r'^lam must be a finite number >= 0, got -0\.5'),
   ],
 )
 def test_care_loss_shape_errors_name_the_argument(f_shape, m_shape, kwargs, match):

@@ -4,8 +4,23 @@ from care_jax import models
 
 
 def test_every_model_name_is_built_from_the_exported_backbones_and_heads():
-  backbones = (models.ResNet, models.VGG, models.DenseNet, models.TinyCNN)
-  heads = (models.LinearHead, models.BatchNormLinearHead, models.VGGHead, models.NormedLinearHead)
+  backbones = (
+    models.ResNet,
+    models.VGG,
+    models.DenseNet,
+    models.TinyCNN,
+    models.ConvNeXt,
+    models.EfficientNet,
+  )
+  heads = (
+    models.LinearHead,
+    models.BatchNormLinearHead,
+    models.VGGHead,
+    models.NormedLinearHead,
+    models.LayerNormLinearHead,
+    models.DropoutLinearHead,
+    models.FlattenHead,
+  )
   built = set()
   for name in models.MODEL_NAMES:
     for head in (None, *models.HEAD_NAMES):

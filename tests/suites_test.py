@@ -213,3 +213,59 @@ def test_the_report_shows_macro_auroc_and_ece_of_runs_that_scored_them():
   assert '| method | rare recall (test, %) | MCA (test, %) | macro AUROC (test, %) | ' in table
   assert '| baseline | 20.00 ± 0.00 | 60.00 ± 0.00 | 75.00 ± 7.07 | 10.00 ± 0.00 | 2 |' in table
   assert '| CARE | **50.00 ± 0.00** | **70.00 ± 0.00** | 90.00 ± 0.00 | 10.00 ± 7.07 | 2 |' in table
+
+
+def test_the_guidance_suite_runs_ce_care_and_every_method_paired_against_both():
+  suite = suites.SUITES['guidance']
+  methods = suites.GUIDANCE_METHODS
+  assert list(suite.rows) == ['CE', 'CARE', *methods]
+  assert suite.rows['CE'] == ('care.alpha=0.0',) and suite.rows['CARE'] == ('care.alpha=0.5',)
+  for name, method in methods.items():
+    assert suite.rows[name] == (f'guidance.method={method}',)
+    assert ('CE', name) in suite.pairs and ('CARE', name) in suite.pairs
+  assert len(suite.pairs) == 1 + 2 * len(methods) and suite.pairs[0] == ('CE', 'CARE')
+
+
+@pytest.mark.parametrize('dataset', list(suites.GUIDANCE_DATASETS))
+def test_the_guidance_suites_base_configs_and_its_ce_and_care_rows_validate(dataset):
+  name, overrides = suites.GUIDANCE_DATASETS[dataset]
+  base = config_lib.apply_overrides(config_lib.load_config(name), list(overrides))
+  assert base.data.name == dataset.removesuffix('_swapped')
+  rows = suites.SUITES['guidance'].rows
+  # The method rows need the `guidance` section of the config (issue 32's step).
+  names = list(rows) if 'guidance' in base else ['CE', 'CARE']
+  configs = suites.row_configs(base, {n: rows[n] for n in names})
+  assert [c.guidance.method for c in configs.values()][2:] == [
+    suites.GUIDANCE_METHODS[n] for n in names[2:]
+  ]
+
+
+def test_the_guidance_report_adds_accuracy_attention_time_and_accuracy_pairs():
+  def run(seed, accuracy, mass, seconds):
+    attention = {'mass_inside': mass, 'pointing_game': 0.5, 'iou': 0.25, 'num_images': 9}
+    test = {'accuracy': accuracy, 'mca': accuracy, 'rare_recall': None, 'attention': attention}
+    return {'seed': seed, 'test': test, 'train_seconds': seconds}
+
+  results = {
+    'CE': [run(0, 0.5, 0.2, 10.0), run(1, 0.6, 0.4, 14.0)],
+    'CARE': [run(0, 0.7, 0.6, 12.0), run(1, 0.7, 0.8, 12.0)],
+    'RRR': [run(0, 0.9, 0.5, 30.0), run(1, 0.95, 0.5, 30.0)],
+  }
+  rows = {n: suites.SUITES['guidance'].rows[n] for n in results}
+  report = suites.build_report('guidance', rows, results, dataset='decoy_digits')
+  guidance = report['guidance']['rows']
+  assert guidance['CE']['accuracy'] == pytest.approx({'mean': 0.55, 'std': np.sqrt(0.005)})
+  assert guidance['CARE']['energy_in_box']['mean'] == pytest.approx(0.7)
+  assert guidance['RRR']['time_over_ce'] == pytest.approx(30.0 / 12.0)
+  assert guidance['CE']['rare_recall'] == {'mean': None, 'std': None}
+  pairs = {(p['control'], p['treatment']): p for p in report['guidance']['accuracy_pairs']}
+  assert set(pairs) == {('CE', 'CARE'), ('CE', 'RRR'), ('CARE', 'RRR')}
+  assert pairs[('CE', 'RRR')]['mean_difference'] == pytest.approx(0.375)
+  assert pairs[('CARE', 'RRR')]['wins'] == 2
+  table = suites.format_report(report)
+  assert '## Accuracy, attention and cost (test)' in table
+  assert '| RRR | 92.50 ± 3.54 | 92.50 ± 3.54 | n/a | 50.00 ± 0.00 | 50.00 ± 0.00 | ' in table
+  assert '| CARE | 70.00 ± 0.00 | 70.00 ± 0.00 | n/a | 70.00 ± 14.14 |' in table
+  assert table.count('| 2.50x | 2 |') == 1 and '| 1.00x | 2 |' in table
+  assert '## Paired comparisons (accuracy, same seeds)' in table
+  assert '| RRR vs CE | 2 | +37.50 |' in table

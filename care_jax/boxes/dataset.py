@@ -7,6 +7,12 @@ caches the result on disk; `replace_boxes` swaps the manual training boxes for
 them (the trainer's ``boxes_fn``); `GeneratedBoxes.csv_rows` gives the rows of
 a ``boxes.csv`` in the folder format (DESIGN 3.1).
 
+Multi-label data (a ``labels`` feature, e.g. ChestMNIST, CheXpert): the rare
+images are those positive for any rare finding, and each gets one box per
+positive rare finding (the same box, ``box_labels`` its finding), so the
+pipeline's per-finding masks [K, S, S] hold it in the planes of those findings.
+Only the class-agnostic generators (`MULTILABEL_METHODS`) apply there.
+
 Example::
 
   result = generated_boxes(config.data, method='otsu', box_config=config.data.boxes)
@@ -30,11 +36,17 @@ import tensorflow_datasets as tfds
 from care_jax import config
 from care_jax import trained_run
 from care_jax.boxes import generators
+from care_jax.config import checks as config_checks
 from care_jax.data import info as info_lib
 from care_jax.data import preprocess
 from care_jax.data import reading
 from care_jax.data import registry
 from care_jax.data._tensorflow import tf
+
+# The generators whose box does not depend on the class: one box per image serves
+# each of its findings. Grad-CAM explains one class per image (its label): a
+# multi-label image would need a map per finding.
+MULTILABEL_METHODS = tuple(m for m in config_checks.MULTILABEL_BOX_SOURCES if m != 'manual')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +62,8 @@ class GeneratedBoxes:
     boxes: float32 [T, 4] normalised (ymin, xmin, ymax, xmax); zero rows
       where not found.
     found: bool [T].
+    findings: bool [T, K], each image's positive rare findings (multi-label
+      data), or None (single-label data).
   """
 
   num_examples: int
@@ -58,19 +72,35 @@ class GeneratedBoxes:
   image_sizes: np.ndarray
   boxes: np.ndarray
   found: np.ndarray
+  findings: np.ndarray | None = None
+
+  def _boxes_per_image(self) -> np.ndarray:
+    """int64 [T]: 0 where not found, else 1 (multi-label: its positive rare findings)."""
+    per_image = np.ones(len(self.found), np.int64)
+    if self.findings is not None:
+      per_image = self.findings.sum(axis=1, dtype=np.int64)
+    return np.where(self.found, per_image, 0)
 
   def table_boxes(self) -> tuple[np.ndarray, np.ndarray]:
     """``(box_values [M, 4], box_splits [N + 1])`` as the pipeline's table holds.
 
-    One box per found image, none for every other example.
+    One box per found image (multi-label: one per positive rare finding, the
+    same box), none for every other example.
     """
+    per_image = self._boxes_per_image()
     counts = np.zeros(self.num_examples, np.int64)
-    counts[self.indices[self.found]] = 1
+    counts[self.indices] = per_image
     splits = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return self.boxes[self.found].astype(np.float32), splits
+    return np.repeat(self.boxes, per_image, axis=0).astype(np.float32), splits
+
+  def table_box_labels(self) -> np.ndarray | None:
+    """int64 [M], the finding of each of `table_boxes`' boxes; None for single-label data."""
+    if self.findings is None:
+      return None
+    return np.nonzero(self.findings & self.found[:, None])[1].astype(np.int64)
 
   def csv_rows(self) -> tuple[list[str], np.ndarray]:
-    """``(image names, [M, 4] pixel boxes)`` of the found boxes, for boxes.csv."""
+    """``(image names, [M, 4] pixel boxes)`` of the found boxes, for boxes.csv (one per image)."""
     return (
       [str(i) for i in self.image_ids[self.found]],
       generators.pixel_boxes(self.boxes[self.found], self.image_sizes[self.found]),
@@ -194,7 +224,9 @@ def generated_boxes(
   """Runs a generator on the rare-class images of ``data_config``'s train split.
 
   The rare classes are ``data_config.rare_classes`` or, when empty, the
-  classes with manual boxes (as the pipeline decides). Images are decoded and
+  classes with manual boxes, else the rarest class
+  (`care_jax.data.info.default_rare_classes`, as the pipeline decides); on
+  multi-label data, the images positive for any of them. Images are decoded and
   resized as the pipeline feeds them (``data.image_size``; for ``grad_cam``,
   the stage-1 run's image size and normalisation). The result is cached in
   ``box_config.cache_dir`` under a hash of the method, its parameters, the
@@ -214,9 +246,10 @@ def generated_boxes(
     `GeneratedBoxes` in the pipeline's order of the train split.
 
   Raises:
-    ValueError: unknown method; no rare classes (no manual boxes and empty
-      ``data.rare_classes``); grad_cam without a stage-1 workdir or with a
-      model of another class count; mask without masks for every image.
+    ValueError: unknown method, or one not in `MULTILABEL_METHODS` on
+      multi-label data; no rare classes (no training image at all); grad_cam
+      without a stage-1 workdir or with a model of another class count; mask
+      without masks for every image.
   """
   if method not in generators.METHODS:
     raise ValueError(f'box method must be one of {generators.METHODS}, got {method!r}.')
@@ -226,9 +259,9 @@ def generated_boxes(
     builder = registry.prepared_builder(data_config)
   if table is None:
     table = reading.read_split(builder, 'train')
-  class_names = tuple(builder.info.features['label'].names)
+  class_names = reading.class_names_of(builder)
   rare = _rare_classes(data_config, class_names, table, method)
-  indices = np.flatnonzero(np.isin(table.labels, rare)).astype(np.int64)
+  indices, findings = _rare_images(table, rare, method)
   params = box_config[method].to_dict()
   key = dict(
     method=method,
@@ -265,18 +298,40 @@ def generated_boxes(
     boxes, found, image_sizes = _generate(method, params, box_config, source)
     if use_cache:
       _write_cache(path, key, image_sizes=image_sizes, boxes=boxes, found=found)
-  return GeneratedBoxes(len(table.labels), indices, ids, image_sizes, boxes, found)
+  return GeneratedBoxes(len(table.labels), indices, ids, image_sizes, boxes, found, findings)
 
 
 def _rare_classes(data_config, class_names, table, method) -> tuple[int, ...]:
-  boxed = np.unique(table.labels[np.diff(table.box_splits) > 0])
-  if not data_config.rare_classes and not boxed.size:
+  """``data.rare_classes``, else the boxed classes, else the rarest (as `get_dataset_info`)."""
+  if table.box_labels is not None:  # Multi-label.
+    boxed = np.unique(table.box_labels)
+  else:
+    boxed = np.unique(table.labels[np.diff(table.box_splits) > 0])
+  default = info_lib.default_rare_classes(
+    boxed, info_lib.train_class_counts(table, len(class_names))
+  )
+  rare = info_lib.resolve_rare_classes(data_config.rare_classes, class_names, default)
+  if not rare:
     raise ValueError(
-      f'data.rare_classes is empty and the dataset has no manual boxes to'
-      f' infer the rare classes from: set data.rare_classes (class names of'
-      f' {list(class_names)}) to generate boxes with {method!r}.'
+      f'the training split has no image of any class of {list(class_names)}: no rare-class'
+      f' images to generate boxes for with {method!r}.'
     )
-  return info_lib.resolve_rare_classes(data_config.rare_classes, class_names, boxed)
+  return rare
+
+
+def _rare_images(table, rare, method) -> tuple[np.ndarray, np.ndarray | None]:
+  """``(indices [T], findings bool [T, K] or None)`` of the rare-class training images."""
+  if table.box_labels is None:  # Single-label.
+    return np.flatnonzero(np.isin(table.labels, rare)).astype(np.int64), None
+  if method not in MULTILABEL_METHODS:
+    raise ValueError(
+      f'box method {method!r} does not apply to multi-label data (its box depends on the'
+      f' class it explains): use one of {MULTILABEL_METHODS}, whose box serves every finding.'
+    )
+  findings = np.zeros(table.labels.shape, bool)
+  findings[:, rare] = table.labels[:, rare] > 0
+  indices = np.flatnonzero(findings.any(axis=1)).astype(np.int64)
+  return indices, findings[indices]
 
 
 @dataclasses.dataclass
@@ -354,8 +409,9 @@ def replace_boxes(data_config: ml_collections.ConfigDict, builder: Any, table: A
 
   For ``box_source='manual'`` (or a config without it) the table itself;
   otherwise a copy whose boxes are the generated boxes of the rare-class
-  images (one each, none where the generator found nothing) and none for any
-  other image. ``table`` is the pipeline's ``read_split(builder, 'train')``.
+  images (one each, none where the generator found nothing; multi-label: one
+  per positive rare finding, with its ``box_labels``) and none for any other
+  image. ``table`` is the pipeline's ``read_split(builder, 'train')``.
   """
   source = data_config.get('box_source', 'manual')
   if source == 'manual':
@@ -366,4 +422,6 @@ def replace_boxes(data_config: ml_collections.ConfigDict, builder: Any, table: A
     )
   generated = generated_boxes(data_config, method=source, builder=builder, table=table)
   box_values, box_splits = generated.table_boxes()
-  return dataclasses.replace(table, box_values=box_values, box_splits=box_splits)
+  return dataclasses.replace(
+    table, box_values=box_values, box_splits=box_splits, box_labels=generated.table_box_labels()
+  )

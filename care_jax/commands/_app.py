@@ -10,7 +10,10 @@ levels: -1 warnings, 0 info, 1 debug).
 A user error (:data:`USER_ERRORS`: a bad config value, dataset row, file, a refused resume)
 ends the command with its message on stderr, ``care-jax COMMAND: MESSAGE`` (one line, or the
 few lines of a message that lists keys), no traceback, and exit status 2, as `care-jax` with an
-unknown command. Every other exception is a bug of ours and keeps its traceback.
+unknown command. So does a usage error: a flag absl cannot parse (an unknown flag or config key,
+a bad value, a required flag left out) or an `absl.app.UsageError` of the command, in one line
+that ends by pointing to ``--helpshort``. Every other exception is a bug of ours and keeps its
+traceback.
 ``CARE_JAX_TRACEBACK=1`` keeps the traceback of user errors too (docs/errors.md).
 """
 
@@ -19,6 +22,7 @@ import logging
 import os
 import pathlib
 import sys
+from typing import NoReturn
 
 from absl import app
 from absl import flags
@@ -109,6 +113,14 @@ def _command_name(main: Callable[..., object]) -> str:
   return 'care-jax'
 
 
+def usage_exit(program: str, error: Exception | str) -> NoReturn:
+  """Ends a command's usage error: one line on stderr naming the flag, exit status 2."""
+  message = ' '.join(line.strip() for line in str(error).splitlines() if line.strip())
+  sys.stdout.flush()
+  sys.stderr.write(f'{program}: {message} ({program} --helpshort lists the flags)\n')
+  sys.exit(USER_ERROR_EXIT_CODE)
+
+
 def _exit_on_user_error(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
   """``main`` that ends a user error with one line on stderr and exit status 2.
 
@@ -119,6 +131,8 @@ def _exit_on_user_error(main: Callable[[list[str]], None]) -> Callable[[list[str
   def guarded(argv: list[str]) -> None:
     try:
       main(argv)
+    except app.UsageError as e:
+      usage_exit(_command_name(main), e)
     except USER_ERRORS as e:
       if os.environ.get(TRACEBACK_ENV, '') not in ('', '0'):
         raise
@@ -129,15 +143,31 @@ def _exit_on_user_error(main: Callable[[list[str]], None]) -> Callable[[list[str
   return guarded
 
 
+def hide_dataset_progress_bars() -> None:
+  """No tfds progress bars while a dataset is downloaded or prepared.
+
+  A command's first run on a dataset otherwise prints ~30 bar lines into its log (a nohup or
+  SLURM file keeps every redraw); the library, in a notebook, keeps them. tfds imports
+  without TensorFlow, so JAX still starts first (`care_jax.data._tensorflow`).
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  tfds.disable_progress_bar()
+
+
 def run(
   main: Callable[[list[str]], None],
   *,
-  flags_parser: Callable[[list[str]], list[str]] = app.parse_flags_with_usage,
+  flags_parser: Callable[[list[str]], list[str]] = flags.FLAGS,
+  reads_datasets: bool = False,
 ) -> None:
   """`absl.app.run(main, flags_parser=...)`, quiet unless `--verbosity` is given.
 
   A user error (:data:`USER_ERRORS`) raised by ``main`` ends in one line on stderr and exit
-  status 2, unless ``CARE_JAX_TRACEBACK=1``.
+  status 2, unless ``CARE_JAX_TRACEBACK=1``; so does a `absl.flags.Error` raised by
+  ``flags_parser`` (which, unlike absl's `app.parse_flags_with_usage`, lets it through) and an
+  `absl.app.UsageError` raised by ``main``. A command that ``reads_datasets`` shows no tfds
+  progress bars (:func:`hide_dataset_progress_bars`; not for ``--help``).
 
   Also keeps freed host memory in the process if ``CARE_JAX_KEEP_FREED_MEMORY=1`` asks for it
   (`care_jax.host_memory`), unless `care-jax` did so already.
@@ -147,10 +177,15 @@ def run(
   flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS['compilation_cache_dir'])
 
   def parse(argv: list[str]) -> list[str]:
-    rest = flags_parser(argv)
+    try:
+      rest = flags_parser(argv)
+    except flags.Error as e:
+      usage_exit(_command_name(main), e)
     if not flags.FLAGS['verbosity'].present:
       absl_logging.get_absl_handler().addFilter(_OursOrWarnings())
     _use_compilation_cache(_COMPILATION_CACHE_DIR.value)
+    if reads_datasets:
+      hide_dataset_progress_bars()
     return rest
 
   try:

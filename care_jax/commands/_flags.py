@@ -1,14 +1,15 @@
 """The flags every command shares: ``--config=NAME`` and ``--seeds=0-4``.
 
 `parse_flags` is the absl flag parser of the commands that take ``--config``: it accepts a
-packaged config's name (``--config=synthetic_care``) as well as a file, and answers an override
-of an unknown key (``--config.care.alphaa=1``) in one line instead of ml_collections' traceback.
+packaged config's name (``--config=synthetic_care``) as well as a file, and turns an override
+of an unknown key (``--config.care.alphaa=1``) into an `absl.flags.Error` instead of
+ml_collections' traceback; `care_jax.commands._app.run` answers it in one line, exit status 2.
 """
 
 import re
 import sys
 
-from absl import app
+from absl import flags
 
 from care_jax import config as config_lib
 
@@ -29,23 +30,25 @@ def _resolve_config_flag(argv: list[str]) -> list[str]:
     try:
       argv[target] = prefix + config_lib.config_file(name) + colon + config_args
     except FileNotFoundError as e:
-      sys.stderr.write(f'FATAL Flags parsing error: --config: {e}\n')
-      sys.exit(1)
+      raise flags.Error(f'--config: {e}') from None
   return argv
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """`app.run`'s flag parser: `--config=` takes a packaged name, unknown keys are usage errors.
+  """`app.run`'s flag parser: `--config=` takes a packaged name, unknown keys are flag errors.
 
   `--config=synthetic_care` names `care_jax/configs/synthetic_care.py` (:func:`config_file`).
   ml_collections raises a bare AttributeError (a traceback ending in
-  `AttributeError: "'alphaa'"`) for an override of a key the config lacks;
-  absl only reports its own flag errors cleanly. Use as
-  `app.run(main, flags_parser=config.parse_flags)`.
+  `AttributeError: "'alphaa'"`) for an override of a key the config lacks; this raises an
+  `absl.flags.Error` naming the key, as absl does for its own flags. Use as
+  `_app.run(main, flags_parser=_flags.parse_flags)`.
+
+  Raises:
+    absl.flags.Error: an unknown flag or config key, a bad value, a missing config file.
   """
   argv = _resolve_config_flag(argv)
   try:
-    return app.parse_flags_with_usage(argv)
+    return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
     message = e
     while isinstance(message, BaseException) and message.args:  # Unwrap nested errors.
@@ -59,12 +62,22 @@ def parse_flags(argv: list[str]) -> list[str]:
     ]
     if not given:  # Not an override of ours (e.g. a bug in a config file).
       raise
-    sys.stderr.write(
-      f'FATAL Flags parsing error: unknown config key {name!r} in '
-      f'{", ".join(given)}. {hint}\n'
-      'Pass --helpshort or --helpfull to see help on flags.\n'
-    )
-    sys.exit(1)
+    raise flags.Error(
+      f'unknown config key {name!r} in {", ".join(given)}. {hint}'.strip()
+    ) from None
+
+
+def define_checkpoint() -> None:
+  """``--checkpoint``, the one definition of the commands that load a run's model."""
+  flags.DEFINE_string(
+    'checkpoint',
+    'best',
+    "The run's checkpoint: 'best' (the default: the highest validation MCA, or the latest when"
+    " no validation scored one), 'latest', or a step. (care-jax visualize draws 'latest' by"
+    ' default, the model that metrics.json scores.)',
+  )
+  # Listed in the command's own --help (absl's help shows the main module's key flags).
+  flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS['checkpoint'])
 
 
 def parse_seeds(text: str) -> list[int]:

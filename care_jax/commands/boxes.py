@@ -1,9 +1,9 @@
 """``care-jax boxes``: generated boxes of a config's dataset -> boxes.csv.
 
-    python -m care_jax.boxes --method=otsu --config=configs/synthetic_care.py --out=boxes.csv \\
+    care-jax boxes --method=otsu --config=synthetic_care --out=boxes.csv \\
         [--stage1_workdir=RUN] [--masks_dir=DIR] [--margin=0.1]
 
-(also ``care-jax boxes ...``). Writes one ``image,xmin,ymin,xmax,ymax`` row per
+(also ``python -m care_jax.commands.boxes ...``). Writes one ``image,xmin,ymin,xmax,ymax`` row per
 box found on the rare-class training images (the folder format, DESIGN 3.1),
 for inspection and editing.
 """
@@ -62,7 +62,7 @@ def main(argv):
 
 def run():
   flags.mark_flags_as_required(['config', 'method', 'out'])
-  _app.run(main, flags_parser=_flags.parse_flags)
+  _app.run(main, flags_parser=_flags.parse_flags, reads_datasets=True)
 
 
 if __name__ == '__main__':

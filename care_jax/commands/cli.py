@@ -2,7 +2,9 @@
 
 `care-jax --help` lists the commands, `care-jax COMMAND --help` shows a command's flags (both exit
 with status 0), `care-jax --version` prints the version and `care-jax configs` the packaged
-configs that `--config=NAME` accepts.
+configs that `--config=NAME` accepts; `care-jax configs NAME` prints one of them: its docstring
+(with the command that trains it) and every key with the value a run of it uses here (the
+'auto' and recipe keys resolved, `care_jax.config.resolve_recipe`).
 """
 
 import runpy
@@ -18,7 +20,11 @@ COMMANDS = {
   'predict': ('care_jax.commands.predict', 'apply a trained run to new images'),
   'evaluate': ('care_jax.commands.evaluate', "score a trained run's checkpoint on a split"),
   'export': ('care_jax.commands.export', 'write a trained run as a portable artifact'),
-  'configs': (None, 'list the packaged configs (--config=NAME)'),
+  'sample-images': (
+    'care_jax.commands.sample_images',
+    'write generated lesion images to try predict on',
+  ),
+  'configs': (None, 'list the packaged configs (--config=NAME); configs NAME prints one'),
 }
 
 
@@ -46,6 +52,48 @@ def _list_configs() -> None:
     print(f'{name:<{width}}  {summary}')
 
 
+def config_lines(name: str) -> list[str]:
+  """What ``care-jax configs NAME`` prints: the config's docstring, then ``key = value`` lines.
+
+  Raises:
+    FileNotFoundError: no packaged config (or config file) of that name; the names are listed.
+  """
+  import ast  # pylint: disable=g-import-not-at-top
+
+  from care_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  path = config_lib.config_file(name)
+  with open(path) as f:
+    docstring = ast.get_docstring(ast.parse(f.read())) or ''
+  resolved = config_lib.resolve_recipe(config_lib.load_config(path))
+  values = config_lib.flatten(config_lib.to_json(resolved))
+  return [
+    *docstring.splitlines(),
+    '',
+    f'# The keys of {name} (set one with --config.KEY=VALUE):',
+    *(f'{key} = {value!r}' for key, value in values.items()),
+  ]
+
+
+def _configs(args: list[str]) -> None:
+  """``care-jax configs [NAME]``."""
+  if not args:
+    _list_configs()
+    return
+  if args == ['--help']:
+    print('usage: care-jax configs [NAME]   (lists the packaged configs, or prints one)')
+    return
+  if len(args) > 1 or args[0].startswith('-'):
+    sys.stderr.write(f'care-jax configs: takes one config name or none, got {args}\n')
+    sys.exit(2)
+  try:
+    lines = config_lines(args[0])
+  except FileNotFoundError as e:
+    sys.stderr.write(f'care-jax configs: {e}\n')
+    sys.exit(2)
+  print('\n'.join(lines))
+
+
 def main() -> None:
   args = sys.argv[1:]
   if args and args[0] in ('-h', '--help', 'help'):
@@ -61,9 +109,7 @@ def main() -> None:
     sys.stderr.write(f'{given}{_usage()}\n')
     sys.exit(2)
   if args[0] == 'configs':
-    if args[1:] and args[1:] != ['--help']:
-      sys.exit(f'care-jax configs takes no flags, got {args[1:]}')
-    _list_configs()
+    _configs(args[1:])
     return
   module_name = COMMANDS[args[0]][0]
   # Before the command's imports start any threads (TensorFlow's, XLA's): see host_memory.

@@ -14,7 +14,6 @@ t-test and the seeds it wins; writes them to `WORKDIR/summary.md` and `WORKDIR/s
 """
 
 import re
-import sys
 
 from absl import app
 from absl import flags
@@ -59,11 +58,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     if match:
       rewritten.append(f'--set={match[1]}={match[2]}')
     elif re.match(r'--?config\.', arg):
-      sys.stderr.write(f'FATAL Flags parsing error: {arg!r}: give --config.KEY=VALUE\n')
-      sys.exit(1)
+      raise flags.Error(f'{arg!r}: give --config.KEY=VALUE')
     else:
       rewritten.append(arg)
-  return app.parse_flags_with_usage(rewritten)
+  return flags.FLAGS(rewritten)
 
 
 def main(argv):
@@ -82,7 +80,7 @@ def main(argv):
 
 def run():
   _define_flags()
-  _app.run(main, flags_parser=parse_flags)
+  _app.run(main, flags_parser=parse_flags, reads_datasets=True)
 
 
 if __name__ == '__main__':

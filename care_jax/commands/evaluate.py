@@ -1,9 +1,9 @@
 """Scores a checkpoint of a trained run on a split of its dataset.
 
-    python -m care_jax.evaluate --workdir=RUN [--split=test] [--checkpoint=best|latest|STEP] \\
+    care-jax evaluate --workdir=RUN [--split=test] [--checkpoint=best|latest|STEP] \\
         [--batch_size=128] [--output=FILE]
 
-(also `care-jax evaluate ...`). Writes the metrics block of that checkpoint
+(also `python -m care_jax.commands.evaluate ...`). Writes the metrics block of that checkpoint
 (as in ``metrics.json``: accuracy, MCA, rare-class recall, per-class recall,
 precision, AUROC and AP, macro AUROC, ECE and its bins, confusion matrix,
 attention metrics) with its ``step`` to ``--output`` (default
@@ -16,6 +16,7 @@ from etils import epath
 
 from care_jax import training
 from care_jax.commands import _app
+from care_jax.commands import _flags
 from care_jax.training import outputs
 
 FLAGS = flags.FLAGS
@@ -26,9 +27,7 @@ def _define_flags() -> None:
   # notebooks) adds no flags that could clash with other entry points.
   flags.DEFINE_string('workdir', None, 'The trained run.', required=True)
   flags.DEFINE_string('split', 'test', "The split to score: 'test', 'validation' or 'train'.")
-  flags.DEFINE_string(
-    'checkpoint', 'best', "'best' (by validation MCA), 'latest', or a step of the run."
-  )
+  _flags.define_checkpoint()
   flags.DEFINE_integer('batch_size', None, "Global eval batch (default: the run's).")
   flags.DEFINE_string(
     'output', None, 'The JSON file to write (default RUN/evaluation_<split>_step<step>.json).'
@@ -67,7 +66,7 @@ def main(argv):
 
 def run():
   _define_flags()
-  _app.run(main)
+  _app.run(main, reads_datasets=True)
 
 
 if __name__ == '__main__':

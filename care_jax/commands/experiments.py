@@ -84,7 +84,7 @@ def main(argv):
 
 def run():
   _define_flags()
-  _app.run(main, flags_parser=_flags.parse_flags)
+  _app.run(main, flags_parser=_flags.parse_flags, reads_datasets=True)
 
 
 if __name__ == '__main__':

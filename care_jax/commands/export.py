@@ -1,12 +1,12 @@
 """Exports a checkpoint of a trained run as a serialized `jax.export` (StableHLO) artifact.
 
-    python -m care_jax.export --workdir=RUN --output=DIR [--checkpoint=best|latest|STEP] \\
+    care-jax export --workdir=RUN --output=DIR [--checkpoint=best|latest|STEP] \\
         [--platforms=cpu,cuda,tpu]
 
-(also `care-jax export ...`). Writes ``DIR/model.stablehlo`` (preprocessed
+(also `python -m care_jax.commands.export ...`). Writes ``DIR/model.stablehlo`` (preprocessed
 images [batch, S, S, 3] -> class probabilities, batch size symbolic, the
 weights inside) and ``DIR/model.json`` (class names, input shape, mean/std and
-the preprocessing). The README's "Export" section has the loader, which needs
+the preprocessing). docs/inference.md, "Export", has the loader, which needs
 jax only (`care_jax.inference.export`).
 """
 
@@ -15,6 +15,7 @@ from absl import flags
 
 from care_jax import inference
 from care_jax.commands import _app
+from care_jax.commands import _flags
 
 FLAGS = flags.FLAGS
 
@@ -24,9 +25,7 @@ def _define_flags() -> None:
   # notebooks) adds no flags that could clash with other entry points.
   flags.DEFINE_string('workdir', None, 'The trained run.', required=True)
   flags.DEFINE_string('output', None, 'The directory to write the artifact to.', required=True)
-  flags.DEFINE_string(
-    'checkpoint', 'best', "'best' (by validation MCA), 'latest', or a step of the run."
-  )
+  _flags.define_checkpoint()
   flags.DEFINE_list('platforms', ['cpu', 'cuda', 'tpu'], 'Backends the artifact runs on.')
 
 

@@ -16,7 +16,8 @@ row per image::
 with the image as given (relative to the folder, or the CSV's value), the
 predicted class name and the class probabilities, classes in label order.
 ``--attention_dir`` also writes, per image, the attention map of the
-predicted class over the image (``<image path>.png`` below that folder).
+predicted class over the image, ``<image path without suffix>_<class>.png`` below that folder
+(``a/001.png`` gives ``a/001_melanoma.png``), at the model's input size.
 """
 
 from absl import app
@@ -24,6 +25,7 @@ from absl import flags
 
 from care_jax import inference
 from care_jax.commands import _app
+from care_jax.commands import _flags
 
 FLAGS = flags.FLAGS
 
@@ -36,12 +38,12 @@ def _define_flags() -> None:
     'input', None, 'A folder of images, or a CSV with an image column.', required=True
   )
   flags.DEFINE_string('output', None, 'The CSV of predictions to write.', required=True)
-  flags.DEFINE_string(
-    'checkpoint', 'best', "'best' (by validation MCA), 'latest', or a step of the run."
-  )
+  _flags.define_checkpoint()
   flags.DEFINE_integer('batch_size', 64, 'Images per batch.')
   flags.DEFINE_string(
-    'attention_dir', None, 'Also write an attention overlay PNG per image below this folder.'
+    'attention_dir',
+    None,
+    'Also write an attention overlay PNG per image below this folder: <image>_<class>.png.',
   )
   flags.DEFINE_bool(
     'skip_unreadable',

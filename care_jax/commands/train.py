@@ -1,9 +1,9 @@
 """Trains and evaluates one configuration.
 
-    python -m care_jax.main --config=configs/synthetic_care.py --workdir=runs/care \\
+    care-jax train --config=synthetic_care --workdir=runs/care \\
         [--config.care.alpha=0.3 ...]
 
-(also `care-jax train ...`). Writes `metrics.json`, `train_log.jsonl`,
+(also `python -m care_jax.commands.train ...`). Writes `metrics.json`, `train_log.jsonl`,
 `config.json` and `checkpoints/` under the workdir, and ends by printing the
 final validation and test headlines, the checkpoint the test block scored and
 the paths of `metrics.json` and the test predictions. Running the same command
@@ -73,11 +73,31 @@ def main(argv):
   initialize_distributed()
   result = training.train_and_evaluate(FLAGS.config, _WORKDIR.value, boxes_fn=boxes.replace_boxes)
   if jax.process_index() == 0:
-    print('\n'.join(result_lines(result, _WORKDIR.value)), flush=True)
+    print('\n'.join(result_lines(result, _WORKDIR.value, FLAGS.config)), flush=True)
 
 
-def result_lines(result: dict, workdir: str) -> list[str]:
-  """What ``care-jax train`` prints at its end: the headlines and where the results went."""
+def objective(config) -> str:
+  """What a run of `config` minimised: ``CE only (care.alpha = 0)``, ``BCE + attention loss ...``.
+
+  The multi-label task's 'ce' is the sigmoid binary cross-entropy (BCE); other losses by name.
+  """
+  name = config.loss.name
+  term = {'ce': 'BCE' if config.task == 'multilabel' else 'CE'}.get(name, f'loss {name!r}')
+  method = config.get('guidance', {}).get('method', 'care')
+  if method == 'none':
+    return f"{term} only: guidance.method = 'none'"
+  if method != 'care':
+    return f'{term} + {method} guidance: guidance.weight = {config.guidance.weight}'
+  if config.care.alpha == 0:
+    return f'{term} only: care.alpha = 0'
+  return f'{term} + attention loss: care.alpha = {config.care.alpha:g}'
+
+
+def result_lines(result: dict, workdir: str, config=None) -> list[str]:
+  """What ``care-jax train`` prints at its end: the headlines and where the results went.
+
+  With the run's `config`, the test headline also says what the run minimised (`objective`).
+  """
   workdir = epath.Path(workdir)
   lines = []
   if 'validation' in result:
@@ -85,7 +105,8 @@ def result_lines(result: dict, workdir: str) -> list[str]:
   if 'test' in result:
     scored = result['test_checkpoint']
     test = outputs.headline(result['test'], 'test', step=scored['step'])
-    lines.append(f'{test} (train.test_checkpoint={scored["which"]!r})')
+    trained = '' if config is None else f'; {objective(config)}'
+    lines.append(f'{test} (train.test_checkpoint={scored["which"]!r}{trained})')
     lines.append(f'predictions: {workdir / outputs.PREDICTIONS.format(split="test")}')
   lines.append(f'metrics: {workdir / outputs.METRICS}')
   return lines
@@ -93,7 +114,7 @@ def result_lines(result: dict, workdir: str) -> list[str]:
 
 def run():
   flags.mark_flags_as_required(['config'])
-  _app.run(main, flags_parser=_flags.parse_flags)
+  _app.run(main, flags_parser=_flags.parse_flags, reads_datasets=True)
 
 
 if __name__ == '__main__':

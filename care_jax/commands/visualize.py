@@ -36,8 +36,8 @@ def _define_flags() -> None:
     'checkpoint',
     'latest',
     ['latest', 'best'],
-    "Checkpoint whose maps are drawn: 'latest' (the model metrics.json scores) or 'best' "
-    '(by validation MCA).',
+    "Checkpoint whose maps are drawn: 'latest' (the default: the model metrics.json scores)"
+    " or 'best' (by validation MCA, the default of predict, evaluate and export).",
   )
   flags.DEFINE_string('out_dir', None, 'Output directory (default WORKDIR/figures).')
 
@@ -61,7 +61,7 @@ def main(argv):
 
 def run():
   _define_flags()
-  _app.run(main)
+  _app.run(main, reads_datasets=True)
 
 
 if __name__ == '__main__':

@@ -30,6 +30,7 @@ Example::
 """
 
 from care_jax import _deprecated
+from care_jax.config.checks import MULTILABEL_BOX_SOURCES
 from care_jax.config.checks import validate
 from care_jax.config.checks import validate_augment
 from care_jax.config.checks import validate_boxes
@@ -45,32 +46,56 @@ from care_jax.config.io import get
 from care_jax.config.io import load_config
 from care_jax.config.io import packaged_configs
 from care_jax.config.io import to_json
+from care_jax.config.schema import AUTO
 from care_jax.config.schema import BOX_SOURCES
 from care_jax.config.schema import CARE_OUTER
 from care_jax.config.schema import CARE_PROTOCOLS
+from care_jax.config.schema import CHEXPERT_COMPETITION
+from care_jax.config.schema import CHEXPERT_POLICIES
 from care_jax.config.schema import DTYPES
+from care_jax.config.schema import GUIDANCE_CLASSES
+from care_jax.config.schema import GUIDANCE_FORWARD_METHODS
+from care_jax.config.schema import GUIDANCE_MAP_METHODS
+from care_jax.config.schema import GUIDANCE_METHODS
+from care_jax.config.schema import GUIDANCE_NORMALIZE
 from care_jax.config.schema import HEADS
+from care_jax.config.schema import MEDMNIST_FLAGS
+from care_jax.config.schema import MEDMNIST_SIZES
 from care_jax.config.schema import MULTILABEL_STAGE1_METRICS
 from care_jax.config.schema import OPTIMIZERS
 from care_jax.config.schema import PARALLEL
 from care_jax.config.schema import SAMPLING
 from care_jax.config.schema import SCHEDULES
 from care_jax.config.schema import STAGE1_METRICS
+from care_jax.config.schema import augment_on_device
 from care_jax.config.schema import default_augment_config
 from care_jax.config.schema import default_box_config
 from care_jax.config.schema import default_config
 from care_jax.config.schema import default_data_config
+from care_jax.config.schema import default_guidance_config
 from care_jax.config.schema import default_loss_config
 from care_jax.config.schema import paper_config
+from care_jax.config.schema import resolve_dependent_keys
 from care_jax.config.schema import resolve_recipe
 
 __all__ = [
+  'AUTO',
   'BOX_SOURCES',
   'CARE_OUTER',
   'CARE_PROTOCOLS',
+  'CHEXPERT_COMPETITION',
+  'CHEXPERT_POLICIES',
   'CONFIGS_DIR',
   'DTYPES',
+  'GUIDANCE_CLASSES',
+  'GUIDANCE_FORWARD_METHODS',
+  'GUIDANCE_MAP_METHODS',
+  'GUIDANCE_METHODS',
+  'GUIDANCE_NORMALIZE',
   'HEADS',
+  'MEDMNIST_FLAGS',
+  'MEDMNIST_SIZES',
+  'MULTILABEL_BOX_SOURCES',
   'MULTILABEL_STAGE1_METRICS',
   'OPTIMIZERS',
   'PARALLEL',
@@ -78,11 +103,13 @@ __all__ = [
   'SCHEDULES',
   'STAGE1_METRICS',
   'apply_overrides',
+  'augment_on_device',
   'config_file',
   'default_augment_config',
   'default_box_config',
   'default_config',
   'default_data_config',
+  'default_guidance_config',
   'default_loss_config',
   'differences',
   'flatten',
@@ -91,6 +118,7 @@ __all__ = [
   'load_config',
   'packaged_configs',
   'paper_config',
+  'resolve_dependent_keys',
   'resolve_recipe',
   'to_json',
   'validate',

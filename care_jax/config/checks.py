@@ -18,10 +18,14 @@ from care_jax import models
 from care_jax.boxes import foreground as box_foreground
 from care_jax.config import io
 from care_jax.config import schema
+from care_jax.config.schema import AUTO
 from care_jax.config.schema import BOX_SOURCES
 from care_jax.config.schema import CARE_OUTER
 from care_jax.config.schema import CARE_PROTOCOLS
 from care_jax.config.schema import DTYPES
+from care_jax.config.schema import GUIDANCE_CLASSES
+from care_jax.config.schema import GUIDANCE_METHODS
+from care_jax.config.schema import GUIDANCE_NORMALIZE
 from care_jax.config.schema import HEADS
 from care_jax.config.schema import MULTILABEL_STAGE1_METRICS
 from care_jax.config.schema import OPTIMIZERS
@@ -29,6 +33,7 @@ from care_jax.config.schema import PARALLEL
 from care_jax.config.schema import SAMPLING
 from care_jax.config.schema import SCHEDULES
 from care_jax.config.schema import STAGE1_METRICS
+from care_jax.models import backbones
 
 
 class _Checker:
@@ -43,33 +48,45 @@ class _Checker:
       raise ValueError(f'{self._prefix}{key} = {io.get(self._root, key)!r}: {message}')
 
 
+def _validate_model_name(check: _Checker, model: ml_collections.ConfigDict) -> None:
+  """``model.name`` names a backbone (registered or an import path that imports), and
+  ``model.pretrained`` one that can read weights (a torchvision/timm mapping or its own reader)."""
+  problem = backbones.problem_of(model.name)
+  check(problem is None, 'model.name', problem or '')
+  if not model.pretrained or model.name in models.PRETRAINED_MODEL_NAMES:
+    return
+  check(
+    backbones.resolve(model.name).weight_reader is not None,
+    'model.pretrained',
+    f'model.name {model.name!r} has no weight reader: the torchvision/timm weights are read for '
+    f'{models.PRETRAINED_MODEL_NAMES}; a custom backbone needs its own (a read_weights(path, '
+    'variables) static method on its class, or register_backbone(..., weight_reader=...))',
+  )
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first key whose value makes no sense."""
   check = _Checker(config)
-  check(
-    config.model.name in models.MODEL_NAMES, 'model.name', f'must be one of {models.MODEL_NAMES}'
-  )
-  check(
-    not config.model.pretrained or config.model.name in models.PRETRAINED_MODEL_NAMES,
-    'model.pretrained',
-    f'needs model.name in {models.PRETRAINED_MODEL_NAMES}',
-  )
+  _validate_model_name(check, config.model)
   check(config.model.head in HEADS, 'model.head', f'must be one of {HEADS}')
   check(
     config.task in classification_loss.TASKS, 'task', f'must be one of {classification_loss.TASKS}'
   )
   _validate_care(check, config.care)
+  _validate_guidance(check, config.guidance)
   validate_loss(config.loss)
   validate_data(config.data)
   if config.task == 'multilabel':
     _validate_multilabel(check, config)
   else:
     check(
-      config.care.stage1_metric != 'mean_auroc',
+      config.care.stage1_metric in (*STAGE1_METRICS, AUTO)
+      and config.care.stage1_metric != 'mean_auroc',
       'care.stage1_metric',
       "is a multi-label metric (config.task = 'multilabel'); a single-label run has 'mca',"
-      " 'rare_recall', 'accuracy' and 'macro_auroc'",
+      " 'rare_recall', 'accuracy' and 'macro_auroc' (or 'auto': 'mca')",
     )
+  _validate_dataset_mode(check, config)
   _validate_train(check, config.train)
   check(
     config.checkpoint.every_steps >= 0,
@@ -85,6 +102,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     'compilation_cache_dir',
     'must be a directory, or None to leave the compilation cache off',
   )
+
+
+# The box sources of a multi-label task: manual boxes (one per finding), or a generator whose
+# box does not depend on the class, so that one box per image serves each of its rare findings
+# (care_jax.boxes.dataset).
+MULTILABEL_BOX_SOURCES = ('manual', 'otsu', 'spectral_residual', 'mask')
 
 
 def _validate_multilabel(check: _Checker, config: ml_collections.ConfigDict) -> None:
@@ -108,14 +131,31 @@ def _validate_multilabel(check: _Checker, config: ml_collections.ConfigDict) -> 
     f"must be 'instance' {why} (a multi-label image has no single class to balance)",
   )
   check(
-    config.data.box_source == 'manual',
+    config.data.box_source in MULTILABEL_BOX_SOURCES,
     'data.box_source',
-    f"must be 'manual' {why} (the box generators find one box per image, not per finding)",
+    f'must be one of {MULTILABEL_BOX_SOURCES} {why} (a class-agnostic box, given to each of an'
+    " image's rare findings; a 'grad_cam' box depends on the one class it explains)",
   )
   check(
-    config.care.stage1_metric in MULTILABEL_STAGE1_METRICS,
+    config.care.stage1_metric in (*MULTILABEL_STAGE1_METRICS, AUTO),
     'care.stage1_metric',
-    f'must be one of {MULTILABEL_STAGE1_METRICS} {why} (the validation metrics it has)',
+    f'must be one of {MULTILABEL_STAGE1_METRICS} {why} (the validation metrics it has),'
+    " or 'auto' ('mean_auroc')",
+  )
+
+
+def _validate_dataset_mode(check: _Checker, config: ml_collections.ConfigDict) -> None:
+  """A dataset with a single-label and a multi-label mode: the mode of ``config.task``."""
+  name = config.data.name
+  mode = config.data.get(name, {}).get('mode') if name == 'nih_chestxray14' else None
+  if mode is None or mode == AUTO:
+    return
+  expected = 'multilabel' if config.task == 'multilabel' else 'boxed'
+  check(
+    mode == expected,
+    f'data.{name}.mode',
+    f'config.task = {config.task!r} reads the {expected!r} mode: set'
+    f' data.{name}.mode={expected!r} or leave it {AUTO!r}',
   )
 
 
@@ -131,7 +171,9 @@ def _validate_care(check: _Checker, care: ml_collections.ConfigDict) -> None:
     "applies to care.protocol='from_step' only (the two stages find their own switch step)",
   )
   check(
-    care.stage1_metric in STAGE1_METRICS, 'care.stage1_metric', f'must be one of {STAGE1_METRICS}'
+    care.stage1_metric in (*STAGE1_METRICS, *MULTILABEL_STAGE1_METRICS, AUTO),
+    'care.stage1_metric',
+    f"must be one of {STAGE1_METRICS} or 'auto' (the task's: 'mca' or 'mean_auroc')",
   )
   check(care.stage1_patience >= 1, 'care.stage1_patience', 'must be >= 1 (validations)')
   check(
@@ -152,6 +194,39 @@ def _validate_care(check: _Checker, care: ml_collections.ConfigDict) -> None:
     care.target in models.ATTENTION_TARGETS,
     'care.target',
     f'must be one of {models.ATTENTION_TARGETS}',
+  )
+
+
+def _validate_guidance(check: _Checker, guidance: ml_collections.ConfigDict) -> None:
+  check(
+    guidance.method in GUIDANCE_METHODS, 'guidance.method', f'must be one of {GUIDANCE_METHODS}'
+  )
+  weight = guidance.weight
+  check(
+    weight == 'auto' or (_is_number(weight) and not isinstance(weight, bool) and weight >= 0),
+    'guidance.weight',
+    "must be a number >= 0, or 'auto' (the term starts equal to the classification loss)",
+  )
+  check(
+    guidance.classes in GUIDANCE_CLASSES, 'guidance.classes', f'must be one of {GUIDANCE_CLASSES}'
+  )
+  check(
+    guidance.normalize in GUIDANCE_NORMALIZE,
+    'guidance.normalize',
+    f'must be one of {GUIDANCE_NORMALIZE}',
+  )
+  check(
+    guidance.stop_gradient_weights in ('default', True, False),
+    'guidance.stop_gradient_weights',
+    "must be True, False or 'default' (the method's own choice)",
+  )
+  for key in ('res.eta', 'res.tanh_scale', 'gain.omega', 'gain.ext_weight'):
+    check(io.get(guidance, key) >= 0, f'guidance.{key}', 'must be >= 0')
+  check(0 < guidance.sgt.fraction < 1, 'guidance.sgt.fraction', 'must lie in (0, 1)')
+  check(
+    guidance.res.impute in ('gaussian', 'none'),
+    'guidance.res.impute',
+    "must be 'gaussian' or 'none'",
   )
 
 
@@ -211,8 +286,23 @@ def validate_data(data_config: ml_collections.ConfigDict) -> None:
   scale = data_config.box_scale
   check(isinstance(scale, (int, float)) and scale > 0, 'box_scale', 'must be a positive number')
   check(data_config.box_source in BOX_SOURCES, 'box_source', f'must be one of {BOX_SOURCES}')
+  if 'medmnist' in data_config:
+    flags, sizes = schema.MEDMNIST_FLAGS, schema.MEDMNIST_SIZES
+    check(data_config.medmnist.flag in flags, 'medmnist.flag', f'must be one of {flags}')
+    check(data_config.medmnist.size in sizes, 'medmnist.size', f'must be one of {sizes} (pixels)')
+  if 'chexpert' in data_config:
+    _validate_chexpert(check, data_config)
   validate_augment(data_config.augment)
   validate_boxes(data_config.boxes)
+
+
+def _validate_chexpert(check: _Checker, data_config: ml_collections.ConfigDict) -> None:
+  policies = schema.CHEXPERT_POLICIES
+  policy = data_config.chexpert.uncertainty
+  check(policy in policies, 'chexpert.uncertainty', f'must be one of {policies}')
+  check(
+    isinstance(data_config.chexpert.frontal_only, bool), 'chexpert.frontal_only', 'must be a bool'
+  )
 
 
 def validate_boxes(box_config: ml_collections.ConfigDict) -> None:
@@ -257,9 +347,15 @@ def validate_augment(augment: Mapping[str, Any]) -> None:
     check(isinstance(augment[key], bool), key, 'must be a bool')
   on_device = augment['on_device']
   check(
-    isinstance(on_device, bool) or (isinstance(on_device, str) and on_device == 'auto'),
+    isinstance(on_device, bool) or (isinstance(on_device, str) and on_device == AUTO),
     'on_device',
     "must be True, False or 'auto'",
+  )
+  check(
+    on_device is not True or augment['enabled'],
+    'on_device',
+    'moves the augmentation to the accelerator, but data.augment.enabled = False: set'
+    f' data.augment.enabled=True to augment, or leave on_device {AUTO!r}',
   )
   rotation = augment['rotation']
   check(_is_number(rotation) and 0 <= rotation <= 180, 'rotation', 'must lie in [0, 180] degrees')

@@ -43,7 +43,8 @@ def from_json(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """The default config updated with a saved one (`to_json`; lists back to tuples).
 
   Keys the saved config lacks (added to the schema later) keep their
-  defaults, so the runs of older versions load.
+  defaults, so the runs of older versions load; those that follow ``task``
+  ('auto') are resolved from it (`care_jax.config.resolve_dependent_keys`).
   """
 
   def merge(node: ml_collections.ConfigDict, values: Mapping[str, Any]) -> None:
@@ -56,7 +57,7 @@ def from_json(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
 
   config = schema.default_config()
   merge(config, saved)
-  return config
+  return schema.resolve_dependent_keys(config)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:

@@ -2,11 +2,14 @@
 
 :func:`default_config` builds the one tree every config shares (its parts:
 :func:`default_data_config`, :func:`default_augment_config`,
-:func:`default_box_config`, :func:`default_loss_config`); :func:`paper_config`
+:func:`default_box_config`, :func:`default_loss_config`,
+:func:`default_guidance_config`); :func:`paper_config`
 is the paper's recipe on a dataset, and :func:`resolve_recipe` fills in the
 values left to the recipe. The library below the config (math, models, data)
 takes plain arguments or these sub-configs; nothing else defines a default.
 """
+
+from typing import Any
 
 import jax
 import ml_collections
@@ -21,18 +24,64 @@ PARALLEL = ('mesh', 'pmap')
 DTYPES = ('float32', 'bfloat16')
 HEADS = ('default', *models.HEAD_NAMES)
 CARE_PROTOCOLS = ('from_step', 'two_stage')
+# The value of a key that follows the keys it depends on (`resolve_dependent_keys`).
+AUTO = 'auto'
 # Validation metrics (higher is better) that can end stage 1.
 STAGE1_METRICS = ('mca', 'rare_recall', 'accuracy', 'macro_auroc', 'mean_auroc')
 # Those a multi-label run's validation has (`care_jax.metrics.multilabel_score_metrics`).
 MULTILABEL_STAGE1_METRICS = ('mean_auroc', 'rare_mean_auroc', 'rare_recall', 'mean_ap')
 CARE_OUTER = ('uniform', 'distance')
+# `guidance.method`: CARE (the default, the care.* keys), CE alone, the losses on the class
+# attention map (`care_jax.guidance_losses.MAP_LOSSES`), and those that need more than a map
+# (`care_jax.training.guidance_terms`); a test keeps these lists equal to those modules'.
+GUIDANCE_MAP_METHODS = ('gradia', 'haics', 'energy', 'rrr_g', 'hint', 'res')
+GUIDANCE_FORWARD_METHODS = ('rrr', 'gain', 'sgt')
+GUIDANCE_METHODS = ('care', 'none', *GUIDANCE_MAP_METHODS, *GUIDANCE_FORWARD_METHODS)
+# Whose map is supervised ('default': the method's own choice).
+GUIDANCE_CLASSES = ('default', 'label', 'predicted')
+GUIDANCE_NORMALIZE = ('default', 'minmax', 'relu_minmax', 'maxabs', 'relu_maxabs', 'none')
 # The samplers of `care_jax.data.sampling` (a module that imports TensorFlow,
 # so not imported here; a test keeps the two lists equal).
 SAMPLING = ('instance', 'class_balanced', 'sqrt')
 BOX_SOURCES = ('manual', *box_generators.METHODS)
+# The datasets ('flags') and image sizes of `care_jax.data.medmnist` (it imports TensorFlow;
+# a test keeps these equal to its FLAGS and SIZES).
+MEDMNIST_FLAGS = (
+  'pathmnist',
+  'chestmnist',
+  'dermamnist',
+  'octmnist',
+  'pneumoniamnist',
+  'retinamnist',
+  'breastmnist',
+  'bloodmnist',
+  'tissuemnist',
+  'organamnist',
+  'organcmnist',
+  'organsmnist',
+)
+MEDMNIST_SIZES = (28, 64, 128, 224)
+# The uncertainty policies of `care_jax.data.chexpert` (Irvin et al. 2019) and the five
+# observations of the CheXpert competition, its default classes (a test keeps them equal).
+CHEXPERT_POLICIES = ('U-Ones', 'U-Zeros', 'U-Ignore')
+CHEXPERT_COMPETITION = ('Atelectasis', 'Cardiomegaly', 'Consolidation', 'Edema', 'Pleural Effusion')
 # `data.<dataset>` parameters of the datasets read from the user's files.
 _FILES_PARAMETERS = dict(
   split_seed=0, test_fraction=0.2, validation_fraction=0.1, skip_bad_rows=False, stored_size=512
+)
+
+# data.name='chexpert': uncertainty ('U-Ones', 'U-Zeros' or 'U-Ignore'), frontal views only,
+# and the classes (observations; default: the CheXpert competition's five).
+_CHEXPERT_PARAMETERS = dict(
+  _FILES_PARAMETERS, uncertainty='U-Ones', frontal_only=True, observations=CHEXPERT_COMPETITION
+)
+
+
+# The parameters of care_jax.data.decoy_digits (data.name = 'decoy_digits': Ross et al.'s
+# Decoy-MNIST recipe on scikit-learn's digits; train with data.image_size=28). num_train 0:
+# every digit that validation and test leave.
+_DECOY_DIGITS = dict(
+  image_size=28, patch_size=4, num_validation=180, num_test=600, num_train=0, swapped=False, seed=0
 )
 
 
@@ -45,7 +94,10 @@ def default_data_config() -> ml_collections.ConfigDict:
   user's files), ``cache_dir`` (those datasets' tfds data_dir, where they are
   prepared; None: the tfds default), ``folder``, ``isic2018``,
   ``rsna_pneumonia``, ``nih_chestxray14`` (their split and storage
-  parameters), ``image_size`` (S of the yielded images), ``rare_classes``
+  parameters), ``medmnist`` (``flag`` and ``size`` of the MedMNIST+ file:
+  `care_jax.data.medmnist`), ``chexpert`` (split, storage, uncertainty policy,
+  views and classes of `care_jax.data.chexpert`), ``image_size`` (S of the yielded
+  images), ``rare_classes``
   (class names; empty: the classes with boxes in train), ``mean`` and ``std``
   (per channel, on the [0, 1] scale) and ``synthetic`` (the parameters of
   `care_jax.data.synthetic_lesions.SyntheticLesionsConfig`). Training only:
@@ -92,6 +144,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         artefact_rate_eval=0.05,
         seed=0,
       ),
+      decoy_digits=dict(_DECOY_DIGITS),
       # Datasets read from the user's files (data.dir): the prepared tfds
       # data are cached here (None: the tfds default data dir).
       cache_dir=config_dict.placeholder(str),
@@ -107,9 +160,13 @@ def default_data_config() -> ml_collections.ConfigDict:
         **dict(_FILES_PARAMETERS, stored_size=600),
       ),
       rsna_pneumonia=dict(_FILES_PARAMETERS),
-      # mode: 'boxed' (the boxed subset, one label) or 'multilabel' (all images, 14
-      # findings); boxed_images: where multilabel puts the boxed images.
-      nih_chestxray14=dict(_FILES_PARAMETERS, mode='boxed', boxed_images='test'),
+      # mode: 'boxed' (the boxed subset, one label), 'multilabel' (all images, 14
+      # findings) or 'auto' (the mode of config.task: resolve_dependent_keys);
+      # boxed_images: where multilabel puts the boxed images.
+      nih_chestxray14=dict(_FILES_PARAMETERS, mode=AUTO, boxed_images='test'),
+      # data.name='medmnist': the MedMNIST+ file <flag>[_<size>].npz in data.dir.
+      medmnist=dict(flag='dermamnist', size=28),
+      chexpert=dict(_CHEXPERT_PARAMETERS),
       sampling='instance',
       augment=default_augment_config(),
       # CARE masks from the manual boxes or a generator of care_jax.boxes.
@@ -132,8 +189,8 @@ def default_augment_config() -> ml_collections.ConfigDict:
   fraction range; (1.0, 1.0) disables the crop) and ``crop_ratio`` (width /
   height range), ``on_device`` (warp, colour jitter and masks in the jitted
   train step instead of the tf.data pipeline: the same random draws, see
-  `care_jax.training.device_augment`; True, False or 'auto', the default: on
-  where JAX's default backend is not the CPU). See `care_jax.data.augment`.
+  `care_jax.training.device_augment`; True (needs ``enabled``), False or 'auto',
+  the default: :func:`augment_on_device`). See `care_jax.data.augment`.
   """
   return ml_collections.ConfigDict(
     dict(
@@ -157,7 +214,8 @@ def default_augment_config() -> ml_collections.ConfigDict:
       # True: the host only decodes, resizes and draws each example's geometry and
       # colour factors; the train step warps, jitters and rasterises the masks on the
       # accelerator (care_jax.training.device_augment), with the same draws. 'auto':
-      # True where JAX's default backend is a GPU or TPU, False on a CPU (resolve_recipe).
+      # the rule of augment_on_device (on a GPU or TPU, unless the dataset supervises
+      # with segmentation masks), resolved by resolve_recipe.
       # Typed object: it holds a bool or 'auto'.
       on_device=config_dict.FieldReference('auto', field_type=object),
     )
@@ -238,6 +296,40 @@ def default_loss_config() -> ml_collections.ConfigDict:
   )
 
 
+def default_guidance_config() -> ml_collections.ConfigDict:
+  """The ``guidance`` keys: the method trained beside the classification loss (docs/guidance.md).
+
+  'care' (the default) is the loss of the care.* keys; any other method trains
+  CE + guidance.weight * L (care.protocol and care.start_step still say from when;
+  care.alpha is CARE's alone). weight 'auto': scaled so that the term starts equal
+  to CE (Friedrich et al. 2023), measured once on the first batch and then fixed.
+  """
+  guidance = ml_collections.ConfigDict()
+  guidance.method = 'care'
+  guidance.weight = config_dict.FieldReference(1.0, field_type=object)
+  # 'default' is each method's official choice (docs/guidance.md): the ground
+  # truth's map ('label'; multi-label: each positive finding) or the
+  # predicted class's ('predicted': RRR-G); the map's normalisation; and
+  # whether the Grad-CAM weights are constants (all but Energy, Rao et al.).
+  guidance.classes = 'default'
+  guidance.normalize = 'default'
+  guidance.stop_gradient_weights = config_dict.FieldReference('default', field_type=object)
+  # Per-method hyperparameters, the official code's defaults.
+  # HAICS's BCE, or with ppce Rao et al.'s PPCE (-log F on the relevant pixels).
+  guidance.haics = ml_collections.ConfigDict(dict(ppce=False))
+  # RES: slack eta (its README's runs; argparse's default is 0), the tanh's scale, and
+  # the imputation of the unknown pixels ('gaussian': RES-G; 'none').
+  guidance.res = ml_collections.ConfigDict(dict(eta=0.1, tanh_scale=5.0, impute='gaussian'))
+  # GAIN: T(A) = sigmoid(omega (A - sigma)), the erased region filled with
+  # `fill` (0: the mean colour of normalised images), and ext_weight * L_e
+  # (its map loss, 'hint') on the boxed images; 0 leaves attention mining alone.
+  guidance.gain = ml_collections.ConfigDict(dict(sigma=0.5, omega=10.0, fill=0.0, ext_weight=1.0))
+  # Saliency-guided training: the `fraction` of pixels with the lowest input
+  # gradient (signed unless `absolute`) replaced by uniform noise (or 0).
+  guidance.sgt = ml_collections.ConfigDict(dict(fraction=0.1, random_fill=True, absolute=False))
+  return guidance
+
+
 def default_config() -> ml_collections.ConfigDict:
   """CARE on `synthetic_lesions` with a tiny CNN: the schema of every config."""
   config = ml_collections.ConfigDict()
@@ -273,7 +365,8 @@ def default_config() -> ml_collections.ConfigDict:
   # (`care_jax.training.stages`; without validations, from the last one).
   config.care.protocol = 'from_step'
   config.care.start_step = 0
-  config.care.stage1_metric = 'mca'
+  # 'auto': 'mca' for a multi-class task, 'mean_auroc' for a multi-label one.
+  config.care.stage1_metric = AUTO
   config.care.stage1_patience = 3
   config.care.stage1_max_fraction = 0.5
   # M_out: 'uniform' (1 outside the box, the official code) or 'distance'
@@ -289,6 +382,8 @@ def default_config() -> ml_collections.ConfigDict:
   # (z_y - mean_k z_k, also the evidence against the other classes).
   config.care.target = 'logit'
   config.care.reduction = 'mean'
+
+  config.guidance = default_guidance_config()
 
   # The classification term: 'ce', 'weighted_ce' (CSL), 'focal', ... (see
   # care_jax.imbalance); combinable with CARE (care.alpha > 0).
@@ -374,30 +469,78 @@ def paper_config(
 
 
 def resolve_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A copy of `config` with the fields left to the recipe (None) filled in.
+  """A copy of `config` with the fields left to the recipe (None or 'auto') filled in.
 
   ``train.learning_rate = None`` becomes 1e-4 when ``model.pretrained`` is set
   (the paper's rate for fine-tuning an ImageNet-pretrained model) and 1e-3
   otherwise (a model trained from scratch: at 1e-4 the tiny CNN does not learn
   the rare classes of the demo in 1000 steps). A rate given explicitly is
-  kept. ``data.augment.on_device = 'auto'`` becomes True where JAX's default
-  backend is a GPU or TPU and False on a CPU, or where the dataset supervises
-  with segmentation masks (``supervision='mask'``), which only the host
-  warps. Training resolves its config
-  first, so the saved config (and metrics.json) holds the values that were
-  used.
+  kept. ``data.augment.on_device = 'auto'`` becomes :func:`augment_on_device`,
+  and the keys that follow ``task`` are resolved by :func:`resolve_dependent_keys`.
+  Training resolves its config first, so the saved config (and metrics.json)
+  holds the values that were used.
 
   >>> resolve_recipe(default_config()).train.learning_rate
   0.001
+  >>> resolve_recipe(default_config()).care.stage1_metric
+  'mca'
   """
-  config = config.copy_and_resolve_references()
+  config = resolve_dependent_keys(config)
   if config.train.learning_rate is None:
     config.train.learning_rate = 1e-4 if config.model.pretrained else 1e-3
   augment = config.data.augment
-  if isinstance(augment.on_device, str) and augment.on_device == 'auto':
-    # The rule of care_jax.data.augment.on_device (the data package is a layer above).
-    dataset = config.data.get(config.data.name)
-    masks = dataset is not None and dataset.get('supervision') == 'mask'
+  if _is_auto(augment.on_device):
+    on_device = augment_on_device(config)
     with augment.ignore_type():
-      augment.on_device = jax.default_backend() != 'cpu' and not masks
+      augment.on_device = on_device
   return config
+
+
+def resolve_dependent_keys(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose 'auto' keys that follow ``config.task`` are filled in.
+
+  ``care.stage1_metric``: 'mca' for ``task = 'multiclass'``, 'mean_auroc' for
+  'multilabel' (the validation metrics each task has); ``data.nih_chestxray14.mode``:
+  'boxed' (one label per image) or 'multilabel'. A value given explicitly is kept.
+  Runs loaded from their saved config (`care_jax.config.from_json`) pass here too, so
+  that a run saved before these keys existed reads them as it trained.
+
+  >>> config = default_config()
+  >>> config.task = 'multilabel'
+  >>> resolved = resolve_dependent_keys(config)
+  >>> resolved.care.stage1_metric, resolved.data.nih_chestxray14.mode
+  ('mean_auroc', 'multilabel')
+  """
+  config = config.copy_and_resolve_references()
+  multilabel = config.task == 'multilabel'
+  if _is_auto(config.care.stage1_metric):
+    config.care.stage1_metric = 'mean_auroc' if multilabel else 'mca'
+  nih = config.data.get('nih_chestxray14')
+  if nih is not None and _is_auto(nih.get('mode')):
+    nih.mode = 'multilabel' if multilabel else 'boxed'
+  return config
+
+
+def augment_on_device(config: ml_collections.ConfigDict) -> bool:
+  """Whether the train step applies the augmentation: the rule of ``data.augment.on_device``.
+
+  False without ``data.augment.enabled``; True or False as given; 'auto': True where
+  JAX's default backend is a GPU or TPU, unless the dataset supervises with segmentation
+  masks (``data.<name>.supervision = 'mask'``), which only the host warps. The pipeline
+  (`care_jax.data.augment.on_device`, a layer the config cannot be imported by) reads the
+  value that `resolve_recipe` writes from this.
+
+  >>> augment_on_device(default_config())  # Augmentation is off by default.
+  False
+  """
+  augment = config.data.augment
+  value = augment.on_device
+  if _is_auto(value):
+    dataset = config.data.get(config.data.name)
+    masks = isinstance(dataset, ml_collections.ConfigDict) and dataset.get('supervision') == 'mask'
+    value = jax.default_backend() != 'cpu' and not masks
+  return bool(augment.enabled) and value is True
+
+
+def _is_auto(value: Any) -> bool:
+  return isinstance(value, str) and value == AUTO

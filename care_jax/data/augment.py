@@ -75,8 +75,6 @@ import dataclasses
 import math
 from typing import Any
 
-import jax
-
 from care_jax import _deprecated
 from care_jax.data._tensorflow import tf
 
@@ -137,17 +135,15 @@ def augment_settings(config: Mapping[str, Any]) -> AugmentSettings:
 
 
 def on_device(config: Mapping[str, Any]) -> bool:
-  """Whether the train step applies the augmentation of a ``data.augment`` config.
+  """Whether the train step applies the augmentation of a resolved ``data.augment`` config.
 
-  True when ``enabled`` and ``on_device`` is True, or ``on_device`` is 'auto' and JAX's
-  default backend is not the CPU (a GPU or TPU: the host then only decodes, resizes and
-  draws). `care_jax.config.resolve_recipe` resolves 'auto' by the same rule, so the train
-  step and the pipeline agree.
+  True when ``enabled`` and ``on_device`` is True. The rule of 'auto' is the config's
+  (`care_jax.config.augment_on_device`, a layer above the data package), and
+  `care_jax.config.resolve_recipe` writes its answer into the config that training hands
+  to the pipeline and to the train step, so the two agree; an unresolved 'auto' augments
+  on the host.
   """
-  value = config.get('on_device', False)
-  if isinstance(value, str) and value == 'auto':
-    value = jax.default_backend() != 'cpu'
-  return bool(config.get('enabled', False) and value)
+  return bool(config.get('enabled', False)) and config.get('on_device', False) is True
 
 
 def _crop_size(
@@ -275,6 +271,28 @@ def union_by_class(inside: tf.Tensor, classes: tf.Tensor, num_classes: int) -> t
   one_hot = tf.one_hot(tf.cast(classes, tf.int32), num_classes, dtype=tf.float32)
   covered = tf.einsum('nk,nhw->khw', one_hot, tf.cast(inside, tf.float32))
   return tf.cast(covered > 0, tf.uint8)
+
+
+def relevance_map(mask: tf.Tensor, artefact: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """The three-valued relevance of an example from its lesion mask and artefact mask.
+
+  ``r = -1`` on an artefact (the irrelevant region wins where it overlaps a lesion box); else,
+  where the example (per class: multi-label) has a lesion mask, ``+1`` inside it and ``-1``
+  outside (CARE's M_in and M_out); else ``0`` (unknown). Both masks come from the same
+  geometry, so the relevance moves with the image.
+
+  Args:
+    mask: the lesion mask, float32 [S, S] or uint8 [K, S, S] (binary).
+    artefact: float32 [S, S], the union of the artefact boxes (binary).
+
+  Returns:
+    (relevance float32 [S, S] or [K, S, S], has_mask bool [] or [K]: relevance not all 0).
+  """
+  mask = tf.cast(mask, tf.float32)
+  lesion = tf.reduce_any(mask > 0, axis=(-2, -1), keepdims=True)
+  relevance = tf.where(lesion, 2.0 * mask - 1.0, tf.zeros_like(mask))
+  relevance = tf.where(artefact > 0, -1.0, relevance)
+  return relevance, tf.reduce_any(relevance != 0, axis=(-2, -1))
 
 
 def warp_boxes_mask(

@@ -25,7 +25,8 @@ class DatasetInfo:
 
   Attributes:
     class_names: class names in label order.
-    rare_classes: label indices of the rare classes, sorted.
+    rare_classes: label indices of the rare classes, sorted: those of
+      ``data.rare_classes``, else `default_rare_classes`.
     train_class_counts: int64 [K] training examples per class.
     split_sizes: number of examples of 'train', 'validation' (absent when
       there is none) and 'test'.
@@ -55,8 +56,8 @@ def resolve_rare_classes(
   Args:
     requested: ``data.rare_classes``, class names (a string: one name).
     class_names: in label order.
-    boxed: the label indices of the classes with boxes in train, the rare
-      classes when ``requested`` is empty.
+    boxed: the rare classes when ``requested`` is empty (label indices: those
+      with boxes in train, or the rarest, `default_rare_classes`).
 
   Raises:
     ValueError: for a requested name that is not a class name.
@@ -74,6 +75,32 @@ def resolve_rare_classes(
   return tuple(sorted({class_names.index(name) for name in requested}))
 
 
+def train_class_counts(table: reading.SplitTable, num_classes: int) -> np.ndarray:
+  """int64 [K]: the training images of each class (multi-label: on which it is positive)."""
+  if table.labels.ndim == 2:  # Multi-hot [N, K].
+    return table.labels.sum(axis=0, dtype=np.int64)
+  return np.bincount(table.labels, minlength=num_classes).astype(np.int64)
+
+
+def default_rare_classes(boxed: np.ndarray, counts: np.ndarray) -> np.ndarray:
+  """The rare classes of an empty ``data.rare_classes``: int [R].
+
+  The classes with boxes in train (``boxed``) where there are any; otherwise the
+  rarest training class, ``argmin_k counts[k]`` over the classes with a
+  training image (ties: the lower index), none when no class has one. MedMNIST+
+  and class folders have no boxes: their rare class is then the smallest one
+  (a multi-label set's least frequent finding).
+
+  >>> default_rare_classes(np.array([], np.int64), np.array([5, 0, 2, 2])).tolist()
+  [2]
+  """
+  if np.size(boxed):
+    return np.asarray(boxed, np.int64)
+  counts = np.asarray(counts)
+  present = np.flatnonzero(counts > 0)
+  return present[np.argmin(counts[present])][None] if present.size else np.zeros(0, np.int64)
+
+
 def get_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
   """Prepares the dataset of ``data_config`` if needed and describes it.
 
@@ -89,16 +116,16 @@ def get_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
   class_names = reading.class_names_of(builder)
   num_channels = builder.info.features['image'].shape[-1]
   preprocess.normalisation(data_config, num_channels)
+  counts = train_class_counts(table, len(class_names))
   if reading.is_multilabel(builder):
     boxed_classes = np.unique(table.box_labels)
-    counts = table.labels.sum(axis=0)
   else:
     boxed_classes = np.unique(table.labels[table.annotated()])
-    counts = np.bincount(table.labels, minlength=len(class_names))
+  default = default_rare_classes(boxed_classes, counts)
   return DatasetInfo(
     class_names=class_names,
-    rare_classes=resolve_rare_classes(data_config.rare_classes, class_names, boxed_classes),
-    train_class_counts=counts.astype(np.int64),
+    rare_classes=resolve_rare_classes(data_config.rare_classes, class_names, default),
+    train_class_counts=counts,
     split_sizes={
       split: builder.info.splits[split].num_examples
       for split in _SPLITS

@@ -2,11 +2,14 @@
 
 Two modes (``data.nih_chestxray14.mode``):
 
-- ``'boxed'`` (the default): the about 900 images of ``BBox_List_2017.csv``,
+- ``'boxed'``: the about 900 images of ``BBox_List_2017.csv``,
   one label each (8 findings), a generated patient-level split.
 - ``'multilabel'``: all 112120 images of ``Data_Entry_2017.csv`` with their
   14 findings (several per image, none for ``No Finding``), the official
   split of ``train_val_list.txt`` / ``test_list.txt``.
+- ``'auto'`` (the default): the mode of ``config.task``, as
+  `care_jax.config.resolve_dependent_keys` resolves it; a data config read here
+  unresolved (it has no task) is the single-label ``'boxed'``.
 
 **The box list.** ChestX-ray14 ships about 1000 boxes (984) of eight findings
 for about 900 (880) of its frontal chest X-rays, in ``BBox_List_2017.csv``;
@@ -183,6 +186,8 @@ def nih_chestxray14_config(
       or a missing annotation file (with the download instructions).
   """
   params = builder.check_parameters('nih_chestxray14', parameters, PARAMETERS)
+  if params['mode'] == 'auto':  # Unresolved: no task says multi-label.
+    params['mode'] = 'boxed'
   for key, valid in (('mode', MODES), ('boxed_images', BOXED_IMAGES)):
     if params[key] not in valid:
       raise ValueError(f'data.nih_chestxray14.{key} = {params[key]!r}: must be one of {valid}.')
@@ -496,27 +501,7 @@ class NihChestxray14(builder.FilesBuilder):
     if not self._multilabel:
       yield from super()._generate_examples(records, split)
       return
-    config = self.builder_config
-    box_labels = {config.class_names.index(name) for name in config.box_classes}
-    problems = self._problems()
-    for record in records:
-      try:
-        image = self._load(record)
-      except images.UnreadableFile as e:
-        problems.report(record.location, str(e))
-        continue
-      yield (
-        record.key,
-        multilabel.multilabel_example(
-          record,
-          image,
-          split=split,
-          box_labels=box_labels,
-          encoding=self.ENCODING,
-          stored_size=config.parameters['stored_size'],
-        ),
-      )
-    problems.log(f'{self.name}: writing split {split!r}')
+    yield from self._multilabel_examples(records, split)
 
 
 def from_data_config(data_config: ml_collections.ConfigDict) -> NihChestxray14:

@@ -28,6 +28,16 @@ key            dtype, shape                content
                                            padding rows of the last batch
 =============  ==========================  =================================
 
+**Relevance** (only datasets with an ``artefact_boxes`` feature, e.g. ``decoy_digits``;
+every other dataset's batches are exactly as above): training batches also hold
+``relevance``, float32 [B, S, S] (multi-label: [B, K, S, S]), the three-valued map of the
+explanation-guidance methods: ``-1`` on the artefact boxes (the irrelevant regions, moved
+with the image by the augmentation as the boxes are), else ``+1`` inside and ``-1`` outside
+the lesion mask where the example (finding) has one, else ``0`` (unknown)
+(`augment.relevance_map`); ``has_mask`` then says ``relevance`` is not all zeros. The train
+step derives the same map from ``mask`` for the other datasets
+(`care_jax.guidance_losses.relevance_of`). Eval batches have no ``relevance``.
+
 Eval batches also hold ``lesion_mask``, float32 [B, S, S]: the ground-truth
 lesion box(es) rasterised like ``mask``, to score attention maps (the
 dataset's ``lesion_boxes`` or ``lesion_box`` feature when it has one -- every
@@ -44,10 +54,14 @@ classes per image, and ``box_labels``, the class of each box; e.g.
 boxes rasterised like ``mask`` above, after augmentation), ``has_mask`` bool
 [B, K], and in eval batches ``lesion_mask`` uint8 [B, K, S, S] and
 ``has_lesion_mask`` bool [B, K]; `info.DatasetInfo.task` is then 'multilabel'.
-Training draws them with ``data.sampling='instance'`` only.
+Training draws them with ``data.sampling='instance'`` only. A multi-label dataset with an
+``ignored_labels`` feature (CheXpert under U-Ignore) adds ``label_mask`` float32 [B, K] to
+its training batches (host and on-device paths alike): 0 where the label is left out of the
+loss, 1 elsewhere (`reading.SplitTable.label_masks`); no other dataset's batches have it, and
+evaluation batches never do.
 
-**On-device augmentation** (``data.augment.enabled`` and ``data.augment.on_device``: True,
-or 'auto', the default, where JAX's default backend is not the CPU; `augment.on_device`):
+**On-device augmentation** (``data.augment.enabled`` and ``data.augment.on_device`` True,
+as `care_jax.config.resolve_recipe` resolves 'auto'; `augment.on_device`):
 training batches hold the augmentation's inputs instead of its result, for the train step
 to apply on the accelerator (`care_jax.training.device_augment`): ``image`` uint8
 [B, S, S, C] (resized, not augmented; a stored JPEG at least twice S on both sides is
@@ -55,7 +69,9 @@ decoded at 1/2, 1/4 or 1/8 of its size first, `preprocess.decode_fn`), ``geometr
 float32 [B, 3, 3] and ``color`` float32 [B, 4] (`augment.sample_augmentation`, the very
 draws the host path applies), ``boxes`` float32 [B, N, 4] zero-padded to the split's most
 boxes per image with ``box_count`` int32 [B], and for multi-label data ``box_labels``
-int32 [B, N]; no ``mask``/``has_mask`` (the step makes them).
+int32 [B, N]; for datasets with artefact boxes, ``artefact_boxes`` float32 [B, A, 4] and
+``artefact_count`` int32 [B] likewise; no ``mask``/``has_mask``/``relevance`` (the step
+makes them).
 `preprocess.device_augment_example_fn` builds the rows.
 
 Only the annotation ``boxes`` feeds the masks (for the built-in datasets, the
@@ -190,14 +206,16 @@ def _training_example_fn(
         ' accelerator, which warps boxes only; this dataset supervises with segmentation'
         ' masks: set data.augment.on_device=False (the host warps them).'
       )
+    most = lambda splits: max(1, int(np.max(np.diff(splits), initial=0)))
     device_example = preprocess.device_augment_example_fn(
       data_config,
       augment_settings=settings,
-      max_boxes=max(1, int(np.max(np.diff(table.box_splits), initial=0))),
+      max_boxes=most(table.box_splits),
       num_classes=num_classes,
+      max_artefacts=1 if table.artefacts is None else most(table.artefacts[1]),
     )
-    return lambda image, label, boxes, key, box_labels, mask: device_example(
-      image, label, boxes, key, box_labels=box_labels
+    return lambda image, label, boxes, key, box_labels, mask, **artefact: device_example(
+      image, label, boxes, key, box_labels=box_labels, **artefact
     )
   return preprocess.example_fn(
     data_config,
@@ -232,6 +250,10 @@ def _training_stream(
   box_splits = tf.constant(table.box_splits)
   box_labels = tf.constant(table.box_labels if multilabel else np.zeros(0, np.int64))
   masks = None if table.masks is None else tf.constant(table.masks.tolist(), tf.string)
+  artefacts = None
+  if table.artefacts is not None:
+    artefacts = tuple(tf.constant(a) for a in table.artefacts)
+  label_masks = None if table.label_masks is None else tf.constant(table.label_masks, tf.float32)
   seed = tf.constant(seed, tf.int64)
   global_batch = batch_size * process_count
 
@@ -249,7 +271,18 @@ def _training_stream(
     image = decode(images[index])
     classes = box_labels[box_splits[index] : box_splits[index + 1]] if multilabel else None
     mask = None if masks is None else masks[index]
-    return make_example(image, labels[index], boxes, augment_key, box_labels=classes, mask=mask)
+    # Only datasets with artefact boxes make relevance maps: the others' rows stay as they were.
+    artefact = {}
+    if artefacts is not None:
+      values, splits = artefacts
+      artefact['artefact_boxes'] = values[splits[index] : splits[index + 1]]
+    row = make_example(
+      image, labels[index], boxes, augment_key, box_labels=classes, mask=mask, **artefact
+    )
+    # Only datasets with ignored labels carry a mask: the others' rows stay as they were.
+    if label_masks is not None:
+      row['label_mask'] = label_masks[index]
+    return row
 
   ds = tf.data.Dataset.counter(dtype=tf.int64)
   ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)

@@ -157,7 +157,8 @@ def example_fn(
   example's encoded annotation mask (the ``mask`` feature: a single-channel
   PNG at the image's size, or empty for none); where it is not empty, the
   row's mask is made from it (the module docstring of `care_jax.data.pipeline`)
-  instead of from ``boxes``.
+  instead of from ``boxes``. ``artefact_boxes`` [A, 4] (keyword; datasets with artefact
+  boxes): the row also holds ``relevance`` (`_with_relevance`).
   """
   size = image_size(data_config)
   mean, std = normalisation(data_config, num_channels)
@@ -202,7 +203,36 @@ def example_fn(
     label = tf.cast(label, tf.int32) if num_classes is None else tf.cast(label, tf.float32)
     return dict(image=image, label=label, mask=mask, has_mask=has_mask)
 
-  return example
+  return _with_relevance(example, size, augment_settings)
+
+
+def _with_relevance(
+  example: Callable[..., dict[str, tf.Tensor]],
+  size: int,
+  augment_settings: augment.AugmentSettings | None,
+) -> Callable[..., dict[str, tf.Tensor]]:
+  """``example`` that, given ``artefact_boxes`` [A, 4], adds the row's ``relevance``.
+
+  The artefact boxes are rasterised after the example's own geometry (the draw of ``key``,
+  as `augment.augment_example` makes it), and `augment.relevance_map` combines them with the
+  row's lesion mask; ``has_mask`` becomes "relevance not all 0". Without ``artefact_boxes``
+  the row is ``example``'s as it is.
+  """
+
+  def with_relevance(image, label, boxes, key=None, box_labels=None, mask=None, **artefact):
+    row = example(image, label, boxes, key, box_labels=box_labels, mask=mask)
+    if artefact.get('artefact_boxes') is None:
+      return row
+    artefacts = tf.reshape(tf.cast(artefact['artefact_boxes'], tf.float32), [-1, 4])
+    if augment_settings is None:
+      artefact_mask = rasterize_boxes(artefacts, size)
+    else:
+      geometry, _ = augment.sample_augmentation(key, augment_settings)
+      artefact_mask = augment.warp_boxes_mask(artefacts, geometry, size=size)
+    relevance, has_mask = augment.relevance_map(row['mask'], artefact_mask)
+    return dict(row, relevance=relevance, has_mask=has_mask)
+
+  return with_relevance
 
 
 def device_augment_example_fn(
@@ -211,9 +241,11 @@ def device_augment_example_fn(
   augment_settings: augment.AugmentSettings,
   max_boxes: int,
   num_classes: int | None = None,
+  max_artefacts: int = 1,
 ) -> Callable[..., dict[str, tf.Tensor]]:
-  """Returns f(uint8 image [H, W, C], label, boxes [N, 4], key, box_labels=None) -> row
-  of the inputs of the on-device augmentation (``data.augment.on_device``).
+  """Returns f(uint8 image [H, W, C], label, boxes [N, 4], key, box_labels=None,
+  artefact_boxes=None) -> row of the inputs of the on-device augmentation
+  (``data.augment.on_device``).
 
   The row holds ``image`` uint8 [S, S, C] (resized as `example_fn` resizes, rounded; an
   image the pipeline hands over at S x S already, from `decode_fn`'s reduced decode, only
@@ -221,12 +253,14 @@ def device_augment_example_fn(
   ``label``, ``geometry`` float32 [3, 3] and ``color`` float32 [4] (`augment.
   sample_augmentation` of ``key``: the draws `augment_example` would apply), ``boxes``
   float32 [max_boxes, 4] zero-padded with ``box_count`` int32 the real ones first, and for
-  multi-label data ``box_labels`` int32 [max_boxes]. The train step applies them
+  multi-label data ``box_labels`` int32 [max_boxes]; given ``artefact_boxes`` [A, 4], also
+  ``artefact_boxes`` float32 [max_artefacts, 4] zero-padded and ``artefact_count`` int32 (the
+  step makes ``relevance`` from them). The train step applies them
   (`care_jax.training.device_augment.augment_batch`) and normalises.
   """
   size = image_size(data_config)
 
-  def example(image, label, boxes, key, box_labels=None):
+  def example(image, label, boxes, key, box_labels=None, artefact_boxes=None):
     image = _resize(image, size)
     geometry, color = augment.sample_augmentation(key, augment_settings)
     count = tf.shape(boxes)[0]
@@ -242,6 +276,11 @@ def device_augment_example_fn(
     if num_classes is not None:
       classes = tf.pad(tf.cast(box_labels, tf.int32), padding[:1])
       row['box_labels'] = tf.ensure_shape(classes, [max_boxes])
+    if artefact_boxes is not None:
+      artefacts = tf.reshape(tf.cast(artefact_boxes, tf.float32), [-1, 4])
+      extra = [[0, max_artefacts - tf.shape(artefacts)[0]], [0, 0]]
+      row['artefact_boxes'] = tf.ensure_shape(tf.pad(artefacts, extra), [max_artefacts, 4])
+      row['artefact_count'] = tf.shape(artefacts, out_type=tf.int32)[0]
     return row
 
   return example

@@ -52,6 +52,13 @@ class SplitTable:
       None.
     masks: [N] encoded annotation masks (bytes objects, b'' for none) of a
       dataset with the ``mask`` feature, or None (no example has a mask).
+    artefacts: (values float32 [A, 4], splits int64 [N + 1]), the artefact boxes (the
+      irrelevant regions: relevance -1) of a dataset with the ``artefact_boxes`` feature,
+      laid out as ``box_values`` and ``box_splits``; None for a dataset without it.
+    label_masks: uint8 [N, K], 1 where a label counts and 0 where it is left out of the loss
+      (the ``ignored_labels`` of a multi-label dataset that has them, e.g. CheXpert under
+      U-Ignore); None for a dataset without the feature or a split where no label is ignored
+      (CheXpert under U-Ones or U-Zeros).
   """
 
   images: np.ndarray
@@ -60,6 +67,8 @@ class SplitTable:
   box_splits: np.ndarray
   box_labels: np.ndarray | None = None
   masks: np.ndarray | None = None
+  artefacts: tuple[np.ndarray, np.ndarray] | None = None
+  label_masks: np.ndarray | None = None
 
   def annotated(self) -> np.ndarray:
     """bool [N]: the examples with at least one box or a mask."""
@@ -93,7 +102,9 @@ def read_split(builder: tfds.core.DatasetBuilder, split: str) -> SplitTable:
   The images stay encoded; ``labels`` and the annotation ``boxes`` are read
   (multi-label datasets: the multi-hot labels and each box's class too), and
   the encoded annotation masks of a multi-class dataset with a ``mask``
-  feature (``masks`` None when no example has one).
+  feature (``masks`` None when no example has one), the ``artefact_boxes`` of a dataset
+  that has them, and the ``label_masks`` (1 - multi-hot ``ignored_labels``) of one with
+  ``ignored_labels``.
   """
   ds = builder.as_dataset(
     split=split,
@@ -101,7 +112,11 @@ def read_split(builder: tfds.core.DatasetBuilder, split: str) -> SplitTable:
     decoders={'image': tfds.decode.SkipDecoding()},
     read_config=read_config(),
   )
+  artefacts = _artefact_boxes(ds) if 'artefact_boxes' in builder.info.features else None
   multilabel = is_multilabel(builder)
+  label_masks = None
+  if 'ignored_labels' in builder.info.features:
+    label_masks = _label_masks(ds, len(class_names_of(builder)))
   if multilabel:
     num_classes = len(class_names_of(builder))
     ds = ds.map(
@@ -138,7 +153,24 @@ def read_split(builder: tfds.core.DatasetBuilder, split: str) -> SplitTable:
     box_splits=np.cumsum([0] + [len(b) for b in boxes], dtype=np.int64),
     box_labels=np.concatenate(box_labels).astype(np.int64) if multilabel else None,
     masks=np.array(masks, dtype=object) if any(masks) else None,
+    artefacts=artefacts,
+    label_masks=label_masks,
   )
+
+
+def _artefact_boxes(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+  """(values [A, 4], splits [N + 1]) of the ``artefact_boxes`` of a split (`SplitTable`)."""
+  boxes = [b.reshape(-1, 4) for b in tfds.as_numpy(ds.map(lambda ex: ex['artefact_boxes']))]
+  splits = np.cumsum([0] + [len(b) for b in boxes], dtype=np.int64)
+  return np.concatenate(boxes).astype(np.float32), splits
+
+
+def _label_masks(ds: tf.data.Dataset, num_classes: int) -> np.ndarray | None:
+  """uint8 [N, K]: 0 at each example's ``ignored_labels``, 1 elsewhere; None if none is."""
+  ignored = ds.map(lambda ex: multi_hot(ex['ignored_labels'], num_classes))
+  rows = [1 - row for row in tfds.as_numpy(ignored)]
+  masks = np.array(rows, np.uint8).reshape(-1, num_classes)
+  return masks if (masks == 0).any() else None
 
 
 def example_ids(

@@ -18,8 +18,11 @@ import ml_collections
 import tensorflow_datasets as tfds
 
 from care_jax.data import _tensorflow  # noqa: F401  (GPUs hidden before a builder runs TF)
+from care_jax.data import chexpert
+from care_jax.data import decoy_digits
 from care_jax.data import folder
 from care_jax.data import isic2018
+from care_jax.data import medmnist
 from care_jax.data import nih_chestxray14
 from care_jax.data import rsna_pneumonia
 from care_jax.data import synthetic_lesions
@@ -64,6 +67,7 @@ def _synthetic_multilabel_builder(
 _DATASETS: dict[str, RegisteredDataset] = {
   'synthetic_lesions': RegisteredDataset(_synthetic_builder, 'png', None),
   'synthetic_multilabel': RegisteredDataset(_synthetic_multilabel_builder, 'png', None),
+  'decoy_digits': RegisteredDataset(decoy_digits.from_data_config, 'png', None),
   'folder': RegisteredDataset(folder.from_data_config, folder.Folder.ENCODING, 'folder'),
   'isic2018': RegisteredDataset(isic2018.from_data_config, isic2018.Isic2018.ENCODING, 'isic2018'),
   'rsna_pneumonia': RegisteredDataset(
@@ -72,6 +76,8 @@ _DATASETS: dict[str, RegisteredDataset] = {
   'nih_chestxray14': RegisteredDataset(
     nih_chestxray14.from_data_config, nih_chestxray14.NihChestxray14.ENCODING, 'nih_chestxray14'
   ),
+  'medmnist': RegisteredDataset(medmnist.from_data_config, medmnist.Medmnist.ENCODING, None),
+  'chexpert': RegisteredDataset(chexpert.from_data_config, chexpert.Chexpert.ENCODING, 'chexpert'),
 }
 
 

@@ -13,7 +13,7 @@ Three modules, one job each; every public name is re-exported here, so
   multi-label classifier :func:`multilabel_score_metrics`.
 * `care_jax.metrics.attention_metrics`: attention quality against lesion
   boxes, JAX: :func:`attention_mass_inside`, :func:`pointing_game`,
-  :func:`attention_iou`, :func:`attention_quality` and the sums over batches
+  :func:`attention_iou`, :func:`energy_in_box`, :func:`attention_quality` and the sums over batches
   :class:`AttentionMetrics`.
 """
 
@@ -21,6 +21,7 @@ from care_jax.metrics.attention_metrics import AttentionMetrics
 from care_jax.metrics.attention_metrics import attention_iou
 from care_jax.metrics.attention_metrics import attention_mass_inside
 from care_jax.metrics.attention_metrics import attention_quality
+from care_jax.metrics.attention_metrics import energy_in_box
 from care_jax.metrics.attention_metrics import pointing_game
 from care_jax.metrics.classification import classification_metrics
 from care_jax.metrics.classification import confusion_matrix
@@ -39,6 +40,7 @@ __all__ = [
   'calibration',
   'classification_metrics',
   'confusion_matrix',
+  'energy_in_box',
   'multilabel_score_metrics',
   'pointing_game',
   'roc_auc',

@@ -4,6 +4,7 @@
 it over batches): the fraction of the attention mass inside the box
 (:func:`attention_mass_inside`), the pointing game (:func:`pointing_game`)
 and the IoU of the thresholded map with the box (:func:`attention_iou`).
+:func:`energy_in_box` is Rao et al.'s energy pointing game on the raw map.
 Multi-label (one map per finding): :meth:`AttentionMetrics.from_batch_per_class`
 keeps the attention sums per finding.
 """
@@ -23,6 +24,7 @@ __all__ = [
   'attention_iou',
   'attention_mass_inside',
   'attention_quality',
+  'energy_in_box',
   'pointing_game',
 ]
 
@@ -147,6 +149,41 @@ def attention_iou(
   intersection = jnp.sum(region & inside, axis=(1, 2))
   union = jnp.sum(region | inside, axis=(1, 2))  # >= 1: the peak is selected.
   return (intersection / union).astype(jnp.float32)
+
+
+def energy_in_box(maps: jax.typing.ArrayLike, masks: jax.typing.ArrayLike) -> jax.Array:
+  """Rao et al.'s energy pointing game: the share of the positive attribution in the box.
+
+  ``EPG = sum(M * relu(up(F))) / sum(relu(up(F)))`` with ``F`` the *raw* map (no min-max: a
+  negative attribution counts for nothing, as in Rao, Böhle, Parchami-Araghi and Schiele,
+  "Studying How to Efficiently and Effectively Guide Models with Explanations", ICCV 2023;
+  sukrutrao/Model-Guidance ``metrics.py``, ``EnergyPointingGameBase``) and ``up`` the
+  half-pixel bilinear upsampling to the mask resolution. Where ``M`` is an artefact box it is
+  the typology's "wrong reason" share (Friedrich et al., 2023). Unlike
+  :func:`attention_mass_inside` the ReLU is taken after the upsampling, so the full-size map
+  is built.
+
+  Args:
+    maps: [B, h, w] attention maps, raw (signed) attributions.
+    masks: [B, H, W] boxes, ``H >= h``, ``W >= w``; values > 0.5 are inside.
+
+  Returns:
+    [B] float32 shares in [0, 1] (0 where the map has no positive attribution).
+
+  Examples:
+    >>> f = jnp.array([[[1.0, -1.0], [0.0, 0.0]]])
+    >>> m = jnp.zeros((1, 2, 2)).at[0, 0, 0].set(1.0)
+    >>> print(energy_in_box(f, m))
+    [1.]
+  """
+  maps = jnp.asarray(maps, jnp.float32)
+  if maps.ndim != 3:
+    raise ValueError(f'maps must have shape [B, h, w], got shape {maps.shape}.')
+  _, inside = _attention_inputs(maps, masks)
+  energy = jax.nn.relu(_upsample(maps, inside.shape[1:]))
+  total = jnp.sum(energy, axis=(1, 2))
+  in_box = jnp.sum(jnp.where(inside, energy, 0.0), axis=(1, 2))
+  return jnp.where(total > 0, in_box / jnp.where(total > 0, total, 1.0), 0.0)
 
 
 def attention_quality(

@@ -1,8 +1,11 @@
 """Flax Linen classifiers: backbone -> feature map -> head, returning (logits, intermediates).
 
-Models know no optimizer and no files. See ``get_model`` for the entry point.
+Models know no optimizer and no files. See ``get_model`` for the entry point, and
+``register_backbone`` (``care_jax.models.backbones``) to bring your own backbone.
 """
 
+from care_jax.models.backbones import Backbone
+from care_jax.models.backbones import register_backbone
 from care_jax.models.classifier import ATTENTION_METHODS
 from care_jax.models.classifier import ATTENTION_TARGETS
 from care_jax.models.classifier import HEAD_NAMES
@@ -11,8 +14,13 @@ from care_jax.models.classifier import MODEL_NAMES
 from care_jax.models.classifier import Classifier
 from care_jax.models.classifier import get_model
 from care_jax.models.classifier import resolve_head
+from care_jax.models.convnext import ConvNeXt
 from care_jax.models.densenet import DenseNet
+from care_jax.models.efficientnet import EfficientNet
 from care_jax.models.heads import BatchNormLinearHead
+from care_jax.models.heads import DropoutLinearHead
+from care_jax.models.heads import FlattenHead
+from care_jax.models.heads import LayerNormLinearHead
 from care_jax.models.heads import LinearHead
 from care_jax.models.heads import NormedLinearHead
 from care_jax.models.heads import VGGHead
@@ -32,15 +40,21 @@ __all__ = (
   'adaptive_avg_pool',
   'ATTENTION_METHODS',
   'ATTENTION_TARGETS',
+  'Backbone',
   'BasicBlock',
   'BatchNormLinearHead',
   'Bottleneck',
   'Classifier',
+  'ConvNeXt',
   'DenseNet',
+  'DropoutLinearHead',
+  'EfficientNet',
+  'FlattenHead',
   'get_model',
   'HEAD_NAMES',
   'IMAGENET_MEAN',
   'IMAGENET_STD',
+  'LayerNormLinearHead',
   'LinearHead',
   'load_pretrained',
   'LoadReport',
@@ -48,6 +62,7 @@ __all__ = (
   'MODEL_NAMES',
   'NormedLinearHead',
   'PRETRAINED_MODEL_NAMES',
+  'register_backbone',
   'resolve_head',
   'ResNet',
   'TinyCNN',

@@ -14,6 +14,7 @@ Example::
       variables, features, labels, train=True, rngs={'dropout': key3})
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -21,27 +22,28 @@ import jax
 import jax.numpy as jnp
 
 from care_jax import attention
+from care_jax.models import backbones
+from care_jax.models import convnext
 from care_jax.models import densenet
+from care_jax.models import efficientnet
 from care_jax.models import heads as heads_lib
 from care_jax.models import layers
 from care_jax.models import resnet
 from care_jax.models import tiny
 from care_jax.models import vgg
+from care_jax.models import weight_maps
 
-MODEL_NAMES: tuple[str, ...] = (
-  'tiny_cnn',
-  'resnet18',
-  'resnet34',
-  'resnet50',
-  'resnet101',
-  'resnet152',
-  'vgg19',
-  'densenet121',
-  'densenet161',
-  'densenet169',
-  'densenet201',
+HEAD_NAMES: tuple[str, ...] = (
+  'linear',
+  'bn_linear',
+  'vgg',
+  'normed_linear',
+  'layernorm_linear',
+  'dropout_linear',
+  'flatten',
 )
-HEAD_NAMES: tuple[str, ...] = ('linear', 'bn_linear', 'vgg', 'normed_linear')
+# Heads every backbone takes beside those of its registration: position-aware, for any feature map.
+ANY_BACKBONE_HEADS: tuple[str, ...] = ('flatten',)
 # The head that a config's model.head = 'default' means for a loss, where the loss needs one:
 # LDAM's scale s (30) is meant for cosine logits (Cao et al. 2019's NormedLinear head).
 LOSS_DEFAULT_HEADS: dict[str, str] = {'ldam_drw': 'normed_linear'}
@@ -53,6 +55,44 @@ ATTENTION_METHODS: tuple[str, ...] = ('auto', 'cam', 'grad_cam')
 ATTENTION_TARGETS: tuple[str, ...] = ('logit', 'contrast')
 
 
+def _register_builtin_backbones() -> None:
+  """The built-in backbones, registered as any other (care_jax.models.backbones).
+
+  A new built-in backbone registers here, so that it is in ``MODEL_NAMES``.
+  """
+  backbones.register_backbone('tiny_cnn', tiny.TinyCNN)
+  for name, (stage_sizes, block_cls) in resnet.RESNET_CONFIGS.items():
+    factory = functools.partial(resnet.ResNet, stage_sizes=stage_sizes, block_cls=block_cls)
+    backbones.register_backbone(name, factory)
+  vgg_heads = ('linear', 'bn_linear', 'vgg', 'normed_linear')
+  backbones.register_backbone('vgg19', vgg.VGG, heads=vgg_heads, default_head='vgg')
+  for name, densenet_config in densenet.DENSENET_CONFIGS.items():
+    backbones.register_backbone(name, functools.partial(densenet.DenseNet, **densenet_config))
+  # ConvNeXt and EfficientNet: their own heads by default, torchvision/timm weight readers.
+  for configs, module, head, reader in (
+    (convnext.CONVNEXT_CONFIGS, convnext.ConvNeXt, 'layernorm_linear', 'read_convnext_weights'),
+    (
+      efficientnet.EFFICIENTNET_CONFIGS,
+      efficientnet.EfficientNet,
+      'dropout_linear',
+      'read_efficientnet_weights',
+    ),
+  ):
+    for name, config in configs.items():
+      backbones.register_backbone(
+        name,
+        functools.partial(module, **config),
+        heads=(head, *backbones.STANDARD_HEADS),
+        default_head=head,
+        weight_reader=getattr(weight_maps, reader),
+      )
+
+
+_register_builtin_backbones()
+# The built-in names (registered later or named by import path: backbones.registered_names()).
+MODEL_NAMES: tuple[str, ...] = backbones.registered_names()
+
+
 class Classifier(nn.Module):
   """A backbone producing the Grad-CAM feature map, and a head producing logits from it.
 
@@ -62,12 +102,14 @@ class Classifier(nn.Module):
 
   backbone: nn.Module
   head: nn.Module
+  backbone_name: str = ''  # model.name, for the error of a backbone that returns no 4-D map
 
   def __call__(
     self, x: jax.typing.ArrayLike, *, train: bool
   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     layers.check_nhwc(x, name='images')
     features = self.backbone(x, train=train)
+    backbones.check_features(self.backbone_name or type(self.backbone).__name__, features)
     logits = self.head(features, train=train)
     return logits, {'features': features}
 
@@ -186,7 +228,12 @@ def resolve_head(head: str | None, *, loss: str | None = None) -> str | None:
 
 
 def _make_head(
-  head: str, *, num_classes: int, dtype: layers.Dtype, axis_name: str | None
+  head: str,
+  *,
+  num_classes: int,
+  dtype: layers.Dtype,
+  axis_name: str | None,
+  dropout_rate: float = 0.2,
 ) -> nn.Module:
   if head == 'linear':
     return heads_lib.LinearHead(num_classes=num_classes, dtype=dtype)
@@ -194,6 +241,14 @@ def _make_head(
     return heads_lib.BatchNormLinearHead(num_classes=num_classes, dtype=dtype, axis_name=axis_name)
   if head == 'normed_linear':
     return heads_lib.NormedLinearHead(num_classes=num_classes, dtype=dtype)
+  if head == 'layernorm_linear':
+    return heads_lib.LayerNormLinearHead(num_classes=num_classes, dtype=dtype)
+  if head == 'flatten':
+    return heads_lib.FlattenHead(num_classes=num_classes, dtype=dtype)
+  if head == 'dropout_linear':
+    return heads_lib.DropoutLinearHead(
+      num_classes=num_classes, dropout_rate=dropout_rate, dtype=dtype
+    )
   return heads_lib.VGGHead(num_classes=num_classes, dtype=dtype)
 
 
@@ -208,14 +263,17 @@ def get_model(
   """Builds a ``Classifier`` by name.
 
   Args:
-    name: one of ``MODEL_NAMES``.
+    name: a registered backbone (``MODEL_NAMES``, ``backbones.register_backbone``) or an import
+      path ``'package.module:Backbone'`` (see ``care_jax.models.backbones``).
     num_classes: number of logits K (> 0).
     dtype: computation dtype (e.g. ``jnp.bfloat16`` for mixed precision). Parameters are float32,
       activations and features ``dtype``, logits always float32.
     head: 'linear' (GAP + Dense), 'bn_linear' (GAP + BatchNorm + Dense, the official CARE head),
-      'normed_linear' (GAP + cosine classifier, LDAM-DRW's ``NormedLinear``) or, for 'vgg19'
-      only, 'vgg' (torchvision's VGG classifier). None picks the model's own head: 'vgg' for
-      'vgg19', 'linear' for the others (``resolve_head`` maps a config's ``model.head``).
+      'normed_linear' (GAP + cosine classifier, LDAM-DRW's ``NormedLinear``), 'flatten' (Dense on
+      the flattened feature map, position-aware; every backbone takes it) or, for 'vgg19'
+      only, 'vgg' (torchvision's VGG classifier): those of the backbone's registration. None
+      picks the backbone's own head: 'vgg' for 'vgg19', 'linear' for the others
+      (``resolve_head`` maps a config's ``model.head``).
     axis_name: pmap/vmap axis name given to every BatchNorm, so that batch statistics are averaged
       over devices in the ``jax.pmap`` path. None for ``jax.jit`` (single device or sharded mesh).
 
@@ -223,32 +281,27 @@ def get_model(
     The (unbound) Flax module.
 
   Raises:
-    ValueError: unknown ``name`` or ``head``, a head the model does not support, or num_classes < 1.
+    ValueError: unknown ``name`` (or an import path that does not import), unknown ``head``, a
+      head the backbone does not support, or num_classes < 1.
   """
-  if name not in MODEL_NAMES:
-    raise ValueError(f'Unknown model name {name!r}; valid names: {", ".join(MODEL_NAMES)}.')
+  spec = backbones.resolve(name)
   if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f'num_classes must be a positive int; got {num_classes!r}.')
-  valid_heads = HEAD_NAMES if name == 'vgg19' else ('linear', 'bn_linear', 'normed_linear')
   if head is None:
-    head = 'vgg' if name == 'vgg19' else 'linear'
-  if head not in valid_heads:
+    head = spec.default_head
+  valid_heads = (*spec.heads, *ANY_BACKBONE_HEADS)
+  if head not in valid_heads or head not in HEAD_NAMES:
     raise ValueError(f'Unknown head {head!r} for {name!r}; valid heads: {", ".join(valid_heads)}.')
-
-  if name == 'tiny_cnn':
-    backbone = tiny.TinyCNN(dtype=dtype, axis_name=axis_name)
-  elif name == 'vgg19':
-    backbone = vgg.VGG(dtype=dtype)
-  elif name in densenet.DENSENET_CONFIGS:
-    backbone = densenet.DenseNet(
-      **densenet.DENSENET_CONFIGS[name], dtype=dtype, axis_name=axis_name
-    )
-  else:
-    stage_sizes, block_cls = resnet.RESNET_CONFIGS[name]
-    backbone = resnet.ResNet(
-      stage_sizes=stage_sizes, block_cls=block_cls, dtype=dtype, axis_name=axis_name
-    )
+  backbone = spec.build(dtype=dtype, axis_name=axis_name)
   return Classifier(
     backbone=backbone,
-    head=_make_head(head, num_classes=num_classes, dtype=dtype, axis_name=axis_name),
+    head=_make_head(
+      head,
+      num_classes=num_classes,
+      dtype=dtype,
+      axis_name=axis_name,
+      # EfficientNet's head dropout depends on the variant (torchvision's ``dropout``).
+      dropout_rate=getattr(backbone, 'classifier_dropout', 0.2),
+    ),
+    backbone_name=name,
   )

@@ -45,6 +45,10 @@ from care_jax.models import _windows
 # pixels (H_out * W_out). Measured on the ResNet-18/50 shapes (docs/benchmarks.md): the patch
 # form wins 1.2x to 33x at 4x4 and 2x2 outputs and loses up to 2.4x at 8x8 to 56x56 (stride 1).
 PATCH_FORM_MAX_OUTPUT_PIXELS = 16
+# Depthwise convolutions (ConvNeXt's 7x7, EfficientNet's 3x3/5x5) on CPU as the sum of the kernel
+# taps' slices times per-channel weights (`depthwise_convolution`) instead of XLA's grouped
+# convolution: measured with benchmarks/conv_forms.py (docs/benchmarks.md).
+DEPTHWISE_TAP_FORM = True
 
 _NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ('NHWC', 'HWIO', 'NHWC'))
 
@@ -74,9 +78,9 @@ def uses_patch_form(
   """Whether `convolution` computes this convolution as patches times a matrix on ``backend``.
 
   True on CPU for a 2-D NHWC/HWIO convolution without dilation or groups whose kernel is 1x1
-  (a matmul whatever the map) or whose output map has at most `PATCH_FORM_MAX_OUTPUT_PIXELS`
-  pixels; other platforms ('cuda', 'rocm', 'tpu') keep their own convolution (cuDNN and the
-  TPU have no such slowdowns to work around).
+  (a matmul whatever the map), tiles the input (kernel = stride, no padding) or whose output map
+  has at most `PATCH_FORM_MAX_OUTPUT_PIXELS` pixels; other platforms ('cuda', 'rocm', 'tpu')
+  keep their own convolution (cuDNN and the TPU have no such slowdowns to work around).
 
   Args:
     backend: the platform the convolution runs on (``jax.lax.platform_dependent``'s names:
@@ -101,7 +105,10 @@ def uses_patch_form(
   ]
   if out[0] < 1 or out[1] < 1:
     return False
-  return tuple(rhs_shape[:2]) == (1, 1) or out[0] * out[1] <= PATCH_FORM_MAX_OUTPUT_PIXELS
+  # A kernel as large as its stride without padding (ConvNeXt's 4x4/4 stem and 2x2/2
+  # downsampling) tiles the input: its patches are a reshape, nothing is copied (1.3-2.3x faster).
+  tiles = tuple(rhs_shape[:2]) == strides and not any(p for pair in pads for p in pair)
+  return tuple(rhs_shape[:2]) == (1, 1) or tiles or out[0] * out[1] <= PATCH_FORM_MAX_OUTPUT_PIXELS
 
 
 def patch_convolution(
@@ -137,6 +144,34 @@ def patch_convolution(
     preferred_element_type=preferred_element_type,
   )
   return out.reshape(batch, height, width, c_out)
+
+
+def is_depthwise(lhs_shape, rhs_shape, feature_group_count: int, dimension_numbers=None) -> bool:
+  """Whether this is a 2-D NHWC/HWIO depthwise convolution: one input channel per group and
+  as many groups as input and output channels (torch's ``groups == in == out``)."""
+  if len(lhs_shape) != 4 or len(rhs_shape) != 4 or feature_group_count == 1:
+    return False
+  if lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers) != _NHWC:
+    return False
+  return rhs_shape[2] == 1 and feature_group_count == lhs_shape[3] == rhs_shape[3]
+
+
+def depthwise_convolution(
+  lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Sequence[tuple[int, int]]
+) -> jax.Array:
+  """A depthwise NHWC convolution (HWIO kernel [kh, kw, 1, C]) as the sum over the kernel taps
+  of the strided input slice times that tap's per-channel weights; equals lax's convolution with
+  ``feature_group_count = C``. Products are accumulated in float32 (as lax's convolution does
+  for bfloat16), and the gradient is slices, pads and elementwise products again."""
+  kh, kw = rhs.shape[:2]
+  pads = tuple(tuple(p) for p in padding)
+  x = jnp.pad(lhs, ((0, 0), pads[0], pads[1], (0, 0)))
+  weights = rhs.astype(jnp.float32)
+  out = None
+  for (u, v), tap in _windows.taps(x, (kh, kw), window_strides):
+    term = tap.astype(jnp.float32) * weights[u, v, 0]
+    out = term if out is None else out + term
+  return out.astype(jnp.result_type(lhs, rhs))
 
 
 def convolution(
@@ -175,6 +210,19 @@ def convolution(
     preferred_element_type=preferred_element_type,
     **kwargs,
   )
+  if (
+    not kwargs
+    and DEPTHWISE_TAP_FORM
+    and is_depthwise(lhs.shape, rhs.shape, feature_group_count, dimension_numbers)
+  ):
+    pads = _explicit_padding(padding, lhs.shape, rhs.shape, tuple(window_strides))
+    if pads is not None and not any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
+      # Rematerialised: autodiff would keep every tap's slice (kh * kw copies of the input, 49
+      # for a 7x7 kernel) for the weight gradient; slicing the input again is cheap.
+      by_taps = jax.checkpoint(
+        functools.partial(depthwise_convolution, window_strides=window_strides, padding=pads)
+      )
+      return lax.platform_dependent(lhs, rhs, cpu=by_taps, default=by_lax)
   if kwargs or not uses_patch_form(
     lhs.shape,
     rhs.shape,

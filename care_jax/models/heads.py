@@ -5,8 +5,12 @@
   ``params['head']['fc']['kernel']`` (the only code that reads it).
 - ``BatchNormLinearHead``: global average pool + BatchNorm1d + Dense (the official CARE head).
 - ``VGGHead``: torchvision's VGG classifier on the last conv block (before its final maxpool).
+- ``LayerNormLinearHead``: global average pool + LayerNorm + Dense (ConvNeXt's classifier).
+- ``DropoutLinearHead``: global average pool + Dropout + Dense (EfficientNet's classifier).
 - ``NormedLinearHead``: global average pool + cosine classifier (LDAM-DRW's ``NormedLinear``),
   logits in [-1, 1] for a loss that scales them (``ldam_loss``'s ``s``).
+- ``FlattenHead``: Dense on the flattened [h, w, C] map, position-aware (Ross et al.'s MLP on
+  pixels reads a corner directly; a pooled head does not).
 """
 
 from typing import Sequence
@@ -81,11 +85,13 @@ class LinearHead(nn.Module):
     return _fc(self, pooled)
 
 
-def _fc(head: nn.Module, pooled: jax.Array) -> jax.Array:
-  """The heads' final ``Dense`` 'fc' (torch init), float32 logits."""
+def _fc(
+  head: nn.Module, pooled: jax.Array, *, kernel_init=layers.torch_linear_kernel_init
+) -> jax.Array:
+  """The heads' final ``Dense`` 'fc' (torch init unless ``kernel_init``), float32 logits."""
   logits = nn.Dense(
     head.num_classes,
-    kernel_init=layers.torch_linear_kernel_init,
+    kernel_init=kernel_init,
     dtype=head.dtype,
     param_dtype=head.param_dtype,
     name='fc',
@@ -111,6 +117,57 @@ class BatchNormLinearHead(nn.Module):
     pooled = global_avg_pool(features)
     pooled = layers.batch_norm_for(self, train=train, name='bn')(pooled)
     return _fc(self, pooled)
+
+
+class LayerNormLinearHead(nn.Module):
+  """Global average pool, ``LayerNorm`` ('norm', eps 1e-6), ``Dense`` ('fc'): ConvNeXt's head.
+
+  torchvision's ``classifier = [LayerNorm2d, Flatten, Linear]`` after ``AdaptiveAvgPool2d(1)``,
+  timm's ``head.norm``/``head.fc``. Not GAP + linear, so its attention maps are Grad-CAM through
+  the head's VJP. Init as torchvision's ConvNeXt: ``trunc_normal(std=0.02)`` kernel, zero bias.
+  """
+
+  num_classes: int
+  epsilon: float = 1e-6
+  dtype: layers.Dtype = jnp.float32
+  param_dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: jax.Array, *, train: bool = False) -> jax.Array:
+    del train  # no train-dependent layers; accepted so every head has the same signature
+    layers.check_nhwc(features, name='features')
+    pooled = nn.LayerNorm(
+      epsilon=self.epsilon,
+      use_fast_variance=False,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='norm',
+    )(global_avg_pool(features))
+    return _fc(self, pooled, kernel_init=nn.initializers.truncated_normal(stddev=0.02))
+
+
+# torchvision EfficientNet's Linear init: U(-1/sqrt(out_features), 1/sqrt(out_features)).
+efficientnet_linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_out', 'uniform')
+
+
+class DropoutLinearHead(nn.Module):
+  """Global average pool, ``Dropout(dropout_rate)``, ``Dense`` ('fc'): EfficientNet's head.
+
+  torchvision's ``classifier = [Dropout(p), Linear]``, timm's ``drop_rate`` + ``classifier``.
+  Dropout draws from the 'dropout' rng only when ``train``; its attention maps are Grad-CAM
+  through the head's VJP (with ``train=True`` under the forward pass's dropout mask).
+  """
+
+  num_classes: int
+  dropout_rate: float = 0.2
+  dtype: layers.Dtype = jnp.float32
+  param_dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: jax.Array, *, train: bool = False) -> jax.Array:
+    layers.check_nhwc(features, name='features')
+    pooled = nn.Dropout(self.dropout_rate, deterministic=not train)(global_avg_pool(features))
+    return _fc(self, pooled, kernel_init=efficientnet_linear_kernel_init)
 
 
 class VGGHead(nn.Module):
@@ -217,3 +274,33 @@ class NormedLinearHead(nn.Module):
       l2_normalize(kernel.astype(jnp.float32), axis=0),
       precision=jax.lax.Precision.HIGHEST,
     )
+
+
+class FlattenHead(nn.Module):
+  """Flatten the feature map in (h, w, C) order, then ``Dense(num_classes, name='fc')``.
+
+  ``logits = vec(A) @ W + b`` with ``W = params['fc']['kernel']`` of shape [h * w * C, K]: every
+  grid cell has its own weights, so the head sees *where* a feature is, as Ross et al.'s MLP on
+  the flattened pixels does (a decoy patch in a corner is read by that corner's weights, where
+  global average pooling dilutes it among the h * w cells). Its parameter count, and so its input
+  size, is fixed by the first call. Not GAP + linear: its attention maps are Grad-CAM through the
+  head's VJP. Kernel init is torch.nn.Linear's default, bias 0.
+
+  Reference: Ross, Hughes and Doshi-Velez, "Right for the Right Reasons", IJCAI 2017, Sec. 4
+  (Decoy-MNIST, a multilayer perceptron on the flattened image; github.com/dtak/rrr).
+
+  Example::
+
+    head = FlattenHead(num_classes=10)
+    variables = head.init(key, jnp.zeros((2, 4, 4, 128)))   # fc kernel [2048, 10]
+  """
+
+  num_classes: int
+  dtype: layers.Dtype = jnp.float32
+  param_dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: jax.Array, *, train: bool = False) -> jax.Array:
+    del train  # no train-dependent layers; accepted so every head has the same signature
+    layers.check_nhwc(features, name='features')
+    return _fc(self, features.reshape(features.shape[0], -1))

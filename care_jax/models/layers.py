@@ -62,21 +62,34 @@ def batch_norm(
 
 
 def conv_for(
-  module: nn.Module, features: int, kernel_size: int, *, stride: int = 1, use_bias: bool, name: str
+  module: nn.Module,
+  features: int,
+  kernel_size: int,
+  *,
+  stride: int = 1,
+  use_bias: bool,
+  name: str,
+  groups: int = 1,
+  padding: Padding | None = None,
+  kernel_init: Any = conv_kernel_init,
 ) -> nn.Conv:
   """A square conv with torch's symmetric padding ``kernel_size // 2`` and torchvision's init.
 
   Computes in ``module.dtype`` with ``module.param_dtype`` parameters (the module that calls it
   from its compact ``__call__`` owns the conv); the bias, if any, starts at 0. The convolution
-  takes the form that is fastest for its shapes (`care_jax.models.convolution`).
+  takes the form that is fastest for its shapes (`care_jax.models.convolution`). ``groups`` is
+  torch's (``groups == features`` for a depthwise conv); ``padding`` and ``kernel_init`` replace
+  the defaults where an architecture differs (ConvNeXt's unpadded patchify stem, its
+  truncated-normal init).
   """
   return nn.Conv(
     features,
     (kernel_size, kernel_size),
     strides=(stride, stride),
-    padding=torch_padding(kernel_size),
+    padding=torch_padding(kernel_size) if padding is None else padding,
+    feature_group_count=groups,
     use_bias=use_bias,
-    kernel_init=conv_kernel_init,
+    kernel_init=kernel_init,
     bias_init=nn.initializers.zeros,
     dtype=module.dtype,
     param_dtype=module.param_dtype,

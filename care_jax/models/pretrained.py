@@ -57,6 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from care_jax import _deprecated
+from care_jax.models import backbones
 from care_jax.models import classifier as classifier_lib
 from care_jax.models import densenet
 from care_jax.models import heads as heads_lib
@@ -68,9 +69,12 @@ from care_jax.models import vgg
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-# Every architecture with a torchvision counterpart (all but tiny_cnn).
+# Every architecture with a torchvision counterpart (all but tiny_cnn) read by this module; the
+# backbones with their own weight reader (ConvNeXt, EfficientNet) are read by theirs.
 PRETRAINED_MODEL_NAMES: tuple[str, ...] = tuple(
-  name for name in classifier_lib.MODEL_NAMES if name != 'tiny_cnn'
+  name
+  for name in classifier_lib.MODEL_NAMES
+  if name != 'tiny_cnn' and backbones.resolve(name).weight_reader is None
 )
 
 # Flax (collection, leaf) -> torch parameter/buffer name.
@@ -285,7 +289,8 @@ def load_pretrained(
   ``IMAGENET_MEAN``/``IMAGENET_STD`` (the torch model gets the same images as NCHW).
 
   Args:
-    model_name: one of ``PRETRAINED_MODEL_NAMES``.
+    model_name: one of ``PRETRAINED_MODEL_NAMES``, or a backbone with its own weight reader
+      (``care_jax.models.backbones``: the reader fills the initialised variables from ``path``).
     path: a ``.safetensors`` file (read without torch) or a torch pickle (needs torch).
     num_classes: logits of the model. None (or the checkpoint's class count) loads the
       checkpoint's classifier; any other value keeps the backbone (and VGG's hidden layers) and
@@ -308,10 +313,16 @@ def load_pretrained(
     ImportError: a torch pickle and no torch installed.
   """
   if model_name not in PRETRAINED_MODEL_NAMES:
-    raise ValueError(
-      f'No pretrained weights mapping for model {model_name!r}; supported: '
-      f'{", ".join(PRETRAINED_MODEL_NAMES)}.'
+    model, variables, report = _load_with_reader(
+      model_name,
+      path,
+      num_classes=num_classes,
+      dtype=dtype,
+      head=head,
+      axis_name=axis_name,
+      rng=rng,
     )
+    return (model, variables, report) if return_report else (model, variables)
   path = pathlib.Path(path)
   state, final_module, checkpoint_classes, num_classes = _read_checkpoint(
     model_name, path, num_classes
@@ -340,6 +351,46 @@ def load_pretrained(
   if return_report:
     return model, variables, report
   return model, variables
+
+
+def _load_with_reader(
+  model_name: str, path: str | os.PathLike[str], *, num_classes: int | None, rng, **model_kwargs
+) -> tuple[classifier_lib.Classifier, dict[str, Any], LoadReport]:
+  """A backbone's own weight reader (``care_jax.models.backbones``) on the initialised model.
+
+  The report lists as loaded the layers whose values the reader changed.
+  """
+  spec = backbones.resolve(model_name)
+  if spec.weight_reader is None:
+    raise ValueError(
+      f'No pretrained weights mapping for model {model_name!r}: the torchvision/timm weights are '
+      f'read for {", ".join(PRETRAINED_MODEL_NAMES)}; a custom backbone needs its own weight '
+      'reader (a read_weights(path, variables) static method on its class, or '
+      'register_backbone(..., weight_reader=...)).'
+    )
+  if num_classes is None:
+    raise ValueError(f'{model_name!r} has its own weight reader: pass num_classes.')
+  model = classifier_lib.get_model(model_name, num_classes=num_classes, **model_kwargs)
+  image = jnp.zeros((1, 224, 224, 3), jnp.float32)
+  initial = jax.jit(functools.partial(model.init, train=False))(
+    jax.random.key(0) if rng is None else rng, image
+  )
+  variables = backbones.read_weights(spec, path, jax.device_get(initial))
+  before = flax.traverse_util.flatten_dict(jax.device_get(initial))
+  after = flax.traverse_util.flatten_dict(variables)
+  changed = {key[1:-1] for key in before if not np.array_equal(before[key], after.get(key))}
+  report = LoadReport(
+    path=str(path),
+    model_name=model_name,
+    num_classes=num_classes,
+    checkpoint_num_classes=None,
+    loaded={'/'.join(layer): 'read_weights' for layer in sorted(changed)},
+    initialised=tuple(
+      sorted({'/'.join(key[1:-1]) for key in before} - set(map('/'.join, changed)))
+    ),
+    ignored=(),
+  )
+  return model, variables, report
 
 
 # Our layers, each with its leaves: layer path -> [(collection, leaf name, abstract leaf)].

@@ -25,6 +25,14 @@ key             dtype, shape                 content
                                              xmax), padded to a fixed N
 ``box_count``   int32 [B]                    the real boxes come first
 ``box_labels``  int32 [B, N]                 multi-label data: each box's class
+``artefact_``   float32 [B, A, 4], int32     datasets with artefact boxes only:
+``boxes``,      [B]                          the irrelevant regions, padded as
+``artefact_``                                ``boxes``; the step adds
+``count``                                    ``relevance`` (`relevance_map`)
+``label_mask``  float32 [B, K]               datasets with ignored labels only
+                                             (CheXpert's U-Ignore): 1 where a
+                                             label counts in the loss; passed
+                                             through unchanged
 ==============  ===========================  ===================================
 
 `augment_batch` turns them into the batch contract of
@@ -54,7 +62,15 @@ FILL_VALUE = 0.0
 # ITU-R 601 luma weights (torchvision's rgb_to_grayscale; `augment._LUMA`).
 LUMA = (0.2989, 0.587, 0.114)
 # The keys of the augmentation inputs, dropped by `augment_batch`.
-AUGMENT_KEYS = ('geometry', 'color', 'boxes', 'box_count', 'box_labels')
+AUGMENT_KEYS = (
+  'geometry',
+  'color',
+  'boxes',
+  'box_count',
+  'box_labels',
+  'artefact_boxes',
+  'artefact_count',
+)
 
 
 def _index_transform(geometry: jax.Array, *, height: int, width: int, size: int) -> jax.Array:
@@ -315,7 +331,9 @@ def augment_batch(
   Returns:
     The batch with 'image' float32 [B, S, S, C] normalised, 'mask' (float32
     [B, S, S], or uint8 [B, K, S, S] with 'box_labels'), 'has_mask' (bool [B]
-    or [B, K]), the other keys unchanged and the augmentation inputs dropped.
+    or [B, K]), with 'artefact_boxes' also 'relevance' (`relevance_map`; 'has_mask' then
+    says relevance is not all 0), the other keys unchanged and the augmentation inputs
+    dropped.
   """
   images = jnp.asarray(batch['image'])
   size = images.shape[1]
@@ -332,4 +350,32 @@ def augment_batch(
   mask = boxes_masks(batch['boxes'], batch['box_count'], batch['geometry'], size=size, **per_class)
   out = {key: value for key, value in batch.items() if key not in AUGMENT_KEYS}
   out.update(image=(images01 - mean) / std, mask=mask, has_mask=jnp.any(mask > 0, axis=(-2, -1)))
+  if 'artefact_boxes' in batch:
+    artefact = boxes_masks(
+      batch['artefact_boxes'], batch['artefact_count'], batch['geometry'], size=size
+    )
+    out['relevance'], out['has_mask'] = relevance_map(mask, artefact)
   return out
+
+
+def relevance_map(mask: jax.Array, artefact: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`care_jax.data.augment.relevance_map` for a batch: the three-valued relevance.
+
+  ``-1`` on an artefact; else, where the example (per class) has a lesion mask, ``2 mask -
+  1``; else ``0``.
+
+  Args:
+    mask: the lesion masks, float32 [B, S, S] or uint8 [B, K, S, S] (binary).
+    artefact: float32 [B, S, S], the artefact boxes' union (binary).
+
+  Returns:
+    (relevance float32 [B, S, S] or [B, K, S, S], has_mask bool [B] or [B, K]: not all 0).
+  """
+  mask = jnp.asarray(mask, jnp.float32)
+  artefact = jnp.asarray(artefact).reshape(
+    artefact.shape[:1] + (1,) * (mask.ndim - 3) + artefact.shape[1:]
+  )
+  lesion = jnp.any(mask > 0, axis=(-2, -1), keepdims=True)
+  relevance = jnp.where(lesion, 2.0 * mask - 1.0, 0.0)
+  relevance = jnp.where(artefact > 0, -1.0, relevance)
+  return relevance, jnp.any(relevance != 0, axis=(-2, -1))

@@ -66,11 +66,18 @@ class Experiment:
   stage1_step: Callable[..., Any] | None = None
 
 
-def create_experiment(config: ml_collections.ConfigDict, info) -> Experiment:
+def create_experiment(
+  config: ml_collections.ConfigDict,
+  info,
+  *,
+  first_batch: Callable[[], dict[str, Any]] | None = None,
+) -> Experiment:
   """The model, loss, steps, back-end and fresh state of `config` on a dataset `info`.
 
   The fields `config` leaves to the recipe are filled in first
   (`care_jax.config.resolve_recipe`): ``experiment.config`` is what the run saves.
+  ``first_batch`` gives the run's first training batch (this process's share), on which
+  ``guidance.weight='auto'`` is measured at the fresh state (`step.calibrate_weight`).
   """
   config = config_lib.resolve_recipe(config)
   if config.task != info.task:
@@ -92,7 +99,13 @@ def create_experiment(config: ml_collections.ConfigDict, info) -> Experiment:
   )
   model = state_lib.create_model(config, num_classes)
   axis_name = parallel_lib.PMAP_AXIS if config.parallel == 'pmap' else None
-  step_config = step_lib.StepConfig.from_config(config)
+  image_shape = (info.image_size, info.image_size, info.num_channels)
+  state = state_lib.create_train_state(
+    config, model, image_shape, num_steps, jax.random.key(config.seed)
+  )
+  step_config = _calibrated(
+    step_lib.StepConfig.from_config(config), model, state, classification_loss, first_batch
+  )
   make_step = lambda step_config: step_lib.make_train_step(
     model, step_config, classification_loss=classification_loss, axis_name=axis_name
   )
@@ -111,10 +124,6 @@ def create_experiment(config: ml_collections.ConfigDict, info) -> Experiment:
   parallel_lib.check_divisible(config.train.batch_size, parallel, 'train.batch_size')
   # Checked here too, not only when the first evaluation starts (after training).
   parallel_lib.check_divisible(config.train.eval_batch_size, parallel, 'train.eval_batch_size')
-  image_shape = (info.image_size, info.image_size, info.num_channels)
-  state = state_lib.create_train_state(
-    config, model, image_shape, num_steps, jax.random.key(config.seed)
-  )
   stage1_step = None
   if two_stage:
     # Stage 1 compiles without the attention term: it costs nothing there.
@@ -122,6 +131,33 @@ def create_experiment(config: ml_collections.ConfigDict, info) -> Experiment:
       make_step(dataclasses.replace(step_config, alpha=0.0))
     )
   return Experiment(config, info, num_steps, model, parallel, state, two_stage, stage1_step)
+
+
+def _calibrated(step_config, model, state, classification_loss, first_batch):
+  """``step_config`` with ``guidance.weight='auto'`` measured on the first batch at ``state``.
+
+  The fresh state and the first batch are the same on every start, so a resumed run measures
+  the same weight; with several processes, process 0's weight is every process's (the compiled
+  steps must agree).
+  """
+  if not step_config.auto_weight:
+    return step_config
+  if first_batch is None:
+    raise ValueError(
+      "config.guidance.weight = 'auto': measured on the first training batch, which"
+      ' create_experiment was not given (pass first_batch=).'
+    )
+  step_config = step_lib.calibrate_weight(
+    model, step_config, state, first_batch(), classification_loss=classification_loss
+  )
+  weight = step_config.weight
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    weight = float(multihost_utils.broadcast_one_to_all(np.float32(weight)))
+    step_config = dataclasses.replace(step_config, weight=weight)
+  logging.info("guidance.weight = 'auto': %.6g (the term starts equal to the loss)", weight)
+  return step_config
 
 
 def train_and_evaluate(
@@ -152,8 +188,17 @@ def train_and_evaluate(
   # package (steps, state, checkpoints) imports where it is not installed.
   from care_jax.training import inputs as inputs_lib  # pylint: disable=g-import-not-at-top
 
-  inputs = inputs_lib.PipelineInputs(config, boxes_fn=boxes_fn)
-  return run(create_experiment(config, inputs.info), inputs, workdir)
+  # Resolved: the pipeline reads the 'auto' keys as the train step does.
+  inputs = inputs_lib.PipelineInputs(config_lib.resolve_recipe(config), boxes_fn=boxes_fn)
+  resolved = config_lib.resolve_recipe(config)
+  first_batch = lambda: next(
+    iter(
+      inputs.train_batches(
+        batch_size=resolved.train.batch_size // jax.process_count(), start_step=0
+      )
+    )
+  )
+  return run(create_experiment(config, inputs.info, first_batch=first_batch), inputs, workdir)
 
 
 def run(experiment: Experiment, inputs, workdir: str) -> dict[str, Any]:
@@ -316,7 +361,8 @@ def train(
   with tqdm.tqdm(
     total=num_steps,
     initial=start_step,
-    desc=f'train {context.outputs.workdir.name}',
+    # <config>/seed_<s> for the runs of care-jax compare.
+    desc=f'train {context.outputs.workdir.parent.name}/{context.outputs.workdir.name}',
     dynamic_ncols=True,
     disable=not (context.outputs.is_chief and config.train.progress),
   ) as progress:
@@ -337,12 +383,12 @@ def _maybe_start_stage2(context: _RunContext, state, step: int):
   if not two_stage or not step or step != two_stage.switch_step(context.stage1_best.step):
     return state
   if context.stage1_best.step is None:
-    logging.info('stage 2 (CE + attention loss) from step %d: no validation to go back to', step)
+    logging.info('stage 2 (attention loss on) from step %d: no validation to go back to', step)
     return state
   parallel = context.experiment.parallel
   best = context.stage1_best.restore(parallel.abstract_state(context.experiment.state))
   logging.info(
-    'stage 2 (CE + attention loss) from step %d, with the best stage-1 state (step %d, '
+    'stage 2 (attention loss on) from step %d, with the best stage-1 state (step %d, '
     'validation %s %s)',
     step,
     context.stage1_best.step,

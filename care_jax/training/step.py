@@ -14,6 +14,10 @@ Multi-label (``StepConfig.task = 'multilabel'``: labels [B, K] multi-hot, masks
 is the mean over the boxed (image, finding) pairs whose finding is present of
 ``L_in + lam * L_out`` for the map of that finding's logit against its box.
 
+Another guidance method (``StepConfig.method``, `care_jax.training.guidance_terms`) trains
+``L = CE + weight * L_method`` from ``start_step`` on (the papers' form); the method is chosen
+in Python, so each compiles its own step. ``method='care'`` is the loss above, unchanged.
+
 Under data parallelism both steps compute the loss of the *global* batch:
 every mean (CE, class-weighted CE, attention loss over the boxed images)
 divides a per-device sum by the global denominator, so they match one device
@@ -23,6 +27,7 @@ on the same global batch.
 from collections.abc import Callable
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +41,8 @@ from care_jax import metrics as metrics_lib
 from care_jax import models
 from care_jax.training import device_augment
 from care_jax.training import guard
+from care_jax.training import guidance_terms
+from care_jax.training.guidance_terms import global_sum
 from care_jax.training.state import TrainState
 
 
@@ -63,12 +70,23 @@ class StepConfig:
   device_augment: bool = False
   mean: tuple[float, ...] = (0.5,)
   std: tuple[float, ...] = (0.5,)
+  # ``guidance.method``: 'care' (alpha, tau, lam, ...), 'none' (alpha = 0), or a method of
+  # `guidance_terms` trained as CE + weight * L (its alpha: 1 on, 0 for CE alone, as in stage 1).
+  method: str = 'care'
+  weight: float = 1.0
+  # guidance.weight = 'auto': `calibrate_weight` sets ``weight`` before the step is built.
+  auto_weight: bool = False
+  classes: str = 'label'
+  normalize: str = 'minmax'
+  stop_gradient_weights: bool = True
+  # The method's keyword hyperparameters, as sorted (name, value) pairs (hashable).
+  hyperparameters: tuple[tuple[str, Any], ...] = ()
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'StepConfig':
     care = config.care
     return cls(
-      alpha=care.alpha,
+      alpha={'care': care.alpha, 'none': 0.0}.get(config.guidance.method, 1.0),
       tau=care.tau,
       lam=care.lam,
       start_step=care.start_step,
@@ -85,17 +103,35 @@ class StepConfig:
       ),
       mean=_floats(config.data.mean),
       std=_floats(config.data.std),
+      **_guidance_fields(config.guidance),
     )
+
+
+def _guidance_fields(guidance: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The StepConfig fields of ``config.guidance``, each 'default' resolved for its method."""
+  method = guidance.method
+  if method in ('care', 'none'):
+    return {'method': method}
+  defaults = guidance_terms.DEFAULTS[method]
+  chosen = {
+    'classes': guidance.classes,
+    'normalize': guidance.normalize,
+    'stop_gradient_weights': guidance.stop_gradient_weights,
+  }
+  chosen = {k: getattr(defaults, k) if v == 'default' else v for k, v in chosen.items()}
+  extra = guidance.get(method)
+  return {
+    'method': method,
+    'weight': 1.0 if guidance.weight == 'auto' else float(guidance.weight),
+    'auto_weight': guidance.weight == 'auto',
+    'hyperparameters': tuple(sorted(extra.to_dict().items())) if extra is not None else (),
+    **chosen,
+  }
 
 
 def _floats(value) -> tuple[float, ...]:
   """A number or a sequence of numbers as a tuple of floats (hashable)."""
   return tuple(float(v) for v in np.ravel(value))
-
-
-def global_sum(x: jax.Array, axis_name: str | None) -> jax.Array:
-  """`x` summed over the devices of the pmap axis (itself under jit)."""
-  return jax.lax.psum(x, axis_name) if axis_name else x
 
 
 def _care_term(
@@ -150,18 +186,90 @@ def _care_term(
   return care, alpha, num_boxed
 
 
-def _loss(model, step_config, classification_loss, axis_name, params, state, batch, dropout_key):
+def _guidance_term(step_config, ctx, noise_key):
+  """The unweighted term of a `guidance_terms` method, and the global annotated count."""
+  method = step_config.method
+  hyperparameters = dict(step_config.hyperparameters)
+  if method in guidance_terms.MAP_METHODS:
+    defaults = guidance_terms.MethodDefaults(
+      step_config.classes, step_config.normalize, step_config.stop_gradient_weights
+    )
+    return guidance_terms.map_term(ctx, method, defaults, hyperparameters)
+  if method == 'gain':
+    return guidance_terms.gain_term(
+      ctx,
+      stop_gradient_weights=step_config.stop_gradient_weights,
+      normalize=step_config.normalize,
+      **hyperparameters,
+    )
+  count = global_sum(jnp.sum(ctx.batch['has_mask'].astype(jnp.float32)), ctx.axis_name)
+  if method == 'rrr':
+    return guidance_terms.rrr_term(ctx), count
+  if method == 'sgt':
+    return guidance_terms.sgt_term(ctx, noise_key, **hyperparameters), count
+  raise ValueError(f'Unknown guidance method {method!r}.')
+
+
+def _forward(model, step_config, variables, batch, rngs):
+  """The training forward pass: (logits, intermediates), BatchNorm updates, and its input VJP.
+
+  The VJP w.r.t. the image (None unless the method needs input gradients) comes from the same
+  pass, so RRR's and SGT's input gradients cost one backward pass and no second forward.
+  """
+
+  def forward(image):
+    (logits, intermediates), updates = model.apply(
+      variables, image, train=True, mutable=['batch_stats'], rngs=rngs
+    )
+    return logits, (intermediates, updates)
+
+  if step_config.alpha > 0 and step_config.method in guidance_terms.INPUT_GRADIENT_METHODS:
+    logits, input_vjp, (intermediates, updates) = jax.vjp(forward, batch['image'], has_aux=True)
+    return (logits, intermediates), updates, input_vjp
+  logits, (intermediates, updates) = forward(batch['image'])
+  return (logits, intermediates), updates, None
+
+
+def _loss(
+  model,
+  step_config,
+  classification_loss,
+  axis_name,
+  params,
+  state,
+  batch,
+  dropout_key,
+  noise_key=None,
+):
   """This device's share of the batch loss, its terms, and the new BatchNorm statistics."""
   variables = {'params': params, 'batch_stats': state.batch_stats}
-  (logits, intermediates), updates = model.apply(
-    variables, batch['image'], train=True, mutable=['batch_stats'], rngs={'dropout': dropout_key}
-  )
+  rngs = {'dropout': dropout_key}
+  (logits, intermediates), updates, input_vjp = _forward(model, step_config, variables, batch, rngs)
   labels = batch['label']
-  values, example_weight = classification_loss(logits, labels, state.step)
-  ce_loss = jnp.sum(example_weight * values) / global_sum(jnp.sum(example_weight), axis_name)
+  label_mask = batch.get('label_mask')  # CheXpert's U-Ignore: labels left out of the loss.
+  values, example_weight = classification_loss(logits, labels, state.step, label_mask=label_mask)
+  weight_sum = global_sum(jnp.sum(example_weight), axis_name)
+  ce_loss = jnp.sum(example_weight * values) / jnp.maximum(weight_sum, 1e-30)  # All masked: 0.
   terms = {'ce': ce_loss}
   loss = ce_loss
-  if step_config.alpha > 0:
+  if step_config.alpha > 0 and step_config.method != 'care':
+    ctx = guidance_terms.Context(
+      model,
+      variables,
+      batch,
+      logits,
+      intermediates['features'],
+      step_config.task,
+      axis_name,
+      rngs,
+      input_vjp,
+    )
+    term, num_boxed = _guidance_term(step_config, ctx, noise_key)
+    # Before start_step: CE alone (a traced switch: one compiled step for both).
+    weight = jnp.where(state.step >= step_config.start_step, step_config.weight, 0.0)
+    loss = ce_loss + weight * term
+    terms.update(guidance=term, weight=weight, boxed=num_boxed)
+  elif step_config.alpha > 0:
     care, alpha, num_boxed = _care_term(
       model,
       variables,
@@ -196,6 +304,12 @@ def _device_batch(batch: dict[str, jax.Array], step_config: StepConfig) -> dict[
   return device_augment.augment_batch(batch, mean=step_config.mean, std=step_config.std)
 
 
+# Terms equal on every device (not shares of a global mean): not summed over the devices.
+_REPLICATED_TERMS = ('alpha', 'boxed', 'weight')
+# fold_in tag of the random stream of the guidance terms (SGT's fill).
+_NOISE_STREAM = 0x5C7
+
+
 def make_train_step(
   model: models.Classifier,
   step_config: StepConfig,
@@ -224,6 +338,11 @@ def make_train_step(
 
   The returned function is not jitted: wrap it with `jax.jit` or `jax.pmap`.
   """
+  if step_config.auto_weight:
+    raise ValueError(
+      "config.guidance.weight = 'auto': measure it first with "
+      'care_jax.training.step.calibrate_weight (the step takes a number).'
+    )
   if classification_loss is None:
     classification_loss = classification_loss_lib.ClassificationLoss('ce', imbalance.cross_entropy)
   loss_fn = functools.partial(_loss, model, step_config, classification_loss, axis_name)
@@ -231,16 +350,20 @@ def make_train_step(
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     batch = _device_batch(batch, step_config)
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
+    # The same on every device (SGT folds in each example's index in the global batch).
+    noise_key = jax.random.fold_in(dropout_key, _NOISE_STREAM)
     if axis_name:
       dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (terms, batch_stats)), grads = grad_fn(state.params, state, batch, dropout_key)
+    (loss, (terms, batch_stats)), grads = grad_fn(
+      state.params, state, batch, dropout_key, noise_key
+    )
     # Each device's loss is its share of the global loss: summing the shares
     # (and their gradients) gives the global loss and gradient.
     loss = global_sum(loss, axis_name)
     grads = global_sum(grads, axis_name)
     terms = {
-      k: (v if k in ('alpha', 'boxed') else global_sum(v, axis_name)) for k, v in terms.items()
+      k: (v if k in _REPLICATED_TERMS else global_sum(v, axis_name)) for k, v in terms.items()
     }
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     new_state, guard_metrics = guard.keep_finite(
@@ -254,6 +377,38 @@ def make_train_step(
     return new_state, {'loss': loss, **terms, 'guard': guard_metrics}
 
   return train_step
+
+
+def calibrate_weight(
+  model: models.Classifier,
+  step_config: StepConfig,
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  *,
+  classification_loss: classification_loss_lib.ClassificationLoss | None = None,
+) -> StepConfig:
+  """``step_config`` with ``guidance.weight = 'auto'`` resolved: CE / L on ``batch`` at ``state``.
+
+  Friedrich et al. (NMI 2023; ml-research/A-Typology-for-Exploring-the-Mitigation-of-Shortcut-
+  Behavior ``learner/learner.py``) scale each right-reason loss by the ratio of the right-answer
+  loss to it, measured with the initial model over the training set; here over one batch (the
+  run's first), one device. The weight is then a constant of the compiled step: the term starts
+  equal to the classification loss, and the ratio is frozen. A zero or non-finite term gives
+  weight 1. A config without 'auto' is returned as it is.
+  """
+  if not step_config.auto_weight:
+    return step_config
+  if classification_loss is None:
+    classification_loss = classification_loss_lib.ClassificationLoss('ce', imbalance.cross_entropy)
+  measure = dataclasses.replace(step_config, weight=1.0, auto_weight=False, start_step=0)
+  loss_fn = functools.partial(_loss, model, measure, classification_loss, None)
+  key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
+  _, (terms, _) = jax.jit(loss_fn)(
+    state.params, state, _device_batch(batch, measure), key, jax.random.fold_in(key, _NOISE_STREAM)
+  )
+  ce, term = float(terms['ce']), float(terms['guidance'])
+  weight = ce / term if term > 0 and np.isfinite(ce / term) else 1.0
+  return dataclasses.replace(step_config, weight=weight, auto_weight=False)
 
 
 def _attention_quality(model, variables, features, batch, *, attention: str, task: str):

@@ -107,7 +107,7 @@ def test_missing_torch_venv_explains_how_to_make_it(tmp_path):
   )
   assert str(missing) in result.stderr
   assert 'python3.11 -m venv .torch-venv' in result.stderr
-  assert 'pip install torch==2.13.0 safetensors numpy' in result.stderr
+  assert "pip install torch==2.13.0 'torchvision==0.28.*' safetensors numpy" in result.stderr
 
 
 @pytest.mark.parametrize('head', ['linear', 'bn_linear'])

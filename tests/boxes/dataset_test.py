@@ -11,7 +11,9 @@ import pytest
 from care_jax import boxes
 from care_jax import config as config_lib
 from care_jax.boxes import generators
+from care_jax.data import info as info_lib
 from tests.helpers import data_fixtures as fx
+from tests.helpers import medmnist_files
 from tests.helpers import model_fixtures as mf
 
 
@@ -100,7 +102,7 @@ def test_replace_boxes_swaps_manual_boxes_for_generated_ones(data_config, tmp_pa
     boxes.replace_boxes(config, builder, table)
 
 
-def test_generated_boxes_need_rare_classes_without_manual_boxes(data_config):
+def test_generated_boxes_without_rare_classes_or_manual_boxes_box_the_rarest_class(data_config):
   from care_jax.data import reading  # pylint: disable=g-import-not-at-top
   from care_jax.data import registry  # pylint: disable=g-import-not-at-top
 
@@ -111,10 +113,12 @@ def test_generated_boxes_need_rare_classes_without_manual_boxes(data_config):
     box_values=np.zeros((0, 4), np.float32),
     box_splits=np.zeros(len(table.labels) + 1, np.int64),
   )
-  with pytest.raises(ValueError, match='data.rare_classes'):
-    boxes.generated_boxes(
-      data_config, method='otsu', builder=builder, table=unboxed, use_cache=False
-    )
+  counts = np.bincount(table.labels, minlength=5)
+  rarest = np.flatnonzero(counts == counts[counts > 0].min())[0]
+  generated = boxes.generated_boxes(
+    data_config, method='otsu', builder=builder, table=unboxed, use_cache=False
+  )
+  np.testing.assert_array_equal(generated.indices, np.flatnonzero(table.labels == rarest))
   config = data_config.copy_and_resolve_references()
   config.rare_classes = ('striped',)
   generated = boxes.generated_boxes(
@@ -173,3 +177,81 @@ def test_grad_cam_method_uses_the_stage1_model(data_config, tiny_model, tmp_path
     model, variables, inputs[generated.indices], labels[generated.indices]
   )
   np.testing.assert_allclose(generated.boxes, expected[0], atol=1e-6)
+
+
+# Multi-label data: one box per (image, positive rare finding) ------------------------------
+
+PLEURAL, HERNIA = 12, 13  # ChestMNIST's last two findings.
+
+
+def _chestmnist_labels() -> np.ndarray:
+  """uint8 [15, 14]: findings 0-11 on three images each, pleural on two, hernia on one.
+
+  Hernia is the rarest; row 12 is positive for both pleural and hernia, row 14 for none.
+  """
+  labels = np.zeros((15, 14), np.uint8)
+  for row in range(12):
+    labels[row, [row, (row + 1) % 12, (row + 2) % 12]] = 1
+  labels[12, [PLEURAL, HERNIA]] = 1
+  labels[13, PLEURAL] = 1
+  return labels
+
+
+@pytest.fixture(scope='module')
+def chestmnist_config(tmp_path_factory):
+  """A 16 px ChestMNIST file with `_chestmnist_labels` in train, Otsu boxes of its dark ellipses."""
+  root = tmp_path_factory.mktemp('chestmnist')
+  counts = {'train': [1] * 14, 'val': [1] * 14, 'test': [1] * 14}
+  path = medmnist_files.write_npz(root / 'files', 'chestmnist', 28, counts, side=16)
+  with np.load(path) as arrays:
+    arrays = dict(arrays, train_labels=_chestmnist_labels())
+  np.savez_compressed(path, **arrays)
+  config = fx.data_config('medmnist', root / 'files', root / 'cache', flag='chestmnist', size=28)
+  config.box_source = 'otsu'
+  config.boxes.otsu.contrast = 'darkness'  # The fixture's lesions are darker than the rest.
+  config.boxes.cache_dir = str(root / 'boxes')
+  return config
+
+
+def test_multilabel_boxes_are_one_per_image_and_positive_rare_finding(chestmnist_config):
+  from care_jax.data import reading  # pylint: disable=g-import-not-at-top
+  from care_jax.data import registry  # pylint: disable=g-import-not-at-top
+
+  config = chestmnist_config.copy_and_resolve_references()
+  config.rare_classes = ('pleural', 'hernia')
+  builder = registry.prepared_builder(config)
+  table = reading.read_split(builder, 'train')
+  generated = boxes.generated_boxes(config, method='otsu')
+  rare = table.labels[:, [PLEURAL, HERNIA]] > 0
+  np.testing.assert_array_equal(generated.indices, np.flatnonzero(rare.any(axis=1)))
+  assert generated.found.all() and len(generated.indices) == 2
+  replaced = boxes.replace_boxes(config, builder, table)
+  np.testing.assert_array_equal(np.diff(replaced.box_splits), rare.sum(axis=1))
+  for position, index in enumerate(generated.indices):
+    start, stop = replaced.box_splits[index : index + 2]
+    expected = np.flatnonzero(table.labels[index] * np.isin(np.arange(14), [PLEURAL, HERNIA]))
+    np.testing.assert_array_equal(replaced.box_labels[start:stop], expected)
+    assert (replaced.box_values[start:stop] == generated.boxes[position]).all()
+  # Without data.rare_classes (and no boxes): the rarest finding, hernia.
+  assert info_lib.get_dataset_info(chestmnist_config).rare_classes == (HERNIA,)
+  generated = boxes.generated_boxes(chestmnist_config, method='otsu', use_cache=False)
+  assert generated.findings.sum(axis=0).tolist() == [0] * 13 + [1]
+  with pytest.raises(ValueError, match="box method 'grad_cam' does not apply to multi-label"):
+    boxes.generated_boxes(chestmnist_config, method='grad_cam', use_cache=False)
+
+
+def test_multilabel_batches_hold_each_box_in_its_findings_mask(chestmnist_config):
+  from care_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
+  config = chestmnist_config.copy_and_resolve_references()
+  config.rare_classes = ('pleural', 'hernia')
+  batch = next(pipeline.train_batches(config, batch_size=15, seed=0, boxes_fn=boxes.replace_boxes))
+  is_rare = np.isin(np.arange(14), [PLEURAL, HERNIA])
+  np.testing.assert_array_equal(batch['has_mask'], (batch['label'] > 0) & is_rare)
+  assert batch['has_mask'].any()
+  for image, masks, boxed in zip(batch['image'], batch['mask'], batch['has_mask']):
+    if boxed.any():  # The generator's box of this very image (identity normalisation).
+      (box,), _ = boxes.otsu_boxes(image[None], contrast='darkness')
+      for mask in masks[boxed]:
+        np.testing.assert_array_equal(mask, fx.raster(box, 16))
+    assert not masks[~boxed].any()

@@ -108,6 +108,9 @@ def main(argv):
       raise ValueError('labels.csv, line 9: image file 7.png does not exist') from e
   if argv[1] == 'missing':
     raise FileNotFoundError("config file 'nope.py' does not exist")
+  if argv[1] == 'usage':
+    from absl import app
+    raise app.UsageError('--a and --b go together.')
   if argv[1] == 'resume':
     from tests.helpers import checkpoints as ckpt_fx
     from care_jax import checkpoint
@@ -146,6 +149,14 @@ def test_a_user_error_ends_in_its_outermost_message_and_exit_status_2():
   done = _run_raising('missing')
   assert done.returncode == 2
   assert command_line.error_lines(done.stderr) == ["care-jax: config file 'nope.py' does not exist"]
+
+
+def test_a_usage_error_is_one_line_that_points_to_the_help_and_exit_status_2():
+  done = _run_raising('usage')
+  assert done.returncode == 2
+  assert command_line.error_lines(done.stderr) == [
+    'care-jax: --a and --b go together. (care-jax --helpshort lists the flags)'
+  ]
 
 
 def test_care_jax_traceback_keeps_the_traceback_of_a_user_error():

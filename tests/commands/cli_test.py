@@ -39,6 +39,29 @@ def test_configs_lists_every_packaged_config_with_its_summary():
   )
 
 
+def test_configs_name_prints_the_docstring_and_every_key_as_a_run_of_it_uses_it():
+  lines = cli.config_lines('synthetic_multilabel_baseline')
+  assert lines[0].startswith('Multi-label baseline on `synthetic_multilabel`')
+  assert any(
+    line.startswith('care-jax train --config=synthetic_multilabel_baseline') for line in lines
+  )
+  keys = dict(line.split(' = ', 1) for line in lines if ' = ' in line and not line.startswith('#'))
+  assert keys['task'] == "'multilabel'"
+  # The 'auto' keys resolved from the task, the recipe's rate filled in.
+  assert keys['care.stage1_metric'] == "'mean_auroc'" and keys['train.learning_rate'] == '0.001'
+  assert set(keys) >= set(config_lib.flatten(config_lib.to_json(config_lib.default_config())))
+
+
+def test_configs_with_an_unknown_name_is_one_line_and_exit_status_2(monkeypatch, capsys):
+  monkeypatch.setattr(sys, 'argv', ['care-jax', 'configs', 'synthetic_cre'])
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main()
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith("care-jax configs: config 'synthetic_cre' does not exist; the")
+  assert len(err.splitlines()) == 1
+
+
 @pytest.mark.parametrize(
   'command, flag, source',
   [

@@ -5,6 +5,9 @@ import os
 
 import pytest
 
+from care_jax import config as config_lib
+from care_jax import training
+from care_jax.commands import train
 from tests.helpers import command_line
 from tests.helpers import paths
 from tests.helpers import runs
@@ -54,7 +57,9 @@ def test_cli_ends_with_the_result_and_without_a_bar_logs_the_training_records(tm
   assert f'macro AUROC {validation["macro_auroc"]:.4f}' in last[0]
   scored = metrics['test_checkpoint']
   assert last[1].startswith(f'step {scored["step"]} on test: MCA {test["mca"]:.4f}, rare recall ')
-  assert last[1].endswith(f'(train.test_checkpoint={scored["which"]!r})')
+  assert last[1].endswith(
+    f'(train.test_checkpoint={scored["which"]!r}; CE + attention loss: care.alpha = 0.7)'
+  )
   assert last[2:] == [
     f'predictions: {workdir / "predictions_test.csv"}',
     f'metrics: {workdir / "metrics.json"}',
@@ -81,6 +86,45 @@ def test_cli_rejects_a_wrongly_typed_value(tmp_path):
 
 def test_an_unknown_config_name_is_a_usage_error_that_lists_the_names():
   proc = command_line.care_jax('train', '--config=synthetic_cre', '--workdir=unused')
-  assert proc.returncode == 1
-  assert "FATAL Flags parsing error: --config: config 'synthetic_cre' does not exist" in proc.stderr
-  assert 'synthetic_care' in proc.stderr and 'Traceback' not in proc.stderr
+  assert proc.returncode == 2
+  (line,) = command_line.error_lines(proc.stderr)
+  assert line.startswith("care-jax train: --config: config 'synthetic_cre' does not exist")
+  assert 'synthetic_care' in line
+
+
+@pytest.mark.parametrize(
+  'overrides, expected',
+  [
+    ([], 'CE + attention loss: care.alpha = 0.5'),
+    (['care.alpha=0'], 'CE only: care.alpha = 0'),
+    (['care.alpha=0', 'task=multilabel'], 'BCE only: care.alpha = 0'),
+    (['loss.name=focal'], "loss 'focal' + attention loss: care.alpha = 0.5"),
+    (['guidance.method=none'], "CE only: guidance.method = 'none'"),
+    (['guidance.method=rrr', 'guidance.weight=10'], 'CE + rrr guidance: guidance.weight = 10'),
+  ],
+)
+def test_the_test_headline_says_what_the_run_minimised(overrides, expected):
+  config = config_lib.apply_overrides(config_lib.default_config(), overrides)
+  assert train.objective(config) == expected
+
+
+@pytest.mark.slow
+def test_nih_multilabel_trains_from_the_default_config_with_no_other_key(tmp_path):
+  # The files of ChestX-ray14 in their real formats (tests/data/nih_chestxray14_test.py).
+  from tests.data import nih_chestxray14_test  # pylint: disable=g-import-not-at-top
+
+  nih_chestxray14_test._write_multilabel(tmp_path / 'nih')  # pylint: disable=protected-access
+  issue_keys = ['data.name=nih_chestxray14', 'task=multilabel', f'data.dir={tmp_path / "nih"}']
+  smoke_size = [
+    f'data.cache_dir={tmp_path / "cache"}',
+    'data.image_size=16',
+    'train.num_steps=2',
+    'train.progress=False',
+  ]
+  config = config_lib.apply_overrides(config_lib.load_config('default'), issue_keys + smoke_size)
+  result = training.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert result['test']['mean_auroc'] is not None
+  saved = json.loads((tmp_path / 'w' / 'config.json').read_text())
+  # The 'auto' keys, recorded as the run resolved them from the task.
+  assert saved['care']['stage1_metric'] == 'mean_auroc'
+  assert saved['data']['nih_chestxray14']['mode'] == 'multilabel'

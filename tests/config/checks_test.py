@@ -134,7 +134,48 @@ def test_on_device_must_be_a_bool_or_auto(value):
 
 @pytest.mark.parametrize('value', [True, False, 'auto'])
 def test_on_device_takes_a_bool_or_auto(value):
-  config_lib.validate_augment(dict(config_lib.default_augment_config().to_dict(), on_device=value))
+  config_lib.validate_augment(
+    dict(config_lib.default_augment_config().to_dict(), enabled=True, on_device=value)
+  )
+
+
+@pytest.mark.parametrize('metric', ['mean_auroc', 'rare_mean_auroc', 'mean_ap'])
+def test_a_multilabel_stage1_metric_is_refused_on_a_single_label_run_and_taken_on_a_multilabel_one(
+  metric,
+):
+  config = config_lib.apply_overrides(config_lib.default_config(), [f'care.stage1_metric={metric}'])
+  with pytest.raises(
+    ValueError, match=f"^config.care.stage1_metric = '{metric}': is a multi-label"
+  ):
+    config_lib.validate(config)
+  config_lib.validate(config_lib.apply_overrides(config, ['task=multilabel']))
+
+
+def test_on_device_without_enabled_augmentation_is_refused_in_the_one_form():
+  augment = dict(config_lib.default_augment_config().to_dict(), enabled=False, on_device=True)
+  why = (
+    'moves the augmentation to the accelerator, but data.augment.enabled = False: set'
+    " data.augment.enabled=True to augment, or leave on_device 'auto'"
+  )
+  with pytest.raises(ValueError, match=_one_form('data.augment.on_device', True, why)):
+    config_lib.validate_augment(augment)
+
+
+@pytest.mark.parametrize(
+  'task, mode, expected',
+  [('multilabel', 'boxed', 'multilabel'), ('multiclass', 'multilabel', 'boxed')],
+)
+def test_a_dataset_mode_against_the_task_is_refused_in_the_one_form(task, mode, expected):
+  config = config_lib.apply_overrides(
+    config_lib.default_config(),
+    [f'task={task}', 'data.name=nih_chestxray14', f'data.nih_chestxray14.mode={mode}'],
+  )
+  why = (
+    f'config.task = {task!r} reads the {expected!r} mode: set'
+    f" data.nih_chestxray14.mode={expected!r} or leave it 'auto'"
+  )
+  with pytest.raises(ValueError, match=_one_form('data.nih_chestxray14.mode', mode, why)):
+    config_lib.validate(config)
 
 
 @pytest.mark.parametrize(
@@ -183,4 +224,52 @@ def test_an_empty_compilation_cache_dir_is_refused_in_the_one_form():
   config.compilation_cache_dir = ' '
   why = 'must be a directory, or None to leave the compilation cache off'
   with pytest.raises(ValueError, match=_one_form('compilation_cache_dir', ' ', why)):
+    config_lib.validate(config)
+
+
+@pytest.mark.parametrize(
+  'key, value, why',
+  [
+    ('flag', 'nodulemnist3d', f'must be one of {config_lib.schema.MEDMNIST_FLAGS}'),
+    ('size', 32, 'must be one of (28, 64, 128, 224) (pixels)'),
+  ],
+)
+def test_an_unknown_medmnist_flag_or_size_is_refused_in_the_one_form(key, value, why):
+  config = config_lib.default_config()
+  config.data.medmnist[key] = value
+  with pytest.raises(ValueError, match=_one_form(f'data.medmnist.{key}', value, why)):
+    config_lib.validate(config)
+
+
+@pytest.mark.parametrize(
+  'key, value, why',
+  [
+    ('method', 'gradcam', 'must be one of'),
+    ('weight', -1.0, "must be a number >= 0, or 'auto'"),
+    ('weight', 'half', "must be a number >= 0, or 'auto'"),
+    ('classes', 'random', 'must be one of'),
+    ('normalize', 'softmax', 'must be one of'),
+    ('stop_gradient_weights', 'yes', "must be True, False or 'default'"),
+    ('sgt.fraction', 1.0, r'must lie in \(0, 1\)'),
+    ('res.eta', -0.1, 'must be >= 0'),
+    ('res.impute', 'learned', "must be 'gaussian' or 'none'"),
+  ],
+)
+def test_a_bad_guidance_value_is_refused_in_the_one_form(key, value, why):
+  config = config_lib.default_config()
+  *parents, name = f'guidance.{key}'.split('.')
+  node = config
+  for parent in parents:
+    node = node[parent]
+  with node.ignore_type():
+    node[name] = value
+  prefix = re.escape(f'config.guidance.{key} = {value!r}: ')
+  with pytest.raises(ValueError, match=f'^{prefix}{why}'):
+    config_lib.validate(config)
+
+
+def test_guidance_weight_takes_a_number_or_auto_from_an_override():
+  for text, value in (('auto', 'auto'), ('10', 10), ('0.5', 0.5)):
+    config = config_lib.apply_overrides(config_lib.default_config(), [f'guidance.weight={text}'])
+    assert config.guidance.weight == value
     config_lib.validate(config)

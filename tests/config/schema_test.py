@@ -88,5 +88,53 @@ def test_auto_on_device_keeps_mask_supervised_augmentation_on_the_host(
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   config = config_lib.default_config()
   config.data.name = 'isic2018'
+  config.data.augment.enabled = True
   config.data.isic2018.supervision = supervision
   assert config_lib.resolve_recipe(config).data.augment.on_device is expected
+
+
+@pytest.mark.parametrize(
+  'task, metric, mode', [('multiclass', 'mca', 'boxed'), ('multilabel', 'mean_auroc', 'multilabel')]
+)
+def test_the_auto_keys_follow_the_task_and_are_recorded_resolved(task, metric, mode):
+  config = config_lib.apply_overrides(config_lib.default_config(), [f'task={task}'])
+  resolved = config_lib.resolve_recipe(config)
+  assert (resolved.care.stage1_metric, resolved.data.nih_chestxray14.mode) == (metric, mode)
+  # A run saved before the keys were 'auto' (or with them resolved) reads them so.
+  saved = config_lib.to_json(config)
+  del saved['care']['stage1_metric'], saved['data']['nih_chestxray14']['mode']
+  loaded = config_lib.from_json(saved)
+  assert (loaded.care.stage1_metric, loaded.data.nih_chestxray14.mode) == (metric, mode)
+
+
+def test_explicit_values_of_the_auto_keys_are_kept():
+  config = config_lib.apply_overrides(
+    config_lib.default_config(), ['task=multilabel', 'care.stage1_metric=rare_mean_auroc']
+  )
+  assert config_lib.resolve_recipe(config).care.stage1_metric == 'rare_mean_auroc'
+
+
+@pytest.mark.parametrize(
+  'backend, enabled, on_device, expected',
+  [
+    ('gpu', True, 'auto', True),
+    ('cpu', True, 'auto', False),
+    ('gpu', False, 'auto', False),  # Nothing to augment: recorded as off.
+    ('cpu', True, True, True),
+    ('gpu', True, False, False),
+  ],
+)
+def test_on_device_follows_one_rule_for_the_config_and_the_pipeline(
+  monkeypatch, backend, enabled, on_device, expected
+):
+  from care_jax.data import augment  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  config = config_lib.default_config()
+  config.data.augment.enabled = enabled
+  config.data.augment.on_device = on_device
+  assert config_lib.augment_on_device(config) is expected
+  resolved = config_lib.resolve_recipe(config)
+  # Recorded resolved, and what the pipeline then reads (tests/data/augment_test.py).
+  assert resolved.data.augment.on_device is expected
+  assert augment.on_device(resolved.data.augment) is expected

@@ -242,6 +242,12 @@ def _truncated(path):
 # (edit, message regex); skippable rows name line 5 of labels.csv (3.png) or
 # line 2 of boxes.csv.
 SKIPPABLE = {
+  'bad box kind': (
+    lambda root, lines: _edit(
+      root, boxes=['image,xmin,ymin,xmax,ymax,kind', '4.png,1,1,5,5,ruler']
+    ),
+    r"boxes.csv, line 2: kind must be 'lesion' or 'artefact', got 'ruler'",
+  ),
   'missing image file': (_missing_file, r'labels.csv, line 5: image file .*3.png does not exist'),
   'corrupt png': (_corrupt, r'labels.csv, line 5: cannot decode image'),
   'not an image': (_not_an_image, r'labels.csv, line 5: cannot read image'),
@@ -583,3 +589,34 @@ def test_generated_boxes_replace_the_masks_with_a_warning(masked_dir, caplog):
   assert not batch['mask'].any()
   (warning,) = [r.getMessage() for r in caplog.records if 'segmentation mask' in r.getMessage()]
   assert f'{len(masked)} segmentation mask(s)' in warning
+
+
+def test_artefact_boxes_of_the_kind_column_make_the_relevance_of_training_images(tmp_path):
+  # Train: a (a lesion box and an artefact box), b (an artefact box alone), c (no box).
+  lines = ['image,label,split']
+  for i, split in enumerate(['train'] * 3 + ['validation'] * 3 + ['test'] * 3):
+    fx.save_image(tmp_path / f'{i}.png', np.zeros((10, 20), np.uint8))
+    lines.append(f'{i}.png,{"abc"[i % 3]},{split}')
+  fx.write_lines(tmp_path / 'labels.csv', lines)
+  boxes = ['0.png,2,2,8,6,', '0.png,14,0,20,4,artefact', '1.png,0,6,6,10,Artefact']
+  fx.write_lines(tmp_path / 'boxes.csv', ['image,xmin,ymin,xmax,ymax,kind', *boxes])
+  config = fx.data_config('folder', tmp_path, tmp_path / 'cache', image_size=20)
+  batch = next(pipeline.train_batches(config, batch_size=3, seed=0))
+  lesion = fx.box_union_raster([(0.2, 0.1, 0.6, 0.4)], 20)
+  artefact_a = fx.box_union_raster([(0.0, 0.7, 0.4, 1.0)], 20)
+  artefact_b = fx.box_union_raster([(0.6, 0.0, 1.0, 0.3)], 20)
+  expected = {
+    0: np.where(artefact_a > 0, -1.0, 2 * lesion - 1),  # The artefact wins over "outside".
+    1: -artefact_b,
+    2: np.zeros((20, 20)),
+  }
+  for label, relevance, mask, has_mask in zip(
+    batch['label'], batch['relevance'], batch['mask'], batch['has_mask']
+  ):
+    np.testing.assert_array_equal(relevance, expected[label])
+    np.testing.assert_array_equal(mask, lesion if label == 0 else 0.0)
+    assert has_mask == (label != 2)
+  # Only the lesion boxes are annotation boxes (rare classes, masks); no kind column: no feature.
+  assert info_lib.get_dataset_info(config).rare_classes == (0,)
+  fx.write_lines(tmp_path / 'boxes.csv', ['image,xmin,ymin,xmax,ymax', boxes[0][:-1]])
+  assert 'relevance' not in next(pipeline.train_batches(config, batch_size=3, seed=0))

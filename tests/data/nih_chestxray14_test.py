@@ -626,24 +626,12 @@ def _missing_column(root, images):
   return r"Data_Entry_2017.csv, line 1: missing column\(s\) \['Patient ID'\]"
 
 
-def _finding_missing_in_test(root, images):
-  name, facts = next(
-    (n, f) for n, f in images.items() if f['list'] == 'test' and f['findings'] == 'Hernia'
-  )
-  _edit(root / nih.DATA_ENTRY, facts['entry_line'], _entry(name, facts, 'No Finding'))
-  return (
-    r'Data_Entry_2017.csv: every class needs images in every split,'
-    r" but 'test' has no image of 'Hernia'"
-  )
-
-
 ALWAYS_RAISE = {
   'listed twice': _listed_twice,
   'in both lists': _in_both_lists,
   'twice in a list': _twice_in_a_list,
   'patient in both lists': _patient_in_both_lists,
   'missing column': _missing_column,
-  'finding missing in test': _finding_missing_in_test,
 }
 
 
@@ -656,6 +644,22 @@ def test_ambiguous_multilabel_files_always_raise(tmp_path, case, skip):
   )
   with pytest.raises(ValueError, match=message):
     builder.download_and_prepare()
+
+
+def test_a_finding_missing_in_a_split_is_one_counted_warning(tmp_path, caplog):
+  images = _write_multilabel(tmp_path)
+  name, facts = next(
+    (n, f) for n, f in images.items() if f['list'] == 'test' and f['findings'] == 'Hernia'
+  )
+  _edit(tmp_path / nih.DATA_ENTRY, facts['entry_line'], _entry(name, facts, 'No Finding'))
+  with caplog.at_level(logging.WARNING):
+    splits = _load(tmp_path, tmp_path / 'cache')
+  assert len(splits['test']) == 24
+  (warning,) = [r.getMessage() for r in caplog.records if 'without images' in r.getMessage()]
+  assert warning.endswith(
+    'Data_Entry_2017.csv: 1 (split, class) pair(s) without images, whose scores there are'
+    " undefined: 'test' has no image of 'Hernia'"
+  )
 
 
 @pytest.mark.parametrize('file', [nih.DATA_ENTRY, nih.TRAIN_VAL_LIST, nih.TEST_LIST, nih.BOXES])
@@ -671,7 +675,7 @@ def test_mode_parameters_defaults_and_checks(tmp_path):
     k: v
     for k, v in fx.default_parameters('nih_chestxray14').items()
     if k in ('mode', 'boxed_images')
-  } == dict(mode='boxed', boxed_images='test')
+  } == dict(mode='auto', boxed_images='test')  # 'auto': 'boxed' without a task.
   _write_multilabel(tmp_path)
   for key, value in (('mode', 'multi'), ('boxed_images', 'validation')):
     with pytest.raises(
@@ -683,7 +687,7 @@ def test_mode_parameters_defaults_and_checks(tmp_path):
     return nih.from_data_config(_config(tmp_path, tmp_path / 'cache', **params)).builder_config.name
 
   # boxed_images is a multilabel parameter: the boxed mode's data keep their name.
-  assert name() == name(boxed_images='train') != name(mode='multilabel')
+  assert name() == name(mode='boxed') == name(boxed_images='train') != name(mode='multilabel')
   assert name().startswith('boxed_') and name(mode='multilabel').startswith('multilabel_')
   assert name(mode='multilabel') != name(mode='multilabel', boxed_images='train')
   # test_fraction is not used: the official test list is the test split.

@@ -387,3 +387,19 @@ def test_a_generated_box_source_needs_the_generator(config):
   generated.box_source = 'otsu'
   with pytest.raises(ValueError, match="data.box_source='otsu' needs boxes_fn"):
     pipeline.train_batches(generated, batch_size=4, seed=0)
+
+
+def test_decoy_relevance_is_minus_one_on_the_patch_unknown_elsewhere_on_every_image(tmp_path):
+  config = fx.decoy_data_config(tmp_path)
+  batch = next(pipeline.train_batches(config, batch_size=40, seed=0))
+  assert set(batch) == {'image', 'label', 'mask', 'has_mask', 'relevance'}
+  assert batch['relevance'].shape == (40, 28, 28) and batch['relevance'].dtype == np.float32
+  builder = registry.prepared_builder(config)
+  stored = list(tfds.as_numpy(builder.as_dataset(split='train', shuffle_files=False)))
+  # An epoch is a permutation: compare the sorted maps of the batch and of the stored patches.
+  expected = [-fx.box_union_raster(e['artefact_boxes'], 28) + 0.0 for e in stored]
+  assert sorted(r.tobytes() for r in batch['relevance']) == sorted(r.tobytes() for r in expected)
+  assert np.all(batch['has_mask']) and not batch['mask'].any()
+  assert (batch['relevance'] == -1).sum(axis=(1, 2)).tolist() == [16] * 40
+  test = next(pipeline.eval_batches(config, 'test', batch_size=4))
+  assert 'relevance' not in test and test['has_lesion_mask'].all()

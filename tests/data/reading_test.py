@@ -21,7 +21,7 @@ def test_read_split_holds_the_stored_examples_in_their_order(config):
     np.testing.assert_array_equal(boxes, ex['boxes'].reshape(-1, 4))
   np.testing.assert_array_equal(table.annotated(), [len(ex['boxes']) > 0 for ex in stored])
   assert table.annotated().sum() == 8  # the rare training images (classes 2 and 4) have boxes
-  assert table.box_labels is None and table.masks is None
+  assert table.box_labels is None and table.masks is None and table.label_masks is None
   assert reading.class_names_of(builder) == sl.CLASS_NAMES and not reading.is_multilabel(builder)
 
 

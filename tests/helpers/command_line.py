@@ -7,16 +7,16 @@ import sys
 from tests.helpers import paths
 
 
-def run(module: str, *args: str, cwd=paths.REPO, env=None, timeout: float = 300):
-  """Runs ``python -m MODULE ARGS``; returns the `subprocess.CompletedProcess`."""
+def run_python(*args: str, cwd=paths.REPO, env=None, timeout: float = 300):
+  """Runs ``python ARGS`` (e.g. ``-c CODE``); returns the `subprocess.CompletedProcess`."""
   return subprocess.run(
-    [sys.executable, '-m', module, *args],
-    cwd=cwd,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
+    [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
   )
+
+
+def run(module: str, *args: str, **kwargs):
+  """Runs ``python -m MODULE ARGS``; returns the `subprocess.CompletedProcess`."""
+  return run_python('-m', module, *args, **kwargs)
 
 
 def care_jax(*args: str, **kwargs) -> subprocess.CompletedProcess:

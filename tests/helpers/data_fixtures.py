@@ -186,3 +186,13 @@ def rare_boxes_data_config(data_dir) -> ml_collections.ConfigDict:
   config.synthetic.test_counts = (1, 1, 1, 1, 1)
   info_lib.get_dataset_info(config)  # Prepares the data.
   return config
+
+
+def decoy_data_config(data_dir, **decoy) -> ml_collections.ConfigDict:
+  """The data config of a small decoy_digits dataset in `data_dir` (40 train, 10 test images)."""
+  config = care_config.default_data_config()
+  config.name = 'decoy_digits'
+  config.dir = str(data_dir)
+  config.image_size = 28
+  config.decoy_digits.update(dict(dict(num_train=40, num_validation=0, num_test=10), **decoy))
+  return config

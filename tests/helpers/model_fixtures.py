@@ -19,9 +19,39 @@ from care_jax.models import Classifier
 from care_jax.models import LinearHead
 from care_jax.models import ResNet
 from care_jax.models import VGGHead
+from care_jax.models import backbones
+from care_jax.models import convnext
+from care_jax.models import efficientnet
 from care_jax.models import get_model
 
 KEY = jax.random.key(0)
+
+# Small ConvNeXt and EfficientNet backbones (stride 8: 4x4 maps of 32x32 images) with their own
+# default heads, for the step, attention and back-end tests; registered when this module is
+# imported. No stochastic depth and no head dropout: the data-parallel comparisons draw no rngs.
+SMALL_CONVNEXT = 'small_convnext'
+SMALL_EFFICIENTNET = 'small_efficientnet'
+backbones.register_backbone(
+  SMALL_CONVNEXT,
+  functools.partial(convnext.ConvNeXt, depths=(1, 1), dims=(8, 16), stochastic_depth_prob=0.0),
+  heads=('layernorm_linear', *backbones.STANDARD_HEADS),
+  default_head='layernorm_linear',
+  replace=True,
+)
+backbones.register_backbone(
+  SMALL_EFFICIENTNET,
+  functools.partial(
+    efficientnet.EfficientNet,
+    stages=efficientnet.B0_STAGES[:3],
+    width_mult=0.25,
+    depth_mult=0.5,  # one block per stage
+    stochastic_depth_prob=0.0,
+    classifier_dropout=0.0,
+  ),
+  heads=('dropout_linear', *backbones.STANDARD_HEADS),
+  default_head='dropout_linear',
+  replace=True,
+)
 
 
 def images(batch: int = 2, size: int = 64, seed: int = 0) -> np.ndarray:
@@ -60,6 +90,23 @@ def fake_variables(model: nn.Module, images, seed: int = 0) -> dict:
     return jnp.asarray(values, leaf.dtype)
 
   return jax.tree_util.tree_map_with_path(fill, abstract_variables(model, images))
+
+
+def brute_force_grad_cam(model: Classifier, variables: dict, features, labels) -> np.ndarray:
+  """Grad-CAM written out per image: ``jax.grad`` of the class logit of the head alone with
+  respect to the image's feature map, its spatial mean as channel weights, the weighted sum of
+  the channels, min-max normalised."""
+
+  def logit(feature_map, label):
+    logits = model.apply(variables, feature_map[None], method=Classifier.apply_head)
+    return logits[0, label]
+
+  maps = []
+  for feature_map, label in zip(features, np.asarray(labels)):
+    weights = jax.grad(logit)(feature_map, label).mean(axis=(0, 1))
+    cam = np.einsum('hwc,c->hw', feature_map, weights)
+    maps.append((cam - cam.min()) / (cam.max() - cam.min()))
+  return np.stack(maps)
 
 
 def num_params(tree) -> int:

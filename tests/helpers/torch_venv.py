@@ -1,8 +1,9 @@
 """The torch environment of the parity tests: a Python 3.11 venv with torch, and its exports.
 
 `torch_venv_python` makes (once, cached in .torch-venv/) a venv with torch 2.13.0 CPU,
-safetensors and numpy; `torch_exports` runs tests/helpers/torch_reference.py there (by path)
-and caches its outputs. The comparisons run in the test's own environment, without torch.
+torchvision 0.28 and timm (their pure-Python models), safetensors and numpy; `torch_exports`
+runs tests/helpers/torch_reference.py (or another reference script) there (by path) and caches
+its outputs. The comparisons run in the test's own environment, without torch.
 tests/conftest.py serves both as session fixtures (`torch_python`, `torch_exports`).
 """
 
@@ -22,9 +23,17 @@ import pytest
 from tests.helpers import paths
 
 TORCH_VENV = paths.REPO / '.torch-venv'
-TORCH_REQUIREMENTS = ('torch==2.13.0', 'safetensors', 'numpy')
-# A script, run by path under the torch venv (not importable here: no torch).
+TORCH_REQUIREMENTS = (
+  'torch==2.13.0',
+  'torchvision==0.28.*',
+  'timm==1.0.31',
+  'safetensors',
+  'numpy',
+)
+# Scripts, run by path under the torch venv (not importable here: no torch).
 REFERENCE_SCRIPT = pathlib.Path(__file__).with_name('torch_reference.py')
+# torchvision's and timm's own ConvNeXt and EfficientNet (tests/models/convnext_test.py, ...).
+CONVNET_REFERENCE_SCRIPT = pathlib.Path(__file__).with_name('torch_convnet_reference.py')
 
 
 _SAFETENSORS_DTYPE_NAMES = {
@@ -115,17 +124,21 @@ def torch_venv_python() -> pathlib.Path:
   return python
 
 
-def torch_exports(torch_python: pathlib.Path) -> pathlib.Path:
-  """torch_reference.py's outputs, cached under .torch-venv/exports/<hash of the script>/."""
-  digest = hashlib.sha256(REFERENCE_SCRIPT.read_bytes()).hexdigest()[:16]
-  exports = TORCH_VENV / 'exports' / digest
+def torch_exports(
+  torch_python: pathlib.Path, script: pathlib.Path = REFERENCE_SCRIPT
+) -> pathlib.Path:
+  """``script``'s outputs, cached under .torch-venv/exports/<hash of the script>/ (the
+  torch_reference.py default) or .torch-venv/exports_<script name>/<hash>/."""
+  digest = hashlib.sha256(script.read_bytes()).hexdigest()[:16]
+  root = 'exports' if script == REFERENCE_SCRIPT else f'exports_{script.stem}'
+  exports = TORCH_VENV / root / digest
   TORCH_VENV.mkdir(exist_ok=True)
   with open(TORCH_VENV / '.lock', 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)  # pytest-xdist workers share the venv and the exports
     if not (exports / 'manifest.json').is_file():
       partial = exports.with_name(f'{digest}.partial')
       shutil.rmtree(partial, ignore_errors=True)
-      run([torch_python, REFERENCE_SCRIPT, partial])
+      run([torch_python, script, partial])
       for stale in exports.parent.iterdir():  # exports of older scripts: ~1.3 GB each
         if stale != partial:
           shutil.rmtree(stale)

@@ -20,7 +20,15 @@ V0_1_CONFIGS = paths.FIXTURES / 'v0_1_configs.json'
 
 # Config keys added after 0.2 (and so after 0.1), with the defaults that keep the behaviour of
 # 0.2: runs of 0.2 load and resume with them.
-ADDED_SINCE_0_2 = {'compilation_cache_dir': None}
+ADDED_SINCE_0_2 = {
+  'compilation_cache_dir': None,
+  # 'care': the care.* keys' loss, as before; the others are read by the other methods only.
+  'guidance.method': 'care',
+  'guidance.weight': 1.0,
+  'guidance.classes': 'default',
+  'guidance.normalize': 'default',
+  'guidance.stop_gradient_weights': 'default',
+}
 
 # Config keys added after 0.1, with the defaults that keep 0.1's behaviour: runs of
 # 0.1 load and resume with them.
@@ -28,7 +36,7 @@ ADDED_SINCE_0_1 = {
   **ADDED_SINCE_0_2,
   'train.test_checkpoint': 'last',
   'care.protocol': 'from_step',
-  'care.stage1_metric': 'mca',
+  'care.stage1_metric': 'auto',  # 'mca' for 0.1's multi-class task.
   'care.stage1_patience': 3,
   'care.stage1_max_fraction': 0.5,
   'care.outer': 'uniform',
@@ -38,12 +46,33 @@ ADDED_SINCE_0_1 = {
   'task': 'multiclass',
   'data.augment.on_device': 'auto',  # False on a CPU: 0.1's host augmentation.
   'data.isic2018.supervision': 'box',
-  'data.nih_chestxray14.mode': 'boxed',
+  'data.nih_chestxray14.mode': 'auto',  # 'boxed', 0.1's, for a multi-class task.
   'data.nih_chestxray14.boxed_images': 'test',
 }
 
-# Sub-configs added after 0.1 whose values 0.1 never read (datasets it did not have).
-ADDED_SECTIONS_SINCE_0_1 = ('data.synthetic_multilabel.',)
+# ADDED_SINCE_0_1 as a run of 0.1 loads (`care_jax.config.from_json` resolves the keys that
+# follow its task).
+LOADED_SINCE_0_1 = {
+  **ADDED_SINCE_0_1,
+  'care.stage1_metric': 'mca',
+  'data.nih_chestxray14.mode': 'boxed',
+}
+
+# Sub-configs added after 0.2 whose values 0.2 never read (datasets and guidance methods it did
+# not have).
+ADDED_SECTIONS_SINCE_0_2 = (
+  'data.medmnist.',
+  'data.chexpert.',
+  'data.decoy_digits.',
+  # The hyperparameters of guidance methods other than CARE.
+  'guidance.haics.',
+  'guidance.res.',
+  'guidance.gain.',
+  'guidance.sgt.',
+)
+
+# And those added after 0.1.
+ADDED_SECTIONS_SINCE_0_1 = ('data.synthetic_multilabel.', *ADDED_SECTIONS_SINCE_0_2)
 
 # Values that every packaged config changed since 0.1 (runs of 0.1 saved theirs).
 CHANGED_SINCE_0_1 = {

@@ -34,6 +34,7 @@ LAYERS = (
     (
       'care_jax',
       'care_jax.losses',
+      'care_jax.guidance_losses',
       'care_jax.attention',
       'care_jax.imbalance',
       'care_jax.classification_loss',

@@ -243,7 +243,7 @@ def test_config_refuses_what_a_multilabel_task_cannot_take():
     ('loss.name', 'ldam_drw', 'loss.name'),
     ('data.sampling', 'sqrt', 'data.sampling'),
     ('care.stage1_metric', 'mca', 'care.stage1_metric'),
-    ('data.box_source', 'otsu', 'data.box_source'),
+    ('data.box_source', 'grad_cam', 'data.box_source'),
     ('task', 'multi', 'config.task'),
   ):
     bad = config_lib.apply_overrides(config, [f'{key}={value}'])

@@ -9,13 +9,10 @@ auto-cache made tf.data warn about truncation when a pass stopped early
 
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from tests.helpers import command_line
-from tests.helpers import paths
 from tests.helpers import runs
 
 # Runs `care-jax ARGS` in this process, then prints whether TensorFlow was imported.
@@ -46,40 +43,24 @@ def _noise_in(output: str) -> list[str]:
 
 @pytest.mark.parametrize('command', ['train', 'visualize', 'boxes'])
 def test_help_does_not_import_tensorflow(command):
-  proc = subprocess.run(
-    [sys.executable, '-c', _IMPORTS_TENSORFLOW, command, '--help'],
-    cwd=paths.REPO,
-    env=_default_env(),
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  proc = command_line.run_python('-c', _IMPORTS_TENSORFLOW, command, '--help', env=_default_env())
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'TENSORFLOW IMPORTED: False' in proc.stdout, proc.stdout[-3000:]
   assert not _noise_in(proc.stderr), proc.stderr
 
 
 def test_loading_tensorflow_prints_no_start_up_lines_at_the_default_level():
-  proc = subprocess.run(
-    [sys.executable, '-c', 'from care_jax.data._tensorflow import tf; tf.constant(1.0)'],
-    cwd=paths.REPO,
-    env=_default_env(),
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  code = 'from care_jax.data._tensorflow import tf; tf.constant(1.0)'
+  proc = command_line.run_python('-c', code, env=_default_env())
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert not _noise_in(proc.stderr), proc.stderr
 
 
 def test_log_level_0_still_shows_tensorflows_start_up_lines():
-  proc = subprocess.run(
-    [sys.executable, '-c', 'from care_jax.data._tensorflow import tf'],
-    cwd=paths.REPO,
+  proc = command_line.run_python(
+    '-c',
+    'from care_jax.data._tensorflow import tf',
     env=dict(_default_env(), TF_CPP_MIN_LOG_LEVEL='0'),
-    capture_output=True,
-    text=True,
-    timeout=300,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert _CPP_LOG_LINE.search(proc.stderr), proc.stderr
@@ -101,6 +82,10 @@ def test_train_then_evaluate_print_no_library_start_up_noise(tmp_path):
   )
   assert train.returncode == 0, train.stderr[-3000:]
   assert not _noise_in(train.stderr + train.stdout), train.stderr
+  # A short run's whole output fits a screen: no tfds bars while the data are prepared, and
+  # the result (the headlines and the paths) comes last.
+  assert (train.stderr + train.stdout).count('\n') <= 30, train.stderr + train.stdout
+  assert train.stdout.splitlines()[-1] == f'metrics: {workdir / "metrics.json"}', train.stdout
   evaluate = command_line.care_jax(
     'evaluate', f'--workdir={workdir}', '--split=test', cwd=tmp_path, env=_default_env()
   )

@@ -359,3 +359,20 @@ def test_per_finding_attention_bad_arguments_raise():
     metrics.AttentionMetrics.empty().compute_per_class(['a'])
   with pytest.raises(ValueError, match='num_classes'):
     metrics.AttentionMetrics.empty(num_classes=0)
+
+
+@pytest.mark.parametrize('seed,small,big', [(1, (5, 6), (20, 21))])
+def test_energy_in_box_is_the_positive_upsampled_attribution_share_in_the_box(seed, small, big):
+  rng = np.random.default_rng(seed)
+  maps = rng.normal(size=(4, *small)).astype(np.float32)
+  masks = _random_boxes(rng, 4, *big)
+  ry, rx = (_np_bilinear_weights(n, b) for n, b in zip(small, big))
+  energy = np.maximum(np.einsum('Hh,bhw,Ww->bHW', ry, maps.astype(np.float64), rx), 0.0)
+  expected = (energy * masks).sum(axis=(1, 2)) / energy.sum(axis=(1, 2))
+  got = metrics.energy_in_box(maps, masks)
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5)
+  # Raw attributions: a positive scale keeps the share, negative evidence counts for nothing.
+  np.testing.assert_allclose(np.asarray(metrics.energy_in_box(3.0 * maps, masks)), got, rtol=1e-5)
+  np.testing.assert_array_equal(np.asarray(metrics.energy_in_box(-np.abs(maps), masks)), 0.0)
+  with pytest.raises(ValueError, match=r'maps must have shape \[B, h, w\]'):
+    metrics.energy_in_box(maps[0], masks[0])

@@ -21,11 +21,21 @@ from tests.helpers import model_fixtures as mf
 
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
 DENSENETS = ('densenet121', 'densenet161', 'densenet169', 'densenet201')
+CONVNEXTS = ('convnext_tiny', 'convnext_small', 'convnext_base')
+EFFICIENTNETS = tuple(f'efficientnet_b{i}' for i in range(5))
 # Input size / feature map size, as documented by each backbone.
-FEATURE_STRIDE = {'tiny_cnn': 8, 'vgg19': 16, **{name: 32 for name in RESNETS + DENSENETS}}
+FEATURE_STRIDE = {
+  'tiny_cnn': 8,
+  'vgg19': 16,
+  **{name: 32 for name in RESNETS + DENSENETS + CONVNEXTS + EFFICIENTNETS},
+}
 
 
-@pytest.mark.parametrize('name', MODEL_NAMES)
+# The larger ConvNeXt/EfficientNet variants differ from T/B0 in depths and widths only (their
+# parameter counts are checked in convnext_test.py, efficientnet_test.py): not traced again here.
+@pytest.mark.parametrize(
+  'name', [n for n in MODEL_NAMES if n not in (*CONVNEXTS[1:], *EFFICIENTNETS[1:])]
+)
 def test_every_model_gives_float32_logits_and_documented_feature_size(name):
   model, variables = mf.abstract_model(name)
   images = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
@@ -43,11 +53,11 @@ def test_every_model_gives_float32_logits_and_documented_feature_size(name):
   for out, features in ((logits, inter['features']), (eval_logits, eval_inter['features'])):
     assert out.shape == (2, 1000) and out.dtype == jnp.float32
     assert features.shape[:3] == (2, side, side)
-  # Train mode returns new running statistics for every BatchNorm (VGG-19 has none).
+  # Train mode returns new running statistics for every BatchNorm (VGG-19, ConvNeXt have none).
   assert jax.tree.structure(updates.get('batch_stats', {})) == jax.tree.structure(
     variables.get('batch_stats', {})
   )
-  assert ('batch_stats' in variables) == (name != 'vgg19')
+  assert ('batch_stats' in variables) == (name not in ('vgg19', *CONVNEXTS))
 
 
 @pytest.mark.parametrize('name', ['tiny_cnn', 'basic_resnet', 'bottleneck_resnet'])
@@ -199,7 +209,15 @@ def test_attention_maps_of_a_linear_head_are_cam_with_its_kernel():
   )
 
 
-@pytest.mark.parametrize('name, head', [('tiny_cnn', 'bn_linear'), ('small_vgg', 'vgg')])
+@pytest.mark.parametrize(
+  'name, head',
+  [
+    ('tiny_cnn', 'bn_linear'),
+    ('small_vgg', 'vgg'),
+    (mf.SMALL_CONVNEXT, 'layernorm_linear'),
+    (mf.SMALL_EFFICIENTNET, 'dropout_linear'),
+  ],
+)
 def test_attention_maps_of_other_heads_are_grad_cam_of_the_head(name, head):
   model, variables, features, labels = _attention_case(name, head)
   expected = attention.grad_cam(_head_fn(model, variables), features, labels)

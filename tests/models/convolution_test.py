@@ -184,3 +184,33 @@ def test_a_resnet_gives_the_same_logits_and_gradients_whichever_form(monkeypatch
   for got, expected in zip(jax.tree.leaves(patch_grads), jax.tree.leaves(lax_grads)):
     scale = float(jnp.max(jnp.abs(expected))) + 1e-6
     assert float(jnp.max(jnp.abs(got - expected))) <= 1e-4 * scale
+
+
+@pytest.mark.parametrize('x_shape, kernel, stride', [((2, 9, 9, 6), 7, 1), ((2, 10, 10, 5), 5, 2)])
+def test_depthwise_convolutions_take_the_tap_form_equal_to_lax(x_shape, kernel, stride):
+  channels = x_shape[-1]
+  x, w = _random(x_shape, 0), _random((kernel, kernel, 1, channels), 1)
+  args = ((stride, stride), ((kernel // 2, kernel // 2),) * 2)
+  grouped = dict(dimension_numbers=NHWC, feature_group_count=channels)
+  assert convolution.is_depthwise(x.shape, w.shape, channels, NHWC)
+
+  def loss(conv):
+    return lambda x, w: jnp.sum(jnp.sin(conv(x, w, *args, **grouped)))
+
+  np.testing.assert_allclose(
+    jax.jit(lambda x, w: convolution.convolution(x, w, *args, **grouped))(x, w),
+    lax.conv_general_dilated(x, w, *args, **grouped),
+    rtol=1e-5,
+    atol=1e-5,
+  )
+  # Jitted: op by op, each of the 49 taps would compile on its own.
+  got = jax.jit(jax.grad(loss(convolution.convolution), argnums=(0, 1)))(x, w)
+  expected = jax.jit(jax.grad(loss(lax.conv_general_dilated), argnums=(0, 1)))(x, w)
+  for g, e in zip(got, expected):
+    np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+
+
+def test_kernels_that_tile_the_input_take_the_patch_form():
+  stem = ((2, 64, 64, 3), (4, 4, 3, 8), (4, 4))
+  assert convolution.uses_patch_form(*stem, ((0, 0), (0, 0)), dimension_numbers=NHWC)
+  assert not convolution.uses_patch_form(*stem, ((1, 1), (1, 1)), dimension_numbers=NHWC)

@@ -1,5 +1,6 @@
 """The heads against numpy: GAP + linear, BatchNorm + linear, torchvision's VGG classifier, the
-cosine (normed linear) head of LDAM-DRW, torch's adaptive average pool, their initialisers."""
+cosine (normed linear) head of LDAM-DRW, the flatten head, torch's adaptive average pool, their
+initialisers."""
 
 import jax
 import jax.numpy as jnp
@@ -7,10 +8,12 @@ import numpy as np
 import pytest
 
 from care_jax.models import BatchNormLinearHead
+from care_jax.models import FlattenHead
 from care_jax.models import LinearHead
 from care_jax.models import NormedLinearHead
 from care_jax.models import VGGHead
 from care_jax.models import adaptive_avg_pool
+from care_jax.models import get_model
 from tests.helpers import model_fixtures as mf
 
 
@@ -140,3 +143,37 @@ def test_normed_linear_init_is_uniform_with_unit_norm_class_columns():
   # Directions of U(-1, 1)^64: a column scaled back by its norm spans (-1, 1), mean ~ 0.
   raw = np.asarray(kernel) * np.sqrt(64 / 3)  # E||u||^2 = 64 / 3 for u ~ U(-1, 1)^64
   assert np.abs(raw).max() < 1.5 and abs(raw.mean()) < 0.1
+
+
+def test_flatten_head_is_dense_on_the_feature_map_flattened_in_hwc_order():
+  features = np.random.default_rng(2).normal(size=(2, 3, 5, 4)).astype(np.float32)
+  head = FlattenHead(num_classes=3)
+  variables = mf.fake_variables(head, features)
+  kernel = np.asarray(variables['params']['fc']['kernel'], np.float64)
+  bias = np.asarray(variables['params']['fc']['bias'], np.float64)
+
+  assert kernel.shape == (3 * 5 * 4, 3)
+  # Position-aware: a cell's features meet that cell's weights, kernel[(i * w + j) * C + c, k].
+  expected = np.einsum('bhwc,hwck->bk', features, kernel.reshape(3, 5, 4, 3)) + bias
+  logits = head.apply(variables, features)
+  assert logits.dtype == jnp.float32
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_flatten_head_attention_maps_equal_brute_force_grad_cam_and_its_closed_form():
+  model = get_model('tiny_cnn', num_classes=3, head='flatten')
+  images = mf.images(size=32, seed=3)
+  variables = mf.fake_variables(model, images, seed=4)
+  _, inter = model.apply(variables, images, train=False)
+  features, labels = inter['features'], jnp.array([2, 0])
+
+  maps = model.attention_maps(variables, features, labels)  # 'auto': Grad-CAM of the head
+  np.testing.assert_allclose(
+    maps, mf.brute_force_grad_cam(model, variables, features, labels), atol=1e-5
+  )
+  # Grad-CAM's channel weights of a flatten head: each channel's kernel column averaged over cells.
+  kernel = np.asarray(variables['params']['head']['fc']['kernel']).reshape(4, 4, 128, 3)
+  weights = kernel.mean(axis=(0, 1))[:, np.asarray(labels)].T  # [B, C]
+  cam = np.einsum('bhwc,bc->bhw', np.asarray(features, np.float64), weights)
+  low, high = cam.min(axis=(1, 2), keepdims=True), cam.max(axis=(1, 2), keepdims=True)
+  np.testing.assert_allclose(maps, (cam - low) / (high - low), atol=1e-5)

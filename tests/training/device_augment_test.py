@@ -174,6 +174,22 @@ def _tf_adjust_color(images, factors):
   )
 
 
+@pytest.mark.parametrize('classes', [None, 3])
+def test_relevance_map_equals_the_pipelines_relevance_map(classes):
+  rng = np.random.default_rng(0)
+  shape = (6, 8, 8) if classes is None else (6, classes, 8, 8)
+  # Lesion masks on some examples (findings) only, artefacts on others, overlaps too.
+  present = rng.uniform(size=shape[:-2] + (1, 1)) < 0.5
+  mask = ((rng.uniform(size=shape) < 0.4) & present).astype(np.uint8 if classes else np.float32)
+  artefact = (rng.uniform(size=(6, 8, 8)) < 0.1 * rng.integers(0, 2, (6, 1, 1))).astype(np.float32)
+  relevance, has_mask = jax.jit(device_augment.relevance_map)(mask, artefact)
+  for i in range(6):
+    expected, expected_has = augment.relevance_map(mask[i], artefact[i])
+    np.testing.assert_array_equal(np.asarray(relevance[i]), expected.numpy())
+    np.testing.assert_array_equal(np.asarray(has_mask[i]), expected_has.numpy())
+  assert {-1.0, 0.0, 1.0} <= set(np.unique(np.asarray(relevance)))
+
+
 def test_adjust_color_equals_tf_adjust_color():
   rng = np.random.default_rng(0)
   images = rng.uniform(size=(6, 24, 24, 3)).astype(np.float32)

@@ -1,10 +1,12 @@
 """The training loop: checks before training, one compilation per step, no fetch between log
-steps, the test block's checkpoint."""
+steps, the test block's checkpoint, the measured guidance weight."""
 
 import contextlib
+import json
 
 import jax
 from jax._src import array as array_lib
+import numpy as np
 import pytest
 
 from care_jax import inference
@@ -123,3 +125,20 @@ def test_the_steps_between_two_log_steps_transfer_nothing_to_the_host(
     guard.stop()
   # Guarded: steps 2-3 and 5-7 (batch, dispatch), the bookkeeping after steps 2 and 5 too.
   assert guarded_steps == [1, 2, 4, 5]
+
+
+def test_an_auto_guidance_weight_starts_the_term_equal_to_the_loss(tmp_path):
+  config = runs.tiny_config(
+    tmp_path,
+    'guidance.method=gradia',
+    "guidance.weight='auto'",
+    'care.start_step=0',
+    'train.num_steps=2',
+    'train.log_every_steps=1',
+  )
+  training.train_and_evaluate(config, str(tmp_path / 'run'))
+  with open(tmp_path / 'run' / 'train_log.jsonl') as f:
+    first = json.loads(f.readline())
+  # Measured on the run's first batch at the fresh state: the step-1 record's own terms.
+  assert first['weight'] != 1.0
+  np.testing.assert_allclose(first['weight'] * first['guidance'], first['ce'], rtol=1e-4)

@@ -8,6 +8,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from care_jax import attention
+from care_jax import classification_loss
 from care_jax import config as config_lib  # noqa: E402
 from care_jax import losses
 from care_jax import models
@@ -218,3 +219,43 @@ def test_step_config_reads_on_device_from_the_config():
   with config.unlocked():
     config.data.augment.enabled = False
   assert not training.StepConfig.from_config(config).device_augment
+
+
+def test_a_label_mask_leaves_ignored_findings_out_of_the_multilabel_step():
+  # CheXpert's U-Ignore: the step's CE is the BCE mean over the counted (image, finding) entries.
+  config = steps.make_config(alpha=0.0)
+  config.task = 'multilabel'
+  model = training.create_model(config, steps.NUM_CLASSES)
+  state = training.create_train_state(config, model, (16, 16, 3), 10, jax.random.key(0))
+  loss = classification_loss.make_classification_loss(
+    'ce', class_counts=[1] * steps.NUM_CLASSES, num_steps=10, task='multilabel'
+  )
+  step_config = training.StepConfig.from_config(config)
+  step = jax.jit(training.make_train_step(model, step_config, classification_loss=loss))
+  rng = np.random.default_rng(0)
+  shape = (6, steps.NUM_CLASSES)
+  batch = {
+    'image': rng.normal(size=(6, 16, 16, 3)).astype(np.float32),
+    'label': (rng.uniform(size=shape) < 0.4).astype(np.float32),
+    'mask': np.zeros((*shape, 16, 16), np.uint8),
+    'has_mask': np.zeros(shape, bool),
+    'label_mask': (rng.uniform(size=shape) < 0.6).astype(np.float32),
+  }
+  batch['label_mask'][0] = 0.0  # Every finding of image 0 ignored.
+  (logits, _), _ = model.apply(
+    {'params': state.params, 'batch_stats': state.batch_stats},
+    batch['image'],
+    train=True,
+    mutable=['batch_stats'],
+  )
+  z, y, m = np.asarray(logits, np.float64), batch['label'], batch['label_mask']
+  bce = np.logaddexp(0.0, z) - y * z
+  new_state, metrics = step(state, batch)
+  np.testing.assert_allclose(metrics['ce'], (bce * m).sum() / m.sum(), rtol=1e-5)
+  # The ignored labels do not matter: flipped, the update is the same.
+  flipped = dict(batch, label=np.where(m > 0, y, 1.0 - y))
+  flipped_state, _ = step(state, flipped)
+  chex.assert_trees_all_close(flipped_state.params, new_state.params)
+  # A batch with every label ignored has no loss, and no NaN.
+  _, none = step(state, dict(batch, label_mask=np.zeros(shape, np.float32)))
+  assert none['ce'] == 0.0

@@ -44,6 +44,7 @@ import tensorflow_datasets as tfds
 
 from care_jax.data import _local
 from care_jax.data._files import images
+from care_jax.data._files import multilabel
 from care_jax.data._files import rows
 from care_jax.data._files import splits
 
@@ -58,12 +59,20 @@ COMMON_PARAMETERS = (
 )
 
 
-def fingerprint(root: pathlib.Path, files: Iterable[pathlib.Path]) -> str:
-  """sha256 of the data directory's path and the given files' names/bytes."""
+def fingerprint(
+  root: pathlib.Path, files: Iterable[pathlib.Path], *, listing: Sequence[str] = ()
+) -> str:
+  """sha256 of the data directory's path, the given files' names/bytes and ``listing``.
+
+  ``listing`` (e.g. the images of a class-folder tree, which has no label file)
+  counts only when not empty, so that fingerprints without it stay as they were.
+  """
   digest = hashlib.sha256(str(root.resolve()).encode())
   for path in files:
     digest.update(b'\0' + str(path.relative_to(root)).encode() + b'\0')
     digest.update(path.read_bytes() if path.is_file() else b'<absent>')
+  if listing:
+    digest.update(b'\0<listing>\0' + '\n'.join(listing).encode())
   return digest.hexdigest()
 
 
@@ -251,11 +260,12 @@ def fixed_classes_config(
 
 
 def example_features(
-  class_names: Sequence[str], encoding: str, *, masks: bool = False
+  class_names: Sequence[str], encoding: str, *, masks: bool = False, artefacts: bool = False
 ) -> tfds.features.FeaturesDict:
   """The features of every dataset built from files (module docstring).
 
-  ``masks`` adds ``mask``: the encoded annotation mask (PNG bytes, or empty).
+  ``masks`` adds ``mask``: the encoded annotation mask (PNG bytes, or empty); ``artefacts``
+  adds ``artefact_boxes``: the boxes of irrelevant regions (boxes.csv's ``kind=artefact``).
   """
   features = {
     'image': tfds.features.Image(shape=(None, None, 3), encoding_format=encoding),
@@ -266,6 +276,8 @@ def example_features(
   }
   if masks:
     features['mask'] = tfds.features.Tensor(shape=(), dtype=np.object_)
+  if artefacts:
+    features['artefact_boxes'] = tfds.features.Sequence(tfds.features.BBoxFeature())
   return tfds.features.FeaturesDict(features)
 
 
@@ -304,7 +316,12 @@ class FilesBuilder(_local.LocalData, tfds.core.GeneratorBasedBuilder, skip_regis
     config = self.builder_config
     return self.dataset_info_from_configs(
       description=(type(self).__doc__ or '').strip(),
-      features=example_features(config.class_names, self.ENCODING, masks=self.MASKS),
+      features=example_features(
+        config.class_names,
+        self.ENCODING,
+        masks=self.MASKS,
+        artefacts=getattr(config, 'artefacts', False),
+      ),
       supervised_keys=('image', 'label'),
       homepage=self.HOMEPAGE or None,
     )
@@ -329,6 +346,18 @@ class FilesBuilder(_local.LocalData, tfds.core.GeneratorBasedBuilder, skip_regis
   def _load(self, record: splits.Record) -> np.ndarray:
     """Decodes ``record.source`` to uint8 [H, W, 3]; raises images.UnreadableFile."""
     return images.load_rgb(record.source)
+
+  def _decoded(
+    self, records: Iterable[Any], problems: rows.Problems
+  ) -> Iterator[tuple[Any, np.ndarray]]:
+    """``(record, image)`` of every record whose image decodes (`_load`); reports the others."""
+    for record in records:
+      try:
+        image = self._load(record)
+      except images.UnreadableFile as e:
+        problems.report(record.location, str(e))
+        continue
+      yield record, image
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # The files are the user's (self.manual_dir).
@@ -362,12 +391,7 @@ class FilesBuilder(_local.LocalData, tfds.core.GeneratorBasedBuilder, skip_regis
     box_labels = {config.class_names.index(n) for n in config.box_classes}
     stored_size = config.parameters['stored_size']
     problems = self._problems()
-    for record in records:
-      try:
-        image = self._load(record)
-      except images.UnreadableFile as e:
-        problems.report(record.location, str(e))
-        continue
+    for record, image in self._decoded(records, problems):
       boxes = np.array(record.boxes, np.float32).reshape(-1, 4)
       annotated = split == 'train' and record.label in box_labels
       image = images.shrink(image, stored_size)
@@ -378,6 +402,8 @@ class FilesBuilder(_local.LocalData, tfds.core.GeneratorBasedBuilder, skip_regis
         lesion_boxes=boxes,
         image_id=record.key,
       )
+      if getattr(config, 'artefacts', False):
+        example['artefact_boxes'] = np.array(record.artefact_boxes, np.float32).reshape(-1, 4)
       if self.MASKS:
         example['mask'] = b''
         if annotated and record.mask is not None:
@@ -387,4 +413,30 @@ class FilesBuilder(_local.LocalData, tfds.core.GeneratorBasedBuilder, skip_regis
             problems.report(record.location, str(e))
             continue
       yield record.key, example
+    problems.log(f'{self.name}: writing split {split!r}')
+
+  def _multilabel_examples(
+    self, records: Sequence[multilabel.MultilabelRecord], split: str, *, ignored: bool = False
+  ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The examples of a multi-label dataset (`multilabel.multilabel_example`).
+
+    ``ignored`` adds ``ignored_labels`` (features of
+    ``multilabel.multilabel_features(ignored=True)``).
+    """
+    config = self.builder_config
+    box_labels = {config.class_names.index(name) for name in config.box_classes}
+    problems = self._problems()
+    for record, image in self._decoded(records, problems):
+      yield (
+        record.key,
+        multilabel.multilabel_example(
+          record,
+          image,
+          split=split,
+          box_labels=box_labels,
+          encoding=self.ENCODING,
+          stored_size=config.parameters['stored_size'],
+          ignored=ignored,
+        ),
+      )
     problems.log(f'{self.name}: writing split {split!r}')

@@ -8,6 +8,7 @@ They have `multilabel_features` instead of `builder.example_features`:
 
 from collections.abc import Iterable, Sequence
 import dataclasses
+import logging
 import pathlib
 from typing import Any
 
@@ -18,8 +19,13 @@ from care_jax.data._files import images
 from care_jax.data._files import rows
 from care_jax.data._files import splits
 
+# How many empty (split, class) pairs the coverage warning names.
+_NAMED_EMPTY = 3
 
-def multilabel_features(class_names: Sequence[str], encoding: str) -> tfds.features.FeaturesDict:
+
+def multilabel_features(
+  class_names: Sequence[str], encoding: str, *, ignored: bool = False
+) -> tfds.features.FeaturesDict:
   """The features of a multi-label dataset built from files.
 
   ``image`` as in `builder.example_features`; ``labels``: the image's positive classes
@@ -28,21 +34,25 @@ def multilabel_features(class_names: Sequence[str], encoding: str) -> tfds.featu
   of each (training images only, boxes of the box classes only); and
   ``lesion_boxes`` and ``lesion_box_labels``: every known box of the image
   with its class, in every split. ``image_id`` and ``patient_id`` are the
-  image's and the patient's names in the user's files.
+  image's and the patient's names in the user's files. ``ignored`` adds
+  ``ignored_labels``: the classes whose decision is masked out for the image
+  (e.g. CheXpert's uncertain findings under U-Ignore), neither positive nor
+  negative.
   """
   names = list(class_names)
-  return tfds.features.FeaturesDict(
-    {
-      'image': tfds.features.Image(shape=(None, None, 3), encoding_format=encoding),
-      'labels': tfds.features.Sequence(tfds.features.ClassLabel(names=names)),
-      'boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
-      'box_labels': tfds.features.Sequence(tfds.features.ClassLabel(names=names)),
-      'lesion_boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
-      'lesion_box_labels': tfds.features.Sequence(tfds.features.ClassLabel(names=names)),
-      'image_id': tfds.features.Text(),
-      'patient_id': tfds.features.Text(),
-    }
-  )
+  features = {
+    'image': tfds.features.Image(shape=(None, None, 3), encoding_format=encoding),
+    'labels': tfds.features.Sequence(tfds.features.ClassLabel(names=names)),
+    'boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
+    'box_labels': tfds.features.Sequence(tfds.features.ClassLabel(names=names)),
+    'lesion_boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
+    'lesion_box_labels': tfds.features.Sequence(tfds.features.ClassLabel(names=names)),
+    'image_id': tfds.features.Text(),
+    'patient_id': tfds.features.Text(),
+  }
+  if ignored:
+    features['ignored_labels'] = tfds.features.Sequence(tfds.features.ClassLabel(names=names))
+  return tfds.features.FeaturesDict(features)
 
 
 @dataclasses.dataclass
@@ -59,6 +69,8 @@ class MultilabelRecord:
     split: 'train', 'validation', 'test', or None (not yet assigned).
     boxes: every known box, normalised (ymin, xmin, ymax, xmax).
     box_labels: the class index of each box (as long as ``boxes``).
+    ignored: the classes masked out for this image (neither positive nor
+      negative; the ``ignored_labels`` feature where a dataset has it).
   """
 
   key: str
@@ -70,6 +82,7 @@ class MultilabelRecord:
   split: str | None = None
   boxes: list[tuple[float, float, float, float]] = dataclasses.field(default_factory=list)
   box_labels: list[int] = dataclasses.field(default_factory=list)
+  ignored: tuple[int, ...] = ()
 
   def add_box(
     self, problems: rows.Problems, location: str, box: Sequence[float], label: int, subject: str
@@ -104,17 +117,36 @@ def rarest_label_strata(label_sets: Sequence[Sequence[int]], num_classes: int) -
   )
 
 
+def hold_out_validation(
+  candidates: Sequence[MultilabelRecord], *, num_classes: int, fraction: float, seed: int
+) -> None:
+  """Moves about ``fraction`` of ``candidates``' patients (``group``) to 'validation'.
+
+  `splits.holdout` grouped by patient and stratified by each image's rarest
+  class (`rarest_label_strata`), salt 1 as every validation hold-out here;
+  nothing moves for ``fraction <= 0``.
+  """
+  if fraction <= 0:
+    return
+  strata = rarest_label_strata([r.labels for r in candidates], num_classes)
+  held = splits.holdout(strata, [r.group for r in candidates], fraction=fraction, seed=seed, salt=1)
+  for record, is_held in zip(candidates, held):
+    if is_held:
+      record.split = 'validation'
+
+
 def check_multilabel_coverage(
   records: Sequence[MultilabelRecord], class_names: Sequence[str], source: str
 ) -> dict[str, list[int]]:
-  """Returns {split: images per class}; every class must be in every split.
+  """Returns {split: images per class}; a class without images in a split is counted.
 
-  An image counts once for each of its classes.
+  An image counts once for each of its classes. A class without images in a split leaves
+  only its own scores there undefined (its AUROC is ``null`` in metrics.json): one
+  warning counts these (split, class) pairs and names the first ones.
 
   Raises:
-    ValueError: naming ``source``, the empty (split, class) pairs and the
-      counts, when a class has no images in a split that exists, or when
-      there is no 'train' or no 'test' split.
+    ValueError: naming ``source`` and the counts when there is no 'train' or no 'test'
+      split.
   """
   present = [s for s in splits.SPLITS if any(r.split == s for r in records)]
   counts = {}
@@ -124,7 +156,22 @@ def check_multilabel_coverage(
       if record.split == split:
         per_class[list(set(record.labels))] += 1
     counts[split] = per_class.tolist()
-  splits.require_every_class(counts, class_names, source, noun='image', has_no='no image of ')
+  if 'train' not in counts or 'test' not in counts:
+    splits.require_every_class(counts, class_names, source, noun='image', has_no='no image of ')
+  empty = [
+    f'{split!r} has no image of {name!r}'
+    for split, per_class in counts.items()
+    for name, count in zip(class_names, per_class)
+    if count == 0
+  ]
+  if empty:
+    logging.warning(
+      '%s: %d (split, class) pair(s) without images, whose scores there are undefined: %s%s',
+      source,
+      len(empty),
+      '; '.join(empty[:_NAMED_EMPTY]),
+      ' ...' if len(empty) > _NAMED_EMPTY else '',
+    )
   return counts
 
 
@@ -136,17 +183,19 @@ def multilabel_example(
   box_labels: Iterable[int],
   encoding: str,
   stored_size: int,
+  ignored: bool = False,
 ) -> dict[str, Any]:
   """The `multilabel_features` example of ``record`` with decoded ``image``.
 
   ``boxes``/``box_labels`` hold the boxes of the classes ``box_labels`` when
   ``split`` is 'train' and are empty otherwise; ``lesion_boxes`` and
-  ``lesion_box_labels`` hold every box.
+  ``lesion_box_labels`` hold every box; ``ignored`` adds ``ignored_labels``
+  (``record.ignored``, for the features of ``multilabel_features(ignored=True)``).
   """
   boxes = np.array(record.boxes, np.float32).reshape(-1, 4)
   labels = np.array(record.box_labels, np.int64)
   annotated = np.isin(labels, list(box_labels)) & (split == 'train')
-  return dict(
+  example = dict(
     image=images.encode(images.shrink(image, stored_size), encoding),
     labels=np.array(sorted(set(record.labels)), np.int64),
     boxes=boxes[annotated],
@@ -156,3 +205,6 @@ def multilabel_example(
     image_id=record.key,
     patient_id=record.group,
   )
+  if ignored:
+    example['ignored_labels'] = np.array(sorted(set(record.ignored)), np.int64)
+  return example

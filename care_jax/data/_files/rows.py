@@ -29,6 +29,9 @@ from care_jax.data._files import splits
 
 # The columns of a pixel box in the box files.
 BOX_COLUMNS = ('xmin', 'ymin', 'xmax', 'ymax')
+# The optional ``kind`` column of a box file: 'lesion' (the default, also an empty cell) or
+# 'artefact' (an irrelevant region: relevance -1, `care_jax.data.pipeline`).
+BOX_KINDS = ('lesion', 'artefact')
 # How many skipped rows a warning lists one by one.
 _LOGGED_PROBLEMS = 5
 
@@ -96,18 +99,26 @@ class Problems:
     )
 
   def add_box(
-    self, record: 'splits.Record', location: str, box: Sequence[float], subject: str
+    self,
+    record: 'splits.Record',
+    location: str,
+    box: Sequence[float],
+    subject: str,
+    *,
+    kind: str = 'lesion',
   ) -> None:
     """Adds pixel box (xmin, ymin, xmax, ymax) to ``record.boxes``, normalised.
 
     An invalid box (`box_problem`) is reported instead, as ``'<subject>:
-    <problem>'`` (e.g. ``subject='image 1.png'``).
+    <problem>'`` (e.g. ``subject='image 1.png'``). ``kind='artefact'`` adds it to
+    ``record.artefact_boxes`` instead.
     """
     problem = box_problem(box, *record.size)
     if problem:
       self.report(location, f'{subject}: {problem}')
       return
-    record.boxes.append(normalise_box(box, *record.size))
+    target = record.artefact_boxes if kind == 'artefact' else record.boxes
+    target.append(normalise_box(box, *record.size))
 
   def log(self, stage: str) -> None:
     """Warns with the number of skipped rows and the first few of them."""
@@ -224,17 +235,28 @@ def read_csv(
   return header, result
 
 
-def read_box_rows(path: pathlib.Path) -> list[tuple[str, Row, list[float | None]]]:
+def read_box_rows(
+  path: pathlib.Path, *, kinds: bool = False
+) -> list[tuple[str, Row, list[float | None]]]:
   """Reads a box file, columns ``image,xmin,ymin,xmax,ymax`` (`read_csv`).
 
-  The file may have no rows.
+  The file may have no rows. With ``kinds``, it may have the column ``kind`` too
+  (`box_kind`).
 
   Returns:
     ``(location, row, coordinates)`` per row: `where` the row is, the row
     and its pixel box ``BOX_COLUMNS``, None for a value that is not a number.
   """
-  _, rows = read_csv(path, required=('image',) + BOX_COLUMNS, allow_no_rows=True)
+  optional = ('kind',) if kinds else ()
+  _, rows = read_csv(path, required=('image',) + BOX_COLUMNS, optional=optional, allow_no_rows=True)
   return [(where(path, row.line), row, [parse_number(row[c]) for c in BOX_COLUMNS]) for row in rows]
+
+
+def box_kind(row: Row) -> str | None:
+  """The ``kind`` of a box row (`BOX_KINDS`; no column or an empty cell: 'lesion'), or None
+  for another value."""
+  kind = row.get('kind').strip().lower() or 'lesion'
+  return kind if kind in BOX_KINDS else None
 
 
 def relative_path(

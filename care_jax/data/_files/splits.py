@@ -9,6 +9,7 @@ the (image, label, group) rows, not on their order in the file.
 
 from collections.abc import Sequence
 import dataclasses
+import difflib
 import pathlib
 
 import numpy as np
@@ -69,6 +70,7 @@ class Record:
     group: rows of one group stay in one split (lesion, patient).
     split: 'train', 'validation', 'test', or None (assigned by `assign_splits`).
     boxes: every known box, normalised (ymin, xmin, ymax, xmax).
+    artefact_boxes: the boxes of irrelevant regions (``kind=artefact`` in boxes.csv), alike.
     mask: the image's segmentation mask file, or None; stored as the
       annotation ``mask`` when the image carries annotations (datasets with
       `builder.FilesBuilder.MASKS`).
@@ -83,6 +85,7 @@ class Record:
   split: str | None = None
   boxes: list[tuple[float, float, float, float]] = dataclasses.field(default_factory=list)
   mask: pathlib.Path | None = None
+  artefact_boxes: list[tuple[float, float, float, float]] = dataclasses.field(default_factory=list)
 
 
 def assign_splits(
@@ -133,9 +136,34 @@ def require_every_class(
       f'{source}: every class needs {noun}s in every split, but '
       + '; '.join(empty)
       + f'. {noun.capitalize()}s per class {list(class_names)} and split: {counts}.'
-      f' Add {noun}s of these classes, change {fractions}validation_fraction, or fix the'
+      + ''.join(f' {typo}.' for typo in likely_typos(counts, class_names, noun=noun))
+      + f' Add {noun}s of these classes, change {fractions}validation_fraction, or fix the'
       ' split assignment.'
     )
+
+
+def likely_typos(
+  counts: dict[str, list[int]], class_names: Sequence[str], *, noun: str = 'example'
+) -> list[str]:
+  """Hints for the classes of at most two ``noun``s whose name is close to a bigger class's.
+
+  A label typed wrong (``'cirlce'`` beside ``'circle'``) makes a class of its own; the coverage
+  error it causes then names it as a real class.
+
+  >>> likely_typos({'train': [40, 1, 30]}, ['circle', 'cirlce', 'square'])
+  ["'cirlce' (1 example) looks like a misspelling of 'circle'"]
+  """
+  totals = np.sum([counts[split] for split in counts], axis=0)
+  hints = []
+  for k, name in enumerate(class_names):
+    if totals[k] > 2:
+      continue
+    bigger = [other for j, other in enumerate(class_names) if totals[j] > totals[k]]
+    close = difflib.get_close_matches(name, bigger, n=1, cutoff=0.8)
+    if close:
+      count = f'{totals[k]} {noun}' + ('s' if totals[k] != 1 else '')
+      hints.append(f'{name!r} ({count}) looks like a misspelling of {close[0]!r}')
+  return hints
 
 
 def check_coverage(
