@@ -10,6 +10,12 @@ table of docs/training.md ("Backbones"); ``--model`` of the shared flags is not 
 
   python benchmarks/backbones.py --image-size 224 --batch 16 --repeats 3 \
       --time-models tiny_cnn,resnet18,resnet50,densenet121,convnext_tiny,efficientnet_b0
+
+A ViT (``vit_b_16``, ``deit_s_16``) is timed as any backbone: its feature grid is the patch
+tokens entering the last block (14 x 14 at 224 px), its CARE step differentiates the
+``vit_token`` head (the last block) by its VJP::
+
+  python benchmarks/backbones.py --image-size 224 --batch 16 --repeats 3 --models deit_s_16,vit_b_16
 """
 
 import argparse

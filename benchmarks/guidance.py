@@ -6,9 +6,10 @@ state, jitted as the trainer does (state donated): 'ce' (alpha = 0: no map at al
 are compiled first, then run in turn (ce, care, gradia, ..., ce, care, ...) on fresh copies of
 the state (`_common.time_alternating`), so a shared machine's drifts spread evenly over them.
 The table gives, per method, the median wall-clock step time, the median process CPU time, both
-over CE's, XLA's temporary memory over CE's, and the issue's target for its family (map losses
-<= 1.1x, RRR <= 3x, GAIN <= 2.2x CE's step time). The last line is the largest ratio of a map
-loss::
+over CE's, XLA's temporary memory over CE's, XLA's estimate of the step's peak memory (arguments,
+outputs not written into the donated state, temporaries: `peak_bytes`), and the issue's target
+for its family (map losses <= 1.1x, RRR <= 3x, GAIN <= 2.2x CE's step time). A line names the
+methods over their target; the last line is the largest ratio of a map loss::
 
     max map-loss/ce step time ratio: X
 
@@ -68,11 +69,32 @@ def compile_methods(model, state, batch, methods, *, alpha: float):
   return compiled
 
 
+def peak_bytes(stats: dict[str, float | None]) -> float | None:
+  """XLA's estimate of a step's peak memory: its arguments, its outputs not written into donated
+  arguments, and its temporary buffers (`_common.compiled_stats`); None where unknown."""
+  parts = [stats[k] for k in ('argument_bytes', 'output_bytes', 'alias_bytes', 'temp_bytes')]
+  if any(p is None for p in parts):
+    return None
+  arguments, outputs, aliased, temp = parts
+  return arguments + outputs - aliased + temp
+
+
+def missed_targets(wall: dict[str, float]) -> str:
+  """The methods whose step time over CE's exceeds the issue's target, or 'none'."""
+  missed = [
+    f'{m} {wall[m] / wall["ce"]:.2f} > {TARGETS[m]}'
+    for m in wall
+    if m in TARGETS and wall[m] / wall['ce'] > TARGETS[m]
+  ]
+  return ', '.join(missed) or 'none'
+
+
 def rows(compiled, times, batch_size: int):
   """One table row per method: times, ratios to CE, memory, target."""
   wall = {m: statistics.median(times[m].wall) for m in compiled}
   cpu = {m: statistics.median(times[m].cpu) for m in compiled}
   temp = {m: compiled[m][2]['temp_bytes'] for m in compiled}
+  peak = {m: peak_bytes(compiled[m][2]) for m in compiled}
   table = []
   for method in compiled:
     target = TARGETS.get(method)
@@ -85,6 +107,7 @@ def rows(compiled, times, batch_size: int):
         _common.fmt(_common.ratio(wall[method], wall['ce'])),
         _common.fmt(_common.ratio(cpu[method], cpu['ce'])),
         _common.fmt(_common.ratio(temp[method], temp['ce'])),
+        _common.fmt(peak[method], scale=_common.MIB, digits=0),
         _common.fmt(batch_size / wall[method], digits=2),
         '' if target is None else f'<= {target}',
       ]
@@ -132,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
   )
   header = ['method', 'compile (s)', 'step (s)', 'CPU (s)', 'step/CE', 'CPU/CE', 'temp/CE']
   table, wall = rows(compiled, times, args.batch)
-  print(_common.format_table([*header, 'images/s', 'target'], table))
+  print(_common.format_table([*header, 'peak (MiB)', 'images/s', 'target'], table))
+  print(f'missed targets (step/CE): {missed_targets(wall)}')
   map_methods = [m for m in methods if m in schema.GUIDANCE_MAP_METHODS] or ['ce']
   print(f'max map-loss/ce step time ratio: {max(wall[m] for m in map_methods) / wall["ce"]:.3f}')
   return 0

@@ -52,20 +52,24 @@ def attention_branch_seconds(
   _, intermediates = jax.eval_shape(
     lambda v, x: model.apply(v, x, train=False), variables, batch['image']
   )
-  spec = intermediates['features']
-  features = jax.random.normal(jax.random.key(0), spec.shape, spec.dtype)
+  # The feature map, and a ViT's class token (its head inputs), drawn at random.
+  random = lambda spec: jax.random.normal(jax.random.key(0), spec.shape, spec.dtype)
+  features = random(intermediates['features'])
+  head_inputs = jax.tree.map(random, intermediates.get('head_inputs'))
 
   # Everything is an argument: closed-over arrays would be compile-time
   # constants, and XLA would fold the mask algebra away.
-  def branch(features, variables, labels, mask, has_mask):
-    maps = model.attention_maps(variables, features, labels, method=step_config.attention)
+  def branch(features, variables, labels, mask, has_mask, head_inputs):
+    maps = model.attention_maps(
+      variables, features, labels, method=step_config.attention, head_inputs=head_inputs
+    )
     per_example = losses.care_loss_per_example(
       maps, mask, tau=step_config.tau, lam=step_config.lam, has_mask=has_mask
     )
     return jnp.sum(per_example) / jnp.maximum(jnp.sum(has_mask), 1)
 
   fn = jax.jit(jax.value_and_grad(branch))
-  args = (features, variables, batch['label'], batch['mask'], batch['has_mask'])
+  args = (features, variables, batch['label'], batch['mask'], batch['has_mask'], head_inputs)
   timings = _common.time_alternating({'branch': (fn, lambda: args)}, repeats=repeats)
   return statistics.median(timings['branch'].wall)
 

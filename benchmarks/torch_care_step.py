@@ -1,7 +1,7 @@
 """PyTorch train steps for ``benchmarks/vs_pytorch.py``: official CARE, vectorised CARE, plain CE.
 
-Runs under the torch venv (Python 3.11 with torch, safetensors and numpy; no JAX, no
-torchvision), driven by ``vs_pytorch.py``, which writes the batch (``image`` NHWC float32,
+Runs under the torch venv (Python 3.11 with torch, torchvision, safetensors and numpy; no JAX),
+driven by ``vs_pytorch.py``, which writes the batch (``image`` NHWC float32,
 ``label`` int32, ``mask`` [B, S, S] and ``has_mask``) to an ``.npz``::
 
     .torch-venv/bin/python benchmarks/torch_care_step.py --serve --data batch.npz --model resnet50
@@ -27,9 +27,8 @@ The three steps, all with Adam (lr 1e-4) on a ResNet in train mode (BatchNorm ba
 * ``vectorised``: the same loss for the whole batch at once, with the Grad-CAM gradient from
   ``torch.autograd.grad`` of the head only (no backbone backward, nothing leaks into ``.grad``).
 
-The ResNets are ``tests/helpers/torch_reference.py``'s (torchvision's module layout, so
-``state_dict()`` has torchvision's keys and ``care_jax.models.load_pretrained`` reads it), with a
-new head.
+The models are torchvision's own (``care_jax.models.load_pretrained`` reads their
+``state_dict()``), the ResNets with a new head.
 """
 
 import argparse
@@ -45,12 +44,12 @@ from torch import nn
 from torch.nn import functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'tests' / 'helpers'))
-import torch_reference  # pylint: disable=g-import-not-at-top,wrong-import-position
+from torchvision_import import torchvision  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 STEPS = ('ce', 'official', 'vectorised')
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
-# torchvision's own models (needs torchvision in the venv): ``features`` is the map Grad-CAM uses,
-# ``avgpool`` + ``classifier`` their head (ConvNeXt: LayerNorm2d + Linear; EfficientNet:
+# ``features`` is the map Grad-CAM uses (ResNet: its ``layer4`` output), ``avgpool`` +
+# ``classifier`` the head of these (ConvNeXt: LayerNorm2d + Linear; EfficientNet:
 # Dropout + Linear).
 TORCHVISION_MODELS = (
   'convnext_tiny',
@@ -62,40 +61,36 @@ MODELS = RESNETS + TORCHVISION_MODELS
 LEARNING_RATE = 1e-4
 
 
-def _torchvision():
-  """torchvision, importable beside this CPU torch: its two C++ ops declared first."""
-  for op in ('torchvision::nms', 'torchvision::qnms'):
-    try:
-      torch.library.define(op, '(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
-    except RuntimeError:  # already declared (a second call)
-      pass
-  import torchvision  # pylint: disable=g-import-not-at-top
-
-  return torchvision
-
-
 def build_model(name: str, *, num_classes: int, head: str) -> nn.Module:
-  """A torchvision-layout ResNet whose ``fc`` is the CARE head, or torchvision's own model.
+  """torchvision's ResNet with ``fc`` replaced by the CARE head, or torchvision's own model.
 
   ``head='linear'``: global average pool + ``Linear`` (torchvision's ``fc``, care-jax's default);
   ``'bn_linear'``: global average pool + ``BatchNorm1d`` + ``Linear`` (the official code's).
   ConvNeXt and EfficientNet keep their own head (``head`` is ignored).
   """
   if name in TORCHVISION_MODELS:
-    return getattr(_torchvision().models, name)(num_classes=num_classes)
-  model = torch_reference.ARCHITECTURES[name]()
+    return getattr(torchvision.models, name)(num_classes=num_classes)
+  model = getattr(torchvision.models, name)()
   width = model.fc.in_features
   linear = nn.Linear(width, num_classes)
   model.fc = nn.Sequential(nn.BatchNorm1d(width), linear) if head == 'bn_linear' else linear
   return model
 
 
-def head(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+def features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+  """The last feature map: torchvision's ``ResNet.forward`` up to ``layer4``, or ``features``."""
+  if isinstance(model, torchvision.models.ResNet):
+    x = model.maxpool(model.relu(model.bn1(model.conv1(images))))
+    return model.layer4(model.layer3(model.layer2(model.layer1(x))))
+  return model.features(images)
+
+
+def head(model: nn.Module, feature_maps: torch.Tensor) -> torch.Tensor:
   """Logits from the last feature map: the official ``avgpool`` + ``classifier`` (ResNet's
   ``fc``; torchvision's ConvNeXt/EfficientNet ``avgpool`` + ``classifier``)."""
-  if isinstance(model, torch_reference.ResNet):
-    return model.fc(features.mean((2, 3)))
-  pooled = model.avgpool(features)
+  if isinstance(model, torchvision.models.ResNet):
+    return model.fc(feature_maps.mean((2, 3)))
+  pooled = model.avgpool(feature_maps)
   if type(model).__name__ == 'ConvNeXt':  # its classifier starts with a LayerNorm2d
     return model.classifier(pooled)
   return model.classifier(torch.flatten(pooled, 1))
@@ -125,12 +120,12 @@ def official_grad_loss(
   return -inner_loss + (cam * outer).sum()
 
 
-def official_care_losses(model: torch_reference.ResNet, batch: dict, *, alpha: float, tau: float):
+def official_care_losses(model: nn.Module, batch: dict, *, alpha: float, tau: float):
   """Forward and backward of the official stage-2 step; leaves the gradients in ``.grad``."""
   gradients = []  # the official GradModel.extractor's hook on the layer4 output
-  features = model.features(batch['images'])
-  features.register_hook(gradients.append)
-  outputs = head(model, features)
+  feature_maps = features(model, batch['images'])
+  feature_maps.register_hook(gradients.append)
+  outputs = head(model, feature_maps)
   ce = F.cross_entropy(outputs, batch['labels'])
   onehot = F.one_hot(batch['labels'], outputs.shape[1]).to(outputs.dtype)
   (onehot * outputs).sum().backward(retain_graph=True)
@@ -138,7 +133,7 @@ def official_care_losses(model: torch_reference.ResNet, batch: dict, *, alpha: f
   size = batch['images'].shape[-1]
   cam_losses = torch.tensor(0.0, dtype=outputs.dtype, device=outputs.device)
   for has_mask, feature, grad_val, inner, outer in zip(
-    batch['has_mask'], features, grad_vals, batch['inner'], batch['outer']
+    batch['has_mask'], feature_maps, grad_vals, batch['inner'], batch['outer']
   ):
     if has_mask:
       cam_losses += official_grad_loss(
@@ -149,18 +144,18 @@ def official_care_losses(model: torch_reference.ResNet, batch: dict, *, alpha: f
   return total, cam_losses
 
 
-def vectorised_care_losses(model: torch_reference.ResNet, batch: dict, *, alpha: float, tau: float):
+def vectorised_care_losses(model: nn.Module, batch: dict, *, alpha: float, tau: float):
   """The official loss for the whole batch at once; Grad-CAM by autograd.grad of the head."""
   images, labels = batch['images'], batch['labels']
-  features = model.features(images)
-  logits = head(model, features)
+  feature_maps = features(model, images)
+  logits = head(model, feature_maps)
   ce = F.cross_entropy(logits, labels)
-  # Only the head lies between the target logits and `features`: autograd runs just that part,
+  # Only the head lies between the target logits and `feature_maps`: autograd runs just that part,
   # and create_graph=False keeps the channel weights constants, as Grad-CAM's.
   (grads,) = torch.autograd.grad(
-    logits.gather(1, labels[:, None]).sum(), features, retain_graph=True
+    logits.gather(1, labels[:, None]).sum(), feature_maps, retain_graph=True
   )
-  maps = (grads.mean((2, 3), keepdim=True) * features).sum(1)
+  maps = (grads.mean((2, 3), keepdim=True) * feature_maps).sum(1)
   maps = maps - maps.amin((1, 2), keepdim=True)
   maps = maps / maps.amax((1, 2), keepdim=True)
   maps = F.interpolate(maps[:, None], size=images.shape[-2:], mode='bilinear')[:, 0]
@@ -172,7 +167,7 @@ def vectorised_care_losses(model: torch_reference.ResNet, batch: dict, *, alpha:
   return total, cam_losses
 
 
-def ce_losses(model: torch_reference.ResNet, batch: dict, **_):
+def ce_losses(model: nn.Module, batch: dict, **_):
   loss = F.cross_entropy(model(batch['images']), batch['labels'])
   loss.backward()
   return loss, None

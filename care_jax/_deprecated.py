@@ -137,9 +137,9 @@ def _evaluate(parallel, state, config, split: str, info) -> dict[str, Any]:
   )
 
 
-def _attention_maps(model, variables, features, labels, *, method: str = 'auto'):
+def _attention_maps(model, variables, features, labels, *, method: str = 'auto', head_inputs=None):
   """`care_jax.train.attention_maps` of 0.1: the classifier's own method."""
-  return model.attention_maps(variables, features, labels, method=method)
+  return model.attention_maps(variables, features, labels, method=method, head_inputs=head_inputs)
 
 
 def _make_classification_loss(name, *, class_counts, num_steps: int, **hyperparameters):

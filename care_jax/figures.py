@@ -32,7 +32,8 @@ from care_jax import models
 
 BOX_COLOR = (255, 0, 255)  # Magenta: absent from 'jet', skin and grey X-rays.
 CMAP = 'jet'
-_CURVE_KEYS = ('loss', 'ce', 'care', 'accuracy')
+# 'guidance': the unweighted term of a method other than CARE (`care_jax.training.step`).
+_CURVE_KEYS = ('loss', 'ce', 'care', 'guidance', 'accuracy')
 
 
 # Arrays ------------------------------------------------------------------------
@@ -165,7 +166,8 @@ def overlay_strip(
 @functools.partial(jax.jit, static_argnames=('model', 'method'))
 def _attention_and_logits(model, variables, images, labels, method):
   logits, intermediates = model.apply(variables, images, train=False)
-  maps = model.attention_maps(variables, intermediates['features'], labels, method=method)
+  features, head_inputs = intermediates['features'], intermediates.get('head_inputs')
+  maps = model.attention_maps(variables, features, labels, method=method, head_inputs=head_inputs)
   return maps, logits
 
 

@@ -84,7 +84,10 @@ def _predict(
   predictions = jnp.argmax(scores, axis=-1)
   maps = None
   if with_maps:
-    maps = model.attention_maps(variables, intermediates['features'], predictions, method=method)
+    features, head_inputs = intermediates['features'], intermediates.get('head_inputs')
+    maps = model.attention_maps(
+      variables, features, predictions, method=method, head_inputs=head_inputs
+    )
   return probabilities_of(scores, multilabel=multilabel), predictions, maps
 
 

@@ -12,8 +12,8 @@ paths (``care-jax visualize`` is its command):
   and the share of the map's mass inside the box.
 * ``confusion_<split>.png``, ``recall_<split>.png``, ``reliability_<split>.png`` (accuracy
   against confidence, with each run's ECE): from each run's ``metrics.json``.
-* ``training_curves.png``: loss, CE, CARE loss and accuracy from each run's
-  ``train_log.jsonl``.
+* ``training_curves.png``: loss, CE, CARE loss, the term of another guidance method
+  (``guidance``) and accuracy from each run's ``train_log.jsonl`` (a panel where a run logged it).
 
 Images: ``num_images`` of the split, rare-class images with a lesion box first (class by class
 in turn), then other boxed images, then the rest; always the same ones for the same data

@@ -26,8 +26,9 @@ paper's numbers for `isic2018` and `rsna_pneumonia`, and paired CARE+X vs X comp
 command.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import dataclasses
+from typing import Any
 
 from absl import logging
 from etils import epath
@@ -138,7 +139,7 @@ SUITES: dict[str, Suite] = {
 
 
 # Row name -> `guidance.method` of the methods beside CARE (issue 32): the map losses of
-# `care_jax.guidance_losses` and the losses that need a second pass (RRR, GAIN, SGT).
+# `care_jax.guidance_losses` and the losses that need a second pass (RRR, GAIN, SGT, ActDiff).
 GUIDANCE_METHODS = {
   'GRADIA': 'gradia',
   'HAICS': 'haics',
@@ -149,6 +150,7 @@ GUIDANCE_METHODS = {
   'RRR': 'rrr',
   'GAIN': 'gain',
   'SGT': 'sgt',
+  'ActDiff': 'actdiff',
 }
 
 # The base configs the guidance suite is run on, one run of the suite each: name -> (packaged
@@ -299,39 +301,48 @@ GUIDANCE_METRICS = {
   'accuracy': ('accuracy',),
   'mca': ('mca',),
   'rare_recall': ('rare_recall',),
-  'energy_in_box': ('attention', 'mass_inside'),
+  'energy_in_box': ('attention', 'energy_in_box'),
   'pointing_game': ('attention', 'pointing_game'),
   'iou': ('attention', 'iou'),
 }
+# Runs written before the evaluation recorded the energy of the unnormalised map: the mass inside
+# the box of the min-max map, which is that map's energy.
+_FALLBACKS = {('attention', 'energy_in_box'): ('attention', 'mass_inside')}
 
 
 def _metric(run: dict, split: str, path: tuple[str, ...]) -> float | None:
   value = run.get(split, {})
   for key in path:
     value = value.get(key) if isinstance(value, dict) else None
+  if value is None and path in _FALLBACKS:
+    return _metric(run, split, _FALLBACKS[path])
   return value
 
 
 def guidance_summary(
   results: dict[str, list[dict]], split: str, *, pairs: Sequence[tuple[str, str]]
 ) -> dict:
-  """The guidance suite's extra report: per row the `GUIDANCE_METRICS` (mean ± std) and the
-  training time over the first row's (CE), and per pair the paired accuracy differences.
+  """The guidance suite's extra report: per row the `GUIDANCE_METRICS` (mean ± std), the
+  training time and the train step's memory over the first row's (CE), and per pair the paired
+  accuracy differences.
 
   The time is ``train_seconds`` of `metrics.json` (training with its evaluations; every row
-  evaluates on the same schedule), mean over seeds, divided by the first row's mean.
+  evaluates on the same schedule), the memory ``train_step_memory.temp_bytes`` (XLA's
+  temporaries of the compiled step per device: `care_jax.training.loop.step_memory`); each
+  mean over seeds, divided by the first row's mean (None where no run of a row has it).
   """
-  names = list(results)
-  seconds = {n: comparison.mean_std([r.get('train_seconds') for r in results[n]]) for n in names}
-  reference = seconds[names[0]]['mean'] if names else None
+  time_over_ce = _over_first(results, lambda run: run.get('train_seconds'))
+  memory_over_ce = _over_first(
+    results, lambda run: (run.get('train_step_memory') or {}).get('temp_bytes')
+  )
   rows = {}
   for name, runs in results.items():
     rows[name] = {
       m: comparison.mean_std([_metric(r, split, p) for r in runs])
       for m, p in GUIDANCE_METRICS.items()
     }
-    mean = seconds[name]['mean']
-    rows[name]['time_over_ce'] = None if not (mean and reference) else mean / reference
+    rows[name]['time_over_ce'] = time_over_ce[name]
+    rows[name]['memory_over_ce'] = memory_over_ce[name]
     rows[name]['seeds'] = sum(_metric(r, split, ('accuracy',)) is not None for r in runs)
   accuracy = {
     n: [{'seed': r['seed'], 'rare_recall': _metric(r, split, ('accuracy',))} for r in runs]
@@ -343,6 +354,17 @@ def guidance_summary(
     if c in results and t in results
   ]
   return {'rows': rows, 'accuracy_pairs': paired}
+
+
+def _over_first(results: dict[str, list[dict]], value: Callable[[dict], Any]) -> dict:
+  """Per row, the mean of ``value(run)`` over its runs divided by the first row's mean.
+
+  Runs without a value (None: runs of earlier versions) are left out; None for a row where no
+  run has one, or where the first row has none.
+  """
+  means = {n: comparison.mean_std([value(r) for r in runs])['mean'] for n, runs in results.items()}
+  reference = next(iter(means.values()), None)
+  return {n: None if not (mean and reference) else mean / reference for n, mean in means.items()}
 
 
 def _best(report_rows: dict, metric: str) -> set[str]:
@@ -425,18 +447,25 @@ def _guidance_section(guidance: dict | None, split: str) -> list[str]:
     '',
     f'## Accuracy, attention and cost ({split})',
     '',
-    'Accuracy, MCA and rare recall in %; energy in the box (the attention mass inside the'
-    ' ground-truth box), pointing game and IoU of the map thresholded at half its maximum'
+    'Accuracy, MCA and rare recall in %; energy in the box (the share of the positive part of'
+    " the true class's unnormalised Grad-CAM map inside the ground-truth box, Rao et al. 2023;"
+    ' runs of earlier versions: the mass inside of the min-max map), pointing game and IoU of'
+    ' the map thresholded at half its maximum'
     ' (`care_jax.metrics.attention_metrics`) in %; time: training time (with evaluations)'
-    " over the first row's, mean over seeds.",
+    " over the first row's; memory: the train step's temporary memory per device (XLA's"
+    " estimate of the compiled step: activations, gradients) over the first row's, n/a for"
+    ' runs of earlier versions; both mean over seeds.',
     '',
-    '| method | ' + ' | '.join(_GUIDANCE_HEADERS) + ' | time / CE | seeds |',
-    '|' + '---|' * (len(_GUIDANCE_HEADERS) + 3),
+    '| method | ' + ' | '.join(_GUIDANCE_HEADERS) + ' | time / CE | memory / CE | seeds |',
+    '|' + '---|' * (len(_GUIDANCE_HEADERS) + 4),
   ]
   for name, row in guidance['rows'].items():
     cells = [comparison.format_stat(row[m]) for m in GUIDANCE_METRICS]
-    time = 'n/a' if row['time_over_ce'] is None else f'{row["time_over_ce"]:.2f}x'
-    lines.append(f'| {name} | ' + ' | '.join(cells) + f' | {time} | {row["seeds"]} |')
+    cells += [
+      'n/a' if row.get(key) is None else f'{row[key]:.2f}x'
+      for key in ('time_over_ce', 'memory_over_ce')
+    ]
+    lines.append(f'| {name} | ' + ' | '.join(cells) + f' | {row["seeds"]} |')
   return lines + _pairs_section(guidance['accuracy_pairs'], metric='accuracy')
 
 

@@ -8,10 +8,12 @@
   the cached programs are those jax would compile: a hit returns the same executable.
 * Every test under ``tests/integration/`` (several layers together) and ``tests/benchmarks/`` (the
   scripts of benchmarks/, run as programs) is marked ``integration``; ``scripts/test.sh --fast``
-  leaves those and the ``slow`` ones out.
+  leaves those and the ``slow`` ones out. The files with ``slow`` tests run first (the workers
+  end on short tests).
 * Session fixtures that several test files share: the torch environment of the parity tests
-  (``torch_python``, ``torch_exports``) and a short run trained on a folder dataset
-  (``folder_run``); their code is in ``tests/helpers/``.
+  (``torch_python``, ``torch_exports``), a short run trained on a folder dataset
+  (``folder_run``) and one trained by the ``care-jax train`` command (``care_jax_train_run``);
+  their code is in ``tests/helpers/``.
 * The 25 slowest tests of a run (setup and call) are written to ``test-durations.txt``, which CI
   prints.
 """
@@ -40,7 +42,12 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 # A script run by path under a separate torch venv (tests/helpers/torch_venv.py), not a test
 # module (and not importable here: no torch in the JAX environment).
-collect_ignore = ['helpers/torch_reference.py', 'helpers/torch_convnet_reference.py']
+collect_ignore = [
+  'helpers/torch_reference.py',
+  'helpers/torch_convnet_reference.py',
+  'helpers/torch_vit_reference.py',
+  'helpers/torchvision_import.py',
+]
 
 
 @pytest.fixture(scope='session')
@@ -75,12 +82,26 @@ def folder_run(tmp_path_factory):
   return folder_run_lib.train(tmp_path_factory)
 
 
+@pytest.fixture(scope='session')
+def care_jax_train_run(tmp_path_factory):
+  """`care-jax train --config=synthetic_care` on tiny data, run once as a user runs it."""
+  from tests.helpers import command_line  # pylint: disable=g-import-not-at-top
+
+  return command_line.train_synthetic_care(tmp_path_factory.mktemp('care_jax_train'))
+
+
 def pytest_collection_modifyitems(config, items):
   del config  # Unused.
   integrated = (REPO / 'tests' / 'integration', REPO / 'tests' / 'benchmarks')
   for item in items:
     if any(folder in pathlib.Path(str(item.path)).parents for folder in integrated):
       item.add_marker(pytest.mark.integration)
+  # The files with slow tests first: pytest-xdist hands the tests out in this order, so the
+  # long ones start early and the short ones fill the end of the run, instead of one long test
+  # keeping a worker busy while the other has nothing left. Each file stays in one piece (its
+  # module fixtures are made once) and in its order.
+  slow_files = {item.path for item in items if item.get_closest_marker('slow')}
+  items.sort(key=lambda item: item.path not in slow_files)
 
 
 _durations: dict[str, float] = {}

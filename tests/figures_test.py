@@ -241,3 +241,14 @@ def test_training_curves_from_a_fabricated_train_log(tmp_path):
     run_figures.read_train_log(str(log))
   with pytest.raises(ValueError, match='none of the metrics'):
     figures.training_curves_figure({'x': [{'step': 1, 'seconds': 2.0}]})
+
+
+def test_training_curves_draw_the_term_of_another_guidance_method():
+  records = [
+    {'step': s, 'loss': 1.0, 'ce': 0.9, 'guidance': 0.1 * s, 'weight': 1.0} for s in (1, 2)
+  ]
+  care = [{'step': s, 'loss': 1.0, 'ce': 0.9, 'care': -0.1 * s} for s in (1, 2)]
+  fig = figures.training_curves_figure({'CARE': care, 'ActDiff': records})
+  assert [ax.get_title() for ax in fig.axes] == ['loss', 'ce', 'care', 'guidance']
+  (line,) = fig.axes[3].lines
+  np.testing.assert_allclose(line.get_xydata(), [[1, 0.1], [2, 0.2]])

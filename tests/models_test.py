@@ -11,6 +11,7 @@ def test_every_model_name_is_built_from_the_exported_backbones_and_heads():
     models.TinyCNN,
     models.ConvNeXt,
     models.EfficientNet,
+    models.ViT,
   )
   heads = (
     models.LinearHead,
@@ -20,6 +21,7 @@ def test_every_model_name_is_built_from_the_exported_backbones_and_heads():
     models.LayerNormLinearHead,
     models.DropoutLinearHead,
     models.FlattenHead,
+    models.ViTTokenHead,
   )
   built = set()
   for name in models.MODEL_NAMES:

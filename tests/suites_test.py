@@ -266,6 +266,45 @@ def test_the_guidance_report_adds_accuracy_attention_time_and_accuracy_pairs():
   assert '## Accuracy, attention and cost (test)' in table
   assert '| RRR | 92.50 ± 3.54 | 92.50 ± 3.54 | n/a | 50.00 ± 0.00 | 50.00 ± 0.00 | ' in table
   assert '| CARE | 70.00 ± 0.00 | 70.00 ± 0.00 | n/a | 70.00 ± 14.14 |' in table
-  assert table.count('| 2.50x | 2 |') == 1 and '| 1.00x | 2 |' in table
+  assert table.count('| 2.50x | n/a | 2 |') == 1 and '| 1.00x | n/a | 2 |' in table
   assert '## Paired comparisons (accuracy, same seeds)' in table
   assert '| RRR vs CE | 2 | +37.50 |' in table
+
+
+def test_the_guidance_report_shows_the_train_steps_memory_over_ces_and_na_for_older_runs():
+  def run(seed, temp_bytes):
+    test = {'accuracy': 0.5, 'mca': 0.5, 'rare_recall': None}
+    memory = {'temp_bytes': temp_bytes, 'argument_bytes': 7, 'output_bytes': 7, 'alias_bytes': 6}
+    return {'seed': seed, 'test': test, 'train_seconds': 10.0, 'train_step_memory': memory}
+
+  older = run(1, 0)
+  del older['train_step_memory']  # Written before the runs recorded their step's memory.
+  results = {
+    'CE': [run(0, 1000), run(1, 1000)],
+    'CARE': [run(0, 1100), run(1, 1100)],
+    'RRR': [older, {**run(0, 0), 'train_step_memory': None}],  # None: no analysis on its device.
+  }
+  rows = {n: suites.SUITES['guidance'].rows[n] for n in results}
+  report = suites.build_report('guidance', rows, results, dataset='decoy_digits')
+  guidance = report['guidance']['rows']
+  assert guidance['CARE']['memory_over_ce'] == pytest.approx(1.1)
+  assert guidance['RRR']['memory_over_ce'] is None
+  table = suites.format_report(report)
+  assert '| time / CE | memory / CE | seeds |' in table
+  assert '| 1.00x | 1.10x | 2 |' in table and '| 1.00x | n/a | 2 |' in table
+
+
+def test_the_guidance_report_reads_the_energy_in_the_box_and_falls_back_to_the_mass_inside():
+  def run(seed, energy):
+    attention = {'mass_inside': 0.9, 'pointing_game': 0.5, 'iou': 0.25, 'num_images': 9}
+    if energy is not None:
+      attention['energy_in_box'] = energy
+    test = {'accuracy': 0.5, 'mca': 0.5, 'rare_recall': None, 'attention': attention}
+    return {'seed': seed, 'test': test, 'train_seconds': 1.0}
+
+  results = {'CE': [run(0, 0.2), run(1, 0.4)], 'ActDiff': [run(0, None)]}
+  rows = {n: suites.SUITES['guidance'].rows[n] for n in results}
+  guidance = suites.build_report('guidance', rows, results, dataset='decoy_digits')['guidance']
+  assert guidance['rows']['CE']['energy_in_box']['mean'] == pytest.approx(0.3)
+  # A run of an earlier version: the min-max map's mass inside, its energy.
+  assert guidance['rows']['ActDiff']['energy_in_box']['mean'] == pytest.approx(0.9)

@@ -4,20 +4,21 @@ The glue between the pure generators of `care_jax.boxes.generators` and a
 dataset: `generated_boxes` runs a generator over the rare-class training images
 of ``config.data`` (decoded and resized as the input pipeline feeds them) and
 caches the result on disk; `replace_boxes` swaps the manual training boxes for
-them (the trainer's ``boxes_fn``); `GeneratedBoxes.csv_rows` gives the rows of
+them (the trainer's ``boxes_fn``); `GeneratedBoxes.write_csv` writes them to
 a ``boxes.csv`` in the folder format (DESIGN 3.1).
 
 Multi-label data (a ``labels`` feature, e.g. ChestMNIST, CheXpert): the rare
 images are those positive for any rare finding, and each gets one box per
 positive rare finding (the same box, ``box_labels`` its finding), so the
 pipeline's per-finding masks [K, S, S] hold it in the planes of those findings.
-Only the class-agnostic generators (`MULTILABEL_METHODS`) apply there.
+Only the class-agnostic generators (`MULTILABEL_METHODS`) apply there. Their
+``boxes.csv`` has one row per box with its finding in the column ``label``
+(``image,label,xmin,ymin,xmax,ymax``, as `care_jax.data.chexpert` reads it).
 
 Example::
 
   result = generated_boxes(config.data, method='otsu', box_config=config.data.boxes)
-  names, pixels = result.csv_rows()
-  generators.write_boxes_csv('boxes.csv', names, pixels)
+  result.write_csv('boxes.csv')
 """
 
 from collections.abc import Sequence
@@ -64,6 +65,7 @@ class GeneratedBoxes:
     found: bool [T].
     findings: bool [T, K], each image's positive rare findings (multi-label
       data), or None (single-label data).
+    class_names: the dataset's K class names, in label order.
   """
 
   num_examples: int
@@ -73,6 +75,7 @@ class GeneratedBoxes:
   boxes: np.ndarray
   found: np.ndarray
   findings: np.ndarray | None = None
+  class_names: tuple[str, ...] = ()
 
   def _boxes_per_image(self) -> np.ndarray:
     """int64 [T]: 0 where not found, else 1 (multi-label: its positive rare findings)."""
@@ -100,11 +103,27 @@ class GeneratedBoxes:
     return np.nonzero(self.findings & self.found[:, None])[1].astype(np.int64)
 
   def csv_rows(self) -> tuple[list[str], np.ndarray]:
-    """``(image names, [M, 4] pixel boxes)`` of the found boxes, for boxes.csv (one per image)."""
+    """``(image names, [M, 4] pixel boxes)`` of `table_boxes`' boxes, for boxes.csv.
+
+    One row per found image (multi-label: one per positive rare finding of it, the same box;
+    `csv_labels` names the finding of each).
+    """
+    per_image = self._boxes_per_image()[self.found]
+    pixels = generators.pixel_boxes(self.boxes[self.found], self.image_sizes[self.found])
     return (
-      [str(i) for i in self.image_ids[self.found]],
-      generators.pixel_boxes(self.boxes[self.found], self.image_sizes[self.found]),
+      [str(i) for i in np.repeat(self.image_ids[self.found], per_image)],
+      np.repeat(pixels, per_image, axis=0),
     )
+
+  def csv_labels(self) -> list[str] | None:
+    """The finding's name of each of `csv_rows`' boxes; None for single-label data."""
+    box_labels = self.table_box_labels()
+    return None if box_labels is None else [self.class_names[k] for k in box_labels]
+
+  def write_csv(self, path: str) -> None:
+    """Writes `csv_rows` to the boxes.csv ``path``, multi-label with its ``label`` column."""
+    names, pixels = self.csv_rows()
+    generators.write_boxes_csv(path, names, pixels, labels=self.csv_labels())
 
 
 def image_ids(builder: Any, split: str = 'train') -> np.ndarray:
@@ -298,7 +317,9 @@ def generated_boxes(
     boxes, found, image_sizes = _generate(method, params, box_config, source)
     if use_cache:
       _write_cache(path, key, image_sizes=image_sizes, boxes=boxes, found=found)
-  return GeneratedBoxes(len(table.labels), indices, ids, image_sizes, boxes, found, findings)
+  return GeneratedBoxes(
+    len(table.labels), indices, ids, image_sizes, boxes, found, findings, tuple(class_names)
+  )
 
 
 def _rare_classes(data_config, class_names, table, method) -> tuple[int, ...]:

@@ -225,7 +225,9 @@ def grad_cam_maps(
   """
   images = jnp.asarray(images, jnp.float32)
   _, intermediates = model.apply(variables, images, train=False)
+  features, head_inputs = intermediates['features'], intermediates.get('head_inputs')
+  labels = jnp.asarray(labels, jnp.int32)
   maps = model.attention_maps(
-    variables, intermediates['features'], jnp.asarray(labels, jnp.int32), method=attention
+    variables, features, labels, method=attention, head_inputs=head_inputs
   )
   return jax.image.resize(maps, images.shape[:3], 'bilinear')

@@ -389,7 +389,13 @@ def pixel_boxes(boxes: ArrayLike, image_sizes: ArrayLike) -> np.ndarray:
   )
 
 
-def write_boxes_csv(path: str, image_names: Sequence[str], boxes_pixels: ArrayLike) -> None:
+def write_boxes_csv(
+  path: str,
+  image_names: Sequence[str],
+  boxes_pixels: ArrayLike,
+  *,
+  labels: Sequence[str] | None = None,
+) -> None:
   """Writes ``image,xmin,ymin,xmax,ymax`` rows (DESIGN 3.1), one per box.
 
   Coordinates are pixels of the original image (edges: a box covering pixel
@@ -401,6 +407,9 @@ def write_boxes_csv(path: str, image_names: Sequence[str], boxes_pixels: ArrayLi
     image_names: [M] image identifiers, one per box (repeat a name for
       several boxes of one image).
     boxes_pixels: [M, 4] (xmin, ymin, xmax, ymax) in pixels.
+    labels: [M] the class (finding) name of each box, for multi-label data: adds the column
+      ``label`` after ``image``, as the multi-label datasets' boxes.csv has it (`chexpert`);
+      None: no such column.
 
   Raises:
     ValueError: for a count mismatch, or a box with xmin >= xmax, ymin >= ymax
@@ -408,9 +417,10 @@ def write_boxes_csv(path: str, image_names: Sequence[str], boxes_pixels: ArrayLi
   """
   names = [str(name) for name in image_names]
   values = np.asarray(boxes_pixels, np.float64).reshape(-1, 4)
-  if len(names) != len(values):
+  if len(names) != len(values) or (labels is not None and len(labels) != len(names)):
     raise ValueError(
-      f'image_names has {len(names)} entries but boxes_pixels has {len(values)} rows.'
+      f'image_names has {len(names)} entries but boxes_pixels has {len(values)} rows'
+      + ('.' if labels is None else f' and labels {len(labels)}.')
     )
   for row, (name, (xmin, ymin, xmax, ymax)) in enumerate(zip(names, values)):
     if not (0 <= xmin < xmax and 0 <= ymin < ymax):
@@ -420,9 +430,11 @@ def write_boxes_csv(path: str, image_names: Sequence[str], boxes_pixels: ArrayLi
       )
   with open(path, 'w', newline='') as f:
     writer = csv.writer(f)
-    writer.writerow(CSV_COLUMNS)
-    for name, box in zip(names, values):
-      writer.writerow([name, *(f'{v:.6g}' for v in box)])
+    label_column = [] if labels is None else ['label']
+    writer.writerow([CSV_COLUMNS[0], *label_column, *CSV_COLUMNS[1:]])
+    for row, (name, box) in enumerate(zip(names, values)):
+      label = [] if labels is None else [str(labels[row])]
+      writer.writerow([name, *label, *(f'{v:.6g}' for v in box)])
 
 
 __getattr__ = _deprecated.getattr_of(__name__)

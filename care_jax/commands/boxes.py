@@ -5,7 +5,8 @@
 
 (also ``python -m care_jax.commands.boxes ...``). Writes one ``image,xmin,ymin,xmax,ymax`` row per
 box found on the rare-class training images (the folder format, DESIGN 3.1),
-for inspection and editing.
+for inspection and editing; on multi-label data one ``image,label,xmin,ymin,xmax,ymax`` row per
+(image, positive rare finding), ``label`` the finding's name.
 """
 
 from absl import app
@@ -52,8 +53,7 @@ def main(argv):
   if _MARGIN.value is not None:
     box_config.margin = _MARGIN.value
   result = dataset.generated_boxes(data_config, method=_METHOD.value, box_config=box_config)
-  names, pixels = result.csv_rows()
-  generators.write_boxes_csv(_OUT.value, names, pixels)
+  result.write_csv(_OUT.value)
   print(
     f'{int(result.found.sum())} of {len(result.found)} rare-class training images boxed '
     f'by {_METHOD.value}; wrote {_OUT.value}'

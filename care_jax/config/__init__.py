@@ -46,6 +46,7 @@ from care_jax.config.io import get
 from care_jax.config.io import load_config
 from care_jax.config.io import packaged_configs
 from care_jax.config.io import to_json
+from care_jax.config.schema import ACTDIFF_LAYERS
 from care_jax.config.schema import AUTO
 from care_jax.config.schema import BOX_SOURCES
 from care_jax.config.schema import CARE_OUTER
@@ -79,6 +80,7 @@ from care_jax.config.schema import resolve_dependent_keys
 from care_jax.config.schema import resolve_recipe
 
 __all__ = [
+  'ACTDIFF_LAYERS',
   'AUTO',
   'BOX_SOURCES',
   'CARE_OUTER',

@@ -18,6 +18,7 @@ from care_jax import models
 from care_jax.boxes import foreground as box_foreground
 from care_jax.config import io
 from care_jax.config import schema
+from care_jax.config.schema import ACTDIFF_LAYERS
 from care_jax.config.schema import AUTO
 from care_jax.config.schema import BOX_SOURCES
 from care_jax.config.schema import CARE_OUTER
@@ -227,6 +228,12 @@ def _validate_guidance(check: _Checker, guidance: ml_collections.ConfigDict) -> 
     guidance.res.impute in ('gaussian', 'none'),
     'guidance.res.impute',
     "must be 'gaussian' or 'none'",
+  )
+  check(
+    guidance.actdiff.layer in ACTDIFF_LAYERS,
+    'guidance.actdiff.layer',
+    f'must be one of {ACTDIFF_LAYERS} (the pooled features, the official choice, or the whole'
+    ' feature map)',
   )
 
 

@@ -35,11 +35,14 @@ CARE_OUTER = ('uniform', 'distance')
 # attention map (`care_jax.guidance_losses.MAP_LOSSES`), and those that need more than a map
 # (`care_jax.training.guidance_terms`); a test keeps these lists equal to those modules'.
 GUIDANCE_MAP_METHODS = ('gradia', 'haics', 'energy', 'rrr_g', 'hint', 'res')
-GUIDANCE_FORWARD_METHODS = ('rrr', 'gain', 'sgt')
+GUIDANCE_FORWARD_METHODS = ('rrr', 'gain', 'sgt', 'actdiff')
 GUIDANCE_METHODS = ('care', 'none', *GUIDANCE_MAP_METHODS, *GUIDANCE_FORWARD_METHODS)
 # Whose map is supervised ('default': the method's own choice).
 GUIDANCE_CLASSES = ('default', 'label', 'predicted')
 GUIDANCE_NORMALIZE = ('default', 'minmax', 'relu_minmax', 'maxabs', 'relu_maxabs', 'none')
+# The activations ActDiff compares (`care_jax.training.guidance_terms.ACTDIFF_LAYERS`, which the
+# config may not import: a test keeps the two equal).
+ACTDIFF_LAYERS = ('pooled', 'features')
 # The samplers of `care_jax.data.sampling` (a module that imports TensorFlow,
 # so not imported here; a test keeps the two lists equal).
 SAMPLING = ('instance', 'class_balanced', 'sqrt')
@@ -327,6 +330,10 @@ def default_guidance_config() -> ml_collections.ConfigDict:
   # Saliency-guided training: the `fraction` of pixels with the lowest input
   # gradient (signed unless `absolute`) replaced by uniform noise (or 0).
   guidance.sgt = ml_collections.ConfigDict(dict(fraction=0.1, random_fill=True, absolute=False))
+  # ActDiff: the activations whose L2 distance between the image and the image with its
+  # irrelevant pixels shuffled is penalised: 'pooled' (the spatial mean of the feature map, the
+  # official configs' choice) or 'features' (the whole feature map).
+  guidance.actdiff = ml_collections.ConfigDict(dict(layer='pooled'))
   return guidance
 
 

@@ -1,10 +1,13 @@
-"""Drawing helpers of the generated datasets (`synthetic_lesions`, `synthetic_multilabel`)."""
+"""Drawing, colours and textures of the generated `synthetic_lesions` and `synthetic_multilabel`."""
 
 import dataclasses
 
 import numpy as np
 
 RULER = np.array([238.0, 238.0, 232.0])
+# Lesion colours (RGB) of the common classes, which the rare classes borrow, and the skin tone.
+PALETTE = {'brown': (150.0, 95.0, 62.0), 'dark': (92.0, 60.0, 48.0), 'pink': (200.0, 118.0, 122.0)}
+SKIN = np.array([224.0, 188.0, 164.0])
 RULER_TICK = np.array([45.0, 45.0, 50.0])
 
 
@@ -25,6 +28,28 @@ def smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int)
   f = (t - i0)[:, None]
   rows = grid[i0] * (1 - f[..., None]) + grid[i0 + 1] * f[..., None]
   return rows[:, i0] * (1 - f.T[..., None]) + rows[:, i0 + 1] * f.T[..., None]
+
+
+def texture(
+  name: str, y: np.ndarray, x: np.ndarray, *, angle: float, period: float, phase: np.ndarray
+) -> np.ndarray:
+  """The rare classes' lesion texture [S, S] at pixel coordinates ``(y, x)`` (`pixel_grid`).
+
+  With ``u``, ``v`` the coordinates rotated by ``angle``: 'striped' is
+  ``cos(2 pi u / period + phase[0])``; 'dotted' is
+  ``((0.5 + 0.5 cos(2 pi u / period + phase[0])) (0.5 + 0.5 cos(2 pi v / period + phase[1])))^2``,
+  a grid of dots; any other class has none (zeros).
+  """
+  u = np.cos(angle) * x + np.sin(angle) * y
+  v = -np.sin(angle) * x + np.cos(angle) * y
+  if name == 'striped':
+    return np.cos(2.0 * np.pi * u / period + phase[0])
+  if name == 'dotted':
+    return (
+      (0.5 + 0.5 * np.cos(2.0 * np.pi * u / period + phase[0]))
+      * (0.5 + 0.5 * np.cos(2.0 * np.pi * v / period + phase[1]))
+    ) ** 2
+  return np.zeros_like(u)
 
 
 def tight_box(inside: np.ndarray) -> np.ndarray:

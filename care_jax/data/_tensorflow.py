@@ -150,9 +150,31 @@ def _hide_gpus(tf_module, noise: list[str]) -> None:
     logging.warning('Could not hide GPUs from TensorFlow: %s', e)
 
 
+@contextlib.contextmanager
+def _keras_left_out() -> Iterator[None]:
+  """Makes ``import keras`` fail inside the body, unless Keras is already imported.
+
+  TensorFlow 2.21's ``__init__`` imports ``keras.src.optimizers`` eagerly (inside ``try: ...
+  except ImportError``), and Keras imports its scikit-learn wrappers, and scikit-learn where it
+  is installed: 1.5 to 2 s of CPU at each start of a process that reads data, for an input
+  pipeline that never uses Keras. A ``None`` in `sys.modules` makes that import raise
+  ImportError; it is taken out afterwards, so ``tf.keras`` (loaded lazily) and ``import keras``
+  still work.
+  """
+  if 'keras' in sys.modules:
+    yield
+    return
+  sys.modules['keras'] = None
+  try:
+    yield
+  finally:
+    if 'keras' in sys.modules and sys.modules['keras'] is None:
+      del sys.modules['keras']
+
+
 _claim_devices_for_jax()
 
-with _start_up_lines_filtered() as _noise:
+with _start_up_lines_filtered() as _noise, _keras_left_out():
   import tensorflow as tf  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
   _hide_gpus(tf, _noise)

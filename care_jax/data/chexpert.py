@@ -227,15 +227,12 @@ class Chexpert(builder.FilesBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
   ENCODING = 'jpeg'
   HOMEPAGE = 'https://stanfordmlgroup.github.io/competitions/chexpert/'
+  # Every example has ``ignored_labels`` (empty unless uncertainty='U-Ignore').
+  IGNORED_LABELS = True
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    names = list(self.builder_config.class_names)
-    return self.dataset_info_from_configs(
-      description=(type(self).__doc__ or '').strip(),
-      features=multilabel.multilabel_features(names, self.ENCODING, ignored=True),
-      supervised_keys=('image', 'labels'),
-      homepage=self.HOMEPAGE,
-    )
+  @property
+  def _multilabel(self) -> bool:
+    return True
 
   @property
   def _root(self) -> pathlib.Path:
@@ -368,7 +365,7 @@ class Chexpert(builder.FilesBuilder):
   def _generate_examples(
     self, records: Sequence[multilabel.MultilabelRecord], split: str
   ) -> Iterator[tuple[str, dict[str, Any]]]:
-    return self._multilabel_examples(records, split, ignored=True)
+    return self._multilabel_examples(records, split)
 
 
 def from_data_config(data_config: ml_collections.ConfigDict) -> Chexpert:

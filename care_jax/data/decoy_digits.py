@@ -39,18 +39,16 @@ Example::
 """
 
 import functools
-import hashlib
-import json
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from care_jax.data import _drawing
-from care_jax.data import _local
+from care_jax.data import _generated
 
 CLASS_NAMES = tuple(str(d) for d in range(10))
-SPLITS = ('train', 'validation', 'test')
+SPLITS = _generated.SPLITS
 # MNIST's layout: a 20x20 digit centred in 28x28; Ross et al.'s patch is 4x4 of 28.
 _DIGIT_FRACTION = 20 / 28
 _MIN_IMAGE_SIZE = 12
@@ -60,7 +58,7 @@ _DIGIT_MAX = 16.0
 _INK = 64.0
 
 
-class DecoyDigitsConfig(tfds.core.BuilderConfig):
+class DecoyDigitsConfig(_generated.GeneratedConfig):
   """Parameters of a `decoy_digits` dataset (name ``s<size>_<hash>`` of all of them).
 
   Args:
@@ -72,6 +70,8 @@ class DecoyDigitsConfig(tfds.core.BuilderConfig):
     swapped: test grey ``25 y`` (CDEP) instead of the grey of a random digit (Ross et al.).
     seed: generation seed.
   """
+
+  DATASET = 'decoy_digits'
 
   def __init__(
     self,
@@ -107,9 +107,7 @@ class DecoyDigitsConfig(tfds.core.BuilderConfig):
     self.num_validation, self.num_test = int(num_validation), int(num_test)
     self.num_train = int(num_train) or _NUM_DIGITS - held_out
     self.swapped, self.seed = bool(swapped), int(seed)
-    params = self.parameters()
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
-    super().__init__(name=f's{size}_{digest}', description=f'decoy_digits with {params}')
+    super().__init__()
 
   def parameters(self) -> dict[str, Any]:
     """Returns the parameters that define the data (the name's hash input)."""
@@ -134,11 +132,7 @@ def decoy_config(**overrides: Any) -> DecoyDigitsConfig:
   Raises:
     ValueError: on a keyword that is not a parameter (the valid ones are named).
   """
-  valid = tuple(DecoyDigitsConfig().parameters())
-  unknown = sorted(set(overrides) - set(valid))
-  if unknown:
-    raise ValueError(f'Unknown decoy_digits parameter(s) {unknown}; valid: {valid}.')
-  return DecoyDigitsConfig(**overrides)
+  return DecoyDigitsConfig.from_overrides(overrides)
 
 
 def _digit_side(size: int) -> int:
@@ -209,7 +203,7 @@ def generate_example(config: DecoyDigitsConfig, split: str, index: int) -> dict[
   )
   # The digit's box: its strokes (a quarter of full ink and more), not the faint blur around them.
   ink = canvas >= _INK
-  rng = np.random.default_rng((config.seed, SPLITS.index(split), index))
+  rng = _generated.example_rng(config.seed, split, index)
   # Ross et al.: rows from the top or the bottom, columns from the left or the right.
   top, left = rng.uniform(size=2) < 0.5
   y0 = 0 if top else size - patch
@@ -228,45 +222,26 @@ def generate_example(config: DecoyDigitsConfig, split: str, index: int) -> dict[
   )
 
 
-class DecoyDigits(_local.LocalData, tfds.core.GeneratorBasedBuilder):
+class DecoyDigits(_generated.GeneratedBuilder):
   """Decoy-Digits: sklearn's digits with Ross et al.'s corner decoy (module docstring)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   BUILDER_CONFIGS = [DecoyDigitsConfig()]
   DEFAULT_CONFIG_NAME = BUILDER_CONFIGS[0].name
 
-  def __init__(self, *, config: DecoyDigitsConfig | str | None = None, **kwargs: Any):
-    # tfds refuses a config object that shares the name of a predefined one: pass the name.
-    if isinstance(config, DecoyDigitsConfig) and config.name in self.builder_configs:
-      config = config.name
-    super().__init__(config=config, **kwargs)
+  def _features(self) -> dict[str, tfds.features.FeatureConnector]:
+    return {
+      'label': tfds.features.ClassLabel(names=CLASS_NAMES),
+      'boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
+      'artefact_boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
+      'lesion_box': tfds.features.BBoxFeature(),
+      'decoy_grey': tfds.features.Scalar(dtype=np.int32),
+    }
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    size = self.builder_config.image_size
-    return self.dataset_info_from_configs(
-      description=__doc__.split('Example::')[0],
-      features=tfds.features.FeaturesDict(
-        {
-          'image': tfds.features.Image(shape=(size, size, 3)),
-          'label': tfds.features.ClassLabel(names=CLASS_NAMES),
-          'boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
-          'artefact_boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
-          'lesion_box': tfds.features.BBoxFeature(),
-          'decoy_grey': tfds.features.Scalar(dtype=np.int32),
-        }
-      ),
-      supervised_keys=('image', 'label'),
-    )
+  def _split_size(self, split: str) -> int:
+    return len(split_indices(self.builder_config)[split])
 
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    del dl_manager  # Everything is generated locally.
-    sizes = {split: len(indices) for split, indices in split_indices(self.builder_config).items()}
-    return {split: self._generate_examples(split) for split in SPLITS if sizes[split]}
-
-  def _generate_examples(self, split: str):
-    for index in range(len(split_indices(self.builder_config)[split])):
-      yield f'{split}_{index:06d}', generate_example(self.builder_config, split, index)
+  def _example(self, split: str, index: int) -> dict[str, Any]:
+    return generate_example(self.builder_config, split, index)
 
 
 def from_data_config(data_config) -> tfds.core.DatasetBuilder:

@@ -282,16 +282,6 @@ class NihChestxray14(builder.FilesBuilder):
   def _multilabel(self) -> bool:
     return self.builder_config.mode == 'multilabel'
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    if not self._multilabel:
-      return super()._info()
-    return self.dataset_info_from_configs(
-      description=(type(self).__doc__ or '').strip(),
-      features=multilabel.multilabel_features(self.builder_config.class_names, self.ENCODING),
-      supervised_keys=('image', 'labels'),
-      homepage=self.HOMEPAGE,
-    )
-
   def _labels_file(self) -> str:
     return str(self.manual_dir / (DATA_ENTRY if self._multilabel else BOXES))
 

@@ -49,8 +49,6 @@ Example::
 """
 
 from collections.abc import Sequence
-import hashlib
-import json
 import math
 from typing import Any
 
@@ -58,22 +56,19 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from care_jax.data import _drawing
-from care_jax.data import _local
+from care_jax.data import _generated
 
 CLASS_NAMES = ('brown', 'dark', 'dotted', 'pink', 'striped')
 RARE_CLASS_NAMES = ('dotted', 'striped')
-SPLITS = ('train', 'validation', 'test')
+SPLITS = _generated.SPLITS
 
-# Lesion colours (RGB) of the common classes; the rare classes borrow them.
-_PALETTE = {'brown': (150.0, 95.0, 62.0), 'dark': (92.0, 60.0, 48.0), 'pink': (200.0, 118.0, 122.0)}
-_SKIN = np.array([224.0, 188.0, 164.0])
 # Width of the border band (fraction of the image) that holds the ruler and
 # that the lesion never enters.
 _BAND = 0.14
 _MIN_IMAGE_SIZE = 24
 
 
-class SyntheticLesionsConfig(tfds.core.BuilderConfig):
+class SyntheticLesionsConfig(_generated.GeneratedConfig):
   """Parameters of a `synthetic_lesions` dataset.
 
   The config ``name`` is derived from all parameters (``s<size>_<hash>``), so
@@ -93,6 +88,8 @@ class SyntheticLesionsConfig(tfds.core.BuilderConfig):
     artefact_rate_eval: ruler probability for every validation/test image.
     seed: generation seed.
   """
+
+  DATASET = 'synthetic_lesions'
 
   def __init__(
     self,
@@ -144,11 +141,7 @@ class SyntheticLesionsConfig(tfds.core.BuilderConfig):
     self.artefact_rate_common_train = rates['artefact_rate_common_train']
     self.artefact_rate_eval = rates['artefact_rate_eval']
     self.seed = int(seed)
-    params = self.parameters()
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
-    super().__init__(
-      name=f's{self.image_size}_{digest}', description=f'synthetic_lesions with {params}'
-    )
+    super().__init__()
 
   def parameters(self) -> dict[str, Any]:
     """Returns the parameters that define the data (the name's hash input)."""
@@ -180,11 +173,7 @@ def synthetic_config(**overrides: Any) -> SyntheticLesionsConfig:
   Raises:
     ValueError: on a keyword that is not a parameter (the valid ones are named).
   """
-  valid = tuple(SyntheticLesionsConfig().parameters())
-  unknown = sorted(set(overrides) - set(valid))
-  if unknown:
-    raise ValueError(f'Unknown synthetic_lesions parameter(s) {unknown}; valid: {valid}.')
-  return SyntheticLesionsConfig(**overrides)
+  return SyntheticLesionsConfig.from_overrides(overrides)
 
 
 def _label_of(counts: Sequence[int], index: int) -> int:
@@ -197,7 +186,7 @@ def _background(
   """(background [S, S, 3], illumination [S, S]): the skin and its uneven light."""
   # Background: jittered skin tone, fine and coarse texture, uneven light.
   # Mostly brightness texture, with a little hue variation.
-  skin = _SKIN * (1.0 + rng.normal(0.0, 0.03, 3))
+  skin = _drawing.SKIN * (1.0 + rng.normal(0.0, 0.03, 3))
   texture = _drawing.smooth_noise(rng, size, 6, 4)
   background = skin * (1.0 + 0.04 * texture[..., :1] + 0.012 * texture[..., 1:])
   phi = rng.uniform(0.0, 2.0 * np.pi)
@@ -256,26 +245,16 @@ def _lesion_look(
   """The lesion's colours [S, S, 3]: class colour (rare classes borrow one) and texture."""
   size = config.image_size
   # Lesion look: class colour (rare classes borrow one) and internal texture.
-  palette_name = list(_PALETTE)[rng.integers(len(_PALETTE))]
+  palette_name = list(_drawing.PALETTE)[rng.integers(len(_drawing.PALETTE))]
   colour_name = palette_name if name in RARE_CLASS_NAMES else name
-  colour = np.array(_PALETTE[colour_name]) * rng.uniform(0.88, 1.12)
+  colour = np.array(_drawing.PALETTE[colour_name]) * rng.uniform(0.88, 1.12)
   colour = colour * (1.0 + rng.normal(0.0, 0.04, 3))
   mottle = 0.08 * _drawing.smooth_noise(rng, size, 5, 1)[..., 0]
   pattern_angle = rng.uniform(0.0, np.pi)
   period = rng.uniform(0.09, 0.13) * size
   pattern_phase = rng.uniform(0.0, 2.0 * np.pi, 2)
   contrast = config.pattern_contrast * rng.uniform(0.8, 1.2)
-  pu = np.cos(pattern_angle) * x + np.sin(pattern_angle) * y
-  pv = -np.sin(pattern_angle) * x + np.cos(pattern_angle) * y
-  if name == 'striped':
-    pattern = np.cos(2.0 * np.pi * pu / period + pattern_phase[0])
-  elif name == 'dotted':
-    pattern = (
-      (0.5 + 0.5 * np.cos(2.0 * np.pi * pu / period + pattern_phase[0]))
-      * (0.5 + 0.5 * np.cos(2.0 * np.pi * pv / period + pattern_phase[1]))
-    ) ** 2
-  else:
-    pattern = np.zeros_like(pu)
+  pattern = _drawing.texture(name, y, x, angle=pattern_angle, period=period, phase=pattern_phase)
   # Zero mean over the lesion, so that the pattern does not shift the mean
   # colour, and the RMS of a cosine, so that dots are as salient as stripes.
   weight = alpha / alpha.sum()
@@ -308,7 +287,7 @@ def generate_example(config: SyntheticLesionsConfig, split: str, index: int) -> 
   name = CLASS_NAMES[label]
   is_rare = name in RARE_CLASS_NAMES
   size = config.image_size
-  rng = np.random.default_rng((config.seed, SPLITS.index(split), index))
+  rng = _generated.example_rng(config.seed, split, index)
   y, x = _drawing.pixel_grid(size)
   background, illumination = _background(rng, size, y, x)
   alpha, lesion_box = _lesion_shape(rng, size, y, x)
@@ -341,7 +320,7 @@ def generate_example(config: SyntheticLesionsConfig, split: str, index: int) -> 
   )
 
 
-class SyntheticLesions(_local.LocalData, tfds.core.GeneratorBasedBuilder):
+class SyntheticLesions(_generated.GeneratedBuilder):
   """Seeded synthetic lesion images with a train-only spurious ruler cue.
 
   See the module docstring for the design. Pass a config from
@@ -349,43 +328,20 @@ class SyntheticLesions(_local.LocalData, tfds.core.GeneratorBasedBuilder):
   default config is `SyntheticLesionsConfig()`.
   """
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   BUILDER_CONFIGS = [SyntheticLesionsConfig()]
   DEFAULT_CONFIG_NAME = BUILDER_CONFIGS[0].name
 
-  def __init__(self, *, config: SyntheticLesionsConfig | str | None = None, **kwargs: Any):
-    # tfds refuses a config *object* that shares the name of a predefined one
-    # (here: an equal copy of the default); pass the name instead.
-    if isinstance(config, SyntheticLesionsConfig) and (config.name in self.builder_configs):
-      config = config.name
-    super().__init__(config=config, **kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    size = self.builder_config.image_size
-    return self.dataset_info_from_configs(
-      description=__doc__.split('Example::')[0],
-      features=tfds.features.FeaturesDict(
-        {
-          'image': tfds.features.Image(shape=(size, size, 3)),
-          'label': tfds.features.ClassLabel(names=CLASS_NAMES),
-          'boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
-          'lesion_box': tfds.features.BBoxFeature(),
-          'artefact_box': tfds.features.BBoxFeature(),
-          'has_artefact': tfds.features.Scalar(dtype=np.bool_),
-        }
-      ),
-      supervised_keys=('image', 'label'),
-    )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    del dl_manager  # Everything is generated locally.
+  def _features(self) -> dict[str, tfds.features.FeatureConnector]:
     return {
-      split: self._generate_examples(split)
-      for split in SPLITS
-      if sum(self.builder_config.counts(split)) > 0
+      'label': tfds.features.ClassLabel(names=CLASS_NAMES),
+      'boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
+      'lesion_box': tfds.features.BBoxFeature(),
+      'artefact_box': tfds.features.BBoxFeature(),
+      'has_artefact': tfds.features.Scalar(dtype=np.bool_),
     }
 
-  def _generate_examples(self, split: str):
-    for index in range(sum(self.builder_config.counts(split))):
-      yield f'{split}_{index:06d}', generate_example(self.builder_config, split, index)
+  def _split_size(self, split: str) -> int:
+    return sum(self.builder_config.counts(split))
+
+  def _example(self, split: str, index: int) -> dict[str, Any]:
+    return generate_example(self.builder_config, split, index)

@@ -42,8 +42,6 @@ Example::
   builder.download_and_prepare()
 """
 
-import hashlib
-import json
 import math
 from typing import Any
 
@@ -51,16 +49,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from care_jax.data import _drawing
-from care_jax.data import _local
+from care_jax.data import _generated
 
 CLASS_NAMES = ('brown', 'dark', 'dotted', 'pink', 'striped')
 RARE_CLASS_NAMES = ('dotted', 'striped')
-SPLITS = ('train', 'validation', 'test')
+SPLITS = _generated.SPLITS
 # At most one lesion per quadrant of the central region.
 MAX_FINDINGS = 4
 
-_PALETTE = {'brown': (150.0, 95.0, 62.0), 'dark': (92.0, 60.0, 48.0), 'pink': (200.0, 118.0, 122.0)}
-_SKIN = np.array([224.0, 188.0, 164.0])
 # Width of the border band (fraction of the image) that holds the ruler.
 _BAND = 0.12
 _MIN_IMAGE_SIZE = 40
@@ -74,7 +70,7 @@ _RATES = (
 )
 
 
-class SyntheticMultilabelConfig(tfds.core.BuilderConfig):
+class SyntheticMultilabelConfig(_generated.GeneratedConfig):
   """Parameters of a `synthetic_multilabel` dataset (the name hashes all of them).
 
   Args:
@@ -93,6 +89,8 @@ class SyntheticMultilabelConfig(tfds.core.BuilderConfig):
     artefact_rate_eval: ruler probability of every validation and test image.
     seed: generation seed.
   """
+
+  DATASET = 'synthetic_multilabel'
 
   def __init__(
     self,
@@ -136,11 +134,7 @@ class SyntheticMultilabelConfig(tfds.core.BuilderConfig):
     self.pattern_contrast = float(pattern_contrast)
     self.artefact = bool(artefact)
     self.seed = int(seed)
-    params = self.parameters()
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
-    super().__init__(
-      name=f's{self.image_size}_{digest}', description=f'synthetic_multilabel with {params}'
-    )
+    super().__init__()
 
   def parameters(self) -> dict[str, Any]:
     """The parameters that define the data (the keywords of `multilabel_config`)."""
@@ -160,11 +154,7 @@ def multilabel_config(**overrides: Any) -> SyntheticMultilabelConfig:
   Raises:
     ValueError: on a keyword that is not a parameter (the valid ones are named).
   """
-  valid = tuple(SyntheticMultilabelConfig().parameters())
-  unknown = sorted(set(overrides) - set(valid))
-  if unknown:
-    raise ValueError(f'Unknown synthetic_multilabel parameter(s) {unknown}; valid: {valid}.')
-  return SyntheticMultilabelConfig(**overrides)
+  return SyntheticMultilabelConfig.from_overrides(overrides)
 
 
 def _findings(config: SyntheticMultilabelConfig, split: str, rng: np.random.Generator) -> list:
@@ -202,24 +192,15 @@ def _lesion(
   alpha = np.clip(0.5 + (1.0 - rho) * radii.min() / edge, 0.0, 1.0)
 
   is_rare = name in RARE_CLASS_NAMES
-  palette_name = list(_PALETTE)[rng.integers(len(_PALETTE))]
-  colour = np.array(_PALETTE[palette_name if is_rare else name]) * rng.uniform(0.9, 1.1)
+  palette_name = list(_drawing.PALETTE)[rng.integers(len(_drawing.PALETTE))]
+  colour = np.array(_drawing.PALETTE[palette_name if is_rare else name]) * rng.uniform(0.9, 1.1)
   mottle = 0.08 * _drawing.smooth_noise(rng, y.shape[0], 6, 1)[..., 0]
   angle = rng.uniform(0.0, np.pi)
   period = rng.uniform(0.2, 0.26) * side
   phase = rng.uniform(0.0, 2.0 * np.pi, 2)
-  pu = np.cos(angle) * x + np.sin(angle) * y
-  pv = -np.sin(angle) * x + np.cos(angle) * y
-  if name == 'striped':
-    pattern = np.cos(2.0 * np.pi * pu / period + phase[0])
-  elif name == 'dotted':
-    pattern = (
-      (0.5 + 0.5 * np.cos(2.0 * np.pi * pu / period + phase[0]))
-      * (0.5 + 0.5 * np.cos(2.0 * np.pi * pv / period + phase[1]))
-    ) ** 2
+  pattern = _drawing.texture(name, y, x, angle=angle, period=period, phase=phase)
+  if name == 'dotted':
     pattern = 2.0 * pattern - 0.25  # About the RMS and mean of the stripes.
-  else:
-    pattern = np.zeros_like(pu)
   look = colour * (1.0 + mottle + config.pattern_contrast * pattern)[..., None]
   return alpha, look
 
@@ -240,11 +221,11 @@ def generate_example(config: SyntheticMultilabelConfig, split: str, index: int) 
       f'index must lie in [0, {config.sizes[split]}) for split {split!r}, got {index}.'
     )
   size = config.image_size
-  rng = np.random.default_rng((config.seed, SPLITS.index(split), index))
+  rng = _generated.example_rng(config.seed, split, index)
   y, x = _drawing.pixel_grid(size)
   findings = _findings(config, split, rng)
 
-  skin = _SKIN * (1.0 + rng.normal(0.0, 0.03, 3))
+  skin = _drawing.SKIN * (1.0 + rng.normal(0.0, 0.03, 3))
   texture = _drawing.smooth_noise(rng, size, 6, 2)
   image = skin * (1.0 + 0.04 * texture[..., :1] + 0.012 * texture[..., 1:])
   band = math.ceil(_BAND * size)
@@ -286,49 +267,29 @@ def generate_example(config: SyntheticMultilabelConfig, split: str, index: int) 
   )
 
 
-class SyntheticMultilabel(_local.LocalData, tfds.core.GeneratorBasedBuilder):
+class SyntheticMultilabel(_generated.GeneratedBuilder):
   """Seeded synthetic multi-label lesion images with a train-only spurious ruler cue.
 
   See the module docstring. Pass a config from `multilabel_config`.
   """
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   BUILDER_CONFIGS = [SyntheticMultilabelConfig()]
   DEFAULT_CONFIG_NAME = BUILDER_CONFIGS[0].name
+  SUPERVISED_KEYS = None
 
-  def __init__(self, *, config: SyntheticMultilabelConfig | str | None = None, **kwargs: Any):
-    # tfds refuses a config object that shares the name of a predefined one.
-    if isinstance(config, SyntheticMultilabelConfig) and (config.name in self.builder_configs):
-      config = config.name
-    super().__init__(config=config, **kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    size = self.builder_config.image_size
+  def _features(self) -> dict[str, tfds.features.FeatureConnector]:
     finding = lambda: tfds.features.ClassLabel(names=CLASS_NAMES)
-    return self.dataset_info_from_configs(
-      description=__doc__.split('Example::')[0],
-      features=tfds.features.FeaturesDict(
-        {
-          'image': tfds.features.Image(shape=(size, size, 3)),
-          'labels': tfds.features.Sequence(finding()),
-          'boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
-          'box_labels': tfds.features.Sequence(finding()),
-          'lesion_boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
-          'lesion_box_labels': tfds.features.Sequence(finding()),
-          'has_artefact': tfds.features.Scalar(dtype=np.bool_),
-        }
-      ),
-    )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    del dl_manager  # Everything is generated locally.
     return {
-      split: self._generate_examples(split)
-      for split in SPLITS
-      if self.builder_config.sizes[split] > 0
+      'labels': tfds.features.Sequence(finding()),
+      'boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
+      'box_labels': tfds.features.Sequence(finding()),
+      'lesion_boxes': tfds.features.Sequence(tfds.features.BBoxFeature()),
+      'lesion_box_labels': tfds.features.Sequence(finding()),
+      'has_artefact': tfds.features.Scalar(dtype=np.bool_),
     }
 
-  def _generate_examples(self, split: str):
-    for index in range(self.builder_config.sizes[split]):
-      yield f'{split}_{index:06d}', generate_example(self.builder_config, split, index)
+  def _split_size(self, split: str) -> int:
+    return self.builder_config.sizes[split]
+
+  def _example(self, split: str, index: int) -> dict[str, Any]:
+    return generate_example(self.builder_config, split, index)

@@ -24,6 +24,7 @@ from care_jax.models.heads import LayerNormLinearHead
 from care_jax.models.heads import LinearHead
 from care_jax.models.heads import NormedLinearHead
 from care_jax.models.heads import VGGHead
+from care_jax.models.heads import ViTTokenHead
 from care_jax.models.heads import adaptive_avg_pool
 from care_jax.models.pretrained import IMAGENET_MEAN
 from care_jax.models.pretrained import IMAGENET_STD
@@ -35,6 +36,7 @@ from care_jax.models.resnet import Bottleneck
 from care_jax.models.resnet import ResNet
 from care_jax.models.tiny import TinyCNN
 from care_jax.models.vgg import VGG
+from care_jax.models.vit import ViT
 
 __all__ = (
   'adaptive_avg_pool',
@@ -68,4 +70,6 @@ __all__ = (
   'TinyCNN',
   'VGG',
   'VGGHead',
+  'ViT',
+  'ViTTokenHead',
 )

@@ -18,6 +18,18 @@ A backbone is named in two ways:
   returning a module). The path is what a checkpoint records, so a run is rebuilt from it
   wherever the module imports.
 
+A backbone may also hand the head **inputs beside the feature map**: it then returns the pair
+``(feature_map, head_inputs)``, ``head_inputs`` a dict of arrays by name. A ViT does so
+(`care_jax.models.vit`): its feature map is the patch tokens entering the last block, on their
+grid (Grad-CAM of the patch tokens after the last block is zero: only the class token reaches
+the logits), and ``{'class_token': [B, C]}`` goes to its head (``'vit_token'``: the last block,
+the final LayerNorm, the classifier on the class token). ``Classifier`` then returns the
+intermediates ``{'features': ..., 'head_inputs': {...}}`` (the key only when there are head
+inputs) and calls ``head(features, train=train, **head_inputs)`` with those of the inputs that
+the head's ``__call__`` names; ``Classifier.apply_head`` and ``Classifier.attention_maps`` take
+them as ``head_inputs=intermediates.get('head_inputs')``, held constant: the maps are the partial
+derivative of the class logit with respect to the feature map alone.
+
 Optionally a backbone has a **weight reader** for ``model.pretrained``: a callable
 ``read_weights(path, variables) -> variables`` that receives the freshly initialised variables
 of the whole classifier (``{'params': {'backbone': ..., 'head': ...}, 'batch_stats': ...}``,
@@ -207,18 +219,33 @@ def _accepted_keywords(factory: Callable[..., Any]) -> frozenset[str]:
   return frozenset(p.name for p in parameters if p.name in _KEYWORDS)
 
 
-def check_features(name: str, features: Any) -> None:
-  """Raises ValueError unless the backbone ``name`` returned a 4-D feature map ``[B, h, w, C]``.
+def check_features(name: str, outputs: Any) -> tuple[Any, dict[str, Any]]:
+  """The backbone ``name``'s ``(feature map, head inputs)``, or ValueError for anything else.
 
-  Called by ``Classifier`` on every trace (a shape check, free at run time).
+  ``outputs`` is what the backbone returned: a 4-D feature map ``[B, h, w, C]``, or a pair
+  ``(feature_map, head_inputs)`` with ``head_inputs`` a dict of arrays keyed by name (``{}`` is
+  returned for the first form). Called by ``Classifier`` on every trace (a shape check, free at
+  run time).
   """
-  shape = getattr(features, 'shape', None)
+  head_inputs: Any = {}
+  if isinstance(outputs, tuple) and len(outputs) == 2:
+    outputs, head_inputs = outputs
+    if not isinstance(head_inputs, dict) or not all(
+      isinstance(k, str) and hasattr(v, 'shape') for k, v in head_inputs.items()
+    ):
+      raise ValueError(
+        f'Backbone {name!r} returned a pair whose second item is '
+        f'{type(head_inputs).__name__}, not a dict of arrays by name: return the feature map, '
+        'or (feature_map, {name: array}) for inputs that the head takes beside it.'
+      )
+  shape = getattr(outputs, 'shape', None)
   if shape is None or len(shape) != 4:
-    got = f'shape {tuple(shape)}' if shape is not None else type(features).__name__
+    got = f'shape {tuple(shape)}' if shape is not None else type(outputs).__name__
     raise ValueError(
       f'Backbone {name!r} returned {got}, not a 4-D feature map [batch, height, width, '
-      'channels]: return the last convolutional stage before pooling.'
+      'channels] (or a pair (feature_map, head_inputs)): return the last stage before pooling.'
     )
+  return outputs, head_inputs
 
 
 def read_weights(backbone: Backbone, path: str | os.PathLike[str], variables: dict) -> dict:

@@ -9,12 +9,17 @@ Example::
   features = intermediates['features']                       # layer4 output, [B, 7, 7, 512]
   head_logits = model.apply(variables, features, method=Classifier.apply_head)
   maps = model.attention_maps(variables, features, labels)   # [B, 7, 7] in [0, 1]
+  # A backbone with head inputs (a ViT's class token) adds intermediates['head_inputs'], which
+  # every call of the head takes beside the features:
+  #   model.attention_maps(variables, features, labels,
+  #                        head_inputs=intermediates.get('head_inputs'))
   # In the train step: the head as in that training pass (batch statistics, its dropout masks).
   train_maps = model.attention_maps(
       variables, features, labels, train=True, rngs={'dropout': key3})
 """
 
 import functools
+import inspect
 from typing import Any
 
 import flax.linen as nn
@@ -31,6 +36,7 @@ from care_jax.models import layers
 from care_jax.models import resnet
 from care_jax.models import tiny
 from care_jax.models import vgg
+from care_jax.models import vit
 from care_jax.models import weight_maps
 
 HEAD_NAMES: tuple[str, ...] = (
@@ -41,6 +47,7 @@ HEAD_NAMES: tuple[str, ...] = (
   'layernorm_linear',
   'dropout_linear',
   'flatten',
+  'vit_token',
 )
 # Heads every backbone takes beside those of its registration: position-aware, for any feature map.
 ANY_BACKBONE_HEADS: tuple[str, ...] = ('flatten',)
@@ -86,6 +93,15 @@ def _register_builtin_backbones() -> None:
         default_head=head,
         weight_reader=getattr(weight_maps, reader),
       )
+  # ViT-B/16 and DeiT-S/16: the last block is in the head, which needs the class token.
+  for name, config in vit.VIT_CONFIGS.items():
+    backbones.register_backbone(
+      name,
+      functools.partial(vit.ViT, **config),
+      heads=('vit_token',),
+      default_head='vit_token',
+      weight_reader=weight_maps.read_vit_weights,
+    )
 
 
 _register_builtin_backbones()
@@ -97,7 +113,10 @@ class Classifier(nn.Module):
   """A backbone producing the Grad-CAM feature map, and a head producing logits from it.
 
   Parameters live under ``params['backbone']`` and ``params['head']``.
-  ``__call__`` returns ``(logits float32 [B, K], {'features': [B, h, w, C] in the compute dtype})``.
+  ``__call__`` returns ``(logits float32 [B, K], {'features': [B, h, w, C] in the compute dtype})``;
+  for a backbone that also returns head inputs (a ViT's class token, see
+  `care_jax.models.backbones`) the intermediates also hold ``'head_inputs'``, a dict of arrays
+  that the head takes as keywords beside the features (``apply_head``, ``attention_maps``).
   """
 
   backbone: nn.Module
@@ -108,14 +127,27 @@ class Classifier(nn.Module):
     self, x: jax.typing.ArrayLike, *, train: bool
   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     layers.check_nhwc(x, name='images')
-    features = self.backbone(x, train=train)
-    backbones.check_features(self.backbone_name or type(self.backbone).__name__, features)
-    logits = self.head(features, train=train)
+    outputs = self.backbone(x, train=train)
+    name = self.backbone_name or type(self.backbone).__name__
+    features, head_inputs = backbones.check_features(name, outputs)
+    logits = self.head(features, train=train, **_accepted_inputs(self.head, head_inputs))
+    if head_inputs:
+      return logits, {'features': features, 'head_inputs': head_inputs}
     return logits, {'features': features}
 
-  def apply_head(self, features: jax.typing.ArrayLike, *, train: bool = False) -> jax.Array:
-    """The head alone on a feature map [B, h, w, C] (e.g. for ``jax.vjp`` Grad-CAM of the head)."""
-    return self.head(jnp.asarray(features), train=train)
+  def apply_head(
+    self,
+    features: jax.typing.ArrayLike,
+    *,
+    train: bool = False,
+    head_inputs: dict[str, jax.Array] | None = None,
+  ) -> jax.Array:
+    """The head alone on a feature map [B, h, w, C] (e.g. for ``jax.vjp`` Grad-CAM of the head).
+
+    ``head_inputs``: the backbone's other head inputs (``intermediates.get('head_inputs')``).
+    """
+    inputs = _accepted_inputs(self.head, head_inputs or {})
+    return self.head(jnp.asarray(features), train=train, **inputs)
 
   @nn.nowrap  # called on the unbound module: it applies the model itself
   def attention_maps(
@@ -128,6 +160,7 @@ class Classifier(nn.Module):
     target: str = 'logit',
     train: bool = False,
     rngs: dict[str, jax.Array] | None = None,
+    head_inputs: dict[str, jax.Array] | None = None,
   ) -> jax.Array:
     """Min-max normalised class attention maps [B, h, w] of ``labels`` on a feature map.
 
@@ -153,6 +186,10 @@ class Classifier(nn.Module):
     as the official code's ``backward()`` in train mode. ``train=False`` (evaluation): running
     statistics, no dropout.
 
+    ``head_inputs`` (``intermediates.get('head_inputs')``: a ViT's class token) enter the head
+    as constants: Grad-CAM is the partial derivative of the class logit with respect to
+    ``features`` alone.
+
     Args:
       variables: the model's variables (``params``, and ``batch_stats`` for BatchNorm heads).
       features: [B, h, w, C] feature map, ``intermediates['features']`` of ``__call__``.
@@ -161,6 +198,7 @@ class Classifier(nn.Module):
       target: one of ``ATTENTION_TARGETS``: 'logit' (the paper's) or 'contrast'.
       train: apply the head in training mode (batch statistics, dropout) for 'grad_cam'.
       rngs: the rngs of the head in training mode, e.g. ``{'dropout': key}`` of the forward pass.
+      head_inputs: the backbone's head inputs of the same forward pass, or None.
 
     Returns:
       [B, h, w] float32 maps in [0, 1]; [B, P, h, w] for [B, P] ``labels`` (one map per image
@@ -175,7 +213,14 @@ class Classifier(nn.Module):
       # [B, P] classes: the maps of each column, side by side (one batched einsum for CAM).
       def column_maps(column):
         return self.attention_maps(
-          variables, features, column, method=method, target=target, train=train, rngs=rngs
+          variables,
+          features,
+          column,
+          method=method,
+          target=target,
+          train=train,
+          rngs=rngs,
+          head_inputs=head_inputs,
         )
 
       return jax.vmap(column_maps, in_axes=1, out_axes=1)(labels)
@@ -195,20 +240,32 @@ class Classifier(nn.Module):
       # The one place that knows where the CAM kernel lives (LinearHead's Dense 'fc').
       kernel = variables['params']['head']['fc']['kernel']
       return attention.cam(features, kernel if centre is None else centre(kernel), labels)
+    apply_head = functools.partial(
+      self.apply, variables, method=Classifier.apply_head, head_inputs=head_inputs
+    )
     if train:
 
       def head_fn(f):
-        logits, _ = self.apply(
-          variables, f, train=True, method=Classifier.apply_head, mutable=['batch_stats'], rngs=rngs
-        )
+        logits, _ = apply_head(f, train=True, mutable=['batch_stats'], rngs=rngs)
         return logits
 
     else:
-      head_fn = lambda f: self.apply(variables, f, train=False, method=Classifier.apply_head)
+      head_fn = lambda f: apply_head(f, train=False)
     if centre is not None:
       logit_fn = head_fn
       head_fn = lambda f: centre(logit_fn(f))
     return attention.grad_cam(head_fn, features, labels)
+
+
+def _accepted_inputs(head: nn.Module, head_inputs: dict[str, Any]) -> dict[str, Any]:
+  """Those of ``head_inputs`` that the head's ``__call__`` names (a pooled head takes none)."""
+  if not head_inputs:
+    return {}
+  parameters = inspect.signature(type(head).__call__).parameters.values()
+  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+    return dict(head_inputs)
+  names = {p.name for p in parameters}
+  return {k: v for k, v in head_inputs.items() if k in names}
 
 
 def resolve_head(head: str | None, *, loss: str | None = None) -> str | None:
@@ -233,7 +290,7 @@ def _make_head(
   num_classes: int,
   dtype: layers.Dtype,
   axis_name: str | None,
-  dropout_rate: float = 0.2,
+  backbone: nn.Module | None = None,
 ) -> nn.Module:
   if head == 'linear':
     return heads_lib.LinearHead(num_classes=num_classes, dtype=dtype)
@@ -246,8 +303,17 @@ def _make_head(
   if head == 'flatten':
     return heads_lib.FlattenHead(num_classes=num_classes, dtype=dtype)
   if head == 'dropout_linear':
-    return heads_lib.DropoutLinearHead(
-      num_classes=num_classes, dropout_rate=dropout_rate, dtype=dtype
+    # EfficientNet's head dropout depends on the variant (torchvision's ``dropout``).
+    rate = getattr(backbone, 'classifier_dropout', 0.2)
+    return heads_lib.DropoutLinearHead(num_classes=num_classes, dropout_rate=rate, dtype=dtype)
+  if head == 'vit_token':
+    # The ViT's last block: its heads, MLP width and drop-path rate are the backbone's.
+    return heads_lib.ViTTokenHead(
+      num_classes=num_classes,
+      num_heads=backbone.num_heads,
+      mlp_dim=backbone.mlp_dim,
+      drop_path_rate=backbone.stochastic_depth_prob,
+      dtype=dtype,
     )
   return heads_lib.VGGHead(num_classes=num_classes, dtype=dtype)
 
@@ -270,10 +336,11 @@ def get_model(
       activations and features ``dtype``, logits always float32.
     head: 'linear' (GAP + Dense), 'bn_linear' (GAP + BatchNorm + Dense, the official CARE head),
       'normed_linear' (GAP + cosine classifier, LDAM-DRW's ``NormedLinear``), 'flatten' (Dense on
-      the flattened feature map, position-aware; every backbone takes it) or, for 'vgg19'
-      only, 'vgg' (torchvision's VGG classifier): those of the backbone's registration. None
-      picks the backbone's own head: 'vgg' for 'vgg19', 'linear' for the others
-      (``resolve_head`` maps a config's ``model.head``).
+      the flattened feature map, position-aware; every backbone takes it), 'vgg' for 'vgg19'
+      (torchvision's VGG classifier), 'layernorm_linear' / 'dropout_linear' for ConvNeXt /
+      EfficientNet, 'vit_token' for the ViTs (their only head beside 'flatten'): those of the
+      backbone's registration. None picks the backbone's own head (``resolve_head`` maps a
+      config's ``model.head``).
     axis_name: pmap/vmap axis name given to every BatchNorm, so that batch statistics are averaged
       over devices in the ``jax.pmap`` path. None for ``jax.jit`` (single device or sharded mesh).
 
@@ -296,12 +363,7 @@ def get_model(
   return Classifier(
     backbone=backbone,
     head=_make_head(
-      head,
-      num_classes=num_classes,
-      dtype=dtype,
-      axis_name=axis_name,
-      # EfficientNet's head dropout depends on the variant (torchvision's ``dropout``).
-      dropout_rate=getattr(backbone, 'classifier_dropout', 0.2),
+      head, num_classes=num_classes, dtype=dtype, axis_name=axis_name, backbone=backbone
     ),
     backbone_name=name,
   )

@@ -33,7 +33,6 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from care_jax.models import layers
 
@@ -64,12 +63,10 @@ def drop_path(x: jax.Array, rate: float, *, train: bool) -> jax.Array:
   return nn.Dropout(rate, broadcast_dims=tuple(range(1, x.ndim)), deterministic=False)(x)
 
 
-class ConvNeXtBlock(nn.Module):
+class ConvNeXtBlock(layers.Layer):
   """dwconv7x7 -> LayerNorm -> Linear 4C -> GELU -> Linear C, layer scale, drop path, residual."""
 
   drop_path_rate: float = 0.0
-  dtype: layers.Dtype = jnp.float32
-  param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -92,23 +89,21 @@ class ConvNeXtBlock(nn.Module):
     return x + drop_path(y * gamma.astype(y.dtype), self.drop_path_rate, train=train)
 
 
-class ConvNeXt(nn.Module):
+class ConvNeXt(layers.Layer):
   """ConvNeXt backbone: patchify stem, four stages separated by LayerNorm + 2x2/2 convs.
+
+  ``dtype``, ``param_dtype`` and ``axis_name`` are `layers.Layer`'s (``axis_name`` unused:
+  ConvNeXt has no BatchNorm).
 
   Attributes:
     depths: blocks per stage, (3, 3, 9, 3) for ConvNeXt-T.
     dims: channels per stage, (96, 192, 384, 768) for T and S.
     stochastic_depth_prob: drop-path rate of the last block (linear from 0 over the blocks).
-    dtype: computation dtype (e.g. jnp.bfloat16); parameters stay ``param_dtype``.
-    axis_name: accepted for the backbones' common signature; ConvNeXt has no BatchNorm.
   """
 
   depths: Sequence[int] = (3, 3, 9, 3)
   dims: Sequence[int] = (96, 192, 384, 768)
   stochastic_depth_prob: float = 0.1
-  dtype: layers.Dtype = jnp.float32
-  param_dtype: layers.Dtype = jnp.float32
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike, *, train: bool) -> jax.Array:
@@ -126,12 +121,9 @@ class ConvNeXt(nn.Module):
       for block in range(depth):
         # torchvision: sd_prob = stochastic_depth_prob * block_id / (total_blocks - 1).
         rate = self.stochastic_depth_prob * index / max(total - 1, 1)
-        x = ConvNeXtBlock(
-          drop_path_rate=rate,
-          dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          name=f'stage{stage}_{block}',
-        )(x, train=train)
+        x = ConvNeXtBlock(drop_path_rate=rate, name=f'stage{stage}_{block}', **self.sublayer())(
+          x, train=train
+        )
         index += 1
     return x
 

@@ -40,6 +40,7 @@ from jax import lax
 import jax.numpy as jnp
 
 from care_jax.models import _windows
+from care_jax.models import strided_convolution
 
 # Kernels larger than 1x1 take the patch form on CPU for output maps of at most this many
 # pixels (H_out * W_out). Measured on the ResNet-18/50 shapes (docs/benchmarks.md): the patch
@@ -174,6 +175,35 @@ def depthwise_convolution(
   return out.astype(jnp.result_type(lhs, rhs))
 
 
+def _lax_or_second_order_form(lhs: jax.Array, rhs: jax.Array, by_lax: functools.partial):
+  """``by_lax(lhs, rhs)``; inside `strided_convolution.second_order_forms` (the RRR step's
+  forward), a strided convolution on CPU in the closed form whose second derivatives XLA's CPU
+  compiler runs fast (`strided_convolution.applies`)."""
+  if not strided_convolution.second_order_forms_on():
+    return by_lax(lhs, rhs)
+  args = by_lax.keywords
+  strides = tuple(args['window_strides'])
+  pads = _explicit_padding(args['padding'], lhs.shape, rhs.shape, strides)
+  applies = pads is not None and strided_convolution.applies(
+    lhs,
+    rhs,
+    strides,
+    dilations=(args['lhs_dilation'], args['rhs_dilation']),
+    dimension_numbers=args['dimension_numbers'],
+    groups=(args['feature_group_count'], args['batch_group_count']),
+    preferred_element_type=args['preferred_element_type'],
+  )
+  if not applies:
+    return by_lax(lhs, rhs)
+  closed = functools.partial(
+    strided_convolution.strided_convolution,
+    window_strides=strides,
+    padding=pads,
+    precision=args['precision'],
+  )
+  return lax.platform_dependent(lhs, rhs, cpu=closed, default=by_lax)
+
+
 def convolution(
   lhs: jax.Array,
   rhs: jax.Array,
@@ -234,7 +264,7 @@ def convolution(
     feature_group_count=feature_group_count,
     batch_group_count=batch_group_count,
   ):
-    return by_lax(lhs, rhs)
+    return by_lax(lhs, rhs) if kwargs else _lax_or_second_order_form(lhs, rhs, by_lax)
   by_patches = functools.partial(
     patch_convolution,
     window_strides=window_strides,

@@ -41,7 +41,7 @@ def avg_pool_2x2(x: jax.Array) -> jax.Array:
   return jnp.mean(blocks, axis=(2, 4), dtype=jnp.float32).astype(x.dtype)
 
 
-class DenseLayer(nn.Module):
+class DenseLayer(layers.Layer):
   """BN-ReLU-conv1x1 (``bn_size * growth_rate`` channels), BN-ReLU-conv3x3 (``growth_rate``).
 
   Takes the concatenation of the block's input and all earlier layers' outputs; returns only the
@@ -50,9 +50,6 @@ class DenseLayer(nn.Module):
 
   growth_rate: int
   bn_size: int = 4
-  dtype: layers.Dtype = jnp.float32
-  param_dtype: layers.Dtype = jnp.float32
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -62,7 +59,7 @@ class DenseLayer(nn.Module):
     return layers.conv_for(self, self.growth_rate, 3, use_bias=False, name='conv2')(y)
 
 
-class DenseBlock(nn.Module):
+class DenseBlock(layers.Layer):
   """``num_layers`` dense layers, each fed the channel concatenation of everything before it.
 
   Returns [B, H, W, C_in + num_layers * growth_rate] (input channels first, as torch's
@@ -72,9 +69,6 @@ class DenseBlock(nn.Module):
   num_layers: int
   growth_rate: int
   bn_size: int = 4
-  dtype: layers.Dtype = jnp.float32
-  param_dtype: layers.Dtype = jnp.float32
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -83,22 +77,17 @@ class DenseBlock(nn.Module):
       new = DenseLayer(
         growth_rate=self.growth_rate,
         bn_size=self.bn_size,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        axis_name=self.axis_name,
         name=f'denselayer{index + 1}',
+        **self.sublayer(),
       )(jnp.concatenate(features, axis=-1), train=train)
       features.append(new)
     return jnp.concatenate(features, axis=-1)
 
 
-class Transition(nn.Module):
+class Transition(layers.Layer):
   """BN-ReLU-conv1x1 to ``features`` channels, then average pool 2x2/2 (torch's ``_Transition``)."""
 
   features: int
-  dtype: layers.Dtype = jnp.float32
-  param_dtype: layers.Dtype = jnp.float32
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -107,9 +96,11 @@ class Transition(nn.Module):
     return avg_pool_2x2(x)
 
 
-class DenseNet(nn.Module):
+class DenseNet(layers.Layer):
   """DenseNet-BC backbone: stem (conv0 7x7/2, norm0, ReLU, maxpool 3x3/2 pad 1), dense blocks
   separated by transitions, the final ``norm5`` and ReLU.
+
+  ``dtype``, ``param_dtype`` and ``axis_name`` are `layers.Layer`'s.
 
   Attributes:
     block_sizes: dense layers per block, e.g. (6, 12, 24, 16) for DenseNet-121.
@@ -117,8 +108,6 @@ class DenseNet(nn.Module):
     num_init_features: channels of the stem conv.
     bn_size: the bottleneck 1x1 conv has ``bn_size * growth_rate`` channels.
     compression: a transition keeps ``int(channels * compression)`` channels (torchvision: // 2).
-    dtype: computation dtype (e.g. jnp.bfloat16); parameters stay ``param_dtype``.
-    axis_name: pmap/vmap axis over which BatchNorm averages its batch statistics.
   """
 
   block_sizes: Sequence[int] = (6, 12, 24, 16)
@@ -126,17 +115,11 @@ class DenseNet(nn.Module):
   num_init_features: int = 64
   bn_size: int = 4
   compression: float = 0.5
-  dtype: layers.Dtype = jnp.float32
-  param_dtype: layers.Dtype = jnp.float32
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike, *, train: bool) -> jax.Array:
     """Images [B, H, W, C] -> ReLU(norm5) features [B, ~H/32, ~W/32, C_last] (1024 for 121)."""
     x = layers.check_nhwc(x, name='images')
-    sublayer: dict[str, Any] = dict(
-      dtype=self.dtype, param_dtype=self.param_dtype, axis_name=self.axis_name
-    )
     x = layers.conv_for(self, self.num_init_features, 7, stride=2, use_bias=False, name='conv0')(x)
     x = nn.relu(layers.batch_norm_for(self, train=train, name='norm0')(x))
     # Flax pools pad with the reduction's identity (-inf for max), as torch's MaxPool2d(padding=1).
@@ -148,12 +131,14 @@ class DenseNet(nn.Module):
         growth_rate=self.growth_rate,
         bn_size=self.bn_size,
         name=f'denseblock{block + 1}',
-        **sublayer,
+        **self.sublayer(),
       )(x, train=train)
       channels += num_layers * self.growth_rate
       if block < len(self.block_sizes) - 1:
         channels = int(channels * self.compression)
-        x = Transition(features=channels, name=f'transition{block + 1}', **sublayer)(x, train=train)
+        x = Transition(features=channels, name=f'transition{block + 1}', **self.sublayer())(
+          x, train=train
+        )
     return nn.relu(layers.batch_norm_for(self, train=train, name='norm5')(x))
 
 

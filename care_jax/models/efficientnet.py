@@ -35,7 +35,7 @@ Example::
 """
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -63,7 +63,7 @@ def make_divisible(value: float, divisor: int = 8) -> int:
   return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-class MBConv(nn.Module):
+class MBConv(layers.Layer):
   """Inverted residual block with squeeze-excitation (see the module docstring)."""
 
   expand_ratio: int
@@ -71,9 +71,6 @@ class MBConv(nn.Module):
   stride: int
   features: int
   drop_path_rate: float = 0.0
-  dtype: layers.Dtype = jnp.float32
-  param_dtype: layers.Dtype = jnp.float32
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -102,8 +99,10 @@ class MBConv(nn.Module):
     return y
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(layers.Layer):
   """EfficientNet backbone (B0 scaled by ``width_mult`` and ``depth_mult``).
+
+  ``dtype``, ``param_dtype`` and ``axis_name`` are `layers.Layer`'s.
 
   Attributes:
     stages: the B0 stages (``B0_STAGES``: expand ratio, kernel, stride, input and output
@@ -113,8 +112,6 @@ class EfficientNet(nn.Module):
     stochastic_depth_prob: drop-path rate reached at the last block.
     classifier_dropout: the dropout rate of the head made for it (torchvision's ``dropout``;
       ``get_model``'s 'dropout_linear' head reads it): 0.2 for B0/B1, 0.3 for B2/B3, 0.4 for B4.
-    dtype: computation dtype (e.g. jnp.bfloat16); parameters stay ``param_dtype``.
-    axis_name: pmap/vmap axis over which BatchNorm averages its batch statistics.
   """
 
   stages: Sequence[tuple[int, int, int, int, int, int]] = B0_STAGES
@@ -122,17 +119,11 @@ class EfficientNet(nn.Module):
   depth_mult: float = 1.0
   stochastic_depth_prob: float = 0.2
   classifier_dropout: float = 0.2
-  dtype: layers.Dtype = jnp.float32
-  param_dtype: layers.Dtype = jnp.float32
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike, *, train: bool) -> jax.Array:
     """Images [B, H, W, 3] -> head-conv features [B, ~H/32, ~W/32, 4 x last stage width]."""
     x = layers.check_nhwc(x, name='images')
-    sublayer: dict[str, Any] = dict(
-      dtype=self.dtype, param_dtype=self.param_dtype, axis_name=self.axis_name
-    )
     stages = [
       (expand, kernel, stride, make_divisible(out * self.width_mult), self._depth(blocks))
       for expand, kernel, stride, _, out, blocks in self.stages
@@ -150,7 +141,7 @@ class EfficientNet(nn.Module):
           features=features,
           drop_path_rate=self.stochastic_depth_prob * index / total,
           name=f'stage{stage + 1}_{block}',
-          **sublayer,
+          **self.sublayer(),
         )(x, train=train)
         index += 1
     x = layers.conv_for(self, 4 * x.shape[-1], 1, use_bias=False, name='head_conv')(x)

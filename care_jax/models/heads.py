@@ -11,6 +11,8 @@
   logits in [-1, 1] for a loss that scales them (``ldam_loss``'s ``s``).
 - ``FlattenHead``: Dense on the flattened [h, w, C] map, position-aware (Ross et al.'s MLP on
   pixels reads a corner directly; a pooled head does not).
+- ``ViTTokenHead``: a ViT's last block on [class token, patch tokens], LayerNorm, Dense on the
+  class token (`care_jax.models.vit`); it takes the backbone's ``class_token`` head input.
 """
 
 from typing import Sequence
@@ -20,7 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from care_jax.models import convnext
 from care_jax.models import layers
+from care_jax.models import vit
 
 
 def _adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
@@ -304,3 +308,42 @@ class FlattenHead(nn.Module):
     del train  # no train-dependent layers; accepted so every head has the same signature
     layers.check_nhwc(features, name='features')
     return _fc(self, features.reshape(features.shape[0], -1))
+
+
+class ViTTokenHead(nn.Module):
+  """A ViT's last block, its final LayerNorm ('norm', eps 1e-6) and ``Dense`` ('fc') on the CLS.
+
+  ``logits = fc(norm(block([cls, patches]))[:, 0])`` with ``patches`` the feature map [B, h, w, C]
+  flattened in (h, w) order and ``cls`` the backbone's head input ``class_token`` [B, C] (timm's
+  ``blocks[-1]``, ``norm``, ``head``; torchvision's ``encoder.layers[-1]``, ``encoder.ln``,
+  ``heads.head``). The block's width comes from the features; ``num_heads``, ``mlp_dim`` and
+  ``drop_path_rate`` from the backbone (`care_jax.models.vit.ViT`). Its attention maps are
+  Grad-CAM through the head's VJP with respect to the patch tokens, the class token held
+  constant (`care_jax.models.vit` says why the map is taken before the last block). Init as
+  timm's: ``trunc_normal(std=0.02)`` kernels, zero biases.
+
+  Example::
+
+    head = ViTTokenHead(num_classes=3, num_heads=2, mlp_dim=64)
+    variables = head.init(key, jnp.zeros((2, 2, 2, 32)), class_token=jnp.zeros((2, 32)))
+  """
+
+  num_classes: int
+  num_heads: int
+  mlp_dim: int
+  drop_path_rate: float = 0.0
+  dtype: layers.Dtype = jnp.float32
+  param_dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(
+    self, features: jax.Array, *, class_token: jax.Array, train: bool = False
+  ) -> jax.Array:
+    features = layers.check_nhwc(features, name='features')
+    batch, _, _, channels = features.shape
+    tokens = jnp.concatenate(
+      [class_token.astype(features.dtype)[:, None], features.reshape(batch, -1, channels)], 1
+    )
+    tokens = vit.block_of(self, self.drop_path_rate, name='block')(tokens, train=train)
+    pooled = convnext.layer_norm(self, name='norm')(tokens[:, 0])
+    return _fc(self, pooled, kernel_init=vit.kernel_init)

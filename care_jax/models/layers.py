@@ -31,6 +31,29 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 
+class Layer(nn.Module, kw_only=True):
+  """A backbone module: the dtypes and BatchNorm axis that it hands down to its sub-layers.
+
+  A subclass declares only its own attributes (these three are keyword-only, so they may precede
+  attributes without a default); `conv_for` and `batch_norm_for` read them, and
+  ``SubModule(..., **self.sublayer())`` hands them to a sub-module.
+
+  Attributes:
+    dtype: computation dtype (e.g. jnp.bfloat16); parameters stay ``param_dtype``.
+    param_dtype: the parameters' dtype.
+    axis_name: pmap/vmap axis over which BatchNorm averages its batch statistics (a module
+      without BatchNorm accepts it for the backbones' common signature).
+  """
+
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  axis_name: str | None = None
+
+  def sublayer(self) -> dict[str, Any]:
+    """``dtype``, ``param_dtype`` and ``axis_name``: the keywords that give a sub-module them."""
+    return dict(dtype=self.dtype, param_dtype=self.param_dtype, axis_name=self.axis_name)
+
+
 def torch_padding(kernel_size: int) -> Padding:
   """Symmetric padding of torch's ``Conv2d(padding=kernel_size // 2)``.
 

@@ -9,6 +9,14 @@ last hidden layer as a 1x1 grid [B, 1, 1, widths[-1]]; the 'linear' head (Dense 
 official output layer (with torch's init, not ``0.1 * N(0, 1)``). Grad-CAM maps of a 1x1 grid
 are constant: guide this backbone with input-gradient methods (``guidance.method='rrr'``).
 
+`GreyMLP` reads the first channel only, for images whose channels are copies of one grey (as
+`decoy_digits`'): Ross et al.'s network has one input per pixel (784 at 28 px), and the
+input gradient falls on that channel alone, so RRR's sum of squared input gradients over
+pixels and channels is theirs over pixels. On all three copies (`MLP`) the first layer would
+have three times the inputs (its pre-activations at init sqrt(3) times larger, Adam moving
+three weights per pixel) and the penalty would be about a third of theirs (the grey's gradient
+spread over three channels: ``sum_c g_c^2 = g^2 / 3`` when equal).
+
 Example::
 
   backbone = MLP()
@@ -36,11 +44,13 @@ class MLP(nn.Module):
 
   Attributes:
     widths: units of each hidden layer (dtak/rrr's default ``(50, 30)``).
+    grey: read channel 0 only (the images' channels are copies of one grey).
     init_stddev: standard deviation of the normal init of weights and biases.
     dtype: computation dtype; parameters stay ``param_dtype``.
   """
 
   widths: Sequence[int] = (50, 30)
+  grey: bool = False
   init_stddev: float = ROSS_INIT_STDDEV
   dtype: layers.Dtype = jnp.float32
   param_dtype: layers.Dtype = jnp.float32
@@ -50,6 +60,8 @@ class MLP(nn.Module):
     """Images [B, H, W, C] -> features [B, 1, 1, widths[-1]]."""
     del train  # no train-dependent layers; accepted so every backbone has the same signature
     x = layers.check_nhwc(x, name='images')
+    if self.grey:
+      x = x[..., :1]
     x = x.reshape(x.shape[0], -1).astype(self.dtype)
     init = nn.initializers.normal(self.init_stddev)
     for index, width in enumerate(self.widths):
@@ -63,3 +75,9 @@ class MLP(nn.Module):
       )
       x = nn.relu(dense(x))
     return x[:, None, None, :]
+
+
+class GreyMLP(MLP):
+  """`MLP` on channel 0 only: Ross et al.'s inputs for grey images stored as three copies."""
+
+  grey: bool = True

@@ -277,6 +277,7 @@ def load_pretrained(
   head: str | None = None,
   axis_name: str | None = None,
   rng: jax.Array | None = None,
+  image_shape: tuple[int, int] = (224, 224),
   return_report: bool = False,
 ) -> (
   tuple[classifier_lib.Classifier, dict[str, Any]]
@@ -301,6 +302,9 @@ def load_pretrained(
       is always initialised fresh.
     axis_name: as in ``get_model``.
     rng: key for freshly initialised layers; None uses ``jax.random.key(0)``.
+    image_shape: (height, width) of the images the model will run on: a ViT's position
+      embedding is made for its patch grid, and a checkpoint's embedding of another grid is
+      resampled to it (``weight_maps.resample_position_embedding``).
     return_report: also return the ``LoadReport`` (it is logged at INFO level either way).
 
   Returns:
@@ -321,6 +325,7 @@ def load_pretrained(
       head=head,
       axis_name=axis_name,
       rng=rng,
+      image_shape=image_shape,
     )
     return (model, variables, report) if return_report else (model, variables)
   path = pathlib.Path(path)
@@ -331,7 +336,7 @@ def load_pretrained(
     model_name, num_classes=num_classes, dtype=dtype, head=head, axis_name=axis_name
   )
   # Shapes only: a real random init of the big models is slow to compile and thrown away.
-  image_spec = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+  image_spec = jax.ShapeDtypeStruct((1, *image_shape, 3), jnp.float32)
   abstract = jax.eval_shape(
     functools.partial(model.init, train=False), jax.random.key(0), image_spec
   )
@@ -354,7 +359,13 @@ def load_pretrained(
 
 
 def _load_with_reader(
-  model_name: str, path: str | os.PathLike[str], *, num_classes: int | None, rng, **model_kwargs
+  model_name: str,
+  path: str | os.PathLike[str],
+  *,
+  num_classes: int | None,
+  rng,
+  image_shape: tuple[int, int],
+  **model_kwargs,
 ) -> tuple[classifier_lib.Classifier, dict[str, Any], LoadReport]:
   """A backbone's own weight reader (``care_jax.models.backbones``) on the initialised model.
 
@@ -371,7 +382,7 @@ def _load_with_reader(
   if num_classes is None:
     raise ValueError(f'{model_name!r} has its own weight reader: pass num_classes.')
   model = classifier_lib.get_model(model_name, num_classes=num_classes, **model_kwargs)
-  image = jnp.zeros((1, 224, 224, 3), jnp.float32)
+  image = jnp.zeros((1, *image_shape, 3), jnp.float32)
   initial = jax.jit(functools.partial(model.init, train=False))(
     jax.random.key(0) if rng is None else rng, image
   )
@@ -559,15 +570,18 @@ def _init_fresh(
   _, intermediates = jax.eval_shape(
     functools.partial(model.apply, train=False), abstract, image_spec
   )
+  zeros = lambda spec: jnp.zeros(spec.shape, spec.dtype)
   features = intermediates['features']
+  head_inputs = intermediates.get('head_inputs')
   fresh = set(fresh)
 
   @jax.jit
   def init(key: jax.Array) -> dict[tuple[str, ...], jax.Array]:
     head_variables = model.init(
       {'params': key},
-      jnp.zeros(features.shape, features.dtype),
+      zeros(features),
       method=classifier_lib.Classifier.apply_head,
+      head_inputs=None if head_inputs is None else jax.tree.map(zeros, head_inputs),
     )
     return {
       path: value

@@ -43,7 +43,9 @@ def evaluate(
 
   Returns:
     `care_jax.metrics.classification_metrics` of the summed confusion
-    matrix, with ``'attention'``: the attention metrics of the maps, and
+    matrix, with ``'attention'``: the attention metrics of the maps (and
+    ``energy_in_box``, Rao et al.'s energy pointing game of the unnormalised
+    maps, where the batches have lesion masks), and
     `care_jax.metrics.score_metrics` of the probabilities (AUROC, AP,
     calibration). Multi-label (``info.task``):
     `care_jax.metrics.multilabel_score_metrics` of the sigmoid
@@ -86,11 +88,13 @@ def _metrics(totals: '_Totals', rows: dict[str, np.ndarray], info: Any) -> dict[
       rows['probabilities'], rows['label'], info.class_names, rare_classes=info.rare_classes
     )
     result['attention'] = totals.quality.compute_per_class(info.class_names)
+    totals.add_energy(result['attention'], info.class_names)
     return result
   result = metrics_lib.classification_metrics(
     totals.confusion, class_names=info.class_names, rare_classes=info.rare_classes
   )
   result['attention'] = totals.quality.compute()
+  totals.add_energy(result['attention'], info.class_names)
   result.update(
     metrics_lib.score_metrics(rows['probabilities'], rows['label'], class_names=info.class_names)
   )
@@ -114,6 +118,9 @@ class _Totals:
       'probabilities': [np.zeros((0, num_classes), np.float32)],
       'label': [np.zeros((0, num_classes) if multilabel else 0, np.int64)],
     }
+    # Sums and counts of the energy in the box (the eval step's ``energy_in_box`` rows): scalars,
+    # or per finding; None while no batch had lesion masks.
+    self.energy_sum = self.energy_count = None
 
   def add(self, index: int, confusion, quality, rows) -> None:
     """Adds the outputs of the eval step on global batch `index`."""
@@ -126,6 +133,26 @@ class _Totals:
     )
     self._rows['probabilities'].append(np.asarray(rows['probabilities'])[valid])
     self._rows['label'].append(np.asarray(rows['label'])[valid])
+    if 'energy_in_box' in rows:
+      counted = np.asarray(rows['energy_counted'], bool)
+      energy = np.where(counted, np.asarray(rows['energy_in_box'], np.float64), 0.0).sum(0)
+      self.energy_sum = energy + (0.0 if self.energy_sum is None else self.energy_sum)
+      self.energy_count = counted.sum(0) + (0 if self.energy_count is None else self.energy_count)
+
+  def add_energy(self, attention: dict[str, Any], class_names) -> None:
+    """Puts the mean energy in the box into an attention block (`AttentionMetrics.compute`,
+    or per finding `compute_per_class`, whose findings then each get theirs)."""
+    if self.energy_sum is None:
+      return
+    if np.ndim(self.energy_count) == 0:
+      count = int(self.energy_count)
+      attention['energy_in_box'] = float(self.energy_sum) / count if count else None
+      return
+    scored = self.energy_count > 0
+    means = np.divide(self.energy_sum, self.energy_count, out=np.zeros(scored.shape), where=scored)
+    for i, name in enumerate(class_names):
+      attention['per_class'][name]['energy_in_box'] = float(means[i]) if scored[i] else None
+    attention['energy_in_box'] = float(means[scored].mean()) if scored.any() else None
 
   def rows(self) -> dict[str, np.ndarray]:
     return {key: np.concatenate(parts) for key, parts in self._rows.items()}

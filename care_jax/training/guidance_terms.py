@@ -17,7 +17,10 @@
   times GAIN's L_e (the 'hint' map loss) on the annotated images;
 * **saliency-guided training** (Ismail et al., NeurIPS 2021; ayaabdelsalam91/
   saliency_guided_training ``Scripts/interpretable.py``): the KL divergence between the outputs on
-  the image and on the image with its lowest-saliency pixels replaced by noise (`sgt_term`).
+  the image and on the image with its lowest-saliency pixels replaced by noise (`sgt_term`);
+* **ActDiff** (Viviano et al., ICLR 2021; josephdviviano/saliency-red-herring
+  ``activmask/models/resnet.py``): the L2 distance between the activations of the image and of
+  the image with its irrelevant pixels shuffled (`actdiff_term`).
 
 Second forward passes run BatchNorm on their own batch's statistics and discard the updates
 (only the main pass moves the running statistics). Every term returns this device's share of a
@@ -28,10 +31,11 @@ positive finding; RRR's irrelevant pixels are those irrelevant to every annotate
 image and relevant to none; GAIN erases the union (pixel maximum) of the positive findings'
 soft masks in one second pass (the paper runs one per class) and scores their mean sigmoid;
 SGT's saliency is that of the summed positive logits and its KL is summed over the findings'
-Bernoulli outputs.
+Bernoulli outputs; ActDiff shuffles the pixels RRR penalises.
 """
 
 from collections.abc import Callable
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -42,11 +46,15 @@ from care_jax import _numerics
 from care_jax import attention
 from care_jax import guidance_losses
 from care_jax import models
+from care_jax.models import strided_convolution
 
 MAP_METHODS = ('gradia', 'haics', 'energy', 'rrr_g', 'hint', 'res')
-FORWARD_METHODS = ('rrr', 'gain', 'sgt')
+FORWARD_METHODS = ('rrr', 'gain', 'sgt', 'actdiff')
 # The methods whose term needs the input gradient of the training forward pass.
 INPUT_GRADIENT_METHODS = ('rrr', 'sgt')
+# Those that differentiate the input gradient again (double backprop): their forward pass traces
+# strided convolutions in the closed form of `care_jax.models.strided_convolution`.
+SECOND_ORDER_METHODS = ('rrr',)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +80,7 @@ DEFAULTS = {
   'gain': MethodDefaults('label', 'relu_minmax', True),
   'rrr': MethodDefaults('label', 'none', True),
   'sgt': MethodDefaults('label', 'none', True),
+  'actdiff': MethodDefaults('label', 'none', True),
 }
 
 
@@ -89,6 +98,8 @@ class Context:
   rngs: dict[str, jax.Array]
   # The VJP of the training forward pass w.r.t. the image (INPUT_GRADIENT_METHODS only).
   input_vjp: Callable[[jax.Array], tuple[jax.Array]] | None = None
+  # The backbone's other head inputs of the forward pass (a ViT's class token), or None.
+  head_inputs: dict[str, jax.Array] | None = None
 
 
 def global_sum(x: jax.Array, axis_name: str | None) -> jax.Array:
@@ -134,6 +145,7 @@ def class_maps(
       method=models.Classifier.apply_head,
       mutable=['batch_stats'],
       rngs=ctx.rngs,
+      head_inputs=ctx.head_inputs,
     )
     return logits
 
@@ -193,6 +205,21 @@ def _log_probabilities(logits: jax.Array, task: str) -> jax.Array:
   return jax.nn.log_sigmoid(logits) if task == 'multilabel' else jax.nn.log_softmax(logits)
 
 
+def forward_and_input_vjp(
+  forward: Callable[[jax.Array], tuple[jax.Array, Any]], image: jax.Array, *, second_order: bool
+) -> tuple[jax.Array, Callable[[jax.Array], tuple[jax.Array]], Any]:
+  """``jax.vjp(forward, image, has_aux=True)``: the logits, the VJP w.r.t. the image, the aux.
+
+  With ``second_order`` (the input gradient is differentiated again: `SECOND_ORDER_METHODS`)
+  the forward is traced in `care_jax.models.strided_convolution.second_order_forms`: the same
+  values, but its strided convolutions' second derivatives take XLA's fast CPU forms (RRR's
+  step on ResNet-50 at 224 px, docs/benchmarks.md).
+  """
+  scope = strided_convolution.second_order_forms if second_order else contextlib.nullcontext
+  with scope():
+    return jax.vjp(forward, image, has_aux=True)
+
+
 def input_gradient(ctx: Context, objective: Callable[[jax.Array], jax.Array]) -> jax.Array:
   """d objective(logits) / d image [B, H, W, C] through the training forward pass (its VJP)."""
   cotangent = jax.grad(lambda z: objective(z))(ctx.logits)
@@ -208,6 +235,15 @@ def rrr_term(ctx: Context) -> jax.Array:
   with A the irrelevant pixels (`irrelevant_pixels`) and p the softmax (multi-label: each
   finding's sigmoid) probabilities. dtak/rrr sums the penalty over examples; the mean keeps
   the weight's meaning next to the step's mean CE.
+
+  Their weight ``l2_grads`` converts to ``guidance.weight`` as follows (dtak/rrr,
+  ``rrr/multilayer_perceptron.py``, ``MultilayerPerceptron.fit``): they sum both CE and the
+  penalty over the batch, we average both, so the ratio and the weight are the same; they feed
+  0..255 pixels, and images scaled by ``1 / s`` (``data.std``) have input gradients ``s`` times
+  larger, so their weight on 0..255 is ``l2_grads / 255**2`` on pixels / 255 (Decoy-MNIST's
+  1000 -> 0.0154, configs/decoy_digits_mlp.py). A grey image stored as C equal channels and read
+  by a network on all of them spreads the grey's gradient over the channels: the sum over them
+  is about ``1 / C`` of theirs (``models.mlp.GreyMLP`` reads one channel, as they do).
   """
   grads = input_gradient(ctx, lambda z: jnp.sum(_log_probabilities(z, ctx.task)))
   penalised = grads * irrelevant_pixels(ctx)[..., None]
@@ -215,11 +251,18 @@ def rrr_term(ctx: Context) -> jax.Array:
   return _share_of_mean(per_example, jnp.float32(per_example.shape[0]), ctx.axis_name)
 
 
-def _second_forward(ctx: Context, images: jax.Array) -> jax.Array:
-  """Logits of a second training-mode pass whose BatchNorm updates are discarded."""
-  (logits, _), _ = ctx.model.apply(
+def _second_pass(ctx: Context, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(logits, intermediates) of a second training-mode pass whose BatchNorm updates are
+  discarded."""
+  outputs, _ = ctx.model.apply(
     ctx.variables, images, train=True, mutable=['batch_stats'], rngs=ctx.rngs
   )
+  return outputs
+
+
+def _second_forward(ctx: Context, images: jax.Array) -> jax.Array:
+  """Float logits of a second training-mode pass (`_second_pass`)."""
+  logits, _ = _second_pass(ctx, images)
   return _numerics.float_logits(logits)
 
 
@@ -334,3 +377,91 @@ def _kl(logits: jax.Array, other: jax.Array, task: str) -> jax.Array:
     return jnp.sum(kl, -1)
   log_p, log_q = jax.nn.log_softmax(logits), jax.nn.log_softmax(other)
   return jnp.sum(jnp.exp(log_p) * (log_p - log_q), -1)
+
+
+# ActDiff ------------------------------------------------------------------------------------
+
+# The activations ActDiff compares: the spatial mean of the feature map (the official
+# ``save_acts: [5]`` of every config, the ResNet's pooled features) or the whole feature map.
+ACTDIFF_LAYERS = ('pooled', 'features')
+# torch.nn.PairwiseDistance's default eps, added to the difference (it also keeps the norm's
+# gradient finite where the two passes agree).
+_PAIRWISE_EPS = 1e-6
+
+
+def masked_permutation(key: jax.Array, chosen: jax.Array) -> jax.Array:
+  """[N] int32 source of each position: the ``chosen`` positions permuted uniformly at random
+  among themselves, every other position its own source.
+
+  Vectorised form of ``torch.randperm`` over ``X[b, seg]`` (saliency-red-herring
+  ``activmask/models/utils.py``, ``shuffle_outside_mask``): the chosen positions in index order
+  receive, in turn, the chosen positions sorted by a random key.
+
+  Examples:
+    >>> chosen = jnp.array([True, False, True, True])
+    >>> sources = masked_permutation(jax.random.key(0), chosen)
+    >>> int(sources[1]), sorted(sources[jnp.array([0, 2, 3])].tolist())
+    (1, [0, 2, 3])
+  """
+  chosen = jnp.asarray(chosen, bool)
+  size = chosen.shape[0]
+  in_order = jnp.argsort((~chosen).astype(jnp.int8), stable=True)
+  keys = jnp.where(chosen, jax.random.uniform(key, (size,)), 2.0)
+  shuffled = jnp.argsort(keys, stable=True).astype(jnp.int32)
+  return jnp.zeros(size, jnp.int32).at[in_order].set(shuffled)
+
+
+def shuffle_pixels(images: jax.Array, pixels: jax.Array, keys: jax.Array) -> jax.Array:
+  """``images`` [B, H, W, C] with each image's ``pixels`` ([B, H, W] bool) permuted among
+  themselves (`masked_permutation` with that image's key of ``keys`` [B]); a pixel moves with
+  all its channels."""
+  batch_size, height, width, channels = images.shape
+  sources = jax.vmap(masked_permutation)(keys, pixels.reshape(batch_size, height * width))
+  flat = images.reshape(batch_size, height * width, channels)
+  return jnp.take_along_axis(flat, sources[..., None], axis=1).reshape(images.shape)
+
+
+def _actdiff_activations(features: jax.Array, layer: str) -> jax.Array:
+  """[B, D] float activations of a [B, h, w, C] feature map (`ACTDIFF_LAYERS`)."""
+  features = features.astype(_numerics.compute_dtype(features))
+  if layer == 'pooled':
+    return jnp.mean(features, axis=(1, 2))
+  if layer == 'features':
+    return features.reshape(features.shape[0], -1)
+  raise ValueError(f'config.guidance.actdiff.layer = {layer!r}: must be one of {ACTDIFF_LAYERS}.')
+
+
+def actdiff_term(ctx: Context, noise_key: jax.Array, *, layer: str) -> jax.Array:
+  """Viviano et al.'s activation difference, the mean over the global batch of
+
+      a_n * || z(x~_n) - z(x_n) + eps ||_2
+
+  with ``x~`` the image whose irrelevant pixels (`irrelevant_pixels`: r < 0) are shuffled among
+  themselves (`shuffle_pixels`, one permutation per image from a key folded with its index in
+  the global batch), ``z`` the activations ``layer`` (`ACTDIFF_LAYERS`) of a second
+  training-mode pass, ``eps = 1e-6`` (``torch.nn.PairwiseDistance``) and ``a_n`` 1 on the
+  annotated images, 0 elsewhere.
+
+  Viviano, Simpson, Dutil, Bengio, Cohen, "Saliency is a Possible Red Herring When Diagnosing
+  Poor Generalization", ICLR 2021; josephdviviano/saliency-red-herring
+  ``activmask/models/loss.py`` (``compare_activations``: the sum of the distances over the
+  batch divided by its size) and ``models/resnet.py`` (``ResNetModel``). Gradients flow through
+  both passes, as there. Deviations: the second pass's BatchNorm updates are discarded (the
+  official masked pass moves the running statistics); images without an annotation contribute
+  exactly 0 (the official code leaves them unshuffled, so only BatchNorm's batch coupling makes
+  their distance non-zero); for the feature map, the L2 norm over the whole map where
+  ``PairwiseDistance`` on an NCHW tensor takes it along W only (no official config uses such a
+  layer); the official code adds the term with weight 1 (``actdiff_lamb`` only switches it on).
+  """
+  images = ctx.batch['image']
+  batch_size = images.shape[0]
+  keys = _example_keys(noise_key, batch_size, ctx.axis_name)
+  shuffled = shuffle_pixels(images, irrelevant_pixels(ctx) > 0, keys)
+  _, intermediates = _second_pass(ctx, jax.lax.stop_gradient(shuffled))
+  clean = _actdiff_activations(ctx.features, layer)
+  masked = _actdiff_activations(intermediates['features'], layer)
+  distance = jnp.sqrt(jnp.sum(jnp.square(masked - clean + _PAIRWISE_EPS), axis=-1))
+  has_mask = ctx.batch['has_mask']
+  annotated = jnp.any(has_mask, axis=-1) if ctx.task == 'multilabel' else has_mask
+  per_example = jnp.where(annotated, distance, 0.0)
+  return _share_of_mean(per_example, jnp.float32(batch_size), ctx.axis_name)

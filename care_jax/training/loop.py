@@ -17,6 +17,7 @@ Example (a notebook)::
 from collections.abc import Callable
 import contextlib
 import dataclasses
+import itertools
 import time
 from typing import Any
 
@@ -233,9 +234,10 @@ def run(experiment: Experiment, inputs, workdir: str) -> dict[str, Any]:
     ) as outputs:
       outputs.write_config(config)
       context = _RunContext(experiment, inputs, checkpoints, outputs, clock, stage1_best)
-      state = train(context, state, start_step=start_step, preemption=preemption)
+      state, memory = train(context, state, start_step=start_step, preemption=preemption)
       result = final_evaluation(context, state)
   result['train_seconds'] = round(clock(), 3)
+  result['train_step_memory'] = memory
   outputs.write_metrics(result)
   return result
 
@@ -340,11 +342,15 @@ def evaluate_and_log(
 def train(
   context: _RunContext, state, *, start_step: int, preemption: preemption_lib.PreemptionWatch
 ):
-  """Runs the steps ``start_step + 1 ... num_steps``; returns the final state.
+  """Runs the steps ``start_step + 1 ... num_steps``.
 
   Logs, validates and checkpoints on their schedules; raises
   FloatingPointError when the non-finite guard stopped training, and
   `care_jax.training.preemption.Preempted` after the checkpoint a SIGTERM asked for.
+
+  Returns:
+    ``(final state, memory)``: memory is `step_memory` of the train step on the first batch
+    (None when no step is left to run).
   """
   experiment = context.experiment
   config, parallel, num_steps = experiment.config, experiment.parallel, experiment.num_steps
@@ -358,6 +364,13 @@ def train(
   recent = []  # (step, metrics on device) since the last non-finite check.
   # Resumed from the checkpoint of the step that ends stage 1: switch again.
   state = _maybe_start_stage2(context, state, start_step)
+  memory = None
+  if start_step < num_steps:
+    # Before the first step donates the state; the train step's calls reuse this compilation.
+    batch = next(batches)
+    batches = itertools.chain([batch], batches)
+    with parallel.scope():
+      memory = step_memory(parallel.train_step, state, batch)
   with tqdm.tqdm(
     total=num_steps,
     initial=start_step,
@@ -374,7 +387,28 @@ def train(
       recent.append((step, step_metrics))
       progress.update(1)
       state = _after_step(context, state, step, step_metrics, recent, preemption, progress)
-  return state
+  return state, memory
+
+
+def step_memory(train_step, state, batch) -> dict[str, int] | None:
+  """XLA's memory estimate of the jitted ``train_step`` on ``(state, batch)``: bytes per device.
+
+  ``temp_bytes``: the step's temporaries (the activations kept for the backward pass, the
+  gradients, a second forward's buffers: what a guidance method adds to CE's step);
+  ``argument_bytes`` / ``output_bytes``: the state and batch in, the state and metrics out,
+  ``alias_bytes`` of them shared (the donated state). The compilation is the one the step's
+  calls use (jax caches it): nothing runs, nothing is donated.
+
+  Returns:
+    The dict, or None where the back-end gives no memory analysis.
+  """
+  stats = train_step.lower(state, batch).compile().memory_analysis()
+  if stats is None:
+    return None
+  return {
+    f'{name}_bytes': int(getattr(stats, f'{name}_size_in_bytes'))
+    for name in ('temp', 'argument', 'output', 'alias')
+  }
 
 
 def _maybe_start_stage2(context: _RunContext, state, step: int):
@@ -423,7 +457,7 @@ def _after_step(context: _RunContext, state, step: int, step_metrics, recent, pr
     guard.check_nonfinite(recent, parallel, limit=config.train.max_consecutive_nonfinite)
   if log_now:
     record = _log_record(step_metrics, parallel, step, context.clock())
-    progress.set_postfix(loss=f'{record["loss"]:.4f}', care=f'{record.get("care", 0.0):.3f}')
+    progress.set_postfix(outputs_lib.progress_postfix(record, config.guidance.method))
     if progress.disable and context.outputs.is_chief:
       # No bar (train.progress=False): a nohup or SLURM log still shows the run's progress.
       logging.info('step %d %s', step, outputs_lib.format_record(record))

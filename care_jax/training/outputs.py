@@ -57,6 +57,20 @@ def _format_value(value: Any) -> str:
   return 'n/a' if value is None else str(value)
 
 
+def progress_postfix(record: dict[str, Any], method: str = 'care') -> dict[str, str]:
+  """The progress bar's fields of a training record: the loss and the guidance term.
+
+  CARE (and CE alone) show ``care``, as always; another ``guidance.method`` shows its
+  unweighted term (the step's ``guidance``) under the method's name::
+
+    >>> progress_postfix({'loss': 0.5, 'ce': 0.4, 'guidance': 0.1}, 'actdiff')
+    {'loss': '0.5000', 'actdiff': '0.100'}
+  """
+  if 'guidance' in record:
+    return {'loss': f'{record["loss"]:.4f}', method: f'{record["guidance"]:.3f}'}
+  return {'loss': f'{record["loss"]:.4f}', 'care': f'{record.get("care", 0.0):.3f}'}
+
+
 def format_record(record: dict[str, Any]) -> str:
   """A training record as ``key value`` pairs, the loss first (``loss 0.6931 ce 0.6931 ...``)."""
   keys = sorted((k for k in record if k != 'step'), key=lambda k: k != 'loss')
@@ -174,7 +188,7 @@ class RunOutputs:
       {
         f'{split}/attention/{k}': v
         for k, v in result['attention'].items()
-        if k in ('mass_inside', 'pointing_game', 'iou') and v is not None
+        if k in ('mass_inside', 'pointing_game', 'iou', 'energy_in_box') and v is not None
       }
     )
     self._writer.scalars(scalars, step)

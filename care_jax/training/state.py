@@ -107,6 +107,7 @@ def create_train_state(
       config.model.pretrained,
       num_classes=model.head.num_classes,
       rng=params_key,
+      image_shape=tuple(image_shape[:2]),
       return_report=True,
       **_model_kwargs(config),
     )

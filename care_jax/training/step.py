@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from care_jax import attention
 from care_jax import classification_loss as classification_loss_lib
 from care_jax import imbalance
 from care_jax import losses
@@ -159,6 +160,7 @@ def _care_term(
     target=step_config.target,
     train=True,
     rngs={'dropout': dropout_key},
+    head_inputs=intermediates.get('head_inputs'),
   )
   outer_mask = None
   if step_config.outer == 'distance':
@@ -207,6 +209,8 @@ def _guidance_term(step_config, ctx, noise_key):
     return guidance_terms.rrr_term(ctx), count
   if method == 'sgt':
     return guidance_terms.sgt_term(ctx, noise_key, **hyperparameters), count
+  if method == 'actdiff':
+    return guidance_terms.actdiff_term(ctx, noise_key, **hyperparameters), count
   raise ValueError(f'Unknown guidance method {method!r}.')
 
 
@@ -224,7 +228,11 @@ def _forward(model, step_config, variables, batch, rngs):
     return logits, (intermediates, updates)
 
   if step_config.alpha > 0 and step_config.method in guidance_terms.INPUT_GRADIENT_METHODS:
-    logits, input_vjp, (intermediates, updates) = jax.vjp(forward, batch['image'], has_aux=True)
+    logits, input_vjp, (intermediates, updates) = guidance_terms.forward_and_input_vjp(
+      forward,
+      batch['image'],
+      second_order=step_config.method in guidance_terms.SECOND_ORDER_METHODS,
+    )
     return (logits, intermediates), updates, input_vjp
   logits, (intermediates, updates) = forward(batch['image'])
   return (logits, intermediates), updates, None
@@ -263,6 +271,7 @@ def _loss(
       axis_name,
       rngs,
       input_vjp,
+      head_inputs=intermediates.get('head_inputs'),
     )
     term, num_boxed = _guidance_term(step_config, ctx, noise_key)
     # Before start_step: CE alone (a traced switch: one compiled step for both).
@@ -306,7 +315,7 @@ def _device_batch(batch: dict[str, jax.Array], step_config: StepConfig) -> dict[
 
 # Terms equal on every device (not shares of a global mean): not summed over the devices.
 _REPLICATED_TERMS = ('alpha', 'boxed', 'weight')
-# fold_in tag of the random stream of the guidance terms (SGT's fill).
+# fold_in tag of the random stream of the guidance terms (SGT's fill, ActDiff's shuffle).
 _NOISE_STREAM = 0x5C7
 
 
@@ -411,21 +420,52 @@ def calibrate_weight(
   return dataclasses.replace(step_config, weight=weight, auto_weight=False)
 
 
-def _attention_quality(model, variables, features, batch, *, attention: str, task: str):
+def _attention_quality(model, variables, intermediates, batch, *, attention: str, task: str):
   """The attention sums of an eval batch with lesion masks: of the true class's map, or
   per class on the positive (image, class) pairs with a box (multi-label)."""
   labels, valid = batch['label'], batch['valid']
+  features, head_inputs = intermediates['features'], intermediates.get('head_inputs')
   if task == 'multilabel':
     classes = jnp.broadcast_to(jnp.arange(labels.shape[-1]), labels.shape)
-    maps = model.attention_maps(variables, features, classes, method=attention)
+    maps = model.attention_maps(
+      variables, features, classes, method=attention, head_inputs=head_inputs
+    )
     scored = valid[:, None] & batch['has_lesion_mask'] & (labels > 0.5)
     return metrics_lib.AttentionMetrics.from_batch_per_class(
       maps, batch['lesion_mask'], valid=scored
     )
-  maps = model.attention_maps(variables, features, labels, method=attention)
+  maps = model.attention_maps(
+    variables, features, labels, method=attention, head_inputs=head_inputs
+  )
   return metrics_lib.AttentionMetrics.from_batch(
     maps, batch['lesion_mask'], valid=valid & batch['has_lesion_mask']
   )
+
+
+def _energy_rows(model, variables, intermediates, batch, *, task: str) -> dict[str, jax.Array]:
+  """Per example (multi-label: per image and finding) `metrics_lib.energy_in_box` of the
+  unnormalised Grad-CAM map of the eval-mode head, and whether it counts (the pairs
+  `_attention_quality` scores). A min-max map has no sign: its energy would be its mass inside."""
+  labels, masks = batch['label'], batch['lesion_mask']
+  head_inputs = intermediates.get('head_inputs')
+  extra = {'head_inputs': head_inputs} if head_inputs else {}
+
+  def head_fn(f):
+    return model.apply(variables, f, train=False, method=models.Classifier.apply_head, **extra)
+
+  def energy_of(classes, masks):
+    maps = attention.grad_cam(head_fn, intermediates['features'], classes, normalize=False)
+    return metrics_lib.energy_in_box(maps, masks)
+
+  if task == 'multilabel':
+    classes = jnp.broadcast_to(jnp.arange(labels.shape[-1]), labels.shape)
+    energy = jax.vmap(energy_of, in_axes=1, out_axes=1)(classes, masks)
+    counted = batch['valid'][:, None] & batch['has_lesion_mask'] & (labels > 0.5)
+  else:
+    energy = energy_of(labels, masks)
+    counted = batch['valid'] & batch['has_lesion_mask']
+  counted = counted & jnp.any(masks > 0.5, axis=(-2, -1))
+  return {'energy_in_box': energy, 'energy_counted': counted}
 
 
 def make_eval_step(
@@ -447,7 +487,9 @@ def make_eval_step(
   prediction (post-hoc logit adjustment). ``rows`` holds the global batch's
   ``probabilities`` (softmax of the scores, [B, K]), ``label`` and ``valid``,
   in the order of the global batch (gathered over the pmap axis), for the
-  metrics of the scores (`care_jax.metrics.score_metrics`).
+  metrics of the scores (`care_jax.metrics.score_metrics`); with lesion masks
+  also ``energy_in_box`` and ``energy_counted`` ([B], multi-label [B, K]:
+  `_energy_rows`), which `care_jax.training.evaluation` averages.
 
   With ``task='multilabel'`` (labels [B, K] multi-hot, masks [B, K, S, S])
   the confusion is None, ``probabilities`` are the sigmoids of the logits
@@ -473,9 +515,11 @@ def make_eval_step(
       probabilities = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
     if 'lesion_mask' in batch:
       quality = _attention_quality(
-        model, variables, intermediates['features'], batch, attention=attention, task=task
+        model, variables, intermediates, batch, attention=attention, task=task
       )
     rows = {'probabilities': probabilities, 'label': labels, 'valid': batch['valid']}
+    if 'lesion_mask' in batch:
+      rows.update(_energy_rows(model, variables, intermediates, batch, task=task))
     if axis_name:
       rows = jax.tree.map(lambda x: jax.lax.all_gather(x, axis_name, tiled=True), rows)
     return (*jax.tree.map(lambda x: global_sum(x, axis_name), (confusion, quality)), rows)

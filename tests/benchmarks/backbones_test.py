@@ -26,3 +26,8 @@ def test_the_table_has_a_row_per_backbone_and_times_only_the_asked_ones(capsys):
 def test_the_parameter_count_is_the_models_own():
   params, grid = backbones.shape_row('resnet18', image_size=224, num_classes=1000)
   assert (params, grid) == (11_689_512, (7, 7, 512))  # torchvision's resnet18
+
+
+def test_a_vits_feature_grid_is_its_patch_grid_at_224():
+  params, grid = backbones.shape_row('deit_s_16', image_size=224, num_classes=1000)
+  assert (params, grid) == (22_050_664, (14, 14, 384))  # timm's deit_small_patch16_224

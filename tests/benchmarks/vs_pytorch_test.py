@@ -9,7 +9,6 @@ leak of its extra backward pass; and the whole benchmark runs with tiny settings
 
 import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import paths
+from tests.helpers import torch_venv
 
 BENCHMARKS = paths.REPO / 'benchmarks'
 BENCHMARK = BENCHMARKS / 'vs_pytorch.py'
@@ -35,7 +35,8 @@ def _load_benchmark():
 
 
 def _run(command: list, timeout: float, expect_failure: bool = False):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  # One torch thread where the script leaves torch its default (the checks): values, not times.
+  env = dict(torch_venv.one_thread_environment(), TF_CPP_MIN_LOG_LEVEL='3')
   env.pop('XLA_FLAGS', None)  # one CPU device, as a user runs it (not conftest's 8)
   result = subprocess.run(
     [str(c) for c in command],

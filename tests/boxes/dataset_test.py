@@ -255,3 +255,38 @@ def test_multilabel_batches_hold_each_box_in_its_findings_mask(chestmnist_config
       for mask in masks[boxed]:
         np.testing.assert_array_equal(mask, fx.raster(box, 16))
     assert not masks[~boxed].any()
+
+
+def test_multilabel_boxes_csv_names_the_finding_of_each_box_and_reads_back(
+  chestmnist_config, tmp_path
+):
+  from care_jax.data import chexpert  # pylint: disable=g-import-not-at-top
+  from care_jax.data import medmnist  # pylint: disable=g-import-not-at-top
+  from care_jax.data import reading  # pylint: disable=g-import-not-at-top
+  from care_jax.data import registry  # pylint: disable=g-import-not-at-top
+  from care_jax.data._files import rows  # pylint: disable=g-import-not-at-top
+
+  config = chestmnist_config.copy_and_resolve_references()
+  config.rare_classes = ('pleural', 'hernia')
+  builder = registry.prepared_builder(config)
+  table = reading.read_split(builder, 'train')
+  generated = boxes.generated_boxes(config, method='otsu', builder=builder, table=table)
+  path = tmp_path / 'boxes.csv'
+  generated.write_csv(str(path))
+
+  # The multi-label datasets' boxes.csv (CheXpert's reader): image, label, pixel box.
+  header, read = rows.read_csv(path, required=chexpert.BOX_COLUMNS)
+  assert header == list(chexpert.BOX_COLUMNS)
+  names = medmnist.CLASS_NAMES['chestmnist']
+  # One row per (image, positive rare finding): the pleural + hernia image has its box twice.
+  expected = [
+    (image_id, names[k], box)
+    for index, image_id, box in zip(generated.indices, generated.image_ids, generated.boxes)
+    for k in np.flatnonzero(table.labels[index])
+    if k in (PLEURAL, HERNIA)
+  ]
+  assert len(expected) == 3 and generated.found.all()
+  assert [(r['image'], r['label']) for r in read] == [(i, n) for i, n, _ in expected]
+  pixels = np.array([[float(r[c]) for c in rows.BOX_COLUMNS] for r in read])
+  want = np.array([b[[1, 0, 3, 2]] * 16 for _, _, b in expected])  # xmin, ymin, ... at 16 px.
+  np.testing.assert_allclose(pixels, want, atol=1e-3)

@@ -10,7 +10,6 @@ from care_jax import training
 from care_jax.commands import train
 from tests.helpers import command_line
 from tests.helpers import paths
-from tests.helpers import runs
 
 
 def _run_cli(*args, cwd=paths.REPO, env=None):
@@ -19,38 +18,21 @@ def _run_cli(*args, cwd=paths.REPO, env=None):
 
 
 @pytest.mark.slow
-def test_cli_trains_a_packaged_config_by_name_from_any_directory_and_prints_little(tmp_path):
-  flags = [f'--config.{o}' for o in runs.TINY_DATA + [f'data.dir={tmp_path / "tfds"}']]
-  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
-  proc = _run_cli(
-    '--config=synthetic_baseline',
-    f'--workdir={tmp_path / "w"}',
-    *flags,
-    '--config.train.num_steps=3',
-    cwd=tmp_path,  # no configs/ folder here: the name finds the packaged file
-    env=env,
-  )
+def test_cli_trains_a_packaged_config_by_name_from_any_directory_quietly_and_ends_with_the_result(
+  care_jax_train_run,
+):
+  workdir, proc = care_jax_train_run  # tests/helpers/command_line.py: train_synthetic_care
   assert proc.returncode == 0, proc.stderr[-3000:]
-  metrics = json.load(open(tmp_path / 'w' / 'metrics.json'))
-  assert metrics['step'] == 3
+  metrics = json.load(open(workdir / 'metrics.json'))
+  assert metrics['step'] == 6
   # Quiet by default: progress bars, our own lines, warnings; no INFO of the libraries below and
   # no line of TensorFlow's C++ start-up (tests/integration/startup_test.py).
   output = proc.stdout + proc.stderr
   assert 'Downloading' not in output and 'orbax' not in output
-  # Lines as `wc -l` counts them (bars redraw with \r): 37 on 2026-12-07, of which ~30 are tfds's
-  # bars of the first run's dataset preparation; 6 are ours: the 4 result lines and, with
-  # train.progress=False, the records of steps 2 and 3.
+  # Lines as `wc -l` counts them (bars redraw with \r): 9 on 2026-12-07: 2 of the dataset's
+  # preparation, the 4 result lines, the switch to stage two and, with train.progress=False,
+  # the records of steps 3 and 6.
   assert output.count('\n') <= 40, output
-
-
-@pytest.mark.slow
-def test_cli_ends_with_the_result_and_without_a_bar_logs_the_training_records(tmp_path):
-  flags = [f'--config.{o}' for o in runs.TINY_DATA + [f'data.dir={tmp_path / "tfds"}']]
-  workdir = tmp_path / 'w'
-  # TINY_DATA has train.progress=False and logs every 2 steps.
-  proc = _run_cli('--config=synthetic_care', f'--workdir={workdir}', *flags)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  metrics = json.load(open(workdir / 'metrics.json'))
   last = proc.stdout.strip().splitlines()[-4:]
   validation, test = metrics['validation'], metrics['test']
   assert last[0].startswith(f'step 6 on validation: MCA {validation["mca"]:.4f}, rare recall ')
@@ -64,7 +46,7 @@ def test_cli_ends_with_the_result_and_without_a_bar_logs_the_training_records(tm
     f'predictions: {workdir / "predictions_test.csv"}',
     f'metrics: {workdir / "metrics.json"}',
   ]
-  for step in (2, 4, 6):  # The train_log.jsonl records, as log lines.
+  for step in (3, 6):  # The train_log.jsonl records, as log lines.
     assert f'step {step} loss ' in proc.stderr, proc.stderr[-3000:]
 
 

@@ -6,6 +6,7 @@ import re
 import pytest
 
 from care_jax import config as config_lib
+from care_jax.training import guidance_terms
 from tests.helpers import loss_references as ref
 
 
@@ -253,6 +254,7 @@ def test_an_unknown_medmnist_flag_or_size_is_refused_in_the_one_form(key, value,
     ('sgt.fraction', 1.0, r'must lie in \(0, 1\)'),
     ('res.eta', -0.1, 'must be >= 0'),
     ('res.impute', 'learned', "must be 'gaussian' or 'none'"),
+    ('actdiff.layer', 'logits', re.escape("must be one of ('pooled', 'features')")),
   ],
 )
 def test_a_bad_guidance_value_is_refused_in_the_one_form(key, value, why):
@@ -266,6 +268,10 @@ def test_a_bad_guidance_value_is_refused_in_the_one_form(key, value, why):
   prefix = re.escape(f'config.guidance.{key} = {value!r}: ')
   with pytest.raises(ValueError, match=f'^{prefix}{why}'):
     config_lib.validate(config)
+
+
+def test_the_checked_actdiff_layers_are_those_the_term_computes():
+  assert config_lib.ACTDIFF_LAYERS == guidance_terms.ACTDIFF_LAYERS
 
 
 def test_guidance_weight_takes_a_number_or_auto_from_an_override():

@@ -1,4 +1,9 @@
-"""Which of TensorFlow's start-up lines are shown at a given TF_CPP_MIN_LOG_LEVEL."""
+"""Which of TensorFlow's start-up lines are shown at a given TF_CPP_MIN_LOG_LEVEL; no Keras."""
+
+import importlib
+import sys
+
+import pytest
 
 from care_jax.data import _tensorflow
 
@@ -28,3 +33,19 @@ def test_lines_that_are_not_cpp_log_lines_are_always_shown():
   python_log_line = 'I1207 14:11:08.880451 140518731524992 _local.py:15] preparing x\n'
   for line in ('Traceback (most recent call last):\n', 'UserWarning: x\n', python_log_line):
     assert _tensorflow._shown(line, 3, ['x'])
+
+
+def test_keras_cannot_be_imported_while_tensorflow_loads_and_can_afterwards(monkeypatch):
+  monkeypatch.delitem(sys.modules, 'keras', raising=False)
+  with _tensorflow._keras_left_out():
+    with pytest.raises(ImportError):
+      importlib.import_module('keras')
+  assert 'keras' not in sys.modules  # Not imported, and no longer blocked.
+
+
+def test_an_imported_keras_is_left_alone(monkeypatch):
+  keras = object()
+  monkeypatch.setitem(sys.modules, 'keras', keras)
+  with _tensorflow._keras_left_out():
+    assert sys.modules['keras'] is keras
+  assert sys.modules['keras'] is keras

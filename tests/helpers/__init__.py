@@ -15,8 +15,10 @@ Imported as modules: ``from tests.helpers import data_fixtures as fx``.
 * `versions`: what changed in the config since 0.1, and the runs written by 0.1 and 0.2.
 * `torch_layout`: torchvision-layout state dicts written in numpy.
 * `torch_venv`: the torch environment of the parity tests; `torch_reference.py` is the
-  script it runs (by path, under that environment).
+  script it runs (by path, under that environment), `torchvision_import.py` the torchvision
+  import such scripts share.
 * `benchmark_scripts`: imports and runs the scripts of benchmarks/.
-* `command_line`: runs the `care-jax` command (and the command modules) as a user does.
+* `command_line`: runs the `care-jax` command (and the command modules) as a user does; the
+  run of ``care-jax train`` that several tests check (the session fixture `care_jax_train_run`).
 * `reexports`: checks that a package's names are those of its modules.
 """

@@ -1,9 +1,9 @@
-"""Logit parity of our ConvNeXt / EfficientNet with torchvision's and timm's own models.
+"""Logit parity of our ConvNeXt / EfficientNet / ViT with torchvision's and timm's own models.
 
-tests/helpers/torch_convnet_reference.py writes each model's random float16 weights and its
-eval-mode logits (run once under the torch venv, cached); `assert_logits_match` reads the weights
-with our weight reader and compares. One compiled forward pass per variant and size serves both
-sources (the same architecture).
+tests/helpers/torch_convnet_reference.py (torch_vit_reference.py) writes each model's random
+float16 weights and its eval-mode logits (run once under the torch venv, cached);
+`assert_logits_match` reads the weights with our weight reader and compares. One compiled forward
+pass per variant and size serves both sources (the same architecture).
 """
 
 import functools
@@ -30,9 +30,17 @@ def reference_parameter_counts(exported: pathlib.Path) -> dict[str, int]:
   return json.loads((exported / 'manifest.json').read_text())['parameter_counts']
 
 
-def assert_logits_match(exported: pathlib.Path, name: str, size: int) -> None:
-  """Our eval-mode logits within 1e-4 relative of torchvision's and timm's, at ``size`` px."""
-  family = name.split('_')[0]
+def assert_logits_match(
+  exported: pathlib.Path,
+  name: str,
+  size: int,
+  *,
+  family: str | None = None,
+  sources: tuple[str, ...] = SOURCES,
+) -> None:
+  """Our eval-mode logits within 1e-4 relative of those of ``sources``' models, at ``size`` px;
+  ``family`` is the weight reader's (default: the name's prefix, e.g. 'convnext')."""
+  family = family or name.split('_')[0]
   model = get_model(name, num_classes=1000)
   images = np.load(exported / f'input_{size}.npy')
   abstract = jax.eval_shape(
@@ -40,7 +48,7 @@ def assert_logits_match(exported: pathlib.Path, name: str, size: int) -> None:
   )
   zeros = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), abstract)
   forward = jax.jit(functools.partial(model.apply, train=False))
-  for source in SOURCES:
+  for source in sources:
     variables = weight_maps.read_weights(
       family, exported / f'{name}.{source}.safetensors', zeros, source=source
     )

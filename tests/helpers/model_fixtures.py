@@ -23,6 +23,8 @@ from care_jax.models import backbones
 from care_jax.models import convnext
 from care_jax.models import efficientnet
 from care_jax.models import get_model
+from care_jax.models import vit
+from care_jax.models import weight_maps
 
 KEY = jax.random.key(0)
 
@@ -31,6 +33,8 @@ KEY = jax.random.key(0)
 # imported. No stochastic depth and no head dropout: the data-parallel comparisons draw no rngs.
 SMALL_CONVNEXT = 'small_convnext'
 SMALL_EFFICIENTNET = 'small_efficientnet'
+# A two-block ViT (one block in the backbone, one in the 'vit_token' head): a 2x2 grid at 32 px.
+SMALL_VIT = 'small_vit'
 backbones.register_backbone(
   SMALL_CONVNEXT,
   functools.partial(convnext.ConvNeXt, depths=(1, 1), dims=(8, 16), stochastic_depth_prob=0.0),
@@ -50,6 +54,14 @@ backbones.register_backbone(
   ),
   heads=('dropout_linear', *backbones.STANDARD_HEADS),
   default_head='dropout_linear',
+  replace=True,
+)
+backbones.register_backbone(
+  SMALL_VIT,
+  functools.partial(vit.ViT, hidden_dim=32, depth=2, num_heads=2, mlp_dim=64),
+  heads=('vit_token',),
+  default_head='vit_token',
+  weight_reader=weight_maps.read_vit_weights,
   replace=True,
 )
 
@@ -92,18 +104,23 @@ def fake_variables(model: nn.Module, images, seed: int = 0) -> dict:
   return jax.tree_util.tree_map_with_path(fill, abstract_variables(model, images))
 
 
-def brute_force_grad_cam(model: Classifier, variables: dict, features, labels) -> np.ndarray:
+def brute_force_grad_cam(
+  model: Classifier, variables: dict, features, labels, head_inputs=None
+) -> np.ndarray:
   """Grad-CAM written out per image: ``jax.grad`` of the class logit of the head alone with
-  respect to the image's feature map, its spatial mean as channel weights, the weighted sum of
-  the channels, min-max normalised."""
+  respect to the image's feature map (the image's ``head_inputs``, a ViT's class token, held),
+  its spatial mean as channel weights, the weighted sum of the channels, min-max normalised."""
 
-  def logit(feature_map, label):
-    logits = model.apply(variables, feature_map[None], method=Classifier.apply_head)
+  def logit(feature_map, label, inputs):
+    logits = model.apply(
+      variables, feature_map[None], method=Classifier.apply_head, head_inputs=inputs
+    )
     return logits[0, label]
 
-  maps = []
-  for feature_map, label in zip(features, np.asarray(labels)):
-    weights = jax.grad(logit)(feature_map, label).mean(axis=(0, 1))
+  maps, gradient = [], jax.jit(jax.grad(logit))  # one compilation for all the images
+  for i, (feature_map, label) in enumerate(zip(features, np.asarray(labels))):
+    inputs = jax.tree.map(lambda x: x[i : i + 1], head_inputs)
+    weights = gradient(feature_map, label, inputs).mean(axis=(0, 1))
     cam = np.einsum('hwc,c->hw', feature_map, weights)
     maps.append((cam - cam.min()) / (cam.max() - cam.min()))
   return np.stack(maps)

@@ -7,7 +7,8 @@ Runs under the torch venv (tests/helpers/torch_venv.py: torch, torchvision, timm
 The models are the libraries' own (``torchvision.models.convnext_tiny``,
 ``timm.create_model('convnext_tiny')``, ...), built without downloads. torchvision's C++ ops do
 not load beside this CPU torch, and its Python import registers two ops' fake kernels unguarded:
-``torchvision::nms`` and ``torchvision::qnms`` are declared with ``torch.library.define`` first.
+``torchvision::nms`` and ``torchvision::qnms`` are declared first
+(tests/helpers/torchvision_import.py).
 Every float tensor is randomised (LayerNorm/BatchNorm affine and running statistics, layer
 scales near 1 instead of 1e-6, so every block counts) and rounded to float16, the dtype the
 safetensors files store (half the disk); the models run in float32 on those values.
@@ -26,12 +27,10 @@ import sys
 import numpy as np
 from safetensors.torch import save_file
 import torch
+from torchvision_import import torchvision
 
-for _op in ('torchvision::nms', 'torchvision::qnms'):
-  torch.library.define(_op, '(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
-
-import timm  # noqa: E402 - after the op declarations
-import torchvision  # noqa: E402
+# isort: split
+import timm  # after torchvision's op declarations (torchvision_import)
 
 SIZES = (64,)
 # One variant of each family also at the default 224 px.

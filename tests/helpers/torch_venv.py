@@ -34,6 +34,15 @@ TORCH_REQUIREMENTS = (
 REFERENCE_SCRIPT = pathlib.Path(__file__).with_name('torch_reference.py')
 # torchvision's and timm's own ConvNeXt and EfficientNet (tests/models/convnext_test.py, ...).
 CONVNET_REFERENCE_SCRIPT = pathlib.Path(__file__).with_name('torch_convnet_reference.py')
+# torchvision's ViT-B/16, timm's ViT-B/16 and DeiT-S/16 (tests/models/vit_parity_test.py).
+VIT_REFERENCE_SCRIPT = pathlib.Path(__file__).with_name('torch_vit_reference.py')
+# The scripts another script imports: their text is part of its exports' cache key.
+TORCHVISION_IMPORT = pathlib.Path(__file__).with_name('torchvision_import.py')
+_SCRIPT_IMPORTS = {
+  REFERENCE_SCRIPT: (TORCHVISION_IMPORT,),
+  CONVNET_REFERENCE_SCRIPT: (TORCHVISION_IMPORT,),
+  VIT_REFERENCE_SCRIPT: (CONVNET_REFERENCE_SCRIPT, TORCHVISION_IMPORT),
+}
 
 
 _SAFETENSORS_DTYPE_NAMES = {
@@ -68,6 +77,17 @@ def assert_close_to_torch(ours, reference: np.ndarray) -> None:
   np.testing.assert_allclose(
     np.asarray(ours), reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max()
   )
+
+
+def one_thread_environment() -> dict[str, str]:
+  """This process's environment with one OpenMP thread, for torch's runs in the tests.
+
+  The suite runs on two pytest-xdist workers per two cores: a torch process with two threads
+  shares its cores with the other worker, and torch's threads spin-wait for each other (a
+  check run of benchmarks/torch_care_step.py took 9.7 s of CPU with two threads, 5.9 s with
+  one, on a loaded 2-core machine). The tests compare values, not times.
+  """
+  return dict(os.environ, OMP_NUM_THREADS='1')
 
 
 def _ci() -> bool:
@@ -125,12 +145,14 @@ def torch_venv_python() -> pathlib.Path:
 
 
 def torch_exports(
-  torch_python: pathlib.Path, script: pathlib.Path = REFERENCE_SCRIPT
+  torch_python: pathlib.Path, script: pathlib.Path = REFERENCE_SCRIPT, *, args: tuple[str, ...] = ()
 ) -> pathlib.Path:
   """``script``'s outputs, cached under .torch-venv/exports/<hash of the script>/ (the
-  torch_reference.py default) or .torch-venv/exports_<script name>/<hash>/."""
-  digest = hashlib.sha256(script.read_bytes()).hexdigest()[:16]
-  root = 'exports' if script == REFERENCE_SCRIPT else f'exports_{script.stem}'
+  torch_reference.py default) or .torch-venv/exports_<script name>[_<args>]/<hash>/; ``args``
+  go to the script after its output directory (e.g. the models it exports)."""
+  sources = (script, *_SCRIPT_IMPORTS.get(script, ()))
+  digest = hashlib.sha256(b''.join(path.read_bytes() for path in sources)).hexdigest()[:16]
+  root = 'exports' if script == REFERENCE_SCRIPT else '_'.join((f'exports_{script.stem}', *args))
   exports = TORCH_VENV / root / digest
   TORCH_VENV.mkdir(exist_ok=True)
   with open(TORCH_VENV / '.lock', 'w') as lock:
@@ -138,7 +160,7 @@ def torch_exports(
     if not (exports / 'manifest.json').is_file():
       partial = exports.with_name(f'{digest}.partial')
       shutil.rmtree(partial, ignore_errors=True)
-      run([torch_python, script, partial])
+      run([torch_python, script, partial, *args], env=one_thread_environment())
       for stale in exports.parent.iterdir():  # exports of older scripts: ~1.3 GB each
         if stale != partial:
           shutil.rmtree(stale)

@@ -69,6 +69,7 @@ ADDED_SECTIONS_SINCE_0_2 = (
   'guidance.res.',
   'guidance.gain.',
   'guidance.sgt.',
+  'guidance.actdiff.',
 )
 
 # And those added after 0.1.

@@ -30,7 +30,7 @@ from tests.helpers import paths
 from tests.helpers import runs
 from tests.helpers import versions
 
-NUM_STEPS = 60
+NUM_STEPS = 30
 EVERY = 5
 # Checkpoint every 5 steps (and keep them all, so the test sees each one).
 RUN = runs.TINY_DATA + [
@@ -38,6 +38,9 @@ RUN = runs.TINY_DATA + [
   f'checkpoint.every_steps={EVERY}',
   'checkpoint.keep=100',
   'train.log_every_steps=5',
+  # A validation after the switch to stage two (step 15), as synthetic_care's every 50 steps
+  # would be in a longer run.
+  'train.eval_every_steps=20',
 ]
 # SIGKILLs the process when orbax finalises (renames) the tmp directory of
 # step 10: its files are written, the step is not complete.

@@ -7,13 +7,11 @@ auto-cache made tf.data warn about truncation when a pass stopped early
 (care_jax/checkpoint.py). The runs below use the default log level, as a user's do.
 """
 
-import os
 import re
 
 import pytest
 
 from tests.helpers import command_line
-from tests.helpers import runs
 
 # Runs `care-jax ARGS` in this process, then prints whether TensorFlow was imported.
 _IMPORTS_TENSORFLOW = """
@@ -31,9 +29,7 @@ _CPP_LOG_LINE = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+\.(cc|cpp|h
 _NOISE = ('absl::InitializeLog', 'cuInit', 'cuda_', 'did not fully read', 'read only')
 
 
-def _default_env() -> dict[str, str]:
-  """The environment of a user: no log level set (tests/conftest.py sets one for the tests)."""
-  return {k: v for k, v in os.environ.items() if k not in ('TF_CPP_MIN_LOG_LEVEL', 'XLA_FLAGS')}
+_default_env = command_line.user_environment
 
 
 def _noise_in(output: str) -> list[str]:
@@ -49,11 +45,15 @@ def test_help_does_not_import_tensorflow(command):
   assert not _noise_in(proc.stderr), proc.stderr
 
 
-def test_loading_tensorflow_prints_no_start_up_lines_at_the_default_level():
-  code = 'from care_jax.data._tensorflow import tf; tf.constant(1.0)'
+def test_loading_tensorflow_prints_no_start_up_lines_at_the_default_level_and_skips_keras():
+  code = (
+    'import sys; from care_jax.data._tensorflow import tf; tf.constant(1.0); '
+    "print('KERAS IMPORTED:', 'keras' in sys.modules, 'sklearn' in sys.modules)"
+  )
   proc = command_line.run_python('-c', code, env=_default_env())
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert not _noise_in(proc.stderr), proc.stderr
+  assert 'KERAS IMPORTED: False False' in proc.stdout, proc.stdout
 
 
 def test_log_level_0_still_shows_tensorflows_start_up_lines():
@@ -67,19 +67,8 @@ def test_log_level_0_still_shows_tensorflows_start_up_lines():
 
 
 @pytest.mark.slow
-def test_train_then_evaluate_print_no_library_start_up_noise(tmp_path):
-  flags = [f'--config.{o}' for o in runs.TINY_DATA + [f'data.dir={tmp_path / "tfds"}']]
-  workdir = tmp_path / 'w'
-  train = command_line.care_jax(
-    'train',
-    '--config=synthetic_care',
-    f'--workdir={workdir}',
-    *flags,
-    '--config.train.num_steps=3',
-    cwd=tmp_path,
-    env=_default_env(),
-    timeout=600,
-  )
+def test_train_then_evaluate_print_no_library_start_up_noise(care_jax_train_run, tmp_path):
+  workdir, train = care_jax_train_run  # tests/helpers/command_line.py: train_synthetic_care
   assert train.returncode == 0, train.stderr[-3000:]
   assert not _noise_in(train.stderr + train.stdout), train.stderr
   # A short run's whole output fits a screen: no tfds bars while the data are prepared, and
@@ -87,7 +76,12 @@ def test_train_then_evaluate_print_no_library_start_up_noise(tmp_path):
   assert (train.stderr + train.stdout).count('\n') <= 30, train.stderr + train.stdout
   assert train.stdout.splitlines()[-1] == f'metrics: {workdir / "metrics.json"}', train.stdout
   evaluate = command_line.care_jax(
-    'evaluate', f'--workdir={workdir}', '--split=test', cwd=tmp_path, env=_default_env()
+    'evaluate',
+    f'--workdir={workdir}',
+    '--split=test',
+    f'--output={tmp_path / "evaluation.json"}',
+    cwd=tmp_path,
+    env=_default_env(),
   )
   assert evaluate.returncode == 0, evaluate.stderr[-3000:]
   assert not _noise_in(evaluate.stderr + evaluate.stdout), evaluate.stderr

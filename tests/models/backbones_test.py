@@ -108,6 +108,26 @@ def test_bfloat16_features_and_float32_logits_from_a_custom_backbone():
   assert (logits.dtype, logits.shape, maps.shape) == (jnp.float32, (2, 3), (2, 8, 8))
 
 
+class PairWithoutDict(nn.Module):
+  """Returns (feature map, [array]): head inputs must be a dict of arrays by name."""
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    del train
+    x = nn.Conv(4, (3, 3), strides=2)(x)
+    return x, [x[:, 0, 0]]
+
+
+def test_head_inputs_that_are_not_a_dict_of_arrays_are_refused_naming_the_model():
+  model = models.get_model(f'{_PATH}:PairWithoutDict', num_classes=2)
+  with pytest.raises(
+    ValueError,
+    match=rf"Backbone '{_PATH}:PairWithoutDict' returned a pair whose second item is "
+    r'list, not a dict of arrays by name',
+  ):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), _IMAGES, train=False))
+
+
 def test_a_backbone_without_a_4d_feature_map_is_refused_naming_the_model():
   model = models.get_model(f'{_PATH}:Flat', num_classes=2)
   with pytest.raises(ValueError, match=rf"Backbone '{_PATH}:Flat' returned shape \(2, 64, 4\), "):

@@ -23,18 +23,21 @@ RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
 DENSENETS = ('densenet121', 'densenet161', 'densenet169', 'densenet201')
 CONVNEXTS = ('convnext_tiny', 'convnext_small', 'convnext_base')
 EFFICIENTNETS = tuple(f'efficientnet_b{i}' for i in range(5))
+VITS = ('vit_b_16', 'deit_s_16')
 # Input size / feature map size, as documented by each backbone.
 FEATURE_STRIDE = {
   'tiny_cnn': 8,
   'vgg19': 16,
   **{name: 32 for name in RESNETS + DENSENETS + CONVNEXTS + EFFICIENTNETS},
+  **{name: 16 for name in VITS},
 }
 
 
-# The larger ConvNeXt/EfficientNet variants differ from T/B0 in depths and widths only (their
-# parameter counts are checked in convnext_test.py, efficientnet_test.py): not traced again here.
+# The larger ConvNeXt/EfficientNet variants differ from T/B0 in depths and widths only, DeiT-S
+# from ViT-B in widths (their parameter counts are checked in convnext_test.py,
+# efficientnet_test.py, vit_test.py): not traced again here.
 @pytest.mark.parametrize(
-  'name', [n for n in MODEL_NAMES if n not in (*CONVNEXTS[1:], *EFFICIENTNETS[1:])]
+  'name', [n for n in MODEL_NAMES if n not in (*CONVNEXTS[1:], *EFFICIENTNETS[1:], *VITS[1:])]
 )
 def test_every_model_gives_float32_logits_and_documented_feature_size(name):
   model, variables = mf.abstract_model(name)
@@ -57,7 +60,7 @@ def test_every_model_gives_float32_logits_and_documented_feature_size(name):
   assert jax.tree.structure(updates.get('batch_stats', {})) == jax.tree.structure(
     variables.get('batch_stats', {})
   )
-  assert ('batch_stats' in variables) == (name not in ('vgg19', *CONVNEXTS))
+  assert ('batch_stats' in variables) == (name not in ('vgg19', *CONVNEXTS, *VITS))
 
 
 @pytest.mark.parametrize('name', ['tiny_cnn', 'basic_resnet', 'bottleneck_resnet'])

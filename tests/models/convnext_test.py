@@ -1,6 +1,6 @@
-"""care_jax.models.convnext: parameter counts, the block against numpy (LayerNorm eps 1e-6, exact
-GELU, layer scale), stochastic depth, Grad-CAM by brute force, and logit parity with
-torchvision's and timm's own ConvNeXts (tests/helpers/convnet_parity.py)."""
+"""care_jax.models.convnext: the block against numpy (LayerNorm eps 1e-6, exact GELU, layer
+scale), stochastic depth, the LayerNorm head. Parameter counts (no BatchNorm), Grad-CAM by brute
+force and logit parity with torchvision's and timm's own ConvNeXts: backbones_reference_test.py."""
 
 import functools
 import math
@@ -8,33 +8,15 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from care_jax.models import convnext
 from care_jax.models import get_model
 from care_jax.models import heads
-from tests.helpers import convnet_parity
 from tests.helpers import model_fixtures as mf
 
-# torchvision's documented parameter counts (1000 classes), also timm's.
-PARAMETERS = {
-  'convnext_tiny': 28_589_128,
-  'convnext_small': 50_223_688,
-  'convnext_base': 88_591_464,
-}
 
-
-@pytest.fixture(scope='module')
-def exported(torch_python):
-  return convnet_parity.exports(torch_python)
-
-
-@pytest.mark.parametrize('name', PARAMETERS)
-def test_parameter_counts_equal_torchvision(name):
-  model = get_model(name, num_classes=1000)
-  variables = mf.abstract_variables(model, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
-  assert mf.num_params(variables['params']) == PARAMETERS[name]
-  assert 'batch_stats' not in variables
+def test_default_head_is_layer_norm_linear():
+  model = get_model('convnext_tiny', num_classes=1000)
   assert isinstance(model.head, heads.LayerNormLinearHead)
 
 
@@ -83,34 +65,3 @@ def test_stochastic_depth_drops_whole_examples_in_training_only():
   assert 0 < dropped.sum() < 16
   # The kept examples' branch is scaled by 1 / (1 - rate), as torchvision's StochasticDepth.
   np.testing.assert_allclose(trained[~dropped], 2 * branch[~dropped], rtol=1e-5, atol=1e-6)
-
-
-def test_attention_maps_equal_brute_force_grad_cam_of_the_layer_norm_head():
-  model = get_model(mf.SMALL_CONVNEXT, num_classes=3)
-  images = mf.images(size=32, seed=3)
-  variables = mf.fake_variables(model, images, seed=4)
-  _, inter = jax.jit(functools.partial(model.apply, train=False))(variables, images)
-  features, labels = inter['features'], np.array([2, 0])
-
-  maps = model.attention_maps(variables, features, labels)
-  expected = mf.brute_force_grad_cam(model, variables, features, labels)
-  np.testing.assert_allclose(maps, expected, atol=1e-5)
-
-
-def test_parameter_counts_equal_torchvision_and_timm_models(exported):
-  counts = convnet_parity.reference_parameter_counts(exported)
-  for name, expected in PARAMETERS.items():
-    assert counts[f'{name}.torchvision'] == counts[f'{name}.timm'] == expected
-
-
-@pytest.mark.parametrize(
-  'name, size',
-  [
-    ('convnext_tiny', 64),
-    pytest.param('convnext_tiny', 224, marks=pytest.mark.heavy),
-    pytest.param('convnext_small', 64, marks=pytest.mark.heavy),
-    pytest.param('convnext_base', 64, marks=pytest.mark.heavy),
-  ],
-)
-def test_eval_logits_equal_torchvision_and_timm(exported, name, size):
-  convnet_parity.assert_logits_match(exported, name, size)

@@ -1,11 +1,17 @@
 """The layers the backbones share, as torchvision's: BatchNorm's momentum, symmetric padding of
 strided convs, the initialisers."""
 
+import functools
+
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from care_jax.models import BasicBlock
+from care_jax.models import densenet
 from care_jax.models import get_model
+from care_jax.models import layers
 from tests.helpers import model_fixtures as mf
 
 
@@ -81,3 +87,24 @@ def test_init_follows_torchvision():
   fc = np.asarray(variables['params']['head']['fc']['kernel'])  # [128, 10]
   bound = 1.0 / np.sqrt(128)
   assert np.abs(fc).max() <= bound and np.abs(fc).max() > 0.9 * bound
+
+
+def test_a_layer_hands_its_dtypes_and_batchnorm_axis_to_its_sub_layers():
+  """`layers.Layer`: every block of a DenseNet gets the net's dtype, param_dtype and axis_name."""
+  seen = set()
+
+  def record(next_fun, args, kwargs, context):
+    module = context.module
+    if isinstance(module, layers.Layer):
+      seen.add((type(module).__name__, module.dtype, module.param_dtype, module.axis_name))
+    return next_fun(*args, **kwargs)
+
+  net = densenet.DenseNet(
+    block_sizes=(1, 1), growth_rate=4, num_init_features=8, dtype=jnp.bfloat16, axis_name='b'
+  )
+  with nn.intercept_methods(record):
+    jax.eval_shape(
+      functools.partial(net.init, train=False), jax.random.key(0), jnp.zeros((1, 32, 32, 3))
+    )
+  assert {name for name, *_ in seen} == {'DenseNet', 'DenseBlock', 'DenseLayer', 'Transition'}
+  assert {tuple(rest) for _, *rest in seen} == {(jnp.bfloat16, jnp.float32, 'b')}

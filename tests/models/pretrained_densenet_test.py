@@ -1,12 +1,11 @@
 """The DenseNets' torchvision/timm weights (care_jax.models.pretrained): layout, loading, CAM.
 
 Fast tests load torchvision-layout state dicts built in numpy (tests/helpers/torch_layout.py).
-The slow test compares eval-mode logits and features of DenseNet-121 with a PyTorch
-DenseNet-121 of torchvision's layout (tests/helpers/torch_reference.py, run under the torch
-venv of tests/helpers/torch_venv.py) on a small input."""
+The slow test compares eval-mode logits, features and CAM of DenseNet-121 with torchvision's own
+DenseNet-121 (random weights, calibrated BatchNorm statistics) on a small input: the session
+fixture `torch_exports` runs tests/helpers/torch_reference.py under the torch venv."""
 
 import functools
-import pathlib
 import re
 
 import jax
@@ -133,41 +132,18 @@ def test_timm_deep_stem_densenet_is_explained(tmp_path):
   )
 
 
-PARITY_SIZE = 72  # small for CI; odd 9x9 map before transition 3, 2x2 features
-
-
-@pytest.fixture(scope='module')
-def densenet_export(torch_python, tmp_path_factory) -> pathlib.Path:
-  """torch_reference.export_densenet('densenet121', PARITY_SIZE) under the torch venv."""
-  out_dir = tmp_path_factory.mktemp('densenet_export')
-  code = (
-    'import pathlib, sys; sys.path.insert(0, sys.argv[1]); import torch_reference; '
-    'torch_reference.export_densenet(sys.argv[2], int(sys.argv[3]), pathlib.Path(sys.argv[4]))'
-  )
-  torch_venv.run(
-    [
-      torch_python,
-      '-c',
-      code,
-      torch_venv.REFERENCE_SCRIPT.parent,
-      'densenet121',
-      PARITY_SIZE,
-      out_dir,
-    ],
-    cwd=out_dir,
-  )
-  return out_dir
+PARITY_SIZE = 72  # torch_reference.DENSENET_SIZE: small for CI
 
 
 @pytest.mark.slow
-def test_densenet121_eval_logits_features_and_cam_match_pytorch(densenet_export):
-  model, variables = load_pretrained('densenet121', densenet_export / 'densenet121.safetensors')
-  images = np.load(densenet_export / 'densenet121_inputs.npy')
+def test_densenet121_eval_logits_features_and_cam_match_torchvision(torch_exports):
+  model, variables = load_pretrained('densenet121', torch_exports / 'densenet121.safetensors')
+  images = np.load(torch_exports / 'densenet121_inputs.npy')
   assert images.shape == (2, PARITY_SIZE, PARITY_SIZE, 3)
   logits, inter = jax.jit(functools.partial(model.apply, train=False))(variables, images)
 
-  torch_logits = np.load(densenet_export / 'densenet121_logits.npy')
-  torch_features = np.load(densenet_export / 'densenet121_features.npy')
+  torch_logits = np.load(torch_exports / 'densenet121_logits.npy')
+  torch_features = np.load(torch_exports / 'densenet121_features.npy')
   assert np.abs(torch_logits).max() > 1.0  # calibrated BatchNorm: logits of a sensible scale
   torch_venv.assert_close_to_torch(logits, torch_logits)
   torch_venv.assert_close_to_torch(inter['features'], torch_features)

@@ -2,8 +2,9 @@
 
 Fast tests build torchvision-layout state dicts in numpy (tests/helpers/torch_layout.py) and
 check every variable, the head handling and the errors. The slow tests compare eval-mode logits
-and features with PyTorch itself: the session fixture `torch_exports` (tests/conftest.py) runs
-tests/helpers/torch_reference.py under a torch venv; the comparison runs here, without torch."""
+and features with torchvision's own models: the session fixture `torch_exports`
+(tests/conftest.py) runs tests/helpers/torch_reference.py under the torch venv (random weights
+and BatchNorm statistics); the comparison runs here, without torch."""
 
 import re
 
@@ -203,7 +204,7 @@ def test_imagenet_normalisation_constants_are_torchvisions():
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ARCHITECTURES)
-def test_eval_logits_and_features_match_pytorch(torch_exports, name):
+def test_eval_logits_and_features_match_torchvision(torch_exports, name):
   model, variables = load_pretrained(name, torch_exports / f'{name}.safetensors')
   logits, intermediates = model.apply(variables, np.load(torch_exports / 'inputs.npy'), train=False)
   torch_venv.assert_close_to_torch(logits, np.load(torch_exports / f'{name}_logits.npy'))
@@ -216,7 +217,7 @@ def test_eval_logits_and_features_match_pytorch(torch_exports, name):
 @pytest.mark.parametrize(
   'name, final, hidden', [('resnet50', 'fc', ()), ('vgg19', 'fc3', ('fc1', 'fc2'))]
 )
-def test_fresh_head_keeps_pytorch_features(torch_exports, name, final, hidden):
+def test_fresh_head_keeps_torchvision_features(torch_exports, name, final, hidden):
   path = torch_exports / f'{name}.safetensors'
   model, variables, report = load_pretrained(name, path, num_classes=5, return_report=True)
   logits, intermediates = model.apply(variables, np.load(torch_exports / 'inputs.npy'), train=False)

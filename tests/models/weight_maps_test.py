@@ -1,6 +1,7 @@
-"""care_jax.models.weight_maps: torchvision and timm names and layouts of a small ConvNeXt and
-EfficientNet, written here by hand from the libraries' module trees; the head kept or replaced;
-clear errors. (Parity with the real libraries' models: convnext_test.py, efficientnet_test.py.)"""
+"""care_jax.models.weight_maps: torchvision and timm names and layouts of a small ConvNeXt,
+EfficientNet and ViT, written here by hand from the libraries' module trees; the head kept or
+replaced; a ViT's position embedding resampled; clear errors. (Parity with the real libraries'
+models: convnext_test.py, efficientnet_test.py, vit_parity_test.py.)"""
 
 import functools
 import re
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from care_jax.models import get_model
+from care_jax.models import load_pretrained
 from care_jax.models import weight_maps
 from tests.helpers import model_fixtures as mf
 from tests.helpers import torch_venv
@@ -51,6 +53,12 @@ def _convnext_torchvision(classes=3):
   return state
 
 
+def _renamed(key, rules):
+  for pattern, replacement in rules:
+    key = re.sub(pattern, replacement, key)
+  return key
+
+
 def _convnext_timm_name(key):
   """timm's name of a torchvision ConvNeXt key (stem, stages.N.downsample, blocks.M, head)."""
   rules = (
@@ -67,9 +75,7 @@ def _convnext_timm_name(key):
     (r'^classifier\.0', 'head.norm'),
     (r'^classifier\.2', 'head.fc'),
   )
-  for pattern, replacement in rules:
-    key = re.sub(pattern, replacement, key)
-  return key
+  return _renamed(key, rules)
 
 
 def _efficientnet_torchvision(classes=3):
@@ -114,9 +120,51 @@ def _efficientnet_timm_name(key):
   return f'blocks.{int(stage) - 1}.0.{names[rest]}.{leaf}'
 
 
+def _vit_torchvision(classes=3, grid=2):
+  """torchvision's VisionTransformer state dict of mf.SMALL_VIT (2 layers, width 32, MLP 64) for
+  a grid x grid patch grid: conv_proj, class_token, encoder.{pos_embedding, layers, ln},
+  heads.head."""
+  rng, state, c = np.random.default_rng(2), {}, 32
+  _w(state, 'conv_proj', (c, 3, 16, 16), rng)
+  state['class_token'] = rng.normal(size=(1, 1, c)).astype(np.float32)
+  state['encoder.pos_embedding'] = rng.normal(size=(1, 1 + grid * grid, c)).astype(np.float32)
+  for index in range(2):
+    layer = f'encoder.layers.encoder_layer_{index}'
+    _ln(state, f'{layer}.ln_1', c, rng)
+    attention = f'{layer}.self_attention'
+    state[f'{attention}.in_proj_weight'] = rng.normal(size=(3 * c, c)).astype(np.float32)
+    state[f'{attention}.in_proj_bias'] = rng.normal(size=3 * c).astype(np.float32)
+    _w(state, f'{attention}.out_proj', (c, c), rng)
+    _ln(state, f'{layer}.ln_2', c, rng)
+    _w(state, f'{layer}.mlp.0', (2 * c, c), rng)
+    _w(state, f'{layer}.mlp.3', (c, 2 * c), rng)
+  _ln(state, 'encoder.ln', c, rng)
+  _w(state, 'heads.head', (classes, c), rng)
+  return state
+
+
+def _vit_timm_name(key):
+  """timm's name of a torchvision ViT key (patch_embed.proj, blocks.N.attn.qkv, norm, head)."""
+  rules = (
+    (r'^conv_proj', 'patch_embed.proj'),
+    (r'^class_token', 'cls_token'),
+    (r'^encoder\.pos_embedding', 'pos_embed'),
+    (r'^encoder\.layers\.encoder_layer_(\d+)\.', r'blocks.\1.'),
+    (r'\.ln_(\d)\.', r'.norm\1.'),
+    (r'self_attention\.in_proj_', 'attn.qkv.'),
+    (r'self_attention\.out_proj', 'attn.proj'),
+    (r'mlp\.0\.', 'mlp.fc1.'),
+    (r'mlp\.3\.', 'mlp.fc2.'),
+    (r'^encoder\.ln', 'norm'),
+    (r'^heads\.head', 'head'),
+  )
+  return _renamed(key, rules)
+
+
 CASES = {
   'convnext': (mf.SMALL_CONVNEXT, _convnext_torchvision, _convnext_timm_name),
   'efficientnet': (mf.SMALL_EFFICIENTNET, _efficientnet_torchvision, _efficientnet_timm_name),
+  'vit': (mf.SMALL_VIT, _vit_torchvision, _vit_timm_name),
 }
 
 
@@ -157,6 +205,12 @@ def test_torchvision_and_timm_names_fill_every_leaf_alike(tmp_path, family):
     )
     np.testing.assert_array_equal(block['layer_scale'], state['features.3.0.layer_scale'][:, 0, 0])
     np.testing.assert_array_equal(params['head']['fc']['kernel'], state['classifier.2.weight'].T)
+  elif family == 'vit':  # [3C, C] -> [C, 3C] (q, k, v columns); the last layer is the head's
+    qkv = 'encoder.layers.encoder_layer_1.self_attention.in_proj_weight'
+    np.testing.assert_array_equal(params['head']['block']['attn']['qkv']['kernel'], state[qkv].T)
+    np.testing.assert_array_equal(params['backbone']['cls_token'], state['class_token'])
+    patch_kernel = params['backbone']['patch_embed']['kernel']
+    np.testing.assert_array_equal(patch_kernel, state['conv_proj.weight'].transpose(2, 3, 1, 0))
   else:
     stats = ours['batch_stats']['backbone']['stage3_0']['project_bn']
     np.testing.assert_array_equal(stats['var'], state['features.3.0.block.3.1.running_var'])
@@ -170,7 +224,29 @@ def test_a_checkpoint_of_other_classes_keeps_the_initialised_classifier(tmp_path
     family, _write(tmp_path, torchvision_state(classes=5)), _zeros(name)
   )
   np.testing.assert_array_equal(variables['params']['head']['fc']['kernel'], 0.0)
-  assert np.any(variables['params']['backbone']['stem_conv']['kernel'] != 0)
+  assert all(np.any(leaf != 0) for leaf in jax.tree.leaves(variables['params']['backbone']))
+  if family == 'vit':  # the last block and the final norm are read all the same
+    head = variables['params']['head']
+    assert all(np.any(leaf != 0) for leaf in jax.tree.leaves((head['block'], head['norm'])))
+
+
+def test_a_vit_position_embedding_of_another_grid_is_resampled_to_the_models(tmp_path):
+  state = _vit_torchvision(grid=4)  # a 64-px checkpoint; the model's grid is 2 x 2 (32 px)
+  variables = weight_maps.read_vit_weights(_write(tmp_path, state), _zeros(mf.SMALL_VIT))
+  expected = weight_maps.resample_position_embedding(state['encoder.pos_embedding'], side=2)
+  np.testing.assert_array_equal(variables['params']['backbone']['pos_embed'], expected)
+  state['encoder.pos_embedding'] = state['encoder.pos_embedding'][:, :-1]  # 15 patches: no grid
+  with pytest.raises(ValueError, match=r"'encoder.pos_embedding': checkpoint \(1, 16, 32\)"):
+    weight_maps.read_vit_weights(_write(tmp_path, state), _zeros(mf.SMALL_VIT))
+
+
+def test_a_pretrained_vit_is_made_for_the_runs_image_size(tmp_path):
+  state = _vit_torchvision(grid=2)  # a 32-px checkpoint, loaded for 64-px images (a 4 x 4 grid)
+  _, variables = load_pretrained(
+    mf.SMALL_VIT, _write(tmp_path, state), num_classes=3, image_shape=(64, 64)
+  )
+  expected = weight_maps.resample_position_embedding(state['encoder.pos_embedding'], side=4)
+  np.testing.assert_array_equal(variables['params']['backbone']['pos_embed'], expected)
 
 
 def test_missing_unexpected_and_misshaped_keys_are_named(tmp_path):
@@ -190,5 +266,7 @@ def test_unknown_source_and_foreign_checkpoints_are_refused(tmp_path):
   path = _write(tmp_path, {'conv1.weight': np.zeros((8, 3, 7, 7), np.float32)})
   with pytest.raises(ValueError, match="not a torchvision or timm convnext.*'conv1.weight'"):
     weight_maps.read_weights('convnext', path, _zeros(mf.SMALL_CONVNEXT))
+  with pytest.raises(ValueError, match="not a torchvision or timm vit.*'conv_proj.weight'"):
+    weight_maps.read_vit_weights(path, _zeros(mf.SMALL_VIT))
   with pytest.raises(ValueError, match="Unknown weight source 'hub'.*torchvision, timm"):
     weight_maps.read_weights('convnext', path, _zeros(mf.SMALL_CONVNEXT), source='hub')

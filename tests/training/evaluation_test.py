@@ -78,3 +78,46 @@ def test_evaluate_dispatches_the_next_batch_before_fetching_the_last_with_equal_
   np.testing.assert_array_equal(rows['probabilities'], np.concatenate(probabilities))
   np.testing.assert_array_equal(result['confusion'], confusion)
   assert result['num_examples'] == 16 + 16 + 5
+
+
+def test_the_energy_in_the_box_is_averaged_over_the_counted_rows_and_findings():
+  from care_jax import metrics  # pylint: disable=g-import-not-at-top
+  from care_jax.training import evaluation  # pylint: disable=g-import-not-at-top
+
+  def rows(energy, counted, labels):
+    return {
+      'valid': np.ones(len(labels), bool),
+      'probabilities': np.full((len(labels), 2), 0.5, np.float32),
+      'label': np.asarray(labels),
+      'energy_in_box': np.asarray(energy, np.float32),
+      'energy_counted': np.asarray(counted),
+    }
+
+  totals = evaluation._Totals(2)
+  totals.add(
+    0,
+    np.zeros((2, 2), np.int64),
+    metrics.AttentionMetrics.empty(),
+    rows([0.2, 0.9], [1, 0], [0, 1]),
+  )
+  totals.add(1, np.zeros((2, 2), np.int64), metrics.AttentionMetrics.empty(), rows([0.4], [1], [1]))
+  block = {}
+  totals.add_energy(block, ('a', 'b'))
+  assert block == {'energy_in_box': pytest.approx(0.3)}
+
+  per_finding = evaluation._Totals(2, multilabel=True)
+  energy, counted = [[0.2, 0.5], [0.6, 0.1]], [[True, False], [True, False]]
+  per_finding.add(
+    0, None, metrics.AttentionMetrics.empty(2), rows(energy, counted, [[1, 0], [1, 1]])
+  )
+  block = {'per_class': {'a': {}, 'b': {}}}
+  per_finding.add_energy(block, ('a', 'b'))
+  assert block['per_class'] == {
+    'a': {'energy_in_box': pytest.approx(0.4)},
+    'b': {'energy_in_box': None},
+  }
+  assert block['energy_in_box'] == pytest.approx(0.4)
+  # No lesion masks: no energy.
+  block = {}
+  evaluation._Totals(2).add_energy(block, ('a', 'b'))
+  assert block == {}

@@ -1,11 +1,12 @@
 """The training loop: checks before training, one compilation per step, no fetch between log
-steps, the test block's checkpoint, the measured guidance weight."""
+steps, the test block's checkpoint, the measured guidance weight, the train step's memory."""
 
 import contextlib
 import json
 
 import jax
 from jax._src import array as array_lib
+import ml_collections
 import numpy as np
 import pytest
 
@@ -13,6 +14,7 @@ from care_jax import inference
 from care_jax import trained_run
 from care_jax import training
 from care_jax.training import loop as loop_lib
+from care_jax.training import parallel as parallel_lib
 from care_jax.training import step as step_lib
 from tests.helpers import folder_run as fr
 from tests.helpers import runs
@@ -142,3 +144,44 @@ def test_an_auto_guidance_weight_starts_the_term_equal_to_the_loss(tmp_path):
   # Measured on the run's first batch at the fresh state: the step-1 record's own terms.
   assert first['weight'] != 1.0
   np.testing.assert_allclose(first['weight'] * first['guidance'], first['ce'], rtol=1e-4)
+
+
+def test_metrics_json_records_the_train_steps_memory(folder_run):
+  with open(folder_run.workdir / 'metrics.json') as f:
+    memory = json.load(f)['train_step_memory']
+  assert memory['temp_bytes'] > 0
+  # The state (replicated) and the device's share of the batch go in; the state is donated.
+  assert memory['argument_bytes'] > memory['alias_bytes'] > 0
+  assert memory['output_bytes'] > memory['alias_bytes']
+
+
+@pytest.mark.parametrize('parallel', ['mesh', 'pmap'])
+def test_step_memory_measures_the_step_of_either_back_end(parallel):
+  def train_step(state, batch):
+    hidden = jax.numpy.tanh(batch @ state)
+    return state - hidden.T @ batch, {'loss': jax.numpy.mean(hidden)}
+
+  back_end = parallel_lib.make_parallel(
+    ml_collections.ConfigDict({'parallel': parallel}), train_step, train_step
+  )
+  state = back_end.put_state(np.ones((64, 64), np.float32))
+  batch = back_end.put_batch(np.ones((16, 64), np.float32))
+  with back_end.scope():
+    memory = loop_lib.step_memory(back_end.train_step, state, batch)
+  # Per device: the whole state, an eighth of the batch (8 simulated devices).
+  assert memory['argument_bytes'] == 4 * (64 * 64 + 2 * 64)
+  assert memory['temp_bytes'] > 0
+
+
+def test_step_memory_is_none_where_the_back_end_gives_no_analysis():
+  class NoAnalysis:
+    def lower(self, *args):
+      return self
+
+    def compile(self):
+      return self
+
+    def memory_analysis(self):
+      return None  # What jax's Compiled.memory_analysis returns where the back-end has none.
+
+  assert loop_lib.step_memory(NoAnalysis(), None, None) is None

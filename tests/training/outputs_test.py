@@ -57,3 +57,11 @@ def test_a_training_record_reads_as_one_log_line():
   assert outputs.format_record(record) == (
     'loss 0.6931 accuracy 0.5000 skipped_steps 0 seconds 3.2000'
   )
+
+
+def test_progress_shows_care_or_the_active_methods_guidance_term():
+  care = {'step': 10, 'loss': 0.5, 'ce': 0.6, 'care': -0.25, 'alpha': 0.5}
+  assert outputs.progress_postfix(care) == {'loss': '0.5000', 'care': '-0.250'}
+  assert outputs.progress_postfix({'loss': 0.5}, 'none') == {'loss': '0.5000', 'care': '0.000'}
+  actdiff = {'step': 10, 'loss': 0.5, 'ce': 0.4, 'guidance': 0.125, 'weight': 1.0}
+  assert outputs.progress_postfix(actdiff, 'actdiff') == {'loss': '0.5000', 'actdiff': '0.125'}

@@ -25,10 +25,16 @@ def _single_device_step(config):
     ('mesh', 'tiny_cnn'),
     ('pmap', 'tiny_cnn'),
     # ConvNeXt (LayerNorm head) and EfficientNet (BatchNorm over the pmap axis, dropout head):
-    # pmap only, whose per-device statistics could differ; the mesh back-end compiles 2-3x
-    # longer for them on CPU (60-80 s) and shards plain jit.
+    # pmap in CI, whose per-device statistics could differ; the mesh back-end (plain jit,
+    # sharded) compiles 2-3x longer for them on CPU (60-80 s): heavy.
     pytest.param('pmap', mf.SMALL_CONVNEXT, marks=pytest.mark.slow),
     pytest.param('pmap', mf.SMALL_EFFICIENTNET, marks=pytest.mark.slow),
+    pytest.param('mesh', mf.SMALL_CONVNEXT, marks=pytest.mark.heavy),
+    pytest.param('mesh', mf.SMALL_EFFICIENTNET, marks=pytest.mark.heavy),
+    # The ViT: its class token goes to the head beside the feature map on each device. CI trains
+    # it with pmap (a ViT train step under CARE, equal to one device); mesh is heavy (13-17 s).
+    pytest.param('mesh', mf.SMALL_VIT, marks=pytest.mark.heavy),
+    pytest.param('pmap', mf.SMALL_VIT, marks=pytest.mark.slow),
   ],
 )
 def test_data_parallel_step_matches_one_device(parallel, backbone):

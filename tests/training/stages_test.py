@@ -18,7 +18,7 @@ from care_jax.training import inputs as inputs_lib
 from care_jax.training import stages
 from tests.helpers import runs
 
-NUM_STEPS = 24
+NUM_STEPS = 16
 EVERY = 2
 TWO_STAGE = [
   'care.protocol=two_stage',
@@ -159,7 +159,7 @@ def test_stage1_trains_ce_alone_and_stage2_adds_the_attention_loss(uninterrupted
   two_stage = stages.TwoStage.from_config(config, NUM_STEPS)
   assert record['stage2_start_step'] == two_stage.switch_step(record['stage1_best_step'])
   assert record['stage1_best_step'] % EVERY == 0
-  assert record['stage2_start_step'] <= two_stage.last_stage1_step == 12
+  assert record['stage2_start_step'] <= two_stage.last_stage1_step == 8
   log = [json.loads(line) for line in open(root / 'run' / 'train_log.jsonl')]
   start = record['stage2_start_step']
   assert all('care' not in r for r in log if r['step'] <= start)

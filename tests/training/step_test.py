@@ -11,6 +11,7 @@ from care_jax import attention
 from care_jax import classification_loss
 from care_jax import config as config_lib  # noqa: E402
 from care_jax import losses
+from care_jax import metrics
 from care_jax import models
 from care_jax import training  # noqa: E402
 from tests.helpers import steps
@@ -259,3 +260,30 @@ def test_a_label_mask_leaves_ignored_findings_out_of_the_multilabel_step():
   # A batch with every label ignored has no loss, and no NaN.
   _, none = step(state, dict(batch, label_mask=np.zeros(shape, np.float32)))
   assert none['ce'] == 0.0
+
+
+def test_eval_step_scores_the_energy_in_the_box_of_the_raw_grad_cam_map():
+  """Rao et al.'s energy pointing game on the unnormalised map of the true class (the min-max
+  map's energy would be its mass inside), per example in the eval step's rows."""
+  config = steps.make_config(alpha=0.5)
+  model, state, _ = steps.setup(config)
+  batch = steps.batch()
+  batch['valid'] = np.ones(16, bool)
+  batch['lesion_mask'], batch['has_lesion_mask'] = batch['mask'], batch['has_mask']
+  _, quality, rows = jax.jit(training.make_eval_step(model, num_classes=steps.NUM_CLASSES))(
+    state, batch
+  )
+
+  @jax.jit
+  def reference(variables, batch):
+    _, intermediates = model.apply(variables, batch['image'], train=False)
+    head = lambda f: model.apply(variables, f, method=models.Classifier.apply_head)
+    raw = attention.grad_cam(head, intermediates['features'], batch['label'], normalize=False)
+    return metrics.energy_in_box(raw, batch['mask'])
+
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  energy = np.asarray(reference(variables, batch))
+  np.testing.assert_array_equal(rows['energy_counted'], batch['has_mask'])
+  np.testing.assert_allclose(rows['energy_in_box'], energy, rtol=1e-5, atol=1e-7)
+  mass_inside = quality.compute()['mass_inside']
+  assert abs(energy[batch['has_mask']].mean() - mass_inside) > 1e-3

@@ -286,7 +286,10 @@ class FilesBuilder(_local.LocalData, tfds.core.GeneratorBasedBuilder, skip_regis
 
   Subclasses define `_read_records` (read and check the annotation files and
   image headers) and may override `_add_boxes` (boxes that need the split)
-  and `_load` (decode one image).
+  and `_load` (decode one image). A multi-label dataset (`medmnist`'s ChestMNIST,
+  `nih_chestxray14`'s multilabel mode, `chexpert`) overrides `_multilabel` (and sets
+  `IGNORED_LABELS`): its features are `multilabel.multilabel_features`, its examples
+  `_multilabel_examples`.
 
   Preparation reads everything twice: first the annotations and image headers
   (to check every row and make the splits before writing anything), then each
@@ -301,6 +304,9 @@ class FilesBuilder(_local.LocalData, tfds.core.GeneratorBasedBuilder, skip_regis
   HOMEPAGE = ''
   # Whether the examples have the annotation `mask` feature (`splits.Record.mask`).
   MASKS = False
+  # Whether multi-label examples have ``ignored_labels``, the classes neither positive nor
+  # negative (`multilabel.multilabel_features`; CheXpert's uncertain findings).
+  IGNORED_LABELS = False
 
   def __init__(
     self,
@@ -312,17 +318,29 @@ class FilesBuilder(_local.LocalData, tfds.core.GeneratorBasedBuilder, skip_regis
     self.manual_dir = pathlib.Path(manual_dir)
     super().__init__(config=config, data_dir=data_dir)
 
+  @property
+  def _multilabel(self) -> bool:
+    """Whether the examples are multi-label (a property, as the config may decide)."""
+    return False
+
   def _info(self) -> tfds.core.DatasetInfo:
+    """`example_features`, or `multilabel.multilabel_features` where `_multilabel`."""
     config = self.builder_config
-    return self.dataset_info_from_configs(
-      description=(type(self).__doc__ or '').strip(),
-      features=example_features(
+    if self._multilabel:
+      features = multilabel.multilabel_features(
+        config.class_names, self.ENCODING, ignored=self.IGNORED_LABELS
+      )
+    else:
+      features = example_features(
         config.class_names,
         self.ENCODING,
         masks=self.MASKS,
         artefacts=getattr(config, 'artefacts', False),
-      ),
-      supervised_keys=('image', 'label'),
+      )
+    return self.dataset_info_from_configs(
+      description=(type(self).__doc__ or '').strip(),
+      features=features,
+      supervised_keys=('image', 'labels' if self._multilabel else 'label'),
       homepage=self.HOMEPAGE or None,
     )
 
@@ -416,12 +434,11 @@ class FilesBuilder(_local.LocalData, tfds.core.GeneratorBasedBuilder, skip_regis
     problems.log(f'{self.name}: writing split {split!r}')
 
   def _multilabel_examples(
-    self, records: Sequence[multilabel.MultilabelRecord], split: str, *, ignored: bool = False
+    self, records: Sequence[multilabel.MultilabelRecord], split: str
   ) -> Iterator[tuple[str, dict[str, Any]]]:
     """The examples of a multi-label dataset (`multilabel.multilabel_example`).
 
-    ``ignored`` adds ``ignored_labels`` (features of
-    ``multilabel.multilabel_features(ignored=True)``).
+    With `IGNORED_LABELS` they have ``ignored_labels``.
     """
     config = self.builder_config
     box_labels = {config.class_names.index(name) for name in config.box_classes}
@@ -436,7 +453,7 @@ class FilesBuilder(_local.LocalData, tfds.core.GeneratorBasedBuilder, skip_regis
           box_labels=box_labels,
           encoding=self.ENCODING,
           stored_size=config.parameters['stored_size'],
-          ignored=ignored,
+          ignored=self.IGNORED_LABELS,
         ),
       )
     problems.log(f'{self.name}: writing split {split!r}')
